@@ -1,0 +1,194 @@
+"""Software TX and RX contexts (TLS_CONF_SW): the mirror of net/tls/tls_sw.c.
+
+These hold the per-direction state behind a kTLS socket and turn plaintext
+into records (TX) or records into plaintext (RX).  They do no socket I/O:
+the socket layer moves bytes and decides when to block.  Keeping them apart
+is what lets the device path (a NIC driver doing the crypto) reuse the same
+socket layer later.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from dataclasses import dataclass
+
+from offload.errors import os_error
+from offload.record import Buffer, RecordOpener, RecordParser, RecordSealer
+from offload.uapi import TLS_1_3_VERSION, TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
+
+TLS_HANDSHAKE_KEYUPDATE = 24
+_KEYUPDATE = bytes([TLS_HANDSHAKE_KEYUPDATE])
+_DATA = int(ContentType.APPLICATION_DATA)
+
+
+class SwTx:
+    """Frames plaintext into sealed records for one connection's TX side.
+
+    ``MSG_MORE`` is modelled as in Linux: data goes into an *open record*
+    that is pushed when it is full, when a send comes without MSG_MORE, or
+    before a control record.  Sealed bytes are returned to the caller,
+    which owns the write queue.
+    """
+
+    def __init__(self, info: CryptoInfo, max_payload: int = TLS_MAX_PAYLOAD_SIZE) -> None:
+        self.sealer = RecordSealer(info)
+        self.max_payload = max_payload
+        self.open_record = bytearray()
+        self.records = 0  # records sealed since install (for diagnostics)
+
+    @property
+    def info(self) -> CryptoInfo:
+        return self.sealer.info
+
+    def live_info(self) -> CryptoInfo:
+        return self.sealer.live_info()
+
+    def rekey(self, info: CryptoInfo) -> None:
+        """TLS 1.3 key update: later records use the new key and rec_seq."""
+        if self.open_record:
+            raise os_error(errno.EBUSY, "open record pending during rekey")
+        self.sealer = RecordSealer(info)
+
+    def _check_space(self, nrecords: int) -> None:
+        if self.sealer.records_left() < nrecords:
+            raise os_error(errno.EBADMSG, "record sequence number space exhausted")
+
+    def frame(self, content_type: int, data: Buffer, more: bool) -> list[bytearray]:
+        """Seal ``data`` as records of type ``content_type``.
+
+        With ``more`` the tail stays in the open record (data records only;
+        the socket layer rejects MSG_MORE on control records with EINVAL).
+        """
+        mv = memoryview(data)
+        out: list[bytearray] = []
+        if content_type != _DATA:
+            out += self.push()
+            self._emit(out, content_type, mv)
+            return out
+        if self.open_record or more:
+            self.open_record += mv
+            full = len(self.open_record) // self.max_payload * self.max_payload
+            if full:
+                chunk = self.open_record[:full]
+                del self.open_record[:full]
+                self._emit(out, _DATA, memoryview(chunk))
+            if not more:
+                out += self.push()
+            return out
+        self._emit(out, _DATA, mv)
+        return out
+
+    def push(self) -> list[bytearray]:
+        """Close the open record, if any (a send without MSG_MORE)."""
+        if not self.open_record:
+            return []
+        chunk, self.open_record = self.open_record, bytearray()
+        out: list[bytearray] = []
+        self._emit(out, _DATA, memoryview(chunk))
+        return out
+
+    def _emit(self, out: list[bytearray], content_type: int, mv: memoryview) -> None:
+        n = len(mv)
+        if n == 0 and content_type == _DATA:
+            return
+        nrec = max(1, -(-n // self.max_payload))
+        self._check_space(nrec)
+        out.append(self.sealer.seal_many(content_type, mv, self.max_payload))
+        self.records += nrec
+
+    def frame_slots(self, total: int) -> tuple[bytearray, list[memoryview]]:
+        """Record buffer plus plaintext slots for ``total`` bytes (sendfile)."""
+        nrec = max(1, -(-total // self.max_payload))
+        self._check_space(nrec)
+        return self.sealer.layout(total, self.max_payload)
+
+    def seal_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
+        self.sealer.seal_slots(buf, _DATA, slots)
+        self.records += len(slots)
+
+
+@dataclass
+class RxRecord:
+    """One decrypted record waiting to be read, possibly partially consumed."""
+
+    content_type: int
+    data: memoryview
+    offset: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.offset
+
+
+class SwRx:
+    """Decrypts records for one connection's RX side.
+
+    Feed it socket bytes; ``current()`` gives the record to read from next,
+    decrypting lazily so that a TLS 1.3 KeyUpdate stops decryption exactly
+    at the record boundary: records after it are kept as ciphertext until
+    the next key is installed (Linux: ``key_update_pending``).  Decrypted
+    records wait on ``ready`` until read (MSG_PEEK reads without consuming).
+    """
+
+    def __init__(self, info: CryptoInfo) -> None:
+        self._install(info)
+        self.parser = RecordParser(self.opener.max_record_len(), self.opener.min_record_len())
+        self.ready: deque[RxRecord] = deque()
+        self.key_update_pending = False
+        self.no_pad = False
+        self.padding_seen = 0
+
+    def _install(self, info: CryptoInfo) -> None:
+        self.opener = RecordOpener(info)
+
+    @property
+    def info(self) -> CryptoInfo:
+        return self.opener.info
+
+    def live_info(self) -> CryptoInfo:
+        return self.opener.live_info()
+
+    def rekey(self, info: CryptoInfo) -> None:
+        self._install(info)
+        self.key_update_pending = False
+
+    def feed(self, data: Buffer) -> None:
+        self.parser.feed(data)
+
+    def decrypt_next(self) -> RxRecord | None:
+        """Decrypt one more buffered record onto the ready queue, if whole.
+
+        Raises the parser's/opener's OSError (EBADMSG, EMSGSIZE, EINVAL) for
+        a bad record; the caller makes it sticky as Linux does.  Returns
+        None when no whole record is buffered or a KeyUpdate was read.
+        """
+        if self.key_update_pending:
+            return None
+        if self.opener.exhausted:
+            if self.parser.buffered:
+                raise os_error(errno.EBADMSG, "record sequence number space exhausted")
+            return None
+        raw = self.parser.next_record()
+        if raw is None:
+            return None
+        ctype, plain = self.opener.open(raw)
+        if self.info.version == TLS_1_3_VERSION:
+            if len(raw) - 5 - self.opener.tag_size - 1 != len(plain):
+                self.padding_seen += 1
+            if ctype == ContentType.HANDSHAKE and plain[:1] == _KEYUPDATE:
+                self.key_update_pending = True
+        rec = RxRecord(ctype, plain)
+        self.ready.append(rec)
+        return rec
+
+    def consume(self, rec: RxRecord, n: int) -> None:
+        """Mark ``n`` bytes of the front record read; drop it when empty."""
+        rec.offset += n
+        if rec.remaining == 0 and self.ready and self.ready[0] is rec:
+            self.ready.popleft()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes buffered: undelivered plaintext plus unparsed ciphertext."""
+        return sum(r.remaining for r in self.ready) + self.parser.buffered

@@ -1,0 +1,439 @@
+"""The socket-option layer with the software backend, over real loopback TCP.
+
+Every test moves bytes through real sockets; where the layer's output is
+checked on the wire it is decoded by ``tests/wire.py``, which shares no
+code with the layer.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from offload import KTLSSocket
+from offload.uapi import (
+    SOL_TCP,
+    SOL_TLS,
+    TCP_ULP,
+    TLS_1_2_VERSION,
+    TLS_1_3_VERSION,
+    TLS_GET_RECORD_TYPE,
+    TLS_RX,
+    TLS_RX_EXPECT_NO_PAD,
+    TLS_SET_RECORD_TYPE,
+    TLS_TX,
+    TLS_TX_ZEROCOPY_RO,
+    CipherType,
+    CryptoInfo,
+)
+from tests.conftest import COMBOS, combo_id, random_info
+from tests.wire import decrypt_records, encrypt_record, split_records
+
+Pair = Callable[[], tuple[socket.socket, socket.socket]]
+CMSG = socket.CMSG_SPACE(1)
+
+
+def ktls_pair(
+    tcp_pair: Pair, info: CryptoInfo, *, rx_info: CryptoInfo | None = None
+) -> tuple[KTLSSocket, KTLSSocket]:
+    """Client with TLS_TX, server with TLS_RX, both on the user backend."""
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="user")
+    ks = KTLSSocket(s, backend="user")
+    for k in (kc, ks):
+        k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    ks.setsockopt(SOL_TLS, TLS_RX, (rx_info or info).pack())
+    return kc, ks
+
+
+def recv_exact(k: KTLSSocket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = k.recv(n - len(buf))
+        assert chunk, f"EOF after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+def raw_bytes(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        assert chunk
+        buf += chunk
+    return bytes(buf)
+
+
+def record_len(info: CryptoInfo, n: int) -> int:
+    extra = 8 if info.version == TLS_1_2_VERSION and info.cipher != CipherType.CHACHA20_POLY1305 else 0
+    return 5 + extra + n + 16 + (1 if info.version == TLS_1_3_VERSION else 0)
+
+
+@pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
+@pytest.mark.parametrize("size", [0, 1, 16383, 16384, 16385, 200_000])
+def test_round_trip_hash(tcp_pair: Pair, vc: tuple[int, CipherType], size: int) -> None:
+    info = random_info(*vc, seq=3)
+    kc, ks = ktls_pair(tcp_pair, info)
+    data = os.urandom(size)
+    t = threading.Thread(target=kc.sendall, args=(data,))
+    t.start()
+    got = recv_exact(ks, size)
+    t.join()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    expected_records = -(-size // 16384)
+    assert ks.getsockopt(SOL_TLS, TLS_RX, len(info.pack()))[-8:] == (
+        3 + expected_records
+    ).to_bytes(8, "big")
+
+
+@pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
+def test_wire_format_one_record_per_send(tcp_pair: Pair, vc: tuple[int, CipherType]) -> None:
+    """One record per send, split at 2^14, decoded by an independent decoder."""
+    info = random_info(*vc, seq=1)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="user")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    sizes = [5, 16384, 16385, 1]
+    payloads = [os.urandom(n) for n in sizes]
+    for p in payloads:
+        kc.sendall(p)
+    lens = [record_len(info, n) for n in (5, 16384, 16384, 1, 1)]
+    wire = raw_bytes(s, sum(lens))
+    assert [len(r) for r in split_records(wire)] == lens
+    recs = decrypt_records(info, wire)
+    assert all(t == 23 for t, _ in recs)
+    assert b"".join(p for _, p in recs) == b"".join(payloads)
+
+
+def test_msg_more_coalesces(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="user")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.send(b"a" * 10, socket.MSG_MORE) == 10
+    assert kc.sendmsg([b"b" * 10, b"c" * 5], [], socket.MSG_MORE) == 15
+    # Nothing on the wire yet: the record is open.
+    s.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        s.recv(1)
+    s.setblocking(True)
+    assert kc.send(b"d") == 1
+    wire = raw_bytes(s, record_len(info, 26))
+    assert decrypt_records(info, wire) == [(23, b"a" * 10 + b"b" * 10 + b"c" * 5 + b"d")]
+    # MSG_MORE past 2^14 pushes full records and keeps the tail open.
+    kc.send(b"x" * 20000, socket.MSG_MORE)
+    wire = raw_bytes(s, record_len(info, 16384))
+    kc.send(b"")
+    wire += raw_bytes(s, record_len(info, 20000 - 16384))
+    got = decrypt_records(info.with_seq(1), wire)
+    assert [len(p) for _, p in got] == [16384, 20000 - 16384]
+
+
+@pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
+def test_control_records_cmsg_and_oob(tcp_pair: Pair, vc: tuple[int, CipherType]) -> None:
+    info = random_info(*vc)
+    kc, ks = ktls_pair(tcp_pair, info)
+    kc.send(b"data1")
+    kc.sendmsg([b"\x01\x00"], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes([21]))])
+    assert kc.sendmsg([bytes([22]) + b"hs-msg"], [], socket.MSG_OOB) == 7
+    kc.send(b"data2")
+    data, anc, flags, _ = ks.recvmsg(100, CMSG)
+    assert (data, anc) == (b"data1", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
+    # A control record without room for the cmsg: EIO, and it stays queued.
+    with pytest.raises(OSError) as e:
+        ks.recv(100)
+    assert e.value.errno == errno.EIO
+    data, anc, _, _ = ks.recvmsg(100, CMSG)
+    assert (data, anc) == (b"\x01\x00", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x15")])
+    data, anc, _, _ = ks.recvmsg(100, CMSG)
+    assert (data, anc) == (b"hs-msg", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")])
+    assert ks.recv(100) == b"data2"
+
+
+def test_control_record_pushes_open_record_and_rejects_more(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_256)
+    kc, ks = ktls_pair(tcp_pair, info)
+    kc.send(b"open", socket.MSG_MORE)
+    with pytest.raises(OSError) as e:
+        kc.sendmsg([b"x"], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")], socket.MSG_MORE)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        kc.sendmsg([b"\x15x"], [], socket.MSG_OOB | socket.MSG_MORE)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        kc.sendmsg([b"x"], [(SOL_TLS, 99, b"\x15")])
+    assert e.value.errno == errno.EINVAL
+    kc.sendmsg([b"\x01\x00"], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
+    assert ks.recvmsg(100, CMSG)[:2] == (b"open", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
+    assert ks.recvmsg(100, CMSG)[:2] == (b"\x01\x00", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x15")])
+
+
+def test_recv_never_mixes_types_and_joins_data(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_3_VERSION, CipherType.CHACHA20_POLY1305)
+    kc, ks = ktls_pair(tcp_pair, info)
+    for chunk in (b"aa", b"bb", b"cc"):
+        kc.send(chunk)
+    kc.sendmsg([b"\x01\x00"], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
+    kc.send(b"dd")
+    got = b""
+    while len(got) < 6:
+        got += ks.recv(100)
+    assert got == b"aabbcc"
+    assert ks.recvmsg(100, CMSG)[:2] == (b"\x01\x00", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x15")])
+    assert ks.recv(100, socket.MSG_PEEK) == b"dd"
+    assert ks.recv(1) == b"d"
+    assert ks.recv(100) == b"d"
+
+
+def test_msg_oob_upstream_mode(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, _s = tcp_pair()
+    kc = KTLSSocket(c, backend="user", oob_records=False)
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    with pytest.raises(OSError) as e:
+        kc.sendmsg([b"\x15\x01\x00"], [], socket.MSG_OOB)
+    assert e.value.errno == errno.EOPNOTSUPP
+
+
+def _errno(fn: Callable[[], object]) -> int:
+    with pytest.raises(OSError) as e:
+        fn()
+    assert e.value.errno is not None
+    return e.value.errno
+
+
+def test_errno_table(tcp_pair: Pair) -> None:
+    unconnected = KTLSSocket(socket.socket(), backend="user")
+    assert _errno(lambda: unconnected.setsockopt(SOL_TCP, TCP_ULP, b"tls")) == errno.ENOTCONN
+    unconnected.close()
+
+    c, _s = tcp_pair()
+    k = KTLSSocket(c, backend="user")
+    info12 = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX, info12.pack())) == errno.ENOPROTOOPT
+    k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    assert _errno(lambda: k.setsockopt(SOL_TCP, TCP_ULP, b"tls")) == errno.EEXIST
+    assert _errno(lambda: k.getsockopt(SOL_TLS, TLS_TX, 40)) == errno.EBUSY
+    assert _errno(lambda: k.getsockopt(SOL_TLS, TLS_TX, 2)) == errno.EINVAL
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX, b"\x03")) == errno.EINVAL
+    bad_version = bytearray(info12.pack())
+    bad_version[0:2] = (0x0302).to_bytes(2, "little")
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX, bytes(bad_version))) == errno.EINVAL
+    bad_cipher = bytearray(info12.pack())
+    bad_cipher[2:4] = (50).to_bytes(2, "little")
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX, bytes(bad_cipher))) == errno.EINVAL
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX, info12.pack() + b"\0")) == errno.EINVAL
+    k.setsockopt(SOL_TLS, TLS_TX, info12.pack())
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX, info12.pack())) == errno.EBUSY
+    assert k.stats["TlsTxRekeyError"] == 1
+    other = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_256)
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_RX, other.pack())) == errno.EINVAL
+    assert k.getsockopt(SOL_TLS, TLS_TX, 4) == info12.pack()[:4]
+    assert k.getsockopt(SOL_TLS, TLS_TX) == int.from_bytes(info12.pack()[:4], "little")
+    assert k.getsockopt(SOL_TLS, TLS_TX, 40) == info12.pack()
+    assert _errno(lambda: k.getsockopt(SOL_TLS, TLS_TX, 39)) == errno.EINVAL
+    assert _errno(lambda: k.getsockopt(SOL_TLS, TLS_TX, 56)) == errno.EINVAL
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_RX_EXPECT_NO_PAD, 1)) == errno.EINVAL
+    assert _errno(lambda: k.getsockopt(SOL_TLS, 99, 4)) == errno.ENOPROTOOPT
+    k.setsockopt(SOL_TLS, TLS_TX_ZEROCOPY_RO, 1)
+    assert k.getsockopt(SOL_TLS, TLS_TX_ZEROCOPY_RO) == 1
+    assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX_ZEROCOPY_RO, 2)) == errno.EINVAL
+
+
+def test_tls13_rekey_and_no_pad(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256, seq=9)
+    kc, ks = ktls_pair(tcp_pair, info)
+    kc.send(b"old key")
+    assert recv_exact(ks, 7) == b"old key"
+    new = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256)
+    wrong = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    assert _errno(lambda: kc.setsockopt(SOL_TLS, TLS_TX, wrong.pack())) == errno.EINVAL
+    kc.setsockopt(SOL_TLS, TLS_TX, new.pack())
+    ks.setsockopt(SOL_TLS, TLS_RX, new.pack())
+    kc.send(b"new key")
+    assert recv_exact(ks, 7) == b"new key"
+    assert kc.stats["TlsTxRekeyOk"] == 1 and ks.stats["TlsRxRekeyOk"] == 1
+    assert kc.getsockopt(SOL_TLS, TLS_TX, 56)[-8:] == (1).to_bytes(8, "big")
+    ks.setsockopt(SOL_TLS, TLS_RX_EXPECT_NO_PAD, 1)
+    assert ks.getsockopt(SOL_TLS, TLS_RX_EXPECT_NO_PAD) == 1
+
+
+@pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
+def test_getsockopt_rec_seq_after_n_records(tcp_pair: Pair, vc: tuple[int, CipherType]) -> None:
+    info = random_info(*vc, seq=1000)
+    kc, ks = ktls_pair(tcp_pair, info)
+    for i in range(7):
+        kc.send(bytes([i]) * 10)
+    recv_exact(ks, 70)
+    size = len(info.pack())
+    tx = CryptoInfo.unpack(kc.getsockopt(SOL_TLS, TLS_TX, size))  # type: ignore[arg-type]
+    rx = CryptoInfo.unpack(ks.getsockopt(SOL_TLS, TLS_RX, size))  # type: ignore[arg-type]
+    assert tx.seq == rx.seq == 1007
+    assert tx.key == info.key and tx.salt == info.salt
+    if vc[0] == TLS_1_2_VERSION and vc[1] != CipherType.CHACHA20_POLY1305:
+        start = int.from_bytes(info.iv, "big")
+        assert tx.iv == ((start + 7) % 2**64).to_bytes(8, "big")
+    else:
+        assert tx.iv == info.iv
+
+
+def test_rec_seq_wrap_tx(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=2**64 - 1)
+    kc, ks = ktls_pair(tcp_pair, info)
+    assert kc.send(b"last") == 4
+    assert recv_exact(ks, 4) == b"last"
+    assert _errno(lambda: kc.send(b"one too many")) == errno.EBADMSG
+
+
+def test_bad_tag_is_ebadmsg_and_sticky(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    good = encrypt_record(info, 0, 23, b"fine")
+    bad = bytearray(encrypt_record(info, 1, 23, b"secret"))
+    bad[-1] ^= 1
+    c.sendall(good + bytes(bad))
+    assert ks.recv(100) == b"fine"
+    assert _errno(lambda: ks.recv(100)) == errno.EBADMSG
+    assert _errno(lambda: ks.recv(100)) == errno.EBADMSG
+    assert ks.stats["TlsDecryptError"] == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (bytes([23, 3, 1, 0, 40]), errno.EINVAL),
+        (bytes([23, 3, 3, 0x48, 0x00]), errno.EMSGSIZE),
+        (bytes([23, 3, 3, 0, 10]), errno.EBADMSG),
+    ],
+    ids=["bad-version", "oversized", "shorter-than-overhead"],
+)
+def test_bad_header_errno(tcp_pair: Pair, header: bytes, code: int) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(header + bytes(64))
+    assert _errno(lambda: ks.recv(100)) == code
+
+
+@pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
+def test_one_byte_tcp_writes(tcp_pair: Pair, vc: tuple[int, CipherType]) -> None:
+    info = random_info(*vc, seq=5)
+    c, s = tcp_pair()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    payloads = [b"first", b"second" * 10]
+    stream = b"".join(encrypt_record(info, 5 + i, 23, p) for i, p in enumerate(payloads))
+
+    def drip() -> None:
+        for b in stream:
+            c.send(bytes([b]))
+
+    t = threading.Thread(target=drip)
+    t.start()
+    assert recv_exact(ks, 65) == b"".join(payloads)
+    t.join()
+
+
+def test_tls13_key_update_pauses_rx(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    key_update = bytes([24, 0, 0, 1, 0])
+    c.sendall(
+        encrypt_record(info, 0, 23, b"before")
+        + encrypt_record(info, 1, 22, key_update)
+        + encrypt_record(nxt, 0, 23, b"after")
+    )
+    assert ks.recv(100) == b"before"
+    assert ks.recvmsg(100, CMSG)[:2] == (key_update, [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")])
+    assert _errno(lambda: ks.recv(100)) == errno.EKEYEXPIRED
+    ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
+    assert ks.recv(100) == b"after"
+    assert ks.stats["TlsRxRekeyOk"] == 1
+
+
+def test_nonblocking_never_half_a_record(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    kc, ks = ktls_pair(tcp_pair, info)
+    ks.setblocking(False)
+    assert _errno(lambda: ks.recv(10)) == errno.EAGAIN
+    kc.setblocking(False)
+    sent = bytearray()
+    block = os.urandom(50_000)
+    for _ in range(2000):
+        try:
+            n = kc.send(block)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            assert exc.errno == errno.EAGAIN
+            break
+        sent += block[:n]
+    else:
+        pytest.fail("peer never applied back-pressure")
+    ks.setblocking(True)
+    got = recv_exact(ks, len(sent))
+    assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+
+
+@pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
+@pytest.mark.parametrize("size", [0, 1, 16384, 300_001])
+def test_sendfile(tcp_pair: Pair, tmp_path: os.PathLike[str], vc: tuple[int, CipherType], size: int) -> None:
+    info = random_info(*vc)
+    kc, ks = ktls_pair(tcp_pair, info)
+    data = os.urandom(size)
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"HEAD" + data)
+    result: list[int] = []
+
+    def send() -> None:
+        with open(path, "rb") as f:
+            result.append(kc.sendfile(f, 4))
+            assert f.tell() == 4 + size
+
+    t = threading.Thread(target=send)
+    t.start()
+    got = recv_exact(ks, size)
+    t.join()
+    assert result == [size]
+    assert got == data
+
+
+def test_counters(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    kc, ks = ktls_pair(tcp_pair, info)
+    assert kc.stats["TlsTxSw"] == 1 and kc.stats["TlsCurrTxSw"] == 1
+    assert ks.stats["TlsRxSw"] == 1 and ks.stats["TlsCurrRxSw"] == 1
+    assert kc.tx_conf == "sw" and ks.rx_conf == "sw"
+    kc.close()
+    assert kc.stats["TlsCurrTxSw"] == 0
+
+
+def test_plaintext_before_tls_tx(tcp_pair: Pair) -> None:
+    """With the ULP attached but no keys, bytes pass in the clear (TLS_BASE)."""
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="user")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.send(b"hello")
+    assert raw_bytes(s, 5) == b"hello"

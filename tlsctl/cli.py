@@ -1,0 +1,88 @@
+"""The ``tlsctl`` command: a click group whose commands load lazily.
+
+Commands are found through the ``tlsctl.commands`` entry-point group, the
+built-in ones registered exactly like third-party plug-ins (rasterio's
+``rio`` pattern).  A command whose module fails to import shows up as a
+broken command with a one-line error instead of taking the CLI down.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points, version
+from typing import Any
+
+import click
+
+GROUP = "tlsctl.commands"
+
+
+class _BrokenCommand(click.Command):
+    """Stands in for a plug-in that failed to load."""
+
+    def __init__(self, name: str, error: BaseException) -> None:
+        super().__init__(name, help=f"(broken plug-in: {error})")
+        self._error = error
+
+    def invoke(self, ctx: click.Context) -> Any:
+        raise click.ClickException(f"command {self.name!r} failed to load: {self._error}")
+
+
+class LazyGroup(click.Group):
+    """Loads each command's module only when that command runs."""
+
+    def _eps(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._eps()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            return cmd
+        ep = self._eps().get(cmd_name)
+        if ep is None:
+            return None
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plug-in must not crash the CLI
+            return _BrokenCommand(cmd_name, exc)
+        if not isinstance(loaded, click.Command):
+            return _BrokenCommand(cmd_name, TypeError("entry point is not a click command"))
+        return loaded
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("tlsctl"), "--version", prog_name="tlsctl")
+def cli() -> None:
+    """Kernel-style TLS offload: a Linux-compatible kTLS layer you can watch.
+
+    \b
+    Example:
+      tlsctl demo            # loopback transfer through the kTLS layer
+    """
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; ``main([...])`` runs in-process for tests."""
+    try:
+        cli.main(args=argv, prog_name="tlsctl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script wrapper: exit with ``main``'s status."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
