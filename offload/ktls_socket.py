@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeAlias
 from offload.errors import os_error
 from offload.record import Buffer
 from offload.stats import GLOBAL, TlsStats
-from offload.tls_sw import RxRecord, SwRx, SwTx
+from offload.tls_sw import BATCH_RECORDS, RxRecord, SwRx, SwTx
 from offload.uapi import (
     SOL_TCP,
     SOL_TLS,
@@ -430,6 +430,8 @@ class KTLSSocket:
             tx = self._tx
             for buf in tx.frame(record_type, data, more):
                 self._queue(buf)
+                if block:  # write each batch before sealing the next
+                    self._flush_pending(block=True)
             if tx.sealer.exhausted:
                 self._tx_err = os_error(errno.EBADMSG, "record sequence number wrapped")
             self.bytes_sent += len(data)
@@ -453,7 +455,7 @@ class KTLSSocket:
             return sent
         fd = file.fileno()
         total = 0
-        chunk_max = 16 * self._tx.max_payload
+        chunk_max = BATCH_RECORDS * self._tx.max_payload
         with self._tx_lock:
             while count is None or total < count:
                 self._check_tx_error()
@@ -523,6 +525,8 @@ class KTLSSocket:
                 if n >= len(head):
                     n -= len(head)
                     pending.popleft()
+                    if self._tx is not None and isinstance(head.obj, bytearray):
+                        self._tx.recycle(head.obj)
                 else:
                     pending[0] = head[n:]
                     n = 0

@@ -215,7 +215,9 @@ class RecordSealer(_Direction):
         self.aead.encrypt_into(nonce, body[:n], aad, body)
         self._advance(seq)
 
-    def seal_many(self, content_type: int, src: Buffer, max_payload: int) -> bytearray:
+    def seal_many(
+        self, content_type: int, src: Buffer, max_payload: int, buf: bytearray | None = None
+    ) -> bytearray:
         """Seal ``src`` as consecutive records of at most ``max_payload`` bytes.
 
         The records land back to back in one buffer, ready for one socket
@@ -225,7 +227,7 @@ class RecordSealer(_Direction):
         """
         mv = memoryview(src)
         total = len(mv)
-        out, slots = self.layout(total, max_payload)
+        out, slots = self.layout(total, max_payload, buf)
         if self.is13:
             p = 0
             for slot in slots:
@@ -251,11 +253,15 @@ class RecordSealer(_Direction):
         """How many more records this key may seal (sequence numbers left)."""
         return 0 if self.exhausted else _SEQ_MASK + 1 - self.seq
 
-    def layout(self, total: int, max_payload: int) -> tuple[bytearray, list[memoryview]]:
+    def layout(
+        self, total: int, max_payload: int, buf: bytearray | None = None
+    ) -> tuple[bytearray, list[memoryview]]:
         """A buffer for ``total`` plaintext bytes cut into records, and the
         plaintext slot of each record (for TLS 1.3 the slot includes the
         trailing inner-type byte).  A reader can fill the slots directly
         (``os.preadv``) so file data is never copied before it is sealed.
+        ``buf`` is reused when it has exactly the needed size: allocating
+        (and zeroing) a fresh buffer per batch costs as much as a copy.
         """
         if max_payload < 1 or max_payload > TLS_MAX_PAYLOAD_SIZE:
             raise os_error(errno.EINVAL, "record payload size must be 1..16384")
@@ -264,7 +270,8 @@ class RecordSealer(_Direction):
             sizes.append(total % max_payload)
         over = TLS_HEADER_SIZE + self.explicit_size
         inner_extra = int(self.is13)
-        out = bytearray(sum(sizes) + len(sizes) * (over + self.tag_size + inner_extra))
+        size = sum(sizes) + len(sizes) * (over + self.tag_size + inner_extra)
+        out = buf if buf is not None and len(buf) == size else bytearray(size)
         mv = memoryview(out)
         slots = []
         o = 0

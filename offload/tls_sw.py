@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import errno
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from offload.errors import os_error
 from offload.record import Buffer, RecordOpener, RecordParser, RecordSealer
 from offload.uapi import TLS_1_3_VERSION, TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
+
+BATCH_RECORDS = 16
+"""Records sealed into one buffer and written with one socket call."""
+_POOL_MAX = 8
 
 TLS_HANDSHAKE_KEYUPDATE = 24
 _KEYUPDATE = bytes([TLS_HANDSHAKE_KEYUPDATE])
@@ -36,6 +41,18 @@ class SwTx:
         self.max_payload = max_payload
         self.open_record = bytearray()
         self.records = 0  # records sealed since install (for diagnostics)
+        self._pool: list[bytearray] = []
+        self._batch_size = self.sealer.sealed_size(max_payload) * BATCH_RECORDS
+
+    def recycle(self, buf: bytearray) -> None:
+        """Take back a fully written batch buffer for reuse (bounded pool)."""
+        if len(buf) == self._batch_size and len(self._pool) < _POOL_MAX:
+            self._pool.append(buf)
+
+    def _buffer(self, plaintext_len: int) -> bytearray | None:
+        if plaintext_len == self.max_payload * BATCH_RECORDS and self._pool:
+            return self._pool.pop()
+        return None
 
     @property
     def info(self) -> CryptoInfo:
@@ -49,59 +66,70 @@ class SwTx:
         if self.open_record:
             raise os_error(errno.EBUSY, "open record pending during rekey")
         self.sealer = RecordSealer(info)
+        self._pool.clear()
+        self._batch_size = self.sealer.sealed_size(self.max_payload) * BATCH_RECORDS
 
     def _check_space(self, nrecords: int) -> None:
         if self.sealer.records_left() < nrecords:
             raise os_error(errno.EBADMSG, "record sequence number space exhausted")
 
-    def frame(self, content_type: int, data: Buffer, more: bool) -> list[bytearray]:
-        """Seal ``data`` as records of type ``content_type``.
+    def frame(self, content_type: int, data: Buffer, more: bool) -> Iterator[bytearray]:
+        """Seal ``data`` as records of type ``content_type``, batch by batch.
 
-        With ``more`` the tail stays in the open record (data records only;
-        the socket layer rejects MSG_MORE on control records with EINVAL).
+        Yields buffers of up to ``BATCH_RECORDS`` records so the caller can
+        write each before the next is sealed (memory stays bounded and the
+        buffers can be recycled).  With ``more`` the tail stays in the open
+        record (data records only; the socket layer rejects MSG_MORE on
+        control records with EINVAL).  Sequence space is checked up front:
+        either every record fits or none is sealed (EBADMSG).
         """
         mv = memoryview(data)
-        out: list[bytearray] = []
+        pending = len(self.open_record) + len(mv)
+        self._check_space(max(1, -(-pending // self.max_payload)))
+        return self._frame(content_type, mv, more)
+
+    def _frame(self, content_type: int, mv: memoryview, more: bool) -> Iterator[bytearray]:
         if content_type != _DATA:
-            out += self.push()
-            self._emit(out, content_type, mv)
-            return out
+            yield from self.push()
+            yield from self._emit(content_type, mv)
+            return
         if self.open_record or more:
             self.open_record += mv
             full = len(self.open_record) // self.max_payload * self.max_payload
             if full:
                 chunk = self.open_record[:full]
                 del self.open_record[:full]
-                self._emit(out, _DATA, memoryview(chunk))
+                yield from self._emit(_DATA, memoryview(chunk))
             if not more:
-                out += self.push()
-            return out
-        self._emit(out, _DATA, mv)
-        return out
+                yield from self.push()
+            return
+        yield from self._emit(_DATA, mv)
 
-    def push(self) -> list[bytearray]:
+    def push(self) -> Iterator[bytearray]:
         """Close the open record, if any (a send without MSG_MORE)."""
         if not self.open_record:
-            return []
+            return
         chunk, self.open_record = self.open_record, bytearray()
-        out: list[bytearray] = []
-        self._emit(out, _DATA, memoryview(chunk))
-        return out
+        yield from self._emit(_DATA, memoryview(chunk))
 
-    def _emit(self, out: list[bytearray], content_type: int, mv: memoryview) -> None:
+    def _emit(self, content_type: int, mv: memoryview) -> Iterator[bytearray]:
         n = len(mv)
         if n == 0 and content_type == _DATA:
             return
-        nrec = max(1, -(-n // self.max_payload))
-        self._check_space(nrec)
-        out.append(self.sealer.seal_many(content_type, mv, self.max_payload))
-        self.records += nrec
+        step = self.max_payload * BATCH_RECORDS
+        for off in range(0, max(n, 1), step):
+            chunk = mv[off : off + step]
+            nrec = max(1, -(-len(chunk) // self.max_payload))
+            self._check_space(nrec)
+            buf = self._buffer(len(chunk))
+            yield self.sealer.seal_many(content_type, chunk, self.max_payload, buf)
+            self.records += nrec
 
     def frame_slots(self, total: int) -> tuple[bytearray, list[memoryview]]:
         """Record buffer plus plaintext slots for ``total`` bytes (sendfile)."""
         nrec = max(1, -(-total // self.max_payload))
         self._check_space(nrec)
-        return self.sealer.layout(total, self.max_payload)
+        return self.sealer.layout(total, self.max_payload, self._buffer(total))
 
     def seal_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
         self.sealer.seal_slots(buf, _DATA, slots)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -50,7 +51,5 @@ def tcp_pair() -> Iterator[Callable[[], tuple[socket.socket, socket.socket]]]:
 
     yield make
     for s in made:
-        try:
+        with contextlib.suppress(OSError):
             s.close()
-        except OSError:
-            pass

@@ -72,7 +72,8 @@ def raw_bytes(s: socket.socket, n: int) -> bytes:
 
 
 def record_len(info: CryptoInfo, n: int) -> int:
-    extra = 8 if info.version == TLS_1_2_VERSION and info.cipher != CipherType.CHACHA20_POLY1305 else 0
+    explicit = info.version == TLS_1_2_VERSION and info.cipher != CipherType.CHACHA20_POLY1305
+    extra = 8 if explicit else 0
     return 5 + extra + n + 16 + (1 if info.version == TLS_1_3_VERSION else 0)
 
 
@@ -146,7 +147,7 @@ def test_control_records_cmsg_and_oob(tcp_pair: Pair, vc: tuple[int, CipherType]
     kc.sendmsg([b"\x01\x00"], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes([21]))])
     assert kc.sendmsg([bytes([22]) + b"hs-msg"], [], socket.MSG_OOB) == 7
     kc.send(b"data2")
-    data, anc, flags, _ = ks.recvmsg(100, CMSG)
+    data, anc, _, _ = ks.recvmsg(100, CMSG)
     assert (data, anc) == (b"data1", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
     # A control record without room for the cmsg: EIO, and it stays queued.
     with pytest.raises(OSError) as e:
@@ -398,7 +399,9 @@ def test_nonblocking_never_half_a_record(tcp_pair: Pair) -> None:
 
 @pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
 @pytest.mark.parametrize("size", [0, 1, 16384, 300_001])
-def test_sendfile(tcp_pair: Pair, tmp_path: os.PathLike[str], vc: tuple[int, CipherType], size: int) -> None:
+def test_sendfile(
+    tcp_pair: Pair, tmp_path: os.PathLike[str], vc: tuple[int, CipherType], size: int
+) -> None:
     info = random_info(*vc)
     kc, ks = ktls_pair(tcp_pair, info)
     data = os.urandom(size)
