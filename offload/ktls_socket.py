@@ -36,8 +36,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeAlias
 
 from offload.errors import os_error
+from offload.netdev import NetDevice, OffloadRefused
 from offload.record import Buffer
 from offload.stats import GLOBAL, TlsStats
+from offload.tls_device import DeviceTx
 from offload.tls_sw import BATCH_RECORDS, RxRecord, SwRx, SwTx
 from offload.uapi import (
     SOL_TCP,
@@ -54,6 +56,7 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
+from offload.wiremodel import FaultSpec, TxPipeline
 
 Backend: TypeAlias = Literal["auto", "user", "kernel"]
 AncData: TypeAlias = list[tuple[int, int, bytes]]
@@ -83,6 +86,10 @@ class KTLSSocket:
         *,
         backend: Backend = "auto",
         oob_records: bool = True,
+        device: NetDevice | None = None,
+        faults: FaultSpec | None = None,
+        mss: int | None = None,
+        fallback_device: NetDevice | None = None,
     ) -> None:
         if backend not in ("auto", "user", "kernel"):
             raise ValueError(f"unknown backend {backend!r}")
@@ -103,10 +110,21 @@ class KTLSSocket:
         self._pending_bytes = 0
         self._tx_worker: threading.Thread | None = None
         self._zerocopy_ro = 0
+        self.offload_refused = ""  # why the device declined TLS_TX, if it did
         self._eof = False
         self._closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.device = device
+        # With a device every byte sent goes through the virtual TCP path
+        # (segmenter, wire faults, NIC, reassembly) on its way to the socket.
+        self.wire: TxPipeline | None = None
+        if device is not None:
+            if backend == "kernel":
+                raise ValueError("a simulated device needs the user backend")
+            self.wire = TxPipeline(
+                device, self._queue, mss=mss, faults=faults, fallback_device=fallback_device
+            )
 
     # -- plain socket surface -------------------------------------------
 
@@ -293,14 +311,12 @@ class KTLSSocket:
                 if self._tx is not None:
                     self._flush_pending(block=True)
                     for buf in self._tx.push():
-                        self._queue(buf)
+                        self._emit(buf)
+                    self._drain_wire()
                     self._flush_pending(block=True)
                     self._tx.rekey(info)
                 else:
-                    self._tx = SwTx(info)
-                    self._tx_conf = "sw"
-                    self.stats.inc("TlsTxSw")
-                    self.stats.inc("TlsCurrTxSw")
+                    self._install_tx(info)
         else:
             with self._rx_lock:
                 if self._rx is not None:
@@ -312,6 +328,25 @@ class KTLSSocket:
                     self.stats.inc("TlsCurrRxSw")
         if update:
             self.stats.inc(f"Tls{name}RekeyOk")
+
+    def _install_tx(self, info: CryptoInfo) -> None:
+        """Offer the context to the device (tls_set_device_offload), else SW."""
+        if self.wire is not None:
+            try:
+                dev_tx = DeviceTx(info, self.wire.device, self.wire.space, self.wire.offset)
+            except OffloadRefused as exc:
+                self.offload_refused = str(exc)
+            else:
+                self._tx = dev_tx
+                self.wire.attach(dev_tx)
+                self._tx_conf = "device"
+                self.stats.inc("TlsTxDevice")
+                self.stats.inc("TlsCurrTxDevice")
+                return
+        self._tx = SwTx(info)
+        self._tx_conf = "sw"
+        self.stats.inc("TlsTxSw")
+        self.stats.inc("TlsCurrTxSw")
 
     def _parse_for_update(self, data: bytes, old: CryptoInfo | None, name: str) -> CryptoInfo:
         try:
@@ -397,6 +432,13 @@ class KTLSSocket:
                 return self._sock.sendmsg(bufs, anc, flags)
             if flags & socket.MSG_OOB:
                 raise os_error(errno.EOPNOTSUPP, "MSG_OOB before TLS_TX")
+            if self.wire is not None:
+                plain = b"".join(bufs)
+                with self._tx_lock:
+                    self._emit(bytearray(plain))
+                    self._drain_wire()
+                    self._flush_pending(block=True)
+                return len(plain)
             return self._sock.sendmsg(bufs, anc, flags)
         if flags & ~_SEND_FLAGS_OK or (flags & socket.MSG_OOB and not self.oob_records):
             raise os_error(errno.EOPNOTSUPP, "unsupported flags for a TLS socket")
@@ -429,9 +471,10 @@ class KTLSSocket:
                 data = data[:_NONBLOCK_ACCEPT]
             tx = self._tx
             for buf in tx.frame(record_type, data, more):
-                self._queue(buf)
+                self._emit(buf)
                 if block:  # write each batch before sealing the next
                     self._flush_pending(block=True)
+            self._drain_wire()
             if tx.sealer.exhausted:
                 self._tx_err = os_error(errno.EBADMSG, "record sequence number wrapped")
             self.bytes_sent += len(data)
@@ -470,11 +513,13 @@ class KTLSSocket:
                 tx.seal_slots(buf, slots)
                 if tx.sealer.exhausted:
                     self._tx_err = os_error(errno.EBADMSG, "record sequence number wrapped")
-                self._queue(buf)
+                self._emit(buf)
                 self._flush_pending(block=True)
                 total += got
                 if got < want:
                     break
+            self._drain_wire()
+            self._flush_pending(block=True)
             self.bytes_sent += total
         if hasattr(file, "seek"):
             file.seek(offset + total)
@@ -494,7 +539,23 @@ class KTLSSocket:
         if self._tx_err is not None:
             raise self._tx_err
 
-    def _queue(self, buf: bytearray) -> None:
+    def _emit(self, buf: bytearray) -> None:
+        """Sealed (or, for a device, framed) bytes leave the layer."""
+        if self.wire is not None:
+            self.wire.send(buf)
+        else:
+            self._queue(buf)
+
+    def _drain_wire(self) -> None:
+        if self.wire is not None:
+            self.wire.drain()
+
+    @property
+    def device_seconds(self) -> float:
+        """CPU time spent inside the NIC driver (what hardware would do)."""
+        return self.wire.device_seconds if self.wire is not None else 0.0
+
+    def _queue(self, buf: bytes | bytearray) -> None:
         if buf:
             self._pending.append(memoryview(buf))
             self._pending_bytes += len(buf)
@@ -698,7 +759,8 @@ class KTLSSocket:
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and self._tx is not None:
             with self._tx_lock:
                 for buf in self._tx.push():
-                    self._queue(buf)
+                    self._emit(buf)
+                self._drain_wire()
                 self._flush_pending(block=True, timeout=30)
         self._sock.shutdown(how)
 
@@ -710,7 +772,8 @@ class KTLSSocket:
             if self._tx is not None and self._sock.fileno() >= 0:
                 with self._tx_lock:
                     for buf in self._tx.push():
-                        self._queue(buf)
+                        self._emit(buf)
+                    self._drain_wire()
                     self._flush_pending(block=True, timeout=5)
         except OSError:
             pass
@@ -718,6 +781,9 @@ class KTLSSocket:
             self._closed = True
             if self._tx_conf == "sw":
                 self.stats.inc("TlsCurrTxSw", -1)
+            if isinstance(self._tx, DeviceTx):
+                self.stats.inc("TlsCurrTxDevice", -1)
+                self._tx.close()
             if self._rx_conf == "sw":
                 self.stats.inc("TlsCurrRxSw", -1)
             self._tx_conf = self._rx_conf = "none"

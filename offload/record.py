@@ -316,6 +316,40 @@ class RecordSealer(_Direction):
             o += 5 + inner + tag
         self.seq = seq
 
+    def frame_slots(self, out: bytearray, content_type: int, slots: list[memoryview]) -> None:
+        """Frame records laid out by ``layout`` *without* encrypting them.
+
+        The device path: headers, explicit nonces and TLS 1.3 inner types are
+        written and the sequence number advances exactly as for sealing, but
+        the plaintext stays and the tag space stays zero; the NIC fills them
+        (Linux: ``tls_device_record_close`` + ``tls_fill_prepend``).
+        """
+        tag = self.tag_size
+        ex = self.explicit_size
+        seq = self.seq
+        explicit = self.explicit
+        o = 0
+        for slot in slots:
+            n = len(slot)
+            if self.is13:
+                slot[n - 1] = content_type
+                _HEADER.pack_into(out, o, _APPDATA, TLS_1_2_VERSION, n + tag)
+                o += 5 + n + tag
+            else:
+                if ex:
+                    _HEADER_EX.pack_into(
+                        out, o, content_type, TLS_1_2_VERSION, ex + n + tag, explicit
+                    )
+                    explicit = (explicit + 1) & _SEQ_MASK
+                else:
+                    _HEADER.pack_into(out, o, content_type, TLS_1_2_VERSION, n + tag)
+                o += 5 + ex + n + tag
+            if seq == _SEQ_MASK:
+                self.exhausted = True
+            seq = (seq + 1) & _SEQ_MASK
+        self.seq = seq
+        self.explicit = explicit
+
     def _seal12_batch(
         self,
         out: bytearray,

@@ -1,0 +1,57 @@
+"""Software fallback for a segment that reaches a device without the context.
+
+Mirrors net/tls/tls_device_fallback.c: when an offloaded connection's
+segment leaves through another device (a bond slave, a redirect), the host
+encrypts it itself.  It cannot resume a NIC's state, so every record the
+segment touches is encrypted from its start (``tls_get_record``), and only
+the bytes that fall inside the segment are kept; the rest (the record's
+earlier bytes and the tag, when outside) is discarded.
+"""
+
+from __future__ import annotations
+
+from offload.netdev import RecordLookup, Segment
+from offload.record import RecordSealer
+from offload.tcpseq import seq_add, seq_diff
+from offload.uapi import CryptoInfo
+
+
+def sw_fallback(info: CryptoInfo, segment: Segment, lookup: RecordLookup) -> bytes | None:
+    """The segment's bytes as software TX would have put them on the wire.
+
+    ``info`` is the connection's TX crypto_info (key, salt/iv); sequence
+    numbers and explicit nonces come from the records themselves.  Returns
+    None when a record the segment needs was already freed (the kernel
+    drops such a packet too); plain data before the start marker passes.
+    """
+    n = len(segment)
+    if lookup.before_start_marker(segment.seq, n):
+        return bytes(segment.payload)
+    out = bytearray(n)
+    pos = 0
+    while pos < n:
+        rec = lookup.get_record(seq_add(segment.seq, pos))
+        if rec is None:
+            return None
+        start_in_rec = seq_diff(seq_add(segment.seq, pos), rec.start_seq)
+        sealed = _seal_record(info, rec.record_sn, rec.data)
+        take = min(len(rec.data) - start_in_rec, n - pos)
+        out[pos : pos + take] = sealed[start_in_rec : start_in_rec + take]
+        pos += take
+    return bytes(out)
+
+
+def _seal_record(info: CryptoInfo, record_sn: int, framed: memoryview) -> bytearray:
+    """Encrypt one framed plaintext record (header, explicit nonce, tag space).
+
+    The explicit nonce is the one the layer framed into the record, so the
+    result is byte-for-byte what software TX produced for that record.
+    """
+    sealer = RecordSealer(info.with_seq(record_sn))
+    if sealer.explicit_size:
+        sealer.explicit = int.from_bytes(framed[5 : 5 + sealer.explicit_size], "big")
+    out = bytearray(framed)
+    n = len(framed) - sealer.sealed_size(0)
+    ctype = framed[5 + n] if sealer.is13 else framed[0]  # 1.3: the inner type
+    sealer.seal_in_place(out, ctype, n)
+    return out

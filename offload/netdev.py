@@ -1,0 +1,192 @@
+"""Network devices and the TLS-offload driver API (``struct tlsdev_ops``).
+
+A :class:`NetDevice` stands for one NIC.  Its driver gets the same three
+calls the kernel makes on a TLS-offload driver, and a transmit hook:
+
+* ``dev_add(direction, crypto_info, start_tcp_seq)`` - a connection's TX
+  context is offered to the device (``tls_dev_add``); the driver accepts
+  (returns a context handle) or refuses (raises :class:`OffloadRefused`),
+  and the layer then falls back to software TX;
+* ``dev_del(ctx)`` - the context goes away (``tls_dev_del``);
+* ``dev_resync(ctx, tcp_seq, record_sn)`` - the kernel tells the device
+  which record starts at ``tcp_seq`` (``tls_dev_resync``);
+* ``xmit(ctx_or_None, segment, lookup)`` - a TCP segment with plaintext
+  records leaves through this device; ``lookup`` is the kernel's
+  ``tls_get_record``: the only way a driver may see record bytes other than
+  the segment's own, for the out-of-order slow path.
+
+Drivers are found through the ``offload.drivers`` entry-point group; the
+built-in ones are registered there exactly like third-party plug-ins.  A
+plug-in that fails to load is reported by :func:`load_drivers` and skipped,
+never fatal.
+
+There is no Linux equivalent of loading drivers by name from Python, of
+course: that part is this package's own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Protocol, runtime_checkable
+
+from offload.uapi import CryptoInfo
+
+TLS_OFFLOAD_CTX_DIR_RX = 0
+TLS_OFFLOAD_CTX_DIR_TX = 1
+
+DRIVER_GROUP = "offload.drivers"
+
+DEVICE_STAT_NAMES: tuple[str, ...] = (
+    "tx_tls_encrypted_packets",
+    "tx_tls_encrypted_bytes",
+    "tx_tls_ctx",
+    "tx_tls_del",
+    "tx_tls_ooo",
+    "tx_tls_dump_packets",
+    "tx_tls_dump_bytes",
+    "tx_tls_resync_bytes",
+    "tx_tls_skip_no_sync_data",
+    "tx_tls_drop_no_sync_data",
+    "tx_tls_drop_bypass_req",
+    # Not mlx5 names: what this package's software fallback and faults did.
+    "tx_tls_sw_fallback_packets",
+    "tx_tls_sw_fallback_bytes",
+)
+
+
+class OffloadRefused(Exception):
+    """A driver declines a context (cipher, version, capacity ...)."""
+
+
+class DeviceStats(Mapping[str, int]):
+    """ethtool -S style counters (mlx5 names), thread-safe."""
+
+    def __init__(self) -> None:
+        self._v = dict.fromkeys(DEVICE_STAT_NAMES, 0)
+        self._lock = threading.Lock()
+
+    def inc(self, name: str, delta: int = 1) -> None:
+        if name not in self._v:
+            raise KeyError(f"unknown device counter {name!r}")
+        with self._lock:
+            self._v[name] += delta
+
+    def __getitem__(self, name: str) -> int:
+        return self._v[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._v)
+
+    def __len__(self) -> int:
+        return len(self._v)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._v)
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """What ``tls_get_record`` gives a driver: the record holding a byte.
+
+    ``data`` is the record as the layer framed it (header, explicit nonce,
+    plaintext, inner type, tag space), read-only; ``start_seq`` its first
+    TCP sequence number; ``record_sn`` its TLS record sequence number.
+    """
+
+    start_seq: int
+    record_sn: int
+    data: memoryview
+
+
+class RecordLookup(Protocol):
+    """The layer side a driver may call while transmitting."""
+
+    def get_record(self, tcp_seq: int) -> RecordInfo | None:
+        """The record holding ``tcp_seq``; None once it was acknowledged and freed."""
+
+    def before_start_marker(self, tcp_seq: int, length: int) -> bool:
+        """True when the whole range was sent before offload began (plain data)."""
+
+
+@dataclass
+class Segment:
+    """One TCP segment: 32-bit sequence number and payload (plaintext records)."""
+
+    seq: int
+    payload: memoryview
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """The ops a TLS-offload driver implements (tlsdev_ops + ndo_start_xmit)."""
+
+    name: str
+
+    def dev_add(self, direction: int, info: CryptoInfo, start_tcp_seq: int) -> object:
+        """Accept a context (return a handle) or raise OffloadRefused."""
+
+    def dev_del(self, ctx: object) -> None: ...
+
+    def dev_resync(self, ctx: object, tcp_seq: int, record_sn: int) -> None: ...
+
+    def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup) -> bytes | None:
+        """The bytes this segment puts on the wire, or None when it is dropped."""
+
+
+class NetDevice:
+    """A NIC: a name, a driver, and its ethtool counters."""
+
+    def __init__(self, name: str, driver: Driver) -> None:
+        self.name = name
+        self.driver = driver
+        self.stats: DeviceStats = getattr(driver, "stats", None) or DeviceStats()
+        if getattr(driver, "stats", None) is None:
+            driver.stats = self.stats  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"<NetDevice {self.name} driver={self.driver.name}>"
+
+
+@dataclass(frozen=True)
+class DriverLoadError:
+    """A plug-in that could not be loaded: reported, then skipped."""
+
+    name: str
+    error: str
+
+
+def load_drivers() -> tuple[dict[str, Callable[[], Driver]], list[DriverLoadError]]:
+    """Every driver factory in the ``offload.drivers`` group, and load errors."""
+    found: dict[str, Callable[[], Driver]] = {}
+    errors: list[DriverLoadError] = []
+    for ep in entry_points(group=DRIVER_GROUP):
+        try:
+            factory = ep.load()
+        except Exception as exc:  # a broken plug-in must not take the layer down
+            errors.append(DriverLoadError(ep.name, f"{type(exc).__name__}: {exc}"))
+            continue
+        if not callable(factory):
+            errors.append(DriverLoadError(ep.name, "entry point is not callable"))
+            continue
+        found[ep.name] = factory
+    return found, errors
+
+
+def create_device(driver_name: str, dev_name: str | None = None) -> NetDevice:
+    """A NetDevice with a fresh instance of the named driver."""
+    found, errors = load_drivers()
+    if driver_name not in found:
+        broken = [e for e in errors if e.name == driver_name]
+        if broken:
+            raise LookupError(f"driver {driver_name!r} failed to load: {broken[0].error}")
+        known = ", ".join(sorted(found)) or "none"
+        raise LookupError(f"no driver named {driver_name!r} (available: {known})")
+    driver = found[driver_name]()
+    return NetDevice(dev_name or f"{driver_name}0", driver)

@@ -1,0 +1,310 @@
+"""The wire between the layer and the NIC, and between the NIC and the peer.
+
+Linux has no such module: this is the test bench around the device path.
+Segments from the segmenter pass a seeded, deterministic fault model before
+reaching a device - reorder, duplicate, split, drop-and-retransmit,
+redirect to a device without the context - and what the devices emit is
+reassembled in TCP order before it is written to the real socket.  The
+reassembler checks that every duplicate carries exactly the ciphertext
+already delivered, and acknowledges delivered bytes back to the layer so
+records are freed (the ``clean_acked`` hook).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from offload.fallback import sw_fallback
+from offload.netdev import NetDevice, Segment
+from offload.tcpseq import Segmenter, SeqSpace
+from offload.tls_device import DeviceTx
+
+FAULT_KINDS = ("reorder", "split", "dup", "drop", "redirect")
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Probabilities per segment for each fault, and the RNG seed.
+
+    Parsed from the CLI form ``reorder=0.02,split=0.05,dup=0.01,drop=0.01,
+    redirect=0.01,seed=7``.
+    """
+
+    reorder: float = 0.0
+    split: float = 0.0
+    dup: float = 0.0
+    drop: float = 0.0
+    redirect: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        values: dict[str, float | int] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, raw = part.partition("=")
+            name = name.strip()
+            if not sep:
+                raise ValueError(f"fault {name!r} needs a value (e.g. {name}=0.01)")
+            if name == "seed":
+                try:
+                    values["seed"] = int(raw)
+                except ValueError:
+                    raise ValueError(f"seed must be an integer, not {raw!r}") from None
+                continue
+            if name not in FAULT_KINDS:
+                known = ", ".join((*FAULT_KINDS, "seed"))
+                raise ValueError(f"unknown fault {name!r} (known: {known})")
+            try:
+                p = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a probability, not {raw!r}") from None
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}={raw} is not a probability in [0, 1]")
+            values[name] = p
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, k) > 0 for k in FAULT_KINDS)
+
+    def __str__(self) -> str:
+        parts = [f"{k}={getattr(self, k):g}" for k in FAULT_KINDS if getattr(self, k)]
+        return ",".join([*parts, f"seed={self.seed}"])
+
+
+@dataclass
+class FaultCounts:
+    """How many of each fault the wire injected (to compare with counters)."""
+
+    reorder: int = 0
+    split: int = 0
+    dup: int = 0
+    drop: int = 0
+    redirect: int = 0
+    retransmit: int = 0
+    delivered_dup_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class ReassemblyError(RuntimeError):
+    """Two copies of the same TCP bytes differ: a driver produced bad ciphertext."""
+
+
+class Reassembler:
+    """In-order delivery of what the devices emit, with duplicate checking."""
+
+    HISTORY = 1 << 20  # delivered bytes kept to compare late duplicates against
+
+    def __init__(self, start: int, deliver: Callable[[bytes], None]) -> None:
+        self.next = start
+        self._deliver = deliver
+        self._ooo: dict[int, bytes] = {}
+        self._history = bytearray()
+        self._history_start = start
+        self.counts_dup_bytes = 0
+
+    def receive(self, offset: int, data: bytes) -> None:
+        if not data:
+            return
+        end = offset + len(data)
+        if offset < self.next:
+            self._check_dup(offset, data[: min(end, self.next) - offset])
+            if end <= self.next:
+                return
+            data = data[self.next - offset :]
+            offset = self.next
+        if offset > self.next:
+            old = self._ooo.get(offset)
+            if old is not None:
+                common = min(len(old), len(data))
+                if old[:common] != data[:common]:
+                    raise ReassemblyError(f"duplicate at stream offset {offset} differs")
+                if len(old) >= len(data):
+                    return
+            self._ooo[offset] = data
+            return
+        self._push(data)
+        while self._ooo:
+            progressed = False
+            for o in sorted(self._ooo):
+                if o > self.next:
+                    break
+                seg = self._ooo.pop(o)
+                if o + len(seg) <= self.next:
+                    self._check_dup(o, seg)
+                else:
+                    self._check_dup(o, seg[: self.next - o])
+                    self._push(seg[self.next - o :])
+                progressed = True
+                break
+            if not progressed:
+                break
+
+    def _push(self, data: bytes) -> None:
+        self.next += len(data)
+        self._history += data
+        if len(self._history) > 2 * self.HISTORY:
+            cut = len(self._history) - self.HISTORY
+            del self._history[:cut]
+            self._history_start += cut
+        self._deliver(data)
+
+    def _check_dup(self, offset: int, data: bytes) -> None:
+        self.counts_dup_bytes += len(data)
+        lo = max(offset, self._history_start)
+        if lo >= offset + len(data):
+            return
+        h = lo - self._history_start
+        mine = self._history[h : h + offset + len(data) - lo]
+        if mine != data[lo - offset :]:
+            raise ReassemblyError(f"duplicate at stream offset {offset} carries other bytes")
+
+    @property
+    def pending(self) -> int:
+        return len(self._ooo)
+
+
+@dataclass(order=True)
+class _Held:
+    due: int
+    order: int
+    offset: int = field(compare=False)
+    segment: Segment = field(compare=False)
+    redirect: bool = field(compare=False, default=False)
+    lost: bool = field(compare=False, default=False)
+
+
+class TxPipeline:
+    """Segmenter -> faults -> device (or fallback) -> reassembly -> socket.
+
+    ``deliver`` receives ciphertext in TCP order (the socket write queue);
+    acknowledgements go back to the device context as soon as bytes are
+    delivered.  ``device_seconds`` is the CPU time spent inside the driver's
+    ``xmit`` (what NIC hardware would do), kept apart from host time.
+    """
+
+    def __init__(
+        self,
+        device: NetDevice,
+        deliver: Callable[[bytes], None],
+        *,
+        space: SeqSpace | None = None,
+        mss: int | None = None,
+        faults: FaultSpec | None = None,
+        fallback_device: NetDevice | None = None,
+    ) -> None:
+        self.device = device
+        self.space = space or SeqSpace()
+        self.segmenter = Segmenter(self.space, mss) if mss else Segmenter(self.space)
+        self.faults = faults or FaultSpec()
+        self.rng = random.Random(self.faults.seed)
+        self.fallback_device = fallback_device
+        self.offset = 0  # next stream offset to segment
+        self.tx: DeviceTx | None = None
+        self.reasm = Reassembler(0, self._delivered)
+        self._deliver = deliver
+        self._held: list[_Held] = []
+        self._clock = 0  # segments processed: the wire's notion of time
+        self._order = 0
+        self.counts = FaultCounts()
+        self.device_seconds = 0.0
+        self.fallback_seconds = 0.0
+
+    def attach(self, tx: DeviceTx) -> None:
+        self.tx = tx
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Put a framed buffer (records, or plain pre-offload bytes) on the wire."""
+        mv = memoryview(data)
+        offset = self.offset
+        self.offset += len(mv)
+        faults = self.faults
+        for off, seg in self.segmenter.segments(offset, mv):
+            if not faults.any:
+                self._xmit(off, seg, redirect=False)
+            else:
+                self._faulty(off, seg)
+            self._release(due_only=True)
+
+    def drain(self) -> None:
+        """Deliver everything still held (reordered, pending retransmission)."""
+        self._release(due_only=False)
+        if self.reasm.pending:
+            raise ReassemblyError("wire drained with a hole in the stream")
+
+    # -- internals ----------------------------------------------------------
+
+    def _faulty(self, off: int, seg: Segment) -> None:
+        f, rng, c = self.faults, self.rng, self.counts
+        pieces = [(off, seg)]
+        if len(seg) > 1 and rng.random() < f.split:
+            cut = rng.randrange(1, len(seg))
+            c.split += 1
+            pieces = [
+                (off, Segment(seg.seq, seg.payload[:cut])),
+                (off + cut, Segment(self.space.seq(off + cut), seg.payload[cut:])),
+            ]
+        for o, s in pieces:
+            redirect = self.fallback_device is not None and rng.random() < f.redirect
+            if redirect:
+                c.redirect += 1
+            # A lost copy went through the NIC (its state advanced) and then
+            # vanished on the wire; TCP sends the same bytes again later.
+            lost = rng.random() < f.drop
+            if rng.random() < f.reorder:
+                c.reorder += 1
+                self._hold(o, s, redirect, rng.randint(1, 4), lost=lost)
+            else:
+                self._xmit(o, s, redirect, lost=lost)
+            if lost:
+                c.drop += 1
+                c.retransmit += 1
+                self._hold(o, s, redirect=False, delay=rng.randint(1, 6))
+            if rng.random() < f.dup:
+                c.dup += 1
+                self._hold(o, s, redirect=False, delay=rng.randint(0, 8))
+
+    def _hold(
+        self, off: int, seg: Segment, redirect: bool, delay: int, lost: bool = False
+    ) -> None:
+        self._order += 1
+        self._held.append(_Held(self._clock + delay, self._order, off, seg, redirect, lost))
+
+    def _release(self, due_only: bool) -> None:
+        while self._held:
+            self._held.sort()
+            h = self._held[0]
+            if due_only and h.due > self._clock:
+                return
+            self._held.pop(0)
+            self._xmit(h.offset, h.segment, h.redirect, lost=h.lost)
+
+    def _xmit(self, off: int, seg: Segment, redirect: bool, lost: bool = False) -> None:
+        self._clock += 1
+        tx = self.tx
+        if tx is None or off + len(seg) <= tx.start_offset:
+            out: bytes | None = bytes(seg.payload)
+        elif redirect and self.fallback_device is not None:
+            t0 = time.thread_time()
+            out = sw_fallback(tx.info, seg, tx)
+            self.fallback_seconds += time.thread_time() - t0
+            st = self.fallback_device.stats
+            if out is not None:
+                st.inc("tx_tls_sw_fallback_packets")
+                st.inc("tx_tls_sw_fallback_bytes", len(seg))
+        else:
+            t0 = time.thread_time()
+            out = tx.device.driver.xmit(tx.ctx, seg, tx)
+            self.device_seconds += time.thread_time() - t0
+        if out is not None and not lost:
+            self.reasm.receive(off, out)
+
+    def _delivered(self, data: bytes) -> None:
+        self._deliver(data)
+        if self.tx is not None:
+            self.tx.clean_acked(self.reasm.next)

@@ -1,0 +1,336 @@
+"""Device TX offload: driver conformance, the sim-nic paths, the wire model.
+
+The reference for every check is software TX: for the same records (same
+keys, record numbers and explicit nonces) the bytes that reach the socket
+through segmenter -> faults -> NIC -> reassembly must be exactly the bytes
+``SwTx`` seals.  That one equality rules out plaintext on the wire, wrong
+tags, wrong nonces and lost or reordered bytes at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from importlib.metadata import EntryPoint
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from offload import KTLSSocket
+from offload import netdev as netdev_mod
+from offload.drivers.simnic import SimNic, SimNicContext
+from offload.netdev import (
+    TLS_OFFLOAD_CTX_DIR_RX,
+    TLS_OFFLOAD_CTX_DIR_TX,
+    Driver,
+    NetDevice,
+    OffloadRefused,
+    Segment,
+    create_device,
+    load_drivers,
+)
+from offload.tcpseq import SEQ_MOD, SeqSpace
+from offload.tls_device import DeviceTx
+from offload.tls_sw import SwTx
+from offload.uapi import (
+    SOL_TCP,
+    SOL_TLS,
+    TCP_ULP,
+    TLS_1_2_VERSION,
+    TLS_1_3_VERSION,
+    TLS_RX,
+    TLS_TX,
+    CipherType,
+    CryptoInfo,
+)
+from offload.wiremodel import FaultSpec, TxPipeline
+from tests.conftest import random_info
+
+Pair = Callable[[], tuple[socket.socket, socket.socket]]
+GCM_CHACHA = [CipherType.AES_GCM_128, CipherType.AES_GCM_256, CipherType.CHACHA20_POLY1305]
+ALL_FAULTS = "reorder=0.1,split=0.1,dup=0.1,drop=0.1,redirect=0.1"
+
+DRIVERS, LOAD_ERRORS = load_drivers()
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def nic_driver(request: pytest.FixtureRequest) -> Iterator[Callable[[], Driver]]:
+    """Every driver registered under ``offload.drivers`` (third-party too)."""
+    yield DRIVERS[request.param]
+
+
+def _through_device(
+    make_driver: Callable[[], Driver],
+    info: CryptoInfo,
+    payloads: list[tuple[int, bytes]],
+    *,
+    faults: str | None,
+    mss: int,
+    isn: int,
+    pre: bytes = b"client hello in the clear",
+) -> tuple[bytes, bytes, NetDevice, TxPipeline, DeviceTx]:
+    """(wire bytes via the device, software reference, device, pipeline, tx)."""
+    out = bytearray()
+    dev = NetDevice("nic0", make_driver())
+    other = NetDevice("nic1", make_driver())
+    pipe = TxPipeline(
+        dev,
+        out.extend,
+        space=SeqSpace(isn),
+        mss=mss,
+        faults=FaultSpec.parse(faults) if faults else None,
+        fallback_device=other,
+    )
+    pipe.send(pre)
+    tx = DeviceTx(info, dev, pipe.space, pipe.offset)
+    pipe.attach(tx)
+    sw = SwTx(info)
+    ref = bytearray(pre)
+    for ctype, data in payloads:
+        for buf in tx.frame(ctype, data, False):
+            pipe.send(buf)
+        for buf in sw.frame(ctype, data, False):
+            ref += buf
+    pipe.drain()
+    return bytes(out), bytes(ref), dev, pipe, tx
+
+
+def _accepts(make_driver: Callable[[], Driver], info: CryptoInfo) -> bool:
+    try:
+        make_driver().dev_add(TLS_OFFLOAD_CTX_DIR_TX, info, 0)
+    except OffloadRefused:
+        return False
+    return True
+
+
+# -- driver conformance: every registered driver --------------------------------
+
+
+def test_builtin_drivers_are_registered() -> None:
+    assert "sim-nic" in DRIVERS
+    assert LOAD_ERRORS == []
+
+
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("cipher", list(CipherType), ids=lambda c: c.name)
+@pytest.mark.parametrize("faults", [None, ALL_FAULTS + ",seed=1", ALL_FAULTS + ",seed=2"])
+def test_conformance_matches_software_tx(
+    nic_driver: Callable[[], Driver], version: int, cipher: CipherType, faults: str | None
+) -> None:
+    info = random_info(version, cipher, seq=41)
+    if not _accepts(nic_driver, info):
+        # Refusing is conformant (OffloadRefused, the layer uses software TX);
+        # test_simnic_refuses_ccm_and_layer_falls_back covers what follows.
+        return
+    payloads = [(23, os.urandom(n)) for n in (1, 16384, 40000, 5)] + [(21, b"\x01\x00")]
+    for mss, isn in ((65536, SEQ_MOD - 3000), (1448, 12345), (97, 7)):
+        wire, ref, *_ = _through_device(
+            nic_driver, info, payloads, faults=faults, mss=mss, isn=isn
+        )
+        assert wire == ref, f"mss={mss} isn={isn}"
+
+
+def test_conformance_refuses_rx_or_unsupported_cleanly(nic_driver: Callable[[], Driver]) -> None:
+    drv = nic_driver()
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    with contextlib.suppress(OffloadRefused):
+        drv.dev_add(TLS_OFFLOAD_CTX_DIR_RX, info, 0)
+    for cipher in CipherType:
+        try:
+            ctx = drv.dev_add(TLS_OFFLOAD_CTX_DIR_TX, random_info(TLS_1_2_VERSION, cipher), 0)
+        except OffloadRefused:
+            continue
+        drv.dev_del(ctx)
+
+
+def test_conformance_freed_record_is_dropped_not_sent_plain(
+    nic_driver: Callable[[], Driver],
+) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    wire, ref, dev, pipe, tx = _through_device(
+        nic_driver, info, [(23, b"secret payload" * 100)], faults=None, mss=65536, isn=99
+    )
+    assert wire == ref
+    assert tx.records_in_flight == 0  # everything acknowledged and freed
+    # A late retransmission of the (freed) record's bytes reaches the NIC.
+    old = Segment(pipe.space.seq(tx.start_offset + 10), memoryview(b"secret payload" * 10))
+    before = dev.stats["tx_tls_drop_no_sync_data"]
+    assert dev.driver.xmit(tx.ctx, old, tx) is None
+    assert dev.stats["tx_tls_drop_no_sync_data"] == before + 1
+
+
+def test_conformance_data_before_start_marker_passes(nic_driver: Callable[[], Driver]) -> None:
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    _wire, _ref, dev, pipe, tx = _through_device(
+        nic_driver, info, [(23, b"x" * 100)], faults=None, mss=65536, isn=5, pre=b"H" * 50
+    )
+    seg = Segment(pipe.space.seq(0), memoryview(b"H" * 50))
+    assert dev.driver.xmit(tx.ctx, seg, tx) == b"H" * 50
+
+
+# -- sim-nic specifics -------------------------------------------------------------
+
+
+def test_simnic_keeps_no_record_data() -> None:
+    """After every segment the context holds at most a header and a tag."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_256)
+    dev = NetDevice("nic0", SimNic())
+    contexts: list[SimNicContext] = []
+    pipe = TxPipeline(dev, lambda b: None, mss=1000)
+    tx = DeviceTx(info, dev, pipe.space, 0)
+    pipe.attach(tx)
+    assert isinstance(tx.ctx, SimNicContext)
+    contexts.append(tx.ctx)
+    for buf in tx.frame(23, os.urandom(100_000), False):
+        pipe.send(buf)
+        for ctx in contexts:
+            for name in SimNicContext.__slots__:
+                value = getattr(ctx, name)
+                assert not isinstance(value, memoryview), name
+                if isinstance(value, (bytes, bytearray)):
+                    assert len(value) <= 32, f"{name} holds {len(value)} bytes"
+
+
+def test_simnic_refuses_ccm_and_layer_falls_back(tcp_pair: Pair) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_CCM_128)
+    c, _s = tcp_pair()
+    k = KTLSSocket(c, backend="user", device=create_device("sim-nic"))
+    k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    k.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert k.tx_conf == "sw"
+    assert "AES_CCM_128" in k.offload_refused
+    assert k.stats["TlsTxSw"] == 1 and k.stats["TlsTxDevice"] == 0
+
+
+def test_counters_agree_with_faults() -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    payloads = [(23, os.urandom(300_000))]
+    wire, ref, dev, pipe, _tx = _through_device(
+        SimNic, info, payloads, faults="drop=0.2,redirect=0.2,reorder=0.2,seed=9", mss=4096, isn=1
+    )
+    assert wire == ref
+    c = pipe.counts
+    assert c.drop > 0 and c.redirect > 0 and c.reorder > 0
+    st_ = dev.stats
+    assert st_["tx_tls_ooo"] > 0 and st_["tx_tls_dump_bytes"] > 0
+    assert pipe.fallback_device is not None
+    assert pipe.fallback_device.stats["tx_tls_sw_fallback_packets"] == c.redirect
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    version=st.sampled_from([TLS_1_2_VERSION, TLS_1_3_VERSION]),
+    cipher=st.sampled_from(GCM_CHACHA),
+    probs=st.lists(st.floats(0, 0.5), min_size=5, max_size=5),
+    seed=st.integers(0, 2**32),
+    mss=st.integers(1, 70_000),
+    isn=st.integers(0, SEQ_MOD - 1),
+    sizes=st.lists(st.integers(0, 40_000), min_size=1, max_size=5),
+)
+def test_property_any_fault_schedule_equals_software(
+    version: int,
+    cipher: CipherType,
+    probs: list[float],
+    seed: int,
+    mss: int,
+    isn: int,
+    sizes: list[int],
+) -> None:
+    kinds = ("reorder", "split", "dup", "drop", "redirect")
+    spec = ",".join(f"{k}={p}" for k, p in zip(kinds, probs, strict=True))
+    info = random_info(version, cipher, seq=seed % 1000)
+    payloads = [(23, os.urandom(n)) for n in sizes]
+    if sizes[0] % 3 == 0:
+        payloads.append((21, b"\x01\x00"))
+    wire, ref, *_ = _through_device(
+        SimNic, info, payloads, faults=f"{spec},seed={seed}", mss=mss, isn=isn
+    )
+    assert wire == ref
+
+
+# -- through a real socket -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("cipher", [CipherType.AES_GCM_128, CipherType.AES_GCM_256])
+@pytest.mark.parametrize("faults", [None, ALL_FAULTS.replace("0.1", "0.05") + ",seed=7"])
+def test_socket_device_path_round_trip(
+    tcp_pair: Pair, tmp_path: os.PathLike[str], version: int, cipher: CipherType, faults: str | None
+) -> None:
+    info = random_info(version, cipher, seq=1)
+    c, s = tcp_pair()
+    dev = create_device("sim-nic")
+    kc = KTLSSocket(
+        c,
+        backend="user",
+        device=dev,
+        faults=FaultSpec.parse(faults) if faults else None,
+        mss=8192,
+        fallback_device=create_device("sim-nic", "nic1"),
+    )
+    ks = KTLSSocket(s, backend="user")
+    for k in (kc, ks):
+        k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    assert kc.tx_conf == "device"
+    data = os.urandom(1_000_003)
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(data)
+
+    def send() -> None:
+        kc.sendall(b"hello")
+        with open(path, "rb") as f:
+            kc.sendfile(f)
+        kc.sendmsg([b"\x01\x00"], [(SOL_TLS, 1, b"\x15")])
+
+    t = threading.Thread(target=send)
+    t.start()
+    got = bytearray()
+    while len(got) < len(data) + 5:
+        chunk = ks.recv(1 << 20)
+        assert chunk
+        got += chunk
+    t.join()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(b"hello" + data).digest()
+    assert ks.recvmsg(10, socket.CMSG_SPACE(1))[0] == b"\x01\x00"
+    size = len(info.pack())
+    tx_seq = CryptoInfo.unpack(kc.getsockopt(SOL_TLS, TLS_TX, size)).seq  # type: ignore[arg-type]
+    rx_seq = CryptoInfo.unpack(ks.getsockopt(SOL_TLS, TLS_RX, size)).seq  # type: ignore[arg-type]
+    assert tx_seq == rx_seq
+    assert kc.stats["TlsTxDevice"] == 1 and kc.stats["TlsCurrTxDevice"] == 1
+    fallback = kc.wire.fallback_device if kc.wire else None
+    assert fallback is not None
+    on_nic = dev.stats["tx_tls_encrypted_bytes"]
+    in_sw = fallback.stats["tx_tls_sw_fallback_bytes"]
+    assert on_nic + in_sw > len(data)
+    if faults:
+        assert dev.stats["tx_tls_ooo"] > 0 and in_sw > 0
+    else:
+        assert in_sw == 0 and dev.stats["tx_tls_ooo"] == 0
+    assert kc.device_seconds > 0
+    kc.close()
+    assert kc.stats["TlsCurrTxDevice"] == 0
+    assert dev.stats["tx_tls_del"] == 1
+
+
+def test_broken_plugin_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = EntryPoint("sim-nic", "offload.drivers.simnic:create", netdev_mod.DRIVER_GROUP)
+    broken = EntryPoint("broken-nic", "no_such_module_xyz:create", netdev_mod.DRIVER_GROUP)
+    monkeypatch.setattr(netdev_mod, "entry_points", lambda group: [good, broken])
+    found, errors = load_drivers()
+    assert list(found) == ["sim-nic"]
+    assert [e.name for e in errors] == ["broken-nic"]
+    assert "No module named" in errors[0].error
+    with pytest.raises(LookupError, match=r"broken-nic.*failed to load"):
+        create_device("broken-nic")
