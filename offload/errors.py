@@ -16,3 +16,20 @@ def os_error(code: int, detail: str = "") -> OSError:
     if detail:
         text = f"{text} ({detail})"
     return OSError(code, text)
+
+
+class StreamAbort(OSError):
+    """A receive error Linux reports once, then leaves the socket stopped.
+
+    A framing error (bad version, oversized or undersized record) or the
+    record sequence number wrapping makes net/tls call ``tls_err_abort``:
+    the error is read once (``sock_error`` clears ``sk_err``) and the record
+    parser stays stopped, so later reads see no data - only EOF or a
+    timeout.  A bad tag, by contrast, fails every read (plain OSError).
+    """
+
+
+def abort_error(code: int, detail: str = "") -> StreamAbort:
+    """A :class:`StreamAbort` with the errno Linux gives."""
+    err = os_error(code, detail)
+    return StreamAbort(code, err.strerror)

@@ -16,29 +16,32 @@ from offload.tcpseq import seq_add, seq_diff
 from offload.uapi import CryptoInfo
 
 
-def sw_fallback(info: CryptoInfo, segment: Segment, lookup: RecordLookup) -> bytes | None:
+def sw_fallback(
+    info: CryptoInfo, segment: Segment, lookup: RecordLookup, out: memoryview
+) -> bool:
     """The segment's bytes as software TX would have put them on the wire.
 
     ``info`` is the connection's TX crypto_info (key, salt/iv); sequence
-    numbers and explicit nonces come from the records themselves.  Returns
-    None when a record the segment needs was already freed (the kernel
-    drops such a packet too); plain data before the start marker passes.
+    numbers and explicit nonces come from the records themselves.  Writes
+    into ``out``; returns False when a record the segment needs was already
+    freed (the kernel drops such a packet too).  Plain data before the start
+    marker passes unchanged.
     """
     n = len(segment)
     if lookup.before_start_marker(segment.seq, n):
-        return bytes(segment.payload)
-    out = bytearray(n)
+        out[:n] = segment.payload
+        return True
     pos = 0
     while pos < n:
         rec = lookup.get_record(seq_add(segment.seq, pos))
         if rec is None:
-            return None
+            return False
         start_in_rec = seq_diff(seq_add(segment.seq, pos), rec.start_seq)
         sealed = _seal_record(info, rec.record_sn, rec.data)
         take = min(len(rec.data) - start_in_rec, n - pos)
         out[pos : pos + take] = sealed[start_in_rec : start_in_rec + take]
         pos += take
-    return bytes(out)
+    return True
 
 
 def _seal_record(info: CryptoInfo, record_sn: int, framed: memoryview) -> bytearray:

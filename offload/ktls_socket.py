@@ -35,12 +35,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeAlias
 
-from offload.errors import os_error
+from offload.errors import StreamAbort, os_error
 from offload.netdev import NetDevice, OffloadRefused
 from offload.record import Buffer
 from offload.stats import GLOBAL, TlsStats
 from offload.tls_device import DeviceTx
-from offload.tls_sw import BATCH_RECORDS, RxRecord, SwRx, SwTx
+from offload.tls_sw import RxRecord, SwRx, SwTx
 from offload.uapi import (
     SOL_TCP,
     SOL_TLS,
@@ -103,7 +103,9 @@ class KTLSSocket:
         self._tx_conf: str = "none"
         self._rx_conf: str = "none"
         self._tx_err: OSError | None = None
-        self._rx_err: OSError | None = None
+        self._rx_err: OSError | None = None  # sticky (bad tag)
+        self._rx_abort: OSError | None = None  # reported once, then RX stops
+        self._rx_dead = False
         self._tx_lock = threading.RLock()
         self._rx_lock = threading.RLock()
         self._pending: deque[memoryview] = deque()
@@ -224,7 +226,8 @@ class KTLSSocket:
                 return self._sock.getsockopt(level, optname)
             return self._sock.getsockopt(level, optname, buflen)
         if self.backend is None:
-            raise os_error(errno.ENOPROTOOPT, "SOL_TLS without the tls ULP")
+            # TCP answers getsockopt at an unknown level with EOPNOTSUPP.
+            raise os_error(errno.EOPNOTSUPP, "SOL_TLS without the tls ULP")
         if self.backend == "kernel":
             if buflen is None:
                 return self._sock.getsockopt(SOL_TLS, optname)
@@ -462,7 +465,7 @@ class KTLSSocket:
             record_type = data[0]
             data = data[1:]
             prefix = 1
-        block = self._sock.getblocking() and not flags & socket.MSG_DONTWAIT
+        block = self._blocking(flags)
         with self._tx_lock:
             self._check_tx_error()
             if not self._flush_pending(block) and not block:
@@ -470,7 +473,13 @@ class KTLSSocket:
             if not block and len(data) > _NONBLOCK_ACCEPT and record_type == _DATA:
                 data = data[:_NONBLOCK_ACCEPT]
             tx = self._tx
-            for buf in tx.frame(record_type, data, more):
+            try:
+                frames = tx.frame(record_type, data, more)
+            except OSError as exc:
+                if exc.errno == errno.EBADMSG:  # sequence space spent: sticky
+                    self._tx_err = exc
+                raise
+            for buf in frames:
                 self._emit(buf)
                 if block:  # write each batch before sealing the next
                     self._flush_pending(block=True)
@@ -498,13 +507,18 @@ class KTLSSocket:
             return sent
         fd = file.fileno()
         total = 0
-        chunk_max = BATCH_RECORDS * self._tx.max_payload
+        chunk_max = self._tx.batch_records * self._tx.max_payload
         with self._tx_lock:
             while count is None or total < count:
                 self._check_tx_error()
                 want = chunk_max if count is None else min(chunk_max, count - total)
                 tx = self._tx
-                buf, slots = tx.frame_slots(want)
+                try:
+                    buf, slots = tx.frame_slots(want)
+                except OSError as exc:
+                    if exc.errno == errno.EBADMSG:
+                        self._tx_err = exc
+                    raise
                 got = os.preadv(fd, _slot_payloads(slots, tx.sealer.is13), offset + total)
                 if got == 0:
                     break
@@ -524,6 +538,13 @@ class KTLSSocket:
         if hasattr(file, "seek"):
             file.seek(offset + total)
         return total
+
+    def _blocking(self, flags: int) -> bool:
+        """Whether this call may wait, as for a Python socket: with a timeout
+        set, Python waits up to it even for MSG_DONTWAIT (then TimeoutError)."""
+        if not self._sock.getblocking():
+            return False
+        return not (flags & socket.MSG_DONTWAIT and self._sock.gettimeout() is None)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Push queued ciphertext to the socket; True when nothing is left."""
@@ -586,8 +607,11 @@ class KTLSSocket:
                 if n >= len(head):
                     n -= len(head)
                     pending.popleft()
-                    if self._tx is not None and isinstance(head.obj, bytearray):
-                        self._tx.recycle(head.obj)
+                    if isinstance(head.obj, bytearray):
+                        if self.wire is not None:
+                            self.wire.recycle(head.obj)
+                        elif self._tx is not None:
+                            self._tx.recycle(head.obj)
                 else:
                     pending[0] = head[n:]
                     n = 0
@@ -653,13 +677,22 @@ class KTLSSocket:
         if self._pending:
             with self._tx_lock:
                 self._flush_pending(block=False)
-        block = self._sock.getblocking() and not flags & socket.MSG_DONTWAIT
+        block = self._blocking(flags)
         peek = bool(flags & socket.MSG_PEEK)
         waitall = bool(flags & socket.MSG_WAITALL)
         with self._rx_lock:
-            if self._rx_err is not None:
-                raise self._rx_err
             rx = self._rx
+            # Records decrypted before an error (e.g. by MSG_PEEK) are still
+            # delivered first, as Linux serves its rx_list before sk_err.
+            if not any(r.remaining for r in rx.ready):
+                if self._rx_err is not None:
+                    raise self._rx_err
+                if self._rx_abort is not None:
+                    self._rx_dead = True
+                    exc, self._rx_abort = self._rx_abort, None
+                    raise exc
+                if self._rx_dead:
+                    return self._dead_recv(block), [], 0, None
             out: list[bytes] = []
             copied = 0
             record_type: int | None = None
@@ -671,8 +704,11 @@ class KTLSSocket:
                     rec = self._record_at(rx, idx, block and (copied == 0 or waitall))
                 except OSError:
                     if record_type is None:
+                        if self._rx_abort is not None:
+                            self._rx_abort = None
+                            self._rx_dead = True
                         raise
-                    break  # deliver what was read; the error is sticky for the next call
+                    break  # deliver what was read; the error comes with the next call
                 if rec is None:
                     if record_type is None:
                         if rx.key_update_pending and idx >= len(rx.ready):
@@ -716,6 +752,10 @@ class KTLSSocket:
     def _record_at(self, rx: SwRx, idx: int, block: bool) -> RxRecord | None:
         """The ready record at ``idx``, decrypting and reading as needed."""
         while idx >= len(rx.ready):
+            if self._rx_err is not None:
+                raise self._rx_err
+            if self._rx_abort is not None or self._rx_dead:
+                raise self._rx_abort or os_error(errno.EAGAIN, "receive path stopped")
             try:
                 rec = rx.decrypt_next()
             except OSError as exc:
@@ -730,9 +770,22 @@ class KTLSSocket:
         return rx.ready[idx]
 
     def _rx_fail(self, exc: OSError) -> None:
+        if isinstance(exc, StreamAbort):
+            self._rx_abort = exc
+            return
         if exc.errno == errno.EBADMSG:
             self.stats.inc("TlsDecryptError")
         self._rx_err = exc
+
+    def _dead_recv(self, block: bool) -> bytes:
+        """After an abort the parser is stopped: no data, only EOF or waiting
+        (Python raises TimeoutError when the socket's timeout expires)."""
+        while not self._eof:
+            if not block:
+                raise os_error(errno.EAGAIN, "receive path stopped after an error")
+            if not self._sock.recv(_READ_CHUNK):
+                self._eof = True
+        return b""
 
     def _fill(self, rx: SwRx, block: bool) -> bool:
         """Read more ciphertext; False when nothing could be read now."""

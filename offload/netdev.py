@@ -10,8 +10,10 @@ calls the kernel makes on a TLS-offload driver, and a transmit hook:
 * ``dev_del(ctx)`` - the context goes away (``tls_dev_del``);
 * ``dev_resync(ctx, tcp_seq, record_sn)`` - the kernel tells the device
   which record starts at ``tcp_seq`` (``tls_dev_resync``);
-* ``xmit(ctx_or_None, segment, lookup)`` - a TCP segment with plaintext
-  records leaves through this device; ``lookup`` is the kernel's
+* ``xmit(ctx, segment, lookup, out)`` - a TCP segment with plaintext
+  records leaves through this device: the driver writes the bytes that go
+  on the wire into ``out`` (its TX ring slot, as long as the segment) and
+  returns False to drop the packet; ``lookup`` is the kernel's
   ``tls_get_record``: the only way a driver may see record bytes other than
   the segment's own, for the out-of-order slow path.
 
@@ -136,8 +138,10 @@ class Driver(Protocol):
 
     def dev_resync(self, ctx: object, tcp_seq: int, record_sn: int) -> None: ...
 
-    def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup) -> bytes | None:
-        """The bytes this segment puts on the wire, or None when it is dropped."""
+    def xmit(
+        self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview
+    ) -> bool:
+        """Write the segment's wire bytes into ``out``; False drops the packet."""
 
 
 class NetDevice:

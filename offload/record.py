@@ -28,7 +28,7 @@ from typing import Protocol, TypeAlias
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
-from offload.errors import os_error
+from offload.errors import abort_error, os_error
 from offload.uapi import (
     TLS_1_2_VERSION,
     TLS_1_3_VERSION,
@@ -250,8 +250,18 @@ class RecordSealer(_Direction):
         return out
 
     def records_left(self) -> int:
-        """How many more records this key may seal (sequence numbers left)."""
-        return 0 if self.exhausted else _SEQ_MASK + 1 - self.seq
+        """How many more records this key may seal.
+
+        The record numbered 2^64-1 is never sent: Linux wraps ``rec_seq``
+        while sealing it and aborts the socket with EBADMSG before it reaches
+        TCP (``tls_advance_record_sn``), so it counts as no space.
+        """
+        return 0 if self.exhausted else _SEQ_MASK - self.seq
+
+    def wrap(self) -> None:
+        """What the kernel leaves behind after the wrap: rec_seq 0, spent."""
+        self.seq = 0
+        self.exhausted = True
 
     def layout(
         self, total: int, max_payload: int, buf: bytearray | None = None
@@ -466,6 +476,8 @@ class RecordOpener(_Direction):
         except InvalidTag:
             raise os_error(errno.EBADMSG, "bad record MAC") from None
         self._advance(seq)
+        if ex:  # getsockopt(TLS_RX) on Linux shows the iv advanced per record
+            self.explicit = (self.explicit + 1) & _SEQ_MASK
         return ctype, memoryview(plain)
 
     def _advance(self, seq: int) -> None:
@@ -508,11 +520,11 @@ class RecordParser:
             return None
         ctype, version, length = _HEADER.unpack_from(self._buf, self._pos)
         if version != TLS_1_2_VERSION:
-            raise os_error(errno.EINVAL, f"record version 0x{version:04x} is not 0x0303")
+            raise abort_error(errno.EINVAL, f"record version 0x{version:04x} is not 0x0303")
         if length > self.max_len:
-            raise os_error(errno.EMSGSIZE, f"record length {length} exceeds {self.max_len}")
+            raise abort_error(errno.EMSGSIZE, f"record length {length} exceeds {self.max_len}")
         if length < self.min_len:
-            raise os_error(errno.EBADMSG, f"record length {length} below cipher overhead")
+            raise abort_error(errno.EBADMSG, f"record length {length} below cipher overhead")
         return ctype, version, length
 
     def next_record(self) -> bytes | None:

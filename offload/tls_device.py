@@ -35,6 +35,9 @@ class DeviceTx(SwTx):
     the driver declines the context (the caller falls back to software).
     """
 
+    batch_records = 4 * BATCH_RECORDS
+    """Bigger than SW batches: fewer short tail segments per framing buffer."""
+
     def __init__(
         self,
         info: CryptoInfo,
@@ -61,7 +64,7 @@ class DeviceTx(SwTx):
         n = len(mv)
         if n == 0 and content_type == 23:
             return
-        step = self.max_payload * BATCH_RECORDS
+        step = self.max_payload * self.batch_records
         is13 = self.sealer.is13
         for off in range(0, max(n, 1), step):
             chunk = mv[off : off + step]

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from offload.errors import os_error
+from offload.errors import abort_error, os_error
 from offload.record import Buffer, RecordOpener, RecordParser, RecordSealer
 from offload.uapi import TLS_1_3_VERSION, TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
 
@@ -36,13 +36,16 @@ class SwTx:
     which owns the write queue.
     """
 
+    batch_records = BATCH_RECORDS
+    """Records per framing buffer (one socket write / one segmenting pass)."""
+
     def __init__(self, info: CryptoInfo, max_payload: int = TLS_MAX_PAYLOAD_SIZE) -> None:
         self.sealer = RecordSealer(info)
         self.max_payload = max_payload
         self.open_record = bytearray()
         self.records = 0  # records sealed since install (for diagnostics)
         self._pool: list[bytearray] = []
-        self._batch_size = self.sealer.sealed_size(max_payload) * BATCH_RECORDS
+        self._batch_size = self.sealer.sealed_size(max_payload) * self.batch_records
 
     def recycle(self, buf: bytearray) -> None:
         """Take back a fully written batch buffer for reuse (bounded pool)."""
@@ -50,7 +53,7 @@ class SwTx:
             self._pool.append(buf)
 
     def _buffer(self, plaintext_len: int) -> bytearray | None:
-        if plaintext_len == self.max_payload * BATCH_RECORDS and self._pool:
+        if plaintext_len == self.max_payload * self.batch_records and self._pool:
             return self._pool.pop()
         return None
 
@@ -67,10 +70,11 @@ class SwTx:
             raise os_error(errno.EBUSY, "open record pending during rekey")
         self.sealer = RecordSealer(info)
         self._pool.clear()
-        self._batch_size = self.sealer.sealed_size(self.max_payload) * BATCH_RECORDS
+        self._batch_size = self.sealer.sealed_size(self.max_payload) * self.batch_records
 
     def _check_space(self, nrecords: int) -> None:
         if self.sealer.records_left() < nrecords:
+            self.sealer.wrap()
             raise os_error(errno.EBADMSG, "record sequence number space exhausted")
 
     def frame(self, content_type: int, data: Buffer, more: bool) -> Iterator[bytearray]:
@@ -116,7 +120,7 @@ class SwTx:
         n = len(mv)
         if n == 0 and content_type == _DATA:
             return
-        step = self.max_payload * BATCH_RECORDS
+        step = self.max_payload * self.batch_records
         for off in range(0, max(n, 1), step):
             chunk = mv[off : off + step]
             nrec = max(1, -(-len(chunk) // self.max_payload))
@@ -194,9 +198,9 @@ class SwRx:
         if self.key_update_pending:
             return None
         if self.opener.exhausted:
-            if self.parser.buffered:
-                raise os_error(errno.EBADMSG, "record sequence number space exhausted")
-            return None
+            # The record numbered 2^64-1 was delivered; rec_seq wrapped, and
+            # Linux aborts the socket (reported once, at the next read).
+            raise abort_error(errno.EBADMSG, "record sequence number wrapped")
         raw = self.parser.next_record()
         if raw is None:
             return None

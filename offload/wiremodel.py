@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,19 +97,27 @@ class ReassemblyError(RuntimeError):
 
 
 class Reassembler:
-    """In-order delivery of what the devices emit, with duplicate checking."""
+    """In-order delivery of what the devices emit, with duplicate checking.
 
-    HISTORY = 1 << 20  # delivered bytes kept to compare late duplicates against
+    ``check_dups`` keeps a copy of the last ``HISTORY`` delivered bytes so a
+    late duplicate can be compared with what went out (only needed when the
+    wire duplicates or retransmits; off on the fast path).
+    """
 
-    def __init__(self, start: int, deliver: Callable[[bytes], None]) -> None:
+    HISTORY = 1 << 20
+
+    def __init__(
+        self, start: int, deliver: Callable[[bytes | bytearray], None], check_dups: bool = True
+    ) -> None:
         self.next = start
         self._deliver = deliver
-        self._ooo: dict[int, bytes] = {}
-        self._history = bytearray()
-        self._history_start = start
+        self._ooo: dict[int, bytes | bytearray] = {}
+        self._check = check_dups
+        self._hist: deque[tuple[int, bytes]] = deque()
+        self._hist_bytes = 0
         self.counts_dup_bytes = 0
 
-    def receive(self, offset: int, data: bytes) -> None:
+    def receive(self, offset: int, data: bytes | bytearray) -> None:
         if not data:
             return
         end = offset + len(data)
@@ -130,39 +139,35 @@ class Reassembler:
             return
         self._push(data)
         while self._ooo:
-            progressed = False
-            for o in sorted(self._ooo):
-                if o > self.next:
-                    break
-                seg = self._ooo.pop(o)
-                if o + len(seg) <= self.next:
-                    self._check_dup(o, seg)
-                else:
-                    self._check_dup(o, seg[: self.next - o])
-                    self._push(seg[self.next - o :])
-                progressed = True
+            first = min(self._ooo)
+            if first > self.next:
                 break
-            if not progressed:
-                break
+            seg = self._ooo.pop(first)
+            if first + len(seg) <= self.next:
+                self._check_dup(first, seg)
+            else:
+                self._check_dup(first, seg[: self.next - first])
+                self._push(seg[self.next - first :])
 
-    def _push(self, data: bytes) -> None:
+    def _push(self, data: bytes | bytearray) -> None:
+        if self._check:
+            self._hist.append((self.next, bytes(data)))
+            self._hist_bytes += len(data)
+            while self._hist_bytes - len(self._hist[0][1]) >= self.HISTORY:
+                self._hist_bytes -= len(self._hist.popleft()[1])
         self.next += len(data)
-        self._history += data
-        if len(self._history) > 2 * self.HISTORY:
-            cut = len(self._history) - self.HISTORY
-            del self._history[:cut]
-            self._history_start += cut
         self._deliver(data)
 
-    def _check_dup(self, offset: int, data: bytes) -> None:
+    def _check_dup(self, offset: int, data: bytes | bytearray) -> None:
+        """Every copy of the same TCP bytes must carry the same ciphertext."""
         self.counts_dup_bytes += len(data)
-        lo = max(offset, self._history_start)
-        if lo >= offset + len(data):
-            return
-        h = lo - self._history_start
-        mine = self._history[h : h + offset + len(data) - lo]
-        if mine != data[lo - offset :]:
-            raise ReassemblyError(f"duplicate at stream offset {offset} carries other bytes")
+        end = offset + len(data)
+        for h_off, h_data in self._hist:
+            lo, hi = max(offset, h_off), min(end, h_off + len(h_data))
+            if lo < hi and h_data[lo - h_off : hi - h_off] != data[lo - offset : hi - offset]:
+                raise ReassemblyError(
+                    f"duplicate at stream offset {lo} carries other bytes than the first copy"
+                )
 
     @property
     def pending(self) -> int:
@@ -191,7 +196,7 @@ class TxPipeline:
     def __init__(
         self,
         device: NetDevice,
-        deliver: Callable[[bytes], None],
+        deliver: Callable[[bytes | bytearray], None],
         *,
         space: SeqSpace | None = None,
         mss: int | None = None,
@@ -206,9 +211,12 @@ class TxPipeline:
         self.fallback_device = fallback_device
         self.offset = 0  # next stream offset to segment
         self.tx: DeviceTx | None = None
-        self.reasm = Reassembler(0, self._delivered)
+        # Only duplicates and retransmissions can deliver the same bytes twice.
+        dups = self.faults.dup > 0 or self.faults.drop > 0
+        self.reasm = Reassembler(0, self._delivered, check_dups=dups)
         self._deliver = deliver
         self._held: list[_Held] = []
+        self._ring: list[bytearray] = []
         self._clock = 0  # segments processed: the wire's notion of time
         self._order = 0
         self.counts = FaultCounts()
@@ -287,24 +295,44 @@ class TxPipeline:
     def _xmit(self, off: int, seg: Segment, redirect: bool, lost: bool = False) -> None:
         self._clock += 1
         tx = self.tx
-        if tx is None or off + len(seg) <= tx.start_offset:
-            out: bytes | None = bytes(seg.payload)
-        elif redirect and self.fallback_device is not None:
+        n = len(seg)
+        if tx is None or off + n <= tx.start_offset:
+            self.reasm.receive(off, bytes(seg.payload)) if not lost else None
+            return
+        out = self._ring_slot(n)
+        if redirect and self.fallback_device is not None:
             t0 = time.thread_time()
-            out = sw_fallback(tx.info, seg, tx)
+            ok = sw_fallback(tx.info, seg, tx, memoryview(out))
             self.fallback_seconds += time.thread_time() - t0
-            st = self.fallback_device.stats
-            if out is not None:
+            if ok:
+                st = self.fallback_device.stats
                 st.inc("tx_tls_sw_fallback_packets")
-                st.inc("tx_tls_sw_fallback_bytes", len(seg))
+                st.inc("tx_tls_sw_fallback_bytes", n)
         else:
             t0 = time.thread_time()
-            out = tx.device.driver.xmit(tx.ctx, seg, tx)
+            ok = tx.device.driver.xmit(tx.ctx, seg, tx, memoryview(out))
             self.device_seconds += time.thread_time() - t0
-        if out is not None and not lost:
+        if ok and not lost:
             self.reasm.receive(off, out)
+        else:
+            self.recycle(out)
 
-    def _delivered(self, data: bytes) -> None:
+    def _ring_slot(self, n: int) -> bytearray:
+        """A TX ring buffer for an n-byte segment (reused: no zeroing per packet)."""
+        if n == self.segmenter.mss and self._ring:
+            return self._ring.pop()
+        return bytearray(n)
+
+    def recycle(self, buf: bytes | bytearray) -> None:
+        """The socket wrote ``buf``: its ring slot can carry another segment."""
+        if (
+            isinstance(buf, bytearray)
+            and len(buf) == self.segmenter.mss
+            and len(self._ring) < 64
+        ):
+            self._ring.append(buf)
+
+    def _delivered(self, data: bytes | bytearray) -> None:
         self._deliver(data)
         if self.tx is not None:
             self.tx.clean_acked(self.reasm.next)

@@ -215,6 +215,35 @@ def _semantics_script(kind: str) -> list[tuple[str, str]]:
         step("send with rec_seq 2^64-1", lambda: kc.send(b"last"))
         step("send after wrap", lambda: kc.send(b"next"))
         step("getsockopt after wrap", lambda: kc.getsockopt(SOL_TLS, TLS_TX, 40)[-8:])
+    out += _rx_script(kind)
+    return out
+
+
+def _rx_script(kind: str) -> list[tuple[str, str]]:
+    """Hostile and edge-case records from a raw peer into the RX side."""
+    from tests.wire import encrypt_record
+
+    out: list[tuple[str, str]] = []
+    info = _info(TLS_1_2_VERSION, CipherType.AES_GCM_128, seq=2**64 - 2, fixed=True)
+    cases: dict[str, bytes] = {
+        "rx wrap": encrypt_record(info, 2**64 - 2, 23, b"ok")
+        + encrypt_record(info, 2**64 - 1, 23, b"last number"),
+        "rx bad tag": encrypt_record(info, 2**64 - 2, 23, b"ok")
+        + encrypt_record(info, 2**64 - 1, 23, b"x")[:-1]
+        + b"\0",
+        "rx bad version": bytes([23, 3, 1, 0, 40]) + bytes(40),
+        "rx oversized": bytes([23, 3, 3, 0x48, 0x00]) + bytes(64),
+        "rx too short": bytes([23, 3, 3, 0, 10]) + bytes(10),
+    }
+    for name, wire_bytes in cases.items():
+        with _pair() as (c, s):
+            ks = _wrap(s, kind)
+            ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+            ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+            ks.settimeout(2)
+            c.sendall(wire_bytes)
+            for i in range(3):
+                out.append((f"{name} recv {i}", _outcome(lambda k=ks: k.recv(100))))
     return out
 
 

@@ -169,7 +169,9 @@ def expect_errno(expected: int, func: Callable[..., object], *args: object) -> N
 
 
 def _call_repr(func: Callable[..., object], args: tuple[object, ...]) -> str:
-    shown = ", ".join(repr(a) if not isinstance(a, bytes) or len(a) < 12 else "<bytes>" for a in args)
+    shown = ", ".join(
+        repr(a) if not isinstance(a, bytes) or len(a) < 12 else "<bytes>" for a in args
+    )
     return f"{getattr(func, '__name__', func)}({shown})"
 
 
@@ -266,8 +268,10 @@ def tls12_gcm128_wire_format() -> str:
         assert header == bytes([CT_APPLICATION_DATA, 3, 3, 0, 8 + 5 + 16]), header.hex()
         # The explicit nonce is crypto_info.iv, incremented per record (not the seq).
         assert explicit == be_add(IV, i), explicit.hex()
-        aad = (seq + i).to_bytes(8, "big") + bytes([CT_APPLICATION_DATA, 3, 3]) + (5).to_bytes(
-            2, "big"
+        aad = (
+            (seq + i).to_bytes(8, "big")
+            + bytes([CT_APPLICATION_DATA, 3, 3])
+            + (5).to_bytes(2, "big")
         )
         plain = aead.decrypt(SALT + explicit, body, aad)
         assert plain == (b"hello", b"again")[i], plain
@@ -295,7 +299,14 @@ def tls12_getsockopt_state() -> str:
         for i in range(3):
             client.send(b"rec%d" % i)
         got = GCM128_STRUCT.unpack(client.getsockopt(SOL_TLS, TLS_TX, 40))
-        want = (TLS_1_2_VERSION, TLS_CIPHER_AES_GCM_128, be_add(IV, 3), KEY, SALT, be_add(REC_SEQ, 3))
+        want = (
+            TLS_1_2_VERSION,
+            TLS_CIPHER_AES_GCM_128,
+            be_add(IV, 3),
+            KEY,
+            SALT,
+            be_add(REC_SEQ, 3),
+        )
         assert got == want, (got, want)
         # len 4: only version + cipher.
         assert client.getsockopt(SOL_TLS, TLS_TX, 4) == struct.pack(
@@ -316,7 +327,14 @@ def tls12_getsockopt_state() -> str:
         got_data = recv_exact(server, 24)
         assert got_data == b"rec0rec1rec2msg0msg1msg2", got_data
         got = GCM128_STRUCT.unpack(server.getsockopt(SOL_TLS, TLS_RX, 40))
-        want = (TLS_1_2_VERSION, TLS_CIPHER_AES_GCM_128, be_add(IV, 6), KEY, SALT, be_add(REC_SEQ, 6))
+        want = (
+            TLS_1_2_VERSION,
+            TLS_CIPHER_AES_GCM_128,
+            be_add(IV, 6),
+            KEY,
+            SALT,
+            be_add(REC_SEQ, 6),
+        )
         assert got == want, (got, want)
 
         # The other SOL_TLS options.
@@ -325,7 +343,8 @@ def tls12_getsockopt_state() -> str:
         expect_errno(errno.ENOPROTOOPT, client.getsockopt, SOL_TLS, 99, 4)
     return (
         "before set: len<4 EINVAL, else EBUSY; after set: len 40 full struct with live iv/rec_seq "
-        "(both +1 per record, TX and RX; records queued before TLS_RX are decrypted), len 4 version+cipher, other lengths EINVAL; "
+        "(both +1 per record, TX and RX; records queued before TLS_RX are decrypted), "
+        "len 4 version+cipher, other lengths EINVAL; "
         "TLS_TX_ZEROCOPY_RO reads 0; TLS_RX_EXPECT_NO_PAD on 1.2: EINVAL; unknown optname: "
         "ENOPROTOOPT"
     )
@@ -346,8 +365,9 @@ def tls12_setsockopt_errors() -> str:
         client.setsockopt(SOL_TLS, TLS_TX, info)
         expect_errno(errno.EBUSY, client.setsockopt, SOL_TLS, TLS_TX, info)  # TLS 1.2: no rekey
         # RX with a different cipher than TX: EINVAL.
-        gcm256 = struct.pack("=HH8s32s4s8s", TLS_1_2_VERSION, TLS_CIPHER_AES_GCM_256, IV,
-                             KEY * 2, SALT, REC_SEQ)
+        gcm256 = struct.pack(
+            "=HH8s32s4s8s", TLS_1_2_VERSION, TLS_CIPHER_AES_GCM_256, IV, KEY * 2, SALT, REC_SEQ
+        )
         expect_errno(errno.EINVAL, client.setsockopt, SOL_TLS, TLS_RX, gcm256)
         client.setsockopt(SOL_TLS, TLS_RX, info)
         expect_errno(errno.EBUSY, client.setsockopt, SOL_TLS, TLS_RX, info)
@@ -435,6 +455,17 @@ def proc_tls_stat() -> str:
 
 # ---------------------------------------------------------------------------
 # Runner
+
+
+# ---------------------------------------------------------------------------
+# The offload layer next to the kernel (interop + the kernel as oracle).
+
+try:
+    import kernel_layer_scenarios as _layer
+except ImportError:  # imported as tests.kernel_scenarios
+    from tests import kernel_layer_scenarios as _layer
+
+_layer.register(scenario)
 
 
 def _run_child(sc: Scenario) -> dict[str, object]:

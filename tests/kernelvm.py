@@ -44,7 +44,8 @@ Environment knobs:
 * ``TLSCTL_VM_DISABLE=1``: report the VM as unavailable (tests skip).
 * ``TLSCTL_VM_KERNEL=/boot/vmlinuz-X``: pick the kernel image.
 * ``TLSCTL_VM_KVM=1``: do not pass ``--disable-kvm`` (for machines where KVM works).
-* ``TLSCTL_VM_KEEP=1``: keep the temporary work directory for inspection.
+* ``TLSCTL_VM_KEEP=1``: keep the temporary work directory for inspection
+  (it is always kept when the run fails with :class:`VMError`).
 """
 
 from __future__ import annotations
@@ -234,7 +235,9 @@ uname -r > "$W/uname" 2>&1
 modprobe tls > "$W/modprobe.out" 2>&1
 echo $? > "$W/modprobe.rc"
 {exports}
-cd {shlex.quote(str(cwd))} || {{ echo 125 > "$W/rc"; echo "cannot cd to {cwd}" > "$W/stderr"; exit 125; }}
+cd {shlex.quote(str(cwd))} || {{
+    echo "cannot cd to {cwd}" > "$W/stderr"; echo 125 > "$W/rc"; exit 125
+}}
 timeout -k 5 {secs} {command} < /dev/null > "$W/stdout" 2> "$W/stderr"
 echo $? > "$W/rc.tmp"
 sync
@@ -255,10 +258,8 @@ def _guest_env(extra: Mapping[str, str] | None, cwd: Path) -> dict[str, str]:
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env["LC_ALL"] = "C.UTF-8"
-    env["PATH"] = os.pathsep.join(
-        [str(Path(sys.executable).parent), "/usr/local/sbin", "/usr/local/bin"]
-        + ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-    )
+    system_path = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), *system_path])
     env["TLSCTL_IN_KERNEL_VM"] = "1"
     if extra:
         env.update(extra)
@@ -288,7 +289,10 @@ def run_in_vm(
     The command runs with ``cwd`` (default: the repository root), stdin from
     /dev/null, and ``PYTHONPATH`` starting with the repository root.
 
-    Returns the command's exit status, stdout and stderr.  Raises
+    Returns the command's exit status, stdout and stderr (a command stopped
+    by the guest-side time limit exits with 124, or 137 if it needed
+    SIGKILL), plus VM details (``boot_seconds``, ``console``, ``modprobe_rc``,
+    ...).  On a VMError the work directory is kept.  Raises
     :class:`VMUnavailable` when the VM can't be booted here, and
     :class:`VMError` when the VM does not boot or report back in time.
     """
@@ -342,6 +346,7 @@ def run_in_vm(
 
     t0 = time.monotonic()
     boot_seconds: float | None = None
+    keep = os.environ.get("TLSCTL_VM_KEEP", "") not in ("", "0")
     try:
         with open(console_path, "wb") as console:
             proc = subprocess.Popen(
@@ -392,7 +397,7 @@ def run_in_vm(
                 f"VM exited (vng exit status {proc.returncode}) without reporting the "
                 f"command's result; guest {'started the script' if started else 'never booted'}"
                 f" (kernel {image}); modprobe: {_read(wdir / 'modprobe.out').strip()!r}; "
-                f"stderr: {_read(wdir / 'stderr')[-2000:]!r}",
+                f"stderr: {_read(wdir / 'stderr')[-2000:]!r}; console log: {console_path}",
                 console_text,
             )
         mp = _read(wdir / "modprobe.rc").strip()
@@ -408,8 +413,11 @@ def run_in_vm(
             boot_seconds=boot_seconds,
             total_seconds=total,
         )
+    except VMError:
+        keep = True  # leave the console log and guest files for inspection
+        raise
     finally:
-        if owns_workdir and os.environ.get("TLSCTL_VM_KEEP", "") in ("", "0"):
+        if owns_workdir and not keep:
             shutil.rmtree(wdir, ignore_errors=True)
 
 

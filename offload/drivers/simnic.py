@@ -54,8 +54,8 @@ class _GcmStream:
 
     __slots__ = ("_enc",)
 
-    def __init__(self, key: bytes, nonce: bytes, aad: bytes) -> None:
-        self._enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+    def __init__(self, key: algorithms.AES, nonce: bytes, aad: bytes) -> None:
+        self._enc = Cipher(key, modes.GCM(nonce)).encryptor()
         self._enc.authenticate_additional_data(aad)
 
     def update(self, data: memoryview) -> bytes:
@@ -96,6 +96,7 @@ class SimNicContext:
     """One offloaded TX connection's state inside the NIC (no record data)."""
 
     __slots__ = (
+        "aes",
         "body_left",
         "cipher",
         "expected",
@@ -117,6 +118,7 @@ class SimNicContext:
         self.version = info.version
         self.cipher = info.cipher
         self.key = info.key
+        self.aes = algorithms.AES(info.key) if info.cipher != CipherType.CHACHA20_POLY1305 else None
         self.salt = info.salt
         self.static_iv = int.from_bytes(info.salt + info.iv, "big")
         self.explicit_size = info.spec.explicit_nonce_size(info.version)
@@ -153,8 +155,10 @@ class SimNicContext:
 
     def start_stream(self, hdr: bytes | bytearray | memoryview, body_len: int) -> None:
         nonce, aad = self.nonce_aad(hdr, body_len)
-        cls = _ChachaStream if self.cipher == CipherType.CHACHA20_POLY1305 else _GcmStream
-        self.stream = cls(self.key, nonce, aad)
+        if self.aes is None:
+            self.stream = _ChachaStream(self.key, nonce, aad)
+        else:
+            self.stream = _GcmStream(self.aes, nonce, aad)
 
 
 class SimNic:
@@ -187,21 +191,24 @@ class SimNic:
         ctx.expected = tcp_seq
         ctx.record_sn = record_sn
 
-    def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup) -> bytes | None:
+    def xmit(
+        self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview
+    ) -> bool:
         if not isinstance(ctx, SimNicContext):
             raise TypeError("not a sim-nic context")
         n = len(segment)
         stats = self.stats
         if n == 0:
-            return b""
+            return True
         if segment.seq != ctx.expected:
             if lookup.before_start_marker(segment.seq, n):
                 stats.inc("tx_tls_skip_no_sync_data")
-                return bytes(segment.payload)
+                out[:n] = segment.payload
+                return True
             rec = lookup.get_record(segment.seq)
             if rec is None:
                 stats.inc("tx_tls_drop_no_sync_data")
-                return None
+                return False
             stats.inc("tx_tls_ooo")
             ctx.reset()
             ctx.record_sn = rec.record_sn
@@ -211,12 +218,11 @@ class SimNic:
                 stats.inc("tx_tls_dump_bytes", prefix)
                 self._walk(ctx, rec.data[:prefix], None)
             stats.inc("tx_tls_resync_bytes", n)
-        out = bytearray(n)
-        self._walk(ctx, segment.payload, memoryview(out))
+        self._walk(ctx, segment.payload, out)
         ctx.expected = seq_add(segment.seq, n)
         stats.inc("tx_tls_encrypted_packets")
         stats.inc("tx_tls_encrypted_bytes", n)
-        return bytes(out)
+        return True
 
     def _walk(self, ctx: SimNicContext, data: memoryview, out: memoryview | None) -> None:
         """Run ``data`` through the record state machine; write to ``out``
@@ -243,7 +249,7 @@ class SimNic:
                         continue
                 take = min(hlen - len(ctx.hdr), n - pos)
                 ctx.hdr += data[pos : pos + take]
-                if out is not None:
+                if out is not None:  # header and explicit nonce go out as they are
                     out[pos : pos + take] = data[pos : pos + take]
                 pos += take
                 if len(ctx.hdr) == hlen:
@@ -255,7 +261,8 @@ class SimNic:
                         self._end_body(ctx)
             elif ctx.phase == _BODY:
                 take = min(ctx.body_left, n - pos)
-                assert ctx.stream is not None
+                if ctx.stream is None:
+                    raise RuntimeError("sim-nic: record body without a running AEAD")
                 ct = ctx.stream.update(data[pos : pos + take])
                 if out is not None:
                     out[pos : pos + take] = ct
@@ -276,7 +283,8 @@ class SimNic:
 
     @staticmethod
     def _end_body(ctx: SimNicContext) -> None:
-        assert ctx.stream is not None
+        if ctx.stream is None:
+            raise RuntimeError("sim-nic: record end without a running AEAD")
         ctx.tag = ctx.stream.finish()
         ctx.stream = None
         ctx.phase = _TAGPHASE
