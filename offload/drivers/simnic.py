@@ -232,21 +232,10 @@ class SimNic:
         hlen = ctx.header_len()
         while pos < n:
             if ctx.phase == _HEADER:
-                if not ctx.hdr and n - pos >= hlen:
-                    length = int.from_bytes(data[pos + 3 : pos + 5], "big")
-                    end = pos + _HDR + length
-                    if end <= n and out is not None:
-                        # Whole record inside the segment: one-shot AEAD.
-                        body_len = length - ctx.explicit_size - _TAG
-                        nonce, aad = ctx.nonce_aad(data[pos : pos + hlen], body_len)
-                        out[pos : pos + hlen] = data[pos : pos + hlen]
-                        b = pos + hlen
-                        ctx.oneshot.encrypt_into(
-                            nonce, data[b : b + body_len], aad, out[b : b + body_len + _TAG]
-                        )
-                        ctx.record_sn += 1
-                        pos = end
-                        continue
+                if not ctx.hdr and out is not None:
+                    pos = self._whole_records(ctx, data, out, pos)
+                    if pos >= n:
+                        break
                 take = min(hlen - len(ctx.hdr), n - pos)
                 ctx.hdr += data[pos : pos + take]
                 if out is not None:  # header and explicit nonce go out as they are
@@ -280,6 +269,45 @@ class SimNic:
                 if ctx.tag_left == 0:
                     ctx.record_sn += 1
                     ctx.reset()
+
+    @staticmethod
+    def _whole_records(ctx: SimNicContext, data: memoryview, out: memoryview, pos: int) -> int:
+        """One-shot AEAD for every record wholly inside ``data[pos:]``.
+
+        The TSO fast path: such records need no carried state, so each is a
+        single ``encrypt_into`` from the segment to the wire buffer.  Returns
+        where the first record that does not fit (or the segment) ends.
+        """
+        n = len(data)
+        ex = ctx.explicit_size
+        hlen = _HDR + ex
+        enc = ctx.oneshot.encrypt_into
+        sn = ctx.record_sn
+        iv = ctx.static_iv
+        salt = ctx.salt
+        is13 = ctx.version == TLS_1_3_VERSION
+        pack = _AAD12.pack
+        while n - pos >= hlen:
+            end = pos + _HDR + ((data[pos + 3] << 8) | data[pos + 4])
+            if end > n:
+                break
+            b = pos + hlen
+            body_len = end - b - _TAG
+            out[pos:b] = data[pos:b]
+            if is13:
+                nonce = (iv ^ sn).to_bytes(12, "big")
+                aad: bytes | memoryview = data[pos:b]
+            else:
+                if ex:
+                    nonce = salt + data[pos + _HDR : b].tobytes()
+                else:
+                    nonce = (iv ^ sn).to_bytes(12, "big")
+                aad = pack(sn, data[pos], TLS_1_2_VERSION, body_len)
+            enc(nonce, data[b : end - _TAG], aad, out[b:end])
+            sn += 1
+            pos = end
+        ctx.record_sn = sn
+        return pos
 
     @staticmethod
     def _end_body(ctx: SimNicContext) -> None:
