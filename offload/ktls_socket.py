@@ -176,6 +176,56 @@ class KTLSSocket:
             f"tx={self._tx_conf} rx={self._rx_conf}>"
         )
 
+    def describe(self, show_secrets: bool = False) -> dict[str, Any]:
+        """The live state, as ``ss -i`` / tls_stat / ``ethtool -S`` would show it.
+
+        JSON-ready.  Keys and IVs are redacted unless ``show_secrets``; the
+        sequence numbers are integers (``tx_rec_seq``/``rx_rec_seq``).
+        """
+        try:
+            host, port = self._sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = ""
+        out: dict[str, Any] = {
+            "fd": self._sock.fileno(),
+            "peer": peer,
+            "backend": self.backend,
+            "tx_conf": self._tx_conf,
+            "rx_conf": self._rx_conf,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "pending_tx_bytes": self._pending_bytes,
+            "stats": self.stats.snapshot(),
+        }
+        for name, ctx in (("tx", self._tx), ("rx", self._rx)):
+            if ctx is None:
+                continue
+            info = ctx.live_info()
+            out["version"] = "1.3" if info.version == TLS_1_3_VERSION else "1.2"
+            out["cipher"] = info.cipher.name
+            out[f"{name}_rec_seq"] = info.seq
+            crypto = {"iv": info.iv.hex(), "salt": info.salt.hex(), "key": info.key.hex()}
+            out[f"{name}_crypto"] = crypto if show_secrets else dict.fromkeys(crypto, "redacted")
+            out[f"{name}_crypto_info"] = info.pack().hex() if show_secrets else "redacted"
+        if isinstance(self._tx, DeviceTx) and self.wire is not None:
+            tx = self._tx
+            ctx_state = tx.ctx
+            out["device"] = {
+                "name": tx.device.name,
+                "driver": tx.device.driver.name,
+                "expected_tcp_seq": getattr(ctx_state, "expected", None),
+                "records_in_flight": tx.records_in_flight,
+                "start_marker_tcp_seq": tx.space.seq(tx.start_offset),
+                "stats": tx.device.stats.snapshot(),
+                "device_cpu_seconds": self.wire.device_seconds,
+                "faults": str(self.wire.faults) if self.wire.faults.any else "",
+                "faults_injected": self.wire.counts.as_dict(),
+            }
+        if self.offload_refused:
+            out["offload_refused"] = self.offload_refused
+        return out
+
     @property
     def tx_conf(self) -> str:
         """``none``, ``sw`` or ``kernel`` (Linux: TLS_INFO_TXCONF)."""
