@@ -589,6 +589,18 @@ class KTLSSocket:
             file.seek(offset + total)
         return total
 
+    def _try_flush(self) -> None:
+        """Push queued TX bytes if no sender holds the TX side right now.
+
+        A reader must never wait for a writer blocked on a full socket (one
+        thread may read while another sends); the sender flushes anyway.
+        """
+        if self._pending and self._tx_lock.acquire(blocking=False):
+            try:
+                self._flush_pending(block=False)
+            finally:
+                self._tx_lock.release()
+
     def _blocking(self, flags: int) -> bool:
         """Whether this call may wait, as for a Python socket: with a timeout
         set, Python waits up to it even for MSG_DONTWAIT (then TimeoutError)."""
@@ -718,15 +730,11 @@ class KTLSSocket:
         A control record with no room for the cmsg: EIO, record kept.
         """
         if self._rx is None:
-            if self._pending:
-                with self._tx_lock:
-                    self._flush_pending(block=False)
+            self._try_flush()
             return self._sock.recvmsg(bufsize, ancbufsize, flags)
         if flags & ~_RECV_FLAGS_OK:
             raise os_error(errno.EOPNOTSUPP, "unsupported recv flags for a TLS socket")
-        if self._pending:
-            with self._tx_lock:
-                self._flush_pending(block=False)
+        self._try_flush()
         block = self._blocking(flags)
         peek = bool(flags & socket.MSG_PEEK)
         waitall = bool(flags & socket.MSG_WAITALL)

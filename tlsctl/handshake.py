@@ -1,0 +1,460 @@
+"""The TLS handshake in user space, and the handoff of its keys to the kTLS layer.
+
+The kernel never runs a handshake: user space does, then gives the record
+layer a key, an IV and the *exact* record sequence number of the next record
+in each direction.  Getting those numbers wrong by one makes every later
+record fail its tag, so this module runs pyOpenSSL over memory BIOs and
+controls precisely which bytes OpenSSL sees and which records it writes:
+
+* The peer's bytes are fed to OpenSSL **one complete record at a time** (the
+  5-byte header is parsed here).  Once the handshake is complete nothing more
+  is fed, so OpenSSL never reads past the handshake; whatever was already read
+  from the socket stays in our buffer and goes to the layer as ciphertext
+  (``KTLSSocket.inject_rx``).  This is the pitfall OpenSSL's own kTLS code has
+  to work around (it refuses to hand over with a partial record buffered).
+  When the real kernel takes RX it cannot be given bytes back, so there the
+  records are read with exact-length reads (``exact=True``) and nothing past
+  the handshake ever leaves the socket.
+* Records OpenSSL writes are parsed on the way out, so the records protected
+  with the application keys can be counted: a TLS 1.3 server writes its
+  NewSessionTickets with them as part of ``SSL_do_handshake``, and they count
+  in its TX sequence number.  A TLS 1.3 client receives those tickets after
+  the handoff, so they reach the layer as ciphertext and surface as handshake
+  records (type 22) that the caller reads and ignores.
+* TLS 1.2: the Finished messages used sequence number 0 under the new keys,
+  so the first application record is 1 in both directions.
+
+Secrets come from the keylog callback for TLS 1.3 (the
+``*_TRAFFIC_SECRET_0`` lines) and from the master secret and randoms for
+TLS 1.2; they are kept out of every repr and error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from OpenSSL import SSL
+
+from offload.keys import (
+    Side,
+    Suite,
+    UnsupportedSuiteError,
+    crypto_info_tls12,
+    crypto_info_tls13,
+    suite_from_openssl_name,
+    tls12_key_block,
+)
+from offload.ktls_socket import Backend, KTLSSocket
+from offload.uapi import (
+    SOL_TCP,
+    SOL_TLS,
+    TCP_ULP,
+    TLS_1_2_VERSION,
+    TLS_RX,
+    TLS_TX,
+    ContentType,
+    CryptoInfo,
+)
+
+__all__ = [
+    "HandshakeError",
+    "HandshakeResult",
+    "KeylogFile",
+    "RecordBuffer",
+    "install_keylog",
+    "install_offload",
+    "run_handshake",
+]
+
+_HEADER = 5
+# RFC 8446 5.2: a protected record is at most 2^14 + 256 bytes; TLS 1.2 allows
+# 2^14 + 2048.  Anything longer is not a TLS peer speaking to us.
+_MAX_RECORD_BODY = (1 << 14) + 2048
+_VALID_TYPES = frozenset(int(t) for t in ContentType) | {24}  # 24: heartbeat
+_APPDATA = int(ContentType.APPLICATION_DATA)
+_READ = 65536
+
+KeylogSink = Callable[[bytes], None]
+
+
+class HandshakeError(Exception):
+    """The handshake failed; the message is one line, safe to show a user."""
+
+
+class RecordBuffer:
+    """Socket bytes split into whole TLS records, header parsed here.
+
+    Why not let OpenSSL read the socket: it would read ahead, and anything it
+    buffered past the handshake would be lost to the record layer.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def missing(self) -> int:
+        """Bytes still needed to complete the next header or record (>= 1)."""
+        if len(self.data) < _HEADER:
+            return _HEADER - len(self.data)
+        return max(1, _HEADER + int.from_bytes(self.data[3:5], "big") - len(self.data))
+
+    def next_record(self) -> bytes | None:
+        """The next complete record, or None; rejects bytes that are not TLS."""
+        if len(self.data) < _HEADER:
+            if self.data and self.data[0] not in _VALID_TYPES:
+                raise HandshakeError("peer sent bytes that are not TLS")
+            return None
+        ctype, major, length = self.data[0], self.data[1], int.from_bytes(self.data[3:5], "big")
+        if ctype not in _VALID_TYPES or major != 3:
+            raise HandshakeError("peer sent bytes that are not TLS")
+        if length > _MAX_RECORD_BODY:
+            raise HandshakeError(f"peer sent an oversized TLS record ({length} bytes)")
+        if len(self.data) < _HEADER + length:
+            return None
+        rec = bytes(self.data[: _HEADER + length])
+        del self.data[: _HEADER + length]
+        return rec
+
+
+def split_records(data: bytes) -> list[tuple[int, int]]:
+    """(content type, length) of each whole record in ``data`` OpenSSL wrote."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while pos + _HEADER <= len(data):
+        length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        out.append((data[pos], length))
+        pos += _HEADER + length
+    return out
+
+
+class _Secrets:
+    """Per-connection keylog lines, captured from OpenSSL's callback."""
+
+    def __init__(self, sink: KeylogSink | None) -> None:
+        self.values: dict[str, bytes] = {}
+        self.sink = sink
+
+    def __repr__(self) -> str:
+        return f"_Secrets(labels={sorted(self.values)})"
+
+
+def _keylog_callback(conn: SSL.Connection, line: bytes) -> None:
+    state = conn.get_app_data()
+    if not isinstance(state, _Secrets):
+        return
+    parts = line.split()
+    if len(parts) == 3:
+        with contextlib.suppress(ValueError):
+            state.values[parts[0].decode()] = bytes.fromhex(parts[2].decode())
+    if state.sink is not None:
+        state.sink(line)
+
+
+def install_keylog(ctx: SSL.Context) -> None:
+    """Route the context's keylog lines to each connection's secret store.
+
+    The callback is per context but secrets are per connection, so each
+    connection carries its own :class:`_Secrets` as app data.
+    """
+    ctx.set_keylog_callback(_keylog_callback)
+
+
+class KeylogFile:
+    """Appends NSS keylog lines to a file (``-keylogfile`` / SSLKEYLOGFILE).
+
+    Only when the user asked: this writes the session secrets to disk.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        try:
+            # A new file is private (0600): it holds session secrets.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise HandshakeError(f"cannot open key log file {path}: {exc.strerror}") from None
+        self._file = os.fdopen(fd, "ab", buffering=0)
+
+    def __call__(self, line: bytes) -> None:
+        with self._lock:
+            self._file.write(line + b"\n")
+
+
+@dataclass(repr=False)
+class HandshakeResult:
+    """What the handshake produced: enough to install both kTLS directions.
+
+    ``suite`` is None when the negotiated suite has no kTLS equivalent (the
+    connection must then stay in pyOpenSSL, see ``conn``).  ``leftover`` is
+    ciphertext read past the handshake; ``plaintext`` is data OpenSSL had
+    already decrypted (both must reach the reader before anything else).
+    """
+
+    side: Side
+    conn: SSL.Connection
+    version_name: str
+    cipher_name: str
+    suite: Suite | None
+    unsupported_reason: str | None
+    tx_seq: int
+    rx_seq: int
+    leftover: bytes
+    plaintext: bytes
+    seconds: float
+    tx_info: CryptoInfo | None = None
+    rx_info: CryptoInfo | None = None
+    tx_secret: bytes = field(default=b"")
+    rx_secret: bytes = field(default=b"")
+
+    def __repr__(self) -> str:
+        return (
+            f"HandshakeResult({self.side}, {self.version_name}, {self.cipher_name}, "
+            f"tx_seq={self.tx_seq}, rx_seq={self.rx_seq}, leftover={len(self.leftover)}, "
+            "secrets=<redacted>)"
+        )
+
+    @property
+    def is_tls13(self) -> bool:
+        return self.version_name == "TLSv1.3"
+
+
+def _drain(conn: SSL.Connection) -> bytes:
+    out = bytearray()
+    while True:
+        try:
+            chunk = conn.bio_read(_READ)
+        except SSL.WantReadError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _ssl_error_text(exc: SSL.Error) -> str:
+    """One line from OpenSSL's error queue (reason strings only)."""
+    parts: list[str] = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(item, tuple) and item:
+            parts.append(str(item[-1]))
+    return "; ".join(parts) or exc.__class__.__name__
+
+
+def _recv(sock: socket.socket, deadline: float, want: int = _READ) -> bytes:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise HandshakeError("handshake timed out")
+    sock.settimeout(left)
+    try:
+        return sock.recv(want)
+    except TimeoutError:
+        raise HandshakeError("handshake timed out") from None
+    except ConnectionResetError:
+        raise HandshakeError("peer reset the connection during the handshake") from None
+
+
+def run_handshake(
+    sock: socket.socket,
+    ctx: SSL.Context,
+    side: Side,
+    *,
+    server_name: str | None = None,
+    verify_host: str | None = None,
+    keylog: KeylogSink | None = None,
+    timeout: float = 30.0,
+    exact: bool = False,
+) -> HandshakeResult:
+    """Handshake on a connected ``sock``; return secrets and sequence numbers.
+
+    ``ctx`` must have had :func:`install_keylog` applied (TLS 1.3 secrets
+    arrive only through that callback).  ``server_name`` is sent as SNI;
+    ``verify_host`` (a DNS name or an IP address) is checked against the
+    peer certificate by OpenSSL during the handshake when the context
+    verifies peers.  The socket is left blocking, with no timeout.
+
+    ``exact``: read each record with two exact-length reads (header, then
+    body) so not one byte past the handshake leaves the socket.  Needed when
+    the kernel takes over RX: ciphertext already read cannot be given back
+    to it.  Otherwise large reads are used and any bytes read past the
+    handshake are returned in ``leftover`` for ``inject_rx``.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    secrets = _Secrets(keylog)
+    conn = SSL.Connection(ctx, None)
+    conn.set_app_data(secrets)
+    if side == "client":
+        conn.set_connect_state()
+        if server_name:
+            conn.set_tlsext_host_name(server_name.encode("idna"))
+        if verify_host:
+            _set_verify_host(conn, verify_host)
+    else:
+        conn.set_accept_state()
+    inbuf = RecordBuffer()
+    final_records: list[tuple[int, int]] = []
+    try:
+        while True:
+            done = False
+            try:
+                conn.do_handshake()
+                done = True
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as exc:
+                _flush_best_effort(sock, conn)
+                raise HandshakeError(f"TLS handshake failed: {_ssl_error_text(exc)}") from None
+            out = _drain(conn)
+            if out:
+                sock.sendall(out)
+            if done:
+                final_records = split_records(out)
+                break
+            rec = inbuf.next_record()
+            while rec is None:
+                chunk = _recv(sock, deadline, inbuf.missing() if exact else _READ)
+                if not chunk:
+                    raise HandshakeError("peer closed the connection during the handshake")
+                inbuf.feed(chunk)
+                rec = inbuf.next_record()
+            conn.bio_write(rec)
+    except OSError as exc:
+        raise HandshakeError(f"handshake I/O error: {exc.strerror or exc}") from None
+    finally:
+        sock.settimeout(None)
+    return _result(conn, side, secrets, inbuf, final_records, time.monotonic() - start)
+
+
+def _flush_best_effort(sock: socket.socket, conn: SSL.Connection) -> None:
+    """Send the alert OpenSSL queued, so the peer learns why we stopped."""
+    try:
+        out = _drain(conn)
+        if out:
+            sock.sendall(out)
+    except (OSError, SSL.Error):
+        pass
+
+
+def _set_verify_host(conn: SSL.Connection, host: str) -> None:
+    """Have OpenSSL check the name (or IP) in the peer certificate.
+
+    pyOpenSSL has no wrapper for this; the binding functions are the ones
+    ``SSL_set1_host`` uses internally, so failures surface as a normal
+    verification error during the handshake (with the alert sent).
+    """
+    from OpenSSL._util import lib
+
+    ssl_ptr = conn._ssl  # no public accessor in pyOpenSSL
+    param = lib.SSL_get0_param(ssl_ptr)
+    ip = _ip_bytes(host)
+    if ip is not None:
+        ok = lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))
+    else:
+        name = host.encode("idna")
+        ok = lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
+    if ok != 1:
+        raise HandshakeError(f"cannot verify host name {host!r}")
+
+
+def _ip_bytes(host: str) -> bytes | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, host)
+        except OSError:
+            continue
+    return None
+
+
+def _result(
+    conn: SSL.Connection,
+    side: Side,
+    secrets: _Secrets,
+    inbuf: RecordBuffer,
+    final_records: list[tuple[int, int]],
+    seconds: float,
+) -> HandshakeResult:
+    version_name = conn.get_protocol_version_name()
+    cipher_name = conn.get_cipher_name() or "unknown"
+    plaintext = b""
+    if conn.pending():
+        plaintext = conn.recv(conn.pending())
+    suite: Suite | None
+    reason: str | None = None
+    try:
+        suite = suite_from_openssl_name(cipher_name)
+    except UnsupportedSuiteError as exc:
+        suite, reason = None, str(exc).split(":")[0] + ": no kernel TLS cipher for it"
+    res = HandshakeResult(
+        side=side,
+        conn=conn,
+        version_name=version_name,
+        cipher_name=cipher_name,
+        suite=suite,
+        unsupported_reason=reason,
+        tx_seq=0,
+        rx_seq=0,
+        leftover=bytes(inbuf.data),
+        plaintext=plaintext,
+        seconds=seconds,
+    )
+    if version_name == "TLSv1.3":
+        # Client: its Finished went under the handshake keys and the server's
+        # tickets have not been fed to OpenSSL, so both directions start at 0.
+        # Server: the records written in the step that completed the
+        # handshake are the NewSessionTickets, under the application keys.
+        if side == "server":
+            res.tx_seq = sum(1 for ctype, _ in final_records if ctype == _APPDATA)
+        mine, theirs = ("CLIENT", "SERVER") if side == "client" else ("SERVER", "CLIENT")
+        res.tx_secret = secrets.values.get(f"{mine}_TRAFFIC_SECRET_0", b"")
+        res.rx_secret = secrets.values.get(f"{theirs}_TRAFFIC_SECRET_0", b"")
+        if suite is not None:
+            if not res.tx_secret or not res.rx_secret:
+                raise HandshakeError("TLS 1.3 traffic secrets were not reported by OpenSSL")
+            res.tx_info = crypto_info_tls13(res.tx_secret, suite, res.tx_seq)
+            res.rx_info = crypto_info_tls13(res.rx_secret, suite, res.rx_seq)
+    elif version_name == "TLSv1.2":
+        res.tx_seq = res.rx_seq = 1  # each Finished was record 0 under the new keys
+        if suite is not None and suite.version == TLS_1_2_VERSION:
+            master, c_rand, s_rand = conn.master_key(), conn.client_random(), conn.server_random()
+            if master is None or c_rand is None or s_rand is None:
+                raise HandshakeError("TLS 1.2 session secrets are not available")
+            keys = tls12_key_block(master, c_rand, s_rand, suite)
+            peer: Side = "server" if side == "client" else "client"
+            res.tx_info = crypto_info_tls12(keys, suite, side, res.tx_seq)
+            res.rx_info = crypto_info_tls12(keys, suite, peer, res.rx_seq)
+    else:
+        res.suite = None
+        res.unsupported_reason = f"{version_name} cannot be offloaded"
+    return res
+
+
+def install_offload(sock: socket.socket, res: HandshakeResult, backend: Backend) -> KTLSSocket:
+    """Attach the ``tls`` ULP, install TLS_TX and TLS_RX, hand over leftovers.
+
+    The order is Linux's (ULP, TX, RX) and ciphertext read past the
+    handshake is injected after RX is set, so the first ``recv`` decrypts
+    it with the right sequence number.
+    """
+    if res.tx_info is None or res.rx_info is None:
+        raise HandshakeError(res.unsupported_reason or "no keys to offload")
+    k = KTLSSocket(sock, backend=backend)
+    k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    k.setsockopt(SOL_TLS, TLS_TX, res.tx_info.pack())
+    k.setsockopt(SOL_TLS, TLS_RX, res.rx_info.pack())
+    if res.leftover:
+        if k.backend == "kernel":
+            raise HandshakeError(
+                "peer sent data before the keys were installed; the kernel backend "
+                "cannot take already-read ciphertext"
+            )
+        k.inject_rx(res.leftover)
+    if res.plaintext:
+        k.inject_rx_plaintext(res.plaintext)
+    return k
