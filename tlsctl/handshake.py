@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from OpenSSL import SSL
 
@@ -435,16 +436,19 @@ def _result(
     return res
 
 
-def install_offload(sock: socket.socket, res: HandshakeResult, backend: Backend) -> KTLSSocket:
+def install_offload(
+    sock: socket.socket, res: HandshakeResult, backend: Backend, **layer: Any
+) -> KTLSSocket:
     """Attach the ``tls`` ULP, install TLS_TX and TLS_RX, hand over leftovers.
 
     The order is Linux's (ULP, TX, RX) and ciphertext read past the
     handshake is injected after RX is set, so the first ``recv`` decrypts
-    it with the right sequence number.
+    it with the right sequence number.  ``layer`` goes to ``KTLSSocket``
+    (a simulated NIC: ``device``, ``faults``, ``mss``, ``fallback_device``).
     """
     if res.tx_info is None or res.rx_info is None:
         raise HandshakeError(res.unsupported_reason or "no keys to offload")
-    k = KTLSSocket(sock, backend=backend)
+    k = KTLSSocket(sock, backend=backend, **layer)
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     k.setsockopt(SOL_TLS, TLS_TX, res.tx_info.pack())
     k.setsockopt(SOL_TLS, TLS_RX, res.rx_info.pack())

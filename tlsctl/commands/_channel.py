@@ -17,13 +17,15 @@ import errno
 import functools
 import socket
 from collections.abc import Callable
-from typing import BinaryIO, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal, Protocol
 
 from OpenSSL import SSL
 
 from offload.kernel import kernel_has_ktls
 from offload.keys import crypto_info_tls13, tls13_next_secret
 from offload.ktls_socket import KTLSSocket
+from offload.netdev import create_device
 from offload.uapi import (
     SOL_TLS,
     TLS_GET_RECORD_TYPE,
@@ -33,9 +35,12 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
+from offload.wiremodel import FaultSpec
 from tlsctl.handshake import HandshakeError, HandshakeResult, install_offload
 
-Offload = Literal["auto", "sw", "kernel", "none"]
+Offload = str
+"""``auto``, ``sw``, ``kernel``, ``none`` or a NIC driver name (``sim-nic``)."""
+BASE_OFFLOADS = ("auto", "sw", "kernel", "none")
 _BACKENDS: dict[str, Literal["auto", "user", "kernel"]] = {
     "auto": "auto",
     "sw": "user",
@@ -97,7 +102,8 @@ class KtlsChannel:
     def __init__(self, k: KTLSSocket, res: HandshakeResult) -> None:
         self.k = k
         self.res = res
-        self.mode = k.tx_conf  # "sw" or "kernel": what the layer actually uses
+        # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
+        self.mode = k.device.driver.name if k.tx_conf == "device" and k.device else k.tx_conf
         self.peer_closed = False
         self.tickets = 0
         self.key_updates = 0
@@ -333,8 +339,49 @@ def exact_reads(offload: str) -> bool:
     return offload == "kernel" or (offload == "auto" and _kernel_ktls())
 
 
+@dataclass(frozen=True)
+class DeviceSpec:
+    """How to build the simulated NIC path for ``--offload <driver>``."""
+
+    faults: FaultSpec | None = None
+    mss: int | None = None
+
+    def layer_kwargs(self, driver: str) -> dict[str, Any]:
+        """KTLSSocket arguments: a fresh device per connection (its own
+        counters), and a second one without the context for redirects."""
+        kw: dict[str, Any] = {"device": create_device(driver), "mss": self.mss}
+        if self.faults is not None:
+            kw["faults"] = self.faults
+            kw["fallback_device"] = create_device(driver, f"{driver}1")
+        return kw
+
+
+def device_report(chan: KtlsChannel) -> dict[str, Any]:
+    """What the NIC did for this connection: counters (ethtool names, zeros
+    left out), device CPU time, and the faults that made it take slow paths."""
+    k = chan.k
+    dev = k.describe().get("device")
+    if not dev:
+        return {}
+    out: dict[str, Any] = {
+        "device_cpu_seconds": round(dev["device_cpu_seconds"], 6),
+        "device_counters": {n: v for n, v in dev["stats"].items() if v},
+    }
+    if dev["faults"]:
+        out["faults"] = dev["faults"]
+        out["faults_injected"] = {n: v for n, v in dev["faults_injected"].items() if v}
+    if k.wire is not None and k.wire.fallback_device is not None:
+        fb = k.wire.fallback_device.stats.snapshot()
+        out["fallback_device_counters"] = {n: v for n, v in fb.items() if v}
+    return out
+
+
 def establish(
-    sock: socket.socket, res: HandshakeResult, offload: Offload, warn: Callable[[str], None]
+    sock: socket.socket,
+    res: HandshakeResult,
+    offload: Offload,
+    warn: Callable[[str], None],
+    device: DeviceSpec | None = None,
 ) -> KtlsChannel | OpenSSLChannel:
     """Hand the keys to the layer, or keep the connection in pyOpenSSL.
 
@@ -351,7 +398,14 @@ def establish(
             return OpenSSLChannel(sock, res)
         raise ChannelError(f"--offload {offload}: {reason}")
     try:
-        k = install_offload(sock, res, _BACKENDS[offload])
+        if offload in _BACKENDS:
+            k = install_offload(sock, res, _BACKENDS[offload])
+        else:  # a NIC driver: the user-space layer with TX on a simulated device
+            k = install_offload(sock, res, "user", **(device or DeviceSpec()).layer_kwargs(offload))
+            if k.offload_refused:
+                warn(f"warning: {offload} declined TLS_TX ({k.offload_refused}); software TX")
+    except LookupError as exc:
+        raise ChannelError(str(exc).strip("'\"")) from None
     except HandshakeError as exc:
         raise ChannelError(str(exc)) from None
     except OSError as exc:

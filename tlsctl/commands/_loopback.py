@@ -18,14 +18,16 @@ import threading
 from collections.abc import Iterator
 
 from tlsctl.commands._certs import ephemeral_server_cert
-from tlsctl.commands._channel import Offload
+from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec, Offload
 from tlsctl.commands._handlers import hash_sink
 from tlsctl.commands._tlsconf import TlsOptions, server_context
 from tlsctl.commands.serve import Server
 
 
 @contextlib.contextmanager
-def loopback_server(opts: TlsOptions, offload: Offload) -> Iterator[tuple[int, str, Server]]:
+def loopback_server(
+    opts: TlsOptions, offload: Offload, device: DeviceSpec | None = None
+) -> Iterator[tuple[int, str, Server]]:
     """Yield (port, path of the certificate to trust, server) for one connection."""
     ck = ephemeral_server_cert()
     ctx = server_context(dataclasses.replace(opts, cafile=None), cert=ck.cert, key=ck.key)
@@ -33,7 +35,9 @@ def loopback_server(opts: TlsOptions, offload: Offload) -> Iterator[tuple[int, s
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     port = int(listener.getsockname()[1])
-    server = Server(listener, ctx, hash_sink, mode="sink", offload=offload, naccept=1,
+    # The built-in receiver decrypts in software; a NIC offload is the sender's.
+    server_offload = offload if offload in BASE_OFFLOADS else "sw"
+    server = Server(listener, ctx, hash_sink, mode="sink", offload=server_offload, naccept=1,
                     timeout=60, keylog=None, quiet=True, as_json=False, closes_first=False)
     thread = threading.Thread(target=server.serve_forever, name="loopback-serve", daemon=True)
     thread.start()

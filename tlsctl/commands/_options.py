@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
+from offload.netdev import load_drivers
+from offload.wiremodel import FaultSpec
+from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec
 from tlsctl.commands._tlsconf import TlsOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,11 +38,17 @@ def tls_options(f: F) -> F:
         click.option("-keylogfile", "--keylogfile", "keylogfile", metavar="FILE",
                      envvar="SSLKEYLOGFILE", show_envvar=True,
                      help="Append TLS secrets in NSS key log format (for Wireshark)."),
-        click.option("--offload", type=click.Choice(["auto", "sw", "kernel", "none"]),
+        click.option("--offload", type=click.Choice(offload_choices()),
                      default="auto", show_default=True,
                      help="Record layer: kernel kTLS where available else software "
-                          "(auto), the software layer (sw), the kernel (kernel), or "
-                          "stay in pyOpenSSL (none)."),
+                          "(auto), the software layer (sw), the kernel (kernel), "
+                          "stay in pyOpenSSL (none), or TX through a simulated "
+                          "TLS-offload NIC (sim-nic, or another driver plug-in)."),
+        click.option("--faults", metavar="SPEC",
+                     help="With a NIC: seeded wire faults, e.g. "
+                          "reorder=0.02,split=0.05,dup=0.01,drop=0.01,redirect=0.01,seed=7."),
+        click.option("--mss", type=click.IntRange(1, 1 << 20), metavar="BYTES",
+                     help="With a NIC: TCP segment size (default 65536, one TSO segment)."),
         click.option("-quiet", "--quiet", "-q", "quiet", is_flag=True,
                      help="Only errors and warnings."),
         click.option("-v", "--verbose", count=True, help="More detail (repeat for more)."),
@@ -48,6 +57,26 @@ def tls_options(f: F) -> F:
     for d in reversed(decorators):
         f = d(f)
     return f
+
+
+def offload_choices() -> list[str]:
+    """The fixed record-layer choices plus every NIC driver plug-in."""
+    drivers, _errors = load_drivers()
+    return [*BASE_OFFLOADS, *sorted(drivers)]
+
+
+def device_spec_from(kw: dict[str, Any]) -> DeviceSpec | None:
+    """``--faults``/``--mss`` for a NIC offload; a usage error elsewhere."""
+    faults, mss = kw.get("faults"), kw.get("mss")
+    if kw.get("offload") in BASE_OFFLOADS:
+        if faults or mss:
+            raise click.UsageError("--faults and --mss need a NIC offload (--offload sim-nic)")
+        return None
+    try:
+        spec = FaultSpec.parse(faults) if faults else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--faults") from None
+    return DeviceSpec(faults=spec, mss=mss)
 
 
 def tls_options_from(kw: dict[str, Any]) -> TlsOptions:

@@ -24,10 +24,16 @@ from tlsctl.commands._channel import (
     ChannelError,
     KtlsChannel,
     OpenSSLChannel,
+    device_report,
     establish,
     exact_reads,
 )
-from tlsctl.commands._options import parse_hostport, tls_options, tls_options_from
+from tlsctl.commands._options import (
+    device_spec_from,
+    parse_hostport,
+    tls_options,
+    tls_options_from,
+)
 from tlsctl.commands._output import emit_json, emit_summary, human_rate, info, warn
 from tlsctl.commands._tlsconf import ConfigError, client_context
 from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogFile, run_handshake
@@ -97,11 +103,13 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
       openssl s_server -quiet -accept 4433 -cert c.pem -key k.pem > got.bin
       tlsctl send big.iso -connect localhost:4433 -CAfile ca.pem
       tlsctl send --loopback              # no set-up: 64 MiB to a built-in server
+      tlsctl send --loopback --offload sim-nic --faults reorder=0.05,drop=0.05,seed=7
     """
     if loopback == bool(connect):
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
+    kw["device"] = device_spec_from(kw)
     try:
         if loopback:
             result = _run_loopback(file, size, servername, timeout, kw)
@@ -129,7 +137,9 @@ def _run_loopback(file: str | None, size: int, servername: str | None, timeout: 
     opts = tls_options_from(kw)
     with contextlib.ExitStack() as stack:
         path = file if file is not None else stack.enter_context(random_file(size))
-        port, ca, server = stack.enter_context(loopback_server(opts, kw["offload"]))
+        port, ca, server = stack.enter_context(
+            loopback_server(opts, kw["offload"], kw["device"])
+        )
         result = _run(path, "localhost", port, servername, False, timeout,
                       {**kw, "cafile": ca})
     rec = server.records[0] if server.records else {}
@@ -180,7 +190,7 @@ def _run(file: str, host: str, port: int, servername: str | None, insecure: bool
                                 keylog=keylog, timeout=timeout,
                                 exact=exact_reads(kw["offload"]))
             sock.settimeout(timeout)
-            chan = establish(sock, res, kw["offload"], warn)
+            chan = establish(sock, res, kw["offload"], warn, kw["device"])
         except BaseException:
             sock.close()
             raise
@@ -244,6 +254,7 @@ def _transfer(chan: KtlsChannel | OpenSSLChannel, res: HandshakeResult, f: Binar
     }
     if isinstance(chan, KtlsChannel):
         out["session_tickets_ignored"] = chan.tickets
+        out.update(device_report(chan))
     return out
 
 

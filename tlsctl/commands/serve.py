@@ -25,14 +25,21 @@ from OpenSSL import SSL
 from tlsctl.commands._certs import PrivateKey, ephemeral_server_cert
 from tlsctl.commands._channel import (
     ChannelError,
+    DeviceSpec,
     KtlsChannel,
     Offload,
     OpenSSLChannel,
+    device_report,
     establish,
     exact_reads,
 )
 from tlsctl.commands._handlers import Handler, Store, Www, echo, sink
-from tlsctl.commands._options import parse_hostport, tls_options, tls_options_from
+from tlsctl.commands._options import (
+    device_spec_from,
+    parse_hostport,
+    tls_options,
+    tls_options_from,
+)
 from tlsctl.commands._output import emit_json, human_rate, info, warn
 from tlsctl.commands._tlsconf import ConfigError, server_context
 from tlsctl.commands._workers import run_workers
@@ -47,12 +54,14 @@ class Server:
     def __init__(self, listener: socket.socket, ctx: SSL.Context, handler: Handler,
                  *, mode: str, offload: Offload, naccept: int | None, timeout: float,
                  keylog: KeylogSink | None, quiet: bool, as_json: bool,
-                 closes_first: bool, verbose: int = 0) -> None:
+                 closes_first: bool, verbose: int = 0,
+                 device: DeviceSpec | None = None) -> None:
         self.listener = listener
         self.ctx = ctx
         self.handler = handler
         self.mode = mode
         self.offload = offload
+        self.device = device
         self.naccept = naccept
         self.timeout = timeout
         self.keylog = keylog
@@ -119,7 +128,7 @@ class Server:
                                 timeout=self.timeout, exact=exact_reads(self.offload))
             sock.settimeout(self.timeout)
             chan = establish(sock, res, self.offload,
-                             lambda m: warn(f"[{conn_id}] {peer}: {m}"))
+                             lambda m: warn(f"[{conn_id}] {peer}: {m}"), self.device)
             rec.update(version=res.version_name, cipher=res.cipher_name, offload=chan.mode,
                        tx_seq_at_handoff=res.tx_seq, rx_seq_at_handoff=res.rx_seq)
             start = time.perf_counter()
@@ -129,6 +138,7 @@ class Server:
                 tx_end, rx_end = chan.live_seqs()
                 rec.update(key_updates=chan.key_updates, tx_seq_at_end=tx_end,
                            rx_seq_at_end=rx_end)
+                rec.update(device_report(chan))
             rec["ok"] = True
         except (HandshakeError, ChannelError, OSError) as exc:
             text = str(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
@@ -295,6 +305,7 @@ def _serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: 
     quiet, as_json = bool(kw["quiet"]), bool(kw["as_json"])
     mode, handler = _pick_handler(sink_, output, save_dir, echo_, www)
     opts = tls_options_from(kw)
+    device = device_spec_from(kw)
     fingerprint = None
     cert_src: x509.Certificate | str
     key_src: PrivateKey | str
@@ -317,7 +328,7 @@ def _serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: 
     def make_server(lst: socket.socket) -> Server:
         return Server(lst, ctx, handler, mode=mode, offload=kw["offload"], naccept=naccept,
                       timeout=timeout, keylog=keylog, quiet=quiet, as_json=as_json,
-                      closes_first=mode == "www", verbose=int(kw["verbose"]))
+                      closes_first=mode == "www", verbose=int(kw["verbose"]), device=device)
 
     if as_json:
         emit_json({"event": "listening", "host": bound[0], "port": bound[1], "mode": mode,
