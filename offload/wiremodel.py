@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -113,8 +112,7 @@ class Reassembler:
         self._deliver = deliver
         self._ooo: dict[int, bytes | bytearray] = {}
         self._check = check_dups
-        self._hist: deque[tuple[int, bytes]] = deque()
-        self._hist_bytes = 0
+        self._hist = bytearray()  # the last delivered bytes, ending at self.next
         self.counts_dup_bytes = 0
 
     def receive(self, offset: int, data: bytes | bytearray) -> None:
@@ -151,23 +149,25 @@ class Reassembler:
 
     def _push(self, data: bytes | bytearray) -> None:
         if self._check:
-            self._hist.append((self.next, bytes(data)))
-            self._hist_bytes += len(data)
-            while self._hist_bytes - len(self._hist[0][1]) >= self.HISTORY:
-                self._hist_bytes -= len(self._hist.popleft()[1])
+            self._hist += data
+            if len(self._hist) > 2 * self.HISTORY:  # amortized: trim in big steps
+                del self._hist[: len(self._hist) - self.HISTORY]
         self.next += len(data)
         self._deliver(data)
 
     def _check_dup(self, offset: int, data: bytes | bytearray) -> None:
         """Every copy of the same TCP bytes must carry the same ciphertext."""
         self.counts_dup_bytes += len(data)
-        end = offset + len(data)
-        for h_off, h_data in self._hist:
-            lo, hi = max(offset, h_off), min(end, h_off + len(h_data))
-            if lo < hi and h_data[lo - h_off : hi - h_off] != data[lo - offset : hi - offset]:
-                raise ReassemblyError(
-                    f"duplicate at stream offset {lo} carries other bytes than the first copy"
-                )
+        if not self._check:
+            return
+        h_start = self.next - len(self._hist)
+        lo, hi = max(offset, h_start), min(offset + len(data), self.next)
+        if lo < hi and (
+            self._hist[lo - h_start : hi - h_start] != data[lo - offset : hi - offset]
+        ):
+            raise ReassemblyError(
+                f"duplicate at stream offset {lo} carries other bytes than the first copy"
+            )
 
     @property
     def pending(self) -> int:

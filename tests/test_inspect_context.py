@@ -675,3 +675,65 @@ def test_decode_bad_blob(blob: str, message: str) -> None:
     assert r.returncode == 1
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+
+def test_live_serve_and_send_seen_by_inspect_context(env: dict[str, str], tmp_path: Path) -> None:
+    """The real commands: ``serve --sink`` and a slow ``send -`` (stdin fed by
+    the test); inspect-context sees both ends, and their rec_seq advances."""
+    srv = subprocess.Popen(
+        [TLSCTL, "serve", "--json", "-accept", "127.0.0.1:0", "--sink", "-naccept", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        text=True, env=env, cwd=ROOT,
+    )
+    snd: subprocess.Popen[bytes] | None = None
+    try:
+        port = json.loads(_readlines(srv, 1, 20)[0])["port"]
+        snd = subprocess.Popen(
+            [TLSCTL, "send", "-", "-connect", f"127.0.0.1:{port}", "-k", "--offload",
+             "sim-nic", "-quiet"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env, cwd=ROOT,
+        )
+        assert snd.stdin is not None
+
+        def snapshot() -> dict[str, dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            deadline = time.monotonic() + 20
+            while len(found) < 2 and time.monotonic() < deadline:
+                doc = inspect_json(env=env)
+                for proc in doc["processes"]:
+                    for c in proc["connections"]:
+                        found[c["label"]] = c
+                if len(found) < 2:
+                    time.sleep(0.1)
+            assert set(found) == {"client", "server"}, found
+            return found
+
+        for _ in range(4):
+            snd.stdin.write(os.urandom(100_000))
+            snd.stdin.flush()
+        time.sleep(0.5)
+        first = snapshot()
+        for _ in range(8):
+            snd.stdin.write(os.urandom(100_000))
+            snd.stdin.flush()
+        time.sleep(0.5)
+        second = snapshot()
+        client1, client2 = first["client"], second["client"]
+        assert client2["tx_rec_seq"] > client1["tx_rec_seq"]
+        assert second["server"]["rx_rec_seq"] > first["server"]["rx_rec_seq"]
+        assert client2["tx_conf"] == "device" and client2["device"]["driver"] == "sim-nic"
+        moved = client2["device"]["stats"]["tx_tls_encrypted_bytes"]
+        assert moved > client1["device"]["stats"]["tx_tls_encrypted_bytes"]
+        assert client2["tx_crypto"]["key"] == "redacted"
+        assert second["server"]["rx_crypto_info"] == "redacted"
+        snd.stdin.close()
+        assert snd.wait(30) == 0, snd.stderr.read() if snd.stderr else ""
+        srv.wait(30)
+        # Both ended: nothing left to list.
+        doc = inspect_json(env=env)
+        assert all(not p["connections"] for p in doc["processes"])
+    finally:
+        for p in (snd, srv):
+            if p is not None:
+                _kill(p)

@@ -36,6 +36,7 @@ from offload.uapi import (
     CryptoInfo,
 )
 from offload.wiremodel import FaultSpec
+from tlsctl.control import register
 from tlsctl.handshake import HandshakeError, HandshakeResult, install_offload
 
 Offload = str
@@ -102,6 +103,8 @@ class KtlsChannel:
     def __init__(self, k: KTLSSocket, res: HandshakeResult) -> None:
         self.k = k
         self.res = res
+        # Visible to `tlsctl inspect-context` while the connection lives.
+        self._control = register(k, label=res.side, extra={"cipher_suite": res.cipher_name})
         # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
         self.mode = k.device.driver.name if k.tx_conf == "device" and k.device else k.tx_conf
         self.peer_closed = False
@@ -220,6 +223,7 @@ class KtlsChannel:
             raise ChannelError(f"cannot send close_notify: {exc.strerror or exc}") from None
 
     def close(self) -> None:
+        self._control.close()
         self.k.close()
 
     def live_seqs(self) -> tuple[int | None, int | None]:

@@ -15,6 +15,8 @@ import socket
 import sys
 from collections.abc import Callable
 
+from tlsctl.control import ControlServer
+
 
 def run_workers(
     n: int,
@@ -45,6 +47,9 @@ def run_workers(
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                control = ControlServer.current()
+                if control is not None:  # os._exit skips atexit: remove our socket
+                    control.stop()
                 os._exit(code)
         pids.append(pid)
     first.close()

@@ -36,6 +36,7 @@ from tlsctl.commands._options import (
 )
 from tlsctl.commands._output import emit_json, emit_summary, human_rate, info, warn
 from tlsctl.commands._tlsconf import ConfigError, client_context
+from tlsctl.control import ControlServer, control_socket_option
 from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogFile, run_handshake
 
 _STREAM_CHUNK = 256 * 1024
@@ -90,6 +91,7 @@ def _is_ip(host: str) -> bool:
 @click.option("--timeout", default=30.0, show_default=True, type=float,
               help="Seconds to wait for connect, handshake, and each network step.")
 @tls_options
+@control_socket_option
 def send(file: str | None, connect: str | None, loopback: bool, size: int,
          servername: str | None, insecure: bool, timeout: float, **kw: Any) -> None:
     """Send FILE (- for stdin) to a TLS server through the kTLS layer.
@@ -110,6 +112,7 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
     kw["device"] = device_spec_from(kw)
+    ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
     try:
         if loopback:
             result = _run_loopback(file, size, servername, timeout, kw)

@@ -43,6 +43,7 @@ from tlsctl.commands._options import (
 from tlsctl.commands._output import emit_json, human_rate, info, warn
 from tlsctl.commands._tlsconf import ConfigError, server_context
 from tlsctl.commands._workers import run_workers
+from tlsctl.control import ControlServer, control_socket_option
 from tlsctl.handshake import HandshakeError, KeylogFile, KeylogSink, run_handshake
 
 _GRACE = 3.0  # seconds running connections get after SIGINT/SIGTERM
@@ -279,6 +280,7 @@ def _pick_handler(sink_: bool, output: str | None, save_dir: str | None, echo_: 
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes sharing the port (SO_REUSEPORT); -naccept counts per worker.")
 @tls_options
+@control_socket_option
 def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: str | None,
           save_dir: str | None, echo_: bool, www: str | None, naccept: int | None,
           verify_depth: int, require_depth: int, timeout: float, workers: int,
@@ -291,6 +293,7 @@ def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: s
       tlsctl serve -accept 4433 -cert c.pem -key k.pem --save-dir ./in
       tlsctl serve -accept 8443 -WWW ./public   # curl -k https://localhost:8443/f
     """
+    ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
     try:
         _serve(accept, cert, key, sink_, output, save_dir, echo_, www, naccept,
                verify_depth, require_depth, timeout, workers, kw)
