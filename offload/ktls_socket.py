@@ -90,9 +90,15 @@ class KTLSSocket:
         faults: FaultSpec | None = None,
         mss: int | None = None,
         fallback_device: NetDevice | None = None,
+        record_size: int = TLS_MAX_PAYLOAD_SIZE,
     ) -> None:
         if backend not in ("auto", "user", "kernel"):
             raise ValueError(f"unknown backend {backend!r}")
+        if not 1 <= record_size <= TLS_MAX_PAYLOAD_SIZE:
+            raise ValueError("record_size must be 1..16384 bytes of plaintext")
+        # Largest plaintext per TX record (user backend; Linux 6.x has no
+        # equivalent before TLS_TX_MAX_PAYLOAD_LEN).
+        self.record_size = record_size
         self._sock = sock
         self._requested: Backend = backend
         self.backend: Literal["user", "kernel"] | None = None
@@ -386,7 +392,9 @@ class KTLSSocket:
         """Offer the context to the device (tls_set_device_offload), else SW."""
         if self.wire is not None:
             try:
-                dev_tx = DeviceTx(info, self.wire.device, self.wire.space, self.wire.offset)
+                dev_tx = DeviceTx(
+                    info, self.wire.device, self.wire.space, self.wire.offset, self.record_size
+                )
             except OffloadRefused as exc:
                 self.offload_refused = str(exc)
             else:
@@ -396,7 +404,7 @@ class KTLSSocket:
                 self.stats.inc("TlsTxDevice")
                 self.stats.inc("TlsCurrTxDevice")
                 return
-        self._tx = SwTx(info)
+        self._tx = SwTx(info, self.record_size)
         self._tx_conf = "sw"
         self.stats.inc("TlsTxSw")
         self.stats.inc("TlsCurrTxSw")
@@ -820,6 +828,8 @@ class KTLSSocket:
                 self._rx_fail(exc)
                 raise
             if rec is not None:
+                if rx.key_update_pending and rec is rx.ready[-1] and rec.content_type == 22:
+                    self.stats.inc("TlsRxRekeyReceived")
                 continue
             if rx.key_update_pending or self._eof:
                 return None

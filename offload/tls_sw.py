@@ -168,6 +168,7 @@ class SwRx:
         self.parser = RecordParser(self.opener.max_record_len(), self.opener.min_record_len())
         self.ready: deque[RxRecord] = deque()
         self.key_update_pending = False
+        self.key_updates_received = 0
         self.no_pad = False
         self.padding_seen = 0
 
@@ -210,6 +211,7 @@ class SwRx:
                 self.padding_seen += 1
             if ctype == ContentType.HANDSHAKE and plain[:1] == _KEYUPDATE:
                 self.key_update_pending = True
+                self.key_updates_received += 1
         rec = RxRecord(ctype, plain)
         self.ready.append(rec)
         return rec

@@ -398,6 +398,7 @@ def test_tls13_key_update_pauses_rx(tcp_pair: Pair) -> None:
     assert ks.recv(100) == b"before"
     assert ks.recvmsg(100, CMSG)[:2] == (key_update, [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")])
     assert _errno(lambda: ks.recv(100)) == errno.EKEYEXPIRED
+    assert ks.stats["TlsRxRekeyReceived"] == 1
     ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
     assert ks.recv(100) == b"after"
     assert ks.stats["TlsRxRekeyOk"] == 1
@@ -451,6 +452,24 @@ def test_sendfile(
     t.join()
     assert result == [size]
     assert got == data
+
+
+@pytest.mark.parametrize("record_size", [1, 1000, 16384])
+def test_record_size(tcp_pair: Pair, record_size: int) -> None:
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="user", record_size=record_size)
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    data = os.urandom(5000)
+    kc.sendall(data)
+    n_rec = -(-5000 // record_size)
+    wire = raw_bytes(s, (n_rec - 1) * record_len(info, record_size)
+                     + record_len(info, 5000 - (n_rec - 1) * record_size))
+    recs = decrypt_records(info, wire)
+    assert len(recs) == n_rec and b"".join(p for _, p in recs) == data
+    with pytest.raises(ValueError):
+        KTLSSocket(c, record_size=16385)
 
 
 def test_counters(tcp_pair: Pair) -> None:
