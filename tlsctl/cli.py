@@ -60,7 +60,9 @@ def cli() -> None:
 
     \b
     Example:
-      tlsctl demo            # loopback transfer through the kTLS layer
+      tlsctl send --loopback           # no set-up: handshake, keys to the layer, 64 MiB
+      tlsctl serve -accept 4433 --sink # then: tlsctl send FILE -connect host:4433 -k
+      tlsctl inspect-context           # live rec_seq, counters, NIC state
     """
 
 
