@@ -18,6 +18,15 @@ def os_error(code: int, detail: str = "") -> OSError:
     return OSError(code, text)
 
 
+class NoContentType(OSError):
+    """A TLS 1.3 record whose inner plaintext is all zeros (EBADMSG).
+
+    Linux reports it as EBADMSG like a bad tag; the subclass lets a control
+    plane answer with unexpected_message (RFC 8446 5.4) instead of
+    bad_record_mac without matching message text.
+    """
+
+
 class StreamAbort(OSError):
     """A receive error Linux reports once, then leaves the socket stopped.
 

@@ -606,6 +606,10 @@ class KTLSSocket:
         if self._pending and self._tx_lock.acquire(blocking=False):
             try:
                 self._flush_pending(block=False)
+            except OSError as exc:
+                # A dead TX side must not hide what the peer sent before it
+                # hung up (its alert): keep the error for the next send.
+                self._tx_err = self._tx_err or exc
             finally:
                 self._tx_lock.release()
 

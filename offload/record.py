@@ -28,7 +28,7 @@ from typing import Protocol, TypeAlias
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
-from offload.errors import abort_error, os_error
+from offload.errors import NoContentType, abort_error, os_error
 from offload.uapi import (
     TLS_1_2_VERSION,
     TLS_1_3_VERSION,
@@ -461,7 +461,9 @@ class RecordOpener(_Direction):
             while end >= 0 and inner[end] == 0:
                 end -= 1
             if end < 0:
-                raise os_error(errno.EBADMSG, "TLS 1.3 record with no content type")
+                raise NoContentType(
+                    errno.EBADMSG, "Bad message (TLS 1.3 record with no content type)"
+                )
             self._advance(seq)
             return inner[end], memoryview(inner)[:end]
         ex = self.explicit_size

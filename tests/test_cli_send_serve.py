@@ -488,13 +488,14 @@ def test_spawn_cleans_up() -> None:
 # --- TLS 1.3 KeyUpdate, workers, client certificates, peers that vanish -----------
 
 
-def test_key_update_from_s_client(pki: Pki) -> None:
+@pytest.mark.parametrize("suite", SUITES_13)
+def test_key_update_from_s_client(pki: Pki, suite: str) -> None:
     """s_client's 'K' (update requested) and 'k': we rekey RX, answer K with our
     own KeyUpdate and rekey TX; the echo after each update still decrypts."""
     with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--echo",
                        "-naccept", "1") as srv:
         cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{srv.port}", "-tls1_3",
-               "-CAfile", str(pki.ca)]
+               "-ciphersuites", suite, "-CAfile", str(pki.ca)]
         with spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                    stderr=subprocess.STDOUT) as p:
             assert p.stdin is not None
@@ -508,7 +509,8 @@ def test_key_update_from_s_client(pki: Pki) -> None:
     assert text.count("KEYUPDATE") == 2
     for n in (1, 2, 3):
         assert f"hello-{n}\n" in text
-    assert rec["ok"] and rec["key_updates"] == 2
+    assert rec["ok"] and rec["key_updates"] == 2 and rec["key_updates_sent"] == 1
+    assert rec["cipher"] == suite
     assert rec["bytes_in"] == 3 * len(b"hello-1\n")
 
 

@@ -588,7 +588,7 @@ def _watch_until(args: list[str], env: dict[str, str], marker: bytes,
 def test_watch_exits_cleanly_on_ctrl_c(tmp_path: Path, env: dict[str, str]) -> None:
     with child(tmp_path, None, env) as ch:
         # Piped: one plain block per refresh.
-        rc, out, err = _watch_until(["--watch", "0.2"], env, b"--- ", 2)
+        rc, out, err = _watch_until(["--watch", "0.2"], env, b"--- ", 3)  # 2 whole blocks
         assert rc == 0, err
         assert out.count("--- ") >= 2 and out.count(f"pid {ch.pid}") >= 2
         assert "Traceback" not in err and "Aborted" not in err

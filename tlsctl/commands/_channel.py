@@ -15,13 +15,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import re
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal, NoReturn, Protocol
 
 from OpenSSL import SSL
 
+from offload.errors import NoContentType
 from offload.kernel import kernel_has_ktls
 from offload.keys import crypto_info_tls13, tls13_next_secret
 from offload.ktls_socket import KTLSSocket
@@ -51,8 +54,19 @@ _BACKENDS: dict[str, Literal["auto", "user", "kernel"]] = {
 _ALERT = int(ContentType.ALERT)
 _HANDSHAKE = int(ContentType.HANDSHAKE)
 _DATA = int(ContentType.APPLICATION_DATA)
+_HELLO_REQUEST = 0
+_CLIENT_HELLO = 1
 _NEW_SESSION_TICKET = 4
 _KEY_UPDATE = 24
+_MAX_WARNINGS = 5  # OpenSSL's MAX_WARN_ALERT_COUNT: consecutive warning alerts allowed
+_MAX_HS_BUFFER = 1 << 16  # a post-handshake message split over records, at most this big
+_MAX_PAYLOAD = 1 << 14
+# errno from the layer -> the fatal alert we send before closing (RFC 8446 6.2).
+_ERRNO_ALERTS = {
+    errno.EBADMSG: 20,  # bad_record_mac
+    errno.EMSGSIZE: 22,  # record_overflow
+    errno.EINVAL: 70,  # protocol_version (the record header's version field)
+}
 _CLOSE_NOTIFY = b"\x01\x00"  # warning, close_notify
 _CHUNK = 256 * 1024
 
@@ -61,18 +75,33 @@ _ALERT_NAMES = {
     0: "close_notify",
     10: "unexpected_message",
     20: "bad_record_mac",
+    21: "decryption_failed",
     22: "record_overflow",
     40: "handshake_failure",
+    41: "no_certificate",
     42: "bad_certificate",
+    43: "unsupported_certificate",
+    44: "certificate_revoked",
+    45: "certificate_expired",
+    46: "certificate_unknown",
     47: "illegal_parameter",
     48: "unknown_ca",
+    49: "access_denied",
     50: "decode_error",
     51: "decrypt_error",
     70: "protocol_version",
+    71: "insufficient_security",
     80: "internal_error",
+    86: "inappropriate_fallback",
     90: "user_canceled",
+    100: "no_renegotiation",
     109: "missing_extension",
+    110: "unsupported_extension",
+    112: "unrecognized_name",
+    113: "bad_certificate_status_response",
+    115: "unknown_psk_identity",
     116: "certificate_required",
+    120: "no_application_protocol",
 }
 
 
@@ -97,10 +126,49 @@ def alert_name(desc: int) -> str:
     return _ALERT_NAMES.get(desc, f"alert {desc}")
 
 
-class KtlsChannel:
-    """The connection with its record layer in ``offload.KTLSSocket``."""
+_HANDSHAKE_NAMES = {
+    0: "hello_request",
+    1: "client_hello",
+    2: "server_hello",
+    4: "new_session_ticket",
+    8: "encrypted_extensions",
+    11: "certificate",
+    13: "certificate_request",
+    15: "certificate_verify",
+    20: "finished",
+    24: "key_update",
+}
 
-    def __init__(self, k: KTLSSocket, res: HandshakeResult) -> None:
+
+class KtlsChannel:
+    """The connection with its record layer in ``offload.KTLSSocket``.
+
+    What it does above the layer (the kernel leaves all of it to user space):
+
+    * alerts: close_notify is end-of-stream (TLS 1.3: only our read side
+      closes, we may still send); a fatal alert from the peer is a one-line
+      error naming it; up to ``_MAX_WARNINGS`` consecutive TLS 1.2 warning
+      alerts are tolerated (OpenSSL's limit), more is unexpected_message.
+    * errors from the layer become the matching fatal alert on the wire
+      before the connection closes: EBADMSG bad_record_mac (a TLS 1.3
+      record with no content type: unexpected_message), EMSGSIZE
+      record_overflow, EINVAL (header version) protocol_version, an unknown
+      record type unexpected_message, an empty alert decode_error, an empty
+      handshake record unexpected_message.
+    * post-handshake handshake messages: TLS 1.3 NewSessionTicket (client
+      side) is counted and dropped, KeyUpdate rekeys RX (and TX if asked);
+      anything else is unexpected_message.  TLS 1.2 renegotiation (a
+      HelloRequest to a client, a ClientHello to a server) is refused with a
+      warning no_renegotiation alert and the connection goes on, as OpenSSL
+      does with renegotiation disabled (repeated: unexpected_message).
+    * KeyUpdate on our side: every ``key_update_every`` bytes sent, or at
+      the next send after :meth:`request_key_update` (thread-safe; serve's
+      SIGUSR1).  We send update_not_requested: the peer need not answer, so
+      a one-way sender never has to read while it sends.
+    """
+
+    def __init__(self, k: KTLSSocket, res: HandshakeResult,
+                 key_update_every: int | None = None) -> None:
         self.k = k
         self.res = res
         # Visible to `tlsctl inspect-context` while the connection lives.
@@ -109,31 +177,113 @@ class KtlsChannel:
         self.mode = k.device.driver.name if k.tx_conf == "device" and k.device else k.tx_conf
         self.peer_closed = False
         self.tickets = 0
-        self.key_updates = 0
+        self.key_updates = 0  # received from the peer
+        self.key_updates_sent = 0
+        self.renegotiations_refused = 0
+        self.alert_sent: int | None = None
+        self.tx_closed = False  # our close_notify is out
+        self.key_update_every = key_update_every
+        self._since_update = 0
+        self._update_wanted = False
+        self._warnings = 0  # consecutive warning alerts
+        self._hs_buf = bytearray()
+        self._tx_lock = threading.RLock()
         self._tx_secret = res.tx_secret
         self._rx_secret = res.rx_secret
 
+    # -- sending ------------------------------------------------------------
+
+    def request_key_update(self) -> None:
+        """Ask for a KeyUpdate before the next record we send (any thread)."""
+        self._update_wanted = True
+
+    def _budget(self, left: int) -> int:
+        """Rekey if due; how many of ``left`` bytes go out under this key."""
+        every = self.key_update_every
+        if self._update_wanted or (every and self._since_update >= every):
+            self.send_key_update()
+        return min(left, every - self._since_update) if every else left
+
     def send_all(self, data: bytes) -> None:
-        self._tx(lambda: self.k.sendall(data))
+        mv = memoryview(data)
+        pos = 0
+        while True:
+            with self._tx_lock:
+                n = self._budget(len(mv) - pos)
+                with self._tx_errors():
+                    self.k.sendall(mv[pos : pos + n])
+                self._since_update += n
+            pos += n
+            if pos >= len(mv):
+                return
 
     def send_file(self, f: BinaryIO, offset: int, count: int) -> int:
         sent = 0
-
-        def go() -> None:
-            nonlocal sent
-            sent = self.k.sendfile(f, offset, count)
-
-        self._tx(go)
+        while sent < count:
+            got = 0
+            with self._tx_lock:
+                n = self._budget(count - sent)
+                with self._tx_errors():
+                    got = self.k.sendfile(f, offset + sent, n)
+                self._since_update += got
+            if got == 0:
+                break
+            sent += got
         return sent
 
-    @staticmethod
-    def _tx(op: Callable[[], None]) -> None:
+    @contextlib.contextmanager
+    def _tx_errors(self) -> Iterator[None]:
+        """Socket errors while sending, as one line for the user; when the
+        peer hung up, the fatal alert it sent first (if we can still read it)
+        says why."""
         try:
-            op()
+            yield
         except (BrokenPipeError, ConnectionResetError):
-            raise ChannelError("peer closed the connection while we were sending") from None
+            raise ChannelError(self._peer_alert()
+                               or "peer closed the connection while we were sending") from None
         except OSError as exc:
             raise ChannelError(f"send failed: {exc.strerror or exc}") from None
+
+    def _peer_alert(self) -> str | None:
+        """Look through what the peer sent (without waiting) for an alert."""
+        for _ in range(4096):  # bounded: records already received only
+            try:
+                data, anc, _f, _a = self.k.recvmsg(1 << 14, socket.CMSG_SPACE(1),
+                                                   socket.MSG_DONTWAIT)
+            except OSError:
+                return None
+            if not data and not anc:
+                return None
+            ctype = next((v[0] for lv, kd, v in anc
+                          if lv == SOL_TLS and kd == TLS_GET_RECORD_TYPE and v), _DATA)
+            if ctype == _ALERT and len(data) == 2 and data[1] != 0:
+                return f"peer sent fatal alert: {alert_name(data[1])}"
+        return None
+
+    def send_key_update(self, request: bool = False) -> None:
+        """RFC 8446 4.6.3: our KeyUpdate as a handshake record, then TX rekey."""
+        suite = self.res.suite
+        if not self.res.is_tls13 or suite is None or not self._tx_secret:
+            raise ChannelError(f"KeyUpdate needs TLS 1.3 (this connection is "
+                               f"{self.res.version_name})")
+        with self._tx_lock:
+            self._update_wanted = False
+            with self._tx_errors():
+                self.k.sendmsg([bytes([_KEY_UPDATE, 0, 0, 1, int(request)])],
+                               [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")])
+            secret = tls13_next_secret(self._tx_secret, suite)
+            try:
+                self.k.setsockopt(SOL_TLS, TLS_TX, crypto_info_tls13(secret, suite, 0).pack())
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    raise ChannelError("the record layer cannot change TLS 1.3 TX keys "
+                                       "(Linux before 6.14 answers EBUSY)") from None
+                raise ChannelError(f"KeyUpdate failed: {exc.strerror or exc}") from None
+            self._tx_secret = secret
+            self.key_updates_sent += 1
+            self._since_update = 0
+
+    # -- receiving ----------------------------------------------------------
 
     def recv(self, n: int) -> bytes:
         """Application data, or b"" at close_notify / EOF; control records handled."""
@@ -145,53 +295,105 @@ class KtlsChannel:
             except ConnectionResetError:
                 raise ChannelError("peer reset the connection") from None
             except OSError as exc:
-                if exc.errno == errno.EBADMSG:
-                    self._alert(20)
-                    raise ChannelError(
-                        "record failed authentication (corrupted or forged data)"
-                    ) from None
-                raise ChannelError(f"receive failed: {exc.strerror or exc}") from None
+                self._layer_error(exc)
             ctype = _DATA
             for level, kind, value in anc:
                 if level == SOL_TLS and kind == TLS_GET_RECORD_TYPE and value:
                     ctype = value[0]
+            if self._hs_buf and ctype != _HANDSHAKE and (data or ctype != _DATA):
+                # RFC 8446 5.1: a split handshake message must not be interleaved.
+                self._fatal(10, "record interleaved with a fragmented handshake message")
             if ctype == _DATA:
                 if not data and self.k.rx_truncated:
                     raise ChannelError("peer closed the connection in the middle of a record")
+                if data:
+                    self._warnings = 0
                 return data
             if ctype == _ALERT:
                 self._on_alert(data)
             elif ctype == _HANDSHAKE:
                 self._on_handshake(data)
             else:
-                self._alert(10)
-                raise ChannelError(f"unexpected record type {ctype} after the handshake")
+                self._fatal(10, f"peer sent a record of unexpected type {ctype}")
+
+    def _layer_error(self, exc: OSError) -> NoReturn:
+        """A bad record: the alert the layer's errno calls for, then stop."""
+        detail = exc.strerror or str(exc)
+        if isinstance(exc, NoContentType):
+            self._fatal(10, "peer sent a TLS 1.3 record with no content type "
+                            "(all-zero plaintext)")
+        if exc.errno == errno.EBADMSG:
+            self._fatal(20, "record failed authentication (corrupted or forged data)")
+        if exc.errno == errno.EMSGSIZE:
+            self._fatal(22, "peer sent an oversized record")
+        if exc.errno == errno.EINVAL:
+            self._fatal(70, "peer sent a record with a wrong protocol version")
+        if exc.errno == errno.EKEYEXPIRED:
+            # The layer paused at a record starting with KeyUpdate that did not
+            # hold a whole KeyUpdate message (RFC 8446 5.1: it must).
+            self._fatal(10, "peer sent a KeyUpdate split across records")
+        raise ChannelError(f"receive failed: {detail}") from None
+
+    def _fatal(self, desc: int, why: str) -> NoReturn:
+        if self._alert(desc):
+            raise ChannelError(f"{why}; sent fatal alert {alert_name(desc)}")
+        raise ChannelError(why)
 
     def _on_alert(self, data: bytes) -> None:
-        if len(data) < 2:
-            raise ChannelError("malformed alert from peer")
-        if data[1] == 0:
+        if len(data) != 2:
+            self._fatal(50, f"malformed alert from peer ({len(data)} bytes)")
+        level, desc = data[0], data[1]
+        if desc == 0:
             self.peer_closed = True
             return
-        if data[0] == 1 and data[1] == 90:
-            return  # user_canceled warning: a close_notify follows
-        raise ChannelError(f"peer sent alert {alert_name(data[1])}")
+        if level == 2 or (self.res.is_tls13 and desc != 90):
+            raise ChannelError(f"peer sent fatal alert: {alert_name(desc)}")
+        if level != 1:
+            self._fatal(47, f"peer sent an alert with unknown level {level}")
+        self._warnings += 1  # a warning (user_canceled: a close_notify follows)
+        if self._warnings > _MAX_WARNINGS:
+            self._fatal(10, f"too many warning alerts from peer (last: {alert_name(desc)})")
 
     def _on_handshake(self, data: bytes) -> None:
-        """NewSessionTicket: ignore (no resumption here); KeyUpdate: rekey."""
-        pos = 0
-        while pos + 4 <= len(data):
-            mtype = data[pos]
-            length = int.from_bytes(data[pos + 1 : pos + 4], "big")
-            body = data[pos + 4 : pos + 4 + length]
-            pos += 4 + length
-            if mtype == _NEW_SESSION_TICKET:
+        """Post-handshake messages, reassembled across records (bounded)."""
+        if not data:
+            self._fatal(10, "peer sent an empty handshake record")
+        self._hs_buf += data
+        while len(self._hs_buf) >= 4:
+            length = int.from_bytes(self._hs_buf[1:4], "big")
+            if length > _MAX_HS_BUFFER:
+                self._fatal(50, f"post-handshake message of {length} bytes from peer")
+            if len(self._hs_buf) < 4 + length:
+                return
+            mtype = self._hs_buf[0]
+            body = bytes(self._hs_buf[4 : 4 + length])
+            del self._hs_buf[: 4 + length]
+            self._handshake_message(mtype, body)
+
+    def _handshake_message(self, mtype: int, body: bytes) -> None:
+        name = _HANDSHAKE_NAMES.get(mtype, f"type {mtype}")
+        if self.res.is_tls13:
+            if mtype == _NEW_SESSION_TICKET and self.res.side == "client":
                 self.tickets += 1
-            elif mtype == _KEY_UPDATE and self.res.is_tls13 and len(body) == 1:
+                return
+            if mtype == _KEY_UPDATE:
+                if len(body) != 1:
+                    self._fatal(50, "malformed KeyUpdate from peer")
+                if body[0] > 1:
+                    self._fatal(47, f"KeyUpdate with request_update={body[0]}")
+                if self._hs_buf:
+                    self._fatal(10, "KeyUpdate not at a record boundary")
                 self._key_update(request=body[0] == 1)
-            else:
-                self._alert(10)
-                raise ChannelError(f"unexpected handshake message {mtype} after the handshake")
+                return
+        else:
+            renego = _HELLO_REQUEST if self.res.side == "client" else _CLIENT_HELLO
+            if mtype == renego:
+                self.renegotiations_refused += 1
+                if self.renegotiations_refused > _MAX_WARNINGS:
+                    self._fatal(10, "peer keeps trying to renegotiate")
+                self._alert(100, level=1)  # warning no_renegotiation, then go on
+                return
+        self._fatal(10, f"unexpected handshake message {name} after the handshake")
 
     def _key_update(self, request: bool) -> None:
         """RFC 8446 4.6.3: next RX secret; if asked, send ours and switch TX."""
@@ -199,25 +401,35 @@ class KtlsChannel:
         if suite is None or not self._rx_secret:
             raise ChannelError("KeyUpdate without TLS 1.3 secrets")
         self._rx_secret = tls13_next_secret(self._rx_secret, suite)
-        self.k.setsockopt(SOL_TLS, TLS_RX, crypto_info_tls13(self._rx_secret, suite, 0).pack())
+        try:
+            self.k.setsockopt(SOL_TLS, TLS_RX,
+                              crypto_info_tls13(self._rx_secret, suite, 0).pack())
+        except OSError as exc:
+            self._fatal(80, f"cannot install the next RX key: {exc.strerror or exc}")
         self.key_updates += 1
-        if request:
-            self.k.sendmsg(
-                [bytes([_KEY_UPDATE, 0, 0, 1, 0])], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]
-            )
-            self._tx_secret = tls13_next_secret(self._tx_secret, suite)
-            self.k.setsockopt(
-                SOL_TLS, TLS_TX, crypto_info_tls13(self._tx_secret, suite, 0).pack()
-            )
+        if request and not self.tx_closed:
+            self.send_key_update(request=False)
 
-    def _alert(self, desc: int) -> None:
-        """Best effort fatal alert: the peer learns why we stop."""
-        with contextlib.suppress(OSError):
-            self.k.sendmsg([bytes([2, desc])], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
+    def _alert(self, desc: int, level: int = 2) -> bool:
+        """Best effort alert (fatal by default): the peer learns why we stop.
+
+        Nothing is sent after our close_notify (our write side is closed).
+        """
+        if self.tx_closed:
+            return False
+        with contextlib.suppress(OSError), self._tx_lock:
+            self.k.sendmsg([bytes([level, desc])], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
+            if level == 2:
+                self.alert_sent = desc
+            return True
+        return False
 
     def close_notify(self) -> None:
+        """Close our write side (TLS 1.3: the peer may go on sending)."""
         try:
-            self.k.sendmsg([_CLOSE_NOTIFY], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
+            with self._tx_lock:
+                self.k.sendmsg([_CLOSE_NOTIFY], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
+                self.tx_closed = True
             self.k.flush(timeout=10)
         except OSError as exc:
             raise ChannelError(f"cannot send close_notify: {exc.strerror or exc}") from None
@@ -308,7 +520,7 @@ class OpenSSLChannel:
                 self.peer_closed = True
                 return b""
             except SSL.Error as exc:
-                raise ChannelError(f"TLS error from peer: {exc}") from None
+                raise ChannelError(_openssl_error_text(exc)) from None
             try:
                 chunk = self.sock.recv(_CHUNK)
             except ConnectionResetError:
@@ -327,6 +539,14 @@ class OpenSSLChannel:
 
     def live_seqs(self) -> tuple[int | None, int | None]:
         return None, None
+
+
+def _openssl_error_text(exc: SSL.Error) -> str:
+    """OpenSSL's "sslv3 alert handshake failure" as the kTLS path says it."""
+    m = re.search(r"(?:sslv3|tlsv1[0-9]*|tls) alert ([a-z ]+)", str(exc))
+    if m:
+        return f"peer sent fatal alert: {m.group(1).strip().replace(' ', '_')}"
+    return f"TLS error from peer: {exc}"
 
 
 @functools.cache

@@ -112,3 +112,33 @@ def parse_hostport(value: str, default_host: str | None = None) -> tuple[str, in
     if not 0 <= port <= 65535:
         raise click.BadParameter(f"port out of range in {value!r}")
     return host, port
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class ByteSize(click.ParamType[int]):
+    """``1048576``, ``64K``, ``1M``, ``2G`` (binary units; ``KiB``/``MB`` spellings too)."""
+
+    name = "BYTES"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in ("K", "M", "G") else ""
+        try:
+            n = int(text[: len(text) - len(unit)]) * _UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 65536, 64K, 1M, 2G)", param, ctx)
+        if n <= 0:
+            self.fail(f"{value!r}: must be more than 0 bytes", param, ctx)
+        return n
+
+
+def key_update_option(f: F) -> F:
+    return click.option(
+        "--key-update-every", "key_update_every", type=ByteSize(), metavar="BYTES",
+        help="TLS 1.3: send a KeyUpdate (update_not_requested) and switch to the next "
+             "TX key every BYTES of application data sent (K/M/G suffixes).")(f)

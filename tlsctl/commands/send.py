@@ -30,6 +30,7 @@ from tlsctl.commands._channel import (
 )
 from tlsctl.commands._options import (
     device_spec_from,
+    key_update_option,
     parse_hostport,
     tls_options,
     tls_options_from,
@@ -90,6 +91,7 @@ def _is_ip(host: str) -> bool:
               help="Do NOT verify the server certificate (anyone can intercept).")
 @click.option("--timeout", default=30.0, show_default=True, type=float,
               help="Seconds to wait for connect, handshake, and each network step.")
+@key_update_option
 @tls_options
 @control_socket_option
 def send(file: str | None, connect: str | None, loopback: bool, size: int,
@@ -106,6 +108,7 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
       tlsctl send big.iso -connect localhost:4433 -CAfile ca.pem
       tlsctl send --loopback              # no set-up: 64 MiB to a built-in server
       tlsctl send --loopback --offload sim-nic --faults reorder=0.05,drop=0.05,seed=7
+      tlsctl send big.iso -connect localhost:4433 -tls1_3 --key-update-every 1M
     """
     if loopback == bool(connect):
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
@@ -197,6 +200,12 @@ def _run(file: str, host: str, port: int, servername: str | None, insecure: bool
         except BaseException:
             sock.close()
             raise
+        if kw.get("key_update_every"):
+            if not (isinstance(chan, KtlsChannel) and res.is_tls13):
+                chan.close()
+                raise ChannelError(f"--key-update-every needs TLS 1.3 through the kTLS layer "
+                                   f"(this connection: {res.version_name}, offload {chan.mode})")
+            chan.key_update_every = kw["key_update_every"]
         info(f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
              f"offload {chan.mode}", quiet=quiet or kw["as_json"])
         if kw["verbose"]:
@@ -257,6 +266,8 @@ def _transfer(chan: KtlsChannel | OpenSSLChannel, res: HandshakeResult, f: Binar
     }
     if isinstance(chan, KtlsChannel):
         out["session_tickets_ignored"] = chan.tickets
+        out["key_updates_sent"] = chan.key_updates_sent
+        out["key_updates_received"] = chan.key_updates
         out.update(device_report(chan))
     return out
 

@@ -36,6 +36,7 @@ from tlsctl.commands._channel import (
 from tlsctl.commands._handlers import Handler, Store, Www, echo, sink
 from tlsctl.commands._options import (
     device_spec_from,
+    key_update_option,
     parse_hostport,
     tls_options,
     tls_options_from,
@@ -56,7 +57,8 @@ class Server:
                  *, mode: str, offload: Offload, naccept: int | None, timeout: float,
                  keylog: KeylogSink | None, quiet: bool, as_json: bool,
                  closes_first: bool, verbose: int = 0,
-                 device: DeviceSpec | None = None) -> None:
+                 device: DeviceSpec | None = None,
+                 key_update_every: int | None = None) -> None:
         self.listener = listener
         self.ctx = ctx
         self.handler = handler
@@ -70,12 +72,14 @@ class Server:
         self.as_json = as_json
         self.closes_first = closes_first
         self.verbose = verbose
+        self.key_update_every = key_update_every
         self.stop = threading.Event()
         self.accepted = 0
         self.failed = 0
         self.records: list[dict[str, Any]] = []  # one per finished connection
         self._threads: list[threading.Thread] = []
         self._socks: dict[int, socket.socket] = {}
+        self._chans: dict[int, KtlsChannel] = {}  # live, for key updates on demand
         self._lock = threading.Lock()
 
     def serve_forever(self) -> None:
@@ -132,13 +136,18 @@ class Server:
                              lambda m: warn(f"[{conn_id}] {peer}: {m}"), self.device)
             rec.update(version=res.version_name, cipher=res.cipher_name, offload=chan.mode,
                        tx_seq_at_handoff=res.tx_seq, rx_seq_at_handoff=res.rx_seq)
+            if isinstance(chan, KtlsChannel) and res.is_tls13:
+                chan.key_update_every = self.key_update_every
+                with self._lock:
+                    self._chans[conn_id] = chan
             start = time.perf_counter()
             rec.update(self.handler(chan, conn_id))
             self._close(chan, rec)
             if isinstance(chan, KtlsChannel):
                 tx_end, rx_end = chan.live_seqs()
-                rec.update(key_updates=chan.key_updates, tx_seq_at_end=tx_end,
-                           rx_seq_at_end=rx_end)
+                rec.update(key_updates=chan.key_updates,
+                           key_updates_sent=chan.key_updates_sent,
+                           tx_seq_at_end=tx_end, rx_seq_at_end=rx_end)
                 rec.update(device_report(chan))
             rec["ok"] = True
         except (HandshakeError, ChannelError, OSError) as exc:
@@ -151,6 +160,8 @@ class Server:
             with self._lock:
                 self.failed += 1
         finally:
+            if isinstance(chan, KtlsChannel) and chan.alert_sent is not None:
+                rec["alert_sent"] = chan.alert_sent
             rec["seconds"] = round(time.perf_counter() - start, 6)
             try:
                 if chan is not None:
@@ -161,8 +172,19 @@ class Server:
                 pass
             with self._lock:
                 self._socks.pop(conn_id, None)
+                self._chans.pop(conn_id, None)
                 self.records.append(rec)
             self._log(rec)
+
+    def key_update_all(self) -> int:
+        """SIGUSR1: every live TLS 1.3 connection sends a KeyUpdate (and
+        switches TX keys) before the next record it sends."""
+        # No lock: this runs in a signal handler on the main thread, which may
+        # hold self._lock already; list() of a dict is atomic under the GIL.
+        chans = list(self._chans.values())
+        for chan in chans:
+            chan.request_key_update()
+        return len(chans)
 
     def _close(self, chan: KtlsChannel | OpenSSLChannel, rec: dict[str, Any]) -> None:
         """Answer the peer's close_notify with ours; for -WWW we close first."""
@@ -202,7 +224,8 @@ class Server:
         if self.verbose and "tx_seq_at_handoff" in rec:
             parts.append(f"seq at handoff tx={rec['tx_seq_at_handoff']} "
                          f"rx={rec['rx_seq_at_handoff']}, at end tx={rec.get('tx_seq_at_end')} "
-                         f"rx={rec.get('rx_seq_at_end')}, key updates {rec.get('key_updates', 0)}")
+                         f"rx={rec.get('rx_seq_at_end')}, key updates received "
+                         f"{rec.get('key_updates', 0)} sent {rec.get('key_updates_sent', 0)}")
         info(" ".join(parts), quiet=self.quiet)
 
 
@@ -279,6 +302,7 @@ def _pick_handler(sink_: bool, output: str | None, save_dir: str | None, echo_: 
               help="Seconds a connection may be idle (handshake included).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes sharing the port (SO_REUSEPORT); -naccept counts per worker.")
+@key_update_option
 @tls_options
 @control_socket_option
 def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: str | None,
@@ -292,6 +316,10 @@ def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: s
       tlsctl serve -accept 4433 --sink          # ephemeral cert, count bytes
       tlsctl serve -accept 4433 -cert c.pem -key k.pem --save-dir ./in
       tlsctl serve -accept 8443 -WWW ./public   # curl -k https://localhost:8443/f
+      tlsctl serve --echo -tls1_3 &  kill -USR1 $!   # KeyUpdate on every live connection
+
+    SIGUSR1: every live TLS 1.3 connection sends a KeyUpdate (update_not_requested)
+    and switches to its next TX key before the next record it sends.
     """
     ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
     try:
@@ -331,7 +359,8 @@ def _serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: 
     def make_server(lst: socket.socket) -> Server:
         return Server(lst, ctx, handler, mode=mode, offload=kw["offload"], naccept=naccept,
                       timeout=timeout, keylog=keylog, quiet=quiet, as_json=as_json,
-                      closes_first=mode == "www", verbose=int(kw["verbose"]), device=device)
+                      closes_first=mode == "www", verbose=int(kw["verbose"]), device=device,
+                      key_update_every=kw.get("key_update_every"))
 
     if as_json:
         emit_json({"event": "listening", "host": bound[0], "port": bound[1], "mode": mode,
@@ -363,5 +392,9 @@ def _install_signals(server: Server) -> None:
     def handler(_sig: int, _frame: object) -> None:
         server.stop.set()
 
+    def key_update(_sig: int, _frame: object) -> None:
+        server.key_update_all()
+
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGUSR1, key_update)

@@ -1,0 +1,119 @@
+"""``KtlsChannel`` on both ends of a socketpair (real pyOpenSSL handshake,
+both record layers in ``offload``): KeyUpdate in both directions with the
+layer's rekey counters, TLS 1.3 half-close, alert counting."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tlsctl.commands._certs import ephemeral_server_cert
+from tlsctl.commands._channel import ChannelError, KtlsChannel, establish
+from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
+from tlsctl.handshake import HandshakeResult, run_handshake
+
+pytestmark = pytest.mark.timeout(60)
+_CERT = ephemeral_server_cert()
+SUITES_13 = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+
+
+def _pair(version: str, suite: str | None = None) -> tuple[KtlsChannel, KtlsChannel]:
+    opts = TlsOptions(tls1_2=version == "1.2", tls1_3=version == "1.3", ciphersuites=suite)
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.settimeout(10)
+    server_res: list[HandshakeResult] = []
+    t = threading.Thread(target=lambda: server_res.append(run_handshake(
+        b, server_context(opts, cert=_CERT.cert, key=_CERT.key), "server", exact=True)))
+    t.start()
+    cres = run_handshake(a, client_context(opts, verify=False), "client", exact=True)
+    t.join(10)
+    client = establish(a, cres, "sw", lambda _m: None)
+    server = establish(b, server_res[0], "sw", lambda _m: None)
+    assert isinstance(client, KtlsChannel) and isinstance(server, KtlsChannel)
+    return client, server
+
+
+@pytest.fixture
+def pair13() -> Iterator[tuple[KtlsChannel, KtlsChannel]]:
+    c, s = _pair("1.3")
+    yield c, s
+    c.close()
+    s.close()
+
+
+@pytest.mark.parametrize("suite", SUITES_13)
+def test_key_update_both_directions(suite: str) -> None:
+    client, server = _pair("1.3", suite)
+    try:
+        server.send_all(b"ticket-flush")  # the client skips the server's 2 tickets here
+        assert client.recv(100) == b"ticket-flush" and client.tickets == 2
+        client.send_key_update(request=True)
+        client.send_all(b"after-update")
+        assert server.recv(100) == b"after-update"
+        assert server.key_updates == 1 and server.key_updates_sent == 1  # answered
+        server.send_all(b"reply")
+        assert client.recv(100) == b"reply"
+        assert client.key_updates == 1 and client.key_updates_sent == 1
+        for ch in (client, server):
+            st = ch.k.stats
+            assert st["TlsTxRekeyOk"] == 1 and st["TlsRxRekeyOk"] == 1
+            assert st["TlsTxRekeyError"] == 0 and st["TlsRxRekeyError"] == 0
+            assert st["TlsRxRekeyReceived"] == 1
+        # Sequence numbers restart with each new key.
+        assert client.live_seqs() == (1, 1)
+        assert server.live_seqs() == (1, 1)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_key_update_every_splits_the_stream(pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
+    client, server = pair13
+    client.key_update_every = 10000
+    data = bytes(range(256)) * 400  # 102400 bytes: 10 updates
+    t = threading.Thread(target=client.send_all, args=(data,))
+    t.start()
+    got = bytearray()
+    while len(got) < len(data):
+        got += server.recv(1 << 16)
+    t.join(10)
+    assert bytes(got) == data
+    assert client.key_updates_sent == 10 and server.key_updates == 10
+
+
+def test_tls13_close_notify_closes_one_direction(
+        pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
+    """After the client's close_notify the server reads EOF but can still send."""
+    client, server = pair13
+    client.send_all(b"last words")
+    client.close_notify()
+    assert server.recv(100) == b"last words"
+    assert server.recv(100) == b"" and server.peer_closed
+    server.send_all(b"still talking")
+    server.close_notify()
+    assert client.recv(100) == b"still talking"
+    assert client.recv(100) == b""
+
+
+def test_key_update_refused_in_tls12() -> None:
+    client, server = _pair("1.2")
+    try:
+        with pytest.raises(ChannelError, match=r"needs TLS 1\.3"):
+            client.send_key_update()
+    finally:
+        client.close()
+        server.close()
+
+
+def test_request_key_update_applies_at_next_send(
+        pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
+    client, server = pair13
+    server.request_key_update()
+    assert server.key_updates_sent == 0
+    server.send_all(b"x")
+    assert server.key_updates_sent == 1
+    assert client.recv(10) == b"x" and client.key_updates == 1

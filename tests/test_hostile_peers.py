@@ -1,0 +1,408 @@
+"""A malicious peer after a real handshake, against ``tlsctl serve``.
+
+The peer is a raw socket: pyOpenSSL does the handshake (``run_handshake``
+with exact reads, so nothing past it is consumed), then every record is
+built by hand with ``tests/wire.py`` (which shares no code with the layer)
+and the server's answer is decrypted the same way.  For each hostile input
+we check the alert on the wire, the one-line error in serve's connection
+record, what reached the output file (nothing after a failure), and that
+the server accepts another connection afterwards (an ``openssl s_client``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peers import openssl_client, tlsctl_server
+from wire import decrypt_records, encrypt_record
+
+from tlsctl.commands._tlsconf import TlsOptions, client_context
+from tlsctl.handshake import HandshakeResult, run_handshake
+
+pytestmark = pytest.mark.timeout(120)
+
+ALERT, HANDSHAKE, DATA = 21, 22, 23
+CLOSE_NOTIFY = b"\x01\x00"
+
+
+class Peer:
+    """A TLS client that completed a real handshake and now writes raw records."""
+
+    def __init__(self, port: int, version: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        opts = TlsOptions(tls1_2=version == "1.2", tls1_3=version == "1.3")
+        self.res: HandshakeResult = run_handshake(
+            self.sock, client_context(opts, verify=False), "client", exact=True
+        )
+        assert self.res.tx_info is not None and self.res.rx_info is not None
+        self.tx = self.res.tx_info
+        self.seq = self.res.tx_seq
+
+    def record(self, ctype: int, plaintext: bytes, **kw: Any) -> bytes:
+        rec = encrypt_record(self.tx, self.seq, ctype, plaintext, **kw)
+        self.seq += 1
+        return rec
+
+    def replies(self) -> list[tuple[int, bytes]]:
+        """Everything the server sends until it closes, decrypted."""
+        buf = bytearray(self.res.leftover)
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(65536):
+                buf += chunk
+        assert self.res.rx_info is not None
+        return decrypt_records(self.res.rx_info, bytes(buf))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    versions: tuple[str, ...]
+    build: Callable[[Peer], bytes]
+    alert: int | None  # fatal alert expected from the server, None: none
+    error: str | None  # substring of serve's one-line error, None: connection ok
+    saved: bytes = b""
+    warning: int | None = None  # a warning alert expected (connection goes on)
+    one_byte_writes: bool = False
+
+
+GOOD = b"good" * 250
+AFTER = b"after" * 200
+
+
+def _flip(rec: bytes, pos: int = 30) -> bytes:
+    b = bytearray(rec)
+    b[pos] ^= 1
+    return bytes(b)
+
+
+def _wrong_version(rec: bytes) -> bytes:
+    return rec[:1] + b"\x03\x01" + rec[3:]
+
+
+def _close(p: Peer) -> bytes:
+    return p.record(ALERT, CLOSE_NOTIFY)
+
+
+CASES = [
+    Case("bad_mac", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + _flip(p.record(DATA, b"x" * 1000))
+         + p.record(DATA, AFTER),
+         20, "authentication", GOOD),
+    Case("truncated_then_eof", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(DATA, AFTER)[:200],
+         None, "in the middle of a record", GOOD),
+    Case("oversized", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(DATA, b"o" * (16384 + 1)),
+         22, "oversized record", GOOD),
+    Case("wrong_version", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + _wrong_version(p.record(DATA, AFTER)),
+         70, "wrong protocol version", GOOD),
+    Case("unknown_content_type", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(99, b"what") + p.record(DATA, AFTER),
+         10, "unexpected type 99", GOOD),
+    Case("zero_len_data", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(DATA, b"") + p.record(DATA, AFTER)
+         + _close(p),
+         None, None, GOOD + AFTER),
+    Case("zero_len_alert", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"") + p.record(DATA, AFTER),
+         50, "malformed alert", GOOD),
+    Case("zero_len_handshake", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"") + p.record(DATA, AFTER),
+         10, "empty handshake record", GOOD),
+    Case("all_zero_inner_plaintext", ("1.3",),
+         lambda p: p.record(DATA, GOOD) + p.record(0, b"", pad=32) + p.record(DATA, AFTER),
+         10, "no content type", GOOD),
+    Case("one_byte_tcp_writes", ("1.2", "1.3"),
+         lambda p: b"".join(p.record(DATA, bytes([i]) * 300) for i in range(5)) + _close(p),
+         None, None, b"".join(bytes([i]) * 300 for i in range(5)), one_byte_writes=True),
+    Case("flood_of_tiny_records", ("1.2", "1.3"),
+         lambda p: b"".join(p.record(DATA, b"t") for _ in range(30000)) + _close(p),
+         None, None, b"t" * 30000),
+    Case("few_warning_alerts_tolerated", ("1.2",),
+         lambda p: p.record(DATA, GOOD) + b"".join(p.record(ALERT, b"\x01\x70")
+                                                   for _ in range(5))
+         + p.record(DATA, AFTER) + _close(p),
+         None, None, GOOD + AFTER),
+    Case("warning_alert_flood", ("1.2",),
+         lambda p: p.record(DATA, GOOD) + b"".join(p.record(ALERT, b"\x01\x70")
+                                                   for _ in range(1000))
+         + p.record(DATA, AFTER),
+         10, "too many warning alerts from peer (last: unrecognized_name)", GOOD),
+    Case("fatal_alert_from_peer", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x28") + p.record(DATA, AFTER),
+         None, "peer sent fatal alert: handshake_failure", GOOD),
+    Case("certificate_request_after_handshake", ("1.3",),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x0d\x00\x00\x04\x00\x00\x00\x00")
+         + p.record(DATA, AFTER),
+         10, "unexpected handshake message certificate_request", GOOD),
+    Case("bogus_handshake_type", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\xee\x00\x00\x01\x00")
+         + p.record(DATA, AFTER),
+         10, "unexpected handshake message type 238", GOOD),
+    Case("new_session_ticket_from_client", ("1.3",),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x04\x00\x00\x02\x00\x00")
+         + p.record(DATA, AFTER),
+         10, "new_session_ticket", GOOD),
+    Case("fragmented_handshake_then_data", ("1.2", "1.3"),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x04\x00\x00")
+         + p.record(DATA, AFTER),
+         10, "interleaved", GOOD),
+    Case("key_update_split_across_records", ("1.3",),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x18\x00\x00")
+         + p.record(HANDSHAKE, b"\x01\x00") + p.record(DATA, AFTER),
+         10, "KeyUpdate split across records", GOOD),
+    Case("post_handshake_message_too_big", ("1.3",),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x04\x7f\xff\xff")
+         + p.record(DATA, AFTER),
+         50, "post-handshake message of", GOOD),
+    Case("bad_key_update_value", ("1.3",),
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x18\x00\x00\x01\x05")
+         + p.record(DATA, AFTER),
+         47, "request_update=5", GOOD),
+    Case("renegotiation_refused", ("1.2",),
+         lambda p: p.record(DATA, GOOD)
+         + p.record(HANDSHAKE, b"\x01\x00\x00\x26" + b"\x03\x03" + bytes(32) + b"\x00\x00\x00\x00")
+         + p.record(DATA, AFTER) + _close(p),
+         None, None, GOOD + AFTER, warning=100),
+]
+
+PARAMS = [pytest.param(c, v, id=f"{c.name}-tls{v}") for c in CASES for v in c.versions]
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("hostile") / "small.bin"
+    p.write_bytes(os.urandom(20000))
+    return p
+
+
+@pytest.mark.parametrize(("case", "version"), PARAMS)
+def test_hostile_peer(case: Case, version: str, tmp_path: Path, small_file: Path) -> None:
+    vflag = "-tls1_2" if version == "1.2" else "-tls1_3"
+    with tlsctl_server("--save-dir", str(tmp_path), "-naccept", "2", "--offload", "sw",
+                       vflag) as srv:
+        peer = Peer(srv.port, version)
+        try:
+            wire = case.build(peer)
+            if case.one_byte_writes:
+                for i in range(len(wire)):
+                    peer.sock.send(wire[i : i + 1])
+            else:
+                peer.sock.sendall(wire)
+            if case.error == "in the middle of a record":
+                peer.sock.shutdown(socket.SHUT_WR)
+            replies = peer.replies()
+        finally:
+            peer.close()
+        # The server keeps running: a real client afterwards succeeds.
+        good = openssl_client(srv.port, small_file, vflag)
+        recs = sorted(srv.records(), key=lambda r: r["conn"])
+    assert good.returncode == 0, good.stderr
+    assert recs[1]["ok"] and recs[1]["bytes_in"] == 20000
+
+    rec = recs[0]
+    alerts = [body for ctype, body in replies if ctype == ALERT]
+    data_back = [body for ctype, body in replies if ctype == DATA]
+    assert not data_back
+    fatal = [b[1] for b in alerts if b[0] == 2]
+    if case.alert is None:
+        assert not fatal, f"unexpected fatal alert {fatal}"
+    else:
+        assert fatal == [case.alert], alerts
+        assert rec["alert_sent"] == case.alert
+    if case.warning is not None:
+        assert bytes([1, case.warning]) in alerts
+    if case.error is None:
+        assert rec["ok"], rec
+        assert rec["clean_close"] and alerts[-1] == CLOSE_NOTIFY
+    else:
+        assert not rec["ok"]
+        assert case.error in rec["error"], rec["error"]
+        assert "\n" not in rec["error"]
+        if case.alert is not None:
+            assert rec["error"].endswith(f"sent fatal alert {rec['error'].rsplit(' ', 1)[1]}")
+    # Nothing decrypted after a failure reaches the output.
+    assert (tmp_path / "conn-00001.bin").read_bytes() == case.saved
+
+
+def test_flood_memory_bounded(tmp_path: Path) -> None:
+    """200k one-byte records through the layer: the server's peak RSS does
+    not grow with the number of records (it would if records were queued)."""
+    with tlsctl_server("--sink", "-naccept", "1", "--offload", "sw", "-tls1_3") as srv:
+        peer = Peer(srv.port, "1.3")
+        try:
+            before = _hwm(srv.proc.pid)
+            for _ in range(10):
+                peer.sock.sendall(b"".join(peer.record(DATA, b"t") for _ in range(20000)))
+            peer.sock.sendall(_close(peer))
+            replies = peer.replies()
+            after = _hwm(srv.proc.pid)
+        finally:
+            peer.close()
+        (rec,) = srv.records()
+    assert rec["ok"] and rec["bytes_in"] == 200000
+    assert replies[-1] == (ALERT, CLOSE_NOTIFY)
+    assert after - before < 32 << 20, (before, after)
+
+
+def _hwm(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_wire_helpers_roundtrip() -> None:
+    """encrypt_record with an all-zero TLS 1.3 inner plaintext is what we think."""
+    from offload.uapi import TLS_1_3_VERSION, CipherType, CryptoInfo
+
+    info = CryptoInfo.create(TLS_1_3_VERSION, CipherType.AES_GCM_128, key=bytes(16),
+                             iv=bytes(8), salt=bytes(4), seq=0)
+    rec = encrypt_record(info, 0, 0, b"", pad=3)
+    assert struct.unpack(">H", rec[3:5])[0] == 4 + 16
+
+
+# --- the other direction: a hostile server against ``tlsctl send`` -------------------
+
+
+@dataclasses.dataclass
+class ServerCase:
+    name: str
+    version: str
+    build: Callable[[Peer], bytes]
+    alert: int | None  # fatal alert expected from tlsctl send
+    error: str | None  # substring of send's one-line error; None: the send succeeds
+    warning: int | None = None
+    after_close: bytes = b""  # application data the server sends after the client's close
+
+
+# ``tlsctl send`` reads only after its close_notify (see send._await_close):
+# it then reports what the server did but sends no alert (its write side is
+# closed), and a HelloRequest is simply ignored.
+SERVER_CASES = [
+    ServerCase("hello_request_ignored", "1.2",
+               lambda p: p.record(HANDSHAKE, b"\x00\x00\x00\x00"), None, None),
+    ServerCase("certificate_request_after_handshake", "1.3",
+               lambda p: p.record(HANDSHAKE, b"\x0d\x00\x00\x04\x00\x00\x00\x00"),
+               None, "unexpected handshake message certificate_request"),
+    ServerCase("fatal_alert", "1.3", lambda p: p.record(ALERT, b"\x02\x28"),
+               None, "peer sent fatal alert: handshake_failure"),
+    ServerCase("bad_mac", "1.2", lambda p: _flip(p.record(DATA, b"x" * 100)),
+               None, "authentication"),
+    # TLS 1.3: close_notify closes one direction; the server may still send.
+    ServerCase("data_after_client_close_notify", "1.3", lambda p: b"", None, None,
+               after_close=b"late data" * 1000),
+]
+
+
+class ServerPeer(Peer):
+    """The server end: real handshake (pyOpenSSL), then raw records."""
+
+    def __init__(self, sock: socket.socket, version: str, cert: Path, key: Path) -> None:
+        from tlsctl.commands._tlsconf import server_context
+
+        self.sock = sock
+        opts = TlsOptions(tls1_2=version == "1.2", tls1_3=version == "1.3")
+        ctx = server_context(opts, cert=str(cert), key=str(key))
+        self.res = run_handshake(sock, ctx, "server", exact=True)
+        assert self.res.tx_info is not None
+        self.tx = self.res.tx_info
+        self.seq = self.res.tx_seq
+
+    def serve(self, after_close: bytes = b"") -> list[tuple[int, bytes]]:
+        """Read the client's records; answer its close_notify with ours."""
+        assert self.res.rx_info is not None
+        buf = bytearray(self.res.leftover)
+        got: list[tuple[int, bytes]] = []
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            try:
+                got = decrypt_records(self.res.rx_info, bytes(buf))
+            except ValueError:
+                continue  # a partial record: read on
+            if (ALERT, CLOSE_NOTIFY) in got:
+                late = self.record(DATA, after_close) if after_close else b""
+                self.sock.sendall(late + self.record(ALERT, CLOSE_NOTIFY))
+                break
+        return got
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=[c.name for c in SERVER_CASES])
+def test_hostile_server(case: ServerCase, tmp_path: Path, small_file: Path) -> None:
+    import threading
+
+    from peers import make_pki, run_tlsctl
+
+    pki = make_pki(tmp_path)
+    seen: list[list[tuple[int, bytes]]] = []
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        ls.settimeout(30)
+
+        def server() -> None:
+            s, _ = ls.accept()
+            with s:
+                s.settimeout(15)
+                peer = ServerPeer(s, case.version, pki.cert, pki.key)
+                s.sendall(case.build(peer))
+                seen.append(peer.serve(case.after_close))
+
+        t = threading.Thread(target=server, daemon=True)
+        t.start()
+        r = run_tlsctl("send", str(small_file), "-connect", f"localhost:{ls.getsockname()[1]}",
+                       "-CAfile", str(pki.ca), "--offload", "sw", "--json")
+        t.join(30)
+    (records,) = seen
+    alerts = [b for ctype, b in records if ctype == ALERT]
+    data = b"".join(b for ctype, b in records if ctype == DATA)
+    if case.error is None:
+        assert r.returncode == 0, r.stderr
+        assert data == small_file.read_bytes()
+        assert alerts[-1] == CLOSE_NOTIFY
+    else:
+        assert r.returncode == 1
+        err = r.stderr.strip()
+        assert case.error in err and "\n" not in err, err
+        assert "; sent fatal alert" not in err
+    fatal = [b[1] for b in alerts if b[0] == 2]
+    assert fatal == ([case.alert] if case.alert is not None else [])
+    if case.warning is not None:
+        assert bytes([1, case.warning]) in alerts
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_fatal_alert_message_same_without_offload(version: str, tmp_path: Path) -> None:
+    """``--offload none`` (pyOpenSSL keeps the records) names the alert alike."""
+    vflag = "-tls1_2" if version == "1.2" else "-tls1_3"
+    with tlsctl_server("--save-dir", str(tmp_path), "-naccept", "1", "--offload", "none",
+                       vflag) as srv:
+        peer = Peer(srv.port, version)
+        try:
+            peer.sock.sendall(peer.record(DATA, GOOD) + peer.record(ALERT, b"\x02\x28"))
+            peer.replies()
+        finally:
+            peer.close()
+        (rec,) = srv.records()
+    assert not rec["ok"] and rec["error"] == "peer sent fatal alert: handshake_failure"
+    assert (tmp_path / "conn-00001.bin").read_bytes() == GOOD
