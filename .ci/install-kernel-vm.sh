@@ -74,6 +74,49 @@ else
     log "apt packages already installed: ${APT_PKGS[*]}"
 fi
 
+# --- a kernel with TLS 1.3 rekey ------------------------------------------------
+# Debian 12's 6.1 kernel cannot rekey kTLS (a second setsockopt(TLS_TX) is
+# EBUSY); Linux 6.14+ can.  Fetch Debian's current backports kernel (image +
+# modules only, unpacked, never installed as a package: nothing on the host
+# boots it) so the VM oracle can check KeyUpdate against a real kernel.
+# KTLS_VM_NEW_KERNEL=0 skips this; a failure here leaves the 6.1 kernel.
+fetch_new_kernel() {
+    local work lists apt_opts img ver
+    work="$(mktemp -d)"
+    lists="$work/lists"
+    mkdir -p "$lists/partial"
+    echo "deb http://deb.debian.org/debian trixie-backports main" > "$work/sources.list"
+    apt_opts=(-o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=/dev/null
+              -o "Dir::State::Lists=$lists" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+    apt-get "${apt_opts[@]}" update -qq || return 1
+    img="$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 2>/dev/null \
+           | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)"
+    [[ -n "$img" ]] || return 1
+    ver="${img#linux-image-}"
+    if [[ -r "/boot/vmlinuz-$ver" ]] && compgen -G "/lib/modules/$ver/kernel/net/tls/tls.ko*" >/dev/null; then
+        log "backports kernel $ver already unpacked"
+        return 0
+    fi
+    (cd "$work" && apt-get "${apt_opts[@]}" download "linux-binary-$ver" "linux-modules-$ver" \
+        >/dev/null) || return 1
+    mkdir -p "$work/x"
+    for deb in "$work"/linux-binary-*.deb "$work"/linux-modules-*.deb; do
+        dpkg-deb -x "$deb" "$work/x" || return 1
+    done
+    [[ -r "$work/x/usr/lib/modules/$ver/vmlinuz" ]] || return 1
+    rm -rf "/usr/lib/modules/$ver"
+    cp -a "$work/x/usr/lib/modules/$ver" /usr/lib/modules/
+    depmod "$ver" 2>/dev/null
+    cp "/usr/lib/modules/$ver/vmlinuz" "/boot/vmlinuz-$ver"
+    rm -rf "$work"
+    log "backports kernel $ver unpacked for the VM"
+}
+if [[ "${KTLS_VM_NEW_KERNEL:-1}" != "0" && $(id -u) -eq 0 ]]; then
+    t0=$SECONDS
+    fetch_new_kernel || log "WARNING: no backports kernel; the VM runs 6.1 (no TLS 1.3 rekey)"
+    log "kernel fetch took $((SECONDS - t0)) s"
+fi
+
 # --- pip ---------------------------------------------------------------------
 vng_version="$("$PY" -c 'import importlib.metadata as m; print(m.version("virtme-ng"))' \
     2>/dev/null || true)"

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from offload import KTLSSocket
+from offload.keys import Suite, crypto_info_tls13, tls13_next_secret
 from offload.uapi import (
     CIPHER_SPECS,
     SOL_TCP,
@@ -247,6 +248,75 @@ def _rx_script(kind: str) -> list[tuple[str, str]]:
     return out
 
 
+_KEY_UPDATE = bytes([24, 0, 0, 1, 0])  # KeyUpdate, update_not_requested
+
+
+def _rekey_pair(suite: Suite, tx_kind: str, rx_kind: str) -> list[tuple[str, str]]:
+    """TLS 1.3 KeyUpdate across the record layer: data, the KeyUpdate
+    handshake record, the next TX key by a second setsockopt, more data; the
+    receiver sees EKEYEXPIRED until it installs the next RX key."""
+    secret = hashlib.sha256(b"traffic secret " + bytes([suite & 0xFF])).digest()
+    if suite.hash_name == "sha384":
+        secret += secret[:16]
+    first = crypto_info_tls13(secret, suite, 0)
+    nxt_secret = tls13_next_secret(secret, suite)
+    second = crypto_info_tls13(nxt_secret, suite, 0)
+    third = crypto_info_tls13(tls13_next_secret(nxt_secret, suite), suite, 0)
+    out: list[tuple[str, str]] = []
+
+    def step(name: str, fn: Callable[[], object]) -> None:
+        out.append((name, _outcome(fn)))
+
+    with _pair() as (c, s):
+        kc, ks = _wrap(c, tx_kind), _wrap(s, rx_kind)
+        for k in (kc, ks):
+            k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+        kc.setsockopt(SOL_TLS, TLS_TX, first.pack())
+        ks.setsockopt(SOL_TLS, TLS_RX, first.pack())
+        size = len(first.pack())
+        payload = os.urandom(40_000)
+        step("send before", lambda: kc.sendall(payload))
+        step("send KeyUpdate", lambda: kc.sendmsg(
+            [_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]))
+        swap = CipherType.AES_GCM_256 if first.cipher == CipherType.AES_GCM_128 else (
+            CipherType.AES_GCM_128
+        )
+        other = _info(TLS_1_3_VERSION, swap, fixed=True)
+        step("rekey TX with another cipher", lambda: kc.setsockopt(SOL_TLS, TLS_TX, other.pack()))
+        step("rekey TX", lambda: kc.setsockopt(SOL_TLS, TLS_TX, second.pack()))
+        step("send after", lambda: kc.sendall(b"after the key update"))
+        step("getsockopt TX after rekey", lambda: kc.getsockopt(SOL_TLS, TLS_TX, size))
+        step("recv before", lambda: hashlib.sha256(_recv_all(ks, len(payload))).hexdigest()
+             == hashlib.sha256(payload).hexdigest())
+        step("recv KeyUpdate", lambda: ks.recvmsg(100, CMSG)[:2])
+        # No timeout: Python then calls recv(2) directly, so the kernel's own
+        # answer is compared (with a timeout Python polls first, and a kTLS
+        # socket waiting for its next key does not poll readable).
+        ks.settimeout(None)
+        step("recv before the new key", lambda: ks.recv(100, socket.MSG_DONTWAIT))
+        ks.settimeout(10)
+        step("rekey RX", lambda: ks.setsockopt(SOL_TLS, TLS_RX, second.pack()))
+        step("recv after", lambda: _recv_all(ks, 20))
+        step("getsockopt RX after rekey", lambda: ks.getsockopt(SOL_TLS, TLS_RX, size))
+        # A second round, the other way of sending the KeyUpdate (MSG_OOB
+        # is this layer's; the kernel takes the cmsg).
+        step("send KeyUpdate 2", lambda: kc.sendmsg(
+            [_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]))
+        step("rekey TX 2", lambda: kc.setsockopt(SOL_TLS, TLS_TX, third.pack()))
+        step("send after 2", lambda: kc.sendall(b"third key"))
+        step("recv KeyUpdate 2", lambda: ks.recvmsg(100, CMSG)[:2])
+        step("rekey RX 2", lambda: ks.setsockopt(SOL_TLS, TLS_RX, third.pack()))
+        step("recv after 2", lambda: _recv_all(ks, 9))
+    return out
+
+
+REKEY_SUITES = (
+    Suite.TLS_AES_128_GCM_SHA256,
+    Suite.TLS_AES_256_GCM_SHA384,
+    Suite.TLS_CHACHA20_POLY1305_SHA256,
+)
+
+
 Decorator = Callable[[Callable[[], object]], Callable[[], object]]
 
 
@@ -276,6 +346,43 @@ def register(scenario: Callable[..., Decorator]) -> None:
         ]
         assert not diffs, "differs from the kernel:\n" + "\n".join(diffs)
         return "; ".join(f"{n} -> {o}" for n, o in theirs)
+
+    for suite in REKEY_SUITES:
+        tag = suite.name.lower()
+
+        def rekey_oracle(su: Suite = suite) -> str:
+            theirs = _rekey_pair(su, "kernel", "kernel")
+            if dict(theirs)["rekey TX"] != "ok None":
+                raise AssertionError(
+                    f"kernel {os.uname().release} cannot rekey kTLS (Linux 6.14+ can): "
+                    f"{dict(theirs)['rekey TX']}"
+                )
+            ours = _rekey_pair(su, "user", "user")
+            diffs = [
+                f"{name}: kernel {k} / layer {u}"
+                for (name, k), (_, u) in zip(theirs, ours, strict=True)
+                if k != u
+            ]
+            assert not diffs, "rekey differs from the kernel:\n" + "\n".join(diffs)
+            return "; ".join(f"{n} -> {o}" for n, o in theirs)
+
+        def rekey_interop(su: Suite = suite) -> str:
+            results = {}
+            for tx_kind, rx_kind in (("user", "kernel"), ("kernel", "user")):
+                got = dict(_rekey_pair(su, tx_kind, rx_kind))
+                bad = {
+                    k: v
+                    for k, v in got.items()
+                    if k in ("recv before", "recv after", "recv after 2", "rekey TX", "rekey RX")
+                    and v not in ("ok True", "ok None", f"bytes {b'after the key update'.hex()}",
+                                  f"bytes {b'third key'.hex()}")
+                }
+                assert not bad, f"{tx_kind} TX -> {rx_kind} RX: {bad}"
+                results[f"{tx_kind}->{rx_kind}"] = got["recv after 2"]
+            return str(results)
+
+        scenario(f"oracle_rekey_same_as_kernel_{tag}", timeout=60)(rekey_oracle)
+        scenario(f"interop_rekey_{tag}", timeout=60)(rekey_interop)
 
     @scenario("kernel_backend_passthrough", timeout=60)
     def kernel_backend() -> str:

@@ -1,0 +1,225 @@
+"""``tlsctl bench`` with real processes: schema, byte counts, remote, Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import signal
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from offload.kernel import kernel_has_ktls
+from tests.peers import TLSCTL, tlsctl_server
+from tlsctl.commands._bench_run import BenchError, _report
+from tlsctl.commands.bench import SCHEMA, headline, parse_modes, parse_size
+
+SIZE = 4 << 20
+
+
+def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TLSCTL, "bench", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_schema(rows: Any) -> None:
+    assert isinstance(rows, list) and rows
+    for row in rows:
+        assert set(row) == set(SCHEMA), row
+        for key, types in SCHEMA.items():
+            value = row[key]
+            # JSON has one number type: an int-valued float may come back as int.
+            ok = isinstance(value, types) or (float in types and type(value) is int)
+            assert ok, f"{row['mode']}.{key} = {value!r} is not {types}"
+
+
+def test_json_schema_and_every_mode_moves_its_bytes() -> None:
+    modes = "tcp,tcp-sendfile,userspace,sw,sim-nic,kernel,openssl"
+    out = bench("--size", "4M", "--repeat", "2", "--modes", modes, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    check_schema(rows)
+    assert [r["mode"] for r in rows] == modes.split(",")
+    by = {r["mode"]: r for r in rows}
+    have_openssl = shutil.which("openssl") and shutil.which("curl")
+    for r in rows:
+        if r["mode"] == "kernel" and not kernel_has_ktls()[0]:
+            assert r["skipped"] and "kTLS" in r["skipped"]
+            assert r["repeats"] == 0 and r["throughput_gbps"] is None
+            continue
+        if r["mode"] == "openssl" and not have_openssl:
+            assert r["skipped"]
+            continue
+        assert r["skipped"] is None
+        # The receiver's own byte count matched what the sender sent (else exit 1).
+        assert r["confirmed"] == "count"
+        assert r["bytes"] == 2 * SIZE and r["repeats"] == 2
+        assert r["throughput_gbps_min"] <= r["throughput_gbps"] <= r["throughput_gbps_max"]
+        assert r["host_cpu_s_per_gb"] is not None
+    assert by["tcp"]["cpu_vs_tcp"] == 1.0
+    assert by["sim-nic"]["device_cpu_s_per_gb"] > 0
+    assert by["sw"]["device_cpu_s_per_gb"] == 0
+
+
+def test_receiver_short_count_is_an_error() -> None:
+    report = (100).to_bytes(8, "big") + (5).to_bytes(8, "big")
+    assert _report(report, "sw", 100) == (100, 5e-6)
+    with pytest.raises(BenchError, match="receiver got 100 of 200 bytes"):
+        _report(report, "sw", 200)
+    with pytest.raises(BenchError, match="report"):
+        _report(b"", "sw", 200)
+
+
+def test_csv_parallel_record_size_and_tls12() -> None:
+    out = bench("--size", "4M", "--repeat", "1", "--modes", "tcp,sw,sim-nic,userspace",
+                "-P", "2", "--record-size", "4096", "-tls1_2", "--csv")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert list(rows[0]) == list(SCHEMA)
+    assert [r["mode"] for r in rows] == ["tcp", "sw", "sim-nic", "userspace"]
+    for r in rows:
+        assert int(r["bytes"]) == 2 * SIZE  # two streams
+        assert r["confirmed"] == "count" and r["skipped"] == ""
+        float(r["throughput_gbps"])
+
+
+def test_time_option_resends_until_time_is_up() -> None:
+    out = bench("--size", "1M", "--time", "0.5", "--repeat", "1", "--modes", "tcp,sw",
+                "--json")
+    assert out.returncode == 0, out.stderr
+    for r in json.loads(out.stdout):
+        assert r["bytes"] > 1 << 20 and r["bytes"] % (1 << 20) == 0
+
+
+def test_table_and_headline() -> None:
+    out = bench("--size", "2M", "--repeat", "1", "--modes", "tcp,sw,sim-nic,kernel")
+    assert out.returncode == 0, out.stderr
+    assert "tlsctl bench" in out.stdout
+    assert "sw TLS costs" in out.stdout and "sim-nic offload costs" in out.stdout
+    if not kernel_has_ktls()[0]:
+        assert "kernel: skipped" in out.stdout
+    rows = [{"mode": "tcp", "throughput_gbps": 2.0, "cpu_vs_tcp": 1.0,
+             "device_cpu_s_per_gb": 0.0},
+            {"mode": "sw", "throughput_gbps": 1.0, "cpu_vs_tcp": 3.8,
+             "device_cpu_s_per_gb": 0.0}]
+    x = "\N{MULTIPLICATION SIGN}"
+    assert headline(rows) == f"sw TLS costs 3.8{x} the CPU of TCP at 0.50{x} the throughput"
+
+
+def test_remote_serve_sink() -> None:
+    with tlsctl_server("--sink", "-naccept", "3") as srv:
+        out = bench("-connect", f"127.0.0.1:{srv.port}", "-k", "--size", "4M", "--repeat",
+                    "1", "--modes", "tcp,userspace,sw,sim-nic", "--json")
+        assert out.returncode == 0, out.stderr
+        records = [r for r in srv.records() if r.get("event") == "connection"]
+    rows = {r["mode"]: r for r in json.loads(out.stdout)}
+    assert rows["tcp"]["skipped"]
+    for mode in ("userspace", "sw", "sim-nic"):
+        assert rows[mode]["confirmed"] == "close_notify"
+        assert rows[mode]["bytes"] == SIZE
+        assert rows[mode]["receiver_cpu_s_per_gb"] is None
+    # The server counted every byte of every connection.
+    assert len(records) == 3
+    assert all(r["ok"] and r["bytes_in"] == SIZE for r in records), records
+
+
+def test_remote_verifies_the_certificate_by_default() -> None:
+    with tlsctl_server("--sink", "-naccept", "1") as srv:
+        out = bench("-connect", f"127.0.0.1:{srv.port}", "--size", "1M", "--repeat", "1",
+                    "--modes", "sw")
+        srv.proc.kill()
+    assert out.returncode == 1
+    assert "certificate" in out.stderr.lower() or "verif" in out.stderr.lower(), out.stderr
+
+
+@pytest.mark.parametrize("args, text", [
+    (("--modes", "tcp,quic"), "unknown mode quic"),
+    (("--size", "lots"), "not a size"),
+    (("-k",), "-connect"),
+    (("--json", "--csv"), "choose one"),
+])
+def test_usage_errors(args: tuple[str, ...], text: str) -> None:
+    out = bench(*args)
+    assert out.returncode == 2
+    assert text in out.stderr
+
+
+def test_parsers() -> None:
+    assert parse_size("4M") == 4 << 20 and parse_size("1g") == 1 << 30
+    assert parse_size("512K") == 512 << 10 and parse_size("1000") == 1000
+    assert parse_modes("sw, tcp,sw") == ["sw", "tcp"]
+
+
+def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
+    proc = subprocess.Popen([*TLSCTL, "bench", "--size", "4M", "--repeat", "500", "--modes",
+                             "tcp,sw", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(5)  # startup takes ~1 s; then a round of 4M is well under 1 s
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    rows = json.loads(out)
+    check_schema(rows)
+    assert rows[0]["repeats"] >= 1 and rows[0]["bytes"] == rows[0]["repeats"] * SIZE
+    assert rows[0]["repeats"] < 500
+    assert "interrupted" in err
+
+
+def test_short_count_from_the_receiver_fails_loudly(tmp_path: Any) -> None:
+    """A receiver (stdlib ssl here) that reports one byte fewer than it read."""
+    import socket
+    import ssl
+    import threading
+
+    from tlsctl.commands._certs import ephemeral_server_cert
+
+    ck = ephemeral_server_cert()
+    (tmp_path / "c.pem").write_bytes(ck.cert_pem())
+    (tmp_path / "k.pem").write_bytes(ck.key_pem())
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    lst = socket.create_server(("127.0.0.1", 0))
+
+    def lying_receiver() -> None:
+        raw, _ = lst.accept()
+        with ctx.wrap_socket(raw, server_side=True) as s:
+            total = 0
+            while data := s.recv(1 << 16):
+                total += len(data)
+            s.sendall((total - 1).to_bytes(8, "big") + bytes(8))
+            s.unwrap()
+
+    t = threading.Thread(target=lying_receiver, daemon=True)
+    t.start()
+    out = bench("-connect", f"127.0.0.1:{lst.getsockname()[1]}", "-k", "--size", "1M",
+                "--repeat", "1", "--modes", "sw", "--json")
+    t.join(10)
+    lst.close()
+    assert out.returncode == 1
+    assert f"sw: receiver got {(1 << 20) - 1} of {1 << 20} bytes" in out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.kernel
+def test_kernel_mode_in_a_ktls_vm() -> None:
+    """The kernel mode against the real kTLS (one VM boot, about a minute)."""
+    import sys
+
+    from tests import kernelvm
+
+    ok, reason = kernelvm.vm_available()
+    if not ok:
+        pytest.skip(f"kernel VM unavailable: {reason}")
+    argv = [sys.executable, "-m", "tlsctl.cli", "bench", "--size", "4M", "--repeat", "1",
+            "--modes", "tcp,sw,kernel", "--json"]
+    res = kernelvm.run_in_vm(argv, 240, cpus=2)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    check_schema(rows)
+    kernel = {r["mode"]: r for r in rows}["kernel"]
+    assert kernel["skipped"] is None and kernel["confirmed"] == "count"
+    assert kernel["bytes"] == SIZE
