@@ -155,9 +155,12 @@ def test_parsers() -> None:
 
 
 def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
+    # A shell's background job (CI) starts with SIGINT ignored, and Python
+    # keeps it ignored: give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([*TLSCTL, "bench", "--size", "4M", "--repeat", "500", "--modes",
                              "tcp,sw", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(5)  # startup takes ~1 s; then a round of 4M is well under 1 s
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
