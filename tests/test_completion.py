@@ -76,8 +76,8 @@ def test_bash_completes_subcommand(tmp_path: Path) -> None:
 
 
 def test_bash_completes_option(tmp_path: Path) -> None:
-    got = _bash_complete(["tlsctl", "demo", "--si"], tmp_path)
-    assert got == ["--size"]
+    got = _bash_complete(["tlsctl", "send", "--loo"], tmp_path)
+    assert got == ["--loopback"]
 
 
 def test_bash_completes_file_name(tmp_path: Path) -> None:
