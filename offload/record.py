@@ -162,22 +162,7 @@ class RecordSealer(_Direction):
         if self.is13:
             raise ValueError("TLS 1.3 records are sealed in place (seal_in_place)")
         mv = memoryview(plaintext)
-        n = len(mv)
-        if n > TLS_MAX_PAYLOAD_SIZE:
-            raise os_error(errno.EMSGSIZE, "record plaintext larger than 2^14")
-        seq = self.seq
-        ex = self.explicit_size
-        _HEADER.pack_into(out, 0, content_type, TLS_1_2_VERSION, ex + n + self.tag_size)
-        if ex:
-            explicit = self.explicit.to_bytes(8, "big")
-            out[5:13] = explicit
-            nonce = self.salt + explicit
-            self.explicit = (self.explicit + 1) & _SEQ_MASK
-        else:
-            nonce = (self.static_iv ^ seq).to_bytes(12, "big")
-        aad = _AAD12.pack(seq, content_type, TLS_1_2_VERSION, n)
-        self.aead.encrypt_into(nonce, mv, aad, memoryview(out)[TLS_HEADER_SIZE + ex :])
-        self._advance(seq)
+        self._seal12(out, 0, content_type, len(mv), mv)
 
     def seal_in_place(self, out: bytearray, content_type: int, n: int, offset: int = 0) -> None:
         """Seal a record whose plaintext already sits in ``out`` after the header.
@@ -187,21 +172,31 @@ class RecordSealer(_Direction):
         content type, then room for the tag.  This is the zero-copy path for
         data read straight from a file.
         """
+        if not self.is13:
+            self._seal12(out, offset, content_type, n, None)
+            return
         if n > TLS_MAX_PAYLOAD_SIZE:
             raise os_error(errno.EMSGSIZE, "record plaintext larger than 2^14")
         seq = self.seq
         o = offset
         mv = memoryview(out)
-        tag = self.tag_size
-        if self.is13:
-            inner = n + 1
-            out[o + 5 + n] = content_type
-            _HEADER.pack_into(out, o, _APPDATA, TLS_1_2_VERSION, inner + tag)
-            body = mv[o + 5 : o + 5 + inner + tag]
-            self.aead.encrypt_into(self.nonce(seq), body[:inner], mv[o : o + 5], body)
-            self._advance(seq)
-            return
+        inner = n + 1
+        out[o + 5 + n] = content_type
+        _HEADER.pack_into(out, o, _APPDATA, TLS_1_2_VERSION, inner + self.tag_size)
+        body = mv[o + 5 : o + 5 + inner + self.tag_size]
+        self.aead.encrypt_into(self.nonce(seq), body[:inner], mv[o : o + 5], body)
+        self._advance(seq)
+
+    def _seal12(
+        self, out: bytearray, o: int, content_type: int, n: int, src: memoryview | None
+    ) -> None:
+        """One TLS 1.2 record at ``out[o:]``: from ``src``, or (None) from the
+        plaintext already in place after the header and explicit nonce."""
+        if n > TLS_MAX_PAYLOAD_SIZE:
+            raise os_error(errno.EMSGSIZE, "record plaintext larger than 2^14")
+        seq = self.seq
         ex = self.explicit_size
+        tag = self.tag_size
         _HEADER.pack_into(out, o, content_type, TLS_1_2_VERSION, ex + n + tag)
         if ex:
             explicit = self.explicit.to_bytes(8, "big")
@@ -211,8 +206,8 @@ class RecordSealer(_Direction):
         else:
             nonce = self.nonce(seq)
         aad = _AAD12.pack(seq, content_type, TLS_1_2_VERSION, n)
-        body = mv[o + 5 + ex : o + 5 + ex + n + tag]
-        self.aead.encrypt_into(nonce, body[:n], aad, body)
+        body = memoryview(out)[o + 5 + ex : o + 5 + ex + n + tag]
+        self.aead.encrypt_into(nonce, body[:n] if src is None else src, aad, body)
         self._advance(seq)
 
     def seal_many(

@@ -44,8 +44,8 @@ def tcp_pair() -> Iterator[Callable[[], tuple[socket.socket, socket.socket]]]:
             lsock.listen(1)
             c = socket.create_connection(lsock.getsockname())
             s, _ = lsock.accept()
-        c.settimeout(10)
-        s.settimeout(10)
+        c.settimeout(20)
+        s.settimeout(20)
         made.extend([c, s])
         return c, s
 

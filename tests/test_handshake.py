@@ -15,7 +15,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from peers import Pki, make_pki
@@ -51,24 +51,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture
-def pair() -> Iterator[Callable[[], tuple[socket.socket, socket.socket]]]:
-    made: list[socket.socket] = []
-
-    def make() -> tuple[socket.socket, socket.socket]:
-        with socket.socket() as ls:
-            ls.bind(("127.0.0.1", 0))
-            ls.listen(1)
-            c = socket.create_connection(ls.getsockname())
-            s, _ = ls.accept()
-        c.settimeout(20)
-        s.settimeout(20)
-        made.extend([c, s])
-        return c, s
-
-    yield make
-    for s in made:
-        with contextlib.suppress(OSError):
-            s.close()
+def pair(
+    tcp_pair: Callable[[], tuple[socket.socket, socket.socket]],
+) -> Callable[[], tuple[socket.socket, socket.socket]]:
+    """Loopback TCP pairs (the shared ``tcp_pair`` fixture)."""
+    return tcp_pair
 
 
 def py_ctx(server: bool, pki: Pki, version: ssl.TLSVersion, suite: str) -> ssl.SSLContext:
