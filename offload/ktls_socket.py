@@ -650,7 +650,7 @@ class KTLSSocket:
         """CPU time spent inside the NIC driver (what hardware would do)."""
         return self.wire.device_seconds if self.wire is not None else 0.0
 
-    def _queue(self, buf: bytes | bytearray) -> None:
+    def _queue(self, buf: bytes | bytearray | memoryview) -> None:
         if buf:
             self._pending.append(memoryview(buf))
             self._pending_bytes += len(buf)
@@ -726,11 +726,8 @@ class KTLSSocket:
         return data
 
     def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:
-        mv = memoryview(buffer).cast("B")
-        n = nbytes or len(mv)
-        data = self.recv(n, flags)
-        mv[: len(data)] = data
-        return len(data)
+        n, _anc, _flags, _addr = self.recvmsg_into([buffer], 0, flags, nbytes)
+        return n
 
     def recvmsg(
         self, bufsize: int, ancbufsize: int = 0, flags: int = 0
@@ -744,6 +741,45 @@ class KTLSSocket:
         if self._rx is None:
             self._try_flush()
             return self._sock.recvmsg(bufsize, ancbufsize, flags)
+        out: list[bytes] = []
+        _n, anc, msg_flags = self._receive(out, None, bufsize, ancbufsize, flags)
+        return b"".join(out), anc, msg_flags, None
+
+    def recvmsg_into(
+        self, buffers: Iterable[Buffer], ancbufsize: int = 0, flags: int = 0, nbytes: int = 0
+    ) -> tuple[int, AncData, int, Any]:
+        """``recvmsg`` into the caller's buffers (``socket.recvmsg_into``).
+
+        With one buffer, records are decrypted straight into it: the fast
+        receive path (one copy from the socket, none after the AEAD).
+        ``nbytes`` (not in ``socket``'s signature) limits the read like
+        ``recv_into``'s.
+        """
+        views = [memoryview(b).cast("B") for b in buffers]
+        if self._rx is None:
+            self._try_flush()
+            return self._sock.recvmsg_into(views, ancbufsize, flags)
+        dst = views[0] if len(views) == 1 else memoryview(bytearray(sum(map(len, views))))
+        if nbytes:
+            dst = dst[:nbytes]
+        n, anc, msg_flags = self._receive(None, dst, len(dst), ancbufsize, flags)
+        if len(views) > 1:
+            off = 0
+            for v in views:
+                take = min(len(v), n - off)
+                v[:take] = dst[off : off + take]
+                off += take
+        return n, anc, msg_flags, None
+
+    def _receive(
+        self,
+        out: list[bytes] | None,
+        dst: memoryview | None,
+        bufsize: int,
+        ancbufsize: int,
+        flags: int,
+    ) -> tuple[int, AncData, int]:
+        """The recvmsg loop, delivering into ``dst`` or appending to ``out``."""
         if flags & ~_RECV_FLAGS_OK:
             raise os_error(errno.EOPNOTSUPP, "unsupported recv flags for a TLS socket")
         self._try_flush()
@@ -752,6 +788,7 @@ class KTLSSocket:
         waitall = bool(flags & socket.MSG_WAITALL)
         with self._rx_lock:
             rx = self._rx
+            assert rx is not None
             # Records decrypted before an error (e.g. by MSG_PEEK) are still
             # delivered first, as Linux serves its rx_list before sk_err.
             if not any(r.remaining for r in rx.ready):
@@ -762,16 +799,24 @@ class KTLSSocket:
                     exc, self._rx_abort = self._rx_abort, None
                     raise exc
                 if self._rx_dead:
-                    return self._dead_recv(block), [], 0, None
-            out: list[bytes] = []
+                    self._dead_recv(block)
+                    return 0, [], 0
             copied = 0
             record_type: int | None = None
             anc: AncData = []
             msg_flags = 0
             idx = 0  # index into rx.ready (advances only when peeking)
+            direct = dst if not peek else None
             while copied < bufsize:
                 try:
-                    rec = self._record_at(rx, idx, block and (copied == 0 or waitall))
+                    rec = self._record_at(
+                        rx,
+                        idx,
+                        block and (copied == 0 or waitall),
+                        None
+                        if direct is None or record_type not in (None, _DATA)
+                        else direct[copied:bufsize],
+                    )
                 except OSError:
                     if record_type is None:
                         if self._rx_abort is not None:
@@ -784,16 +829,21 @@ class KTLSSocket:
                         if rx.key_update_pending and idx >= len(rx.ready):
                             raise os_error(errno.EKEYEXPIRED, "waiting for the next RX key")
                         if self._eof:
-                            return b"", [], msg_flags, None
+                            return 0, [], msg_flags
                         raise os_error(errno.EAGAIN, "no complete record yet")
                     break
-                ctype = rec.content_type
-                if ctype == _DATA and rec.remaining == 0:
+                if isinstance(rec, int):  # a data record decrypted into dst
+                    ctype, take = _DATA, rec
+                else:
+                    ctype = rec.content_type
+                    take = min(bufsize - copied, rec.remaining)
+                if ctype == _DATA and take == 0:
                     # An empty data record carries nothing to deliver.
-                    if peek:
-                        idx += 1
-                    else:
-                        rx.consume(rec, 0)
+                    if isinstance(rec, RxRecord):
+                        if peek:
+                            idx += 1
+                        else:
+                            rx.consume(rec, 0)
                     continue
                 if record_type is None:
                     if ancbufsize >= _CMSG_TYPE_LEN:
@@ -805,32 +855,43 @@ class KTLSSocket:
                     record_type = ctype
                 elif ctype != record_type:
                     break
-                take = min(bufsize - copied, rec.remaining)
-                out.append(bytes(rec.data[rec.offset : rec.offset + take]))
+                if isinstance(rec, RxRecord):
+                    piece = rec.data[rec.offset : rec.offset + take]
+                    if dst is not None:
+                        dst[copied : copied + take] = piece
+                    elif out is not None:
+                        out.append(bytes(piece))
+                    if peek:
+                        idx += 1
+                    else:
+                        rx.consume(rec, take)
                 copied += take
-                if peek:
-                    idx += 1
-                else:
-                    rx.consume(rec, take)
                 if ctype != _DATA:
                     break
-            data = b"".join(out)
             if not peek:
-                self.bytes_received += len(data)
-            return data, anc, msg_flags, None
+                self.bytes_received += copied
+            return copied, anc, msg_flags
 
-    def _record_at(self, rx: SwRx, idx: int, block: bool) -> RxRecord | None:
-        """The ready record at ``idx``, decrypting and reading as needed."""
+    def _record_at(
+        self, rx: SwRx, idx: int, block: bool, dst: memoryview | None = None
+    ) -> RxRecord | int | None:
+        """The ready record at ``idx``, decrypting and reading as needed.
+
+        With ``dst`` and nothing queued, a data record may be decrypted
+        straight into it: its length is returned instead of a record.
+        """
         while idx >= len(rx.ready):
             if self._rx_err is not None:
                 raise self._rx_err
             if self._rx_abort is not None or self._rx_dead:
                 raise self._rx_abort or os_error(errno.EAGAIN, "receive path stopped")
             try:
-                rec = rx.decrypt_next()
+                rec = rx.decrypt_next(dst if not rx.ready else None)
             except OSError as exc:
                 self._rx_fail(exc)
                 raise
+            if isinstance(rec, int):
+                return rec
             if rec is not None:
                 if rx.key_update_pending and rec is rx.ready[-1] and rec.content_type == 22:
                     self.stats.inc("TlsRxRekeyReceived")
@@ -849,7 +910,7 @@ class KTLSSocket:
             self.stats.inc("TlsDecryptError")
         self._rx_err = exc
 
-    def _dead_recv(self, block: bool) -> bytes:
+    def _dead_recv(self, block: bool) -> None:
         """After an abort the parser is stopped: no data, only EOF or waiting
         (Python raises TimeoutError when the socket's timeout expires)."""
         while not self._eof:
@@ -857,20 +918,20 @@ class KTLSSocket:
                 raise os_error(errno.EAGAIN, "receive path stopped after an error")
             if not self._sock.recv(_READ_CHUNK):
                 self._eof = True
-        return b""
 
     def _fill(self, rx: SwRx, block: bool) -> bool:
-        """Read more ciphertext; False when nothing could be read now."""
+        """Read more ciphertext, straight into the parser's buffer; False
+        when nothing could be read now."""
         try:
             if not block and not _ready(self._sock, select.POLLIN):
                 return False
-            chunk = self._sock.recv(_READ_CHUNK)
+            n = self._sock.recv_into(rx.parser.write_space(_READ_CHUNK))
         except (BlockingIOError, InterruptedError):
             return False
-        if not chunk:
+        if not n:
             self._eof = True
             return False
-        rx.feed(chunk)
+        rx.parser.commit(n)
         return True
 
     @property

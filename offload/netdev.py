@@ -13,9 +13,18 @@ calls the kernel makes on a TLS-offload driver, and a transmit hook:
 * ``xmit(ctx, segment, lookup, out)`` - a TCP segment with plaintext
   records leaves through this device: the driver writes the bytes that go
   on the wire into ``out`` (its TX ring slot, as long as the segment) and
-  returns False to drop the packet; ``lookup`` is the kernel's
+  returns False to drop the packet (``segment`` is valid during the call
+  only: the wire may reuse the descriptor, as a TX ring does); ``lookup`` is the kernel's
   ``tls_get_record``: the only way a driver may see record bytes other than
   the segment's own, for the out-of-order slow path.
+
+A driver that sets ``xmit_in_place = True`` may also be handed ``out`` that
+*is* ``segment.payload`` (the same memoryview object, writable): the
+segment's bytes are replaced in place, as the issue's "encrypt the payload in
+place" says.  The wire does this only on its fault-free path, where every
+segment reaches the NIC in order and its records are acknowledged before
+anybody could look them up again; a driver that reads record bytes behind
+the segment on its in-order path must leave the flag unset.
 
 Drivers are found through the ``offload.drivers`` entry-point group; the
 built-in ones are registered there exactly like third-party plug-ins.  A
@@ -75,6 +84,15 @@ class DeviceStats(Mapping[str, int]):
             raise KeyError(f"unknown device counter {name!r}")
         with self._lock:
             self._v[name] += delta
+
+    def inc_pair(self, name: str, delta: int, name2: str, delta2: int) -> None:
+        """Two counters under one lock acquisition (packets and bytes per xmit)."""
+        v = self._v
+        if name not in v or name2 not in v:
+            raise KeyError(f"unknown device counter {name!r} or {name2!r}")
+        with self._lock:
+            v[name] += delta
+            v[name2] += delta2
 
     def __getitem__(self, name: str) -> int:
         return self._v[name]

@@ -135,12 +135,12 @@ class RecordSealer(_Direction):
     """
 
     exhausted = False
+    _layout_cache: tuple[bytearray, tuple[int, int], tuple[memoryview, ...]] | None = None
+    _framed: tuple[bytearray, int, tuple[int, int]] | None = None  # headers written in place
 
     def sealed_size(self, plaintext_len: int) -> int:
         """Length of the record that carries ``plaintext_len`` bytes."""
-        return (
-            TLS_HEADER_SIZE + self.explicit_size + plaintext_len + self.tag_size + int(self.is13)
-        )
+        return TLS_HEADER_SIZE + self.explicit_size + plaintext_len + self.tag_size + int(self.is13)
 
     def seal(self, content_type: int, plaintext: Buffer) -> bytearray:
         """One whole record for ``plaintext`` (at most 2^14 bytes)."""
@@ -270,6 +270,11 @@ class RecordSealer(_Direction):
         """
         if max_payload < 1 or max_payload > TLS_MAX_PAYLOAD_SIZE:
             raise os_error(errno.EINVAL, "record payload size must be 1..16384")
+        cached = self._layout_cache
+        if cached is not None and buf is cached[0] and (total, max_payload) == cached[1]:
+            # The same pooled buffer laid out the same way again (every full
+            # batch of a bulk send): its slot views are still right.
+            return buf, list(cached[2])
         sizes = [max_payload] * (total // max_payload)
         if total % max_payload or total == 0:
             sizes.append(total % max_payload)
@@ -283,6 +288,8 @@ class RecordSealer(_Direction):
         for n in sizes:
             slots.append(mv[o + over : o + over + n + inner_extra])
             o += over + n + inner_extra + self.tag_size
+        if out is buf:
+            self._layout_cache = (out, (total, max_payload), tuple(slots))
         return out, slots
 
     def seal_slots(self, out: bytearray, content_type: int, slots: list[memoryview]) -> None:
@@ -326,34 +333,111 @@ class RecordSealer(_Direction):
 
         The device path: headers, explicit nonces and TLS 1.3 inner types are
         written and the sequence number advances exactly as for sealing, but
-        the plaintext stays and the tag space stays zero; the NIC fills them
-        (Linux: ``tls_device_record_close`` + ``tls_fill_prepend``).
+        the plaintext stays and the tag space is left as it is; the NIC fills
+        them (Linux: ``tls_device_record_close`` + ``tls_fill_prepend``).
+
+        A pooled buffer framed the same way before (same layout, same type)
+        still holds its headers - nothing but the plaintext slots and the
+        tags are written in it between uses - so then only what changes per
+        record is rewritten, with strided writes (one C call per byte
+        position instead of a Python call per record).
         """
+        n_rec = len(slots)
+        cached = self._layout_cache
+        laid = (
+            cached is not None
+            and cached[0] is out
+            and n_rec == len(cached[2])
+            and slots[0] is cached[2][0]
+            and slots[-1] is cached[2][-1]
+        )
+        again = (
+            laid
+            and n_rec > 1
+            and cached is not None
+            and self._framed is not None
+            and self._framed[0] is out
+            and self._framed[1:] == (content_type, cached[1])
+        )
+        if again and self._reframe(out, content_type, slots):
+            return
         tag = self.tag_size
         ex = self.explicit_size
-        seq = self.seq
-        explicit = self.explicit
         o = 0
-        for slot in slots:
-            n = len(slot)
-            if self.is13:
+        if self.is13:
+            pack = _HEADER.pack_into
+            for slot in slots:
+                n = len(slot)
                 slot[n - 1] = content_type
-                _HEADER.pack_into(out, o, _APPDATA, TLS_1_2_VERSION, n + tag)
+                pack(out, o, _APPDATA, TLS_1_2_VERSION, n + tag)
                 o += 5 + n + tag
-            else:
-                if ex:
-                    _HEADER_EX.pack_into(
-                        out, o, content_type, TLS_1_2_VERSION, ex + n + tag, explicit
-                    )
-                    explicit = (explicit + 1) & _SEQ_MASK
-                else:
-                    _HEADER.pack_into(out, o, content_type, TLS_1_2_VERSION, n + tag)
+        elif ex:
+            pack_ex = _HEADER_EX.pack_into
+            explicit = self.explicit
+            for slot in slots:
+                n = len(slot)
+                pack_ex(out, o, content_type, TLS_1_2_VERSION, ex + n + tag, explicit & _SEQ_MASK)
+                explicit += 1
                 o += 5 + ex + n + tag
-            if seq == _SEQ_MASK:
-                self.exhausted = True
-            seq = (seq + 1) & _SEQ_MASK
-        self.seq = seq
-        self.explicit = explicit
+            self.explicit = explicit & _SEQ_MASK
+        else:
+            pack = _HEADER.pack_into
+            for slot in slots:
+                n = len(slot)
+                pack(out, o, content_type, TLS_1_2_VERSION, n + tag)
+                o += 5 + n + tag
+        if laid and cached is not None:
+            self._framed = (out, content_type, cached[1])
+        elif self._framed is not None and self._framed[0] is out:
+            self._framed = None
+        self._advance_by(n_rec)
+
+    def _reframe(self, out: bytearray, content_type: int, slots: list[memoryview]) -> bool:
+        """``frame_slots`` for a buffer whose headers are already in place.
+
+        Records of one size sit at a fixed stride ``r``, so byte ``j`` of
+        every record's varying field is one slice assignment with step
+        ``r`` (two runs when the explicit nonce's low byte wraps inside the
+        batch).  Returns False (frame normally) when the nonce would wrap.
+        """
+        n_rec = len(slots)
+        k = n_rec - 1  # records of the full size (the last may be shorter)
+        r = len(slots[0]) + TLS_HEADER_SIZE + self.explicit_size + self.tag_size
+        mv = memoryview(out)
+        if self.is13:
+            first = TLS_HEADER_SIZE + len(slots[0]) - 1
+            mv[first : first + r * k : r] = bytes((content_type,)) * k
+            last = slots[-1]
+            last[len(last) - 1] = content_type
+        elif self.explicit_size:
+            explicit = self.explicit
+            if explicit + n_rec > _SEQ_MASK or n_rec > 256:
+                return False
+            i = 0
+            while i < k:  # runs of records whose nonces differ in the low byte only
+                e = explicit + i
+                low = e & 0xFF
+                m = min(k - i, 256 - low)
+                high = (e >> 8).to_bytes(7, "big")
+                o = r * i
+                for j in range(7):
+                    mv[o + 5 + j : o + 5 + j + r * m : r] = high[j : j + 1] * m
+                mv[o + 12 : o + 12 + r * m : r] = bytes(range(low, low + m))
+                i += m
+            _HEADER_EX.pack_into(
+                out, r * k, content_type, TLS_1_2_VERSION,
+                self.explicit_size + len(slots[-1]) + self.tag_size, explicit + k,
+            )
+            self.explicit = explicit + n_rec
+        self._advance_by(n_rec)
+        return True
+
+    def _advance_by(self, n_rec: int) -> None:
+        # The record numbered 2^64-1 is the last a key may frame (see wrap()).
+        seq = self.seq + n_rec
+        if seq > _SEQ_MASK:
+            self.exhausted = True
+        self.seq = seq & _SEQ_MASK
 
     def _seal12_batch(
         self,
@@ -437,6 +521,114 @@ class RecordOpener(_Direction):
         plaintext is all zeros (no content type).  The sequence number
         advances only on success.
         """
+        ctype, nonce, body, aad = self._unwrap(record)
+        try:
+            plain = memoryview(self.aead.decrypt(nonce, body, aad))
+        except InvalidTag:
+            raise os_error(errno.EBADMSG, "bad record MAC") from None
+        return self._finish(ctype, plain)
+
+    def inner_len(self, record: Buffer) -> int:
+        """Bytes ``open_into`` writes for ``record`` (1.3: type and padding too)."""
+        return len(record) - TLS_HEADER_SIZE - self.explicit_size - self.tag_size
+
+    def open_into(self, record: Buffer, dst: memoryview) -> tuple[int, int]:
+        """``open`` decrypting straight into ``dst``: (content type, length).
+
+        ``dst`` needs ``inner_len(record)`` bytes.  This is the receive path
+        without a plaintext copy: the AEAD writes into the reader's buffer,
+        as Linux decrypts into the user's pages.  The AEAD writes before it
+        verifies, so on a bad tag the bytes written are wiped again: the
+        caller never sees unauthenticated plaintext.
+        """
+        ctype, nonce, body, aad = self._unwrap(record)
+        out = dst[: len(body) - self.tag_size]
+        try:
+            self.aead.decrypt_into(nonce, body, aad, out)
+        except InvalidTag:
+            out[:] = bytes(len(out))
+            raise os_error(errno.EBADMSG, "bad record MAC") from None
+        ctype, plain = self._finish(ctype, out)
+        return ctype, len(plain)
+
+    def open_data_into(self, parser: RecordParser, dst: memoryview) -> tuple[int, int, int]:
+        """Decrypt the run of whole data records buffered in ``parser`` into ``dst``.
+
+        Returns (records, bytes written, padded TLS 1.3 records).  This is
+        the bulk receive loop with everything hoisted out of it: one header
+        unpack, one nonce and one ``decrypt_into`` per record, plaintexts
+        packed back to back.  It stops, consuming nothing more, at the first
+        record that is incomplete, not application data, too big for what
+        is left of ``dst``, malformed, the last before the sequence number
+        wraps or fails to verify: the one-record path (``open``/
+        ``open_into`` and the parser's checks) then deals with it and
+        raises the right errno, so this loop never reports an error itself.
+        """
+        buf = parser._buf
+        mv = memoryview(buf)
+        pos, end = parser._pos, parser._end
+        unpack = _HEADER.unpack_from
+        dec = self.aead.decrypt_into
+        pack_aad = _AAD12.pack
+        tag, ex, is13 = self.tag_size, self.explicit_size, self.is13
+        max_len, min_len = parser.max_len, parser.min_len
+        iv, salt = self.static_iv, self.salt
+        seq = self.seq
+        room = len(dst)
+        off = nrec = padded = 0
+        while end - pos >= TLS_HEADER_SIZE:
+            ctype, version, length = unpack(buf, pos)
+            body_at = pos + TLS_HEADER_SIZE
+            nxt = body_at + length
+            if (
+                ctype != _APPDATA
+                or version != TLS_1_2_VERSION
+                or length > max_len
+                or length < min_len
+                or nxt > end
+                or seq == _SEQ_MASK
+            ):
+                break
+            inner = length - ex - tag
+            if inner > room - off:
+                break
+            out = dst[off : off + inner]
+            if is13:
+                nonce = (iv ^ seq).to_bytes(12, "big")
+                aad: bytes | memoryview = mv[pos:body_at]
+            elif ex:
+                nonce = salt + buf[body_at : body_at + ex]
+                aad = pack_aad(seq, _APPDATA, TLS_1_2_VERSION, inner)
+            else:
+                nonce = (iv ^ seq).to_bytes(12, "big")
+                aad = pack_aad(seq, _APPDATA, TLS_1_2_VERSION, inner)
+            try:
+                dec(nonce, mv[body_at + ex : nxt], aad, out)
+            except InvalidTag:
+                out[:] = bytes(inner)
+                break
+            n = inner
+            if is13:
+                n -= 1
+                if n < 0 or out[n] != _APPDATA:
+                    while n >= 0 and out[n] == 0:
+                        n -= 1
+                    if n < 0 or out[n] != _APPDATA:
+                        break  # a control record (or none): the slow path's
+                    padded += 1
+            off += n
+            pos = nxt
+            seq += 1
+            nrec += 1
+        if nrec:
+            parser._pos = pos
+            self.seq = seq
+            if ex:
+                self.explicit = (self.explicit + nrec) & _SEQ_MASK
+        return nrec, off, padded
+
+    def _unwrap(self, record: Buffer) -> tuple[int, bytes, memoryview, bytes | memoryview]:
+        """Header checks, then (outer type, nonce, body past any explicit nonce, AAD)."""
         mv = memoryview(record)
         if len(mv) < TLS_HEADER_SIZE:
             raise os_error(errno.EBADMSG, "record shorter than its header")
@@ -446,36 +638,31 @@ class RecordOpener(_Direction):
             raise os_error(errno.EBADMSG, "record shorter than its cipher overhead")
         seq = self.seq
         if self.is13:
-            try:
-                inner = self.aead.decrypt(
-                    (self.static_iv ^ seq).to_bytes(12, "big"), body, mv[:TLS_HEADER_SIZE]
-                )
-            except InvalidTag:
-                raise os_error(errno.EBADMSG, "bad record MAC") from None
-            end = len(inner) - 1
-            while end >= 0 and inner[end] == 0:
+            return ctype, (self.static_iv ^ seq).to_bytes(12, "big"), body, mv[:TLS_HEADER_SIZE]
+        ex = self.explicit_size
+        if ex:
+            nonce = self.salt + bytes(body[:ex])
+        else:
+            nonce = (self.static_iv ^ seq).to_bytes(12, "big")
+        aad = _AAD12.pack(seq, ctype, TLS_1_2_VERSION, length - ex - self.tag_size)
+        return ctype, nonce, body[ex:], aad
+
+    def _finish(self, ctype: int, plain: memoryview) -> tuple[int, memoryview]:
+        """Authenticated plaintext: find the TLS 1.3 inner type, advance the state."""
+        if self.is13:
+            end = len(plain) - 1
+            while end >= 0 and plain[end] == 0:
                 end -= 1
             if end < 0:
                 raise NoContentType(
                     errno.EBADMSG, "Bad message (TLS 1.3 record with no content type)"
                 )
-            self._advance(seq)
-            return inner[end], memoryview(inner)[:end]
-        ex = self.explicit_size
-        n = length - ex - self.tag_size
-        if ex:
-            nonce = self.salt + bytes(body[:ex])
-        else:
-            nonce = (self.static_iv ^ seq).to_bytes(12, "big")
-        aad = _AAD12.pack(seq, ctype, TLS_1_2_VERSION, n)
-        try:
-            plain = self.aead.decrypt(nonce, body[ex:], aad)
-        except InvalidTag:
-            raise os_error(errno.EBADMSG, "bad record MAC") from None
-        self._advance(seq)
-        if ex:  # getsockopt(TLS_RX) on Linux shows the iv advanced per record
+            ctype = plain[end]
+            plain = plain[:end]
+        self._advance(self.seq)
+        if self.explicit_size:  # getsockopt(TLS_RX) on Linux shows the iv advanced per record
             self.explicit = (self.explicit + 1) & _SEQ_MASK
-        return ctype, memoryview(plain)
+        return ctype, plain
 
     def _advance(self, seq: int) -> None:
         if seq == _SEQ_MASK:
@@ -486,34 +673,61 @@ class RecordOpener(_Direction):
 class RecordParser:
     """Cuts a TLS byte stream into whole records; accepts any split of it.
 
-    ``feed`` appends bytes; ``next_record`` returns the next complete record
-    (header included) or None.  Header checks follow ``tls_rx_msg_size``:
+    ``feed`` appends bytes (or ``write_space`` + ``commit`` let the socket
+    read straight into the parser's buffer: no copy between the socket and
+    the AEAD); ``next_record`` returns the next complete record (header
+    included) as a view into that buffer, valid until the next
+    ``feed``/``write_space``.  Header checks follow ``tls_rx_msg_size``:
     the version field must be 0x0303 (EINVAL), the length must not exceed
     2^14 plus the cipher overhead (EMSGSIZE) and must cover the overhead
     (EBADMSG).  The checks run as soon as the 5 header bytes are in, so a
     hostile length never makes the parser buffer more than one record.
+
+    The buffer is never resized in place (views of it may be alive): it is
+    compacted by moving the unparsed tail to the front, or replaced by a
+    larger one, so storage stays at one read plus one record.
     """
 
     def __init__(self, max_len: int = TLS_MAX_PAYLOAD_SIZE + 256, min_len: int = 0) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._end = 0
         self.max_len = max_len
         self.min_len = min_len
 
+    def write_space(self, want: int) -> memoryview:
+        """At least ``want`` writable bytes after the buffered ones."""
+        live = self._end - self._pos
+        if live == 0:
+            self._pos = self._end = 0
+        if len(self._buf) - self._end < want:
+            if len(self._buf) - live >= want:
+                # Compact: same-size slice assignment, allowed with views alive.
+                self._buf[:live] = self._buf[self._pos : self._end]
+            else:
+                grown = bytearray(max(live + want, 2 * len(self._buf)))
+                grown[:live] = self._buf[self._pos : self._end]
+                self._buf = grown
+            self._pos, self._end = 0, live
+        return memoryview(self._buf)[self._end :]
+
+    def commit(self, n: int) -> None:
+        """``n`` bytes were written into the last ``write_space`` view."""
+        self._end += n
+
     def feed(self, data: Buffer) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        self._buf += data
+        n = len(data)
+        self.write_space(n)[:n] = data
+        self._end += n
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as part of a record."""
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     def peek_header(self) -> tuple[int, int, int] | None:
         """(type, version, length) of the next record once its header is in."""
-        if len(self._buf) - self._pos < TLS_HEADER_SIZE:
+        if self._end - self._pos < TLS_HEADER_SIZE:
             return None
         ctype, version, length = _HEADER.unpack_from(self._buf, self._pos)
         if version != TLS_1_2_VERSION:
@@ -524,17 +738,13 @@ class RecordParser:
             raise abort_error(errno.EBADMSG, f"record length {length} below cipher overhead")
         return ctype, version, length
 
-    def next_record(self) -> bytes | None:
+    def next_record(self) -> memoryview | None:
         head = self.peek_header()
         if head is None:
             return None
-        end = self._pos + TLS_HEADER_SIZE + head[2]
-        if end > len(self._buf):
+        start = self._pos
+        end = start + TLS_HEADER_SIZE + head[2]
+        if end > self._end:
             return None
-        with memoryview(self._buf) as view:
-            rec = bytes(view[self._pos : end])
         self._pos = end
-        if self._pos > (1 << 20):
-            del self._buf[: self._pos]
-            self._pos = 0
-        return rec
+        return memoryview(self._buf)[start:end]

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 
 from offload.errors import abort_error, os_error
 from offload.record import Buffer, RecordOpener, RecordParser, RecordSealer
-from offload.uapi import TLS_1_3_VERSION, TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
+from offload.uapi import TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
 
-BATCH_RECORDS = 16
-"""Records sealed into one buffer and written with one socket call."""
+BATCH_RECORDS = 64
+"""Records sealed into one buffer and written with one socket call.
+
+64 full records are 1 MiB: on loopback the sender's system time per byte
+fell by about a quarter against 16 (fewer ``preadv``/``sendmsg`` calls and
+wake-ups of the reader), at a cost of 1 MiB per pooled buffer."""
 _POOL_MAX = 8
 
 TLS_HANDSHAKE_KEYUPDATE = 24
@@ -189,8 +193,13 @@ class SwRx:
     def feed(self, data: Buffer) -> None:
         self.parser.feed(data)
 
-    def decrypt_next(self) -> RxRecord | None:
+    def decrypt_next(self, dst: memoryview | None = None) -> RxRecord | int | None:
         """Decrypt one more buffered record onto the ready queue, if whole.
+
+        With ``dst`` (a reader's buffer, nothing queued ahead of it) the
+        data records that fit are decrypted straight into ``dst`` and the
+        bytes written returned instead: the zero-copy receive path.  A control record
+        read that way is copied onto the ready queue like any other.
 
         Raises the parser's/opener's OSError (EBADMSG, EMSGSIZE, EINVAL) for
         a bad record; the caller makes it sticky as Linux does.  Returns
@@ -202,16 +211,33 @@ class SwRx:
             # The record numbered 2^64-1 was delivered; rec_seq wrapped, and
             # Linux aborts the socket (reported once, at the next read).
             raise abort_error(errno.EBADMSG, "record sequence number wrapped")
+        opener = self.opener
+        if dst is not None:
+            nrec, written, padded = opener.open_data_into(self.parser, dst)
+            if nrec:
+                self.padding_seen += padded
+                return written
         raw = self.parser.next_record()
         if raw is None:
             return None
-        ctype, plain = self.opener.open(raw)
-        if self.info.version == TLS_1_3_VERSION:
-            if len(raw) - 5 - self.opener.tag_size - 1 != len(plain):
+        inner = opener.inner_len(raw)
+        direct = dst is not None and inner <= len(dst)
+        if direct:
+            assert dst is not None
+            ctype, n = opener.open_into(raw, dst)
+            plain = dst[:n]
+        else:
+            ctype, plain = opener.open(raw)
+        if opener.is13:
+            if inner - 1 != len(plain):
                 self.padding_seen += 1
             if ctype == ContentType.HANDSHAKE and plain[:1] == _KEYUPDATE:
                 self.key_update_pending = True
                 self.key_updates_received += 1
+        if direct:
+            if ctype == _DATA:
+                return len(plain)
+            plain = memoryview(bytes(plain))
         rec = RxRecord(ctype, plain)
         self.ready.append(rec)
         return rec

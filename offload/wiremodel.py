@@ -24,6 +24,9 @@ from offload.tls_device import DeviceTx
 
 FAULT_KINDS = ("reorder", "split", "dup", "drop", "redirect")
 
+Chunk = bytes | bytearray | memoryview
+"""Wire bytes handed on: a TX ring slot, or (in place) a framing buffer's view."""
+
 
 @dataclass(frozen=True)
 class FaultSpec:
@@ -106,16 +109,16 @@ class Reassembler:
     HISTORY = 1 << 20
 
     def __init__(
-        self, start: int, deliver: Callable[[bytes | bytearray], None], check_dups: bool = True
+        self, start: int, deliver: Callable[[Chunk], None], check_dups: bool = True
     ) -> None:
         self.next = start
         self._deliver = deliver
-        self._ooo: dict[int, bytes | bytearray] = {}
+        self._ooo: dict[int, Chunk] = {}
         self._check = check_dups
         self._hist = bytearray()  # the last delivered bytes, ending at self.next
         self.counts_dup_bytes = 0
 
-    def receive(self, offset: int, data: bytes | bytearray) -> None:
+    def receive(self, offset: int, data: Chunk) -> None:
         if not data:
             return
         end = offset + len(data)
@@ -147,7 +150,7 @@ class Reassembler:
                 self._check_dup(first, seg[: self.next - first])
                 self._push(seg[self.next - first :])
 
-    def _push(self, data: bytes | bytearray) -> None:
+    def _push(self, data: Chunk) -> None:
         if self._check:
             self._hist += data
             if len(self._hist) > 2 * self.HISTORY:  # amortized: trim in big steps
@@ -155,7 +158,7 @@ class Reassembler:
         self.next += len(data)
         self._deliver(data)
 
-    def _check_dup(self, offset: int, data: bytes | bytearray) -> None:
+    def _check_dup(self, offset: int, data: Chunk) -> None:
         """Every copy of the same TCP bytes must carry the same ciphertext."""
         self.counts_dup_bytes += len(data)
         if not self._check:
@@ -196,7 +199,7 @@ class TxPipeline:
     def __init__(
         self,
         device: NetDevice,
-        deliver: Callable[[bytes | bytearray], None],
+        deliver: Callable[[Chunk], None],
         *,
         space: SeqSpace | None = None,
         mss: int | None = None,
@@ -215,6 +218,9 @@ class TxPipeline:
         dups = self.faults.dup > 0 or self.faults.drop > 0
         self.reasm = Reassembler(0, self._delivered, check_dups=dups)
         self._deliver = deliver
+        # Drivers that may encrypt the framing buffer in place (fast path).
+        self._in_place = bool(getattr(device.driver, "xmit_in_place", False))
+        self._lent: dict[int, bytearray] = {}  # framing buffers given whole to the socket
         self._held: list[_Held] = []
         self._ring: list[bytearray] = []
         self._clock = 0  # segments processed: the wire's notion of time
@@ -232,12 +238,67 @@ class TxPipeline:
         offset = self.offset
         self.offset += len(mv)
         if not self.faults.any:  # the fast path: straight to the NIC
+            tx = self.tx
+            if (
+                self._in_place
+                and tx is not None
+                and isinstance(data, bytearray)
+                and offset >= tx.start_offset
+                and offset == self.reasm.next
+                and not self.reasm.pending
+            ):
+                self._send_in_place(offset, data, tx)
+                return
             for off, seg in self.segmenter.segments(offset, mv):
                 self._xmit(off, seg, redirect=False)
             return
         for off, seg in self.segmenter.segments(offset, mv):
             self._faulty(off, seg)
             self._release(due_only=True)
+
+    def _send_in_place(self, offset: int, buf: bytearray, tx: DeviceTx) -> None:
+        """Fault-free wire, in-place driver: the NIC rewrites the framing buffer.
+
+        Every segment reaches the NIC in order and nothing is held, so there
+        is nothing to reassemble: the NIC writes ciphertext over the
+        plaintext (``out`` is the segment's own view), the whole buffer goes
+        to the socket as one piece and is acknowledged at once.  What stays
+        per segment is what a NIC costs the host per TSO packet: the segment
+        descriptor and the ``xmit`` call (timed apart as device time).  A
+        driver that drops a segment sends the rest down the general path
+        (its own TX ring slots), which then reports the hole at ``drain``.
+        """
+        mv = memoryview(buf)
+        n = len(mv)
+        mss = self.segmenter.mss
+        isn = self.space.isn
+        ctx = tx.ctx
+        xmit = tx.device.driver.xmit  # looked up per buffer: meters may wrap it
+        clock = time.thread_time
+        dev = 0.0
+        segs = 0
+        seg = Segment(0, mv)  # one descriptor, rewritten per packet (a TX ring's)
+        for i in range(0, n, mss):
+            seg.payload = payload = mv[i : i + mss]
+            seg.seq = (isn + offset + i) & 0xFFFFFFFF
+            t0 = clock()
+            ok = xmit(ctx, seg, tx, payload)
+            dev += clock() - t0
+            segs += 1
+            if not ok:
+                self.device_seconds += dev
+                self._clock += segs
+                if i:  # a copy: the buffer is still the record store
+                    self.reasm.receive(offset, bytes(mv[:i]))
+                for off, seg in self.segmenter.segments(offset + i + mss, mv[i + mss :]):
+                    self._xmit(off, seg, redirect=False)
+                return
+        self.device_seconds += dev
+        self._clock += segs
+        if len(self._lent) >= 64:  # the consumer never recycles: stop tracking
+            self._lent.clear()
+        self._lent[id(buf)] = buf
+        self.reasm.receive(offset, mv)
 
     def drain(self) -> None:
         """Deliver everything still held (reordered, pending retransmission)."""
@@ -325,8 +386,13 @@ class TxPipeline:
             return self._ring.pop()
         return bytearray(n)
 
-    def recycle(self, buf: bytes | bytearray) -> None:
-        """The socket wrote ``buf``: its ring slot can carry another segment."""
+    def recycle(self, buf: object) -> None:
+        """The socket wrote ``buf``: its ring slot can carry another segment,
+        or (a framing buffer sent in place) it goes back to the layer."""
+        if self._lent.pop(id(buf), None) is buf:
+            if self.tx is not None and isinstance(buf, bytearray):
+                self.tx.recycle(buf)
+            return
         if (
             isinstance(buf, bytearray)
             and len(buf) == self.segmenter.mss
@@ -334,7 +400,7 @@ class TxPipeline:
         ):
             self._ring.append(buf)
 
-    def _delivered(self, data: bytes | bytearray) -> None:
+    def _delivered(self, data: Chunk) -> None:
         self._deliver(data)
         if self.tx is not None:
             self.tx.clean_acked(self.reasm.next)

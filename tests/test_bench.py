@@ -141,11 +141,23 @@ def test_remote_verifies_the_certificate_by_default() -> None:
     (("--size", "lots"), "not a size"),
     (("-k",), "-connect"),
     (("--json", "--csv"), "choose one"),
+    (("--modes", "tcp,sw", "--faults", "reorder=0.1"), "--faults applies to the sim-nic"),
 ])
 def test_usage_errors(args: tuple[str, ...], text: str) -> None:
     out = bench(*args)
     assert out.returncode == 2
     assert text in out.stderr
+
+
+def test_nic_declining_the_cipher_skips_only_that_mode() -> None:
+    """AES-CCM: sim-nic refuses it at dev_add; sw still runs and is measured."""
+    out = bench("--size", "1M", "--repeat", "2", "--modes", "sw,sim-nic", "-tls1_3",
+                "-ciphersuites", "TLS_AES_128_CCM_SHA256", "--json")
+    assert out.returncode == 0, out.stderr
+    by = {r["mode"]: r for r in json.loads(out.stdout)}
+    assert by["sw"]["skipped"] is None and by["sw"]["bytes"] == 2 << 20
+    assert "declined" in by["sim-nic"]["skipped"] and "AES_CCM_128" in by["sim-nic"]["skipped"]
+    assert by["sim-nic"]["repeats"] == 0
 
 
 def test_parsers() -> None:

@@ -228,6 +228,24 @@ def test_s_client_to_serve_save_dir_and_sink(pki: Pki, files: dict[int, Path],
     assert rec["bytes_in"] == 1 << 20 and rec["ok"]
 
 
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_send_big_file_to_serve_echo_does_not_stall(big_file: Path, version: str) -> None:
+    """The echo comes back while the file goes out: send reads it concurrently.
+
+    Reading only after close_notify, as send once did, deadlocks here: both
+    TCP send buffers fill (64 MiB is far more than they hold) and neither
+    side reads.  The echoed bytes are counted in the summary.
+    """
+    with tlsctl_server("--echo", "-naccept", "1") as srv:
+        out = run_tlsctl("send", str(big_file), "-connect", f"127.0.0.1:{srv.port}", "-k",
+                         "--json", version, "--timeout", "20", timeout=100)
+        assert out.returncode == 0, out.stderr
+        (rec,) = srv.records()
+    summary = json.loads(out.stdout)
+    assert summary["sha256"] == sha(big_file)
+    assert summary["bytes_received"] == BIG == rec["bytes_in"] == rec["bytes_out"]
+
+
 def _ssl_echo_client(port: int, ca: Path | None, data: bytes, version: ssl.TLSVersion,
                      result: list[bytes]) -> None:
     """Send ``data`` and read the echo, interleaved in one thread (an SSL

@@ -24,6 +24,7 @@ encoder.  Three levels:
 from __future__ import annotations
 
 import errno
+import os
 import random
 import socket
 import struct
@@ -73,7 +74,7 @@ SANS_IO = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SOCKETS = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("TLSCTL_FUZZ_EXAMPLES", "80")),
     deadline=None,
     derandomize=False,
     print_blob=True,
@@ -531,7 +532,29 @@ def is_prefix(a: list[Content], b: list[Content]) -> bool:
 
 
 def _read_one(ks: KTLSSocket, mode: str, bufsize: int) -> tuple[Content, bool]:
-    """One read; returns ((type, data), eof)."""
+    """One read; returns ((type, data), eof).
+
+    The ``*_into`` modes take the zero-copy path (records decrypted straight
+    into the caller's buffer); the buffer starts dirty so that a byte the
+    layer forgot to write, or wrote past the count, shows up.
+    """
+    if mode == "recv_into":
+        buf = bytearray(b"\xee" * bufsize)
+        try:
+            n = ks.recv_into(buf)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            return _read_one(ks, "recvmsg_into", bufsize)
+        return (DATA, bytes(buf[:n])), n == 0
+    if mode == "recvmsg_into":
+        buf = bytearray(b"\xee" * bufsize)
+        n, anc, _, _ = ks.recvmsg_into([buf], CMSG)
+        if not anc:
+            assert n == 0
+            return (DATA, b""), True
+        assert len(anc) == 1 and anc[0][:2] == (SOL_TLS, TLS_GET_RECORD_TYPE)
+        return (anc[0][2][0], bytes(buf[:n])), False
     if mode == "recv":
         try:
             got = ks.recv(bufsize)
@@ -582,7 +605,9 @@ def test_socket_rx_fuzz(data: st.DataObject) -> None:
     chunks = split(stream, data.draw(CHUNK_SIZES, label="chunk sizes"))
     if len(chunks) > 400:  # keep one-byte TCP writes cheap on large streams
         chunks = [*chunks[:400], stream[sum(map(len, chunks[:400])) :]]
-    mode = data.draw(st.sampled_from(["recv", "recvmsg", "peek"]), label="mode")
+    mode = data.draw(
+        st.sampled_from(["recv", "recvmsg", "peek", "recv_into", "recvmsg_into"]), label="mode"
+    )
     bufsize = data.draw(st.sampled_from([1, 5, 100, 4096, 65536]), label="bufsize")
     if bufsize < 100 and len(stream) > 5000:
         bufsize = 4096

@@ -34,6 +34,7 @@ from OpenSSL import SSL
 from offload.netdev import create_device
 from offload.wiremodel import FaultSpec
 from tlsctl.commands._channel import KtlsChannel, OpenSSLChannel, establish, exact_reads
+from tlsctl.commands._handlers import sink
 from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
 from tlsctl.handshake import install_offload, run_handshake
 
@@ -44,6 +45,11 @@ TLS_MAX_RECORD = 16384
 
 class BenchError(Exception):
     """A transfer failed or could not be verified; one line for the user."""
+
+
+class ModeUnavailable(BenchError):
+    """The mode cannot run with these settings (e.g. the NIC declined the
+    negotiated cipher): the mode is reported as skipped, the others run."""
 
 
 @dataclass(frozen=True)
@@ -204,8 +210,8 @@ def _tls(job: Job) -> Result:
     chan = KtlsChannel(k, res)
     if job.mode.startswith("sim-nic") and k.tx_conf != "device":
         chan.close()
-        raise BenchError(f"{job.mode}: the NIC declined TLS_TX ({k.offload_refused}); "
-                         "try -tls1_2 or another cipher")
+        raise ModeUnavailable(f"the NIC declined TLS_TX ({k.offload_refused}); "
+                              "try -tls1_2 or another cipher")
     sent = rounds = 0
     try:
         with open(job.path, "rb") as f:
@@ -447,10 +453,8 @@ def _recv_tls(sock: socket.socket, ctx: SSL.Context) -> None:
     res = run_handshake(sock, ctx, "server", exact=exact_reads("auto"), timeout=30)
     sock.settimeout(600)
     chan: KtlsChannel | OpenSSLChannel = establish(sock, res, "auto", lambda _m: None)
-    total = 0
     cpu0 = time.process_time()
-    while data := chan.recv(1 << 18):
-        total += len(data)
+    total = sink(chan, 0)["bytes_in"]  # the receive path of 'serve --sink'
     cpu = time.process_time() - cpu0
     if chan.peer_closed:
         chan.send_all(total.to_bytes(8, "big") + int(cpu * 1e6).to_bytes(8, "big"))

@@ -29,6 +29,7 @@ from offload.kernel import kernel_has_ktls
 from offload.keys import crypto_info_tls13, tls13_next_secret
 from offload.ktls_socket import KTLSSocket
 from offload.netdev import create_device
+from offload.record import Buffer
 from offload.uapi import (
     SOL_TLS,
     TLS_GET_RECORD_TYPE,
@@ -109,14 +110,20 @@ class ChannelError(Exception):
     """The connection failed after the handshake; one line for the user."""
 
 
+class ChannelTimeout(ChannelError):
+    """A read waited longer than the socket timeout (nothing is lost: the
+    read may be retried)."""
+
+
 class Channel(Protocol):
     """What the commands need from an established TLS connection."""
 
     mode: str
 
-    def send_all(self, data: bytes) -> None: ...
+    def send_all(self, data: Buffer) -> None: ...
     def send_file(self, f: BinaryIO, offset: int, count: int) -> int: ...
     def recv(self, n: int) -> bytes: ...
+    def recv_into(self, buf: memoryview) -> int: ...
     def close_notify(self) -> None: ...
     def close(self) -> None: ...
     def live_seqs(self) -> tuple[int | None, int | None]: ...
@@ -204,7 +211,7 @@ class KtlsChannel:
             self.send_key_update()
         return min(left, every - self._since_update) if every else left
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, data: Buffer) -> None:
         mv = memoryview(data)
         pos = 0
         while True:
@@ -287,32 +294,42 @@ class KtlsChannel:
 
     def recv(self, n: int) -> bytes:
         """Application data, or b"" at close_notify / EOF; control records handled."""
+        buf = bytearray(max(n, 1 << 14))
+        with memoryview(buf) as mv:
+            got = self.recv_into(mv)
+            return bytes(mv[:got])
+
+    def recv_into(self, buf: memoryview) -> int:
+        """``recv`` into ``buf`` (records are decrypted straight into it): 0 at
+        close_notify / EOF.  Control records land there too and are handled."""
         while True:
             if self.peer_closed:
-                return b""
+                return 0
             try:
-                data, anc, _flags, _addr = self.k.recvmsg(max(n, 1 << 14), socket.CMSG_SPACE(1))
+                n, anc, _flags, _addr = self.k.recvmsg_into([buf], socket.CMSG_SPACE(1))
             except ConnectionResetError:
                 raise ChannelError("peer reset the connection") from None
+            except TimeoutError:
+                raise ChannelTimeout("receive timed out") from None
             except OSError as exc:
                 self._layer_error(exc)
             ctype = _DATA
             for level, kind, value in anc:
                 if level == SOL_TLS and kind == TLS_GET_RECORD_TYPE and value:
                     ctype = value[0]
-            if self._hs_buf and ctype != _HANDSHAKE and (data or ctype != _DATA):
+            if self._hs_buf and ctype != _HANDSHAKE and (n or ctype != _DATA):
                 # RFC 8446 5.1: a split handshake message must not be interleaved.
                 self._fatal(10, "record interleaved with a fragmented handshake message")
             if ctype == _DATA:
-                if not data and self.k.rx_truncated:
+                if not n and self.k.rx_truncated:
                     raise ChannelError("peer closed the connection in the middle of a record")
-                if data:
+                if n:
                     self._warnings = 0
-                return data
+                return n
             if ctype == _ALERT:
-                self._on_alert(data)
+                self._on_alert(bytes(buf[:n]))
             elif ctype == _HANDSHAKE:
-                self._on_handshake(data)
+                self._on_handshake(bytes(buf[:n]))
             else:
                 self._fatal(10, f"peer sent a record of unexpected type {ctype}")
 
@@ -485,7 +502,7 @@ class OpenSSLChannel:
             except (BrokenPipeError, ConnectionResetError):
                 raise ChannelError("peer closed the connection while we were sending") from None
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, data: Buffer) -> None:
         mv = memoryview(data)
         for pos in range(0, len(mv), _CHUNK):
             try:
@@ -504,6 +521,11 @@ class OpenSSLChannel:
             self.send_all(chunk)
             sent += len(chunk)
         return sent
+
+    def recv_into(self, buf: memoryview) -> int:
+        data = self.recv(len(buf))
+        buf[: len(data)] = data
+        return len(data)
 
     def recv(self, n: int) -> bytes:
         if self._plain:

@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
 from typing import Any, BinaryIO
 
@@ -22,6 +23,7 @@ import click
 
 from tlsctl.commands._channel import (
     ChannelError,
+    ChannelTimeout,
     KtlsChannel,
     OpenSSLChannel,
     device_report,
@@ -234,17 +236,34 @@ def _verbose(res: HandshakeResult, insecure: bool) -> None:
 def _transfer(chan: KtlsChannel | OpenSSLChannel, res: HandshakeResult, f: BinaryIO,
               size: int | None, kw: dict[str, Any]) -> dict[str, Any]:
     hasher = _Hasher()
+    # The kTLS layer reads and writes from two threads (as a socket does);
+    # the OpenSSL fallback's Connection is not thread-safe: it reads after.
+    drain = _Drain(chan) if isinstance(chan, KtlsChannel) else None
     start = time.perf_counter()
-    if size is None:
-        sent = 0
-        while chunk := f.read(_STREAM_CHUNK):
-            hasher.h.update(chunk)
-            chan.send_all(chunk)
-            sent += len(chunk)
+    if drain is not None:
+        drain.start()
+    try:
+        if size is None:
+            sent = 0
+            while chunk := f.read(_STREAM_CHUNK):
+                hasher.h.update(chunk)
+                chan.send_all(chunk)
+                sent += len(chunk)
+        else:
+            sent = _send_regular(chan, f, size, show=not (kw["quiet"] or kw["as_json"]))
+        chan.close_notify()
+    except ChannelError:
+        # The server said why it hung up (a fatal alert) before we hit the
+        # closed socket: that is the line worth showing.
+        if drain is not None:
+            drain.join(2)
+            if drain.error is not None and not isinstance(drain.error, ChannelTimeout):
+                raise drain.error from None
+        raise
+    if drain is None:
+        _await_close(chan)
     else:
-        sent = _send_regular(chan, f, size, show=not (kw["quiet"] or kw["as_json"]))
-    chan.close_notify()
-    _await_close(chan)
+        drain.finish(drain.chan.k.gettimeout())
     seconds = time.perf_counter() - start
     tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
     if size is not None:
@@ -268,6 +287,8 @@ def _transfer(chan: KtlsChannel | OpenSSLChannel, res: HandshakeResult, f: Binar
         out["session_tickets_ignored"] = chan.tickets
         out["key_updates_sent"] = chan.key_updates_sent
         out["key_updates_received"] = chan.key_updates
+        if drain is not None:
+            out["bytes_received"] = drain.received  # what the server sent (discarded)
         out.update(device_report(chan))
     return out
 
@@ -296,15 +317,58 @@ def _send_regular(chan: KtlsChannel | OpenSSLChannel, f: BinaryIO, size: int,
     return sent
 
 
+class _Drain(threading.Thread):
+    """Reads what the server sends while the file goes out (kTLS layer).
+
+    A server that answers as it reads (``serve --echo``, ``s_server`` echoing
+    typed lines) would otherwise fill its send buffer, stop reading, and
+    stall the transfer until ``--timeout``.  What it sends is counted and
+    discarded (TLS 1.3 tickets and KeyUpdates are handled by the channel);
+    its close_notify, EOF or fatal alert ends the thread.  A read timeout
+    while the file is still going out is not an error: the server may have
+    nothing to say.
+    """
+
+    def __init__(self, chan: KtlsChannel) -> None:
+        super().__init__(name="send-drain", daemon=True)
+        self.chan = chan
+        self.sending = True
+        self.received = 0
+        self.error: ChannelError | None = None
+
+    def run(self) -> None:
+        buf = memoryview(bytearray(1 << 16))
+        while True:
+            try:
+                n = self.chan.recv_into(buf)
+            except ChannelTimeout as exc:
+                if self.sending:
+                    continue
+                self.error = exc
+                return
+            except ChannelError as exc:
+                self.error = exc
+                return
+            if not n:
+                return
+            self.received += n
+
+    def finish(self, timeout: float | None) -> None:
+        """After our close_notify: wait for the server to close (or time out)."""
+        self.sending = False
+        self.join(None if timeout is None else timeout + 5)
+        if self.is_alive() or isinstance(self.error, ChannelTimeout):
+            raise ChannelError("the server did not close the connection after close_notify")
+        if self.error is not None:
+            raise self.error
+
+
 def _await_close(chan: KtlsChannel | OpenSSLChannel) -> None:
     """Read until the peer closes: its close_notify (or EOF) ends the transfer.
 
     Data the server sends is discarded; TLS 1.3 tickets are skipped by the
-    channel.  It is read only after the file is sent: reading from a second
-    thread while ``sendfile`` runs is not possible with ``KTLSSocket`` today
-    (its ``recvmsg`` waits for the TX lock that a blocked ``sendfile`` holds),
-    so a server that echoes a large file back can stall the transfer until
-    ``--timeout``.
+    channel.  This is the OpenSSL fallback's way (one thread); the kTLS
+    layer reads concurrently (``_Drain``).
     """
     try:
         while chan.recv(1 << 16):

@@ -1,0 +1,199 @@
+"""Issue 3's benchmark: ``tlsctl send`` -> ``tlsctl serve --sink`` as real processes.
+
+Side by side in one run, interleaved over ``--repeat`` rounds, the same
+file (default 1 GiB) over loopback:
+
+* ``tlsctl``  - ``tlsctl serve --sink -naccept 1`` and ``tlsctl send FILE``
+                (``--offload sw`` on both ends, the user-space record layer);
+                the time is what ``send --json`` reports (first byte to the
+                peer's close, handshake excluded);
+* ``openssl`` - ``openssl s_server -WWW`` serving the file to ``curl``, what
+                a user would pick today; the time is curl's total minus its
+                TLS connect time;
+* ``tcp``     - plain TCP moved by a Python program (``readinto`` +
+                ``sendall`` to a ``recv_into`` sink), the user-space ceiling.
+
+Both TLS pairs negotiate their defaults (TLS 1.3, AES-256-GCM here).  The
+ratios are printed at the end; ``--json`` prints every run.  Peak RSS of
+``tlsctl send`` comes from ``wait4`` (its own rusage).
+
+Usage: python bench/pair.py [--size 1G] [--repeat 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TLSCTL = [sys.executable, "-m", "tlsctl"]
+
+
+def _parse_size(text: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().rstrip("B")
+    return int(float(t[:-1]) * mult[t[-1]]) if t[-1] in mult else int(t)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early: {proc.args}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port}")
+
+
+def run_tlsctl(path: Path, size: int) -> dict[str, float]:
+    port = _free_port()
+    # -naccept 2: the readiness probe above is one (empty) connection.
+    srv = subprocess.Popen(
+        [*TLSCTL, "serve", "-accept", f"127.0.0.1:{port}", "--sink", "-naccept", "2",
+         "--offload", "sw", "-quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, srv)
+        send = subprocess.Popen(
+            [*TLSCTL, "send", str(path), "-connect", f"127.0.0.1:{port}", "-k",
+             "--offload", "sw", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        assert send.stdout is not None
+        text = send.stdout.read()
+        # wait4: this child's own rusage, so the peak RSS is send's alone.
+        _pid, status, usage = os.wait4(send.pid, 0)
+        send.returncode = os.waitstatus_to_exitcode(status)
+        if send.returncode != 0:
+            raise RuntimeError(f"tlsctl send exited {send.returncode}")
+        rss = usage.ru_maxrss / 1024
+        res = json.loads(text)
+        if res["bytes"] != size:
+            raise RuntimeError(f"tlsctl send moved {res['bytes']} of {size} bytes")
+        return {"gbps": size / 1e9 / res["seconds"], "send_peak_rss_mib": rss}
+    finally:
+        srv.terminate()
+        srv.wait(30)
+
+
+def run_openssl(path: Path, size: int, cert: Path, key: Path) -> dict[str, float]:
+    port = _free_port()
+    srv = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-WWW", "-cert", str(cert),
+         "-key", str(key), "-quiet", "-naccept", "2"],
+        cwd=path.parent, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, srv)
+        out = subprocess.run(
+            ["curl", "-sS", "-k", "--http1.0", "-o", "/dev/null", "-w",
+             "%{size_download} %{time_appconnect} %{time_total}",
+             f"https://127.0.0.1:{port}/{path.name}"],
+            capture_output=True, text=True, timeout=900, check=True,
+        )
+        got, appconnect, total = out.stdout.split()
+        if int(got) != size:
+            raise RuntimeError(f"curl got {got} of {size} bytes")
+        return {"gbps": size / 1e9 / (float(total) - float(appconnect))}
+    finally:
+        srv.kill()
+        srv.wait(30)
+
+
+_TCP_SINK = """
+import socket, sys
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+print(ls.getsockname()[1], flush=True)
+c, _ = ls.accept(); buf = bytearray(1 << 20); total = 0
+while n := c.recv_into(buf): total += n
+c.sendall(total.to_bytes(8, "big"))
+"""
+
+
+def run_tcp(path: Path, size: int) -> dict[str, float]:
+    sink = subprocess.Popen([sys.executable, "-c", _TCP_SINK], stdout=subprocess.PIPE)
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port)) as s, open(path, "rb") as f:
+            buf = bytearray(1 << 20)
+            view = memoryview(buf)
+            t0 = time.perf_counter()
+            while n := f.readinto(buf):
+                s.sendall(view[:n])
+            s.shutdown(socket.SHUT_WR)
+            got = int.from_bytes(s.recv(8), "big")
+            wall = time.perf_counter() - t0
+        if got != size:
+            raise RuntimeError(f"tcp sink got {got} of {size} bytes")
+        return {"gbps": size / 1e9 / wall}
+    finally:
+        sink.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    for tool in ("openssl", "curl"):
+        if shutil.which(tool) is None:
+            sys.exit(f"pair.py: {tool} not found")
+    size = _parse_size(args.size)
+    runs: dict[str, list[dict[str, float]]] = {"tlsctl": [], "openssl": [], "tcp": []}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
+        tmp = Path(d)
+        path = tmp / "file.bin"
+        with open(path, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+            f.write(chunk[: size % len(chunk)])
+        cert, key = tmp / "cert.pem", tmp / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+             "-days", "1"],
+            check=True, capture_output=True,
+        )
+        for _ in range(args.repeat):
+            runs["tlsctl"].append(run_tlsctl(path, size))
+            runs["openssl"].append(run_openssl(path, size, cert, key))
+            runs["tcp"].append(run_tcp(path, size))
+    med = {m: statistics.median(r["gbps"] for r in rs) for m, rs in runs.items()}
+    rss = max(r["send_peak_rss_mib"] for r in runs["tlsctl"])
+    if args.json:
+        print(json.dumps({"size": size, "runs": runs, "median_gbps": med}, indent=2))
+        return
+    for m, rs in runs.items():
+        figures = ", ".join(f"{r['gbps']:.2f}" for r in rs)
+        print(f"{m:<8} median {med[m]:.2f} GB/s  (runs: {figures})")
+    print(
+        f"tlsctl/openssl {med['tlsctl'] / med['openssl']:.2f}x (target >= 1.5); "
+        f"tlsctl/tcp {med['tlsctl'] / med['tcp']:.2f}x (target >= 0.6); "
+        f"tlsctl send peak RSS {rss:.0f} MiB (target < 100)"
+    )
+
+
+if __name__ == "__main__":
+    main()
