@@ -62,7 +62,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"server did not listen on {port}")
 
 
-def run_tlsctl(path: Path, size: int) -> dict[str, float]:
+def run_tlsctl(path: Path, size: int, suites: list[str]) -> dict[str, float]:
     port = _free_port()
     # -naccept 2: the readiness probe above is one (empty) connection.
     srv = subprocess.Popen(
@@ -74,7 +74,7 @@ def run_tlsctl(path: Path, size: int) -> dict[str, float]:
         _wait_port(port, srv)
         send = subprocess.Popen(
             [*TLSCTL, "send", str(path), "-connect", f"127.0.0.1:{port}", "-k",
-             "--offload", "sw", "--json"],
+             "--offload", "sw", "--json", *suites],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
         assert send.stdout is not None
@@ -94,11 +94,13 @@ def run_tlsctl(path: Path, size: int) -> dict[str, float]:
         srv.wait(30)
 
 
-def run_openssl(path: Path, size: int, cert: Path, key: Path) -> dict[str, float]:
+def run_openssl(
+    path: Path, size: int, cert: Path, key: Path, suites: list[str]
+) -> dict[str, float]:
     port = _free_port()
     srv = subprocess.Popen(
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-WWW", "-cert", str(cert),
-         "-key", str(key), "-quiet", "-naccept", "2"],
+         "-key", str(key), "-quiet", "-naccept", "2", *suites],
         cwd=path.parent, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -155,11 +157,17 @@ def main() -> None:
     ap.add_argument("--size", default="1G")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--ciphersuites", metavar="LIST",
+        help="TLS 1.3 suites for both pairs (default: what each side negotiates, "
+        "TLS_AES_256_GCM_SHA384 with OpenSSL's defaults)",
+    )
     args = ap.parse_args()
     for tool in ("openssl", "curl"):
         if shutil.which(tool) is None:
             sys.exit(f"pair.py: {tool} not found")
     size = _parse_size(args.size)
+    suites = ["-ciphersuites", args.ciphersuites] if args.ciphersuites else []
     runs: dict[str, list[dict[str, float]]] = {"tlsctl": [], "openssl": [], "tcp": []}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
         tmp = Path(d)
@@ -177,8 +185,8 @@ def main() -> None:
             check=True, capture_output=True,
         )
         for _ in range(args.repeat):
-            runs["tlsctl"].append(run_tlsctl(path, size))
-            runs["openssl"].append(run_openssl(path, size, cert, key))
+            runs["tlsctl"].append(run_tlsctl(path, size, suites))
+            runs["openssl"].append(run_openssl(path, size, cert, key, suites))
             runs["tcp"].append(run_tcp(path, size))
     med = {m: statistics.median(r["gbps"] for r in rs) for m, rs in runs.items()}
     rss = max(r["send_peak_rss_mib"] for r in runs["tlsctl"])

@@ -283,9 +283,74 @@ class SimNic:
                 stats.inc_pair("tx_tls_dump_packets", 1, "tx_tls_dump_bytes", prefix)
                 self._walk(ctx, rec.data[:prefix], None, False)
             stats.inc("tx_tls_resync_bytes", n)
-        self._walk(ctx, payload, out, inplace)
+        if not (inplace and self._inorder_inplace(ctx, payload)):
+            self._walk(ctx, payload, out, inplace)
         ctx.expected = (seq + n) & _SEQ_MASK
         self.stats.inc_pair("tx_tls_encrypted_packets", 1, "tx_tls_encrypted_bytes", n)
+        return True
+
+    def _inorder_inplace(self, ctx: SimNicContext, data: memoryview) -> bool:
+        """The TSO fast path in one pass, ciphertext written over ``data``.
+
+        The shape of nearly every segment on an in-order wire: the end of
+        the record the previous edge cut (finish its stream, write its tag),
+        whole records (one-shot each), the start of the record this edge
+        cuts (open its stream from the header in hand).  The same work as
+        ``_walk``, without its per-phase loop and calls.  Returns False,
+        having changed nothing, when the state is not at one of those
+        points (a header cut across segments, a tag pending); ``_walk`` then
+        takes the segment.  A shape it meets midway (a cut header or tag at
+        the end) is handed to ``_walk`` from there.
+        """
+        n = len(data)
+        stream = ctx.stream
+        if stream is not None:
+            body = ctx.body_left
+            if ctx.phase != _BODY or body + _TAG > n:
+                return False
+            stream.update_into(data[:body], data[:body])
+            stream.finalize()
+            pos = body + _TAG
+            data[body:pos] = stream.tag
+            ctx.record_sn += 1
+            ctx.reset()
+        elif ctx.phase != _HEADER or ctx.hdr:
+            return False
+        else:
+            pos = 0
+        pos = self._whole_records(ctx, data, data, pos, True)
+        hlen = ctx.hlen
+        if pos == n:
+            return True
+        b = pos + hlen
+        body = ((data[pos + 3] << 8) | data[pos + 4]) - ctx.explicit_size - _TAG if n > b else 0
+        if n > b and n - b < body:
+            # Usual case: the segment ends inside this record's body.
+            sn = ctx.record_sn
+            aes = ctx.aes
+            if ctx.version == TLS_1_3_VERSION:
+                nonce = (ctx.static_iv ^ sn).to_bytes(12, "big")
+                aad = data[pos:b].tobytes()
+            else:
+                aad = _AAD12.pack(sn, data[pos], TLS_1_2_VERSION, body)
+                if ctx.explicit_size:
+                    nonce = ctx.salt + data[pos + _HDR : b].tobytes()
+                else:
+                    nonce = (ctx.static_iv ^ sn).to_bytes(12, "big")
+            if aes is None:
+                stream = _ChachaStream(ctx.key, nonce, aad)
+            elif _GCM_CTX is not None:
+                stream = _GCM_CTX(aes, modes.GCM(nonce))
+                stream.authenticate_additional_data(aad)
+            else:
+                stream = _gcm_stream(aes, nonce, aad)
+            stream.update_into(data[b:], data[b:])
+            ctx.stream = stream
+            ctx.phase = _BODY
+            ctx.body_left = body - (n - b)
+            return True
+        # A cut header or a segment ending inside the tag: the general walk.
+        self._walk(ctx, data[pos:], data[pos:], True)
         return True
 
     def _walk(
