@@ -756,12 +756,12 @@ class KTLSSocket:
         ``recv_into``'s.
         """
         views = [memoryview(b).cast("B") for b in buffers]
+        if nbytes:
+            views = _limit(views, nbytes)
         if self._rx is None:
             self._try_flush()
             return self._sock.recvmsg_into(views, ancbufsize, flags)
         dst = views[0] if len(views) == 1 else memoryview(bytearray(sum(map(len, views))))
-        if nbytes:
-            dst = dst[:nbytes]
         n, anc, msg_flags = self._receive(None, dst, len(dst), ancbufsize, flags)
         if len(views) > 1:
             off = 0
@@ -1003,6 +1003,17 @@ def _ready(sock: socket.socket, event: int) -> bool:
     p = select.poll()
     p.register(sock, event)
     return bool(p.poll(0))
+
+
+def _limit(views: list[memoryview], nbytes: int) -> list[memoryview]:
+    """The first ``nbytes`` of a scatter list (``recv_into``'s nbytes)."""
+    out = []
+    for v in views:
+        if nbytes <= 0:
+            break
+        out.append(v[:nbytes])
+        nbytes -= len(out[-1])
+    return out
 
 
 def _take(q: deque[memoryview], n: int) -> Iterable[memoryview]:

@@ -598,3 +598,22 @@ def test_recvmsg_into_scatters_over_buffers(tcp_pair: Pair) -> None:
     a, b = bytearray(4), bytearray(20)
     n, anc, _flags, _addr = ks.recvmsg_into([a, b])
     assert (n, anc, bytes(a), bytes(b[:6])) == (10, [], b"0123", b"456789")
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_recv_into_nbytes_limits_the_read(tcp_pair: Pair, installed: bool) -> None:
+    """``recv_into(buf, nbytes)`` reads at most nbytes, TLS_RX set or not
+    (before it, bytes pass through in the clear as with TLS_BASE)."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    if installed:
+        ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+        c.sendall(encrypt_record(info, 0, 23, b"0123456789"))
+    else:
+        c.sendall(b"0123456789")
+    buf = bytearray(b"." * 16)
+    assert ks.recv_into(buf, 4) == 4
+    assert bytes(buf) == b"0123" + b"." * 12
+    assert ks.recv_into(buf) == 6 and bytes(buf[:6]) == b"456789"
