@@ -303,17 +303,10 @@ class SimNic:
         the end) is handed to ``_walk`` from there.
         """
         n = len(data)
-        stream = ctx.stream
-        if stream is not None:
-            body = ctx.body_left
-            if ctx.phase != _BODY or body + _TAG > n:
+        if ctx.stream is not None:
+            if ctx.body_left + _TAG > n:
                 return False
-            stream.update_into(data[:body], data[:body])
-            stream.finalize()
-            pos = body + _TAG
-            data[body:pos] = stream.tag
-            ctx.record_sn += 1
-            ctx.reset()
+            pos = self._finish_cut(ctx, data, data)
         elif ctx.phase != _HEADER or ctx.hdr:
             return False
         else:
@@ -326,32 +319,28 @@ class SimNic:
         body = ((data[pos + 3] << 8) | data[pos + 4]) - ctx.explicit_size - _TAG if n > b else 0
         if n > b and n - b < body:
             # Usual case: the segment ends inside this record's body.
-            sn = ctx.record_sn
-            aes = ctx.aes
-            if ctx.version == TLS_1_3_VERSION:
-                nonce = (ctx.static_iv ^ sn).to_bytes(12, "big")
-                aad = data[pos:b].tobytes()
-            else:
-                aad = _AAD12.pack(sn, data[pos], TLS_1_2_VERSION, body)
-                if ctx.explicit_size:
-                    nonce = ctx.salt + data[pos + _HDR : b].tobytes()
-                else:
-                    nonce = (ctx.static_iv ^ sn).to_bytes(12, "big")
-            if aes is None:
-                stream = _ChachaStream(ctx.key, nonce, aad)
-            elif _GCM_CTX is not None:
-                stream = _GCM_CTX(aes, modes.GCM(nonce))
-                stream.authenticate_additional_data(aad)
-            else:
-                stream = _gcm_stream(aes, nonce, aad)
-            stream.update_into(data[b:], data[b:])
-            ctx.stream = stream
+            ctx.start_stream(data[pos:b], body).update_into(data[b:], data[b:])
             ctx.phase = _BODY
             ctx.body_left = body - (n - b)
             return True
         # A cut header or a segment ending inside the tag: the general walk.
         self._walk(ctx, data[pos:], data[pos:], True)
         return True
+
+    @staticmethod
+    def _finish_cut(ctx: SimNicContext, data: memoryview, out: memoryview) -> int:
+        """The record the previous edge cut ends in ``data``, tag included:
+        stream the rest of its body, write its tag; returns the offset after."""
+        stream = ctx.stream
+        assert stream is not None
+        body = ctx.body_left
+        stream.update_into(data[:body], out[:body])
+        stream.finalize()
+        pos = body + _TAG
+        out[body:pos] = stream.tag
+        ctx.record_sn += 1
+        ctx.reset()
+        return pos
 
     def _walk(
         self, ctx: SimNicContext, data: memoryview, out: memoryview | None, inplace: bool
@@ -371,13 +360,7 @@ class SimNic:
         if out is not None and stream is not None and ctx.body_left + _TAG <= n:
             # The record cut by the previous edge ends in this segment: its
             # body and its whole tag (the common TSO case, no loop needed).
-            pos = ctx.body_left
-            stream.update_into(data[:pos], out[:pos])
-            stream.finalize()
-            out[pos : pos + _TAG] = stream.tag
-            pos += _TAG
-            ctx.record_sn += 1
-            ctx.reset()
+            pos = self._finish_cut(ctx, data, out)
         while pos < n:
             phase = ctx.phase
             if phase == _HEADER:
