@@ -24,6 +24,7 @@ import pytest
 from peers import openssl_client, tlsctl_server
 from wire import decrypt_records, encrypt_record
 
+from tlsctl.commands._channel import alert_name
 from tlsctl.commands._tlsconf import TlsOptions, client_context
 from tlsctl.handshake import HandshakeResult, run_handshake
 
@@ -288,21 +289,28 @@ class ServerCase:
     error: str | None  # substring of send's one-line error; None: the send succeeds
     warning: int | None = None
     after_close: bytes = b""  # application data the server sends after the client's close
+    during: int | None = None  # fatal alert send answers with while still sending
 
 
-# ``tlsctl send`` reads only after its close_notify (see send._await_close):
-# it then reports what the server did but sends no alert (its write side is
-# closed), and a HelloRequest is simply ignored.
+CERT_REQUEST = b"\x0d\x00\x00\x04\x00\x00\x00\x00"
+
+
+# ``tlsctl send`` reads while the file goes out (a second thread).  What the
+# server sends right after the handshake races with send's close_notify:
+# seen before it, send answers with ``during`` (the fatal alert) and sends
+# nothing more; seen after it, send reports the problem but sends no alert
+# (its write side is closed).  Both outcomes are checked against the wire;
+# ``test_hostile_server_mid_transfer`` pins the first one down.
 SERVER_CASES = [
     ServerCase("hello_request_ignored", "1.2",
                lambda p: p.record(HANDSHAKE, b"\x00\x00\x00\x00"), None, None),
     ServerCase("certificate_request_after_handshake", "1.3",
-               lambda p: p.record(HANDSHAKE, b"\x0d\x00\x00\x04\x00\x00\x00\x00"),
-               None, "unexpected handshake message certificate_request"),
+               lambda p: p.record(HANDSHAKE, CERT_REQUEST), None,
+               "unexpected handshake message certificate_request", during=10),
     ServerCase("fatal_alert", "1.3", lambda p: p.record(ALERT, b"\x02\x28"),
                None, "peer sent fatal alert: handshake_failure"),
     ServerCase("bad_mac", "1.2", lambda p: _flip(p.record(DATA, b"x" * 100)),
-               None, "authentication"),
+               None, "authentication", during=20),
     # TLS 1.3: close_notify closes one direction; the server may still send.
     ServerCase("data_after_client_close_notify", "1.3", lambda p: b"", None, None,
                after_close=b"late data" * 1000),
@@ -322,6 +330,15 @@ class ServerPeer(Peer):
         assert self.res.tx_info is not None
         self.tx = self.res.tx_info
         self.seq = self.res.tx_seq
+
+    def read_all(self) -> list[tuple[int, bytes]]:
+        """Everything the client sends until it closes, decrypted."""
+        assert self.res.rx_info is not None
+        buf = bytearray(self.res.leftover)
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(1 << 20):
+                buf += chunk
+        return decrypt_records(self.res.rx_info, bytes(buf))
 
     def serve(self, after_close: bytes = b"") -> list[tuple[int, bytes]]:
         """Read the client's records; answer its close_notify with ours."""
@@ -384,11 +401,68 @@ def test_hostile_server(case: ServerCase, tmp_path: Path, small_file: Path) -> N
         assert r.returncode == 1
         err = r.stderr.strip()
         assert case.error in err and "\n" not in err, err
-        assert "; sent fatal alert" not in err
+        if "; sent fatal alert" in err:  # seen before send's close_notify
+            assert case.during is not None, err
+            assert err.endswith(f"; sent fatal alert {alert_name(case.during)}"), err
+            assert records[-1] == (ALERT, bytes([2, case.during])), records[-3:]
+            assert (ALERT, CLOSE_NOTIFY) not in records
+            return
     fatal = [b[1] for b in alerts if b[0] == 2]
     assert fatal == ([case.alert] if case.alert is not None else [])
     if case.warning is not None:
         assert bytes([1, case.warning]) in alerts
+
+
+@pytest.mark.parametrize(("version", "build", "alert", "error"), [
+    ("1.2", lambda p: _flip(p.record(DATA, b"x" * 100)), 20, "authentication"),
+    ("1.3", lambda p: _flip(p.record(DATA, b"x" * 100)), 20, "authentication"),
+    ("1.3", lambda p: p.record(HANDSHAKE, CERT_REQUEST), 10,
+     "unexpected handshake message certificate_request"),
+], ids=["bad_mac-1.2", "bad_mac-1.3", "certificate_request-1.3"])
+def test_hostile_server_mid_transfer(version: str, build: Callable[[Peer], bytes], alert: int,
+                                     error: str, tmp_path: Path) -> None:
+    """A bad record while the file is still going out (the server does not
+    read for a second, so send is blocked mid-file): send answers with the
+    fatal alert, and not one record follows it (no more data, no
+    close_notify); what arrived before it is a prefix of the file."""
+    import threading
+    import time
+
+    from peers import make_pki, run_tlsctl
+
+    pki = make_pki(tmp_path)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(32 << 20))  # more than loopback's socket buffers
+    seen: list[list[tuple[int, bytes]]] = []
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        ls.settimeout(30)
+
+        def server() -> None:
+            s, _ = ls.accept()
+            with s:
+                s.settimeout(15)
+                peer = ServerPeer(s, version, pki.cert, pki.key)
+                s.sendall(build(peer))
+                time.sleep(1)
+                seen.append(peer.read_all())
+
+        t = threading.Thread(target=server, daemon=True)
+        t.start()
+        r = run_tlsctl("send", str(big), "-connect", f"localhost:{ls.getsockname()[1]}",
+                       "-CAfile", str(pki.ca), "--offload", "sw", "--json")
+        t.join(30)
+    (records,) = seen
+    err = r.stderr.strip()
+    assert r.returncode == 1
+    assert error in err and "\n" not in err, err
+    assert err.endswith(f"; sent fatal alert {alert_name(alert)}"), err
+    assert records[-1] == (ALERT, bytes([2, alert]))
+    assert all(ctype == DATA for ctype, _ in records[:-1])
+    data = b"".join(b for _, b in records[:-1])
+    assert len(data) < big.stat().st_size
+    assert big.read_bytes().startswith(data)
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])

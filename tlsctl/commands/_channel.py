@@ -60,6 +60,8 @@ _CLIENT_HELLO = 1
 _NEW_SESSION_TICKET = 4
 _KEY_UPDATE = 24
 _MAX_WARNINGS = 5  # OpenSSL's MAX_WARN_ALERT_COUNT: consecutive warning alerts allowed
+# How much the sending thread pushes per hold of the TX lock (4 layer batches).
+_TX_STEP = 4 << 20
 _MAX_HS_BUFFER = 1 << 16  # a post-handshake message split over records, at most this big
 _MAX_PAYLOAD = 1 << 14
 # errno from the layer -> the fatal alert we send before closing (RFC 8446 6.2).
@@ -188,7 +190,11 @@ class KtlsChannel:
         self.key_updates_sent = 0
         self.renegotiations_refused = 0
         self.alert_sent: int | None = None
-        self.tx_closed = False  # our close_notify is out
+        self.tx_closed = False  # our close_notify (or a fatal alert) is out
+        # Why the connection died, once a fatal alert went either way: the
+        # sending thread stops at its next step, so no record follows the
+        # alert (send reads from a second thread while the file goes out).
+        self.failed: str | None = None
         self.key_update_every = key_update_every
         self._since_update = 0
         self._update_wanted = False
@@ -205,11 +211,16 @@ class KtlsChannel:
         self._update_wanted = True
 
     def _budget(self, left: int) -> int:
-        """Rekey if due; how many of ``left`` bytes go out under this key."""
+        """Rekey if due; how many of ``left`` bytes go out next (at most
+        ``_TX_STEP``, so a fatal alert from the reading thread waits for one
+        step, not for the whole file)."""
+        if self.failed is not None:
+            raise ChannelError(self.failed)
         every = self.key_update_every
         if self._update_wanted or (every and self._since_update >= every):
             self.send_key_update()
-        return min(left, every - self._since_update) if every else left
+        step = min(left, _TX_STEP)
+        return min(step, every - self._since_update) if every else step
 
     def send_all(self, data: Buffer) -> None:
         mv = memoryview(data)
@@ -352,8 +363,13 @@ class KtlsChannel:
         raise ChannelError(f"receive failed: {detail}") from None
 
     def _fatal(self, desc: int, why: str) -> NoReturn:
-        if self._alert(desc):
-            raise ChannelError(f"{why}; sent fatal alert {alert_name(desc)}")
+        # Marked failed first: a sender in another thread stops at its next
+        # step (see _budget) and leaves the TX lock to the alert; nothing
+        # follows the alert.
+        self.failed = why
+        with self._tx_lock:
+            if self._alert(desc):
+                self.failed = why = f"{why}; sent fatal alert {alert_name(desc)}"
         raise ChannelError(why)
 
     def _on_alert(self, data: bytes) -> None:
@@ -364,7 +380,8 @@ class KtlsChannel:
             self.peer_closed = True
             return
         if level == 2 or (self.res.is_tls13 and desc != 90):
-            raise ChannelError(f"peer sent fatal alert: {alert_name(desc)}")
+            self.failed = f"peer sent fatal alert: {alert_name(desc)}"
+            raise ChannelError(self.failed)
         if level != 1:
             self._fatal(47, f"peer sent an alert with unknown level {level}")
         self._warnings += 1  # a warning (user_canceled: a close_notify follows)
@@ -438,6 +455,7 @@ class KtlsChannel:
             self.k.sendmsg([bytes([level, desc])], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
             if level == 2:
                 self.alert_sent = desc
+                self.tx_closed = True  # nothing is sent after a fatal alert
             return True
         return False
 
@@ -445,6 +463,8 @@ class KtlsChannel:
         """Close our write side (TLS 1.3: the peer may go on sending)."""
         try:
             with self._tx_lock:
+                if self.failed is not None:
+                    raise ChannelError(self.failed)
                 self.k.sendmsg([_CLOSE_NOTIFY], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
                 self.tx_closed = True
             self.k.flush(timeout=10)
