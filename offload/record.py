@@ -46,6 +46,10 @@ _AAD12 = struct.Struct(">QBHH")
 _HEADER_EX = struct.Struct(">BHHQ")  # TLS 1.2 AES header + explicit nonce
 _SEQ = struct.Struct(">Q")
 _SEQ_MASK = (1 << 64) - 1
+# A pooled buffer, its (total, max_payload) and its records' plaintext slots.
+_Layout: TypeAlias = tuple[bytearray, tuple[int, int], tuple[memoryview, ...]]
+# Per TLS 1.3 record: inner type offset, inner plaintext, header (AAD), body.
+_Views13: TypeAlias = tuple[tuple[int, memoryview, memoryview, memoryview], ...]
 _APPDATA = int(ContentType.APPLICATION_DATA)
 
 
@@ -135,13 +139,9 @@ class RecordSealer(_Direction):
     """
 
     exhausted = False
-    _layout_cache: tuple[bytearray, tuple[int, int], tuple[memoryview, ...]] | None = None
+    _layout_cache: _Layout | None = None
     _framed: tuple[bytearray, int, tuple[int, int]] | None = None  # headers written in place
-    _views: (
-        tuple[bytearray, tuple[tuple[int, memoryview, memoryview, memoryview], ...],
-              tuple[memoryview, ...]]
-        | None
-    ) = None  # TLS 1.3 record views of the pooled buffer (see _views13)
+    _views: tuple[_Layout, _Views13] | None = None  # for that layout (see _views13)
 
     def sealed_size(self, plaintext_len: int) -> int:
         """Length of the record that carries ``plaintext_len`` bytes."""
@@ -303,23 +303,17 @@ class RecordSealer(_Direction):
         Callers keep a batch within the sequence space left (``records_left``):
         the record numbered 2^64-1 is the last one a key may seal.
         """
-        if not self.is13 and self.explicit + len(slots) > _SEQ_MASK:
-            # Rare: the explicit nonce wraps inside the batch; go record by record.
+        if (self.seq if self.is13 else self.explicit) + len(slots) > _SEQ_MASK:
+            # Rare: the sequence number (TLS 1.3) or the explicit nonce
+            # (TLS 1.2) reaches 2^64-1 inside the batch; go record by record.
             o = 0
             for slot in slots:
-                n = len(slot)
+                n = len(slot) - int(self.is13)
                 self.seal_in_place(out, content_type, n, offset=o)
                 o += self.sealed_size(n)
             return
         if not self.is13:
             self._seal12_batch(out, content_type, memoryview(out), [len(s) for s in slots])
-            return
-        if self.seq + len(slots) > _SEQ_MASK:
-            # Rare: the batch holds the last number a key may seal.
-            o = 0
-            for slot in slots:
-                self.seal_in_place(out, content_type, len(slot) - 1, offset=o)
-                o += self.sealed_size(len(slot) - 1)
             return
         enc = self.aead.encrypt_into
         iv = self.static_iv
@@ -330,9 +324,7 @@ class RecordSealer(_Direction):
             seq += 1
         self.seq = seq
 
-    def _views13(
-        self, out: bytearray, slots: list[memoryview]
-    ) -> tuple[tuple[int, memoryview, memoryview, memoryview], ...]:
+    def _views13(self, out: bytearray, slots: list[memoryview]) -> _Views13:
         """Per TLS 1.3 record: where the inner type goes, and the views the
         AEAD reads and writes (inner plaintext, header as AAD, body).
 
@@ -342,14 +334,9 @@ class RecordSealer(_Direction):
         the per-record loop is just the type byte and the AEAD call: the
         slicing and packing cost about a third as much as AES-256 itself.
         """
+        laid = self._layout_cache
         cached = self._views
-        if (
-            cached is not None
-            and cached[0] is out
-            and len(cached[1]) == len(slots)
-            and slots[0] is cached[2][0]
-            and slots[-1] is cached[2][-1]
-        ):
+        if cached is not None and cached[0] is laid and self._laid(out, slots):
             return cached[1]
         mv = memoryview(out)
         tag = self.tag_size
@@ -362,10 +349,22 @@ class RecordSealer(_Direction):
             views.append((o + 4 + inner, body[:inner], mv[o : o + 5], body))
             o += 5 + inner + tag
         result = tuple(views)
-        laid = self._layout_cache
-        if laid is not None and laid[0] is out:  # a pooled buffer: worth keeping
-            self._views = (out, result, laid[2])
+        if laid is not None and self._laid(out, slots):  # a pooled buffer: worth keeping
+            self._views = (laid, result)
         return result
+
+    def _laid(self, out: bytearray, slots: list[memoryview]) -> bool:
+        """Whether ``slots`` are the cached layout of the pooled buffer
+        ``out`` (``layout`` handed them out again): whatever was written in
+        ``out`` outside the slots since then is still there."""
+        cached = self._layout_cache
+        return (
+            cached is not None
+            and cached[0] is out
+            and len(slots) == len(cached[2])
+            and slots[0] is cached[2][0]
+            and slots[-1] is cached[2][-1]
+        )
 
     def frame_slots(self, out: bytearray, content_type: int, slots: list[memoryview]) -> None:
         """Frame records laid out by ``layout`` *without* encrypting them.
@@ -383,13 +382,7 @@ class RecordSealer(_Direction):
         """
         n_rec = len(slots)
         cached = self._layout_cache
-        laid = (
-            cached is not None
-            and cached[0] is out
-            and n_rec == len(cached[2])
-            and slots[0] is cached[2][0]
-            and slots[-1] is cached[2][-1]
-        )
+        laid = self._laid(out, slots)
         again = (
             laid
             and n_rec > 1

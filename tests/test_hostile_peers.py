@@ -16,6 +16,7 @@ import dataclasses
 import os
 import socket
 import struct
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class Case:
 
 GOOD = b"good" * 250
 AFTER = b"after" * 200
+CERT_REQUEST = b"\x0d\x00\x00\x04\x00\x00\x00\x00"  # post-handshake CertificateRequest
 
 
 def _flip(rec: bytes, pos: int = 30) -> bytes:
@@ -146,7 +148,7 @@ CASES = [
          lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x28") + p.record(DATA, AFTER),
          None, "peer sent fatal alert: handshake_failure", GOOD),
     Case("certificate_request_after_handshake", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x0d\x00\x00\x04\x00\x00\x00\x00")
+         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, CERT_REQUEST)
          + p.record(DATA, AFTER),
          10, "unexpected handshake message certificate_request", GOOD),
     Case("bogus_handshake_type", ("1.2", "1.3"),
@@ -292,9 +294,6 @@ class ServerCase:
     during: int | None = None  # fatal alert send answers with while still sending
 
 
-CERT_REQUEST = b"\x0d\x00\x00\x04\x00\x00\x00\x00"
-
-
 # ``tlsctl send`` reads while the file goes out (a second thread).  What the
 # server sends right after the handshake races with send's close_notify:
 # seen before it, send answers with ``during`` (the fatal alert) and sends
@@ -331,15 +330,6 @@ class ServerPeer(Peer):
         self.tx = self.res.tx_info
         self.seq = self.res.tx_seq
 
-    def read_all(self) -> list[tuple[int, bytes]]:
-        """Everything the client sends until it closes, decrypted."""
-        assert self.res.rx_info is not None
-        buf = bytearray(self.res.leftover)
-        with contextlib.suppress(OSError):
-            while chunk := self.sock.recv(1 << 20):
-                buf += chunk
-        return decrypt_records(self.res.rx_info, bytes(buf))
-
     def serve(self, after_close: bytes = b"") -> list[tuple[int, bytes]]:
         """Read the client's records; answer its close_notify with ours."""
         assert self.res.rx_info is not None
@@ -364,8 +354,11 @@ class ServerPeer(Peer):
         return got
 
 
-@pytest.mark.parametrize("case", SERVER_CASES, ids=[c.name for c in SERVER_CASES])
-def test_hostile_server(case: ServerCase, tmp_path: Path, small_file: Path) -> None:
+def _send_to(tmp_path: Path, file: Path, version: str,
+             serve: Callable[[ServerPeer], list[tuple[int, bytes]]],
+             ) -> tuple[subprocess.CompletedProcess[str], list[tuple[int, bytes]]]:
+    """``tlsctl send FILE`` (sw) to a ServerPeer that ``serve`` drives after
+    the handshake; send's result and the records the server decrypted."""
     import threading
 
     from peers import make_pki, run_tlsctl
@@ -381,16 +374,24 @@ def test_hostile_server(case: ServerCase, tmp_path: Path, small_file: Path) -> N
             s, _ = ls.accept()
             with s:
                 s.settimeout(15)
-                peer = ServerPeer(s, case.version, pki.cert, pki.key)
-                s.sendall(case.build(peer))
-                seen.append(peer.serve(case.after_close))
+                seen.append(serve(ServerPeer(s, version, pki.cert, pki.key)))
 
         t = threading.Thread(target=server, daemon=True)
         t.start()
-        r = run_tlsctl("send", str(small_file), "-connect", f"localhost:{ls.getsockname()[1]}",
+        r = run_tlsctl("send", str(file), "-connect", f"localhost:{ls.getsockname()[1]}",
                        "-CAfile", str(pki.ca), "--offload", "sw", "--json")
         t.join(30)
     (records,) = seen
+    return r, records
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=[c.name for c in SERVER_CASES])
+def test_hostile_server(case: ServerCase, tmp_path: Path, small_file: Path) -> None:
+    def serve(peer: ServerPeer) -> list[tuple[int, bytes]]:
+        peer.sock.sendall(case.build(peer))
+        return peer.serve(case.after_close)
+
+    r, records = _send_to(tmp_path, small_file, case.version, serve)
     alerts = [b for ctype, b in records if ctype == ALERT]
     data = b"".join(b for ctype, b in records if ctype == DATA)
     if case.error is None:
@@ -425,35 +426,17 @@ def test_hostile_server_mid_transfer(version: str, build: Callable[[Peer], bytes
     read for a second, so send is blocked mid-file): send answers with the
     fatal alert, and not one record follows it (no more data, no
     close_notify); what arrived before it is a prefix of the file."""
-    import threading
     import time
 
-    from peers import make_pki, run_tlsctl
-
-    pki = make_pki(tmp_path)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(32 << 20))  # more than loopback's socket buffers
-    seen: list[list[tuple[int, bytes]]] = []
-    with socket.socket() as ls:
-        ls.bind(("127.0.0.1", 0))
-        ls.listen(1)
-        ls.settimeout(30)
 
-        def server() -> None:
-            s, _ = ls.accept()
-            with s:
-                s.settimeout(15)
-                peer = ServerPeer(s, version, pki.cert, pki.key)
-                s.sendall(build(peer))
-                time.sleep(1)
-                seen.append(peer.read_all())
+    def serve(peer: ServerPeer) -> list[tuple[int, bytes]]:
+        peer.sock.sendall(build(peer))
+        time.sleep(1)
+        return peer.replies()
 
-        t = threading.Thread(target=server, daemon=True)
-        t.start()
-        r = run_tlsctl("send", str(big), "-connect", f"localhost:{ls.getsockname()[1]}",
-                       "-CAfile", str(pki.ca), "--offload", "sw", "--json")
-        t.join(30)
-    (records,) = seen
+    r, records = _send_to(tmp_path, big, version, serve)
     err = r.stderr.strip()
     assert r.returncode == 1
     assert error in err and "\n" not in err, err
