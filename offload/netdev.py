@@ -26,6 +26,13 @@ segment reaches the NIC in order and its records are acknowledged before
 anybody could look them up again; a driver that reads record bytes behind
 the segment on its in-order path must leave the flag unset.
 
+On that same path the wire hands an in-place driver a whole run of
+segments at once, as the kernel's ``xmit_more`` batches a TX ring before
+one doorbell: ``xmit_burst(ctx, seq, data, mss, lookup)``, optional, must
+do exactly what :func:`xmit_each` does with ``xmit`` - each ``mss``-sized
+piece of ``data`` is one segment, sent in place - and only saves the
+per-packet call (and the per-packet CPU metering around it).
+
 Drivers are found through the ``offload.drivers`` entry-point group; the
 built-in ones are registered there exactly like third-party plug-ins.  A
 plug-in that fails to load is reported by :func:`load_drivers` and skipped,
@@ -160,6 +167,25 @@ class Driver(Protocol):
         self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview
     ) -> bool:
         """Write the segment's wire bytes into ``out``; False drops the packet."""
+
+
+def xmit_each(
+    driver: Driver, ctx: object, seq: int, data: memoryview, mss: int, lookup: RecordLookup
+) -> int:
+    """What ``xmit_burst`` means: ``data`` cut into ``mss``-byte segments from
+    TCP sequence number ``seq``, each sent in place through ``xmit``.
+
+    Returns how many bytes went out before the first dropped segment
+    (``len(data)`` when none was): that segment and the rest are not sent.
+    """
+    seg = Segment(seq, data[:0])  # one descriptor, rewritten per packet (a TX ring's)
+    xmit = driver.xmit
+    for i in range(0, len(data), mss):
+        seg.payload = payload = data[i : i + mss]
+        seg.seq = (seq + i) & 0xFFFFFFFF
+        if not xmit(ctx, seg, lookup, payload):
+            return i
+    return len(data)
 
 
 class NetDevice:

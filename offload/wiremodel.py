@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from offload.fallback import sw_fallback
-from offload.netdev import NetDevice, Segment
+from offload.netdev import NetDevice, Segment, xmit_each
 from offload.tcpseq import Segmenter, SeqSpace
 from offload.tls_device import DeviceTx
 
@@ -262,39 +262,34 @@ class TxPipeline:
         Every segment reaches the NIC in order and nothing is held, so there
         is nothing to reassemble: the NIC writes ciphertext over the
         plaintext (``out`` is the segment's own view), the whole buffer goes
-        to the socket as one piece and is acknowledged at once.  What stays
-        per segment is what a NIC costs the host per TSO packet: the segment
-        descriptor and the ``xmit`` call (timed apart as device time).  A
-        driver that drops a segment sends the rest down the general path
-        (its own TX ring slots), which then reports the hole at ``drain``.
+        to the socket as one piece and is acknowledged at once.  The
+        buffer's segments go to the driver as one burst (``xmit_burst``,
+        the kernel's ``xmit_more``; per-segment ``xmit`` for a driver
+        without it), metered as device time as a whole.  A driver that
+        drops a segment stops the burst there; the rest goes down the
+        general path (its own TX ring slots), which then reports the hole
+        at ``drain``.
         """
         mv = memoryview(buf)
         n = len(mv)
         mss = self.segmenter.mss
-        isn = self.space.isn
-        ctx = tx.ctx
-        xmit = tx.device.driver.xmit  # looked up per buffer: meters may wrap it
-        clock = time.thread_time
-        dev = 0.0
-        segs = 0
-        seg = Segment(0, mv)  # one descriptor, rewritten per packet (a TX ring's)
-        for i in range(0, n, mss):
-            seg.payload = payload = mv[i : i + mss]
-            seg.seq = (isn + offset + i) & 0xFFFFFFFF
-            t0 = clock()
-            ok = xmit(ctx, seg, tx, payload)
-            dev += clock() - t0
-            segs += 1
-            if not ok:
-                self.device_seconds += dev
-                self._clock += segs
-                if i:  # a copy: the buffer is still the record store
-                    self.reasm.receive(offset, bytes(mv[:i]))
-                for off, seg in self.segmenter.segments(offset + i + mss, mv[i + mss :]):
-                    self._xmit(off, seg, redirect=False)
-                return
-        self.device_seconds += dev
-        self._clock += segs
+        driver = tx.device.driver
+        burst = getattr(driver, "xmit_burst", None)  # per buffer: meters may wrap it
+        seq = self.space.seq(offset)
+        t0 = time.thread_time()
+        if burst is not None:
+            sent: int = burst(tx.ctx, seq, mv, mss, tx)
+        else:
+            sent = xmit_each(driver, tx.ctx, seq, mv, mss, tx)
+        self.device_seconds += time.thread_time() - t0
+        self._clock += -(-min(sent + 1, n) // mss)  # segments reaching the NIC
+        if sent < n:
+            if sent:  # a copy: the buffer is still the record store
+                self.reasm.receive(offset, bytes(mv[:sent]))
+            rest = sent + mss
+            for off, seg in self.segmenter.segments(offset + rest, mv[rest:]):
+                self._xmit(off, seg, redirect=False)
+            return
         if len(self._lent) >= 64:  # the consumer never recycles: stop tracking
             self._lent.clear()
         self._lent[id(buf)] = buf

@@ -33,6 +33,7 @@ from offload.netdev import (
     Segment,
     create_device,
     load_drivers,
+    xmit_each,
 )
 from offload.tcpseq import SEQ_MOD, SeqSpace
 from offload.tls_device import DeviceTx
@@ -174,6 +175,56 @@ def test_conformance_data_before_start_marker_passes(nic_driver: Callable[[], Dr
     out = bytearray(50)
     assert dev.driver.xmit(tx.ctx, seg, tx, memoryview(out)) is True
     assert out == b"H" * 50
+
+
+BURST_DRIVERS = sorted(name for name, make in DRIVERS.items() if hasattr(make(), "xmit_burst"))
+
+
+@pytest.mark.parametrize("name", BURST_DRIVERS)
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("cipher", GCM_CHACHA, ids=lambda c: c.name)
+@pytest.mark.parametrize("mss", [65536, 1448, 97])
+def test_conformance_burst_is_xmit_per_segment(
+    name: str, version: int, cipher: CipherType, mss: int
+) -> None:
+    """``xmit_burst`` (the wire's fault-free path) must do what ``xmit_each``
+    does with ``xmit``: the same wire bytes, the same return, the same
+    counters - in order from the start marker, from a sequence number the
+    context does not expect (resync from the record store, DUMP), and from
+    a record already acknowledged and freed (the packet dropped, nothing
+    sent).  The in-order bytes are checked against software TX as well."""
+    info = random_info(version, cipher, seq=3)
+    if not _accepts(DRIVERS[name], info):
+        return
+    space = SeqSpace(SEQ_MOD - 50_000)  # the bursts cross the 2^32 wrap
+    burst_dev, each_dev = NetDevice("nic0", DRIVERS[name]()), NetDevice("nic1", DRIVERS[name]())
+    tx = DeviceTx(info, burst_dev, space, 0)  # the record store both drivers look up
+    data = os.urandom(150_000)
+    framed = b"".join(bytes(b) for b in tx.frame(23, data, False))
+    ref = b"".join(bytes(b) for b in SwTx(info).frame(23, data, False))
+    burst_ctx = tx.ctx
+    each_ctx = each_dev.driver.dev_add(TLS_OFFLOAD_CTX_DIR_TX, info, space.seq(0))
+
+    def both(start: int) -> tuple[bytes, int]:
+        a, b = bytearray(framed[start:]), bytearray(framed[start:])
+        got = burst_dev.driver.xmit_burst(  # type: ignore[attr-defined]
+            burst_ctx, space.seq(start), memoryview(a), mss, tx
+        )
+        want = xmit_each(each_dev.driver, each_ctx, space.seq(start), memoryview(b), mss, tx)
+        assert (got, a[:got]) == (want, b[:want])
+        assert burst_dev.stats.snapshot() == each_dev.stats.snapshot()
+        return bytes(a[:got]), got
+
+    head = 70_001
+    wire, sent = both(0)  # in order from the start marker
+    assert (wire, sent) == (ref, len(ref))
+    # Both contexts now expect the end: a burst from the middle is out of order.
+    wire, sent = both(head)
+    assert (wire, sent) == (ref[head:], len(ref) - head)
+    assert burst_dev.stats["tx_tls_ooo"] >= 1 and burst_dev.stats["tx_tls_dump_bytes"] > 0
+    tx.clean_acked(len(framed))  # everything acknowledged: the store is empty
+    assert both(head) == (b"", 0)
+    assert burst_dev.stats["tx_tls_drop_no_sync_data"] == 1
 
 
 # -- sim-nic specifics -------------------------------------------------------------
