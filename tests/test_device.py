@@ -279,6 +279,39 @@ def test_in_place_fast_path_with_recycled_buffers_equals_software(
     assert tx.records_in_flight == 0
 
 
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+def test_simnic_resync_refeeds_exactly_the_record_prefix(version: int) -> None:
+    """A packet the NIC does not expect costs DUMP work for the bytes of its
+    record before it - exactly those, from the record's start, whatever
+    part of the record (header, explicit nonce, body, tag) the packet
+    starts in - and the packet still carries software TX's bytes."""
+    info = random_info(version, CipherType.AES_GCM_128, seq=5)
+    dev = NetDevice("nic0", SimNic())
+    space = SeqSpace(SEQ_MOD - 40_000)
+    tx = DeviceTx(info, dev, space, 0)
+    data = os.urandom(100_000)
+    framed = b"".join(bytes(b) for b in tx.frame(23, data, False))
+    ref = b"".join(bytes(b) for b in SwTx(info).frame(23, data, False))
+    rsize = tx.sealer.sealed_size(16384)
+    for rec in (2, 5, 0):  # the context expects offset 0: none of these
+        for into in (0, 1, 5, 13, 777, rsize - 17, rsize - 1):
+            start = rec * rsize + into
+            seg = bytearray(framed[start : start + 1448])
+            out = bytearray(len(seg))
+            before = dev.stats.snapshot()
+            packet = Segment(space.seq(start), memoryview(seg))
+            assert dev.driver.xmit(tx.ctx, packet, tx, memoryview(out))
+            assert out == ref[start : start + len(seg)], (rec, into)
+            moved = {k: v - before[k] for k, v in dev.stats.snapshot().items() if v != before[k]}
+            assert moved == {
+                "tx_tls_ooo": 1,
+                "tx_tls_resync_bytes": len(seg),
+                "tx_tls_encrypted_packets": 1,
+                "tx_tls_encrypted_bytes": len(seg),
+                **({"tx_tls_dump_packets": 1, "tx_tls_dump_bytes": into} if into else {}),
+            }, (rec, into)
+
+
 def test_simnic_keeps_no_record_data() -> None:
     """After every segment the context holds at most a header and a tag."""
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_256)
