@@ -274,7 +274,7 @@ class TxPipeline:
         n = len(mv)
         mss = self.segmenter.mss
         driver = tx.device.driver
-        burst = getattr(driver, "xmit_burst", None)  # per buffer: meters may wrap it
+        burst = getattr(driver, "xmit_burst", None)  # looked up per buffer, as xmit is
         seq = self.space.seq(offset)
         t0 = time.thread_time()
         if burst is not None:
