@@ -159,6 +159,16 @@ def main() -> None:
         f"sim-nic/sw throughput {nic['throughput_gbps'] / sw['throughput_gbps']:.2f}x; "
         f"1% reorder/fast path {ooo['throughput_gbps'] / nic['throughput_gbps']:.2f}x"
     )
+    # Ratios within each round as well: the modes of one round ran seconds
+    # apart, so a machine that changes speed between rounds skews these less.
+    pairs = (("sim-nic/sw", "sim-nic", "sw"), ("reorder/fast", "sim-nic+ooo", "sim-nic"))
+    for name, num, den in pairs:
+        per = sorted(
+            a["throughput_gbps"] / b["throughput_gbps"]
+            for a, b in zip(results[num], results[den], strict=True)
+        )
+        mid = statistics.median(per)
+        print(f"{name} per round: median {mid:.2f}x (min {per[0]:.2f}, max {per[-1]:.2f})")
 
 
 if __name__ == "__main__":
