@@ -8,6 +8,7 @@ holding a port, and every wait has a deadline so a test cannot hang.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -24,6 +25,15 @@ from tlsctl.commands._certs import CertKey, make_cert
 
 OPENSSL = "openssl"
 TLSCTL = [sys.executable, "-m", "tlsctl.cli"]
+
+
+def sha(p: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB pieces (files here reach 64 MiB)."""
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def free_port() -> int:

@@ -33,6 +33,7 @@ from peers import (
     openssl_client,
     openssl_server,
     run_tlsctl,
+    sha,
     spawn,
     tlsctl_server,
     wait_port,
@@ -74,14 +75,6 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(BIG >> 20):
             f.write(hashlib.sha256(bytes([i & 255])).digest() + block[32:])
     return p
-
-
-def sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def send_to_s_server(pki: Pki, tmp: Path, src: Path, server_args: list[str],

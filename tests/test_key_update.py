@@ -26,6 +26,7 @@ from peers import (
     make_pki,
     openssl_server,
     run_tlsctl,
+    sha,
     spawn,
     tlsctl_server,
     wait_port,
@@ -59,14 +60,6 @@ def mib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("data") / "1m.bin"
     p.write_bytes(os.urandom(1 << 20))
     return p
-
-
-def sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"])
@@ -127,15 +120,20 @@ def test_send_loopback_key_update() -> None:
     assert s["match"] and s["key_updates_sent"] == 11
 
 
+def gnutls_echo(pki: Pki, port: int) -> list[str]:
+    """``gnutls-serv`` echoing what it decrypts, with the test PKI's server cert."""
+    return ["gnutls-serv", "-p", str(port), "--echo", "--x509certfile", str(pki.cert),
+            "--x509keyfile", str(pki.key)]
+
+
 @needs_gnutls
 def test_send_key_update_to_gnutls_serv(pki: Pki, mib: Path) -> None:
     """GnuTLS decrypts across our KeyUpdates and echoes; a bad record or key
     would end in an alert.  (GnuTLS accepts at most 8 KeyUpdates per second
     and answers more with "Too many handshake packets", so 5 here.)"""
     port = free_port()
-    cmd = ["gnutls-serv", "-p", str(port), "--echo", "--x509certfile", str(pki.cert),
-           "--x509keyfile", str(pki.key)]
-    with spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+    with spawn(gnutls_echo(pki, port), stdout=subprocess.DEVNULL,
+               stderr=subprocess.DEVNULL) as proc:
         wait_port(port, proc)
         r = run_tlsctl("send", str(mib), "-connect", f"localhost:{port}", "-CAfile",
                        str(pki.ca), "--json", "-tls1_3", "--offload", "sw",
@@ -219,9 +217,8 @@ def test_gnutls_serv_rate_limits_key_updates(pki: Pki, mib: Path) -> None:
     1 MiB with one every 32 KiB (31 in a few ms) makes it abort with a fatal
     internal_error alert, which send reports as one clear line."""
     port = free_port()
-    cmd = ["gnutls-serv", "-p", str(port), "--echo", "--x509certfile", str(pki.cert),
-           "--x509keyfile", str(pki.key)]
-    with spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+    with spawn(gnutls_echo(pki, port), stdout=subprocess.DEVNULL,
+               stderr=subprocess.DEVNULL) as proc:
         wait_port(port, proc)
         r = run_tlsctl("send", str(mib), "-connect", f"localhost:{port}", "-CAfile",
                        str(pki.ca), "-tls1_3", "--offload", "sw", "--key-update-every", "32K",
