@@ -243,6 +243,22 @@ def test_close_notify_before_a_complete_request_is_answered(
         assert rec["ok"] and rec["requests"] == [] and rec["http"] == "no request"
 
 
+@pytest.mark.parametrize(("sent", "statuses"), [
+    (b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", [200]),   # then idle: a quiet close
+    (b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /a", [200, 408]),  # stuck mid-request
+], ids=["idle", "mid-request"])
+def test_idle_keep_alive_ends_at_the_timeout_with_close_notify(
+        pki: Pki, site: Path, sent: bytes, statuses: list[int]) -> None:
+    with www(pki, site, "-naccept", "1", "--timeout", "1") as srv:
+        with tls_client(pki, srv.port) as s:
+            s.sendall(sent)
+            data = read_to_close_notify(s)  # the server ends it: close_notify
+        (rec,) = srv.records()
+    got = responses(data, (False,) * len(statuses))
+    assert [st for st, _h, _b in got] == statuses
+    assert rec["ok"] and [q["status"] for q in rec["requests"]] == statuses
+
+
 # --- what may be opened -----------------------------------------------------------
 
 
