@@ -567,6 +567,8 @@ class KTLSSocket:
         total = 0
         chunk_max = self._tx.batch_records * self._tx.max_payload
         with self._tx_lock:
+            if self._tx.open_record:
+                total = self._fill_open_record(fd, offset, count)
             while count is None or total < count:
                 self._check_tx_error()
                 want = chunk_max if count is None else min(chunk_max, count - total)
@@ -596,6 +598,35 @@ class KTLSSocket:
         if hasattr(file, "seek"):
             file.seek(offset + total)
         return total
+
+    def _fill_open_record(self, fd: int, offset: int, count: int | None) -> int:
+        """sendfile after ``send(..., MSG_MORE)``: the file's first bytes
+        complete the open record, which is then pushed; returns the bytes
+        taken from the file.
+
+        Linux does the same (splice appends to the open record and
+        ``tls_sw_splice_eof`` pushes it), so an HTTP header sent with
+        MSG_MORE and a small file share one record, and the header never
+        goes out after the body.
+        """
+        tx = self._tx
+        if tx is None:
+            return 0
+        room = tx.max_payload - len(tx.open_record)
+        head = os.pread(fd, room if count is None else min(room, count), offset)
+        self._check_tx_error()
+        try:
+            frames = tx.frame(_DATA, head, more=False)
+        except OSError as exc:
+            if exc.errno == errno.EBADMSG:  # sequence space spent: sticky
+                self._tx_err = exc
+            raise
+        for buf in frames:
+            self._emit(buf)
+            self._flush_pending(block=True)
+        if tx.sealer.exhausted:
+            self._tx_err = os_error(errno.EBADMSG, "record sequence number wrapped")
+        return len(head)
 
     def _try_flush(self) -> None:
         """Push queued TX bytes if no sender holds the TX side right now.

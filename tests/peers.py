@@ -173,14 +173,17 @@ class TlsctlServer:
     port: int
     listening: dict[str, Any]
     rest: bytes = b""
+    err: bytes | None = None  # all of stderr, once records() has waited for the exit
 
     def records(self, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait for exit (use -naccept) and return the JSON connection records."""
-        out, _err = self.proc.communicate(timeout=timeout)
+        out, self.err = self.proc.communicate(timeout=timeout)
         text = (self.rest + out).decode()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def stderr(self) -> str:
+        if self.err is not None:
+            return self.err.decode()
         return self.proc.stderr.read().decode() if self.proc.stderr else ""
 
 

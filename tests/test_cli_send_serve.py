@@ -324,7 +324,7 @@ def test_serve_www_with_curl(pki: Pki, big_file: Path, tmp_path: Path) -> None:
         recs = srv.records()
     assert sha(out) == sha(big_file)
     assert r2.stdout == "403"
-    assert sorted(r["status"] for r in recs) == [200, 403]
+    assert sorted(q["status"] for r in recs for q in r["requests"]) == [200, 403]
 
 
 # --- failures: one line, non-zero exit, no traceback; the server keeps going -----

@@ -454,6 +454,49 @@ def test_sendfile(
     assert got == data
 
 
+@pytest.mark.parametrize("device", [False, True], ids=["sw", "sim-nic"])
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("size", [0, 100, 16384 - 40, 16384, 40_000])
+def test_sendfile_joins_the_msg_more_record(
+    tcp_pair: Pair, tmp_path: os.PathLike[str], device: bool, version: int, size: int
+) -> None:
+    """``send(head, MSG_MORE)`` then ``sendfile``: as Linux's splice into a
+    kTLS socket, the file's bytes fill the open record (a small file and its
+    header are one record) and the record is pushed when sendfile ends; the
+    header never goes out after the body."""
+    from offload.netdev import create_device
+
+    info = random_info(version, CipherType.AES_GCM_128, seq=5)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="user", device=create_device("sim-nic") if device else None)
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.tx_conf == ("device" if device else "sw")
+    head, data = b"H" * 40, os.urandom(size)
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"skip" + data)
+    wire = bytearray()
+
+    def read() -> None:
+        while chunk := s.recv(1 << 20):
+            wire.extend(chunk)
+
+    t = threading.Thread(target=read)
+    t.start()
+    kc.sendall(head, socket.MSG_MORE)
+    with open(path, "rb") as f:
+        assert kc.sendfile(f, 4) == size
+    kc.shutdown(socket.SHUT_WR)
+    t.join(30)
+    recs = decrypt_records(info, bytes(wire))
+    whole = head + data
+    assert [len(p) for _, p in recs] == [
+        len(whole[i : i + 16384]) for i in range(0, len(whole), 16384)
+    ]
+    assert b"".join(p for _, p in recs) == whole
+
+
 @pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
 def test_bulk_batches_reuse_buffers_wire_exact(
     tcp_pair: Pair, tmp_path: os.PathLike[str], vc: tuple[int, CipherType]

@@ -122,7 +122,7 @@ class Channel(Protocol):
 
     mode: str
 
-    def send_all(self, data: Buffer) -> None: ...
+    def send_all(self, data: Buffer, more: bool = False) -> None: ...
     def send_file(self, f: BinaryIO, offset: int, count: int) -> int: ...
     def recv(self, n: int) -> bytes: ...
     def recv_into(self, buf: memoryview) -> int: ...
@@ -222,14 +222,17 @@ class KtlsChannel:
         step = min(left, _TX_STEP)
         return min(step, every - self._since_update) if every else step
 
-    def send_all(self, data: Buffer) -> None:
+    def send_all(self, data: Buffer, more: bool = False) -> None:
+        """All of ``data``; with ``more`` the last record stays open (MSG_MORE)
+        for the next write to fill, e.g. an HTTP header and its body."""
         mv = memoryview(data)
+        flags = socket.MSG_MORE if more else 0
         pos = 0
         while True:
             with self._tx_lock:
                 n = self._budget(len(mv) - pos)
                 with self._tx_errors():
-                    self.k.sendall(mv[pos : pos + n])
+                    self.k.sendall(mv[pos : pos + n], flags)
                 self._since_update += n
             pos += n
             if pos >= len(mv):
@@ -503,6 +506,7 @@ class OpenSSLChannel:
         self.res = res
         self.peer_closed = False
         self._plain = res.plaintext
+        self._held = bytearray()  # send_all(more=True) bytes, for the next write
         if res.leftover:
             self.conn.bio_write(res.leftover)
 
@@ -522,7 +526,14 @@ class OpenSSLChannel:
             except (BrokenPipeError, ConnectionResetError):
                 raise ChannelError("peer closed the connection while we were sending") from None
 
-    def send_all(self, data: Buffer) -> None:
+    def send_all(self, data: Buffer, more: bool = False) -> None:
+        """All of ``data``; with ``more`` it is held and goes out with the
+        next write (pyOpenSSL has no MSG_MORE: one SSL_write, one record)."""
+        if more:
+            self._held += data
+            return
+        if self._held:
+            data, self._held = bytes(self._held) + bytes(data), bytearray()
         mv = memoryview(data)
         for pos in range(0, len(mv), _CHUNK):
             try:
@@ -540,6 +551,8 @@ class OpenSSLChannel:
                 break
             self.send_all(chunk)
             sent += len(chunk)
+        if self._held:
+            self.send_all(b"")
         return sent
 
     def recv_into(self, buf: memoryview) -> int:
@@ -572,6 +585,8 @@ class OpenSSLChannel:
             self.conn.bio_write(chunk)
 
     def close_notify(self) -> None:
+        if self._held:
+            self.send_all(b"")
         with contextlib.suppress(SSL.Error):
             self.conn.shutdown()
         self._flush()

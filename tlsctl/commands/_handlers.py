@@ -9,20 +9,17 @@ turns that into one log line and carries on.
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 import os
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tlsctl.commands._channel import ChannelError, KtlsChannel, OpenSSLChannel
+from tlsctl.commands._channel import KtlsChannel, OpenSSLChannel
 
 Chan = KtlsChannel | OpenSSLChannel
 Handler = Callable[[Chan, int], dict[str, Any]]
 _RECV = 1 << 20
-_MAX_REQUEST = 8192
 
 
 def _chunks(chan: Chan) -> Iterator[memoryview]:
@@ -97,69 +94,3 @@ class Store:
                 h.update(data)
                 total += len(data)
         return {"bytes_in": total, "sha256": h.hexdigest(), "file": path}
-
-
-@dataclass
-class Www:
-    """``-WWW DIR``: ``GET /path HTTP/1.x`` answered with the file, like s_server.
-
-    The body goes through the layer's sendfile.  The path is resolved and
-    must stay inside DIR (symlinks included), so ``..`` or an absolute
-    path cannot read anything else.
-    """
-
-    root: str
-
-    def resolve(self, target: str) -> str | None:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
-        if "\0" in path:
-            return None
-        root = os.path.realpath(self.root)
-        full = os.path.realpath(os.path.join(root, path.lstrip("/")))
-        if full != root and not full.startswith(root + os.sep):
-            return None
-        if os.path.isdir(full):
-            full = os.path.join(full, "index.html")
-        return full
-
-    def __call__(self, chan: Chan, _conn_id: int) -> dict[str, Any]:
-        head = bytearray()
-        while b"\r\n\r\n" not in head and b"\n\n" not in head:
-            data = chan.recv(_MAX_REQUEST)
-            if not data:
-                raise ChannelError("connection closed before a complete HTTP request")
-            head += data
-            if len(head) > _MAX_REQUEST:
-                raise ChannelError("HTTP request header too long")
-        line = bytes(head).split(b"\n", 1)[0].decode("latin-1").strip()
-        parts = line.split()
-        if len(parts) != 3 or parts[0] != "GET" or not parts[2].startswith("HTTP/1."):
-            self._reply(chan, 400, b"bad request\n")
-            return {"request": line[:80], "status": 400}
-        path = self.resolve(parts[1])
-        if path is None:
-            self._reply(chan, 403, b"forbidden\n")
-            return {"request": line[:80], "status": 403}
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError:
-            self._reply(chan, 404, b"not found\n")
-            return {"request": line[:80], "status": 404}
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
-            chan.send_all(
-                f"HTTP/1.0 200 ok\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode()
-            )
-            sent = chan.send_file(f, 0, size)
-        return {"request": line[:80], "status": 200, "bytes_out": sent}
-
-    @staticmethod
-    def _reply(chan: Chan, status: int, body: bytes) -> None:
-        reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found"}[status]
-        chan.send_all(
-            f"HTTP/1.0 {status} {reason}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )

@@ -33,7 +33,7 @@ from tlsctl.commands._channel import (
     establish,
     exact_reads,
 )
-from tlsctl.commands._handlers import Handler, Store, Www, echo, sink
+from tlsctl.commands._handlers import Handler, Store, echo, sink
 from tlsctl.commands._options import (
     device_spec_from,
     key_update_option,
@@ -44,6 +44,7 @@ from tlsctl.commands._options import (
 from tlsctl.commands._output import emit_json, human_rate, info, warn
 from tlsctl.commands._tlsconf import ConfigError, server_context
 from tlsctl.commands._workers import run_workers
+from tlsctl.commands._www import Www
 from tlsctl.control import ControlServer, control_socket_option
 from tlsctl.handshake import HandshakeError, KeylogFile, KeylogSink, run_handshake
 
@@ -217,8 +218,8 @@ class Server:
                  f"{nbytes} bytes in {rec['seconds']:.3f} s ({human_rate(nbytes, rec['seconds'])})"]
         if "sha256" in rec:
             parts.append(f"sha256 {rec['sha256']}")
-        if "status" in rec:
-            parts.append(f"{rec.get('request')} -> {rec['status']}")
+        if "http" in rec:
+            parts.append(rec["http"])
         if rec.get("clean_close") is False:
             parts.append("(peer sent no close_notify: the stream may be truncated)")
         if self.verbose and "tx_seq_at_handoff" in rec:
@@ -291,7 +292,8 @@ def _pick_handler(sink_: bool, output: str | None, save_dir: str | None, echo_: 
 @click.option("--save-dir", metavar="DIR", help="Store each connection in DIR/conn-N.bin.")
 @click.option("--echo", "echo_", is_flag=True, help="Send everything back.")
 @click.option("-WWW", "--WWW", "--www", "www", metavar="DIR",
-              help="Serve files from DIR for 'GET /path HTTP/1.x'.")
+              help="Serve the regular files in DIR over HTTP/1.x (GET, HEAD, keep-alive; "
+                   "symlinks and special files are refused).")
 @click.option("-naccept", "--naccept", type=click.IntRange(min=1), metavar="N",
               help="Exit after N connections have been handled.")
 @click.option("-verify", "--verify", "verify_depth", type=int, default=0, metavar="DEPTH",
