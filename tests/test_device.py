@@ -51,6 +51,7 @@ from offload.uapi import (
 )
 from offload.wiremodel import FaultSpec, TxPipeline
 from tests.conftest import random_info
+from tests.wire import decrypt_records
 
 Pair = Callable[[], tuple[socket.socket, socket.socket]]
 GCM_CHACHA = [CipherType.AES_GCM_128, CipherType.AES_GCM_256, CipherType.CHACHA20_POLY1305]
@@ -312,6 +313,67 @@ def test_simnic_resync_refeeds_exactly_the_record_prefix(version: int) -> None:
             }, (rec, into)
 
 
+@pytest.mark.parametrize(
+    ("version", "isn"),
+    [(TLS_1_2_VERSION, (1 << 31) - 3000), (TLS_1_3_VERSION, SEQ_MOD - 3000)],
+)
+def test_simnic_reordered_segment_2gib_past_start_marker_is_encrypted(
+    version: int, isn: int
+) -> None:
+    """Issue 11 item 0: 2^31 bytes past the start marker, a reordered
+    segment was read as lying *before* the marker (its sequence number
+    mapped next to the marker lands 4 GiB back) and the NIC sent it in
+    plaintext (tx_tls_skip_no_sync_data); the peer saw bad_record_mac.
+
+    The real path all the way, cheaply: the layer frames 2^31 + 1 MiB of
+    records (the sendfile framing, each buffer reused once TCP acknowledges
+    it), the NIC encrypts them in order in place (``xmit_burst``, the
+    fault-free wire) and TCP acknowledges them (``clean_acked``); then the
+    next records' segments reach the NIC pairwise swapped, as a reordering
+    wire delivers them.  Each must carry software TX's bytes (software TX
+    started from the layer's live record number and nonce, as getsockopt
+    reports them), none may pass in the clear."""
+    info = random_info(version, CipherType.AES_GCM_128, seq=9)
+    dev = NetDevice("nic0", SimNic())
+    space = SeqSpace(isn)
+    pre = 517  # a ClientHello's worth of plain bytes before the start marker
+    tx = DeviceTx(info, dev, space, pre)
+    want = tx.batch_records * tx.max_payload
+    while tx.next_offset - pre < (1 << 31) + (1 << 20):
+        start = tx.next_offset
+        buf, slots = tx.frame_slots(want)
+        tx.seal_slots(buf, slots)
+        assert dev.driver.xmit_burst(  # type: ignore[attr-defined]
+            tx.ctx, space.seq(start), memoryview(buf), 65536, tx
+        ) == len(buf)
+        tx.clean_acked(tx.next_offset)
+        tx.recycle(buf)
+    sw = SwTx(tx.sealer.live_info())
+    before = dev.stats.snapshot()
+    assert before["tx_tls_ooo"] == 0 and before["tx_tls_skip_no_sync_data"] == 0
+    base = tx.next_offset
+    data = os.urandom(200_000)
+    framed = b"".join(bytes(b) for b in tx.frame(23, data, False))
+    ref = b"".join(bytes(b) for b in sw.frame(23, data, False))
+    mss = 1448
+    cuts = list(range(0, len(framed), mss))
+    order = [j for i in range(0, len(cuts), 2) for j in (i + 1, i) if j < len(cuts)]
+    wire = bytearray(len(framed))
+    for i in order:
+        o = cuts[i]
+        seg = Segment(space.seq(base + o), memoryview(framed[o : o + mss]))
+        assert dev.driver.xmit(tx.ctx, seg, tx, memoryview(wire)[o : o + len(seg)])
+    assert dev.stats["tx_tls_skip_no_sync_data"] == 0  # nothing went out in the clear
+    assert dev.stats["tx_tls_drop_no_sync_data"] == 0
+    assert dev.stats["tx_tls_ooo"] - before["tx_tls_ooo"] == len(cuts)  # every one resynced
+    assert wire == ref
+    # A stale sequence number from before the marker, now more than 2^31
+    # behind the window, is not taken for plain pre-offload data: dropped.
+    stale = Segment(space.seq(0), memoryview(b"H" * 100))
+    assert not dev.driver.xmit(tx.ctx, stale, tx, memoryview(bytearray(100)))
+    assert dev.stats["tx_tls_skip_no_sync_data"] == 0
+
+
 def test_simnic_keeps_no_record_data() -> None:
     """After every segment the context holds at most a header and a tag."""
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_256)
@@ -341,6 +403,62 @@ def test_simnic_refuses_ccm_and_layer_falls_back(tcp_pair: Pair) -> None:
     assert k.tx_conf == "sw"
     assert "AES_CCM_128" in k.offload_refused
     assert k.stats["TlsTxSw"] == 1 and k.stats["TlsTxDevice"] == 0
+
+
+@pytest.mark.parametrize("edge", [1 << 31, SEQ_MOD])
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("seed", [1, 7, 8])
+def test_wire_isn_below_2_31_and_2_32_with_reorder_and_drop(
+    edge: int, version: int, seed: int
+) -> None:
+    """Issue 11 item 0: the stream's sequence numbers cross 2^31 and 2^32
+    a few segments in, under reordering, drops and retransmissions; the
+    plaintext the peer decrypts hashes equal to what was sent."""
+    info = random_info(version, CipherType.AES_GCM_256, seq=seed)
+    data = os.urandom(3 << 20)
+    wire, ref, dev, pipe, _tx = _through_device(
+        SimNic, info, [(23, data)], faults=f"reorder=0.05,drop=0.05,seed={seed}",
+        mss=8192, isn=edge - 1000, pre=b"",
+    )
+    assert pipe.counts.reorder > 0 and pipe.counts.drop > 0 and dev.stats["tx_tls_ooo"] > 0
+    assert pipe.space.isn + pipe.offset > edge  # the stream crossed it
+    assert dev.stats["tx_tls_skip_no_sync_data"] == 0
+    plain = b"".join(body for _t, body in decrypt_records(info, wire))
+    assert hashlib.sha256(plain).digest() == hashlib.sha256(data).digest()
+    assert wire == ref
+
+
+def test_wire_transfer_2gib_past_start_marker_with_reorder_and_drop() -> None:
+    """Issue 11 item 0 end to end through the wire model: the README's
+    ``--faults reorder=0.02`` (drops too) over 2^31 + 32 MiB of records from
+    an ISN just below 2^31 (the stream crosses 2^31, 2^32 and then 2^31
+    bytes past the start marker, where reordered segments used to go out
+    in plaintext).  The wire's bytes hash equal to software TX's."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=1)
+    got, want = hashlib.sha256(), hashlib.sha256()
+    pipe = TxPipeline(
+        NetDevice("nic0", SimNic()),
+        lambda b: (got.update(b), pipe.recycle(b)),
+        space=SeqSpace((1 << 31) - 1000),
+        faults=FaultSpec.parse("reorder=0.02,drop=0.01,seed=7"),
+    )
+    pre = os.urandom(517)
+    pipe.send(pre)
+    want.update(pre)
+    tx = DeviceTx(info, pipe.device, pipe.space, pipe.offset)
+    pipe.attach(tx)
+    sw = SwTx(info)
+    chunk = os.urandom(tx.batch_records * tx.max_payload)
+    while tx.next_offset - tx.start_offset < (1 << 31) + (32 << 20):
+        for buf in tx.frame(23, chunk, False):
+            pipe.send(buf)
+        for buf in sw.frame(23, chunk, False):
+            want.update(buf)
+    pipe.drain()
+    stats = pipe.device.stats
+    assert pipe.counts.reorder > 500 and pipe.counts.drop > 200
+    assert stats["tx_tls_skip_no_sync_data"] == 0
+    assert got.hexdigest() == want.hexdigest()
 
 
 def test_counters_agree_with_faults() -> None:
