@@ -28,6 +28,11 @@ FAULT_KINDS = ("reorder", "split", "dup", "drop", "redirect")
 Chunk = bytes | bytearray | memoryview
 """Wire bytes handed on: a TX ring slot, or (in place) a framing buffer's view."""
 
+MAX_WINDOW = 65535 << 14
+"""The largest window TCP can advertise (RFC 7323: 65535 << 14, just under
+2^30).  Serial-number arithmetic needs every unacknowledged byte within
+2^31 of the oldest; TCP never has more than a window in flight."""
+
 
 @dataclass(frozen=True)
 class FaultSpec:
@@ -208,6 +213,14 @@ class TxPipeline:
     acknowledgements go back to the device context as soon as bytes are
     delivered.  ``device_seconds`` is the CPU time spent inside the driver's
     ``xmit`` (what NIC hardware would do), kept apart from host time.
+
+    Wire time passes only as segments leave, so a wire holding most of them
+    (``reorder`` near 1) would otherwise hold the whole stream until the
+    drain; like a TCP sender at the end of its window, it releases held
+    segments (earliest due first) whenever more than ``window`` bytes are
+    unacknowledged.  The window (at most TCP's largest) keeps every
+    sequence number the NIC may meet within 2^31 of the acknowledged byte
+    the record store reads it next to.
     """
 
     def __init__(
@@ -219,8 +232,12 @@ class TxPipeline:
         mss: int | None = None,
         faults: FaultSpec | None = None,
         fallback_device: NetDevice | None = None,
+        window: int = MAX_WINDOW,
     ) -> None:
+        if not 0 < window <= MAX_WINDOW:
+            raise ValueError(f"window must be 1..{MAX_WINDOW} bytes")
         self.device = device
+        self.window = window
         self.space = space or SeqSpace()
         self.segmenter = Segmenter(self.space, mss) if mss else Segmenter(self.space)
         self.faults = faults or FaultSpec()
@@ -269,6 +286,8 @@ class TxPipeline:
         for off, seg in self.segmenter.segments(offset, mv):
             self._faulty(off, seg)
             self._release(due_only=True)
+            if off + len(seg) - self.reasm.next > self.window:
+                self._release_window(off + len(seg))
 
     def _send_in_place(self, offset: int, buf: bytearray, tx: DeviceTx) -> None:
         """Fault-free wire, in-place driver: the NIC rewrites the framing buffer.
@@ -364,6 +383,14 @@ class TxPipeline:
         while held:
             if due_only and held[0].due > self._clock:
                 return
+            h = heapq.heappop(held)
+            self._xmit(h.offset, h.segment, h.redirect, lost=h.lost)
+
+    def _release_window(self, end: int) -> None:
+        """The window is full: send held segments, due or not, until the
+        bytes before ``end`` not yet acknowledged fit in it again."""
+        held = self._held
+        while held and end - self.reasm.next > self.window:
             h = heapq.heappop(held)
             self._xmit(h.offset, h.segment, h.redirect, lost=h.lost)
 

@@ -50,7 +50,7 @@ from offload.uapi import (
     CipherType,
     CryptoInfo,
 )
-from offload.wiremodel import FaultSpec, Reassembler, TxPipeline, _Held
+from offload.wiremodel import MAX_WINDOW, FaultSpec, Reassembler, TxPipeline, _Held
 from tests.conftest import random_info
 from tests.wire import decrypt_records
 
@@ -427,6 +427,40 @@ def test_wire_isn_below_2_31_and_2_32_with_reorder_and_drop(
     plain = b"".join(body for _t, body in decrypt_records(info, wire))
     assert hashlib.sha256(plain).digest() == hashlib.sha256(data).digest()
     assert wire == ref
+
+
+@pytest.mark.parametrize("window", [64 << 10, MAX_WINDOW])
+def test_wire_keeps_at_most_a_window_unacknowledged(window: int) -> None:
+    """``reorder=1`` holds every segment; wire time only passes as segments
+    leave, so without a window the whole stream waited for the drain (and
+    past 2^31 bytes no 32-bit sequence number could be read right).  Like a
+    TCP sender at the end of its window, the wire releases held segments
+    once ``window`` bytes are unacknowledged; the bytes are still software
+    TX's."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=3)
+    out = bytearray()
+    pipe = TxPipeline(
+        NetDevice("nic0", SimNic()), out.extend, space=SeqSpace(SEQ_MOD - 5000), mss=1000,
+        faults=FaultSpec.parse("reorder=1,drop=0.1,seed=4"), window=window,
+    )
+    tx = DeviceTx(info, pipe.device, pipe.space, 0)
+    pipe.attach(tx)
+    sw = SwTx(info)
+    ref = bytearray()
+    for _ in range(4):
+        data = os.urandom(256 << 10)
+        for buf in tx.frame(23, data, False):
+            pipe.send(buf)
+            assert pipe.offset - pipe.reasm.next <= window
+        ref += b"".join(sw.frame(23, data, False))
+    if window == MAX_WINDOW:
+        assert pipe.reasm.next == 0  # 1 MiB fits: everything still held
+    else:
+        assert pipe.reasm.next > (1 << 20) - 2 * window
+    pipe.drain()
+    assert out == ref
+    with pytest.raises(ValueError, match="window"):
+        TxPipeline(pipe.device, out.extend, window=MAX_WINDOW + 1)
 
 
 def test_wire_transfer_2gib_past_start_marker_with_reorder_and_drop() -> None:
