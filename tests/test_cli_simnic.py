@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -180,3 +181,35 @@ def test_faults_need_a_nic(pki: Pki, data: dict[int, Path]) -> None:
                    "--faults", "drop=2")
     assert r.returncode == 2 and "not a probability" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["send-connect", "send-loopback", "serve"])
+def test_key_update_with_a_nic_is_refused_at_start_up(pki: Pki, data: dict[int, Path],
+                                                      command: str) -> None:
+    """Issue 11 item 9: a NIC-offloaded TX context cannot be rekeyed yet, so
+    ``--key-update-every`` with ``--offload sim-nic`` failed mid-transfer,
+    after the KeyUpdate went out.  Refused before any connection: usage
+    error (exit 2) naming both options, nothing connected or listening."""
+    nic = ["--offload", "sim-nic", "--key-update-every", "64K"]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        if command == "send-connect":
+            args = ["send", str(data[16385]), "-connect", f"127.0.0.1:{port}", *nic]
+        elif command == "send-loopback":
+            args = ["send", "--loopback", "--size", str(1 << 20), *nic]
+        else:
+            args = ["serve", "--json", "-accept", "127.0.0.1:0", "-naccept", "1", *nic]
+        r = run_tlsctl(*args, timeout=30)
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # send never connected
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""  # serve printed no "listening" record
+    (error,) = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert "--key-update-every" in error and "--offload sim-nic" in error
+    assert "Traceback" not in r.stderr
+    # Without the NIC the same option is accepted (the software layer rekeys).
+    r = run_tlsctl("send", "--loopback", "--size", str(256 << 10), "--offload", "sw", "-tls1_3",
+                   "--key-update-every", "64K", "--json", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["key_updates_sent"] >= 3
