@@ -31,6 +31,7 @@ from offload.netdev import (
     Driver,
     NetDevice,
     OffloadRefused,
+    RecordInfo,
     Segment,
     create_device,
     load_drivers,
@@ -373,6 +374,32 @@ def test_simnic_reordered_segment_2gib_past_start_marker_is_encrypted(
     stale = Segment(space.seq(0), memoryview(b"H" * 100))
     assert not dev.driver.xmit(tx.ctx, stale, tx, memoryview(bytearray(100)))
     assert dev.stats["tx_tls_skip_no_sync_data"] == 0
+
+
+def test_simnic_drops_a_packet_whose_record_starts_after_it() -> None:
+    """A record lookup that breaks its contract (the record it returns
+    starts after the packet, in sequence space, across the 2^32 wrap here):
+    there is no prefix to replay, so the NIC drops the packet as mlx5 does,
+    rather than encrypt it from the wrong state."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=2)
+    dev = NetDevice("nic0", SimNic())
+    space = SeqSpace(SEQ_MOD - 20_000)
+    tx = DeviceTx(info, dev, space, 0)
+    framed = b"".join(bytes(b) for b in tx.frame(23, os.urandom(50_000), False))
+
+    class Shifted:
+        def get_record(self, tcp_seq: int) -> RecordInfo | None:
+            rec = tx.get_record(tcp_seq)
+            return rec and RecordInfo((rec.start_seq + 30_000) % SEQ_MOD, rec.record_sn, rec.data)
+
+        def before_start_marker(self, tcp_seq: int, length: int) -> bool:
+            return tx.before_start_marker(tcp_seq, length)
+
+    start = 16_000  # the context expects 0: out of order, looked up
+    seg = Segment(space.seq(start), memoryview(bytearray(framed[start : start + 1000])))
+    out = bytearray(1000)
+    assert dev.driver.xmit(tx.ctx, seg, Shifted(), memoryview(out)) is False
+    assert dev.stats["tx_tls_drop_no_sync_data"] == 1 and out == bytes(1000)
 
 
 def test_simnic_keeps_no_record_data() -> None:
