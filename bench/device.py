@@ -16,7 +16,14 @@ in one invocation, interleaved over ``--repeat`` rounds:
 Host CPU is the sender's process CPU time minus the time spent inside the
 NIC driver (what hardware would do), reported separately as device CPU.
 
+``--scaling`` measures instead how the wire model's cost grows with the
+transfer: the sim-nic with ``--faults reorder=1 --mss 100`` (every segment
+held, released out of order, each one a resync) at 1, 4 and 16 MiB, in
+seconds per MiB.  Flat means linear; it was super-linear (1 MiB 40 s, 4 MiB
+never) while every release sorted all held segments.
+
 Usage: python bench/device.py [--size 1G] [--repeat 3] [--json]
+       python bench/device.py --scaling [--repeat 3] [--json]
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_2_VERSION, TLS_TX, Cip
 from offload.wiremodel import FaultSpec
 
 MODES = ("tcp", "tcp-sendfile", "sw", "sim-nic", "sim-nic+ooo")
+OOO_FAULTS = "reorder=0.01,seed=1"
+SCALING_MIB = (1, 4, 16)
+SCALING_FAULTS, SCALING_MSS = "reorder=1,seed=1", 100
 
 
 def _sink(port_q: Any, rounds: int) -> None:
@@ -60,7 +70,10 @@ def _parse_size(text: str) -> int:
     return int(float(t[:-1]) * mult[t[-1]]) if t[-1] in mult else int(t)
 
 
-def _one(mode: str, port: int, path: str, size: int, version: int) -> dict[str, float]:
+def _one(
+    mode: str, port: int, path: str, size: int, version: int,
+    faults: str = OOO_FAULTS, mss: int | None = None, count: int | None = None,
+) -> dict[str, float]:
     info = CryptoInfo.create(
         version, CipherType.AES_GCM_128, key=os.urandom(16), iv=os.urandom(8),
         salt=os.urandom(4), seq=1,
@@ -83,12 +96,13 @@ def _one(mode: str, port: int, path: str, size: int, version: int) -> dict[str, 
             kwargs: dict[str, Any] = {}
             if mode.startswith("sim-nic"):
                 kwargs["device"] = create_device("sim-nic")
+                kwargs["mss"] = mss
                 if mode.endswith("ooo"):
-                    kwargs["faults"] = FaultSpec.parse("reorder=0.01,seed=1")
+                    kwargs["faults"] = FaultSpec.parse(faults)
             k = KTLSSocket(raw, backend="user", **kwargs)
             k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
             k.setsockopt(SOL_TLS, TLS_TX, info.pack())
-            k.sendfile(f)
+            k.sendfile(f, 0, count)
             k.shutdown(socket.SHUT_WR)
             dev_seconds = k.device_seconds
     got = int.from_bytes(raw.recv(8), "big")
@@ -103,7 +117,62 @@ def _one(mode: str, port: int, path: str, size: int, version: int) -> dict[str, 
         "host_cpu_s_per_gb": (cpu - dev_seconds) / gb,
         "device_cpu_s_per_gb": dev_seconds / gb,
         "wire_bytes": got,
+        "wall_s": wall,
+        "cpu_s": cpu,
     }
+
+
+def _write_random(f: Any, size: int) -> None:
+    chunk = os.urandom(1 << 20)
+    for _ in range(size // len(chunk)):
+        f.write(chunk)
+    f.write(chunk[: size % len(chunk)])
+    f.flush()
+
+
+def scaling(version: int, repeat: int, as_json: bool) -> None:
+    """Seconds per MiB of ``reorder=1 --mss 100`` at 1, 4 and 16 MiB.
+
+    The sizes are interleaved over ``repeat`` rounds and the median per
+    size is reported: on a shared machine the speed drifts more between
+    minutes than between the sizes of one round."""
+    q: Any = mp.Queue()
+    proc = mp.Process(target=_sink, args=(q, repeat * len(SCALING_MIB)), daemon=True)
+    proc.start()
+    port = q.get(timeout=10)
+    runs: dict[int, list[dict[str, float]]] = {mib: [] for mib in SCALING_MIB}
+    with tempfile.NamedTemporaryFile(dir=os.environ.get("BENCH_DIR")) as f:
+        _write_random(f, SCALING_MIB[-1] << 20)
+        for _ in range(repeat):
+            for mib in SCALING_MIB:
+                runs[mib].append(
+                    _one("sim-nic+ooo", port, f.name, mib << 20, version, SCALING_FAULTS,
+                         SCALING_MSS, count=mib << 20)
+                )
+    proc.join(10)
+    rows = [
+        {
+            "mib": mib,
+            "wall_s_per_mib": statistics.median(r["wall_s"] for r in rs) / mib,
+            "cpu_s_per_mib": statistics.median(r["cpu_s"] for r in rs) / mib,
+            "device_cpu_s_per_mib": statistics.median(r["device_cpu_s_per_gb"] for r in rs)
+            * (1 << 20) / 1e9,
+        }
+        for mib, rs in runs.items()
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"sim-nic --faults {SCALING_FAULTS} --mss {SCALING_MSS}: seconds per MiB "
+          f"(median of {repeat})")
+    print(f"{'MiB':>4} {'wall s/MiB':>11} {'CPU s/MiB':>10} {'dev s/MiB':>10}")
+    for row in rows:
+        print(
+            f"{row['mib']:>4} {row['wall_s_per_mib']:>11.2f} {row['cpu_s_per_mib']:>10.2f} "
+            f"{row['device_cpu_s_per_mib']:>10.2f}"
+        )
+    first, last = rows[0]["cpu_s_per_mib"], rows[-1]["cpu_s_per_mib"]
+    print(f"CPU per MiB at {SCALING_MIB[-1]} MiB / at {SCALING_MIB[0]} MiB: {last / first:.2f}x")
 
 
 def main() -> None:
@@ -112,20 +181,23 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tls", choices=("1.2", "1.3"), default="1.2")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--scaling", action="store_true",
+        help="seconds per MiB of reorder=1 --mss 100 at 1, 4 and 16 MiB instead",
+    )
     args = ap.parse_args()
     size = _parse_size(args.size)
     version = TLS_1_2_VERSION if args.tls == "1.2" else 0x0304
+    if args.scaling:
+        scaling(version, args.repeat, args.json)
+        return
     q: Any = mp.Queue()
     proc = mp.Process(target=_sink, args=(q, args.repeat * len(MODES)), daemon=True)
     proc.start()
     port = q.get(timeout=10)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     with tempfile.NamedTemporaryFile(dir=os.environ.get("BENCH_DIR")) as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(size // len(chunk)):
-            f.write(chunk)
-        f.write(chunk[: size % len(chunk)])
-        f.flush()
+        _write_random(f, size)
         for _ in range(args.repeat):
             for m in MODES:
                 results[m].append(_one(m, port, f.name, size, version))

@@ -135,8 +135,20 @@ class DeviceTx(SwTx):
 
     # -- what drivers may ask (RecordLookup) --------------------------------
 
+    def _stream_offset(self, tcp_seq: int) -> int:
+        """The stream offset of ``tcp_seq``, read next to the oldest
+        unacknowledged byte.
+
+        Every segment TCP may still (re)send lies within its window of that
+        byte (at most 2^30, RFC 7323), so serial-number arithmetic gives the
+        right offset there; the start marker, the ISN or any other fixed
+        point is left more than 2^31 behind after 2 GiB, and a sequence
+        number read next to it lands 4 GiB off, on the wrong side.
+        """
+        return self.space.offset(tcp_seq, self.acked)
+
     def get_record(self, tcp_seq: int) -> RecordInfo | None:
-        off = self.space.offset(tcp_seq, self.acked)
+        off = self._stream_offset(tcp_seq)
         if off < self.acked or off < self.start_offset or off >= self.next_offset:
             return None
         i = bisect.bisect_right(self._starts, off, self._head) - 1
@@ -149,7 +161,17 @@ class DeviceTx(SwTx):
         return RecordInfo(self.space.seq(start + lo), self._sns[i] + k, self._views[i][lo:hi])
 
     def before_start_marker(self, tcp_seq: int, length: int) -> bool:
-        off = self.space.offset(tcp_seq, self.start_offset)
+        """The segment ends at or before the start marker (plain data).
+
+        Read next to the acknowledged offset like ``get_record``: a segment
+        from 2^31 bytes past the marker onwards used to be read next to the
+        marker, found "before" it, and sent in plaintext.  Once the marker
+        is more than 2^31 behind the window no segment can be from before
+        it; such a stale sequence number then reads as a byte already
+        acknowledged, which ``get_record`` refuses (the packet is dropped,
+        as the kernel drops one whose start-marker record was freed).
+        """
+        off = self._stream_offset(tcp_seq)
         return off + length <= self.start_offset
 
     def clean_acked(self, offset: int) -> None:

@@ -8,12 +8,16 @@ in the summary must show the paths the faults forced.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
-from peers import Pki, make_pki, tlsctl_server
+from peers import Pki, make_pki, openssl_server, run_tlsctl, tlsctl_server
 from test_cli_send_serve import send_to_s_server, sha
 
 pytestmark = pytest.mark.timeout(300)
@@ -107,6 +111,46 @@ def test_send_sim_nic_big_file_with_faults(pki: Pki, tmp_path: Path) -> None:
         assert counters.get("tx_tls_drop_no_sync_data", 0) > 0
 
 
+def test_send_sim_nic_past_2gib_with_reorder_to_s_server(pki: Pki, tmp_path: Path) -> None:
+    """Issue 11 item 0, the reproduction as reported: the README's
+    ``--faults reorder=0.02,seed=7`` over 2100 MiB (the TLS stream passes
+    2^31 bytes) failed with bad_record_mac at the peer, because reordered
+    segments past 2^31 bytes went out in plaintext.  OpenSSL's s_server
+    decrypts every byte; its output is hashed from a pipe (no second 2 GiB
+    file), the source is sparse (no 2 GiB written)."""
+    size = 2100 << 20
+    src = tmp_path / "sparse.bin"
+    with src.open("wb") as f:
+        f.truncate(size)
+    got = hashlib.sha256()
+    count = 0
+    rfd, wfd = os.pipe()
+
+    def drain() -> None:
+        nonlocal count
+        with open(rfd, "rb") as r:
+            while chunk := r.read(1 << 20):
+                got.update(chunk)
+                count += len(chunk)
+
+    reader = threading.Thread(target=drain)
+    with open(wfd, "wb") as w, openssl_server(pki.cert, pki.key, w, "-tls1_3") as (proc, port):
+        w.close()  # s_server holds the write end: EOF when it exits
+        reader.start()
+        r = run_tlsctl("send", str(src), "-connect", f"127.0.0.1:{port}", "-CAfile",
+                       str(pki.ca), "-servername", "localhost", "--json", "--offload",
+                       "sim-nic", "--faults", "reorder=0.02,seed=7", timeout=280)
+        assert r.returncode == 0, r.stderr
+        proc.wait(30)
+    reader.join(30)
+    summary = json.loads(r.stdout)
+    assert count == size
+    assert summary["sha256"] == got.hexdigest() == sha(src)
+    counters = summary["device_counters"]
+    assert counters["tx_tls_ooo"] > 0 and summary["faults_injected"]["reorder"] > 500
+    assert "tx_tls_skip_no_sync_data" not in counters  # nothing went out in the clear
+
+
 def test_serve_sim_nic_www_to_curl(pki: Pki, data: dict[int, Path], tmp_path: Path) -> None:
     src = data[3 << 20]
     with tlsctl_server(
@@ -131,11 +175,41 @@ def test_serve_sim_nic_www_to_curl(pki: Pki, data: dict[int, Path], tmp_path: Pa
 
 
 def test_faults_need_a_nic(pki: Pki, data: dict[int, Path]) -> None:
-    from peers import run_tlsctl
-
     r = run_tlsctl("send", str(data[1]), "-connect", "127.0.0.1:1", "--faults", "drop=0.1")
     assert r.returncode == 2 and "need a NIC offload" in r.stderr
     r = run_tlsctl("send", str(data[1]), "-connect", "127.0.0.1:1", "--offload", "sim-nic",
                    "--faults", "drop=2")
     assert r.returncode == 2 and "not a probability" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["send-connect", "send-loopback", "serve"])
+def test_key_update_with_a_nic_is_refused_at_start_up(pki: Pki, data: dict[int, Path],
+                                                      command: str) -> None:
+    """Issue 11 item 9: a NIC-offloaded TX context cannot be rekeyed yet, so
+    ``--key-update-every`` with ``--offload sim-nic`` failed mid-transfer,
+    after the KeyUpdate went out.  Refused before any connection: usage
+    error (exit 2) naming both options, nothing connected or listening."""
+    nic = ["--offload", "sim-nic", "--key-update-every", "64K"]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        if command == "send-connect":
+            args = ["send", str(data[16385]), "-connect", f"127.0.0.1:{port}", *nic]
+        elif command == "send-loopback":
+            args = ["send", "--loopback", "--size", str(1 << 20), *nic]
+        else:
+            args = ["serve", "--json", "-accept", "127.0.0.1:0", "-naccept", "1", *nic]
+        r = run_tlsctl(*args, timeout=30)
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # send never connected
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""  # serve printed no "listening" record
+    (error,) = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert "--key-update-every" in error and "--offload sim-nic" in error
+    assert "Traceback" not in r.stderr
+    # Without the NIC the same option is accepted (the software layer rekeys).
+    r = run_tlsctl("send", "--loopback", "--size", str(256 << 10), "--offload", "sw", "-tls1_3",
+                   "--key-update-every", "64K", "--json", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["key_updates_sent"] >= 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import socket
 import threading
@@ -30,6 +31,7 @@ from offload.netdev import (
     Driver,
     NetDevice,
     OffloadRefused,
+    RecordInfo,
     Segment,
     create_device,
     load_drivers,
@@ -49,8 +51,9 @@ from offload.uapi import (
     CipherType,
     CryptoInfo,
 )
-from offload.wiremodel import FaultSpec, TxPipeline
+from offload.wiremodel import MAX_WINDOW, Chunk, FaultSpec, Reassembler, TxPipeline, _Held
 from tests.conftest import random_info
+from tests.wire import decrypt_records
 
 Pair = Callable[[], tuple[socket.socket, socket.socket]]
 GCM_CHACHA = [CipherType.AES_GCM_128, CipherType.AES_GCM_256, CipherType.CHACHA20_POLY1305]
@@ -312,6 +315,93 @@ def test_simnic_resync_refeeds_exactly_the_record_prefix(version: int) -> None:
             }, (rec, into)
 
 
+@pytest.mark.parametrize(
+    ("version", "isn"),
+    [(TLS_1_2_VERSION, (1 << 31) - 3000), (TLS_1_3_VERSION, SEQ_MOD - 3000)],
+)
+def test_simnic_reordered_segment_2gib_past_start_marker_is_encrypted(
+    version: int, isn: int
+) -> None:
+    """Issue 11 item 0: 2^31 bytes past the start marker, a reordered
+    segment was read as lying *before* the marker (its sequence number
+    mapped next to the marker lands 4 GiB back) and the NIC sent it in
+    plaintext (tx_tls_skip_no_sync_data); the peer saw bad_record_mac.
+
+    The real path all the way, cheaply: the layer frames 2^31 + 1 MiB of
+    records (the sendfile framing, each buffer reused once TCP acknowledges
+    it), the NIC encrypts them in order in place (``xmit_burst``, the
+    fault-free wire) and TCP acknowledges them (``clean_acked``); then the
+    next records' segments reach the NIC pairwise swapped, as a reordering
+    wire delivers them.  Each must carry software TX's bytes (software TX
+    started from the layer's live record number and nonce, as getsockopt
+    reports them), none may pass in the clear."""
+    info = random_info(version, CipherType.AES_GCM_128, seq=9)
+    dev = NetDevice("nic0", SimNic())
+    space = SeqSpace(isn)
+    pre = 517  # a ClientHello's worth of plain bytes before the start marker
+    tx = DeviceTx(info, dev, space, pre)
+    want = tx.batch_records * tx.max_payload
+    while tx.next_offset - pre < (1 << 31) + (1 << 20):
+        start = tx.next_offset
+        buf, slots = tx.frame_slots(want)
+        tx.seal_slots(buf, slots)
+        assert dev.driver.xmit_burst(  # type: ignore[attr-defined]
+            tx.ctx, space.seq(start), memoryview(buf), 65536, tx
+        ) == len(buf)
+        tx.clean_acked(tx.next_offset)
+        tx.recycle(buf)
+    sw = SwTx(tx.sealer.live_info())
+    before = dev.stats.snapshot()
+    assert before["tx_tls_ooo"] == 0 and before["tx_tls_skip_no_sync_data"] == 0
+    base = tx.next_offset
+    data = os.urandom(200_000)
+    framed = b"".join(bytes(b) for b in tx.frame(23, data, False))
+    ref = b"".join(bytes(b) for b in sw.frame(23, data, False))
+    mss = 1448
+    cuts = list(range(0, len(framed), mss))
+    order = [j for i in range(0, len(cuts), 2) for j in (i + 1, i) if j < len(cuts)]
+    wire = bytearray(len(framed))
+    for i in order:
+        o = cuts[i]
+        seg = Segment(space.seq(base + o), memoryview(framed[o : o + mss]))
+        assert dev.driver.xmit(tx.ctx, seg, tx, memoryview(wire)[o : o + len(seg)])
+    assert dev.stats["tx_tls_skip_no_sync_data"] == 0  # nothing went out in the clear
+    assert dev.stats["tx_tls_drop_no_sync_data"] == 0
+    assert dev.stats["tx_tls_ooo"] - before["tx_tls_ooo"] == len(cuts)  # every one resynced
+    assert wire == ref
+    # A stale sequence number from before the marker, now more than 2^31
+    # behind the window, is not taken for plain pre-offload data: dropped.
+    stale = Segment(space.seq(0), memoryview(b"H" * 100))
+    assert not dev.driver.xmit(tx.ctx, stale, tx, memoryview(bytearray(100)))
+    assert dev.stats["tx_tls_skip_no_sync_data"] == 0
+
+
+def test_simnic_drops_a_packet_whose_record_starts_after_it() -> None:
+    """A record lookup that breaks its contract (the record it returns
+    starts after the packet, in sequence space, across the 2^32 wrap here):
+    there is no prefix to replay, so the NIC drops the packet as mlx5 does,
+    rather than encrypt it from the wrong state."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=2)
+    dev = NetDevice("nic0", SimNic())
+    space = SeqSpace(SEQ_MOD - 20_000)
+    tx = DeviceTx(info, dev, space, 0)
+    framed = b"".join(bytes(b) for b in tx.frame(23, os.urandom(50_000), False))
+
+    class Shifted:
+        def get_record(self, tcp_seq: int) -> RecordInfo | None:
+            rec = tx.get_record(tcp_seq)
+            return rec and RecordInfo((rec.start_seq + 30_000) % SEQ_MOD, rec.record_sn, rec.data)
+
+        def before_start_marker(self, tcp_seq: int, length: int) -> bool:
+            return tx.before_start_marker(tcp_seq, length)
+
+    start = 16_000  # the context expects 0: out of order, looked up
+    seg = Segment(space.seq(start), memoryview(bytearray(framed[start : start + 1000])))
+    out = bytearray(1000)
+    assert dev.driver.xmit(tx.ctx, seg, Shifted(), memoryview(out)) is False
+    assert dev.stats["tx_tls_drop_no_sync_data"] == 1 and out == bytes(1000)
+
+
 def test_simnic_keeps_no_record_data() -> None:
     """After every segment the context holds at most a header and a tag."""
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_256)
@@ -343,6 +433,114 @@ def test_simnic_refuses_ccm_and_layer_falls_back(tcp_pair: Pair) -> None:
     assert k.stats["TlsTxSw"] == 1 and k.stats["TlsTxDevice"] == 0
 
 
+@pytest.mark.parametrize("edge", [1 << 31, SEQ_MOD])
+@pytest.mark.parametrize("version", [TLS_1_2_VERSION, TLS_1_3_VERSION])
+@pytest.mark.parametrize("seed", [1, 7, 8])
+def test_wire_isn_below_2_31_and_2_32_with_reorder_and_drop(
+    edge: int, version: int, seed: int
+) -> None:
+    """Issue 11 item 0: the stream's sequence numbers cross 2^31 and 2^32
+    a few segments in, under reordering, drops and retransmissions; the
+    plaintext the peer decrypts hashes equal to what was sent."""
+    info = random_info(version, CipherType.AES_GCM_256, seq=seed)
+    data = os.urandom(3 << 20)
+    wire, ref, dev, pipe, _tx = _through_device(
+        SimNic, info, [(23, data)], faults=f"reorder=0.05,drop=0.05,seed={seed}",
+        mss=8192, isn=edge - 1000, pre=b"",
+    )
+    assert pipe.counts.reorder > 0 and pipe.counts.drop > 0 and dev.stats["tx_tls_ooo"] > 0
+    assert pipe.space.isn + pipe.offset > edge  # the stream crossed it
+    assert dev.stats["tx_tls_skip_no_sync_data"] == 0
+    plain = b"".join(body for _t, body in decrypt_records(info, wire))
+    assert hashlib.sha256(plain).digest() == hashlib.sha256(data).digest()
+    assert wire == ref
+
+
+@pytest.mark.parametrize("window", [64 << 10, MAX_WINDOW])
+def test_wire_keeps_at_most_a_window_unacknowledged(window: int) -> None:
+    """``reorder=1`` holds every segment; wire time only passes as segments
+    leave, so without a window the whole stream waited for the drain (and
+    past 2^31 bytes no 32-bit sequence number could be read right).  Like a
+    TCP sender at the end of its window, the wire releases held segments
+    once ``window`` bytes are unacknowledged; the bytes are still software
+    TX's."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=3)
+    out = bytearray()
+    pipe = TxPipeline(
+        NetDevice("nic0", SimNic()), out.extend, space=SeqSpace(SEQ_MOD - 5000), mss=1000,
+        faults=FaultSpec.parse("reorder=1,drop=0.1,seed=4"), window=window,
+    )
+    tx = DeviceTx(info, pipe.device, pipe.space, 0)
+    pipe.attach(tx)
+    sw = SwTx(info)
+    ref = bytearray()
+    for _ in range(4):
+        data = os.urandom(256 << 10)
+        for buf in tx.frame(23, data, False):
+            pipe.send(buf)
+            assert pipe.offset - pipe.reasm.next <= window
+        ref += b"".join(sw.frame(23, data, False))
+    if window == MAX_WINDOW:
+        assert pipe.reasm.next == 0  # 1 MiB fits: everything still held
+    else:
+        assert pipe.reasm.next > (1 << 20) - 2 * window
+    pipe.drain()
+    assert out == ref
+    with pytest.raises(ValueError, match="window"):
+        TxPipeline(pipe.device, out.extend, window=MAX_WINDOW + 1)
+
+
+def test_wire_transfer_2gib_past_start_marker_with_reorder_and_drop() -> None:
+    """Issue 11 item 0 end to end through the wire model: the README's
+    ``--faults reorder=0.02`` (drops too) over 2^31 + 32 MiB of records from
+    an ISN just below 2^31 (the stream crosses 2^31, 2^32 and then 2^31
+    bytes past the start marker, where reordered segments used to go out
+    in plaintext).  Every byte arrives; the last 48 MiB, across the 2^31
+    point, are exactly software TX's (started from the layer's live record
+    number there; the bytes before it are the other tests' ground)."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=1)
+    tail_at = 0
+    tail = bytearray()
+    delivered = 0
+
+    def deliver(b: Chunk) -> None:
+        nonlocal delivered
+        if tail_at and delivered + len(b) > tail_at:
+            tail.extend(memoryview(b)[max(0, tail_at - delivered) :])
+        delivered += len(b)
+        pipe.recycle(b)
+
+    pipe = TxPipeline(
+        NetDevice("nic0", SimNic()),
+        deliver,
+        space=SeqSpace((1 << 31) - 1000),
+        faults=FaultSpec.parse("reorder=0.02,drop=0.01,seed=7"),
+    )
+    pipe.send(os.urandom(517))
+    tx = DeviceTx(info, pipe.device, pipe.space, pipe.offset)
+    pipe.attach(tx)
+    chunk = os.urandom(tx.batch_records * tx.max_payload)
+    past = (1 << 31) + (32 << 20)
+    while tx.next_offset - tx.start_offset < past - (48 << 20):
+        for buf in tx.frame(23, chunk, False):
+            pipe.send(buf)
+    sw = SwTx(tx.sealer.live_info())
+    tail_at = tx.next_offset  # nothing from here on is delivered yet
+    assert delivered <= tail_at
+    ref = bytearray()
+    while tx.next_offset - tx.start_offset < past:
+        for buf in tx.frame(23, chunk, False):
+            pipe.send(buf)
+        for buf in sw.frame(23, chunk, False):
+            ref += buf
+    pipe.drain()
+    stats = pipe.device.stats
+    assert pipe.counts.reorder > 500 and pipe.counts.drop > 200
+    assert stats["tx_tls_skip_no_sync_data"] == 0
+    assert delivered == pipe.offset
+    assert tail == ref
+
+
 def test_counters_agree_with_faults() -> None:
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
     payloads = [(23, os.urandom(300_000))]
@@ -356,6 +554,74 @@ def test_counters_agree_with_faults() -> None:
     assert st_["tx_tls_ooo"] > 0 and st_["tx_tls_dump_bytes"] > 0
     assert pipe.fallback_device is not None
     assert pipe.fallback_device.stats["tx_tls_sw_fallback_packets"] == c.redirect
+
+
+class _CountedOffset(int):
+    """A stream offset that counts how often it is compared (ordering only)."""
+
+    compared = 0
+
+    def __lt__(self, other: object) -> bool:
+        _CountedOffset.compared += 1
+        return int(self) < int(other)  # type: ignore[call-overload]
+
+    def __gt__(self, other: object) -> bool:
+        _CountedOffset.compared += 1
+        return int(self) > int(other)  # type: ignore[call-overload]
+
+
+def _reassembly_comparisons(n: int) -> float:
+    """Offset comparisons per piece when n pieces arrive last-first."""
+    got = bytearray()
+    reasm = Reassembler(0, got.extend, check_dups=False)
+    pieces = [os.urandom(100) for _ in range(n)]
+    _CountedOffset.compared = 0
+    for i in reversed(range(n)):
+        reasm.receive(_CountedOffset(i * 100), pieces[i])
+    assert got == b"".join(pieces) and not reasm.pending
+    return _CountedOffset.compared / n
+
+
+def test_reassembly_cost_per_piece_grows_at_most_logarithmically() -> None:
+    """Issue 11 item 9: the reassembler took ``min()`` of every piece it
+    held for each piece it delivered (O(n) each, O(n^2) per hole).  Counted
+    comparisons, not time: per piece at most about 2 log2(n) (a heap), at
+    4000 pieces as at 250."""
+    for n in (250, 4000):
+        per = _reassembly_comparisons(n)
+        assert per <= 2 * math.log2(n) + 4, (n, per)
+
+
+def _release_comparisons(monkeypatch: pytest.MonkeyPatch, size: int) -> tuple[float, int]:
+    """Held-segment comparisons per segment for ``--faults reorder=1 --mss 100``."""
+    compared = 0
+    lt = _Held.__lt__
+
+    def counting_lt(a: _Held, b: _Held) -> bool:
+        nonlocal compared
+        compared += 1
+        return lt(a, b)
+
+    monkeypatch.setattr(_Held, "__lt__", counting_lt)
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    wire, ref, _dev, pipe, _tx = _through_device(
+        SimNic, info, [(23, os.urandom(size))], faults="reorder=1,seed=3", mss=100, isn=5,
+        pre=b"",
+    )
+    assert wire == ref
+    segments = pipe.counts.reorder
+    return compared / segments, segments
+
+
+def test_reorder_release_cost_per_segment_grows_at_most_logarithmically(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11 item 9: ``--faults reorder=1 --mss 100`` was super-linear
+    (64 KiB 0.3 s, 1 MiB 40 s): every release sorted all held segments.
+    Counted comparisons, not time: per segment at most about 2 log2(n)."""
+    for size in (64 << 10, 256 << 10):
+        per, n = _release_comparisons(monkeypatch, size)
+        assert per <= 2 * math.log2(n) + 4, (size, n, per)
 
 
 @settings(

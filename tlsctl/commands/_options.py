@@ -66,12 +66,25 @@ def offload_choices() -> list[str]:
 
 
 def device_spec_from(kw: dict[str, Any]) -> DeviceSpec | None:
-    """``--faults``/``--mss`` for a NIC offload; a usage error elsewhere."""
+    """``--faults``/``--mss`` for a NIC offload; a usage error elsewhere.
+
+    ``--key-update-every`` with a NIC is refused here too, at start-up (send
+    and serve both call this before any connection): a NIC-offloaded TX
+    context cannot be rekeyed yet (``DeviceTx.rekey`` is EOPNOTSUPP; upstream
+    device offload has no rekey either), so the transfer would fail right
+    after its first KeyUpdate went out.
+    """
     faults, mss = kw.get("faults"), kw.get("mss")
-    if kw.get("offload") in BASE_OFFLOADS:
+    offload = kw.get("offload")
+    if offload in BASE_OFFLOADS:
         if faults or mss:
             raise click.UsageError("--faults and --mss need a NIC offload (--offload sim-nic)")
         return None
+    if kw.get("key_update_every"):
+        raise click.UsageError(
+            f"--key-update-every cannot be used with --offload {offload}: a NIC-offloaded "
+            "TX context cannot be rekeyed yet (use --offload sw or kernel)"
+        )
     try:
         spec = FaultSpec.parse(faults) if faults else None
     except ValueError as exc:
@@ -141,4 +154,5 @@ def key_update_option(f: F) -> F:
     return click.option(
         "--key-update-every", "key_update_every", type=ByteSize(), metavar="BYTES",
         help="TLS 1.3: send a KeyUpdate (update_not_requested) and switch to the next "
-             "TX key every BYTES of application data sent (K/M/G suffixes).")(f)
+             "TX key every BYTES of application data sent (K/M/G suffixes). "
+             "Not with a NIC offload (sim-nic) yet: it cannot rekey.")(f)
