@@ -173,10 +173,12 @@ class TlsctlServer:
     port: int
     listening: dict[str, Any]
     rest: bytes = b""
+    err: str = ""  # stderr, once records() has waited for the exit
 
     def records(self, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait for exit (use -naccept) and return the JSON connection records."""
-        out, _err = self.proc.communicate(timeout=timeout)
+        out, err = self.proc.communicate(timeout=timeout)
+        self.err = err.decode() if err else ""
         text = (self.rest + out).decode()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
