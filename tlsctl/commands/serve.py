@@ -513,10 +513,10 @@ class FileMode(click.ParamType[int]):
               help="Ask for a client certificate (verified against -CAfile).")
 @click.option("-Verify", "--Verify", "require_depth", type=int, default=0, metavar="DEPTH",
               help="Require a client certificate.")
-@click.option("--timeout", default=60.0, show_default=True, type=float,
+@click.option("--timeout", default=60.0, show_default=True, type=float, metavar="SECONDS",
               help="Seconds a connection may be idle after the handshake.")
 @click.option("--handshake-timeout", default=HANDSHAKE_TIMEOUT, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
+              type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Seconds a client has to complete the TLS handshake.")
 @click.option("--max-conns", type=click.IntRange(min=1), metavar="N",
               help="Connections handled at once per process; more wait in the listen "
@@ -549,7 +549,8 @@ def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: s
     \b
     Exit status: 0 every connection handled ended with the client's close_notify
     (also after SIGINT/SIGTERM with nothing in flight); 3 at least one did not
-    (failed handshake, alert, truncated, cut by our stop); 1 serve itself failed.
+    (failed handshake, alert, truncated, cut by our stop); 1 serve itself failed
+    (cannot listen, bad certificate, a worker died); 2 bad options.
     """
     ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
     try:
