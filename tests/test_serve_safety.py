@@ -361,6 +361,19 @@ def test_usr1_reaches_workers_and_parent_survives() -> None:
     assert not any(_alive(p) for p in workers)
 
 
+def test_workers_sigterm_with_an_upload_in_flight_exits_3(tmp_path: Path) -> None:
+    """SIGTERM to the parent reaches the workers; the one holding a live
+    upload cuts it after the grace period and the parent's status says so."""
+    with tlsctl_server("--save-dir", str(tmp_path), "--workers", "2") as srv, \
+            tls_conn(srv.port) as s:
+        s.sendall(b"x" * 1000)
+        wait_for(lambda: _stored(tmp_path) == 1000, what="bytes on disk")
+        recs = stop(srv)
+        assert srv.proc.returncode == 3
+    (rec,) = recs
+    assert rec["interrupted"] and rec["error"] == "interrupted by server shutdown after 1000 bytes"
+
+
 def test_workers_do_not_outlive_the_parent() -> None:
     with tlsctl_server("--sink", "--workers", "2") as srv:
         wait_for(lambda: len(_children(srv.proc.pid)) == 2, what="2 workers")
