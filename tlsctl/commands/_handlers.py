@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import mimetypes
 import mmap
 import os
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from tlsctl.commands._channel import ChannelError, KtlsChannel, OpenSSLChannel
 
@@ -130,12 +131,12 @@ class Store:
         partial = final + PARTIAL
         h = hashlib.sha256()
         total = 0
-        out: BinaryIO | None = None
+        out: io.FileIO | None = None
         try:
             for data in _chunks(chan):
                 if out is None:
                     out = self._create(partial)
-                out.write(data)
+                _write_all(out, data)
                 h.update(data)
                 total += len(data)
             facts: dict[str, Any] = {"bytes_in": total, "sha256": h.hexdigest()}
@@ -159,7 +160,9 @@ class Store:
                 raise HandlerError(str(exc), facts) from None
             raise
 
-    def _create(self, name: str) -> BinaryIO:
+    def _create(self, name: str) -> io.FileIO:
+        """Unbuffered: each chunk is already up to 1 MiB, and what was
+        received is in the file (``.partial``) as soon as it is decrypted."""
         try:
             fd = os.open(name, _CREATE, self.mode, dir_fd=self.dir_fd)
         except FileExistsError:
@@ -167,12 +170,12 @@ class Store:
                           ) from None
         try:
             os.fchmod(fd, self.mode)  # exactly as asked, whatever the umask
-            return os.fdopen(fd, "wb")
+            return io.FileIO(fd, "wb")
         except BaseException:
             os.close(fd)
             raise
 
-    def _commit(self, out: BinaryIO, partial: str, final: str, facts: dict[str, Any]) -> None:
+    def _commit(self, out: io.FileIO, partial: str, final: str, facts: dict[str, Any]) -> None:
         """fsync, then give the file its final name without replacing anything.
 
         A hard link (``linkat``) fails with EEXIST instead of replacing, which
@@ -180,7 +183,6 @@ class Store:
         ``.partial`` file (kept whatever ``keep_partial`` says: it is complete).
         """
         with out:
-            out.flush()
             os.fsync(out.fileno())
         try:
             os.link(partial, final, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
@@ -195,7 +197,7 @@ class Store:
         with contextlib.suppress(OSError):  # the new name survives a crash too
             os.fsync(self.dir_fd)
 
-    def _abandon(self, out: BinaryIO | None, partial: str) -> dict[str, Any]:
+    def _abandon(self, out: io.FileIO | None, partial: str) -> dict[str, Any]:
         """Close a stream that did not end cleanly: keep or remove ``.partial``."""
         if out is None:
             return {}
@@ -204,6 +206,12 @@ class Store:
             return {"file": self.path(partial)}
         os.unlink(partial, dir_fd=self.dir_fd)
         return {"file_removed": self.path(partial)}
+
+
+def _write_all(out: io.FileIO, data: memoryview) -> None:
+    while data:
+        n = out.write(data)
+        data = data[n or 0 :]
 
 
 @dataclass
