@@ -173,17 +173,18 @@ class TlsctlServer:
     port: int
     listening: dict[str, Any]
     rest: bytes = b""
-    err: bytes | None = None  # all of stderr, once records() has waited for the exit
+    err: str | None = None  # all of stderr, once records() has waited for the exit
 
     def records(self, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait for exit (use -naccept) and return the JSON connection records."""
-        out, self.err = self.proc.communicate(timeout=timeout)
+        out, err = self.proc.communicate(timeout=timeout)
+        self.err = err.decode() if err else ""
         text = (self.rest + out).decode()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def stderr(self) -> str:
         if self.err is not None:
-            return self.err.decode()
+            return self.err
         return self.proc.stderr.read().decode() if self.proc.stderr else ""
 
 

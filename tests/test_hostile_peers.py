@@ -237,8 +237,10 @@ def test_hostile_peer(case: Case, version: str, tmp_path: Path, small_file: Path
         assert "\n" not in rec["error"]
         if case.alert is not None:
             assert rec["error"].endswith(f"sent fatal alert {rec['error'].rsplit(' ', 1)[1]}")
-    # Nothing decrypted after a failure reaches the output.
-    assert (tmp_path / "conn-00001.bin").read_bytes() == case.saved
+    # Nothing decrypted after a failure reaches the output (a failed stream
+    # is kept as NAME.partial; nothing stored, no file).
+    assert (Path(rec["file"]).read_bytes() if "file" in rec else b"") == case.saved
+    assert rec.get("file", ".partial").endswith(".partial") is (case.error is not None)
 
 
 def test_flood_memory_bounded(tmp_path: Path) -> None:
@@ -462,4 +464,4 @@ def test_fatal_alert_message_same_without_offload(version: str, tmp_path: Path) 
             peer.close()
         (rec,) = srv.records()
     assert not rec["ok"] and rec["error"] == "peer sent fatal alert: handshake_failure"
-    assert (tmp_path / "conn-00001.bin").read_bytes() == GOOD
+    assert rec["file"].endswith(".partial") and Path(rec["file"]).read_bytes() == GOOD
