@@ -106,8 +106,8 @@ def peer_hung_up(sock: socket.socket) -> str | None:
     p.register(sock, _HANGUP)
     if not p.poll(0):
         return None
-    return _reset(sock) or "the peer closed the connection before our last byte and " \
-                           "close_notify were out"
+    return reset_by_peer(sock) or "the peer closed the connection before our last byte and " \
+                                  "close_notify were out"
 
 
 def await_tcp_close(sock: socket.socket, timeout: float | None) -> str | None:
@@ -117,7 +117,7 @@ def await_tcp_close(sock: socket.socket, timeout: float | None) -> str | None:
     if not p.poll(None if timeout is None else int(timeout * 1000)):
         return (f"the peer sent close_notify but did not close the connection within "
                 f"{timeout:g} s")
-    why = _reset(sock)
+    why = reset_by_peer(sock)
     if why:
         return f"{why} after its close_notify (it had not read everything)"
     left = unacked(sock)
@@ -127,7 +127,9 @@ def await_tcp_close(sock: socket.socket, timeout: float | None) -> str | None:
     return None
 
 
-def _reset(sock: socket.socket) -> str | None:
+def reset_by_peer(sock: socket.socket) -> str | None:
+    """"the peer reset the connection" if it did (the error, or the state a
+    reset leaves when a failed send already took the error), else None."""
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         return f"the peer reset the connection ({os.strerror(err)})"

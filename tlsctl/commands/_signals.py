@@ -64,6 +64,7 @@ class StopSignals:
         self.signum: int | None = None
         self.abandon: Callable[[], None] | None = None
         self._depth = 0
+        self._shield = 0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -81,6 +82,8 @@ class StopSignals:
         first = self.signum is None
         if first:
             self.signum = signum
+        if self._shield:
+            return
         elif self._depth:
             # Second signal inside a critical section: give up on whole records.
             if self.abandon is not None:
@@ -112,3 +115,13 @@ class StopSignals:
             self._depth = max(0, self._depth - 1)
         if check and not self._depth:
             self.check()
+
+    @contextlib.contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Clean-up that must run to its end (ending child processes,
+        removing files): signals are noted, never raised inside."""
+        self._shield += 1
+        try:
+            yield
+        finally:
+            self._shield -= 1

@@ -23,6 +23,7 @@ import select
 import socket
 import stat
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -33,6 +34,7 @@ from OpenSSL import SSL, crypto
 
 from tlsctl.commands._channel import (
     ChannelError,
+    ChannelTimeout,
     KtlsChannel,
     OpenSSLChannel,
     device_report,
@@ -44,6 +46,7 @@ from tlsctl.commands._confirm import (
     Drain,
     await_tcp_close,
     peer_hung_up,
+    reset_by_peer,
 )
 from tlsctl.commands._options import (
     device_spec_from,
@@ -60,8 +63,9 @@ from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogFile, run_handshake
 
 _STREAM_CHUNK = 256 * 1024  # at most this much per read from a pipe (less as it arrives)
-_STEP = 4 << 20  # bytes per uninterruptible send: whole records, then signals are seen
+_STEP = 1 << 20  # bytes per uninterruptible send: whole records, then signals are seen
 _STREAM_POLL = 0.5  # seconds between looks at the peer while stdin has nothing
+_BAR_MIN = 8 << 20  # files this big get a progress bar on a terminal
 
 Chan = KtlsChannel | OpenSSLChannel
 
@@ -81,6 +85,7 @@ class _Progress:
 
     size: int | None
     sent: int = 0
+    in_step: bool = False  # a step failed half-way: more than ``sent`` may be out
     start: float = field(default_factory=time.perf_counter)
     hash: Any = field(default_factory=hashlib.sha256)
 
@@ -89,8 +94,10 @@ class _Progress:
         return time.perf_counter() - self.start
 
     def amount(self) -> str:
+        if self.size is not None and self.sent == self.size:
+            return f"all {self.size} bytes"
         total = f" of {self.size}" if self.size is not None else ""
-        return f"{self.sent}{total} bytes"
+        return f"{'at least ' if self.in_step else ''}{self.sent}{total} bytes"
 
 
 def _is_ip(host: str) -> bool:
@@ -360,8 +367,33 @@ class _Transfer:
                                  self.facts()) from None
         except ChannelError as exc:
             self._cancel()
-            raise self._incomplete(str(exc)) from None
-        return self._summary()
+            raise self._incomplete(self._why(exc)) from None
+        try:
+            return self._summary()
+        except Interrupted as exc:
+            raise TransferFailed(f"interrupted by {exc.name} after the server confirmed "
+                                 f"{self.p.amount()} (no summary)", exc.status,
+                                 self.facts()) from None
+
+    def _why(self, exc: ChannelError) -> str:
+        """What the peer did: the reading thread may know better than the
+        writer (the fatal alert the peer sent before it hung up)."""
+        drain = self.drain
+        if drain is not None and drain is not threading.current_thread():
+            drain.join(2)
+            if drain.error is not None and not isinstance(drain.error, ChannelTimeout):
+                return str(drain.error)
+        if isinstance(self.chan, OpenSSLChannel):
+            # No reading thread here: look at what the peer sent before it hung up.
+            with contextlib.suppress(OSError, TimeoutError):
+                self.chan.sock.settimeout(1.0)
+                try:
+                    while self.chan.recv(1 << 16):
+                        pass
+                except ChannelError as alert:
+                    if "alert" in str(alert):
+                        return str(alert)
+        return reset_by_peer(self.sock) or str(exc)
 
     def _incomplete(self, why: str) -> TransferFailed:
         return TransferFailed(f"transfer incomplete: sent {self.p.amount()}; {why}",
@@ -390,7 +422,7 @@ class _Transfer:
         assert size is not None
         bar = None
         with contextlib.ExitStack() as stack:
-            if show and sys.stderr.isatty() and size >= 2 * _STEP:
+            if show and sys.stderr.isatty() and size >= _BAR_MIN:
                 from rich.progress import (
                     BarColumn,
                     DownloadColumn,
@@ -404,8 +436,10 @@ class _Transfer:
             while self.p.sent < size:
                 self._peer_check()
                 with self.stop.critical():
+                    self.p.in_step = True
                     n = self.chan.send_file(self.f, self.p.sent, min(_STEP, size - self.p.sent))
                     self.p.sent += n
+                    self.p.in_step = False
                 if n == 0:
                     break  # the file shrank: what was sent is what the hash covers
                 if bar is not None:
@@ -428,9 +462,11 @@ class _Transfer:
             if not chunk:
                 return
             with self.stop.critical():
+                self.p.in_step = True
                 self.chan.send_all(chunk)
                 self.p.hash.update(chunk)
                 self.p.sent += len(chunk)
+                self.p.in_step = False
 
     # -- the end ---------------------------------------------------------------
 
