@@ -84,15 +84,16 @@ class StopSignals:
             self.signum = signum
         if self._shield:
             return
-        elif self._depth:
-            # Second signal inside a critical section: give up on whole records.
-            if self.abandon is not None:
-                with contextlib.suppress(Exception):
-                    self.abandon()
-            self._depth = 0
-            raise Interrupted(self.signum or signum)
         if not self._depth:
             raise Interrupted(self.signum or signum)
+        if first:
+            return  # raised at the end of the critical section
+        # A second signal inside a critical section: give up on whole records.
+        if self.abandon is not None:
+            with contextlib.suppress(Exception):
+                self.abandon()
+        self._depth = 0
+        raise Interrupted(self.signum or signum)
 
     @property
     def requested(self) -> bool:
