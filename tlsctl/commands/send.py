@@ -66,8 +66,13 @@ _STREAM_CHUNK = 256 * 1024  # at most this much per read from a pipe (less as it
 _STEP = 1 << 20  # bytes per uninterruptible send: whole records, then signals are seen
 _STREAM_POLL = 0.5  # seconds between looks at the peer while stdin has nothing
 _BAR_MIN = 8 << 20  # files this big get a progress bar on a terminal
+_CANCEL_WAIT = 2.0  # seconds the user_canceled alert may wait for room in the socket
 
 Chan = KtlsChannel | OpenSSLChannel
+
+
+class _PeerStopped(ChannelError):
+    """What the peer did that ends the transfer unconfirmed (already the line to show)."""
 
 
 class TransferFailed(Exception):
@@ -367,7 +372,8 @@ class _Transfer:
                                  self.facts()) from None
         except ChannelError as exc:
             self._cancel()
-            raise self._incomplete(self._why(exc)) from None
+            why = str(exc) if isinstance(exc, _PeerStopped) else self._why(exc)
+            raise self._incomplete(why) from None
         try:
             return self._summary()
         except Interrupted as exc:
@@ -376,8 +382,9 @@ class _Transfer:
                                  self.facts()) from None
 
     def _why(self, exc: ChannelError) -> str:
-        """What the peer did: the reading thread may know better than the
-        writer (the fatal alert the peer sent before it hung up)."""
+        """What the peer did, when a send failed: the reading thread may know
+        better than the writer (the fatal alert the peer sent before it hung
+        up), else the socket (a reset)."""
         drain = self.drain
         if drain is not None and drain is not threading.current_thread():
             drain.join(2)
@@ -404,6 +411,8 @@ class _Transfer:
         the connection already died of a fatal alert."""
         if isinstance(self.chan, KtlsChannel) and not self.closed and self.chan.failed is None:
             with self.stop.critical(check=False):
+                # A server that stopped reading must not hold the exit up long.
+                self.chan.k.settimeout(_CANCEL_WAIT)
                 self.chan.cancel()
 
     # -- sending -------------------------------------------------------------
@@ -414,7 +423,7 @@ class _Transfer:
         why = self.drain.stopped_early() if self.drain is not None else None
         why = why or peer_hung_up(self.sock)
         if why:
-            raise ChannelError(why)
+            raise _PeerStopped(why)
 
     def _send_regular(self, show: bool) -> None:
         """sendfile in steps of whole records; a progress bar on a terminal."""
@@ -481,7 +490,7 @@ class _Transfer:
             why = _await_close(self.chan)
         why = why or await_tcp_close(self.sock, timeout)
         if why:
-            raise ChannelError(why)
+            raise _PeerStopped(why)
 
     def _summary(self) -> dict[str, Any]:
         seconds = self.p.seconds
