@@ -121,20 +121,17 @@ def _load_libc() -> None:
         _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _on_sigterm(_sig: int, _frame: object) -> None:
-    raise SystemExit(128 + signal.SIGTERM)
-
-
 def worker_init(parent: int) -> None:
     """Pool workers leave Ctrl-C to the parent, which terminates them.
 
-    SIGTERM unwinds the running job (``finally`` kills its ``s_server``);
-    a parent that dies without terminating them (SIGKILL) still takes them
-    along.
+    SIGTERM ends a worker at once (the default action: nothing can swallow
+    it or wait on it); the tools it started (``openssl s_server``, curl) die
+    with it (:func:`_child_setup`), and a parent that dies without
+    terminating the workers (SIGKILL) still takes them along.
     """
     _load_libc()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent)
 
 

@@ -404,9 +404,9 @@ def _run(runs: list[ModeRuns], nbytes: int, seconds: float | None, repeat: int,
     """Set up (data file, certificate, receiver, sender pool), run, tear down.
 
     The tear-down is shielded from signals: the sender pool and the receiver
-    are ended (and they end their own children: ``openssl s_server``, curl,
-    per-connection receivers; see :func:`die_with_parent`), then the data
-    directory is removed, however the run ends.
+    are ended (their own children, ``openssl s_server``, curl and the
+    per-connection receivers, die with them), then the data directory is
+    removed, however the run ends.
     """
     tmp = tempfile.mkdtemp(prefix="tlsctl-bench-", dir=os.environ.get("TLSCTL_BENCH_DIR"))
     try:
@@ -484,9 +484,9 @@ def _run_in(tmp: str, runs: list[ModeRuns], nbytes: int, seconds: float | None, 
 def _end(pool: Any, receiver: Any) -> None:
     """SIGTERM the senders and the receiver and reap them (SIGKILL if one lingers).
 
-    A sender's SIGTERM handler unwinds its job, which kills the job's
-    ``openssl s_server`` and curl; the receiver's connection children die
-    with it (PR_SET_PDEATHSIG).
+    A sender's ``openssl s_server`` and curl, and the receiver's connection
+    children, die with their parent (PR_SET_PDEATHSIG, see
+    ``_bench_run.die_with_parent``).
     """
     if pool is not None:
         pool.terminate()

@@ -102,6 +102,8 @@ class _Progress:
         if self.size is not None and self.sent == self.size:
             return f"all {self.size} bytes"
         total = f" of {self.size}" if self.size is not None else ""
+        if self.in_step and not self.sent:
+            return f"part of the first step{total} bytes"
         return f"{'at least ' if self.in_step else ''}{self.sent}{total} bytes"
 
 
