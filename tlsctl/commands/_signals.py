@@ -14,9 +14,11 @@ turns both signals into :class:`Interrupted`, raised
 A second signal during a critical section means "stop now": the
 ``abandon`` callback runs first (``send`` shuts the TCP socket down so no
 byte of a half-written record can follow) and then :class:`Interrupted` is
-raised where the code is.  SIGTERM is handled exactly like SIGINT, so
-``finally`` blocks remove temporary files and control sockets either way;
-the exit status tells them apart (130 / 143).
+raised where the code is.  :meth:`StopSignals.shielded` sections (ending
+child processes, removing files) are never cut: signals there are only
+noted.  SIGTERM is handled exactly like SIGINT, so ``finally`` blocks remove
+temporary files and control sockets either way; the exit status tells them
+apart (130 / 143).
 """
 
 from __future__ import annotations
