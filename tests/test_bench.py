@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -182,6 +184,66 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     assert rows[0]["repeats"] >= 1 and rows[0]["bytes"] == rows[0]["repeats"] * SIZE
     assert rows[0]["repeats"] < 500
     assert "interrupted" in err
+
+
+def _alive_in_session(sid: int) -> list[str]:
+    """Command lines of the live (not zombie) processes of session ``sid``."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(cmd)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None,
+                    reason="needs openssl and curl")
+@pytest.mark.parametrize(("mode", "busy"), [("openssl", "openssl s_server"), ("sw", None)])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_every_child_process_and_removes_the_data(
+        tmp_path: Any, mode: str, busy: str | None, sig: int) -> None:
+    """Ctrl-C or SIGTERM in the middle of a mode: partial results, 130/143,
+    and nothing of the bench left running (s_server, curl, senders, the
+    receiver and its connection children) or on disk (data, certificate)."""
+    proc = subprocess.Popen(
+        [*TLSCTL, "bench", "--size", "1M", "--time", "120", "--repeat", "1", "--modes", mode,
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "TLSCTL_BENCH_DIR": str(tmp_path)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        # Running: the parent, the receiver, a sender, and (busy) its tool or
+        # the receiver's connection child.
+        while not (any(c.startswith(busy) for c in _alive_in_session(proc.pid)) if busy
+                   else len(_alive_in_session(proc.pid)) >= 4):
+            assert time.monotonic() < deadline and proc.poll() is None, "the mode did not start"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, err
+        check_schema(json.loads(out))
+        assert f"interrupted by {signal.Signals(sig).name}" in err
+        deadline = time.monotonic() + 10
+        while (left := _alive_in_session(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left == []
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        for pid in os.listdir("/proc"):  # whatever escaped the group, by session
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rpartition(")")[2].split()[3]) == proc.pid:
+                    os.kill(int(pid), signal.SIGKILL)
 
 
 def test_short_count_from_the_receiver_fails_loudly(tmp_path: Any) -> None:

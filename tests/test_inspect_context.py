@@ -334,9 +334,11 @@ def test_explicit_socket_path_and_clean_stop(tmp_path: Path, env: dict[str, str]
         assert inspect_json(env=env) == {"processes": []}
         # The environment variable works like the option.
         assert inspect_json(env={**env, "TLSCTL_CONTROL_SOCKET": str(ctl)})["processes"]
-    # Killed: the explicit socket is stale too, and removed without an error.
+    # Killed: the explicit socket is stale; it is removed and the one line names it.
     r = tlsctl("inspect-context", "--json", "--control-socket", str(ctl), env=env)
-    assert r.returncode == 0 and json.loads(r.stdout) == {"processes": []}
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == (f"Error: no tlsctl process listens on {ctl}: a stale socket "
+                                "left by a process that ended (removed)")
     assert not ctl.exists()
     r = tlsctl("inspect-context", "--control-socket", str(ctl), env=env)
     assert r.returncode == 1 and r.stderr.strip() == f"Error: no control socket at {ctl}"
@@ -546,14 +548,61 @@ def test_other_user_refused(tmp_path: Path, env: dict[str, str]) -> None:
         os.chmod(theirs, 0o755)
         os.chown(theirs, 0, 0)
         r = tlsctl("inspect-context", "--json", "--control-socket", str(sock), env=env)
-        assert r.returncode == 0 and json.loads(r.stdout) == {"processes": []}
-        assert f"served by uid {NOBODY}" in r.stderr and "fake" not in r.stdout
+        assert r.returncode == 1 and r.stdout == ""  # the one socket asked for: an error
+        assert f"served by uid {NOBODY}" in r.stderr and len(r.stderr.splitlines()) == 1
     finally:
         _kill(proc)
         with contextlib.suppress(OSError):
             sock.unlink()
         with contextlib.suppress(OSError):
             os.rmdir(theirs)
+
+
+# inspect-context run as nobody: everything it imports is loaded first (the
+# interpreter may live where nobody cannot read), then the uid is dropped.
+INSPECT_AS_NOBODY = r"""
+import importlib.metadata, json, os, sys
+import rich.console, rich.table, encodings.idna
+import tlsctl.cli, tlsctl.commands.inspect_context
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+sys.exit(tlsctl.cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a process as another uid")
+def test_unreadable_control_socket_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """A socket (or directory) of another user: one line, exit 1, no traceback,
+    whether named with --control-socket or found in the default directory."""
+    d = Path(tempfile.mkdtemp(prefix="tlsctl-ctl-"))  # root's, 0700
+    ctl = d / "tlsctl" / "123.sock"
+    ctl.parent.mkdir(mode=0o700)
+    srv = ControlServer.start(ctl)
+
+    def as_nobody(*args: str, xdg: Path = d) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", INSPECT_AS_NOBODY, "inspect-context",
+                               *args], capture_output=True, text=True, timeout=30,
+                              env={**env, "XDG_RUNTIME_DIR": str(xdg)})
+
+    try:
+        for args, where in [(("--control-socket", str(ctl)), ctl),  # the path is closed
+                            (("--control-socket", str(ctl.parent)), ctl.parent),
+                            ((), ctl.parent)]:  # the default directory is closed
+            r = as_nobody(*args)
+            assert r.returncode == 1 and r.stdout == "", r.stderr
+            assert r.stderr.strip() == f"Error: cannot read {where}: Permission denied"
+        # The directories opened, the socket still 0600: connect() is refused.
+        os.chmod(d, 0o755)
+        os.chmod(ctl.parent, 0o755)
+        r = as_nobody("--control-socket", str(ctl))
+        assert r.returncode == 1 and r.stdout == "", r.stderr
+        assert r.stderr.strip() == f"Error: {ctl}: Permission denied"
+        assert ctl.exists()  # somebody else's live socket is never removed
+    finally:
+        srv.stop()
+        with contextlib.suppress(OSError):
+            ctl.parent.rmdir()
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _sigint_default() -> None:

@@ -97,10 +97,42 @@ class Result:
 # -- the sender side -------------------------------------------------------------
 
 
-def worker_init() -> None:
-    """Pool workers leave Ctrl-C to the parent, which terminates them."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LIBC: Any = None
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Get ``sig`` when the process that started this one ends (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), however it ends, SIGKILL included; if it
+    already has, send ``sig`` now.  Safe between fork and exec (``preexec_fn``):
+    libc is loaded before the fork.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
+def _load_libc() -> None:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def worker_init(parent: int) -> None:
+    """Pool workers leave Ctrl-C to the parent, which terminates them.
+
+    SIGTERM ends a worker at once (the default action: nothing can swallow
+    it or wait on it); the tools it started (``openssl s_server``, curl) die
+    with it (:func:`_child_setup`), and a parent that dies without
+    terminating the workers (SIGKILL) still takes them along.
+    """
+    _load_libc()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(parent)
 
 
 def run_job(job: Job) -> Result:
@@ -320,7 +352,7 @@ def _openssl(job: Job) -> Result:
     # stdout to a file: s_server writes per connection, a pipe could fill up.
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     srv = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.PIPE, stdout=log,
-                           stderr=subprocess.STDOUT)
+                           stderr=subprocess.STDOUT, preexec_fn=_child_setup(os.getpid()))
     try:
         port = _accept_port(srv, log)
         url = f"https://127.0.0.1:{port}/{name}"
@@ -331,7 +363,8 @@ def _openssl(job: Job) -> Result:
             rounds += 1
             c0 = _proc_cpu(srv.pid)
             ru0 = _children_cpu()
-            out = subprocess.run([*curl, url], capture_output=True, text=True, timeout=600)
+            out = subprocess.run([*curl, url], capture_output=True, text=True, timeout=600,
+                                 preexec_fn=_child_setup(os.getpid()))
             if out.returncode != 0:
                 raise BenchError(f"openssl: curl failed: {out.stderr.strip()}")
             cpu += _proc_cpu(srv.pid) - c0
@@ -349,6 +382,18 @@ def _openssl(job: Job) -> Result:
         srv.kill()
         srv.wait()
         log.close()
+
+
+def _child_setup(parent: int) -> Any:
+    """``preexec_fn`` for the tools a worker runs: the default SIGINT (not the
+    worker's ignored one, which exec would keep) and death with the worker."""
+    _load_libc()
+
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        die_with_parent(parent, signal.SIGKILL)
+
+    return setup
 
 
 def _children_cpu() -> float:
@@ -378,10 +423,18 @@ def _accept_port(srv: subprocess.Popen[bytes], log: IO[bytes]) -> int:
 # -- the loopback receiver ---------------------------------------------------------------
 
 
-def receiver_main(conn: Any, opts: TlsOptions, cert_pem: str, key_pem: str) -> None:
-    """Listen on a TLS and a plain port (sent to the parent), fork per connection."""
+def receiver_main(conn: Any, opts: TlsOptions, cert_pem: str, key_pem: str,
+                  parent: int) -> None:
+    """Listen on a TLS and a plain port (sent to the parent), fork per connection.
+
+    It and its connection children end with the bench (PR_SET_PDEATHSIG),
+    whatever ends the bench.
+    """
+    _load_libc()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(parent)
+    me = os.getpid()
     ctx = server_context(opts, cert=cert_pem, key=key_pem)
     tls_l = socket.create_server(("127.0.0.1", 0), backlog=128)
     tcp_l = socket.create_server(("127.0.0.1", 0), backlog=128)
@@ -403,6 +456,7 @@ def receiver_main(conn: Any, opts: TlsOptions, cert_pem: str, key_pem: str) -> N
             if os.fork() == 0:
                 code = 0
                 try:
+                    die_with_parent(me, signal.SIGKILL)
                     tls_l.close()
                     tcp_l.close()
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

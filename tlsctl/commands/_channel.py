@@ -490,6 +490,18 @@ class KtlsChannel:
                 out.append(None)
         return out[0], out[1]
 
+    def cancel(self) -> None:
+        """Stop sending without claiming the stream is complete (send's Ctrl-C).
+
+        A user_canceled alert (RFC 5246 7.2.1 / RFC 8446 6.1: a warning in
+        TLS 1.2, allowed as it is in 1.3) and then nothing: no close_notify
+        follows, so the peer reports a cancelled or truncated transfer.
+        Call it between whole sends only, never with a record half written.
+        """
+        user_canceled, warning = 90, 1
+        self._alert(user_canceled, level=warning)
+        self.tx_closed = True
+
 
 class OpenSSLChannel:
     """The connection kept in pyOpenSSL (``--offload none`` or no kTLS cipher).

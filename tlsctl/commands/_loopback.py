@@ -5,6 +5,10 @@ A ``serve``-style server runs in a thread of the same process on
 certificate (verification stays on), sends through the kTLS layer, and the
 server hashes what it received, so one command shows the handshake, the
 key handoff and both record-layer directions agreeing byte for byte.
+
+Nothing is left on disk whatever ends the run (SIGTERM included): the
+certificate to trust is handed over in memory and the random payload lives
+in a file that is unlinked as soon as it is open.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterator
+from typing import BinaryIO
+
+from cryptography import x509
 
 from tlsctl.commands._certs import ephemeral_server_cert
 from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec, Offload
@@ -27,8 +34,8 @@ from tlsctl.commands.serve import Server
 @contextlib.contextmanager
 def loopback_server(
     opts: TlsOptions, offload: Offload, device: DeviceSpec | None = None
-) -> Iterator[tuple[int, str, Server]]:
-    """Yield (port, path of the certificate to trust, server) for one connection."""
+) -> Iterator[tuple[int, x509.Certificate, Server]]:
+    """Yield (port, the certificate to trust, server) for one connection."""
     ck = ephemeral_server_cert()
     ctx = server_context(dataclasses.replace(opts, cafile=None), cert=ck.cert, key=ck.key)
     listener = socket.socket()
@@ -41,29 +48,24 @@ def loopback_server(
                     timeout=60, keylog=None, quiet=True, as_json=False, closes_first=False)
     thread = threading.Thread(target=server.serve_forever, name="loopback-serve", daemon=True)
     thread.start()
-    fd, ca_path = tempfile.mkstemp(prefix="tlsctl-loopback-", suffix=".pem")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(ck.cert_pem())
-        yield port, ca_path, server
+        yield port, ck.cert, server
         thread.join(30)
     finally:
         server.stop.set()
-        os.unlink(ca_path)
 
 
 @contextlib.contextmanager
-def random_file(size: int) -> Iterator[str]:
-    """A temporary file of ``size`` random bytes (the default payload)."""
-    fd, path = tempfile.mkstemp(prefix="tlsctl-payload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            block = os.urandom(1 << 20)
-            left = size
-            while left > 0:
-                n = min(left, len(block))
-                f.write(block[:n])
-                left -= n
-        yield path
-    finally:
-        os.unlink(path)
+def random_file(size: int) -> Iterator[BinaryIO]:
+    """An open file of ``size`` random bytes (the default payload), with no
+    name: ``TemporaryFile`` unlinks it at once (O_TMPFILE where the file
+    system has it), so no signal or crash can leave it behind."""
+    with tempfile.TemporaryFile(prefix="tlsctl-payload-") as f:
+        block = os.urandom(1 << 20)
+        left = size
+        while left > 0:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+        f.flush()
+        yield f

@@ -49,7 +49,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -72,6 +71,7 @@ from tlsctl.commands._bench_run import (
     worker_init,
 )
 from tlsctl.commands._options import parse_hostport
+from tlsctl.commands._signals import Interrupted, StopSignals
 from tlsctl.commands._tlsconf import ConfigError, TlsOptions
 
 ALL_MODES = ("tcp", "tcp-sendfile", "userspace", "sw", "sim-nic", "kernel", "openssl")
@@ -371,21 +371,20 @@ def bench(size: str, seconds: float | None, repeat: int, modes: str, parallel: i
         openssl_ok = f"{' and '.join(missing)} not found"
     runs = [ModeRuns(m, _skip_reason(m, connect is not None, record_size, openssl_ok))
             for m in mode_list]
-    signal.signal(signal.SIGTERM, _on_sigterm)  # clean up processes and the data file
-    try:
-        _run(runs, nbytes, seconds, repeat, parallel, record_size, faults, connect, insecure,
-             opts)
-    except KeyboardInterrupt:
-        _output(runs, as_json, as_csv, partial=True)
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except (BenchError, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
-    _output(runs, as_json, as_csv, partial=False)
-
-
-def _on_sigterm(_sig: int, _frame: object) -> None:
-    raise SystemExit(128 + signal.SIGTERM)
+    # SIGINT and SIGTERM alike: end every child process, remove the data
+    # directory, print what was measured, exit 130 / 143.
+    with StopSignals() as stop:
+        try:
+            _run(runs, nbytes, seconds, repeat, parallel, record_size, faults, connect,
+                 insecure, opts, stop)
+        except Interrupted as exc:
+            with stop.shielded():
+                _output(runs, as_json, as_csv, partial=True)
+                click.echo(f"interrupted by {exc.name}: partial results", err=True)
+            sys.exit(int(exc.status))
+        except (BenchError, ConfigError) as exc:
+            raise click.ClickException(str(exc)) from None
+        _output(runs, as_json, as_csv, partial=False)
 
 
 def _output(runs: list[ModeRuns], as_json: bool, as_csv: bool, partial: bool) -> None:
@@ -401,69 +400,103 @@ def _output(runs: list[ModeRuns], as_json: bool, as_csv: bool, partial: bool) ->
 
 def _run(runs: list[ModeRuns], nbytes: int, seconds: float | None, repeat: int,
          parallel: int, record_size: int, faults: str | None, connect: str | None,
-         insecure: bool, opts: TlsOptions) -> None:
+         insecure: bool, opts: TlsOptions, stop: StopSignals) -> None:
+    """Set up (data file, certificate, receiver, sender pool), run, tear down.
+
+    The tear-down is shielded from signals: the sender pool and the receiver
+    are ended (their own children, ``openssl s_server``, curl and the
+    per-connection receivers, die with them), then the data directory is
+    removed, however the run ends.
+    """
+    tmp = tempfile.mkdtemp(prefix="tlsctl-bench-", dir=os.environ.get("TLSCTL_BENCH_DIR"))
+    try:
+        _run_in(tmp, runs, nbytes, seconds, repeat, parallel, record_size, faults, connect,
+                insecure, opts, stop)
+    finally:
+        with stop.shielded():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_in(tmp: str, runs: list[ModeRuns], nbytes: int, seconds: float | None, repeat: int,
+            parallel: int, record_size: int, faults: str | None, connect: str | None,
+            insecure: bool, opts: TlsOptions, stop: StopSignals) -> None:
     from tlsctl.commands._certs import ephemeral_server_cert
 
     active = [r for r in runs if r.skipped is None]
     ctx = mp.get_context("fork")
-    with tempfile.TemporaryDirectory(prefix="tlsctl-bench-",
-                                     dir=os.environ.get("TLSCTL_BENCH_DIR")) as tmp:
-        ck = ephemeral_server_cert()
-        cert_pem, key_pem = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        with open(cert_pem, "wb") as f:
-            f.write(ck.cert_pem())
-        with open(key_pem, "wb") as f:
-            f.write(ck.key_pem())
-        path = _make_file(tmp, nbytes)
-        receiver = None
+    ck = ephemeral_server_cert()
+    cert_pem, key_pem = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    with open(cert_pem, "wb") as f:
+        f.write(ck.cert_pem())
+    with open(key_pem, "wb") as f:
+        f.write(ck.key_pem())
+    path = _make_file(tmp, nbytes)
+    receiver: Any = None
+    pool: Any = None
+    try:
         if connect:
             host, port = parse_hostport(connect)
             target = Target(host, port, None, verify=not insecure,
                             server_name=None if _is_ip(host) else host)
         else:
             parent, child = ctx.Pipe()
-            receiver = ctx.Process(target=receiver_main, args=(child, opts, cert_pem, key_pem),
+            receiver = ctx.Process(target=receiver_main,
+                                   args=(child, opts, cert_pem, key_pem, os.getpid()),
                                    daemon=True)
             receiver.start()
             if not parent.poll(20):
                 raise BenchError("the receiver process did not start")
             tls_port, tcp_port = parent.recv()
             target = Target("127.0.0.1", tls_port, tcp_port)
-        pool = ctx.Pool(parallel, initializer=worker_init)
-        try:
-            with _progress(len(active) * repeat) as advance:
-                for rnd in range(repeat):
-                    # Rotate the order each round: no mode always runs first (cold caches).
-                    shift = rnd % len(active) if active else 0
-                    for r in active[shift:] + active[:shift]:
-                        advance(f"round {rnd + 1}/{repeat}: {r.mode}")
-                        job = Job(r.mode, target, path, nbytes, seconds, record_size, opts,
-                                  faults=faults if r.mode == "sim-nic" else None,
-                                  cert_pem=cert_pem, key_pem=key_pem)
-                        if r.skipped is not None:
-                            continue
-                        pending = [pool.apply_async(run_job, (job,)) for _ in range(parallel)]
-                        results = []
-                        deadline = time.monotonic() + _job_timeout(nbytes, seconds)
-                        try:
-                            for p in pending:
-                                while not p.ready():
-                                    if time.monotonic() > deadline:
-                                        raise BenchError(f"{r.mode}: a sender process did "
-                                                         "not finish in time (died or stalled)")
-                                    p.wait(0.1)
-                                results.append(p.get())
-                        except ModeUnavailable as exc:
-                            # Like kernel without kTLS: say why, measure the rest.
-                            r.skipped = str(exc)
-                            continue
-                        r.add(results)
-        finally:
-            pool.terminate()
-            pool.join()
-            if receiver is not None:
-                receiver.terminate()
-                receiver.join(5)
+        pool = ctx.Pool(parallel, initializer=worker_init, initargs=(os.getpid(),))
+        with _progress(len(active) * repeat) as advance:
+            for rnd in range(repeat):
+                # Rotate the order each round: no mode always runs first (cold caches).
+                shift = rnd % len(active) if active else 0
+                for r in active[shift:] + active[:shift]:
+                    advance(f"round {rnd + 1}/{repeat}: {r.mode}")
+                    job = Job(r.mode, target, path, nbytes, seconds, record_size, opts,
+                              faults=faults if r.mode == "sim-nic" else None,
+                              cert_pem=cert_pem, key_pem=key_pem)
+                    if r.skipped is not None:
+                        continue
+                    pending = [pool.apply_async(run_job, (job,)) for _ in range(parallel)]
+                    results = []
+                    deadline = time.monotonic() + _job_timeout(nbytes, seconds)
+                    try:
+                        for p in pending:
+                            while not p.ready():
+                                if time.monotonic() > deadline:
+                                    raise BenchError(f"{r.mode}: a sender process did "
+                                                     "not finish in time (died or stalled)")
+                                p.wait(0.1)
+                            results.append(p.get())
+                    except ModeUnavailable as exc:
+                        # Like kernel without kTLS: say why, measure the rest.
+                        r.skipped = str(exc)
+                        continue
+                    r.add(results)
+    finally:
+        with stop.shielded():
+            _end(pool, receiver)
+
+
+def _end(pool: Any, receiver: Any) -> None:
+    """SIGTERM the senders and the receiver and reap them (SIGKILL if one lingers).
+
+    A sender's ``openssl s_server`` and curl, and the receiver's connection
+    children, die with their parent (PR_SET_PDEATHSIG, see
+    ``_bench_run.die_with_parent``).
+    """
+    if pool is not None:
+        pool.terminate()
+        pool.join()
+    if receiver is not None:
+        receiver.terminate()
+        receiver.join(5)
+        if receiver.is_alive():
+            receiver.kill()
+            receiver.join(5)
 
 
 def _job_timeout(nbytes: int, seconds: float | None) -> float:

@@ -85,7 +85,8 @@ _SECRET_WARNING = (
               default=None, metavar="[SECONDS]",
               help="Refresh every SECONDS (default 2) until Ctrl-C.")
 @click.option("--pid", type=int, default=None, help="Only the tlsctl process with this pid.")
-@click.option("--control-socket", "control_socket", type=click.Path(path_type=Path),
+@click.option("--control-socket", "control_socket",
+              type=click.Path(path_type=Path, readable=False),  # we say why, in one line
               envvar=ENV_VAR, show_envvar=True, metavar="PATH",
               help="Ask this control socket (or every socket in this directory) "
                    "instead of the per-user directory.")
@@ -120,19 +121,21 @@ def inspect_context(as_json: bool, watch: float | None, pid: int | None,
         doc = gather()
         if pid is not None and not doc["processes"]:
             raise click.ClickException(f"no tlsctl process with pid {pid} answers")
-        _print(console, doc, as_json, show_stats)
+        _print(console, doc, as_json, show_stats, where=control_socket)
         return
     try:
         if as_json or not console.is_terminal:
             while True:
-                _print(console, gather(), as_json, show_stats, watching=True)
+                _print(console, gather(), as_json, show_stats, watching=True,
+                       where=control_socket)
                 sys.stdout.flush()
                 time.sleep(watch)
         else:
             def screen() -> RenderableType:
                 head = Text(f"{time.strftime('%H:%M:%S')}  every {watch:g}s · Ctrl-C quits",
                             style="dim")
-                return Group(head, _render_rich(gather(), show_stats, console.width))
+                return Group(head, _render_rich(gather(), show_stats, console.width,
+                                                control_socket))
 
             with Live(screen(), console=console, auto_refresh=False) as live:
                 while True:
@@ -147,10 +150,31 @@ def inspect_context(as_json: bool, watch: float | None, pid: int | None,
 
 def _gather(where: Path | None, pid: int | None, show_secrets: bool, with_stats: bool,
             proc_path: str) -> dict[str, Any]:
-    answers = discover(where, show_secrets=show_secrets, pid=pid)
+    """Ask the sockets; one line and exit 1 when nothing can be asked.
+
+    Scanning a directory (the default one, or ``--control-socket DIR``), a
+    socket that cannot be used is a line on stderr and the others are
+    shown.  An explicit ``--control-socket FILE`` is the only one asked, so
+    a problem with it (permission denied, another user's, no answer) or a
+    stale file (nobody listens: removed) ends the command with one line
+    naming it.
+    """
+    try:
+        explicit = where is not None and not where.is_dir()
+        answers = discover(where, show_secrets=show_secrets, pid=pid)
+    except OSError as exc:  # a directory or socket we may not even look at
+        raise ControlSocketError(f"cannot read {exc.filename or where}: "
+                                 f"{exc.strerror or exc}") from None
     for a in answers:
         if a.problem:
+            if explicit:
+                raise ControlSocketError(a.problem)
             click.echo(f"tlsctl: {a.problem}", err=True)
+    if explicit and pid is None and not answers:
+        assert where is not None
+        gone = not (where.exists() or where.is_symlink())
+        raise ControlSocketError(f"no tlsctl process listens on {where}: a stale socket "
+                                 f"left by a process that ended{' (removed)' if gone else ''}")
     processes = [_process(a) for a in answers if a.data is not None]
     doc: dict[str, Any] = {"processes": processes}
     if with_stats:
@@ -186,17 +210,17 @@ def _aggregate(processes: list[dict[str, Any]], proc_path: str) -> dict[str, Any
 
 
 def _print(console: Console, doc: dict[str, Any], as_json: bool, show_stats: bool,
-           watching: bool = False) -> None:
+           watching: bool = False, where: Path | None = None) -> None:
     """One look; while watching, JSON is one document per line and text gets a stamp."""
     if as_json:
         click.echo(json.dumps(doc, indent=None if watching else 2))
         return
     if console.is_terminal:
-        console.print(_render_rich(doc, show_stats, console.width))
+        console.print(_render_rich(doc, show_stats, console.width, where))
         return
     if watching:
         click.echo(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
-    click.echo(_render_text(doc, show_stats), nl=False)
+    click.echo(_render_text(doc, show_stats, where), nl=False)
 
 
 def _nonzero(stats: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -214,18 +238,18 @@ def _dash(v: Any) -> str:
     return "-" if v is None or v == "" else str(v)
 
 
-def _empty_note(doc: dict[str, Any]) -> str:
-    return f"no running tlsctl process found (looked in {default_dir()})"
+def _empty_note(where: Path | None) -> str:
+    return f"no running tlsctl process found (looked in {where or default_dir()})"
 
 
-def _render_text(doc: dict[str, Any], show_stats: bool) -> str:
+def _render_text(doc: dict[str, Any], show_stats: bool, where: Path | None = None) -> str:
     """Plain text for pipes: ``key value`` pairs, one connection per block."""
     out: list[str] = []
     if show_stats:
         out.extend(_stats_text(doc["stats"]))
         return "\n".join(out) + "\n"
     if not doc["processes"]:
-        return _empty_note(doc) + "\n"
+        return _empty_note(where) + "\n"
     for p in doc["processes"]:
         conns = p.get("connections", [])
         out.append(f"pid {p.get('pid')}  started {p.get('started')}  "
@@ -293,13 +317,14 @@ def _human(n: Any) -> str:
     return str(n)  # pragma: no cover
 
 
-def _render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200) -> RenderableType:
+def _render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200,
+                 where: Path | None = None) -> RenderableType:
     """Tables for a terminal: two-line cells (TX over RX); the counters get a
     column of their own on a wide terminal, a table below on a narrow one."""
     if show_stats:
         return _stats_table(doc["stats"])
     if not doc["processes"]:
-        return Text(_empty_note(doc), style="dim")
+        return Text(_empty_note(where), style="dim")
     inline = width >= 120
     parts: list[RenderableType] = []
     for p in doc["processes"]:

@@ -3,8 +3,15 @@
 The handshake runs in pyOpenSSL (:mod:`tlsctl.handshake`), the keys go to
 ``offload.KTLSSocket`` and the file goes out through its ``sendfile`` (the
 file is never read into memory).  The end is a close_notify and the wait for
-the peer to close: only then do we know the server got every byte, so the
-time and throughput include it.
+the peer's close_notify and TCP close: only then do we know the server got
+every byte (:mod:`tlsctl.commands._confirm`), so the time and throughput
+include it.  Exit 0 means exactly that; a transfer that started and was not
+confirmed exits 3 with one line saying what was sent and what the peer did.
+
+The file goes out in steps of whole records; SIGINT/SIGTERM take effect
+between steps (:mod:`tlsctl.commands._signals`), after which the peer gets
+a user_canceled alert and no close_notify, and the command exits 130/143
+saying what it had sent.
 """
 
 from __future__ import annotations
@@ -12,14 +19,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import select
 import socket
 import stat
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import click
+from cryptography import x509
+from OpenSSL import SSL, crypto
 
 from tlsctl.commands._channel import (
     ChannelError,
@@ -30,6 +41,13 @@ from tlsctl.commands._channel import (
     establish,
     exact_reads,
 )
+from tlsctl.commands._confirm import (
+    NO_CLOSE_NOTIFY,
+    Drain,
+    await_tcp_close,
+    peer_hung_up,
+    reset_by_peer,
+)
 from tlsctl.commands._options import (
     device_spec_from,
     key_update_option,
@@ -38,30 +56,55 @@ from tlsctl.commands._options import (
     tls_options_from,
 )
 from tlsctl.commands._output import emit_json, emit_summary, human_rate, info, warn
+from tlsctl.commands._signals import Interrupted, StopSignals
 from tlsctl.commands._tlsconf import ConfigError, client_context
 from tlsctl.control import ControlServer, control_socket_option
+from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogFile, run_handshake
 
-_STREAM_CHUNK = 256 * 1024
-_FILE_CHUNK = 8 << 20  # progress granularity; sendfile still frames 16 KiB records
+_STREAM_CHUNK = 256 * 1024  # at most this much per read from a pipe (less as it arrives)
+_STEP = 1 << 20  # bytes per uninterruptible send: whole records, then signals are seen
+_STREAM_POLL = 0.5  # seconds between looks at the peer while stdin has nothing
+_BAR_MIN = 8 << 20  # files this big get a progress bar on a terminal
+_CANCEL_WAIT = 2.0  # seconds the user_canceled alert may wait for room in the socket
+
+Chan = KtlsChannel | OpenSSLChannel
 
 
-class _Hasher:
-    """SHA-256 of what was sent; regular files are hashed after the transfer
-    (from the page cache) so hashing does not slow the measured part."""
+class _PeerStopped(ChannelError):
+    """What the peer did that ends the transfer unconfirmed (already the line to show)."""
 
-    def __init__(self) -> None:
-        self.h = hashlib.sha256()
 
-    def file(self, f: BinaryIO, count: int) -> None:
-        f.seek(0)
-        left = count
-        while left > 0:
-            chunk = f.read(min(1 << 20, left))
-            if not chunk:
-                break
-            self.h.update(chunk)
-            left -= len(chunk)
+class TransferFailed(Exception):
+    """The run failed: one line, the exit status, and the facts for ``--json``."""
+
+    def __init__(self, message: str, status: ExitStatus, facts: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.facts = facts
+
+
+@dataclass
+class _Progress:
+    """What has gone out so far (counted inside each uninterruptible step)."""
+
+    size: int | None
+    sent: int = 0
+    in_step: bool = False  # a step failed half-way: more than ``sent`` may be out
+    start: float = field(default_factory=time.perf_counter)
+    hash: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def amount(self) -> str:
+        if self.size is not None and self.sent == self.size:
+            return f"all {self.size} bytes"
+        total = f" of {self.size}" if self.size is not None else ""
+        if self.in_step and not self.sent:
+            return f"part of the first step{total} bytes"
+        return f"{'at least ' if self.in_step else ''}{self.sent}{total} bytes"
 
 
 def _is_ip(host: str) -> bool:
@@ -104,6 +147,15 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
     -CAfile); prints bytes, time, throughput, SHA-256, TLS version, cipher,
     offload mode and the record sequence numbers handed to the layer.
 
+    Exit status 0 only when the server confirmed every byte: its
+    close_notify came after ours and it closed the connection cleanly.  3:
+    the transfer started and was not confirmed (the server closed early,
+    reset, sent an alert, or never answered our close_notify).  1: no
+    transfer (connection, certificate, handshake, file).  130/143: SIGINT/
+    SIGTERM; the server was sent user_canceled and no close_notify.  With
+    --json the verdict is a JSON object either way ("ok", "error",
+    "bytes_sent").
+
     \b
     Examples:
       openssl s_server -quiet -accept 4433 -cert c.pem -key k.pem > got.bin
@@ -111,23 +163,40 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
       tlsctl send --loopback              # no set-up: 64 MiB to a built-in server
       tlsctl send --loopback --offload sim-nic --faults reorder=0.05,drop=0.05,seed=7
       tlsctl send big.iso -connect localhost:4433 -tls1_3 --key-update-every 1M
+      producer | tlsctl send - -connect localhost:4433   # sent as it arrives
     """
     if loopback == bool(connect):
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
     kw["device"] = device_spec_from(kw)
-    ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
-    try:
-        if loopback:
-            result = _run_loopback(file, size, servername, timeout, kw)
-        else:
-            assert connect is not None
-            host, port = parse_hostport(connect)
-            result = _run(file or "-", host, port, servername, insecure, timeout, kw)
-            _report(result, f"{host}:{port}", kw)
-    except (ConfigError, HandshakeError, ChannelError) as exc:
-        raise click.ClickException(str(exc)) from None
+    with StopSignals() as stop:
+        control = ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
+        try:
+            if loopback:
+                _run_loopback(file, size, servername, timeout, kw, stop)
+            else:
+                assert connect is not None
+                host, port = parse_hostport(connect)
+                result = _run(file or "-", host, port, servername, insecure, timeout, kw, stop)
+                _report(result, f"{host}:{port}", kw)
+        except TransferFailed as exc:
+            _fail(str(exc), exc.status, exc.facts, kw)
+        except Interrupted as exc:  # before the transfer started (or a second signal)
+            _fail(f"interrupted by {exc.name}", exc.status, {}, kw)
+        except (ConfigError, HandshakeError, ChannelError) as exc:
+            _fail(str(exc), ExitStatus.FAILED, {}, kw)
+        finally:
+            with stop.critical(check=False):
+                control.stop()
+
+
+def _fail(message: str, status: ExitStatus, facts: dict[str, Any], kw: dict[str, Any]) -> None:
+    """The verdict of a failed run: a JSON object with --json, one line on stderr."""
+    if kw["as_json"]:
+        emit_json({"ok": False, "error": message, "bytes_sent": facts.pop("bytes_sent", 0),
+                   **facts})
+    raise CommandFailed(message, status)
 
 
 def _report(result: dict[str, Any], target: str, kw: dict[str, Any]) -> None:
@@ -138,32 +207,35 @@ def _report(result: dict[str, Any], target: str, kw: dict[str, Any]) -> None:
 
 
 def _run_loopback(file: str | None, size: int, servername: str | None, timeout: float,
-                  kw: dict[str, Any]) -> dict[str, Any]:
+                  kw: dict[str, Any], stop: StopSignals) -> None:
     """--loopback: serve in a thread, send to it, compare the hashes."""
     from tlsctl.commands._loopback import loopback_server, random_file
 
     opts = tls_options_from(kw)
     with contextlib.ExitStack() as stack:
-        path = file if file is not None else stack.enter_context(random_file(size))
-        port, ca, server = stack.enter_context(
+        src: str | BinaryIO = file if file is not None else stack.enter_context(random_file(size))
+        port, cert, server = stack.enter_context(
             loopback_server(opts, kw["offload"], kw["device"])
         )
-        result = _run(path, "localhost", port, servername, False, timeout,
-                      {**kw, "cafile": ca})
+        result = _run(src, "localhost", port, servername, False, timeout, kw, stop, trust=cert)
     rec = server.records[0] if server.records else {}
     result["server_sha256"] = rec.get("sha256")
     result["server_offload"] = rec.get("offload")
     result["match"] = rec.get("sha256") == result["sha256"]
-    _report(result, f"built-in server on 127.0.0.1:{port}", kw)
     if not result["match"]:
-        raise ChannelError(rec.get("error") or "the server received different bytes")
-    return result
+        why = rec.get("error") or "the server received different bytes"
+        result.update(ok=False, error=why)
+        _report(result, f"built-in server on 127.0.0.1:{port}", kw)
+        raise CommandFailed(why, ExitStatus.INCOMPLETE)
+    _report(result, f"built-in server on 127.0.0.1:{port}", kw)
 
 
-def _open(file: str) -> tuple[BinaryIO, int | None]:
+def _open(file: str | BinaryIO) -> tuple[BinaryIO, int | None]:
     """The input and its size (None: a stream, e.g. stdin or a pipe)."""
-    if file == "-":
-        f: BinaryIO = sys.stdin.buffer
+    if not isinstance(file, str):
+        f = file
+    elif file == "-":
+        f = sys.stdin.buffer
     else:
         try:
             f = open(file, "rb")  # noqa: SIM115 - closed by the caller
@@ -173,14 +245,28 @@ def _open(file: str) -> tuple[BinaryIO, int | None]:
     return f, (st.st_size if stat.S_ISREG(st.st_mode) else None)
 
 
-def _run(file: str, host: str, port: int, servername: str | None, insecure: bool,
-         timeout: float, kw: dict[str, Any]) -> dict[str, Any]:
-    quiet: bool = kw["quiet"]
+def _context(kw: dict[str, Any], insecure: bool, trust: x509.Certificate | None) -> SSL.Context:
     opts = tls_options_from(kw)
+    if trust is None:
+        return client_context(opts, verify=not insecure, cert=kw.get("cert"), key=kw.get("key"))
+    # --loopback: trust exactly the built-in server's certificate, held in memory.
+    ctx = client_context(opts, verify=False)
+    store = ctx.get_cert_store()
+    if store is None:  # pragma: no cover - OpenSSL always makes one for a context
+        raise ConfigError("no certificate store in the TLS context")
+    store.add_cert(crypto.X509.from_cryptography(trust))
+    ctx.set_verify(SSL.VERIFY_PEER)
+    return ctx
+
+
+def _run(file: str | BinaryIO, host: str, port: int, servername: str | None, insecure: bool,
+         timeout: float, kw: dict[str, Any], stop: StopSignals,
+         trust: x509.Certificate | None = None) -> dict[str, Any]:
+    quiet: bool = kw["quiet"]
     if insecure:
         warn("WARNING: -k/--insecure: the server certificate is NOT verified; "
              "anyone on the path can read and change this transfer")
-    ctx = client_context(opts, verify=not insecure, cert=kw.get("cert"), key=kw.get("key"))
+    ctx = _context(kw, insecure, trust)
     keylog = KeylogFile(kw["keylogfile"]) if kw.get("keylogfile") else None
     f, size = _open(file)
     try:
@@ -202,23 +288,32 @@ def _run(file: str, host: str, port: int, servername: str | None, insecure: bool
         except BaseException:
             sock.close()
             raise
-        if kw.get("key_update_every"):
-            if not (isinstance(chan, KtlsChannel) and res.is_tls13):
-                chan.close()
-                raise ChannelError(f"--key-update-every needs TLS 1.3 through the kTLS layer "
-                                   f"(this connection: {res.version_name}, offload {chan.mode})")
-            chan.key_update_every = kw["key_update_every"]
-        info(f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
-             f"offload {chan.mode}", quiet=quiet or kw["as_json"])
-        if kw["verbose"]:
-            _verbose(res, insecure)
         try:
-            return _transfer(chan, res, f, size, kw)
+            if kw.get("key_update_every"):
+                if not (isinstance(chan, KtlsChannel) and res.is_tls13):
+                    raise ChannelError(f"--key-update-every needs TLS 1.3 through the kTLS "
+                                       f"layer (this connection: {res.version_name}, "
+                                       f"offload {chan.mode})")
+                chan.key_update_every = kw["key_update_every"]
+            info(f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
+                 f"offload {chan.mode}", quiet=quiet or kw["as_json"])
+            if kw["verbose"]:
+                _verbose(res, insecure)
+            # A second Ctrl-C while a step is being written: stop at once,
+            # and make sure no byte of a half-written record follows.
+            stop.abandon = lambda: _raw(chan).shutdown(socket.SHUT_RDWR)
+            return _Transfer(chan, res, f, size, kw, stop).run()
         finally:
-            chan.close()
+            stop.abandon = None
+            with stop.critical(check=False):
+                chan.close()
     finally:
-        if f is not sys.stdin.buffer:
+        if f is not sys.stdin.buffer and isinstance(file, str):
             f.close()
+
+
+def _raw(chan: Chan) -> socket.socket:
+    return chan.k.sock if isinstance(chan, KtlsChannel) else chan.sock
 
 
 def _verbose(res: HandshakeResult, insecure: bool) -> None:
@@ -233,151 +328,231 @@ def _verbose(res: HandshakeResult, insecure: bool) -> None:
          "handshake handed to the layer")
 
 
-def _transfer(chan: KtlsChannel | OpenSSLChannel, res: HandshakeResult, f: BinaryIO,
-              size: int | None, kw: dict[str, Any]) -> dict[str, Any]:
-    hasher = _Hasher()
-    # The kTLS layer reads and writes from two threads (as a socket does);
-    # the OpenSSL fallback's Connection is not thread-safe: it reads after.
-    drain = _Drain(chan) if isinstance(chan, KtlsChannel) else None
-    start = time.perf_counter()
-    if drain is not None:
-        drain.start()
-    try:
-        if size is None:
-            sent = 0
-            while chunk := f.read(_STREAM_CHUNK):
-                hasher.h.update(chunk)
-                chan.send_all(chunk)
-                sent += len(chunk)
-        else:
-            sent = _send_regular(chan, f, size, show=not (kw["quiet"] or kw["as_json"]))
-        chan.close_notify()
-    except ChannelError:
-        # The server said why it hung up (a fatal alert) before we hit the
-        # closed socket: that is the line worth showing.
-        if drain is not None:
+class _Transfer:
+    """One established connection: send everything, close, judge the close."""
+
+    def __init__(self, chan: Chan, res: HandshakeResult, f: BinaryIO, size: int | None,
+                 kw: dict[str, Any], stop: StopSignals) -> None:
+        self.chan, self.res, self.f, self.kw, self.stop = chan, res, f, kw, stop
+        self.p = _Progress(size)
+        self.sock = _raw(chan)
+        # The kTLS layer reads and writes from two threads (as a socket does);
+        # the OpenSSL fallback's Connection is not thread-safe: it reads after.
+        self.drain = Drain(chan) if isinstance(chan, KtlsChannel) else None
+        self.closed = False  # our close_notify is out
+
+    def facts(self) -> dict[str, Any]:
+        return {"bytes_sent": self.p.sent, "seconds": round(self.p.seconds, 6),
+                "version": self.res.version_name, "cipher": self.res.cipher_name,
+                "offload": self.chan.mode}
+
+    def run(self) -> dict[str, Any]:
+        if self.drain is not None:
+            self.drain.start()
+        self.p.start = time.perf_counter()
+        try:
+            if self.p.size is None:
+                self._send_stream()
+            else:
+                self._send_regular(show=not (self.kw["quiet"] or self.kw["as_json"]))
+            self._peer_check()
+            if self.drain is not None:
+                self.drain.closing = True
+            with self.stop.critical():
+                self.chan.close_notify()
+                self.closed = True
+            self._confirm()
+        except Interrupted as exc:
+            self._cancel()
+            if self.closed:
+                what = (f"sent {self.p.amount()} and close_notify in {self.p.seconds:.2f} s; "
+                        "the server had not confirmed them yet")
+            else:
+                what = (f"sent {self.p.amount()} in {self.p.seconds:.2f} s; the server was "
+                        "sent user_canceled (no close_notify)")
+            raise TransferFailed(f"interrupted by {exc.name}: {what}", exc.status,
+                                 self.facts()) from None
+        except ChannelError as exc:
+            self._cancel()
+            why = str(exc) if isinstance(exc, _PeerStopped) else self._why(exc)
+            raise self._incomplete(why) from None
+        try:
+            return self._summary()
+        except Interrupted as exc:
+            raise TransferFailed(f"interrupted by {exc.name} after the server confirmed "
+                                 f"{self.p.amount()} (no summary)", exc.status,
+                                 self.facts()) from None
+
+    def _why(self, exc: ChannelError) -> str:
+        """What the peer did, when a send failed: the reading thread may know
+        better than the writer (the fatal alert the peer sent before it hung
+        up), else the socket (a reset)."""
+        drain = self.drain
+        if drain is not None and drain is not threading.current_thread():
             drain.join(2)
             if drain.error is not None and not isinstance(drain.error, ChannelTimeout):
-                raise drain.error from None
-        raise
-    if drain is None:
-        _await_close(chan)
-    else:
-        drain.finish(drain.chan.k.gettimeout())
-    seconds = time.perf_counter() - start
-    tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
-    if size is not None:
-        hasher.file(f, sent)
-    offload = chan.mode if kw["offload"] != "auto" else f"auto ({chan.mode})"
-    out: dict[str, Any] = {
-        "bytes": sent,
-        "seconds": round(seconds, 6),
-        "throughput": human_rate(sent, seconds),
-        "sha256": hasher.h.hexdigest(),
-        "version": res.version_name,
-        "cipher": res.cipher_name,
-        "offload": offload,
-        "handshake_ms": round(res.seconds * 1000, 2),
-        "tx_seq_at_handoff": res.tx_seq,
-        "rx_seq_at_handoff": res.rx_seq,
-        "tx_seq_at_end": tx_end,
-        "rx_seq_at_end": rx_end,
-    }
-    if isinstance(chan, KtlsChannel):
-        out["session_tickets_ignored"] = chan.tickets
-        out["key_updates_sent"] = chan.key_updates_sent
-        out["key_updates_received"] = chan.key_updates
-        if drain is not None:
-            out["bytes_received"] = drain.received  # what the server sent (discarded)
-        out.update(device_report(chan))
-    return out
+                return str(drain.error)
+        if isinstance(self.chan, OpenSSLChannel):
+            # No reading thread here: look at what the peer sent before it hung up.
+            with contextlib.suppress(OSError, TimeoutError):
+                self.chan.sock.settimeout(1.0)
+                try:
+                    while self.chan.recv(1 << 16):
+                        pass
+                except ChannelError as alert:
+                    if "alert" in str(alert):
+                        return str(alert)
+        return reset_by_peer(self.sock) or str(exc)
 
+    def _incomplete(self, why: str) -> TransferFailed:
+        return TransferFailed(f"transfer incomplete: sent {self.p.amount()}; {why}",
+                              ExitStatus.INCOMPLETE, self.facts())
 
-def _send_regular(chan: KtlsChannel | OpenSSLChannel, f: BinaryIO, size: int,
-                  show: bool) -> int:
-    """sendfile in large steps; a progress bar on a terminal."""
-    if not (show and sys.stderr.isatty()) or size < _FILE_CHUNK:
-        return chan.send_file(f, 0, size)
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TransferSpeedColumn,
-    )
+    def _cancel(self) -> None:
+        """Tell the peer we stopped (user_canceled; never a close_notify), unless
+        the connection already died of a fatal alert."""
+        if isinstance(self.chan, KtlsChannel) and not self.closed and self.chan.failed is None:
+            with self.stop.critical(check=False):
+                # A server that stopped reading must not hold the exit up long.
+                self.chan.k.settimeout(_CANCEL_WAIT)
+                self.chan.cancel()
 
-    sent = 0
-    with Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
-        task = bar.add_task("send", total=size)
-        while sent < size:
-            n = chan.send_file(f, sent, min(_FILE_CHUNK, size - sent))
-            if n == 0:
-                break
-            sent += n
-            bar.update(task, completed=sent)
-    return sent
+    # -- sending -------------------------------------------------------------
 
+    def _peer_check(self) -> None:
+        """Between steps: stop when the peer has already ended the connection."""
+        self.stop.check()
+        why = self.drain.stopped_early() if self.drain is not None else None
+        why = why or peer_hung_up(self.sock)
+        if why:
+            raise _PeerStopped(why)
 
-class _Drain(threading.Thread):
-    """Reads what the server sends while the file goes out (kTLS layer).
+    def _send_regular(self, show: bool) -> None:
+        """sendfile in steps of whole records; a progress bar on a terminal."""
+        size = self.p.size
+        assert size is not None
+        bar = None
+        with contextlib.ExitStack() as stack:
+            if show and sys.stderr.isatty() and size >= _BAR_MIN:
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TransferSpeedColumn,
+                )
 
-    A server that answers as it reads (``serve --echo``, ``s_server`` echoing
-    typed lines) would otherwise fill its send buffer, stop reading, and
-    stall the transfer until ``--timeout``.  What it sends is counted and
-    discarded (TLS 1.3 tickets and KeyUpdates are handled by the channel);
-    its close_notify, EOF or fatal alert ends the thread.  A read timeout
-    while the file is still going out is not an error: the server may have
-    nothing to say.
-    """
+                bar = stack.enter_context(Progress(BarColumn(), DownloadColumn(),
+                                                   TransferSpeedColumn(), transient=True))
+                task = bar.add_task("send", total=size)
+            while self.p.sent < size:
+                self._peer_check()
+                with self.stop.critical():
+                    self.p.in_step = True
+                    n = self.chan.send_file(self.f, self.p.sent, min(_STEP, size - self.p.sent))
+                    self.p.sent += n
+                    self.p.in_step = False
+                if n == 0:
+                    break  # the file shrank: what was sent is what the hash covers
+                if bar is not None:
+                    bar.update(task, completed=self.p.sent)
 
-    def __init__(self, chan: KtlsChannel) -> None:
-        super().__init__(name="send-drain", daemon=True)
-        self.chan = chan
-        self.sending = True
-        self.received = 0
-        self.error: ChannelError | None = None
+    def _send_stream(self) -> None:
+        """A pipe or terminal: forward what arrives, as it arrives.
 
-    def run(self) -> None:
-        buf = memoryview(bytearray(1 << 16))
+        ``os.read`` returns what the pipe holds (up to ``_STREAM_CHUNK``)
+        instead of waiting for a full buffer, so a burst followed by a pause
+        goes out at once, in smaller records.  While stdin is quiet the
+        peer is watched, and a signal interrupts the wait.
+        """
+        fd = self.f.fileno()
         while True:
-            try:
-                n = self.chan.recv_into(buf)
-            except ChannelTimeout as exc:
-                if self.sending:
-                    continue
-                self.error = exc
+            self._peer_check()
+            if not select.select([fd], [], [], _STREAM_POLL)[0]:
+                continue
+            chunk = os.read(fd, _STREAM_CHUNK)
+            if not chunk:
                 return
-            except ChannelError as exc:
-                self.error = exc
-                return
-            if not n:
-                return
-            self.received += n
+            with self.stop.critical():
+                self.p.in_step = True
+                self.chan.send_all(chunk)
+                self.p.hash.update(chunk)
+                self.p.sent += len(chunk)
+                self.p.in_step = False
 
-    def finish(self, timeout: float | None) -> None:
-        """After our close_notify: wait for the server to close (or time out)."""
-        self.sending = False
-        self.join(None if timeout is None else timeout + 5)
-        if self.is_alive() or isinstance(self.error, ChannelTimeout):
-            raise ChannelError("the server did not close the connection after close_notify")
-        if self.error is not None:
-            raise self.error
+    # -- the end ---------------------------------------------------------------
+
+    def _confirm(self) -> None:
+        """Our close_notify is out: wait for the peer's, then for its TCP close."""
+        timeout = self.sock.gettimeout()
+        if self.drain is not None:
+            self.drain.join(None if timeout is None else timeout + 5)
+            why = ("the peer sent no close_notify within --timeout of ours"
+                   if self.drain.is_alive() else self.drain.verdict())
+        else:
+            why = _await_close(self.chan)
+        why = why or await_tcp_close(self.sock, timeout)
+        if why:
+            raise _PeerStopped(why)
+
+    def _summary(self) -> dict[str, Any]:
+        seconds = self.p.seconds
+        chan = self.chan
+        tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
+        if self.p.size is not None:
+            _hash_file(self.p.hash, self.f, self.p.sent)
+        offload = chan.mode if self.kw["offload"] != "auto" else f"auto ({chan.mode})"
+        out: dict[str, Any] = {
+            "ok": True,
+            "bytes": self.p.sent,
+            "bytes_sent": self.p.sent,
+            "seconds": round(seconds, 6),
+            "throughput": human_rate(self.p.sent, seconds),
+            "sha256": self.p.hash.hexdigest(),
+            "version": self.res.version_name,
+            "cipher": self.res.cipher_name,
+            "offload": offload,
+            "handshake_ms": round(self.res.seconds * 1000, 2),
+            "tx_seq_at_handoff": self.res.tx_seq,
+            "rx_seq_at_handoff": self.res.rx_seq,
+            "tx_seq_at_end": tx_end,
+            "rx_seq_at_end": rx_end,
+        }
+        if isinstance(chan, KtlsChannel):
+            out["session_tickets_ignored"] = chan.tickets
+            out["key_updates_sent"] = chan.key_updates_sent
+            out["key_updates_received"] = chan.key_updates
+            if self.drain is not None:
+                out["bytes_received"] = self.drain.received  # what the server sent (discarded)
+            out.update(device_report(chan))
+        return out
 
 
-def _await_close(chan: KtlsChannel | OpenSSLChannel) -> None:
-    """Read until the peer closes: its close_notify (or EOF) ends the transfer.
+def _hash_file(h: Any, f: BinaryIO, count: int) -> None:
+    """SHA-256 of what was sent; regular files are hashed after the transfer
+    (from the page cache) so hashing does not slow the measured part."""
+    f.seek(0)
+    left = count
+    while left > 0:
+        chunk = f.read(min(1 << 20, left))
+        if not chunk:
+            break
+        h.update(chunk)
+        left -= len(chunk)
 
-    Data the server sends is discarded; TLS 1.3 tickets are skipped by the
-    channel.  This is the OpenSSL fallback's way (one thread); the kTLS
-    layer reads concurrently (``_Drain``).
+
+def _await_close(chan: Chan) -> str | None:
+    """The OpenSSL fallback (one thread): read until the peer's close_notify.
+
+    Data the server sends is discarded; TLS 1.3 tickets are handled by
+    OpenSSL.  Returns what went wrong, or None.
     """
     try:
         while chan.recv(1 << 16):
             pass
     except TimeoutError:
-        raise ChannelError("the server did not close the connection after close_notify") from None
+        return "the peer sent no close_notify within --timeout of ours"
     except ChannelError as exc:
         if "timed out" in str(exc):
-            raise ChannelError(
-                "the server did not close the connection after close_notify"
-            ) from None
-        raise
+            return "the peer sent no close_notify within --timeout of ours"
+        return str(exc)
+    return None if chan.peer_closed else NO_CLOSE_NOTIFY
