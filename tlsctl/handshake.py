@@ -42,8 +42,11 @@ TLS 1.2; they are kept out of every repr and error message.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -222,21 +225,60 @@ def install_keylog(ctx: SSL.Context) -> None:
 class KeylogFile:
     """Appends NSS keylog lines to a file (``-keylogfile`` / SSLKEYLOGFILE).
 
-    Only when the user asked: this writes the session secrets to disk.
+    Only when the user asked: this writes the session secrets to disk, so
+    the file is opened the way a secret must be.  ``O_NOFOLLOW``: a symlink
+    planted at the path (another user's, in /tmp) is refused, not followed
+    into whatever file it names.  A new file is created 0600.  An existing
+    one is appended to (``O_APPEND``: one ``write`` per line, so workers
+    sharing it never interleave), with a warning when someone other than
+    us can read it.  ``O_NONBLOCK`` only for the open itself: a FIFO with no
+    reader fails at once instead of hanging start-up.  ``O_CLOEXEC``: no
+    child process inherits it.
     """
 
-    def __init__(self, path: str) -> None:
+    _FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+              | os.O_NONBLOCK)
+
+    def __init__(self, path: str, warn: Callable[[str], None] | None = None) -> None:
         self._lock = threading.Lock()
         try:
-            # A new file is private (0600): it holds session secrets.
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, self._FLAGS, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HandshakeError(f"refusing key log file {path}: it is a symbolic link; "
+                                     "give the real path") from None
             raise HandshakeError(f"cannot open key log file {path}: {exc.strerror}") from None
+        os.set_blocking(fd, True)
+        st = os.fstat(fd)
+        exposed = _exposure(st)
+        if exposed:
+            (warn or _stderr_line)(f"warning: key log file {path} {exposed}: "
+                                   "whoever can read it can decrypt these sessions")
         self._file = os.fdopen(fd, "ab", buffering=0)
 
     def __call__(self, line: bytes) -> None:
         with self._lock:
             self._file.write(line + b"\n")
+
+
+def _exposure(st: os.stat_result) -> str | None:
+    """Why someone other than us can read the key log file, or None.
+
+    Regular files only: ``/dev/null`` or a pipe to a reader the user chose
+    are not a file left lying around.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if st.st_uid != os.geteuid():
+        return f"belongs to another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        return f"is readable by group/others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _stderr_line(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
 
 
 @dataclass(repr=False)
