@@ -467,6 +467,14 @@ except ImportError:  # imported as tests.kernel_scenarios
 
 _layer.register(scenario)
 
+# The TLS handshake's handoff to the kernel (a peer's Finished in 16 records).
+try:
+    import finished_fragments as _fragments
+except ImportError:  # imported as tests.kernel_scenarios
+    from tests import finished_fragments as _fragments
+
+_fragments.register(scenario)
+
 
 def _run_child(sc: Scenario) -> dict[str, object]:
     try:

@@ -184,8 +184,8 @@ def test_unsupported_suite_falls_back_or_fails(pki: Pki, files: dict[int, Path],
     with (tmp_path / "o").open("wb") as o, openssl_server(pki.cert, pki.key, o, *cbc) as (_p, port):
         r = run_tlsctl("send", str(files[1]), "-connect", f"localhost:{port}", "-CAfile",
                        str(pki.ca), "--offload", "sw")
-    assert r.returncode != 0
-    assert "cannot be offloaded" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0  # sw offers only what it carries (test_offload_suites.py)
+    assert "alert handshake failure" in r.stderr and "Traceback" not in r.stderr
 
 
 # --- clients -> tlsctl serve ------------------------------------------------------

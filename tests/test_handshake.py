@@ -25,6 +25,7 @@ from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
 from tlsctl.handshake import (
     HandshakeError,
     RecordBuffer,
+    _EpochCounter,
     install_offload,
     run_handshake,
 )
@@ -323,6 +324,25 @@ def test_record_buffer() -> None:
     big.feed(bytes.fromhex("16030350ff"))
     with pytest.raises(HandshakeError, match="oversized"):
         big.next_record()
+
+
+def test_epoch_counter_counts_records_after_ccs() -> None:
+    """TX side of the TLS 1.2 count (OpenSSL never splits its own Finished,
+    so the peers in test_finished_fragments.py exercise only RX): every
+    record after our last CCS, however the output is cut into drains."""
+    out = (bytes.fromhex("16030300020000")  # a handshake record before the CCS
+           + bytes.fromhex("140303000101")  # ChangeCipherSpec
+           + bytes.fromhex("1603030003aaaaaa") * 3  # a Finished in three records
+           + bytes.fromhex("15030300020000"))  # and an alert, also under the new keys
+    for cut in range(len(out) + 1):
+        c = _EpochCounter()
+        c.written(out[:cut])
+        c.written(out[cut:])
+        assert c.next_seq("sent") == 4
+    none = _EpochCounter()
+    none.written(bytes.fromhex("16030300020000"))
+    with pytest.raises(HandshakeError, match="without a Finished"):
+        none.next_seq("sent")
 
 
 def test_handshake_failures(pair: Callable[[], tuple[socket.socket, socket.socket]],

@@ -26,7 +26,10 @@ if str(_TESTS_DIR) not in sys.path:  # importable whatever pytest's import mode
 import kernel_scenarios  # noqa: E402
 import kernelvm  # noqa: E402
 
-pytestmark = pytest.mark.kernel
+# The VM run has its own deadlines (boot, then every scenario's time limit):
+# pytest-timeout's default must not cut it short on a loaded machine.
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(
+    kernelvm.DEFAULT_BOOT_TIMEOUT + kernel_scenarios.total_timeout() + 60)]
 
 SCENARIO_SCRIPT = _TESTS_DIR / "kernel_scenarios.py"
 RESULTS_NAME = "kernel-scenarios.json"

@@ -21,8 +21,18 @@ controls precisely which bytes OpenSSL sees and which records it writes:
   in its TX sequence number.  A TLS 1.3 client receives those tickets after
   the handoff, so they reach the layer as ciphertext and surface as handshake
   records (type 22) that the caller reads and ignores.
-* TLS 1.2: the Finished messages used sequence number 0 under the new keys,
-  so the first application record is 1 in both directions.
+* TLS 1.2: every record after a ChangeCipherSpec is under the new keys, and
+  a Finished may span several records (RFC 5246 6.2.1: a handshake message
+  may be fragmented over records, and some peers do).  So the records fed to
+  OpenSSL after the peer's CCS are counted (RX), as are the records OpenSSL
+  wrote after its own CCS (TX); those counts are the first application
+  record's sequence numbers.  Usually 1 and 1, but never assumed.
+* TLS 1.3 needs no such count: the Finished messages are under the
+  handshake keys, so a Finished in any number of records changes nothing;
+  a client stops feeding at its end (the server's tickets come later, under
+  the application keys, to the layer), and a server's application-key
+  records during the handshake are exactly the records of the step that
+  completed it (the tickets), since the client's Finished is the last input.
 
 Secrets come from the keylog callback for TLS 1.3 (the
 ``*_TRAFFIC_SECRET_0`` lines) and from the master secret and randoms for
@@ -32,8 +42,11 @@ TLS 1.2; they are kept out of every repr and error message.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +92,7 @@ _HEADER = 5
 _MAX_RECORD_BODY = (1 << 14) + 2048
 _VALID_TYPES = frozenset(int(t) for t in ContentType) | {24}  # 24: heartbeat
 _APPDATA = int(ContentType.APPLICATION_DATA)
+_CCS = int(ContentType.CHANGE_CIPHER_SPEC)
 _READ = 65536
 
 KeylogSink = Callable[[bytes], None]
@@ -131,9 +145,49 @@ def split_records(data: bytes) -> list[tuple[int, int]]:
     pos = 0
     while pos + _HEADER <= len(data):
         length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        if pos + _HEADER + length > len(data):
+            break  # a record not complete yet
         out.append((data[pos], length))
         pos += _HEADER + length
     return out
+
+
+class _EpochCounter:
+    """Records seen in one direction since its last ChangeCipherSpec.
+
+    TLS 1.2 only: every record after a CCS is protected with the new keys
+    and so uses one sequence number of the new epoch, whatever its type
+    (Finished fragments, a warning alert).  ``partial`` holds the start of a
+    record not complete yet (OpenSSL writes whole records, but nothing here
+    relies on one drain ending at a record boundary).
+    """
+
+    def __init__(self) -> None:
+        self.ccs_seen = False
+        self.after_ccs = 0
+        self.partial = bytearray()
+
+    def record(self, ctype: int) -> None:
+        if ctype == _CCS:
+            self.ccs_seen, self.after_ccs = True, 0
+        elif self.ccs_seen:
+            self.after_ccs += 1
+
+    def written(self, data: bytes) -> None:
+        """Count the whole records in OpenSSL's output ``data``."""
+        self.partial += data
+        pos = 0
+        for ctype, length in split_records(bytes(self.partial)):
+            self.record(ctype)
+            pos += _HEADER + length
+        del self.partial[:pos]
+
+    def next_seq(self, direction: str) -> int:
+        """The sequence number of the first record after the handshake."""
+        if not self.ccs_seen or self.after_ccs == 0:
+            raise HandshakeError(f"TLS 1.2 handshake ended without a Finished {direction} "
+                                 "under the new keys")
+        return self.after_ccs
 
 
 class _Secrets:
@@ -171,21 +225,60 @@ def install_keylog(ctx: SSL.Context) -> None:
 class KeylogFile:
     """Appends NSS keylog lines to a file (``-keylogfile`` / SSLKEYLOGFILE).
 
-    Only when the user asked: this writes the session secrets to disk.
+    Only when the user asked: this writes the session secrets to disk, so
+    the file is opened the way a secret must be.  ``O_NOFOLLOW``: a symlink
+    planted at the path (another user's, in /tmp) is refused, not followed
+    into whatever file it names.  A new file is created 0600.  An existing
+    one is appended to (``O_APPEND``: one ``write`` per line, so workers
+    sharing it never interleave), with a warning when someone other than
+    us can read it.  ``O_NONBLOCK`` only for the open itself: a FIFO with no
+    reader fails at once instead of hanging start-up.  ``O_CLOEXEC``: no
+    child process inherits it.
     """
 
-    def __init__(self, path: str) -> None:
+    _FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+              | os.O_NONBLOCK)
+
+    def __init__(self, path: str, warn: Callable[[str], None] | None = None) -> None:
         self._lock = threading.Lock()
         try:
-            # A new file is private (0600): it holds session secrets.
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, self._FLAGS, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HandshakeError(f"refusing key log file {path}: it is a symbolic link; "
+                                     "give the real path") from None
             raise HandshakeError(f"cannot open key log file {path}: {exc.strerror}") from None
+        os.set_blocking(fd, True)
+        st = os.fstat(fd)
+        exposed = _exposure(st)
+        if exposed:
+            (warn or _stderr_line)(f"warning: key log file {path} {exposed}: "
+                                   "whoever can read it can decrypt these sessions")
         self._file = os.fdopen(fd, "ab", buffering=0)
 
     def __call__(self, line: bytes) -> None:
         with self._lock:
             self._file.write(line + b"\n")
+
+
+def _exposure(st: os.stat_result) -> str | None:
+    """Why someone other than us can read the key log file, or None.
+
+    Regular files only: ``/dev/null`` or a pipe to a reader the user chose
+    are not a file left lying around.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if st.st_uid != os.geteuid():
+        return f"belongs to another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        return f"is readable by group/others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _stderr_line(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
 
 
 @dataclass(repr=False)
@@ -301,6 +394,7 @@ def run_handshake(
         conn.set_accept_state()
     inbuf = RecordBuffer()
     final_records: list[tuple[int, int]] = []
+    tx, rx = _EpochCounter(), _EpochCounter()
     try:
         while True:
             done = False
@@ -314,6 +408,7 @@ def run_handshake(
                 raise HandshakeError(f"TLS handshake failed: {_ssl_error_text(exc)}") from None
             out = _drain(conn)
             if out:
+                tx.written(out)
                 sock.sendall(out)
             if done:
                 final_records = split_records(out)
@@ -325,12 +420,14 @@ def run_handshake(
                     raise HandshakeError("peer closed the connection during the handshake")
                 inbuf.feed(chunk)
                 rec = inbuf.next_record()
+            rx.record(rec[0])
             conn.bio_write(rec)
     except OSError as exc:
         raise HandshakeError(f"handshake I/O error: {exc.strerror or exc}") from None
     finally:
         sock.settimeout(None)
-    return _result(conn, side, secrets, inbuf, final_records, time.monotonic() - start)
+    return _result(conn, side, secrets, inbuf, final_records, (tx, rx),
+                   time.monotonic() - start)
 
 
 def _flush_best_effort(sock: socket.socket, conn: SSL.Connection) -> None:
@@ -379,6 +476,7 @@ def _result(
     secrets: _Secrets,
     inbuf: RecordBuffer,
     final_records: list[tuple[int, int]],
+    epochs: tuple[_EpochCounter, _EpochCounter],
     seconds: float,
 ) -> HandshakeResult:
     version_name = conn.get_protocol_version_name()
@@ -421,19 +519,32 @@ def _result(
             res.tx_info = crypto_info_tls13(res.tx_secret, suite, res.tx_seq)
             res.rx_info = crypto_info_tls13(res.rx_secret, suite, res.rx_seq)
     elif version_name == "TLSv1.2":
-        res.tx_seq = res.rx_seq = 1  # each Finished was record 0 under the new keys
-        if suite is not None and suite.version == TLS_1_2_VERSION:
-            master, c_rand, s_rand = conn.master_key(), conn.client_random(), conn.server_random()
-            if master is None or c_rand is None or s_rand is None:
-                raise HandshakeError("TLS 1.2 session secrets are not available")
-            keys = tls12_key_block(master, c_rand, s_rand, suite)
-            peer: Side = "server" if side == "client" else "client"
-            res.tx_info = crypto_info_tls12(keys, suite, side, res.tx_seq)
-            res.rx_info = crypto_info_tls12(keys, suite, peer, res.rx_seq)
+        tx, rx = epochs
+        _set_tls12_seqs(conn, res, tx.next_seq("sent"), rx.next_seq("received"))
     else:
         res.suite = None
         res.unsupported_reason = f"{version_name} cannot be offloaded"
     return res
+
+
+def _set_tls12_seqs(conn: SSL.Connection, res: HandshakeResult, tx_seq: int,
+                    rx_seq: int) -> None:
+    """Sequence numbers and crypto_infos of a TLS 1.2 connection.
+
+    ``tx_seq``/``rx_seq``: records under the new keys during the handshake
+    in each direction (the Finished, in however many records it came).
+    """
+    res.tx_seq, res.rx_seq = tx_seq, rx_seq
+    suite = res.suite
+    if suite is None or suite.version != TLS_1_2_VERSION:
+        return
+    master, c_rand, s_rand = conn.master_key(), conn.client_random(), conn.server_random()
+    if master is None or c_rand is None or s_rand is None:
+        raise HandshakeError("TLS 1.2 session secrets are not available")
+    keys = tls12_key_block(master, c_rand, s_rand, suite)
+    peer: Side = "server" if res.side == "client" else "client"
+    res.tx_info = crypto_info_tls12(keys, suite, res.side, tx_seq)
+    res.rx_info = crypto_info_tls12(keys, suite, peer, rx_seq)
 
 
 def install_offload(

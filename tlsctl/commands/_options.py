@@ -29,7 +29,8 @@ def tls_options(f: F) -> F:
         click.option("-tls1_3", "--tls1_3", "--tls1.3", "tls1_3", is_flag=True,
                      help="Only TLS 1.3."),
         click.option("-cipher", "--cipher", "cipher", metavar="LIST",
-                     help="TLS 1.2 cipher list (OpenSSL syntax)."),
+                     help="TLS 1.2 cipher list (OpenSSL syntax); with --offload "
+                          "sw/kernel/NIC only the suites the layer carries are used."),
         click.option("-ciphersuites", "--ciphersuites", "ciphersuites", metavar="LIST",
                      help="TLS 1.3 cipher suites (colon-separated)."),
         click.option("-CAfile", "--CAfile", "--cafile", "cafile", metavar="PEM",
@@ -93,12 +94,17 @@ def device_spec_from(kw: dict[str, Any]) -> DeviceSpec | None:
 
 
 def tls_options_from(kw: dict[str, Any]) -> TlsOptions:
+    """The TLS options; with an offload that must take the connection (all but
+    ``auto`` and ``none``, which may keep it in pyOpenSSL) the suites are
+    limited to what that record layer carries."""
+    offload = kw.get("offload") or "auto"
     return TlsOptions(
         tls1_2=bool(kw.get("tls1_2")),
         tls1_3=bool(kw.get("tls1_3")),
         cipher=kw.get("cipher"),
         ciphersuites=kw.get("ciphersuites"),
         cafile=kw.get("cafile"),
+        layer=None if offload in ("auto", "none") else offload,
     )
 
 
