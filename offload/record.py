@@ -17,6 +17,9 @@ Why the shapes below:
   back: ``rec_seq`` and, for TLS 1.2 AES, the next explicit nonce.
 * Errors are ``OSError`` with the errno Linux gives (EBADMSG for a bad tag,
   EMSGSIZE for an oversized record, EINVAL for a wrong version field).
+  Where user space needs more than Linux tells (which alert to send), an
+  ``offload.errors`` subclass carries it: ``NoContentType``,
+  ``OuterTypeMismatch`` and ``ShortRecord`` (the record's header type).
 """
 
 from __future__ import annotations

@@ -146,9 +146,9 @@ class KtlsChannel:
       closes; after our fatal alert the socket lingers (bounded) so the
       peer reads the alert rather than a reset.
 
-    One thread may read while another sends (``tlsctl send`` does): calls
-    into the session are serialised, and a fatal alert from the reader stops
-    the sender at its next step (``_TX_STEP``), so nothing follows it.
+    One thread may read while another sends (``tlsctl send`` does; the
+    session allows one of each), and a fatal alert from the reader stops the
+    sender at its next step (``_TX_STEP``), so nothing follows it.
     """
 
     def __init__(self, k: KTLSSocket, res: HandshakeResult,
@@ -166,7 +166,6 @@ class KtlsChannel:
         self._since_update = 0
         self._update_wanted = False
         self._tx_lock = threading.RLock()
-        self._state = threading.Lock()  # one caller in the session at a time
         self._left = memoryview(b"")  # plaintext read past a small caller buffer
         self._tx_cut = False  # a send did not finish: never close_notify after it
 
@@ -305,8 +304,7 @@ class KtlsChannel:
         with self._tx_lock:
             self._update_wanted = False
             try:
-                with self._state:
-                    events = self.session.key_update(request)
+                events = self.session.key_update(request)
             except LocalProtocolError as exc:
                 raise ChannelError(f"cannot send a KeyUpdate: {exc}") from None
             self._perform(events)
@@ -318,8 +316,7 @@ class KtlsChannel:
             with self._tx_lock:
                 if self.session.failure is not None:
                     raise self._error()
-                with self._state:
-                    events = self.session.close()
+                events = self.session.close()
                 for ev in events:
                     if isinstance(ev, SendAlert):
                         self._send_control(_ALERT, ev.record)
@@ -370,24 +367,20 @@ class KtlsChannel:
             try:
                 n, anc, _flags, _addr = self.k.recvmsg_into([buf], _CMSG)
             except ConnectionResetError:
-                with self._state:
-                    self.session.connection_lost("peer reset the connection")
+                self.session.connection_lost("peer reset the connection")
                 raise self._error() from None
             except TimeoutError:
                 raise ChannelTimeout("receive timed out") from None
             except OSError as exc:
-                with self._state:
-                    events = self.session.layer_error(exc)
+                events = self.session.layer_error(exc)
                 self._perform(events)
                 continue
             ctype = _record_type(anc)
             if ctype == _DATA and not n:
-                with self._state:
-                    events = self.session.receive_eof(self.k.rx_truncated)
+                events = self.session.receive_eof(self.k.rx_truncated)
                 self._perform(events)
                 return 0
-            with self._state:
-                events = self.session.receive_record(ctype, buf[:n])
+            events = self.session.receive_record(ctype, buf[:n])
             if events or self.session.failure is not None:
                 self._perform(events)
             if ctype == _DATA:
@@ -437,12 +430,10 @@ class KtlsChannel:
                        if exc.errno != errno.EBUSY else
                        "the record layer cannot change TLS 1.3 TX keys "
                        "(Linux before 6.14 answers EBUSY)")
-                with self._state:
-                    self.session.abort(why, alert=None)
+                self.session.abort(why, alert=None)
             else:
-                with self._state:
-                    events = self.session.abort(
-                        f"cannot install the next RX key: {exc.strerror or exc}")
+                events = self.session.abort(
+                    f"cannot install the next RX key: {exc.strerror or exc}")
                 self._perform(events)
             raise self._error() from None
 
@@ -458,9 +449,8 @@ class KtlsChannel:
                 raise OSError(errno.EINVAL, "no RX crypto_info")
             self.k.setsockopt(SOL_TLS, TLS_RX, live)
         except OSError as exc:
-            with self._state:
-                events = self.session.abort(
-                    f"cannot resume RX after a KeyUpdate fragment: {exc.strerror or exc}")
+            events = self.session.abort(
+                f"cannot resume RX after a KeyUpdate fragment: {exc.strerror or exc}")
             self._perform(events)
 
     # -- closing --------------------------------------------------------------
@@ -476,7 +466,7 @@ class KtlsChannel:
         (the session's ``cancel``) before closing.
         """
         with contextlib.suppress(OSError):
-            with self._tx_lock, self._state:
+            with self._tx_lock:
                 events = [] if self._tx_cut else self.session.finish()
             for ev in events:
                 if isinstance(ev, SendAlert):

@@ -25,12 +25,18 @@ machine know record boundaries, which RFC 8446 5.1 makes matter for a key
 change: handshake messages may be fragmented across records and several may
 share one, but a KeyUpdate must end exactly at a record's end.
 
-Not thread-safe (no more than h11): the shell serialises calls.
+Threads: one reader (the ``receive_*``/``layer_error`` calls) and one
+writer (``key_update``, ``close``, ``cancel``) may call at the same time, as
+``tlsctl send`` reads while it sends.  They touch apart state, except the
+two transitions both may make, which are atomic: the first failure wins, and
+our direction closes once (so one close_notify or one fatal alert, never
+both).  Several readers or several writers need the caller's own locking.
 """
 
 from __future__ import annotations
 
 import errno
+import threading
 from typing import Literal, TypeVar
 
 from offload.errors import NoContentType, OuterTypeMismatch, ShortRecord
@@ -187,6 +193,7 @@ class Session:
         self.peer_canceled = False
         self.tx_closed = False
         self.failure: SessionError | None = None
+        self._lock = threading.Lock()  # the failure and tx_closed transitions
         self.tickets = 0
         self.key_updates_received = 0
         self.key_updates_sent = 0
@@ -252,7 +259,7 @@ class Session:
             return self.abort("the record layer paused RX with no KeyUpdate to explain it")
         found = layer_alert(exc, self.tls13)
         if found is None:
-            self.failure = LocalProtocolError(f"receive failed: {exc.strerror or exc}")
+            self._fail(LocalProtocolError(f"receive failed: {exc.strerror or exc}"))
             return []
         return self._violation(*found)
 
@@ -281,7 +288,7 @@ class Session:
             return [PeerAlert(level, desc, fatal=False)]
         if level == AlertLevel.FATAL or self.tls13:
             # RFC 8446 6: in TLS 1.3 every other alert is fatal, whatever its level.
-            self.failure = RemoteProtocolError(f"peer sent fatal alert: {alert_name(desc)}", None)
+            self._fail(RemoteProtocolError(f"peer sent fatal alert: {alert_name(desc)}", None))
             return [PeerAlert(level, desc, fatal=True)]
         if desc == AlertDescription.NO_RENEGOTIATION:
             # We never ask to renegotiate; OpenSSL answers this one alike.
@@ -383,6 +390,8 @@ class Session:
         if self._secrets is None:
             raise LocalProtocolError("KeyUpdate needs TLS 1.3")
         if self.tx_closed or self.failure is not None:
+            # A reader's fatal alert may close our side right after this
+            # check; the alert then follows the KeyUpdate, under the new key.
             raise LocalProtocolError("KeyUpdate after our side of the connection closed")
         body = bytes((_KEY_UPDATE, 0, 0, 1, int(request)))
         self.key_updates_sent += 1
@@ -391,9 +400,8 @@ class Session:
     def close(self) -> list[Event]:
         """Our close_notify (TLS 1.3: closes our direction only; we may go on
         reading).  Nothing once our side is closed."""
-        if self.tx_closed:
+        if not self._close_tx():
             return []
-        self.tx_closed = True
         return [SendAlert(AlertDescription.CLOSE_NOTIFY, AlertLevel.WARNING)]
 
     def cancel(self) -> list[Event]:
@@ -403,9 +411,8 @@ class Session:
         not here, on purpose: a receiver that sees close_notify takes the
         stream as complete, and a cancelled transfer is not.
         """
-        if self.tx_closed:
+        if not self._close_tx():
             return []
-        self.tx_closed = True
         return [SendAlert(AlertDescription.USER_CANCELED, AlertLevel.WARNING)]
 
     def finish(self) -> list[Event]:
@@ -421,20 +428,18 @@ class Session:
         """Our side failed (``reason``): a fatal ``alert`` ends the session;
         ``alert`` None when nothing the peer could read may be sent (our
         KeyUpdate is out but our next key did not install)."""
-        if self.failure is not None:
+        if not self._fail(LocalProtocolError(reason)):
             return []
-        self.failure = LocalProtocolError(reason)
         if alert is None:
-            self.tx_closed = True
+            self._close_tx()
             return []
         return self._fatal(alert)
 
     def connection_lost(self, reason: str) -> None:
         """The transport failed under us (a reset): the peer's doing, and no
         alert can reach it."""
-        if self.failure is None:
-            self.failure = RemoteProtocolError(reason, None)
-        self.tx_closed = True
+        self._fail(RemoteProtocolError(reason, None))
+        self._close_tx()
 
     # -- endings ---------------------------------------------------------
 
@@ -445,15 +450,31 @@ class Session:
                                "record interleaved with a fragmented handshake message")
 
     def _violation(self, alert: AlertDescription, reason: str) -> list[Event]:
-        self.failure = RemoteProtocolError(reason, alert)
+        if not self._fail(RemoteProtocolError(reason, alert)):
+            return []
         return self._fatal(alert)
 
     def _fatal(self, alert: AlertDescription) -> list[Event]:
         self._hs.clear()
-        if self.tx_closed:  # nothing is sent after our close_notify
+        if not self._close_tx():  # nothing is sent after our close_notify
             return []
-        self.tx_closed = True
         return [SendAlert(alert, AlertLevel.FATAL)]
+
+    def _fail(self, error: SessionError) -> bool:
+        """Record why the session ended; False if it had ended already."""
+        with self._lock:
+            if self.failure is not None:
+                return False
+            self.failure = error
+            return True
+
+    def _close_tx(self) -> bool:
+        """Close our direction; False if it was closed already."""
+        with self._lock:
+            if self.tx_closed:
+                return False
+            self.tx_closed = True
+            return True
 
 
 _E = TypeVar("_E", AlertLevel, AlertDescription)
