@@ -17,6 +17,9 @@ Why the shapes below:
   back: ``rec_seq`` and, for TLS 1.2 AES, the next explicit nonce.
 * Errors are ``OSError`` with the errno Linux gives (EBADMSG for a bad tag,
   EMSGSIZE for an oversized record, EINVAL for a wrong version field).
+  Where user space needs more than Linux tells (which alert to send), an
+  ``offload.errors`` subclass carries it: ``NoContentType``,
+  ``OuterTypeMismatch`` and ``ShortRecord`` (the record's header type).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Protocol, TypeAlias
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
-from offload.errors import NoContentType, abort_error, os_error
+from offload.errors import NoContentType, OuterTypeMismatch, ShortRecord, abort_error, os_error
 from offload.uapi import (
     TLS_1_2_VERSION,
     TLS_1_3_VERSION,
@@ -51,6 +54,7 @@ _Layout: TypeAlias = tuple[bytearray, tuple[int, int], tuple[memoryview, ...]]
 # Per TLS 1.3 record: inner type offset, inner plaintext, header (AAD), body.
 _Views13: TypeAlias = tuple[tuple[int, memoryview, memoryview, memoryview], ...]
 _APPDATA = int(ContentType.APPLICATION_DATA)
+_APPDATA_TYPE = bytes((_APPDATA,))
 
 
 class _Aead(Protocol):
@@ -557,7 +561,7 @@ class RecordOpener(_Direction):
         try:
             plain = memoryview(self.aead.decrypt(nonce, body, aad))
         except InvalidTag:
-            raise os_error(errno.EBADMSG, "bad record MAC") from None
+            raise self._bad_tag(ctype) from None
         return self._finish(ctype, plain)
 
     def inner_len(self, record: Buffer) -> int:
@@ -579,7 +583,7 @@ class RecordOpener(_Direction):
             self.aead.decrypt_into(nonce, body, aad, out)
         except InvalidTag:
             out[:] = bytes(len(out))
-            raise os_error(errno.EBADMSG, "bad record MAC") from None
+            raise self._bad_tag(ctype) from None
         ctype, plain = self._finish(ctype, out)
         return ctype, len(plain)
 
@@ -670,7 +674,10 @@ class RecordOpener(_Direction):
             raise os_error(errno.EBADMSG, "record shorter than its cipher overhead")
         seq = self.seq
         if self.is13:
-            return ctype, (self.static_iv ^ seq).to_bytes(12, "big"), body, mv[:TLS_HEADER_SIZE]
+            # tls_make_aad: Linux authenticates the header as application_data
+            # whatever its type byte says (the parser checked the version).
+            aad = mv[:TLS_HEADER_SIZE] if ctype == _APPDATA else _APPDATA_TYPE + bytes(mv[1:5])
+            return ctype, (self.static_iv ^ seq).to_bytes(12, "big"), body, aad
         ex = self.explicit_size
         if ex:
             nonce = self.salt + bytes(body[:ex])
@@ -678,6 +685,15 @@ class RecordOpener(_Direction):
             nonce = (self.static_iv ^ seq).to_bytes(12, "big")
         aad = _AAD12.pack(seq, ctype, TLS_1_2_VERSION, length - ex - self.tag_size)
         return ctype, nonce, body[ex:], aad
+
+    def _bad_tag(self, ctype: int) -> OSError:
+        """EBADMSG for a record whose tag failed; a TLS 1.3 record whose
+        header type was not application_data says so (``OuterTypeMismatch``)."""
+        if self.is13 and ctype != _APPDATA:
+            return OuterTypeMismatch(
+                errno.EBADMSG, f"Bad message (TLS 1.3 record of outer type {ctype})", ctype
+            )
+        return os_error(errno.EBADMSG, "bad record MAC")
 
     def _finish(self, ctype: int, plain: memoryview) -> tuple[int, memoryview]:
         """Authenticated plaintext: find the TLS 1.3 inner type, advance the state."""
@@ -767,7 +783,11 @@ class RecordParser:
         if length > self.max_len:
             raise abort_error(errno.EMSGSIZE, f"record length {length} exceeds {self.max_len}")
         if length < self.min_len:
-            raise abort_error(errno.EBADMSG, f"record length {length} below cipher overhead")
+            raise ShortRecord(
+                errno.EBADMSG,
+                f"Bad message (record length {length} below cipher overhead)",
+                ctype,
+            )
         return ctype, version, length
 
     def next_record(self) -> memoryview | None:

@@ -310,6 +310,65 @@ def _rekey_pair(suite: Suite, tx_kind: str, rx_kind: str) -> list[tuple[str, str
     return out
 
 
+def _rx13_script(kind: str) -> list[tuple[str, str]]:
+    """TLS 1.3 records the post-handshake session must tell apart, as the
+    receive side reports them: a protected record whose header type is not
+    application_data (sealed over that header as RFC 8446 5.2 says, or over
+    type 23), a plaintext ChangeCipherSpec, and a KeyUpdate fragmented over
+    two records (the pause after the first, ended by installing the live RX
+    key again, then the next key after the second)."""
+    from tests.wire import encrypt_record
+
+    suite = Suite.TLS_AES_128_GCM_SHA256
+    secret = hashlib.sha256(b"rx13 traffic secret").digest()
+    first = crypto_info_tls13(secret, suite, 0)
+    second = crypto_info_tls13(tls13_next_secret(secret, suite), suite, 0)
+    size = len(first.pack())
+    out: list[tuple[str, str]] = []
+    cases: dict[str, bytes] = {
+        "outer 22 sealed over its header": encrypt_record(first, 0, 23, b"x", outer=22),
+        "outer 22 sealed over 23": encrypt_record(first, 0, 23, b"x", outer=22, aad_outer=23),
+        "outer 21 alert sealed over its header": encrypt_record(first, 0, 21, b"\x01\x00",
+                                                                outer=21),
+        "plaintext ccs": bytes([20, 3, 3, 0, 1, 1]) + encrypt_record(first, 0, 23, b"x"),
+    }
+    for name, wire_bytes in cases.items():
+        with _pair() as (c, s):
+            ks = _wrap(s, kind)
+            ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+            ks.setsockopt(SOL_TLS, TLS_RX, first.pack())
+            ks.settimeout(2)
+            c.sendall(wire_bytes)
+            for i in range(2):
+                got = _outcome(lambda k=ks: k.recvmsg(100, CMSG)[:2])
+                out.append((f"rx13 {name} recv {i}", got))
+    with _pair() as (c, s):
+        ks = _wrap(s, kind)
+        ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+        ks.setsockopt(SOL_TLS, TLS_RX, first.pack())
+        ks.settimeout(2)
+        c.sendall(encrypt_record(first, 0, 22, _KEY_UPDATE[:3])
+                  + encrypt_record(first, 1, 22, _KEY_UPDATE[3:])
+                  + encrypt_record(second, 0, 23, b"after"))
+
+        def step(name: str, fn: Callable[[], object]) -> None:
+            out.append((f"rx13 KeyUpdate fragments: {name}", _outcome(fn)))
+
+        step("recv first fragment", lambda: ks.recvmsg(100, CMSG)[:2])
+        ks.settimeout(None)  # recv(2) itself, as in _rekey_pair
+        step("recv paused", lambda: ks.recv(100, socket.MSG_DONTWAIT))
+        ks.settimeout(2)
+        live: list[bytes] = []
+        step("getsockopt RX", lambda: live.append(bytes(ks.getsockopt(SOL_TLS, TLS_RX, size))))
+        step("set RX to the live key", lambda: ks.setsockopt(SOL_TLS, TLS_RX, live[0]))
+        step("recv second fragment", lambda: ks.recvmsg(100, CMSG)[:2])
+        # No pause now (this record does not start with KeyUpdate): the next
+        # key must be in before the next read, or that read fails its tag.
+        step("set RX to the next key", lambda: ks.setsockopt(SOL_TLS, TLS_RX, second.pack()))
+        step("recv after", lambda: ks.recvmsg(100, CMSG)[:2])
+    return out
+
+
 REKEY_SUITES = (
     Suite.TLS_AES_128_GCM_SHA256,
     Suite.TLS_AES_256_GCM_SHA384,
@@ -383,6 +442,18 @@ def register(scenario: Callable[..., Decorator]) -> None:
 
         scenario(f"oracle_rekey_same_as_kernel_{tag}", timeout=60)(rekey_oracle)
         scenario(f"interop_rekey_{tag}", timeout=60)(rekey_interop)
+
+    @scenario("oracle_rx13_records_same_as_kernel", timeout=60)
+    def rx13_oracle() -> str:
+        theirs = _rx13_script("kernel")
+        ours = _rx13_script("user")
+        diffs = [
+            f"{name}: kernel {k} / layer {u}"
+            for (name, k), (_, u) in zip(theirs, ours, strict=True)
+            if k != u
+        ]
+        assert not diffs, "TLS 1.3 RX differs from the kernel:\n" + "\n".join(diffs)
+        return "; ".join(f"{n} -> {o}" for n, o in theirs)
 
     @scenario("kernel_backend_passthrough", timeout=60)
     def kernel_backend() -> str:

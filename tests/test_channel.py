@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,46 @@ def test_request_key_update_applies_at_next_send(
     server.send_all(b"x")
     assert server.key_updates_sent == 1
     assert client.recv(10) == b"x" and client.key_updates == 1
+
+
+def test_small_reads_return_at_most_n(pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
+    """recv(n) below a record's size: whole control records are still read
+    (the session needs record ends), data comes back n bytes at a time."""
+    client, server = pair13
+    server.send_all(b"0123456789" * 100)  # after the tickets: the client skips them
+    got = bytearray()
+    while len(got) < 1000:
+        chunk = client.recv(7)
+        assert 0 < len(chunk) <= 7
+        got += chunk
+    assert bytes(got) == b"0123456789" * 100 and client.tickets == 2
+    assert client.recv(0) == b""
+
+
+def test_close_answers_the_peers_close_notify(pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
+    """A channel closed after the peer's close_notify sends its own first
+    (the handler need not have done it)."""
+    client, server = pair13
+    client.close_notify()
+    assert server.recv(100) == b"" and server.peer_closed and not server.tx_closed
+    server.close()
+    assert client.recv(100) == b"" and client.peer_closed
+
+
+def test_no_close_notify_after_a_cut_send(pair13: tuple[KtlsChannel, KtlsChannel],
+                                          tmp_path: Path) -> None:
+    """A send that did not finish (here: the file ended before ``count``)
+    leaves the stream cut: close() then sends no close_notify, even after
+    the peer's, so the peer cannot take the stream for complete."""
+    client, server = pair13
+    server.close_notify()
+    assert client.recv(100) == b"" and client.peer_closed
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"only ten b")
+    with short.open("rb") as f:
+        assert client.send_file(f, 0, 100) == 10
+    client.close()
+    server.k.settimeout(5)
+    assert server.recv(100) == b"only ten b"
+    assert server.recv(100) == b""  # EOF ...
+    assert not server.peer_closed  # ... without close_notify

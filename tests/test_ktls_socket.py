@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from offload import KTLSSocket
+from offload.errors import OuterTypeMismatch, ShortRecord, StreamAbort
 from offload.uapi import (
     SOL_TCP,
     SOL_TLS,
@@ -402,6 +403,71 @@ def test_tls13_key_update_pauses_rx(tcp_pair: Pair) -> None:
     ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
     assert ks.recv(100) == b"after"
     assert ks.stats["TlsRxRekeyOk"] == 1
+
+
+def test_tls13_key_update_fragment_pause_and_resume_with_the_live_key(tcp_pair: Pair) -> None:
+    """Like Linux, RX pauses after any handshake record that starts with
+    KeyUpdate, a fragment too; installing the live RX key again (getsockopt,
+    then setsockopt of the same bytes) ends the pause without changing the
+    key or the record number (the oracle scenario checks the kernel alike)."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    key_update = bytes([24, 0, 0, 1, 0])
+    c.sendall(encrypt_record(info, 0, 22, key_update[:3])
+              + encrypt_record(info, 1, 22, key_update[3:])
+              + encrypt_record(nxt, 0, 23, b"after"))
+    assert ks.recvmsg(100, CMSG)[0] == key_update[:3]
+    assert _errno(lambda: ks.recv(100)) == errno.EKEYEXPIRED
+    live = ks.getsockopt(SOL_TLS, TLS_RX, 40)
+    assert isinstance(live, bytes) and CryptoInfo.unpack(live).seq == 1
+    ks.setsockopt(SOL_TLS, TLS_RX, live)
+    assert ks.recvmsg(100, CMSG)[0] == key_update[3:]  # no pause: it starts with 1
+    ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
+    assert ks.recv(100) == b"after"
+    assert ks.stats["TlsRxRekeyReceived"] == 1 and ks.stats["TlsRxRekeyOk"] == 2
+
+
+@pytest.mark.parametrize(("aad_outer", "delivered"), [(None, False), (23, True)],
+                         ids=["sealed_over_its_header", "sealed_over_23"])
+def test_tls13_outer_type_is_authenticated_as_application_data(
+        tcp_pair: Pair, aad_outer: int | None, delivered: bool) -> None:
+    """tls_make_aad: Linux authenticates every TLS 1.3 record with type 23 in
+    the AAD.  A record sealed over a handshake-type header (RFC 8446 5.2)
+    fails its tag, and the error says which type it carried; one sealed over
+    23 whose header byte was changed is delivered."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(encrypt_record(info, 0, 23, b"data", outer=22, aad_outer=aad_outer))
+    if delivered:
+        assert ks.recvmsg(100, CMSG)[:2] == (b"data", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
+        return
+    with pytest.raises(OuterTypeMismatch) as e:
+        ks.recv(100)
+    assert e.value.errno == errno.EBADMSG and e.value.content_type == 22
+    assert _errno(lambda: ks.recv(100)) == errno.EBADMSG  # sticky, as any bad tag
+    assert ks.stats["TlsDecryptError"] == 1
+
+
+def test_short_record_says_its_type(tcp_pair: Pair) -> None:
+    """A 1-byte ChangeCipherSpec is refused from its header (EBADMSG, the
+    stream stops, as tls_rx_msg_size); the error carries the type."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="user")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(bytes([20, 3, 3, 0, 1, 1]))
+    with pytest.raises(ShortRecord) as e:
+        ks.recv(100)
+    assert e.value.errno == errno.EBADMSG and e.value.content_type == 20
+    assert isinstance(e.value, StreamAbort)
 
 
 def test_nonblocking_never_half_a_record(tcp_pair: Pair) -> None:

@@ -66,17 +66,25 @@ def decrypt_records(info: CryptoInfo, data: bytes) -> list[tuple[int, bytes]]:
 
 
 def encrypt_record(
-    info: CryptoInfo, seq: int, ctype: int, plaintext: bytes, *, pad: int = 0, explicit: bytes = b""
+    info: CryptoInfo, seq: int, ctype: int, plaintext: bytes, *, pad: int = 0,
+    explicit: bytes = b"", outer: int = 23, aad_outer: int | None = None,
 ) -> bytes:
-    """Build one record by hand (TLS 1.3 with optional zero padding)."""
+    """Build one record by hand (TLS 1.3 with optional zero padding).
+
+    TLS 1.3 only: ``outer`` is the record header's type (opaque_type, 23 for
+    every protected record); the AAD is that header (RFC 8446 5.2) unless
+    ``aad_outer`` names another type for it (Linux's receive side always
+    authenticates with 23, whatever the header says).
+    """
     aead = _aead(info)
     if info.version == 0x0304:
         inner = plaintext + bytes([ctype]) + bytes(pad)
-        header = bytes([23, 3, 3]) + struct.pack(">H", len(inner) + 16)
+        header = bytes([outer, 3, 3]) + struct.pack(">H", len(inner) + 16)
+        aad = header if aad_outer is None else bytes([aad_outer]) + header[1:]
         nonce = bytes(
             a ^ b for a, b in zip(info.salt + info.iv, seq.to_bytes(12, "big"), strict=True)
         )
-        return header + aead.encrypt(nonce, inner, header)
+        return header + aead.encrypt(nonce, inner, aad)
     aad = seq.to_bytes(8, "big") + bytes([ctype]) + b"\x03\x03" + struct.pack(">H", len(plaintext))
     if info.cipher == CipherType.CHACHA20_POLY1305:
         nonce = bytes(a ^ b for a, b in zip(info.iv, seq.to_bytes(12, "big"), strict=True))

@@ -4,10 +4,11 @@
 whether the record layer is ``offload.KTLSSocket`` (``--offload sw|kernel``)
 or pyOpenSSL itself (``--offload none``, or a suite the layer cannot take).
 
-The kTLS side has to do what the kernel leaves to user space: read control
-records through the ``TLS_GET_RECORD_TYPE`` cmsg, skip the NewSessionTickets
-a TLS 1.3 server sends after the handshake, answer a KeyUpdate by installing
-the next secret, and turn close_notify into end-of-stream.
+On the kTLS side the protocol after the handshake is the sans-I/O
+:class:`tlsctl.session.Session`; :class:`KtlsChannel` is its I/O shell: it
+reads records through the layer's ``recvmsg`` and the
+``TLS_GET_RECORD_TYPE`` cmsg, feeds them to the session and performs what
+the session asks (alerts, KeyUpdate records, ``setsockopt`` of keys).
 """
 
 from __future__ import annotations
@@ -16,23 +17,24 @@ import contextlib
 import errno
 import functools
 import re
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, NoReturn, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 from OpenSSL import SSL
 
-from offload.errors import NoContentType
 from offload.kernel import kernel_has_ktls
-from offload.keys import crypto_info_tls13, tls13_next_secret
 from offload.ktls_socket import KTLSSocket
 from offload.netdev import create_device
 from offload.record import Buffer
 from offload.uapi import (
     SOL_TLS,
     TLS_GET_RECORD_TYPE,
+    TLS_MAX_PAYLOAD_SIZE,
     TLS_RX,
     TLS_SET_RECORD_TYPE,
     TLS_TX,
@@ -42,6 +44,35 @@ from offload.uapi import (
 from offload.wiremodel import FaultSpec
 from tlsctl.control import register
 from tlsctl.handshake import HandshakeError, HandshakeResult, install_offload
+from tlsctl.session import (
+    AlertLevel,
+    Event,
+    InstallRxKey,
+    InstallTxKey,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ResumeRx,
+    SendAlert,
+    SendKeyUpdate,
+    SendRecord,
+    Session,
+    alert_name,
+)
+
+__all__ = [
+    "BASE_OFFLOADS",
+    "Channel",
+    "ChannelError",
+    "ChannelTimeout",
+    "DeviceSpec",
+    "KtlsChannel",
+    "OpenSSLChannel",
+    "PeerError",
+    "alert_name",
+    "device_report",
+    "establish",
+    "exact_reads",
+]
 
 Offload = str
 """``auto``, ``sw``, ``kernel``, ``none`` or a NIC driver name (``sim-nic``)."""
@@ -52,64 +83,28 @@ _BACKENDS: dict[str, Literal["auto", "user", "kernel"]] = {
     "kernel": "kernel",
 }
 
-_ALERT = int(ContentType.ALERT)
-_HANDSHAKE = int(ContentType.HANDSHAKE)
 _DATA = int(ContentType.APPLICATION_DATA)
-_HELLO_REQUEST = 0
-_CLIENT_HELLO = 1
-_NEW_SESSION_TICKET = 4
-_KEY_UPDATE = 24
-_MAX_WARNINGS = 5  # OpenSSL's MAX_WARN_ALERT_COUNT: consecutive warning alerts allowed
+_ALERT = int(ContentType.ALERT)
+_CMSG = socket.CMSG_SPACE(1)
 # How much the sending thread pushes per hold of the TX lock (4 layer batches).
 _TX_STEP = 4 << 20
-_MAX_HS_BUFFER = 1 << 16  # a post-handshake message split over records, at most this big
-_MAX_PAYLOAD = 1 << 14
-# errno from the layer -> the fatal alert we send before closing (RFC 8446 6.2).
-_ERRNO_ALERTS = {
-    errno.EBADMSG: 20,  # bad_record_mac
-    errno.EMSGSIZE: 22,  # record_overflow
-    errno.EINVAL: 70,  # protocol_version (the record header's version field)
-}
-_CLOSE_NOTIFY = b"\x01\x00"  # warning, close_notify
+# A reader's buffer of at least one record's plaintext gets every control
+# record whole in one recvmsg (kTLS returns control records alone): the
+# session needs record boundaries (a KeyUpdate must end one).
+_WHOLE_RECORD = TLS_MAX_PAYLOAD_SIZE
+# After our fatal alert: how long we read (and drop) what the peer still
+# sends, so it reads the alert instead of a reset (see KtlsChannel._linger).
+_LINGER = 1.0
 _CHUNK = 256 * 1024
-
-# RFC 8446 6: the names users see when a peer aborts.
-_ALERT_NAMES = {
-    0: "close_notify",
-    10: "unexpected_message",
-    20: "bad_record_mac",
-    21: "decryption_failed",
-    22: "record_overflow",
-    40: "handshake_failure",
-    41: "no_certificate",
-    42: "bad_certificate",
-    43: "unsupported_certificate",
-    44: "certificate_revoked",
-    45: "certificate_expired",
-    46: "certificate_unknown",
-    47: "illegal_parameter",
-    48: "unknown_ca",
-    49: "access_denied",
-    50: "decode_error",
-    51: "decrypt_error",
-    70: "protocol_version",
-    71: "insufficient_security",
-    80: "internal_error",
-    86: "inappropriate_fallback",
-    90: "user_canceled",
-    100: "no_renegotiation",
-    109: "missing_extension",
-    110: "unsupported_extension",
-    112: "unrecognized_name",
-    113: "bad_certificate_status_response",
-    115: "unknown_psk_identity",
-    116: "certificate_required",
-    120: "no_application_protocol",
-}
 
 
 class ChannelError(Exception):
     """The connection failed after the handshake; one line for the user."""
+
+
+class PeerError(ChannelError):
+    """The peer's doing: it broke the protocol (we answered with a fatal
+    alert), sent its own fatal alert, or reset the connection."""
 
 
 class ChannelTimeout(ChannelError):
@@ -131,49 +126,29 @@ class Channel(Protocol):
     def live_seqs(self) -> tuple[int | None, int | None]: ...
 
 
-def alert_name(desc: int) -> str:
-    return _ALERT_NAMES.get(desc, f"alert {desc}")
-
-
-_HANDSHAKE_NAMES = {
-    0: "hello_request",
-    1: "client_hello",
-    2: "server_hello",
-    4: "new_session_ticket",
-    8: "encrypted_extensions",
-    11: "certificate",
-    13: "certificate_request",
-    15: "certificate_verify",
-    20: "finished",
-    24: "key_update",
-}
-
-
 class KtlsChannel:
     """The connection with its record layer in ``offload.KTLSSocket``.
 
-    What it does above the layer (the kernel leaves all of it to user space):
+    The protocol (alerts, tickets, KeyUpdate, renegotiation refusals, which
+    alert answers which bad record) is :class:`tlsctl.session.Session`'s;
+    this class does the I/O around it and keeps the policy that is ours:
 
-    * alerts: close_notify is end-of-stream (TLS 1.3: only our read side
-      closes, we may still send); a fatal alert from the peer is a one-line
-      error naming it; up to ``_MAX_WARNINGS`` consecutive TLS 1.2 warning
-      alerts are tolerated (OpenSSL's limit), more is unexpected_message.
-    * errors from the layer become the matching fatal alert on the wire
-      before the connection closes: EBADMSG bad_record_mac (a TLS 1.3
-      record with no content type: unexpected_message), EMSGSIZE
-      record_overflow, EINVAL (header version) protocol_version, an unknown
-      record type unexpected_message, an empty alert decode_error, an empty
-      handshake record unexpected_message.
-    * post-handshake handshake messages: TLS 1.3 NewSessionTicket (client
-      side) is counted and dropped, KeyUpdate rekeys RX (and TX if asked);
-      anything else is unexpected_message.  TLS 1.2 renegotiation (a
-      HelloRequest to a client, a ClientHello to a server) is refused with a
-      warning no_renegotiation alert and the connection goes on, as OpenSSL
-      does with renegotiation disabled (repeated: unexpected_message).
+    * reads: every record goes through the session; data is decrypted
+      straight into the caller's buffer.  A layer error becomes the alert
+      the session names.  ``EKEYEXPIRED`` after a KeyUpdate *fragment* (the
+      layer, like Linux, pauses at any handshake record that starts with
+      KeyUpdate) is answered by installing the live RX key again.
     * KeyUpdate on our side: every ``key_update_every`` bytes sent, or at
       the next send after :meth:`request_key_update` (thread-safe; serve's
       SIGUSR1).  We send update_not_requested: the peer need not answer, so
       a one-way sender never has to read while it sends.
+    * closing: a peer's close_notify is answered with ours before the socket
+      closes; after our fatal alert the socket lingers (bounded) so the
+      peer reads the alert rather than a reset.
+
+    One thread may read while another sends (``tlsctl send`` does; the
+    session allows one of each), and a fatal alert from the reader stops the
+    sender at its next step (``_TX_STEP``), so nothing follows it.
     """
 
     def __init__(self, k: KTLSSocket, res: HandshakeResult,
@@ -184,25 +159,58 @@ class KtlsChannel:
         self._control = register(k, label=res.side, extra={"cipher_suite": res.cipher_name})
         # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
         self.mode = k.device.driver.name if k.tx_conf == "device" and k.device else k.tx_conf
-        self.peer_closed = False
-        self.tickets = 0
-        self.key_updates = 0  # received from the peer
-        self.key_updates_sent = 0
-        self.renegotiations_refused = 0
-        self.alert_sent: int | None = None
-        self.tx_closed = False  # our close_notify (or a fatal alert) is out
-        # Why the connection died, once a fatal alert went either way: the
-        # sending thread stops at its next step, so no record follows the
-        # alert (send reads from a second thread while the file goes out).
-        self.failed: str | None = None
+        self.session = Session(res.side, tls13=res.is_tls13, suite=res.suite,
+                               tx_secret=res.tx_secret, rx_secret=res.rx_secret)
+        self.alert_sent: int | None = None  # the fatal alert we sent, if any
         self.key_update_every = key_update_every
         self._since_update = 0
         self._update_wanted = False
-        self._warnings = 0  # consecutive warning alerts
-        self._hs_buf = bytearray()
         self._tx_lock = threading.RLock()
-        self._tx_secret = res.tx_secret
-        self._rx_secret = res.rx_secret
+        self._left = memoryview(b"")  # plaintext read past a small caller buffer
+        self._tx_cut = False  # a send did not finish: never close_notify after it
+
+    # -- what the session counts ---------------------------------------------
+
+    @property
+    def peer_closed(self) -> bool:
+        """The peer's close_notify arrived (clean end of its direction)."""
+        return self.session.peer_closed
+
+    @property
+    def tx_closed(self) -> bool:
+        """Our close_notify (or a fatal alert) is out: nothing more is sent."""
+        return self.session.tx_closed
+
+    @property
+    def tickets(self) -> int:
+        return self.session.tickets
+
+    @property
+    def key_updates(self) -> int:
+        """KeyUpdates received from the peer."""
+        return self.session.key_updates_received
+
+    @property
+    def key_updates_sent(self) -> int:
+        return self.session.key_updates_sent
+
+    @property
+    def renegotiations_refused(self) -> int:
+        return self.session.renegotiations_refused
+
+    @property
+    def failed(self) -> str | None:
+        """Why the connection died (a fatal alert went either way), or None."""
+        failure = self.session.failure
+        if failure is None:
+            return None
+        if self.alert_sent is not None:
+            return f"{failure}; sent fatal alert {alert_name(self.alert_sent)}"
+        return str(failure)
+
+    def _error(self) -> ChannelError:
+        remote = isinstance(self.session.failure, RemoteProtocolError)
+        return (PeerError if remote else ChannelError)(self.failed or "connection failed")
 
     # -- sending ------------------------------------------------------------
 
@@ -214,8 +222,8 @@ class KtlsChannel:
         """Rekey if due; how many of ``left`` bytes go out next (at most
         ``_TX_STEP``, so a fatal alert from the reading thread waits for one
         step, not for the whole file)."""
-        if self.failed is not None:
-            raise ChannelError(self.failed)
+        if self.session.failure is not None:
+            raise self._error()
         every = self.key_update_every
         if self._update_wanted or (every and self._since_update >= every):
             self.send_key_update()
@@ -228,29 +236,42 @@ class KtlsChannel:
         mv = memoryview(data)
         flags = socket.MSG_MORE if more else 0
         pos = 0
-        while True:
-            with self._tx_lock:
-                n = self._budget(len(mv) - pos)
-                with self._tx_errors():
-                    self.k.sendall(mv[pos : pos + n], flags)
-                self._since_update += n
-            pos += n
-            if pos >= len(mv):
-                return
+        with self._sending():
+            while True:
+                with self._tx_lock:
+                    n = self._budget(len(mv) - pos)
+                    with self._tx_errors():
+                        self.k.sendall(mv[pos : pos + n], flags)
+                    self._since_update += n
+                pos += n
+                if pos >= len(mv):
+                    return
 
     def send_file(self, f: BinaryIO, offset: int, count: int) -> int:
         sent = 0
-        while sent < count:
-            got = 0
-            with self._tx_lock:
-                n = self._budget(count - sent)
-                with self._tx_errors():
-                    got = self.k.sendfile(f, offset + sent, n)
-                self._since_update += got
-            if got == 0:
-                break
-            sent += got
+        with self._sending():
+            while sent < count:
+                got = 0
+                with self._tx_lock:
+                    n = self._budget(count - sent)
+                    with self._tx_errors():
+                        got = self.k.sendfile(f, offset + sent, n)
+                    self._since_update += got
+                if got == 0:
+                    self._tx_cut = True  # the file ended early
+                    break
+                sent += got
         return sent
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """A send that does not finish (an error, an interrupt) leaves the
+        stream cut: then ``close`` never says close_notify for it."""
+        try:
+            yield
+        except BaseException:
+            self._tx_cut = True
+            raise
 
     @contextlib.contextmanager
     def _tx_errors(self) -> Iterator[None]:
@@ -260,223 +281,231 @@ class KtlsChannel:
         try:
             yield
         except (BrokenPipeError, ConnectionResetError):
-            raise ChannelError(self._peer_alert()
-                               or "peer closed the connection while we were sending") from None
+            why = self._peer_alert()
+            raise PeerError(why or "peer closed the connection while we were sending") from None
         except OSError as exc:
             raise ChannelError(f"send failed: {exc.strerror or exc}") from None
 
     def _peer_alert(self) -> str | None:
-        """Look through what the peer sent (without waiting) for an alert."""
+        """Look through what the peer sent (without waiting) for a fatal alert."""
         for _ in range(4096):  # bounded: records already received only
             try:
-                data, anc, _f, _a = self.k.recvmsg(1 << 14, socket.CMSG_SPACE(1),
-                                                   socket.MSG_DONTWAIT)
+                data, anc, _f, _a = self.k.recvmsg(1 << 14, _CMSG, socket.MSG_DONTWAIT)
             except OSError:
                 return None
             if not data and not anc:
                 return None
-            ctype = next((v[0] for lv, kd, v in anc
-                          if lv == SOL_TLS and kd == TLS_GET_RECORD_TYPE and v), _DATA)
-            if ctype == _ALERT and len(data) == 2 and data[1] != 0:
+            if _record_type(anc) == _ALERT and len(data) == 2 and data[1] != 0:
                 return f"peer sent fatal alert: {alert_name(data[1])}"
         return None
 
     def send_key_update(self, request: bool = False) -> None:
         """RFC 8446 4.6.3: our KeyUpdate as a handshake record, then TX rekey."""
-        suite = self.res.suite
-        if not self.res.is_tls13 or suite is None or not self._tx_secret:
+        if not self.res.is_tls13:
             raise ChannelError(f"KeyUpdate needs TLS 1.3 (this connection is "
                                f"{self.res.version_name})")
         with self._tx_lock:
             self._update_wanted = False
-            with self._tx_errors():
-                self.k.sendmsg([bytes([_KEY_UPDATE, 0, 0, 1, int(request)])],
-                               [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")])
-            secret = tls13_next_secret(self._tx_secret, suite)
             try:
-                self.k.setsockopt(SOL_TLS, TLS_TX, crypto_info_tls13(secret, suite, 0).pack())
-            except OSError as exc:
-                if exc.errno == errno.EBUSY:
-                    raise ChannelError("the record layer cannot change TLS 1.3 TX keys "
-                                       "(Linux before 6.14 answers EBUSY)") from None
-                raise ChannelError(f"KeyUpdate failed: {exc.strerror or exc}") from None
-            self._tx_secret = secret
-            self.key_updates_sent += 1
+                events = self.session.key_update(request)
+            except LocalProtocolError as exc:
+                raise ChannelError(f"cannot send a KeyUpdate: {exc}") from None
+            self._perform(events)
             self._since_update = 0
-
-    # -- receiving ----------------------------------------------------------
-
-    def recv(self, n: int) -> bytes:
-        """Application data, or b"" at close_notify / EOF; control records handled."""
-        buf = bytearray(max(n, 1 << 14))
-        with memoryview(buf) as mv:
-            got = self.recv_into(mv)
-            return bytes(mv[:got])
-
-    def recv_into(self, buf: memoryview) -> int:
-        """``recv`` into ``buf`` (records are decrypted straight into it): 0 at
-        close_notify / EOF.  Control records land there too and are handled."""
-        while True:
-            if self.peer_closed:
-                return 0
-            try:
-                n, anc, _flags, _addr = self.k.recvmsg_into([buf], socket.CMSG_SPACE(1))
-            except ConnectionResetError:
-                raise ChannelError("peer reset the connection") from None
-            except TimeoutError:
-                raise ChannelTimeout("receive timed out") from None
-            except OSError as exc:
-                self._layer_error(exc)
-            ctype = _DATA
-            for level, kind, value in anc:
-                if level == SOL_TLS and kind == TLS_GET_RECORD_TYPE and value:
-                    ctype = value[0]
-            if self._hs_buf and ctype != _HANDSHAKE and (n or ctype != _DATA):
-                # RFC 8446 5.1: a split handshake message must not be interleaved.
-                self._fatal(10, "record interleaved with a fragmented handshake message")
-            if ctype == _DATA:
-                if not n and self.k.rx_truncated:
-                    raise ChannelError("peer closed the connection in the middle of a record")
-                if n:
-                    self._warnings = 0
-                return n
-            if ctype == _ALERT:
-                self._on_alert(bytes(buf[:n]))
-            elif ctype == _HANDSHAKE:
-                self._on_handshake(bytes(buf[:n]))
-            else:
-                self._fatal(10, f"peer sent a record of unexpected type {ctype}")
-
-    def _layer_error(self, exc: OSError) -> NoReturn:
-        """A bad record: the alert the layer's errno calls for, then stop."""
-        detail = exc.strerror or str(exc)
-        if isinstance(exc, NoContentType):
-            self._fatal(10, "peer sent a TLS 1.3 record with no content type "
-                            "(all-zero plaintext)")
-        if exc.errno == errno.EBADMSG:
-            self._fatal(20, "record failed authentication (corrupted or forged data)")
-        if exc.errno == errno.EMSGSIZE:
-            self._fatal(22, "peer sent an oversized record")
-        if exc.errno == errno.EINVAL:
-            self._fatal(70, "peer sent a record with a wrong protocol version")
-        if exc.errno == errno.EKEYEXPIRED:
-            # The layer paused at a record starting with KeyUpdate that did not
-            # hold a whole KeyUpdate message (RFC 8446 5.1: it must).
-            self._fatal(10, "peer sent a KeyUpdate split across records")
-        raise ChannelError(f"receive failed: {detail}") from None
-
-    def _fatal(self, desc: int, why: str) -> NoReturn:
-        # Marked failed first: a sender in another thread stops at its next
-        # step (see _budget) and leaves the TX lock to the alert; nothing
-        # follows the alert.
-        self.failed = why
-        with self._tx_lock:
-            if self._alert(desc):
-                self.failed = why = f"{why}; sent fatal alert {alert_name(desc)}"
-        raise ChannelError(why)
-
-    def _on_alert(self, data: bytes) -> None:
-        if len(data) != 2:
-            self._fatal(50, f"malformed alert from peer ({len(data)} bytes)")
-        level, desc = data[0], data[1]
-        if desc == 0:
-            self.peer_closed = True
-            return
-        if level == 2 or (self.res.is_tls13 and desc != 90):
-            self.failed = f"peer sent fatal alert: {alert_name(desc)}"
-            raise ChannelError(self.failed)
-        if level != 1:
-            self._fatal(47, f"peer sent an alert with unknown level {level}")
-        self._warnings += 1  # a warning (user_canceled: a close_notify follows)
-        if self._warnings > _MAX_WARNINGS:
-            self._fatal(10, f"too many warning alerts from peer (last: {alert_name(desc)})")
-
-    def _on_handshake(self, data: bytes) -> None:
-        """Post-handshake messages, reassembled across records (bounded)."""
-        if not data:
-            self._fatal(10, "peer sent an empty handshake record")
-        self._hs_buf += data
-        while len(self._hs_buf) >= 4:
-            length = int.from_bytes(self._hs_buf[1:4], "big")
-            if length > _MAX_HS_BUFFER:
-                self._fatal(50, f"post-handshake message of {length} bytes from peer")
-            if len(self._hs_buf) < 4 + length:
-                return
-            mtype = self._hs_buf[0]
-            body = bytes(self._hs_buf[4 : 4 + length])
-            del self._hs_buf[: 4 + length]
-            self._handshake_message(mtype, body)
-
-    def _handshake_message(self, mtype: int, body: bytes) -> None:
-        name = _HANDSHAKE_NAMES.get(mtype, f"type {mtype}")
-        if self.res.is_tls13:
-            if mtype == _NEW_SESSION_TICKET and self.res.side == "client":
-                self.tickets += 1
-                return
-            if mtype == _KEY_UPDATE:
-                if len(body) != 1:
-                    self._fatal(50, "malformed KeyUpdate from peer")
-                if body[0] > 1:
-                    self._fatal(47, f"KeyUpdate with request_update={body[0]}")
-                if self._hs_buf:
-                    self._fatal(10, "KeyUpdate not at a record boundary")
-                self._key_update(request=body[0] == 1)
-                return
-        else:
-            renego = _HELLO_REQUEST if self.res.side == "client" else _CLIENT_HELLO
-            if mtype == renego:
-                self.renegotiations_refused += 1
-                if self.renegotiations_refused > _MAX_WARNINGS:
-                    self._fatal(10, "peer keeps trying to renegotiate")
-                self._alert(100, level=1)  # warning no_renegotiation, then go on
-                return
-        self._fatal(10, f"unexpected handshake message {name} after the handshake")
-
-    def _key_update(self, request: bool) -> None:
-        """RFC 8446 4.6.3: next RX secret; if asked, send ours and switch TX."""
-        suite = self.res.suite
-        if suite is None or not self._rx_secret:
-            raise ChannelError("KeyUpdate without TLS 1.3 secrets")
-        self._rx_secret = tls13_next_secret(self._rx_secret, suite)
-        try:
-            self.k.setsockopt(SOL_TLS, TLS_RX,
-                              crypto_info_tls13(self._rx_secret, suite, 0).pack())
-        except OSError as exc:
-            self._fatal(80, f"cannot install the next RX key: {exc.strerror or exc}")
-        self.key_updates += 1
-        if request and not self.tx_closed:
-            self.send_key_update(request=False)
-
-    def _alert(self, desc: int, level: int = 2) -> bool:
-        """Best effort alert (fatal by default): the peer learns why we stop.
-
-        Nothing is sent after our close_notify (our write side is closed).
-        """
-        if self.tx_closed:
-            return False
-        with contextlib.suppress(OSError), self._tx_lock:
-            self.k.sendmsg([bytes([level, desc])], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
-            if level == 2:
-                self.alert_sent = desc
-                self.tx_closed = True  # nothing is sent after a fatal alert
-            return True
-        return False
 
     def close_notify(self) -> None:
         """Close our write side (TLS 1.3: the peer may go on sending)."""
         try:
             with self._tx_lock:
-                if self.failed is not None:
-                    raise ChannelError(self.failed)
-                self.k.sendmsg([_CLOSE_NOTIFY], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")])
-                self.tx_closed = True
+                if self.session.failure is not None:
+                    raise self._error()
+                events = self.session.close()
+                for ev in events:
+                    if isinstance(ev, SendAlert):
+                        self._send_control(_ALERT, ev.record)
             self.k.flush(timeout=10)
         except OSError as exc:
             raise ChannelError(f"cannot send close_notify: {exc.strerror or exc}") from None
 
+    def _send_control(self, content_type: int, data: bytes) -> None:
+        self.k.sendmsg([data], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes((content_type,)))])
+
+    # -- receiving ----------------------------------------------------------
+
+    def recv(self, n: int) -> bytes:
+        """At most ``n`` bytes of application data; b"" at close_notify / EOF."""
+        if n <= 0:
+            return b""
+        buf = memoryview(bytearray(n))
+        got = self.recv_into(buf)
+        return bytes(buf[:got])
+
+    def recv_into(self, buf: memoryview) -> int:
+        """``recv`` into ``buf``: 0 at close_notify / EOF.  Records are
+        decrypted straight into ``buf`` when it holds a whole record's
+        plaintext; control records land there too and are handled."""
+        if not len(buf):
+            return 0
+        if self._left:
+            k = min(len(buf), len(self._left))
+            buf[:k] = self._left[:k]
+            self._left = self._left[k:]
+            return k
+        if len(buf) >= _WHOLE_RECORD:
+            return self._read(buf)
+        scratch = memoryview(bytearray(_WHOLE_RECORD))
+        n = self._read(scratch)
+        k = min(n, len(buf))
+        buf[:k] = scratch[:k]
+        self._left = scratch[k:n]
+        return k
+
+    def _read(self, buf: memoryview) -> int:
+        """One recvmsg after another until application data, EOF or an error."""
+        while True:
+            if self.session.peer_closed:
+                return 0
+            if self.session.failure is not None:
+                raise self._error()
+            try:
+                n, anc, _flags, _addr = self.k.recvmsg_into([buf], _CMSG)
+            except ConnectionResetError:
+                self.session.connection_lost("peer reset the connection")
+                raise self._error() from None
+            except TimeoutError:
+                raise ChannelTimeout("receive timed out") from None
+            except OSError as exc:
+                events = self.session.layer_error(exc)
+                self._perform(events)
+                continue
+            ctype = _record_type(anc)
+            if ctype == _DATA and not n:
+                events = self.session.receive_eof(self.k.rx_truncated)
+                self._perform(events)
+                return 0
+            events = self.session.receive_record(ctype, buf[:n])
+            if events or self.session.failure is not None:
+                self._perform(events)
+            if ctype == _DATA:
+                return n
+
+    # -- performing the session's events ------------------------------------
+
+    def _perform(self, events: list[Event]) -> None:
+        """Do what the session asked, in order; then raise if it ended."""
+        for ev in events:
+            if isinstance(ev, SendAlert):
+                self._send_alert(ev)
+            elif isinstance(ev, InstallRxKey):
+                self._install(TLS_RX, ev.info)
+            elif isinstance(ev, ResumeRx):
+                self._resume_rx()
+            elif isinstance(ev, SendKeyUpdate):
+                with self._tx_lock:
+                    if not self.session.tx_closed and self.session.failure is None:
+                        self.send_key_update(request=ev.update_requested)
+            elif isinstance(ev, SendRecord):
+                with self._tx_errors():
+                    self._send_control(ev.content_type, ev.data)
+            elif isinstance(ev, InstallTxKey):
+                self._install(TLS_TX, ev.info)
+            # PeerClosed, PeerAlert, TicketIgnored, KeyUpdateReceived and
+            # RenegotiationRefused are counted by the session: nothing to do.
+        if self.session.failure is not None:
+            raise self._error()
+
+    def _send_alert(self, ev: SendAlert) -> None:
+        """Best effort: the peer learns why we stop, if it still listens."""
+        with contextlib.suppress(OSError), self._tx_lock:
+            self._send_control(_ALERT, ev.record)
+            if ev.level == AlertLevel.FATAL:
+                self.alert_sent = int(ev.description)
+
+    def _install(self, direction: int, info: CryptoInfo) -> None:
+        """``setsockopt`` of the next key; a failure ends the connection."""
+        try:
+            self.k.setsockopt(SOL_TLS, direction, info.pack())
+        except OSError as exc:
+            if direction == TLS_TX:
+                # The KeyUpdate is out under the old key: nothing the peer
+                # could read may follow it, not even an alert.
+                why = (f"KeyUpdate failed: {exc.strerror or exc}"
+                       if exc.errno != errno.EBUSY else
+                       "the record layer cannot change TLS 1.3 TX keys "
+                       "(Linux before 6.14 answers EBUSY)")
+                self.session.abort(why, alert=None)
+            else:
+                events = self.session.abort(
+                    f"cannot install the next RX key: {exc.strerror or exc}")
+                self._perform(events)
+            raise self._error() from None
+
+    def _resume_rx(self) -> None:
+        """Install the live RX key again (same key, same rec_seq): a TLS 1.3
+        rekey to itself, which ends the layer's KeyUpdate pause (Linux 6.14+
+        and this layer) without changing anything else."""
+        info = self.res.rx_info
+        try:
+            size = info.spec.struct_size if info is not None else 0
+            live = self.k.getsockopt(SOL_TLS, TLS_RX, size)
+            if not isinstance(live, bytes):
+                raise OSError(errno.EINVAL, "no RX crypto_info")
+            self.k.setsockopt(SOL_TLS, TLS_RX, live)
+        except OSError as exc:
+            events = self.session.abort(
+                f"cannot resume RX after a KeyUpdate fragment: {exc.strerror or exc}")
+            self._perform(events)
+
+    # -- closing --------------------------------------------------------------
+
     def close(self) -> None:
+        """Answer a close_notify we have not answered, linger after a fatal
+        alert we sent, then close the socket.
+
+        The answer is not sent when one of our sends did not finish: a
+        close_notify tells a TLS 1.3 peer (which may read on after its own)
+        that our stream is complete, and a cut one is not.  A caller that
+        abandons a transfer without an error says so with user_canceled
+        (the session's ``cancel``) before closing.
+        """
+        with contextlib.suppress(OSError):
+            with self._tx_lock:
+                events = [] if self._tx_cut else self.session.finish()
+            for ev in events:
+                if isinstance(ev, SendAlert):
+                    self._send_alert(ev)
+            if events:
+                self.k.flush(timeout=2)
+        if self.alert_sent is not None:
+            self._linger()
         self._control.close()
         self.k.close()
+
+    def _linger(self) -> None:
+        """After our fatal alert: send FIN behind it and read (and drop) what
+        the peer still sends, until its EOF or ``_LINGER`` seconds.
+
+        Closing a socket with unread bytes makes TCP send a reset and drop
+        what it has not sent yet; a peer still writing then sees a reset,
+        not our alert.  The bytes are read from the TCP socket under the
+        layer (the session is over): with the kernel's kTLS that read fails
+        once an error is sticky, and the wait simply ends.
+        """
+        raw = self.k.sock
+        deadline = time.monotonic() + _LINGER
+        shut = False
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                if not shut and not self.k.pending_tx_bytes:
+                    raw.shutdown(socket.SHUT_WR)
+                    shut = True
+                ready, _, _ = select.select([raw], [], [], left if shut else min(left, 0.05))
+                if ready and not raw.recv(1 << 16, socket.MSG_DONTWAIT):
+                    return
+            except (BlockingIOError, InterruptedError):
+                continue
+            except (OSError, ValueError):
+                return
 
     def live_seqs(self) -> tuple[int | None, int | None]:
         """The next record numbers, read back as Linux offers: getsockopt."""
@@ -493,14 +522,20 @@ class KtlsChannel:
     def cancel(self) -> None:
         """Stop sending without claiming the stream is complete (send's Ctrl-C).
 
-        A user_canceled alert (RFC 5246 7.2.1 / RFC 8446 6.1: a warning in
-        TLS 1.2, allowed as it is in 1.3) and then nothing: no close_notify
-        follows, so the peer reports a cancelled or truncated transfer.
+        A user_canceled alert and then nothing: no close_notify follows, so
+        the peer reports a cancelled or truncated transfer (``Session.cancel``).
         Call it between whole sends only, never with a record half written.
         """
-        user_canceled, warning = 90, 1
-        self._alert(user_canceled, level=warning)
-        self.tx_closed = True
+        with self._tx_lock:
+            self._perform(self.session.cancel())
+
+
+def _record_type(anc: list[tuple[int, int, bytes]]) -> int:
+    """The TLS_GET_RECORD_TYPE cmsg's type; application data without one."""
+    for level, kind, value in anc:
+        if level == SOL_TLS and kind == TLS_GET_RECORD_TYPE and value:
+            return value[0]
+    return _DATA
 
 
 class OpenSSLChannel:
