@@ -85,7 +85,14 @@ fetch_new_kernel() {
     work="$(mktemp -d)"
     lists="$work/lists"
     mkdir -p "$lists/partial"
-    echo "deb http://deb.debian.org/debian trixie-backports main" > "$work/sources.list"
+    # The machine's own Debian mirror (whatever its apt configuration names),
+    # not a host written here: the suite is "trixie-backports" on it.
+    local mirror
+    mirror="$(apt-get indextargets --format '$(REPO_URI) $(ORIGIN) $(RELEASE)' \
+              'Created-By: Packages' 2>/dev/null \
+              | awk '$2 == "Debian" && $3 !~ /-(security|updates|backports)$/ {print $1; exit}')"
+    [[ -n "$mirror" ]] || { log "no Debian mirror in this machine's apt configuration"; return 1; }
+    echo "deb ${mirror%/} trixie-backports main" > "$work/sources.list"
     apt_opts=(-o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=/dev/null
               -o "Dir::State::Lists=$lists" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
     apt-get "${apt_opts[@]}" update -qq || return 1
