@@ -653,7 +653,8 @@ def test_parse_hostport() -> None:
     assert parse_hostport("example.com:443") == ("example.com", 443)
     assert parse_hostport("[::1]:8443") == ("::1", 8443)
     assert parse_hostport("4433", default_host="0.0.0.0") == ("0.0.0.0", 4433)
-    for bad in ("example.com", "host:http", "host:70000", "[::1]8443"):
+    assert parse_hostport("localhost:https") == ("localhost", 443)  # a service name
+    for bad in ("example.com", "host:nosuchservice", "host:70000", "[::1]8443", "::1:8443"):
         with pytest.raises(click.BadParameter):
             parse_hostport(bad)
 

@@ -15,8 +15,10 @@ import click
 
 from offload.netdev import load_drivers
 from offload.wiremodel import FaultSpec
+from tlsctl import addresses
 from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec
 from tlsctl.commands._tlsconf import TlsOptions
+from tlsctl.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,51 +111,28 @@ def tls_options_from(kw: dict[str, Any]) -> TlsOptions:
 
 
 def parse_hostport(value: str, default_host: str | None = None) -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT`` or (with a default host) ``PORT``."""
-    host: str | None
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0 or value[end + 1 : end + 2] != ":":
-            raise click.BadParameter(f"expected [HOST]:PORT, got {value!r}")
-        host, port_s = value[1:end], value[end + 2 :]
-    elif ":" in value:
-        host, _, port_s = value.rpartition(":")
-    else:
-        host, port_s = default_host, value
-    if not host:
-        if default_host is None:
-            raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
-        host = default_host
+    """``HOST:PORT``, ``[V6]:PORT``, a service name as port, or (with a
+    default host) ``PORT`` (:func:`tlsctl.addresses.parse_hostport`)."""
     try:
-        port = int(port_s)
-    except ValueError:
-        raise click.BadParameter(f"bad port in {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise click.BadParameter(f"port out of range in {value!r}")
-    return host, port
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        return addresses.parse_hostport(value, default_host)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 class ByteSize(click.ParamType[int]):
-    """``1048576``, ``64K``, ``1M``, ``2G`` (binary units; ``KiB``/``MB`` spellings too)."""
+    """``1048576``, ``64K``, ``1M``, ``2G`` (:func:`tlsctl.units.parse_size`)."""
 
     name = "BYTES"
 
+    def __init__(self, minimum: int = 1) -> None:
+        self.minimum = minimum
+
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
-        unit = text[-1:] if text[-1:] in ("K", "M", "G") else ""
         try:
-            n = int(text[: len(text) - len(unit)]) * _UNITS[unit]
-        except ValueError:
-            self.fail(f"{value!r} is not a size (e.g. 65536, 64K, 1M, 2G)", param, ctx)
-        if n <= 0:
-            self.fail(f"{value!r}: must be more than 0 bytes", param, ctx)
-        return n
+            return parse_size(value, minimum=self.minimum)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def key_update_option(f: F) -> F:

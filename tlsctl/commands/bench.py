@@ -59,6 +59,8 @@ from typing import Any
 import click
 
 from offload.kernel import kernel_has_ktls
+from tlsctl import units
+from tlsctl.addresses import is_ip
 from tlsctl.commands._bench_run import (
     TLS_MAX_RECORD,
     BenchError,
@@ -97,16 +99,11 @@ SCHEMA: dict[str, tuple[type, ...]] = {
 
 
 def parse_size(text: str) -> int:
-    """``4096``, ``64K``, ``256M``, ``1G`` (binary multiples)."""
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    """``4096``, ``64K``, ``256M``, ``1G`` (:func:`tlsctl.units.parse_size`)."""
     try:
-        value = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
-    except ValueError:
-        raise click.BadParameter(f"not a size: {text!r} (e.g. 64M, 1G)") from None
-    if value < 1:
-        raise click.BadParameter("size must be at least 1 byte")
-    return int(value)
+        return units.parse_size(text, minimum=1)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def parse_modes(text: str) -> list[str]:
@@ -437,7 +434,7 @@ def _run_in(tmp: str, runs: list[ModeRuns], nbytes: int, seconds: float | None, 
         if connect:
             host, port = parse_hostport(connect)
             target = Target(host, port, None, verify=not insecure,
-                            server_name=None if _is_ip(host) else host)
+                            server_name=None if is_ip(host) else host)
         else:
             parent, child = ctx.Pipe()
             receiver = ctx.Process(target=receiver_main,
@@ -502,16 +499,6 @@ def _end(pool: Any, receiver: Any) -> None:
 def _job_timeout(nbytes: int, seconds: float | None) -> float:
     """Generous: 2 MB/s plus a minute, plus the --time."""
     return 60 + nbytes / 2e6 + 2 * (seconds or 0)
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ import click
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from tlsctl.addresses import is_ip
 from tlsctl.commands._channel import (
     ChannelError,
     ChannelTimeout,
@@ -49,6 +50,7 @@ from tlsctl.commands._confirm import (
     reset_by_peer,
 )
 from tlsctl.commands._options import (
+    ByteSize,
     device_spec_from,
     key_update_option,
     parse_hostport,
@@ -107,16 +109,6 @@ class _Progress:
         return f"{'at least ' if self.in_step else ''}{self.sent}{total} bytes"
 
 
-def _is_ip(host: str) -> bool:
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(fam, host)
-            return True
-        except OSError:
-            continue
-    return False
-
-
 @click.command()
 @click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("-connect", "--connect", "connect", metavar="HOST:PORT",
@@ -124,8 +116,8 @@ def _is_ip(host: str) -> bool:
 @click.option("--loopback", is_flag=True,
               help="Start a server in this process (127.0.0.1, ephemeral certificate, "
                    "verified) and send to it; it checks the SHA-256 of what arrived.")
-@click.option("--size", default=64 << 20, show_default=True, type=click.IntRange(min=0),
-              help="With --loopback and no FILE: bytes of random data to send.")
+@click.option("--size", default="64M", show_default=True, type=ByteSize(minimum=0),
+              help="With --loopback and no FILE: bytes of random data to send (K/M/G suffixes).")
 @click.option("-servername", "--servername", "servername", metavar="NAME",
               help="SNI name and the name checked in the certificate (default: HOST).")
 @click.option("-cert", "--cert", "cert", metavar="PEM", type=click.Path(dir_okay=False),
@@ -277,7 +269,7 @@ def _run(file: str | BinaryIO, host: str, port: int, servername: str | None, ins
         # Records are written whole; without NODELAY a small final record
         # (close_notify) waits for a delayed ACK (~40 ms on Linux).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sni = servername or (None if _is_ip(host) else host)
+        sni = servername or (None if is_ip(host) else host)
         try:
             res = run_handshake(sock, ctx, "client", server_name=sni,
                                 verify_host=None if insecure else (servername or host),

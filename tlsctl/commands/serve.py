@@ -42,6 +42,7 @@ import click
 from cryptography import x509
 from OpenSSL import SSL
 
+from tlsctl.addresses import format_addr
 from tlsctl.commands._certs import PrivateKey, ephemeral_server_cert
 from tlsctl.commands._channel import (
     ChannelError,
@@ -246,7 +247,7 @@ class Server:
 
     def _new_record(self, conn_id: int, addr: Any) -> dict[str, Any]:
         return {"event": "connection", "conn": conn_id, "worker": self.worker or 0,
-                "peer": _fmt_addr(addr[0], addr[1])}
+                "peer": format_addr(addr[0], addr[1])}
 
     def _conn(self, sock: socket.socket, addr: Any, conn_id: int) -> None:
         rec = self._new_record(conn_id, addr)
@@ -380,10 +381,6 @@ class Server:
                          f"rx={rec.get('rx_seq_at_end')}, key updates received "
                          f"{rec.get('key_updates', 0)} sent {rec.get('key_updates_sent', 0)}")
         info(" ".join(parts), quiet=self.quiet)
-
-
-def _fmt_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -635,7 +632,7 @@ def _serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: 
                    "handshake_timeout": limits.handshake_timeout, "files": files,
                    "run": getattr(handler, "run", None) or None})
     else:
-        info(f"ACCEPT {_fmt_addr(bound[0], bound[1])} ({mode}, offload {kw['offload']}, "
+        info(f"ACCEPT {format_addr(bound[0], bound[1])} ({mode}, offload {kw['offload']}, "
              f"{f'{workers} workers, ' if workers > 1 else ''}"
              f"up to {max_conns} connections at once{' each' if workers > 1 else ''})",
              quiet=quiet)

@@ -1,0 +1,38 @@
+"""Sizes as people type them: ``65536``, ``64K``, ``1M``, ``2G``, ``1.5G``.
+
+One parser for every size option (``send --size``, ``bench --size``,
+``--key-update-every``, ``--record-size`` ...), so they all accept the same
+spellings.  Multiples are binary (K = 1024), as ``dd``, ``iperf3 -n`` and
+``curl --limit-rate`` take them; ``KiB``/``KB``/``k`` spellings are accepted
+too.  Errors are ``ValueError`` with a one-line message; the CLI turns them
+into usage errors naming the option.
+"""
+
+from __future__ import annotations
+
+_MULTIPLES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int, *, minimum: int = 0) -> int:
+    """Bytes in ``text``; at least ``minimum`` (ValueError otherwise)."""
+    if isinstance(text, int):
+        value = text
+    else:
+        t = text.strip().upper().removesuffix("B").removesuffix("I")
+        unit = t[-1:] if t[-1:] in _MULTIPLES else ""
+        number = t[: len(t) - len(unit)].strip()
+        try:
+            exact = int(number)
+        except ValueError:
+            try:
+                scaled = float(number) * _MULTIPLES[unit]
+            except ValueError:
+                raise ValueError(f"{text!r} is not a size (e.g. 65536, 64K, 1M, 2G)") from None
+            if scaled != scaled or scaled in (float("inf"), float("-inf")):
+                raise ValueError(f"{text!r} is not a size (e.g. 65536, 64K, 1M, 2G)") from None
+            value = int(scaled)
+        else:
+            value = exact * _MULTIPLES[unit]
+    if value < minimum:
+        raise ValueError(f"{text!r}: must be at least {minimum} byte{'s' if minimum != 1 else ''}")
+    return value
