@@ -381,8 +381,12 @@ class TxBatches:
                 mv[o + 12 : o + 12 + r * m : r] = bytes(range(low, low + m))
                 i += m
             HEADER_EX.pack_into(
-                out, r * k, content_type, RECORD_VERSION,
-                sealer.explicit_size + len(slots[-1]) + sealer.tag_size, explicit + k,
+                out,
+                r * k,
+                content_type,
+                RECORD_VERSION,
+                sealer.explicit_size + len(slots[-1]) + sealer.tag_size,
+                explicit + k,
             )
             sealer.explicit = explicit + n_rec
         sealer.advance(n_rec)

@@ -352,9 +352,7 @@ class RecordOpener(_Direction):
                 self.explicit = (self.explicit + nrec) & SEQ_MASK
         return nrec, off, padded
 
-    def _unwrap(
-        self, record: Buffer
-    ) -> tuple[int, bytes, memoryview, bytes | memoryview]:
+    def _unwrap(self, record: Buffer) -> tuple[int, bytes, memoryview, bytes | memoryview]:
         """Header checks, then (outer type, nonce, body past any explicit nonce, AAD)."""
         mv = memoryview(record)
         if len(mv) < TLS_HEADER_SIZE:
