@@ -27,16 +27,15 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from OpenSSL import SSL
 
-from offload.netdev import create_device
-from offload.wiremodel import FaultSpec
-from tlsctl.commands._channel import KtlsChannel, OpenSSLChannel, establish, exact_reads
+from tlsctl.commands._channel import KtlsChannel, OpenSSLChannel, establish
 from tlsctl.commands._handlers import sink
 from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
 from tlsctl.handshake import install_offload, run_handshake
+from tlsctl.offloadmode import device_spec, exact_reads, open_layer
 
 _BUF = 1 << 20
 _REPORT = 16
@@ -224,18 +223,14 @@ def _tls(job: Job) -> Result:
                         verify_host=t.host if t.verify else None,
                         exact=job.mode == "kernel" or exact_reads("auto"))
     sock.settimeout(None)
-    layer: dict[str, Any] = {}
+    offload = "kernel" if job.mode == "kernel" else "sw"
+    device = None
     if job.mode.startswith("sim-nic"):
-        layer = {"device": create_device("sim-nic")}
-        if job.faults:
-            layer["faults"] = FaultSpec.parse(job.faults)
-            layer["fallback_device"] = create_device("sim-nic", "sim-nic1")
-    backend: Literal["user", "kernel"] = "kernel" if job.mode == "kernel" else "user"
-    if job.record_size != TLS_MAX_RECORD:
-        if backend == "kernel":
-            raise BenchError("kernel: --record-size needs the user-space layer")
-        layer["record_size"] = job.record_size
-    k = install_offload(sock, res, backend, **layer)
+        offload = "sim-nic"
+        device = device_spec(offload, faults=job.faults)
+    if job.record_size != TLS_MAX_RECORD and offload == "kernel":
+        raise BenchError("kernel: --record-size needs the user-space layer")
+    k = install_offload(open_layer(sock, offload, device, record_size=job.record_size), res)
     chan = KtlsChannel(k, res)
     if job.mode.startswith("sim-nic") and k.tx_conf != "device":
         chan.close()

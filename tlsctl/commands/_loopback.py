@@ -25,10 +25,10 @@ from typing import BinaryIO
 from cryptography import x509
 
 from tlsctl.commands._certs import ephemeral_server_cert
-from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec, Offload
 from tlsctl.commands._handlers import hash_sink
 from tlsctl.commands._tlsconf import TlsOptions, server_context
 from tlsctl.commands.serve import Server
+from tlsctl.offloadmode import DeviceSpec, Offload, receiver_offload
 
 
 @contextlib.contextmanager
@@ -43,7 +43,7 @@ def loopback_server(
     listener.listen(1)
     port = int(listener.getsockname()[1])
     # The built-in receiver decrypts in software; a NIC offload is the sender's.
-    server_offload = offload if offload in BASE_OFFLOADS else "sw"
+    server_offload = receiver_offload(offload)
     server = Server(listener, ctx, hash_sink, mode="sink", offload=server_offload, naccept=1,
                     timeout=60, keylog=None, quiet=True, as_json=False, closes_first=False)
     thread = threading.Thread(target=server.serve_forever, name="loopback-serve", daemon=True)

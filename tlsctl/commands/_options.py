@@ -13,11 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
-from offload.netdev import load_drivers
-from offload.wiremodel import FaultSpec
 from tlsctl import addresses
-from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec
 from tlsctl.commands._tlsconf import TlsOptions
+from tlsctl.offloadmode import DeviceSpec, OffloadOptionError, device_spec, offload_choices
 from tlsctl.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,37 +60,16 @@ def tls_options(f: F) -> F:
     return f
 
 
-def offload_choices() -> list[str]:
-    """The fixed record-layer choices plus every NIC driver plug-in."""
-    drivers, _errors = load_drivers()
-    return [*BASE_OFFLOADS, *sorted(drivers)]
-
-
 def device_spec_from(kw: dict[str, Any]) -> DeviceSpec | None:
-    """``--faults``/``--mss`` for a NIC offload; a usage error elsewhere.
-
-    ``--key-update-every`` with a NIC is refused here too, at start-up (send
-    and serve both call this before any connection): a NIC-offloaded TX
-    context cannot be rekeyed yet (``DeviceTx.rekey`` is EOPNOTSUPP; upstream
-    device offload has no rekey either), so the transfer would fail right
-    after its first KeyUpdate went out.
-    """
-    faults, mss = kw.get("faults"), kw.get("mss")
-    offload = kw.get("offload")
-    if offload in BASE_OFFLOADS:
-        if faults or mss:
-            raise click.UsageError("--faults and --mss need a NIC offload (--offload sim-nic)")
-        return None
-    if kw.get("key_update_every"):
-        raise click.UsageError(
-            f"--key-update-every cannot be used with --offload {offload}: a NIC-offloaded "
-            "TX context cannot be rekeyed yet (use --offload sw or kernel)"
-        )
+    """``--faults``/``--mss`` for a NIC offload (:func:`tlsctl.offloadmode.device_spec`);
+    a usage error elsewhere."""
     try:
-        spec = FaultSpec.parse(faults) if faults else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--faults") from None
-    return DeviceSpec(faults=spec, mss=mss)
+        return device_spec(kw.get("offload") or "auto", faults=kw.get("faults"),
+                           mss=kw.get("mss"), key_update_every=kw.get("key_update_every"))
+    except OffloadOptionError as exc:
+        if exc.option is not None:
+            raise click.BadParameter(str(exc), param_hint=exc.option) from None
+        raise click.UsageError(str(exc)) from None
 
 
 def tls_options_from(kw: dict[str, Any]) -> TlsOptions:

@@ -38,9 +38,7 @@ from tlsctl.commands._channel import (
     ChannelTimeout,
     KtlsChannel,
     OpenSSLChannel,
-    device_report,
     establish,
-    exact_reads,
 )
 from tlsctl.commands._confirm import (
     NO_CLOSE_NOTIFY,
@@ -63,6 +61,7 @@ from tlsctl.commands._tlsconf import ConfigError, client_context
 from tlsctl.control import ControlServer, control_socket_option
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogFile, run_handshake
+from tlsctl.offloadmode import device_report, exact_reads
 
 _STREAM_CHUNK = 256 * 1024  # at most this much per read from a pipe (less as it arrives)
 _STEP = 1 << 20  # bytes per uninterruptible send: whole records, then signals are seen
@@ -515,7 +514,7 @@ class _Transfer:
             out["key_updates_received"] = chan.key_updates
             if self.drain is not None:
                 out["bytes_received"] = self.drain.received  # what the server sent (discarded)
-            out.update(device_report(chan))
+            out.update(device_report(chan.k))
         return out
 
 

@@ -46,13 +46,9 @@ from tlsctl.addresses import format_addr
 from tlsctl.commands._certs import PrivateKey, ephemeral_server_cert
 from tlsctl.commands._channel import (
     ChannelError,
-    DeviceSpec,
     KtlsChannel,
-    Offload,
     OpenSSLChannel,
-    device_report,
     establish,
-    exact_reads,
 )
 from tlsctl.commands._handlers import PARTIAL, Handler, HandlerError, Store, echo, sink
 from tlsctl.commands._options import (
@@ -70,6 +66,7 @@ from tlsctl.commands._www import Www
 from tlsctl.control import ControlServer, control_socket_option
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, KeylogFile, KeylogSink, run_handshake
+from tlsctl.offloadmode import DeviceSpec, Offload, device_report, exact_reads
 
 _GRACE = 3.0  # seconds running connections get after SIGINT/SIGTERM
 _POLL = 0.25  # how often the accept loop looks at the stop flag and the log
@@ -281,7 +278,7 @@ class Server:
                 rec.update(key_updates=chan.key_updates,
                            key_updates_sent=chan.key_updates_sent,
                            tx_seq_at_end=tx_end, rx_seq_at_end=rx_end)
-                rec.update(device_report(chan))
+                rec.update(device_report(chan.k))
             rec["ok"] = True
         except HandlerError as exc:
             rec.update(exc.facts, ok=False, error=str(exc))
