@@ -17,8 +17,9 @@ import pytest
 
 from offload.kernel import kernel_has_ktls
 from tests.peers import TLSCTL, tlsctl_server
-from tlsctl.commands._bench_run import BenchError, _report
-from tlsctl.commands.bench import SCHEMA, headline, parse_modes, parse_size
+from tlsctl.benchrun import SCHEMA, BenchError, headline, parse_modes
+from tlsctl.benchrun.report import read_report
+from tlsctl.units import parse_size
 
 SIZE = 4 << 20
 
@@ -69,11 +70,11 @@ def test_json_schema_and_every_mode_moves_its_bytes() -> None:
 
 def test_receiver_short_count_is_an_error() -> None:
     report = (100).to_bytes(8, "big") + (5).to_bytes(8, "big")
-    assert _report(report, "sw", 100) == (100, 5e-6)
+    assert read_report(report, "sw", 100) == (100, 5e-6)
     with pytest.raises(BenchError, match="receiver got 100 of 200 bytes"):
-        _report(report, "sw", 200)
+        read_report(report, "sw", 200)
     with pytest.raises(BenchError, match="report"):
-        _report(b"", "sw", 200)
+        read_report(b"", "sw", 200)
 
 
 def test_csv_parallel_record_size_and_tls12() -> None:
@@ -165,7 +166,7 @@ def test_nic_declining_the_cipher_skips_only_that_mode() -> None:
 def test_parsers() -> None:
     assert parse_size("4M") == 4 << 20 and parse_size("1g") == 1 << 30
     assert parse_size("512K") == 512 << 10 and parse_size("1000") == 1000
-    assert parse_modes("sw, tcp,sw") == ["sw", "tcp"]
+    assert parse_modes("sw, tcp,sw") == ("sw", "tcp")
 
 
 def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
