@@ -301,3 +301,45 @@ def test_kernel_mode_in_a_ktls_vm() -> None:
     kernel = {r["mode"]: r for r in rows}["kernel"]
     assert kernel["skipped"] is None and kernel["confirmed"] == "count"
     assert kernel["bytes"] == SIZE
+
+
+def test_library_run_reports_progress_and_prints_nothing(
+        capfd: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    """``tlsctl.benchrun`` in-process: progress comes through the callback,
+    results as rows, nothing is printed, nothing is left on disk."""
+    from tlsctl.benchrun import Bench, BenchOptions, Progress
+
+    run = Bench(BenchOptions(size=1 << 20, modes=("tcp", "sw", "kernel"), repeat=2,
+                             data_dir=str(tmp_path)))
+    steps: list[Progress] = []
+    rows = run.run(on_progress=steps.append)
+    active = ["tcp", "sw"] + (["kernel"] if kernel_has_ktls()[0] else [])
+    assert [s.done for s in steps] == list(range(2 * len(active)))
+    assert {s.total for s in steps} == {2 * len(active)}
+    assert [s.mode for s in steps[: len(active)]] == active  # round 1 in order
+    assert str(steps[-1]).startswith("round 2/2: ")
+    check_schema(rows)
+    assert rows == run.rows()
+    by = {r["mode"]: r for r in rows}
+    assert by["tcp"]["bytes"] == by["sw"]["bytes"] == 2 << 20
+    assert by["sw"]["confirmed"] == "count"
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kw", "text"), [
+    ({"modes": ("tcp", "quic")}, "unknown mode quic"),
+    ({"modes": ()}, "unknown mode"),
+    ({"repeat": 0}, "repeat"),
+    ({"record_size": 16385}, "record size"),
+    ({"modes": ("sw",), "faults": "reorder=0.1"}, "sim-nic"),
+])
+def test_library_options_are_checked(kw: dict[str, Any], text: str) -> None:
+    from offload.wiremodel import FaultSpec
+    from tlsctl.benchrun import BenchOptions
+
+    if "faults" in kw:
+        kw = {**kw, "faults": FaultSpec.parse(kw["faults"])}
+    with pytest.raises(ValueError, match=text):
+        BenchOptions(size=1, **kw)
