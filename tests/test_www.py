@@ -379,7 +379,10 @@ def recording_relay(upstream: int) -> Iterator[tuple[int, list[bytearray]]]:
             while open_ and not stop.is_set():
                 ready, _, _ = select.select(list(open_), [], [], 0.2)
                 for s in ready:
-                    data = s.recv(1 << 16)
+                    try:
+                        data = s.recv(1 << 16)
+                    except ConnectionResetError:  # curl may close with our close_notify unread
+                        data = b""
                     if s is up:
                         cap += data
                     if data:

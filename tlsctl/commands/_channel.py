@@ -37,7 +37,7 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
-from tlsctl.control import register
+from tlsctl.control import Registrar, Registration
 from tlsctl.handshake import HandshakeError, HandshakeResult, install_offload
 from tlsctl.offloadmode import DeviceSpec, Offload, is_nic, layer_offload, open_layer
 from tlsctl.session import (
@@ -135,11 +135,16 @@ class KtlsChannel:
     """
 
     def __init__(self, k: KTLSSocket, res: HandshakeResult,
-                 key_update_every: int | None = None) -> None:
+                 key_update_every: int | None = None,
+                 registrar: Registrar | None = None) -> None:
         self.k = k
         self.res = res
-        # Visible to `tlsctl inspect-context` while the connection lives.
-        self._control = register(k, label=res.side, extra={"cipher_suite": res.cipher_name})
+        # Visible to `tlsctl inspect-context` (the command's control server)
+        # while the connection lives.
+        self._control: Registration | None = None
+        if registrar is not None:
+            self._control = registrar.register(
+                k, label=res.side, extra={"cipher_suite": res.cipher_name})
         # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
         self.mode = layer_offload(k)
         self.session = Session(res.side, tls13=res.is_tls13, suite=res.suite,
@@ -461,7 +466,8 @@ class KtlsChannel:
                 self.k.flush(timeout=2)
         if self.alert_sent is not None:
             self._linger()
-        self._control.close()
+        if self._control is not None:
+            self._control.close()
         self.k.close()
 
     def _linger(self) -> None:
@@ -642,12 +648,14 @@ def establish(
     offload: Offload,
     warn: Callable[[str], None],
     device: DeviceSpec | None = None,
+    registrar: Registrar | None = None,
 ) -> KtlsChannel | OpenSSLChannel:
     """Hand the keys to the layer, or keep the connection in pyOpenSSL.
 
     ``auto`` falls back to pyOpenSSL with a warning when the suite has no
     kTLS cipher; ``sw``/``kernel`` asked for offload explicitly, so that
-    is an error instead.
+    is an error instead.  A kTLS connection is registered with
+    ``registrar`` (the command's control server) while it lives.
     """
     if offload == "none":
         return OpenSSLChannel(sock, res)
@@ -667,4 +675,4 @@ def establish(
         raise ChannelError(str(exc)) from None
     except OSError as exc:
         raise ChannelError(f"cannot install the keys: {exc.strerror or exc}") from None
-    return KtlsChannel(k, res)
+    return KtlsChannel(k, res, registrar=registrar)

@@ -9,12 +9,14 @@ single-dash name as a long option).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from tlsctl import addresses
 from tlsctl.commands._tlsconf import TlsOptions
+from tlsctl.control import ControlServer, ControlSocketError
 from tlsctl.offloadmode import DeviceSpec, OffloadOptionError, device_spec, offload_choices
 from tlsctl.units import parse_size
 
@@ -58,6 +60,26 @@ def tls_options(f: F) -> F:
     for d in reversed(decorators):
         f = d(f)
     return f
+
+
+def control_socket_option(f: F) -> F:
+    """``--control-socket PATH`` for commands that serve one (``send``, ``serve``)."""
+    return click.option(
+        "--control-socket", "control_socket", metavar="PATH",
+        type=click.Path(path_type=Path),
+        help="Answer `tlsctl inspect-context` on this Unix socket, or as <pid>.sock in "
+             "this directory (default: $XDG_RUNTIME_DIR/tlsctl/<pid>.sock).",
+    )(f)
+
+
+def start_control_server(path: Path | None) -> ControlServer:
+    """The process's control socket for ``inspect-context``: an explicit
+    ``--control-socket`` that cannot be used safely is one line, exit status 1;
+    the default place unusable is a warning (the command works on)."""
+    try:
+        return ControlServer.start(path)
+    except ControlSocketError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def device_spec_from(kw: dict[str, Any]) -> DeviceSpec | None:
