@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from tlsctl.commands._certs import ephemeral_server_cert
 from tlsctl.commands._channel import ChannelError, KtlsChannel, establish
 from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
+from tlsctl.control import ControlServer, Registrar, query
 from tlsctl.handshake import HandshakeResult, run_handshake
 
 pytestmark = pytest.mark.timeout(60)
@@ -21,9 +22,13 @@ _CERT = ephemeral_server_cert()
 SUITES_13 = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
 
 
-def _pair(version: str, suite: str | None = None) -> tuple[KtlsChannel, KtlsChannel]:
+def _pair(version: str, suite: str | None = None, registrar: Registrar | None = None,
+          socks: tuple[socket.socket, socket.socket] | None = None,
+          ) -> tuple[KtlsChannel, KtlsChannel]:
+    """A connected pair (over ``socks``, default a socketpair); the client is
+    handed ``registrar``, the server nothing."""
     opts = TlsOptions(tls1_2=version == "1.2", tls1_3=version == "1.3", ciphersuites=suite)
-    a, b = socket.socketpair()
+    a, b = socks or socket.socketpair()
     for s in (a, b):
         s.settimeout(10)
     server_res: list[HandshakeResult] = []
@@ -32,7 +37,7 @@ def _pair(version: str, suite: str | None = None) -> tuple[KtlsChannel, KtlsChan
     t.start()
     cres = run_handshake(a, client_context(opts, verify=False), "client", exact=True)
     t.join(10)
-    client = establish(a, cres, "sw", lambda _m: None)
+    client = establish(a, cres, "sw", lambda _m: None, registrar=registrar)
     server = establish(b, server_res[0], "sw", lambda _m: None)
     assert isinstance(client, KtlsChannel) and isinstance(server, KtlsChannel)
     return client, server
@@ -161,3 +166,27 @@ def test_no_close_notify_after_a_cut_send(pair13: tuple[KtlsChannel, KtlsChannel
     assert server.recv(100) == b"only ten b"
     assert server.recv(100) == b""  # EOF ...
     assert not server.peer_closed  # ... without close_notify
+
+
+def test_only_a_channel_handed_a_registrar_is_listed(
+        tmp_path: Path, tcp_pair: Callable[[], tuple[socket.socket, socket.socket]]) -> None:
+    """Registration with the control socket is explicit: while a control
+    server runs, the channel given it is listed (until it closes), the
+    other end of the same process, given none, is not."""
+    ctl = tmp_path / "ctl.sock"
+    srv = ControlServer.start(ctl, argv=["test"])
+    try:
+        client, server = _pair("1.3", registrar=srv, socks=tcp_pair())
+        try:
+            client.send_all(b"x" * 100)
+            assert server.recv(100) == b"x" * 100
+            [c] = query(ctl)["connections"]
+            assert (c["label"], c["cipher_suite"]) == ("client", client.res.cipher_name)
+            assert c["tx_conf"] == "sw" and c["tx_rec_seq"] == client.live_seqs()[0]
+            assert c["tx_crypto"]["key"] == "redacted"
+        finally:
+            client.close()
+            server.close()
+        assert query(ctl)["connections"] == []
+    finally:
+        srv.stop()

@@ -29,6 +29,7 @@ from tlsctl.handshake import (
     install_offload,
     run_handshake,
 )
+from tlsctl.offloadmode import open_layer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,7 +159,7 @@ def test_server_handoff(pki: Pki, pair: Callable[[], tuple[socket.socket, socket
             assert res.leftover, "client Finished and data should arrive together"
     else:
         assert (res.tx_seq, res.rx_seq) == (1, 1)
-    k = install_offload(s, res, "user")
+    k = install_offload(open_layer(s, "sw"), res)
     got = bytearray()
     while len(got) < len(payload):
         chunk = k.recv(65536)

@@ -51,7 +51,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from OpenSSL import SSL
 
@@ -64,7 +63,7 @@ from offload.keys import (
     suite_from_openssl_name,
     tls12_key_block,
 )
-from offload.ktls_socket import Backend, KTLSSocket
+from offload.ktls_socket import KTLSSocket
 from offload.uapi import (
     SOL_TCP,
     SOL_TLS,
@@ -547,19 +546,18 @@ def _set_tls12_seqs(conn: SSL.Connection, res: HandshakeResult, tx_seq: int,
     res.rx_info = crypto_info_tls12(keys, suite, peer, rx_seq)
 
 
-def install_offload(
-    sock: socket.socket, res: HandshakeResult, backend: Backend, **layer: Any
-) -> KTLSSocket:
-    """Attach the ``tls`` ULP, install TLS_TX and TLS_RX, hand over leftovers.
+def install_offload(k: KTLSSocket, res: HandshakeResult) -> KTLSSocket:
+    """Attach the ``tls`` ULP to the layer ``k``, install TLS_TX and TLS_RX,
+    hand over leftovers; returns ``k``.
 
     The order is Linux's (ULP, TX, RX) and ciphertext read past the
     handshake is injected after RX is set, so the first ``recv`` decrypts
-    it with the right sequence number.  ``layer`` goes to ``KTLSSocket``
-    (a simulated NIC: ``device``, ``faults``, ``mss``, ``fallback_device``).
+    it with the right sequence number.  ``k`` comes from
+    :func:`tlsctl.offloadmode.open_layer` (which builds the layer for an
+    ``--offload`` mode, NIC included).
     """
     if res.tx_info is None or res.rx_info is None:
         raise HandshakeError(res.unsupported_reason or "no keys to offload")
-    k = KTLSSocket(sock, backend=backend, **layer)
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     k.setsockopt(SOL_TLS, TLS_TX, res.tx_info.pack())
     k.setsockopt(SOL_TLS, TLS_RX, res.rx_info.pack())

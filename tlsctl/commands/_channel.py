@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import re
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import BinaryIO, Protocol
 
 from OpenSSL import SSL
 
-from offload.kernel import kernel_has_ktls
 from offload.ktls_socket import KTLSSocket
-from offload.netdev import create_device
 from offload.record import Buffer
 from offload.uapi import (
     SOL_TLS,
@@ -41,9 +37,9 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
-from offload.wiremodel import FaultSpec
-from tlsctl.control import register
+from tlsctl.control import Registrar, Registration
 from tlsctl.handshake import HandshakeError, HandshakeResult, install_offload
+from tlsctl.offloadmode import DeviceSpec, Offload, is_nic, layer_offload, open_layer
 from tlsctl.session import (
     AlertLevel,
     Event,
@@ -60,28 +56,15 @@ from tlsctl.session import (
 )
 
 __all__ = [
-    "BASE_OFFLOADS",
     "Channel",
     "ChannelError",
     "ChannelTimeout",
-    "DeviceSpec",
     "KtlsChannel",
     "OpenSSLChannel",
     "PeerError",
     "alert_name",
-    "device_report",
     "establish",
-    "exact_reads",
 ]
-
-Offload = str
-"""``auto``, ``sw``, ``kernel``, ``none`` or a NIC driver name (``sim-nic``)."""
-BASE_OFFLOADS = ("auto", "sw", "kernel", "none")
-_BACKENDS: dict[str, Literal["auto", "user", "kernel"]] = {
-    "auto": "auto",
-    "sw": "user",
-    "kernel": "kernel",
-}
 
 _DATA = int(ContentType.APPLICATION_DATA)
 _ALERT = int(ContentType.ALERT)
@@ -152,13 +135,18 @@ class KtlsChannel:
     """
 
     def __init__(self, k: KTLSSocket, res: HandshakeResult,
-                 key_update_every: int | None = None) -> None:
+                 key_update_every: int | None = None,
+                 registrar: Registrar | None = None) -> None:
         self.k = k
         self.res = res
-        # Visible to `tlsctl inspect-context` while the connection lives.
-        self._control = register(k, label=res.side, extra={"cipher_suite": res.cipher_name})
+        # Visible to `tlsctl inspect-context` (the command's control server)
+        # while the connection lives.
+        self._control: Registration | None = None
+        if registrar is not None:
+            self._control = registrar.register(
+                k, label=res.side, extra={"cipher_suite": res.cipher_name})
         # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
-        self.mode = k.device.driver.name if k.tx_conf == "device" and k.device else k.tx_conf
+        self.mode = layer_offload(k)
         self.session = Session(res.side, tls13=res.is_tls13, suite=res.suite,
                                tx_secret=res.tx_secret, rx_secret=res.rx_secret)
         self.alert_sent: int | None = None  # the fatal alert we sent, if any
@@ -478,7 +466,8 @@ class KtlsChannel:
                 self.k.flush(timeout=2)
         if self.alert_sent is not None:
             self._linger()
-        self._control.close()
+        if self._control is not None:
+            self._control.close()
         self.k.close()
 
     def _linger(self) -> None:
@@ -653,69 +642,20 @@ def _openssl_error_text(exc: SSL.Error) -> str:
     return f"TLS error from peer: {exc}"
 
 
-@functools.cache
-def _kernel_ktls() -> bool:
-    return kernel_has_ktls()[0]
-
-
-def exact_reads(offload: str) -> bool:
-    """Should the handshake avoid reading past its last record?
-
-    Yes when the kernel may take RX: bytes already read cannot be handed
-    back to it (the software layer takes them through ``inject_rx``).
-    """
-    return offload == "kernel" or (offload == "auto" and _kernel_ktls())
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """How to build the simulated NIC path for ``--offload <driver>``."""
-
-    faults: FaultSpec | None = None
-    mss: int | None = None
-
-    def layer_kwargs(self, driver: str) -> dict[str, Any]:
-        """KTLSSocket arguments: a fresh device per connection (its own
-        counters), and a second one without the context for redirects."""
-        kw: dict[str, Any] = {"device": create_device(driver), "mss": self.mss}
-        if self.faults is not None:
-            kw["faults"] = self.faults
-            kw["fallback_device"] = create_device(driver, f"{driver}1")
-        return kw
-
-
-def device_report(chan: KtlsChannel) -> dict[str, Any]:
-    """What the NIC did for this connection: counters (ethtool names, zeros
-    left out), device CPU time, and the faults that made it take slow paths."""
-    k = chan.k
-    dev = k.describe().get("device")
-    if not dev:
-        return {}
-    out: dict[str, Any] = {
-        "device_cpu_seconds": round(dev["device_cpu_seconds"], 6),
-        "device_counters": {n: v for n, v in dev["stats"].items() if v},
-    }
-    if dev["faults"]:
-        out["faults"] = dev["faults"]
-        out["faults_injected"] = {n: v for n, v in dev["faults_injected"].items() if v}
-    if k.wire is not None and k.wire.fallback_device is not None:
-        fb = k.wire.fallback_device.stats.snapshot()
-        out["fallback_device_counters"] = {n: v for n, v in fb.items() if v}
-    return out
-
-
 def establish(
     sock: socket.socket,
     res: HandshakeResult,
     offload: Offload,
     warn: Callable[[str], None],
     device: DeviceSpec | None = None,
+    registrar: Registrar | None = None,
 ) -> KtlsChannel | OpenSSLChannel:
     """Hand the keys to the layer, or keep the connection in pyOpenSSL.
 
     ``auto`` falls back to pyOpenSSL with a warning when the suite has no
     kTLS cipher; ``sw``/``kernel`` asked for offload explicitly, so that
-    is an error instead.
+    is an error instead.  A kTLS connection is registered with
+    ``registrar`` (the command's control server) while it lives.
     """
     if offload == "none":
         return OpenSSLChannel(sock, res)
@@ -726,16 +666,13 @@ def establish(
             return OpenSSLChannel(sock, res)
         raise ChannelError(f"--offload {offload}: {reason}")
     try:
-        if offload in _BACKENDS:
-            k = install_offload(sock, res, _BACKENDS[offload])
-        else:  # a NIC driver: the user-space layer with TX on a simulated device
-            k = install_offload(sock, res, "user", **(device or DeviceSpec()).layer_kwargs(offload))
-            if k.offload_refused:
-                warn(f"warning: {offload} declined TLS_TX ({k.offload_refused}); software TX")
+        k = install_offload(open_layer(sock, offload, device), res)
+        if is_nic(offload) and k.offload_refused:
+            warn(f"warning: {offload} declined TLS_TX ({k.offload_refused}); software TX")
     except LookupError as exc:
         raise ChannelError(str(exc).strip("'\"")) from None
     except HandshakeError as exc:
         raise ChannelError(str(exc)) from None
     except OSError as exc:
         raise ChannelError(f"cannot install the keys: {exc.strerror or exc}") from None
-    return KtlsChannel(k, res)
+    return KtlsChannel(k, res, registrar=registrar)

@@ -25,17 +25,20 @@ from typing import BinaryIO
 from cryptography import x509
 
 from tlsctl.commands._certs import ephemeral_server_cert
-from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec, Offload
 from tlsctl.commands._handlers import hash_sink
 from tlsctl.commands._tlsconf import TlsOptions, server_context
 from tlsctl.commands.serve import Server
+from tlsctl.control import Registrar
+from tlsctl.offloadmode import DeviceSpec, Offload, receiver_offload
 
 
 @contextlib.contextmanager
 def loopback_server(
-    opts: TlsOptions, offload: Offload, device: DeviceSpec | None = None
+    opts: TlsOptions, offload: Offload, device: DeviceSpec | None = None,
+    registrar: Registrar | None = None,
 ) -> Iterator[tuple[int, x509.Certificate, Server]]:
-    """Yield (port, the certificate to trust, server) for one connection."""
+    """Yield (port, the certificate to trust, server) for one connection
+    (registered with ``registrar``, the sender's control server)."""
     ck = ephemeral_server_cert()
     ctx = server_context(dataclasses.replace(opts, cafile=None), cert=ck.cert, key=ck.key)
     listener = socket.socket()
@@ -43,9 +46,10 @@ def loopback_server(
     listener.listen(1)
     port = int(listener.getsockname()[1])
     # The built-in receiver decrypts in software; a NIC offload is the sender's.
-    server_offload = offload if offload in BASE_OFFLOADS else "sw"
+    server_offload = receiver_offload(offload)
     server = Server(listener, ctx, hash_sink, mode="sink", offload=server_offload, naccept=1,
-                    timeout=60, keylog=None, quiet=True, as_json=False, closes_first=False)
+                    timeout=60, keylog=None, quiet=True, as_json=False, closes_first=False,
+                    registrar=registrar)
     thread = threading.Thread(target=server.serve_forever, name="loopback-serve", daemon=True)
     thread.start()
     try:

@@ -9,15 +9,15 @@ single-dash name as a long option).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from offload.netdev import load_drivers
-from offload.wiremodel import FaultSpec
 from tlsctl import addresses
-from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec
 from tlsctl.commands._tlsconf import TlsOptions
+from tlsctl.control import ControlServer, ControlSocketError
+from tlsctl.offloadmode import DeviceSpec, OffloadOptionError, device_spec, offload_choices
 from tlsctl.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,37 +62,36 @@ def tls_options(f: F) -> F:
     return f
 
 
-def offload_choices() -> list[str]:
-    """The fixed record-layer choices plus every NIC driver plug-in."""
-    drivers, _errors = load_drivers()
-    return [*BASE_OFFLOADS, *sorted(drivers)]
+def control_socket_option(f: F) -> F:
+    """``--control-socket PATH`` for commands that serve one (``send``, ``serve``)."""
+    return click.option(
+        "--control-socket", "control_socket", metavar="PATH",
+        type=click.Path(path_type=Path),
+        help="Answer `tlsctl inspect-context` on this Unix socket, or as <pid>.sock in "
+             "this directory (default: $XDG_RUNTIME_DIR/tlsctl/<pid>.sock).",
+    )(f)
+
+
+def start_control_server(path: Path | None) -> ControlServer:
+    """The process's control socket for ``inspect-context``: an explicit
+    ``--control-socket`` that cannot be used safely is one line, exit status 1;
+    the default place unusable is a warning (the command works on)."""
+    try:
+        return ControlServer.start(path)
+    except ControlSocketError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def device_spec_from(kw: dict[str, Any]) -> DeviceSpec | None:
-    """``--faults``/``--mss`` for a NIC offload; a usage error elsewhere.
-
-    ``--key-update-every`` with a NIC is refused here too, at start-up (send
-    and serve both call this before any connection): a NIC-offloaded TX
-    context cannot be rekeyed yet (``DeviceTx.rekey`` is EOPNOTSUPP; upstream
-    device offload has no rekey either), so the transfer would fail right
-    after its first KeyUpdate went out.
-    """
-    faults, mss = kw.get("faults"), kw.get("mss")
-    offload = kw.get("offload")
-    if offload in BASE_OFFLOADS:
-        if faults or mss:
-            raise click.UsageError("--faults and --mss need a NIC offload (--offload sim-nic)")
-        return None
-    if kw.get("key_update_every"):
-        raise click.UsageError(
-            f"--key-update-every cannot be used with --offload {offload}: a NIC-offloaded "
-            "TX context cannot be rekeyed yet (use --offload sw or kernel)"
-        )
+    """``--faults``/``--mss`` for a NIC offload (:func:`tlsctl.offloadmode.device_spec`);
+    a usage error elsewhere."""
     try:
-        spec = FaultSpec.parse(faults) if faults else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--faults") from None
-    return DeviceSpec(faults=spec, mss=mss)
+        return device_spec(kw.get("offload") or "auto", faults=kw.get("faults"),
+                           mss=kw.get("mss"), key_update_every=kw.get("key_update_every"))
+    except OffloadOptionError as exc:
+        if exc.option is not None:
+            raise click.BadParameter(str(exc), param_hint=exc.option) from None
+        raise click.UsageError(str(exc)) from None
 
 
 def tls_options_from(kw: dict[str, Any]) -> TlsOptions:

@@ -38,9 +38,7 @@ from tlsctl.commands._channel import (
     ChannelTimeout,
     KtlsChannel,
     OpenSSLChannel,
-    device_report,
     establish,
-    exact_reads,
 )
 from tlsctl.commands._confirm import (
     NO_CLOSE_NOTIFY,
@@ -51,18 +49,20 @@ from tlsctl.commands._confirm import (
 )
 from tlsctl.commands._options import (
     ByteSize,
+    control_socket_option,
     device_spec_from,
     key_update_option,
     parse_hostport,
+    start_control_server,
     tls_options,
     tls_options_from,
 )
 from tlsctl.commands._output import emit_json, emit_summary, human_rate, info, warn
 from tlsctl.commands._signals import Interrupted, StopSignals
 from tlsctl.commands._tlsconf import ConfigError, client_context
-from tlsctl.control import ControlServer, control_socket_option
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogFile, run_handshake
+from tlsctl.offloadmode import device_report, exact_reads
 
 _STREAM_CHUNK = 256 * 1024  # at most this much per read from a pipe (less as it arrives)
 _STEP = 1 << 20  # bytes per uninterruptible send: whole records, then signals are seen
@@ -163,7 +163,8 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
         raise click.UsageError("missing FILE (use - for stdin)")
     kw["device"] = device_spec_from(kw)
     with StopSignals() as stop:
-        control = ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
+        # For inspect-context: every kTLS connection of this process registers with it.
+        control = kw["control"] = start_control_server(kw.pop("control_socket", None))
         try:
             if loopback:
                 _run_loopback(file, size, servername, timeout, kw, stop)
@@ -207,7 +208,7 @@ def _run_loopback(file: str | None, size: int, servername: str | None, timeout: 
     with contextlib.ExitStack() as stack:
         src: str | BinaryIO = file if file is not None else stack.enter_context(random_file(size))
         port, cert, server = stack.enter_context(
-            loopback_server(opts, kw["offload"], kw["device"])
+            loopback_server(opts, kw["offload"], kw["device"], registrar=kw["control"])
         )
         result = _run(src, "localhost", port, servername, False, timeout, kw, stop, trust=cert)
     rec = server.records[0] if server.records else {}
@@ -276,7 +277,8 @@ def _run(file: str | BinaryIO, host: str, port: int, servername: str | None, ins
                                 keylog=keylog, timeout=timeout,
                                 exact=exact_reads(kw["offload"]))
             sock.settimeout(timeout)
-            chan = establish(sock, res, kw["offload"], warn, kw["device"])
+            chan = establish(sock, res, kw["offload"], warn, kw["device"],
+                             registrar=kw["control"])
         except BaseException:
             sock.close()
             raise
@@ -515,7 +517,7 @@ class _Transfer:
             out["key_updates_received"] = chan.key_updates
             if self.drain is not None:
                 out["bytes_received"] = self.drain.received  # what the server sent (discarded)
-            out.update(device_report(chan))
+            out.update(device_report(chan.k))
         return out
 
 

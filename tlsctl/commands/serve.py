@@ -46,19 +46,17 @@ from tlsctl.addresses import format_addr
 from tlsctl.commands._certs import PrivateKey, ephemeral_server_cert
 from tlsctl.commands._channel import (
     ChannelError,
-    DeviceSpec,
     KtlsChannel,
-    Offload,
     OpenSSLChannel,
-    device_report,
     establish,
-    exact_reads,
 )
 from tlsctl.commands._handlers import PARTIAL, Handler, HandlerError, Store, echo, sink
 from tlsctl.commands._options import (
+    control_socket_option,
     device_spec_from,
     key_update_option,
     parse_hostport,
+    start_control_server,
     tls_options,
     tls_options_from,
 )
@@ -67,9 +65,10 @@ from tlsctl.commands._ratelog import RepeatLimiter
 from tlsctl.commands._tlsconf import ConfigError, server_context
 from tlsctl.commands._workers import run_workers
 from tlsctl.commands._www import Www
-from tlsctl.control import ControlServer, control_socket_option
+from tlsctl.control import ControlServer, Registrar
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, KeylogFile, KeylogSink, run_handshake
+from tlsctl.offloadmode import DeviceSpec, Offload, device_report, exact_reads
 
 _GRACE = 3.0  # seconds running connections get after SIGINT/SIGTERM
 _POLL = 0.25  # how often the accept loop looks at the stop flag and the log
@@ -118,13 +117,15 @@ class Server:
                  key_update_every: int | None = None,
                  handshake_timeout: float | None = None,
                  max_conns: int | None = None,
-                 worker: int | None = None) -> None:
+                 worker: int | None = None,
+                 registrar: Registrar | None = None) -> None:
         self.listener = listener
         self.ctx = ctx
         self.handler = handler
         self.mode = mode
         self.offload = offload
         self.device = device
+        self.registrar = registrar  # the control server: inspect-context lists our connections
         self.naccept = naccept
         self.timeout = timeout
         self.handshake_timeout = timeout if handshake_timeout is None else handshake_timeout
@@ -262,7 +263,8 @@ class Server:
             rec["handshake_seconds"] = round(time.perf_counter() - start, 6)
             sock.settimeout(self.timeout)
             chan = establish(sock, res, self.offload,
-                             lambda m: warn(f"{self._head(rec)}: {m}"), self.device)
+                             lambda m: warn(f"{self._head(rec)}: {m}"), self.device,
+                             registrar=self.registrar)
             rec.update(version=res.version_name, cipher=res.cipher_name, offload=chan.mode,
                        tx_seq_at_handoff=res.tx_seq, rx_seq_at_handoff=res.rx_seq)
             if isinstance(chan, KtlsChannel) and res.is_tls13:
@@ -281,7 +283,7 @@ class Server:
                 rec.update(key_updates=chan.key_updates,
                            key_updates_sent=chan.key_updates_sent,
                            tx_seq_at_end=tx_end, rx_seq_at_end=rx_end)
-                rec.update(device_report(chan))
+                rec.update(device_report(chan.k))
             rec["ok"] = True
         except HandlerError as exc:
             rec.update(exc.facts, ok=False, error=str(exc))
@@ -555,10 +557,10 @@ def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: s
     (failed handshake, alert, truncated, cut by our stop); 1 serve itself failed
     (cannot listen, bad certificate, a worker died); 2 bad options.
     """
-    ControlServer.start(kw.pop("control_socket", None))  # for inspect-context
+    control = start_control_server(kw.pop("control_socket", None))  # for inspect-context
     try:
         status = _serve(accept, cert, key, sink_, output, save_dir, echo_, www, naccept,
-                        verify_depth, require_depth, timeout, workers, kw,
+                        verify_depth, require_depth, timeout, workers, control, kw,
                         _Limits(file_mode, partial == "keep", handshake_timeout, max_conns))
     except (ConfigError, HandshakeError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -579,7 +581,7 @@ class _Limits:
 def _serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: str | None,
            save_dir: str | None, echo_: bool, www: str | None, naccept: int | None,
            verify_depth: int, require_depth: int, timeout: float, workers: int,
-           kw: dict[str, Any], limits: _Limits) -> ExitStatus:
+           control: ControlServer, kw: dict[str, Any], limits: _Limits) -> ExitStatus:
     quiet, as_json = bool(kw["quiet"]), bool(kw["as_json"])
     if output and (naccept or 1) > 1:
         raise click.UsageError("-o FILE stores one connection; use --save-dir DIR for more")
@@ -620,7 +622,7 @@ def _serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: 
                       closes_first=mode == "www", verbose=int(kw["verbose"]), device=device,
                       key_update_every=kw.get("key_update_every"),
                       handshake_timeout=limits.handshake_timeout, max_conns=max_conns,
-                      worker=worker)
+                      worker=worker, registrar=control)
 
     files = None
     if isinstance(handler, Store):
@@ -648,7 +650,9 @@ def _serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: 
             _install_signals(server)
             return lambda: _run_one(server, quiet or as_json)
 
-        return run_workers(workers, listener, prepare)
+        # A worker's first registration starts its own socket (<pid>.sock);
+        # os._exit skips atexit, so the worker stops it on the way out.
+        return run_workers(workers, listener, prepare, on_exit=control.stop)
     server = make_server(None)
     _install_signals(server)
     return _run_one(server, quiet or as_json)
