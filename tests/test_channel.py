@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tlsctl.commands._certs import ephemeral_server_cert
-from tlsctl.commands._channel import ChannelError, KtlsChannel, establish
-from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
+from tlsctl.certs import ephemeral_server_cert
 from tlsctl.control import ControlServer, Registrar, query
 from tlsctl.handshake import HandshakeResult, run_handshake
+from tlsctl.session.channel import ChannelError, KtlsChannel, establish
+from tlsctl.tlsconf import TlsOptions, client_context, server_context
 
 pytestmark = pytest.mark.timeout(60)
 _CERT = ephemeral_server_cert()

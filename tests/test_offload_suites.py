@@ -27,7 +27,7 @@ from peers import (
 
 from offload.keys import UnsupportedSuiteError, suite_from_openssl_name
 from tlsctl.commands._options import tls_options_from
-from tlsctl.commands._tlsconf import client_context, server_context
+from tlsctl.tlsconf import client_context, server_context
 
 pytestmark = pytest.mark.timeout(120)
 

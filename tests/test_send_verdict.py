@@ -195,7 +195,7 @@ def test_server_that_reads_everything_but_not_our_close_notify(
     stream: exit 3 (the reset, or our close_notify never acknowledged, tells)."""
     from OpenSSL import SSL
 
-    from tlsctl.commands._tlsconf import TlsOptions, server_context
+    from tlsctl.tlsconf import TlsOptions, server_context
 
     ctx = server_context(TlsOptions(), cert=str(pki.cert), key=str(pki.key))
     got = bytearray()

@@ -31,9 +31,9 @@ import pytest
 from OpenSSL import SSL
 from peers import TLSCTL, TlsctlServer, _readline, openssl_client, sha, spawn
 
-from tlsctl.commands._ratelog import RepeatLimiter
-from tlsctl.commands._tlsconf import TlsOptions, client_context
 from tlsctl.handshake import run_handshake
+from tlsctl.server.ratelog import RepeatLimiter
+from tlsctl.tlsconf import TlsOptions, client_context
 
 pytestmark = pytest.mark.timeout(300)
 

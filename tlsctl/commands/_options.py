@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import click
 
 from tlsctl import addresses
-from tlsctl.commands._tlsconf import TlsOptions
 from tlsctl.control import ControlServer, ControlSocketError
 from tlsctl.offloadmode import DeviceSpec, OffloadOptionError, device_spec, offload_choices
+from tlsctl.tlsconf import TlsOptions
 from tlsctl.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -4,12 +4,12 @@ The handshake runs in pyOpenSSL (:mod:`tlsctl.handshake`), the keys go to
 ``offload.KTLSSocket`` and the file goes out through its ``sendfile`` (the
 file is never read into memory).  The end is a close_notify and the wait for
 the peer's close_notify and TCP close: only then do we know the server got
-every byte (:mod:`tlsctl.commands._confirm`), so the time and throughput
+every byte (:mod:`tlsctl.transfer.confirm`), so the time and throughput
 include it.  Exit 0 means exactly that; a transfer that started and was not
 confirmed exits 3 with one line saying what was sent and what the peer did.
 
 The file goes out in steps of whole records; SIGINT/SIGTERM take effect
-between steps (:mod:`tlsctl.commands._signals`), after which the peer gets
+between steps (:mod:`tlsctl.signals`), after which the peer gets
 a user_canceled alert and no close_notify, and the command exits 130/143
 saying what it had sent.
 """
@@ -33,20 +33,6 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from tlsctl.addresses import is_ip
-from tlsctl.commands._channel import (
-    ChannelError,
-    ChannelTimeout,
-    KtlsChannel,
-    OpenSSLChannel,
-    establish,
-)
-from tlsctl.commands._confirm import (
-    NO_CLOSE_NOTIFY,
-    Drain,
-    await_tcp_close,
-    peer_hung_up,
-    reset_by_peer,
-)
 from tlsctl.commands._options import (
     ByteSize,
     control_socket_option,
@@ -58,11 +44,25 @@ from tlsctl.commands._options import (
     tls_options_from,
 )
 from tlsctl.commands._output import emit_json, emit_summary, human_rate, info, warn
-from tlsctl.commands._signals import Interrupted, StopSignals
-from tlsctl.commands._tlsconf import ConfigError, client_context
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogFile, run_handshake
 from tlsctl.offloadmode import device_report, exact_reads
+from tlsctl.session.channel import (
+    ChannelError,
+    ChannelTimeout,
+    KtlsChannel,
+    OpenSSLChannel,
+    establish,
+)
+from tlsctl.signals import Interrupted, StopSignals
+from tlsctl.tlsconf import ConfigError, client_context
+from tlsctl.transfer.confirm import (
+    NO_CLOSE_NOTIFY,
+    Drain,
+    await_tcp_close,
+    peer_hung_up,
+    reset_by_peer,
+)
 
 _STREAM_CHUNK = 256 * 1024  # at most this much per read from a pipe (less as it arrives)
 _STEP = 1 << 20  # bytes per uninterruptible send: whole records, then signals are seen
@@ -202,7 +202,7 @@ def _report(result: dict[str, Any], target: str, kw: dict[str, Any]) -> None:
 def _run_loopback(file: str | None, size: int, servername: str | None, timeout: float,
                   kw: dict[str, Any], stop: StopSignals) -> None:
     """--loopback: serve in a thread, send to it, compare the hashes."""
-    from tlsctl.commands._loopback import loopback_server, random_file
+    from tlsctl.transfer.loopback import loopback_server, random_file
 
     opts = tls_options_from(kw)
     with contextlib.ExitStack() as stack:

@@ -43,14 +43,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from tlsctl.addresses import format_addr
-from tlsctl.commands._certs import PrivateKey, ephemeral_server_cert
-from tlsctl.commands._channel import (
-    ChannelError,
-    KtlsChannel,
-    OpenSSLChannel,
-    establish,
-)
-from tlsctl.commands._handlers import PARTIAL, Handler, HandlerError, Store, echo, sink
+from tlsctl.certs import PrivateKey, ephemeral_server_cert
 from tlsctl.commands._options import (
     control_socket_option,
     device_spec_from,
@@ -61,14 +54,21 @@ from tlsctl.commands._options import (
     tls_options_from,
 )
 from tlsctl.commands._output import emit_json, human_rate, info, warn
-from tlsctl.commands._ratelog import RepeatLimiter
-from tlsctl.commands._tlsconf import ConfigError, server_context
-from tlsctl.commands._workers import run_workers
-from tlsctl.commands._www import Www
 from tlsctl.control import ControlServer, Registrar
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.handshake import HandshakeError, KeylogFile, KeylogSink, run_handshake
 from tlsctl.offloadmode import DeviceSpec, Offload, device_report, exact_reads
+from tlsctl.server.handlers import PARTIAL, Handler, HandlerError, Store, echo, sink
+from tlsctl.server.ratelog import RepeatLimiter
+from tlsctl.server.workers import run_workers
+from tlsctl.server.www import Www
+from tlsctl.session.channel import (
+    ChannelError,
+    KtlsChannel,
+    OpenSSLChannel,
+    establish,
+)
+from tlsctl.tlsconf import ConfigError, server_context
 
 _GRACE = 3.0  # seconds running connections get after SIGINT/SIGTERM
 _POLL = 0.25  # how often the accept loop looks at the stop flag and the log

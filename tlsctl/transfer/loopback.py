@@ -24,12 +24,12 @@ from typing import BinaryIO
 
 from cryptography import x509
 
-from tlsctl.commands._certs import ephemeral_server_cert
-from tlsctl.commands._handlers import hash_sink
-from tlsctl.commands._tlsconf import TlsOptions, server_context
+from tlsctl.certs import ephemeral_server_cert
 from tlsctl.commands.serve import Server
 from tlsctl.control import Registrar
 from tlsctl.offloadmode import DeviceSpec, Offload, receiver_offload
+from tlsctl.server.handlers import hash_sink
+from tlsctl.tlsconf import TlsOptions, server_context
 
 
 @contextlib.contextmanager

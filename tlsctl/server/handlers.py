@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tlsctl.commands._channel import ChannelError, KtlsChannel, OpenSSLChannel
+from tlsctl.session.channel import ChannelError, KtlsChannel, OpenSSLChannel
 
 Chan = KtlsChannel | OpenSSLChannel
 Handler = Callable[[Chan, int], dict[str, Any]]

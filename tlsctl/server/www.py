@@ -38,9 +38,9 @@ from typing import Any, cast
 
 import h11
 
-from tlsctl.commands._channel import ChannelError, ChannelTimeout
-from tlsctl.commands._handlers import Chan
-from tlsctl.commands._tlsconf import ConfigError
+from tlsctl.server.handlers import Chan
+from tlsctl.session.channel import ChannelError, ChannelTimeout
+from tlsctl.tlsconf import ConfigError
 
 MAX_HEAD = 32 * 1024
 """Largest request header section accepted (h11's buffer for one incomplete
