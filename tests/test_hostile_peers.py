@@ -40,7 +40,7 @@ from wire import decrypt_records, encrypt_record
 from offload.keys import Suite, crypto_info_tls13, tls13_next_secret
 from offload.uapi import CryptoInfo
 from tlsctl.handshake import HandshakeResult, run_handshake
-from tlsctl.session.channel import alert_name
+from tlsctl.session import alert_name
 from tlsctl.tlsconf import TlsOptions, client_context
 
 pytestmark = pytest.mark.timeout(120)

@@ -46,7 +46,13 @@ from tlsctl.handshake import HandshakeError, KeylogSink, run_handshake
 from tlsctl.offloadmode import DeviceSpec, Offload, device_report, exact_reads
 from tlsctl.server.handlers import Handler, HandlerError
 from tlsctl.server.ratelog import RepeatLimiter
-from tlsctl.session.channel import ChannelError, KtlsChannel, OpenSSLChannel, establish
+from tlsctl.session.channel import (
+    ChannelError,
+    KtlsChannel,
+    OpenSSLChannel,
+    PeerError,
+    establish,
+)
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -280,7 +286,7 @@ class Server:
             chan = establish(sock, res, self.offload,
                              lambda m: self.warn(f"{self._head(rec)}: {m}"), self.device,
                              registrar=self.registrar)
-            rec.update(version=res.version_name, cipher=res.cipher_name, offload=chan.mode,
+            rec.update(version=res.version_name, cipher=res.cipher_name, offload=chan.offload,
                        tx_seq_at_handoff=res.tx_seq, rx_seq_at_handoff=res.rx_seq)
             if isinstance(chan, KtlsChannel) and res.is_tls13:
                 chan.key_update_every = self.key_update_every
@@ -290,8 +296,8 @@ class Server:
             rec.update(self.handler(chan, conn_id))
             if not self.closes_first and not chan.peer_closed:
                 rec["truncated"] = True
-                raise ChannelError(f"truncated: the peer closed the connection without "
-                                   f"close_notify after {rec.get('bytes_in', 0)} bytes")
+                raise PeerError(f"truncated: the peer closed the connection without "
+                                f"close_notify after {rec.get('bytes_in', 0)} bytes")
             self._close(chan, rec)
             if isinstance(chan, KtlsChannel):
                 tx_end, rx_end = chan.live_seqs()

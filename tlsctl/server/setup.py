@@ -124,7 +124,7 @@ def make_handler(mode: HandlerMode, path: str | None, file_mode: int,
     if mode == "save-dir":
         assert path is not None
         fd = open_dir(path, f"--save-dir {path}")
-        return Store(dir_fd=fd, dir_path=path, run=run_id(), mode=file_mode,
+        return Store(dir_fd=fd, dir_path=path, run=run_id(), file_mode=file_mode,
                      keep_partial=keep_partial)
     if mode == "echo":
         return echo
@@ -204,7 +204,7 @@ def open_dir(path: str, what: str) -> int:
     return fd
 
 
-def store_for_output(output: str, mode: int, keep_partial: bool) -> Store:
+def store_for_output(output: str, file_mode: int, keep_partial: bool) -> Store:
     """``-o FILE``: refuse at start-up what would fail (or overwrite) later."""
     if os.path.isdir(output):
         raise ConfigError(f"-o {output}: is a directory (use --save-dir {output} to store "
@@ -217,7 +217,8 @@ def store_for_output(output: str, mode: int, keep_partial: bool) -> Store:
             os.close(fd)
             raise ConfigError(f"-o {output}: {os.path.join(parent, taken)} exists "
                               f"(not overwritten: remove it or choose another name)")
-    return Store(dir_fd=fd, dir_path=parent, name=name, mode=mode, keep_partial=keep_partial)
+    return Store(dir_fd=fd, dir_path=parent, name=name, file_mode=file_mode,
+                 keep_partial=keep_partial)
 
 
 def run_id() -> str:

@@ -49,7 +49,9 @@ from tlsctl.session.channel import (
     ChannelError,
     ChannelTimeout,
     KtlsChannel,
+    LocalError,
     OpenSSLChannel,
+    PeerError,
     establish,
 )
 from tlsctl.signals import Interrupted, StopSignals
@@ -124,7 +126,7 @@ NO_HOOKS = SendHooks()
 """Tell nothing, lend nothing."""
 
 
-class _PeerStopped(ChannelError):
+class _PeerStopped(PeerError):
     """What the peer did that ends the transfer unconfirmed (already the line to show)."""
 
 
@@ -228,12 +230,12 @@ def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
         try:
             if opts.key_update_every:
                 if not (isinstance(chan, KtlsChannel) and res.is_tls13):
-                    raise ChannelError(f"--key-update-every needs TLS 1.3 through the kTLS "
-                                       f"layer (this connection: {res.version_name}, "
-                                       f"offload {chan.mode})")
+                    raise LocalError(f"--key-update-every needs TLS 1.3 through the kTLS "
+                                     f"layer (this connection: {res.version_name}, "
+                                     f"offload {chan.offload})")
                 chan.key_update_every = opts.key_update_every
             hooks.status(f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
-                         f"offload {chan.mode}")
+                         f"offload {chan.offload}")
             _verbose(res, opts.insecure, hooks.detail)
             # A second Ctrl-C while a step is being written: stop at once,
             # and make sure no byte of a half-written record follows.
@@ -281,7 +283,7 @@ class _Transfer:
     def facts(self) -> dict[str, Any]:
         return {"bytes_sent": self.p.sent, "seconds": round(self.p.seconds, 6),
                 "version": self.res.version_name, "cipher": self.res.cipher_name,
-                "offload": self.chan.mode}
+                "offload": self.chan.offload}
 
     def run(self) -> dict[str, Any]:
         if self.drain is not None:
@@ -331,14 +333,14 @@ class _Transfer:
                 return str(drain.error)
         if isinstance(self.chan, OpenSSLChannel):
             # No reading thread here: look at what the peer sent before it hung up.
-            with contextlib.suppress(OSError, TimeoutError):
+            with contextlib.suppress(OSError, ChannelError):
                 self.chan.sock.settimeout(1.0)
                 try:
                     while self.chan.recv(1 << 16):
                         pass
-                except ChannelError as alert:
-                    if "alert" in str(alert):
-                        return str(alert)
+                except PeerError as stop:
+                    if stop.alert is not None:  # its fatal alert says why
+                        return str(stop)
         return reset_by_peer(self.sock) or str(exc)
 
     def _incomplete(self, why: str) -> TransferFailed:
@@ -425,7 +427,7 @@ class _Transfer:
         tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
         if self.p.size is not None:
             _hash_file(self.p.hash, self.f, self.p.sent)
-        offload = chan.mode if self.offload != "auto" else f"auto ({chan.mode})"
+        offload = chan.offload if self.offload != "auto" else f"auto ({chan.offload})"
         out: dict[str, Any] = {
             "ok": True,
             "bytes": self.p.sent,
@@ -474,10 +476,8 @@ def _await_close(chan: Chan) -> str | None:
     try:
         while chan.recv(1 << 16):
             pass
-    except TimeoutError:
+    except ChannelTimeout:
         return "the peer sent no close_notify within --timeout of ours"
     except ChannelError as exc:
-        if "timed out" in str(exc):
-            return "the peer sent no close_notify within --timeout of ours"
         return str(exc)
     return None if chan.peer_closed else NO_CLOSE_NOTIFY
