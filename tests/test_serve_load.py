@@ -364,11 +364,13 @@ def test_hostile_mix_and_good_uploads(tmp_path: Path) -> None:
     assert (fds2, threads2) == (fds0, threads0)
     # RSS: measured here over 14 rounds of 510 connections at this
     # concurrency, it moved between +0 and +9 MB of the first round's with no
-    # trend (the allocator's free lists), so the margin is 12 MB: a leak of
-    # 12 kB per connection, or of anything the size of a receive buffer,
+    # trend (the allocator's free lists); on a machine running four other
+    # test jobs beside this one it reached +15.5 MB (more threads alive at
+    # once: more stacks and arenas).  The margin is 24 MB: a leak of 24 kB
+    # per connection, or of anything the size of a receive buffer (1 MiB),
     # fails this.
     print(f"RSS kB: idle {rss0}, after warm-up {rss1}, after {n + 20} connections {rss2}")
-    assert rss2 - rss1 < 12 * 1024
+    assert rss2 - rss1 < 24 * 1024
 
 
 def run_mix(port: int, jobs: list[Callable[[], str]], uploads: list[Path],

@@ -323,6 +323,7 @@ def test_symlink_swap_race_never_serves_outside_dir(pki: Pki, site: Path) -> Non
             swaps += 1
 
     seen: dict[int, int] = {}
+    seen_lock = threading.Lock()  # three clients count into it
     leaked: list[bytes] = []
     n_clients, per_client = 3, 800
 
@@ -334,7 +335,8 @@ def test_symlink_swap_race_never_serves_outside_dir(pki: Pki, site: Path) -> Non
             conn.request("GET", "/f")
             resp = conn.getresponse()
             body = resp.read()
-            seen[resp.status] = seen.get(resp.status, 0) + 1
+            with seen_lock:
+                seen[resp.status] = seen.get(resp.status, 0) + 1
             if (resp.status == 200 and body != inside) or b"OUTSIDE" in body:
                 leaked.append(body)
         conn.close()
