@@ -16,13 +16,12 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tlsctl import addresses
 from tlsctl.commands._output import Output
-from tlsctl.control import ControlServer, ControlSocketError
 from tlsctl.offloadmode import (
     DeviceSpec,
     Offload,
@@ -31,8 +30,11 @@ from tlsctl.offloadmode import (
     needs_layer,
     offload_choices,
 )
-from tlsctl.tlsconf import TlsOptions
 from tlsctl.units import parse_size
+
+if TYPE_CHECKING:  # loaded when a command runs, not for --help
+    from tlsctl.control import ControlServer
+    from tlsctl.tlsconf import TlsOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,6 +95,8 @@ def tls_options_for(offload: Offload, *, tls1_2: bool = False, tls1_3: bool = Fa
     """The TLS options; with an offload that must take the connection (all but
     ``auto`` and ``none``, which may keep it in pyOpenSSL) the suites are
     limited to what that record layer carries."""
+    from tlsctl.tlsconf import TlsOptions
+
     return TlsOptions(tls1_2=tls1_2, tls1_3=tls1_3, cipher=cipher, ciphersuites=ciphersuites,
                       cafile=cafile, layer=offload if needs_layer(offload) else None)
 
@@ -150,6 +154,8 @@ def start_control_server(path: Path | None) -> ControlServer:
     """The process's control socket for ``inspect-context``: an explicit
     ``--control-socket`` that cannot be used safely is one line, exit status 1;
     the default place unusable is a warning (the command works on)."""
+    from tlsctl.control import ControlServer, ControlSocketError
+
     try:
         return ControlServer.start(path)
     except ControlSocketError as exc:

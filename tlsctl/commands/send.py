@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -33,13 +33,11 @@ from tlsctl.commands._output import (
     quiet_line,
     warn,
 )
-from tlsctl.control import Registrar
 from tlsctl.exitcodes import CommandFailed, ExitStatus
-from tlsctl.handshake import HandshakeError
-from tlsctl.session.channel import ChannelError
-from tlsctl.signals import Interrupted, StopSignals
-from tlsctl.tlsconf import ConfigError
-from tlsctl.transfer.sender import ClientOptions, SendHooks, TransferFailed, send_to
+
+if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
+    from tlsctl.control import Registrar
+    from tlsctl.transfer import ClientOptions, SendHooks
 
 
 @dataclass(frozen=True)
@@ -109,6 +107,8 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
+    from tlsctl.transfer import ClientOptions
+
     client = ClientOptions(servername=servername, cert=cert, key=key, insecure=insecure,
                            timeout=timeout, tls=common.tls, offload=common.offload,
                            device=common.device, keylogfile=common.keylogfile,
@@ -119,6 +119,12 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
 
 
 def _send(opts: SendOptions) -> None:
+    from tlsctl.handshake import HandshakeError
+    from tlsctl.session.channel import ChannelError
+    from tlsctl.signals import Interrupted, StopSignals
+    from tlsctl.tlsconf import ConfigError
+    from tlsctl.transfer import TransferFailed, send_to
+
     out = opts.output
     with StopSignals() as stop:
         # For inspect-context: every kTLS connection of this process registers with it.
@@ -126,7 +132,7 @@ def _send(opts: SendOptions) -> None:
         try:
             hooks = _hooks(out, control)
             if opts.target is None:
-                from tlsctl.transfer.loopback import send_loopback
+                from tlsctl.transfer import send_loopback  # with a server in it
 
                 result, target = send_loopback(opts.file, opts.size, opts.client, stop, hooks)
                 _report(result, target, out)
@@ -150,6 +156,8 @@ def _send(opts: SendOptions) -> None:
 def _hooks(out: Output, registrar: Registrar) -> SendHooks:
     """Status lines unless -quiet/--json; details with -v (even with --json:
     they go to stderr); a progress bar when status lines are shown."""
+    from tlsctl.transfer import SendHooks
+
     return SendHooks(status=info if out.status else quiet_line,
                      detail=info if out.verbose else quiet_line,
                      warn=warn,

@@ -12,7 +12,7 @@ summary line per server, and the exit status.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,18 +25,10 @@ from tlsctl.commands._options import (
 )
 from tlsctl.commands._output import Output, emit_json, human_rate, info, warn
 from tlsctl.exitcodes import CommandFailed, ExitStatus
-from tlsctl.handshake import HandshakeError
-from tlsctl.server import (
-    HANDSHAKE_TIMEOUT,
-    HandlerMode,
-    Listening,
-    ServeHooks,
-    ServeOptions,
-    Server,
-    prepare,
-    run,
-)
-from tlsctl.tlsconf import ConfigError
+from tlsctl.server import HANDSHAKE_TIMEOUT
+
+if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
+    from tlsctl.server import HandlerMode, Listening, Server
 
 
 class FileMode(click.ParamType[int]):
@@ -124,6 +116,10 @@ def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: s
     (failed handshake, alert, truncated, cut by our stop); 1 serve itself failed
     (cannot listen, bad certificate, a worker died); 2 bad options.
     """
+    from tlsctl.handshake import HandshakeError
+    from tlsctl.server import ServeHooks, ServeOptions, prepare, run
+    from tlsctl.tlsconf import ConfigError
+
     control = start_control_server(common.control_socket)  # for inspect-context
     if output and (naccept or 1) > 1:
         raise click.UsageError("-o FILE stores one connection; use --save-dir DIR for more")

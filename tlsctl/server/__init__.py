@@ -2,7 +2,7 @@
 
 - :mod:`.setup`: :class:`ServeOptions` (the command line, parsed) and
   :func:`prepare` (context, handler, listening socket; every start-up check).
-- :mod:`.run`: :func:`run` serves a prepared server, in one process or
+- :mod:`.serving`: :func:`run` serves a prepared server, in one process or
   ``--workers`` forked ones, with ``serve``'s signals; :class:`ServeHooks`
   are the callbacks that receive what happens.
 - :mod:`.server`: :class:`Server`, the accept loop and one thread per
@@ -10,14 +10,24 @@
 - :mod:`.handlers`: what a connection's data is for (sink, hash, echo,
   :class:`Store` for ``-o``/``--save-dir``); :mod:`.www`: ``-WWW``.
 - :mod:`.workers`: forked workers on one listening socket;
-  :mod:`.ratelog`: repeated log lines, counted.
+  :mod:`.ratelog`: repeated log lines, counted; :mod:`.limits`: the
+  defaults (connections at once, handshake timeout).
+
+The names below are imported on first use (PEP 562): ``serve --help``
+reads the defaults in :mod:`.limits` without loading pyOpenSSL and the rest.
 """
 
 from __future__ import annotations
 
-from tlsctl.server.run import ServeHooks, run
-from tlsctl.server.server import HANDSHAKE_TIMEOUT, Server, ServerConfig, default_max_conns
-from tlsctl.server.setup import HandlerMode, Listening, ServeOptions, prepare
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tlsctl.server.limits import HANDSHAKE_TIMEOUT, default_max_conns
+
+if TYPE_CHECKING:
+    from tlsctl.server.server import Server, ServerConfig
+    from tlsctl.server.serving import ServeHooks, run
+    from tlsctl.server.setup import HandlerMode, Listening, ServeOptions, prepare
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -31,3 +41,14 @@ __all__ = [
     "prepare",
     "run",
 ]
+
+_HOME = {"Server": "server", "ServerConfig": "server", "ServeHooks": "serving", "run": "serving",
+         "HandlerMode": "setup", "Listening": "setup", "ServeOptions": "setup",
+         "prepare": "setup"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import resource
 import socket
 import threading
 import time
@@ -45,6 +43,7 @@ from tlsctl.exitcodes import ExitStatus
 from tlsctl.handshake import HandshakeError, KeylogSink, run_handshake
 from tlsctl.offloadmode import DeviceSpec, Offload, device_report, exact_reads
 from tlsctl.server.handlers import Handler, HandlerError
+from tlsctl.server.limits import default_max_conns
 from tlsctl.server.ratelog import RepeatLimiter
 from tlsctl.session.channel import (
     ChannelError,
@@ -54,13 +53,7 @@ from tlsctl.session.channel import (
     establish,
 )
 
-__all__ = [
-    "HANDSHAKE_TIMEOUT",
-    "RecordSink",
-    "Server",
-    "ServerConfig",
-    "default_max_conns",
-]
+__all__ = ["RecordSink", "Server", "ServerConfig"]
 
 RecordSink = Callable[[dict[str, Any], str], None]
 """Takes one connection's record and the label its log line starts with."""
@@ -76,32 +69,8 @@ def _drop(_msg: str) -> None:
 
 _GRACE = 3.0  # seconds running connections get after SIGINT/SIGTERM
 _POLL = 0.25  # how often the accept loop looks at the stop flag and the log
-_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
-_FD_HEADROOM = 64  # descriptors kept free for the listener, logs, control socket, ...
-_FDS_PER_CONN = 2  # the connection's socket and, with --save-dir/-o, its file
-_MAX_CONNS_CEILING = 4096  # a thread and up to 1 MiB of receive buffer each
 _BACKOFF = (0.05, 1.0)  # seconds to pause accepting when out of descriptors/memory
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-HANDSHAKE_TIMEOUT = 10.0
-
-
-def default_max_conns() -> int:
-    """Connections one process can hold without running out of descriptors.
-
-    Half of what RLIMIT_NOFILE leaves free after the descriptors already
-    open and some headroom (each connection needs its socket and, when
-    storing, its file), at most ``_MAX_CONNS_CEILING``.  Beyond the cap new
-    clients wait in the listen backlog instead of being accepted and failed.
-    """
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    try:
-        in_use = len(os.listdir("/proc/self/fd")) - 1  # minus listdir's own
-    except OSError:
-        in_use = 16
-    free = soft - in_use - _FD_HEADROOM
-    return max(1, min(_MAX_CONNS_CEILING, free // _FDS_PER_CONN))
 
 
 @dataclass(frozen=True)

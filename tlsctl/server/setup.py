@@ -25,7 +25,8 @@ from tlsctl.certs import PrivateKey, ephemeral_server_cert
 from tlsctl.handshake import KeylogFile
 from tlsctl.offloadmode import DeviceSpec, Offload
 from tlsctl.server.handlers import PARTIAL, Handler, Store, echo, sink
-from tlsctl.server.server import HANDSHAKE_TIMEOUT, ServerConfig, default_max_conns
+from tlsctl.server.limits import HANDSHAKE_TIMEOUT, default_max_conns
+from tlsctl.server.server import ServerConfig
 from tlsctl.server.www import Www
 from tlsctl.tlsconf import ConfigError, TlsOptions, server_context
 

@@ -8,10 +8,35 @@
   that watches the peer while we send.
 - :mod:`.loopback`: :func:`send_loopback`, a built-in server in a thread
   that hashes what it got.
+
+The names below are imported on first use (PEP 562), so ``send --help``
+does not load pyOpenSSL and the record layer's channel.
 """
 
 from __future__ import annotations
 
-from tlsctl.transfer.sender import ClientOptions, Progress, SendHooks, TransferFailed, send_to
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ClientOptions", "Progress", "SendHooks", "TransferFailed", "send_to"]
+if TYPE_CHECKING:
+    from tlsctl.transfer.loopback import send_loopback
+    from tlsctl.transfer.sender import (
+        ClientOptions,
+        Progress,
+        SendHooks,
+        TransferFailed,
+        send_to,
+    )
+
+__all__ = ["ClientOptions", "Progress", "SendHooks", "TransferFailed", "send_loopback",
+           "send_to"]
+
+_HOME = {"ClientOptions": "sender", "Progress": "sender", "SendHooks": "sender",
+         "TransferFailed": "sender", "send_to": "sender", "send_loopback": "loopback"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
