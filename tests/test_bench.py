@@ -253,7 +253,7 @@ def test_short_count_from_the_receiver_fails_loudly(tmp_path: Any) -> None:
     import ssl
     import threading
 
-    from tlsctl.commands._certs import ephemeral_server_cert
+    from tlsctl.certs import ephemeral_server_cert
 
     ck = ephemeral_server_cert()
     (tmp_path / "c.pem").write_bytes(ck.cert_pem())

@@ -20,8 +20,6 @@ from collections.abc import Callable
 import pytest
 from peers import Pki, make_pki
 
-from tlsctl.commands._channel import ChannelError, KtlsChannel, OpenSSLChannel, establish
-from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
 from tlsctl.handshake import (
     HandshakeError,
     RecordBuffer,
@@ -30,6 +28,8 @@ from tlsctl.handshake import (
     run_handshake,
 )
 from tlsctl.offloadmode import open_layer
+from tlsctl.session.channel import ChannelError, KtlsChannel, OpenSSLChannel, establish
+from tlsctl.tlsconf import TlsOptions, client_context, server_context
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -380,7 +380,7 @@ def test_verify_ip_address(pki: Pki,
 
 
 def test_ephemeral_cert_is_usable() -> None:
-    from tlsctl.commands._certs import ephemeral_server_cert
+    from tlsctl.certs import ephemeral_server_cert
 
     ck = ephemeral_server_cert()
     assert server_context(TlsOptions(), cert=ck.cert, key=ck.key) is not None

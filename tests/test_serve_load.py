@@ -31,9 +31,9 @@ import pytest
 from OpenSSL import SSL
 from peers import TLSCTL, TlsctlServer, _readline, openssl_client, sha, spawn
 
-from tlsctl.commands._ratelog import RepeatLimiter
-from tlsctl.commands._tlsconf import TlsOptions, client_context
 from tlsctl.handshake import run_handshake
+from tlsctl.server.ratelog import RepeatLimiter
+from tlsctl.tlsconf import TlsOptions, client_context
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -414,7 +414,7 @@ def test_repeat_limiter() -> None:
 @pytest.mark.parametrize(("limit", "low", "high"), [(1024, 460, 480), (10_000, 4096, 4096),
                                                      (80, 1, 8)])
 def test_default_max_conns(limit: int, low: int, high: int) -> None:
-    code = "from tlsctl.commands.serve import default_max_conns; print(default_max_conns())"
+    code = "from tlsctl.server import default_max_conns; print(default_max_conns())"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        preexec_fn=_nofile(limit), timeout=60, check=True)
     assert low <= int(r.stdout) <= high

@@ -89,7 +89,9 @@ _HEADER = 5
 # RFC 8446 5.2: a protected record is at most 2^14 + 256 bytes; TLS 1.2 allows
 # 2^14 + 2048.  Anything longer is not a TLS peer speaking to us.
 _MAX_RECORD_BODY = (1 << 14) + 2048
-_VALID_TYPES = frozenset(int(t) for t in ContentType) | {24}  # 24: heartbeat
+_HEARTBEAT = 24  # RFC 6520's record content type (offload.uapi.ContentType has no member)
+_VALID_TYPES = frozenset(int(t) for t in ContentType) | {_HEARTBEAT}
+_MAJOR = 3  # legacy_record_version is 3.x (SSL 3.0 numbering) in every TLS record
 _APPDATA = int(ContentType.APPLICATION_DATA)
 _CCS = int(ContentType.CHANGE_CIPHER_SPEC)
 _READ = 65536
@@ -127,7 +129,7 @@ class RecordBuffer:
                 raise HandshakeError("peer sent bytes that are not TLS")
             return None
         ctype, major, length = self.data[0], self.data[1], int.from_bytes(self.data[3:5], "big")
-        if ctype not in _VALID_TYPES or major != 3:
+        if ctype not in _VALID_TYPES or major != _MAJOR:
             raise HandshakeError("peer sent bytes that are not TLS")
         if length > _MAX_RECORD_BODY:
             raise HandshakeError(f"peer sent an oversized TLS record ({length} bytes)")

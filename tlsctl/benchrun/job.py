@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from offload.wiremodel import FaultSpec
-from tlsctl.commands._tlsconf import TlsOptions
+from tlsctl.tlsconf import TlsOptions
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from offload.wiremodel import FaultSpec
 from tlsctl.addresses import is_ip
 from tlsctl.benchrun.modes import ALL_MODES, DEFAULT_MODES, TLS_MAX_RECORD
-from tlsctl.commands._tlsconf import TlsOptions
+from tlsctl.tlsconf import TlsOptions
 
 
 @dataclass(frozen=True)

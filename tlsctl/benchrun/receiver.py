@@ -22,11 +22,11 @@ from OpenSSL import SSL
 
 from tlsctl.benchrun.procs import detach_signals, die_with_parent
 from tlsctl.benchrun.report import make_report
-from tlsctl.commands._channel import KtlsChannel, OpenSSLChannel, establish
-from tlsctl.commands._handlers import sink
-from tlsctl.commands._tlsconf import TlsOptions, server_context
 from tlsctl.handshake import run_handshake
 from tlsctl.offloadmode import exact_reads
+from tlsctl.server.handlers import sink
+from tlsctl.session.channel import KtlsChannel, OpenSSLChannel, establish
+from tlsctl.tlsconf import TlsOptions, server_context
 
 _BUF = 1 << 20
 

@@ -37,7 +37,7 @@ from tlsctl.benchrun.procs import worker_init
 from tlsctl.benchrun.receiver import receiver_main
 from tlsctl.benchrun.results import ModeRuns, Result, summarize
 from tlsctl.benchrun.senders import run_job
-from tlsctl.commands._certs import ephemeral_server_cert
+from tlsctl.certs import ephemeral_server_cert
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from tlsctl.benchrun.modes import TLS_MAX_RECORD
 from tlsctl.benchrun.openssl import openssl_www
 from tlsctl.benchrun.report import REPORT_SIZE, read_report
 from tlsctl.benchrun.results import Result
-from tlsctl.commands._channel import KtlsChannel
-from tlsctl.commands._tlsconf import client_context
 from tlsctl.handshake import install_offload, run_handshake
 from tlsctl.offloadmode import DeviceSpec, exact_reads, open_layer
+from tlsctl.session.channel import KtlsChannel
+from tlsctl.tlsconf import client_context
 
 BUF = 1 << 20
 

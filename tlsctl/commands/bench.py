@@ -27,9 +27,9 @@ from tlsctl.benchrun import (
 )
 from tlsctl.commands._bench_output import emit, progress_bar
 from tlsctl.commands._options import ByteSize, parse_hostport
-from tlsctl.commands._signals import Interrupted, StopSignals
-from tlsctl.commands._tlsconf import ConfigError, TlsOptions
 from tlsctl.exitcodes import CommandFailed, ExitStatus
+from tlsctl.signals import Interrupted, StopSignals
+from tlsctl.tlsconf import ConfigError, TlsOptions
 
 DATA_DIR_ENV = "TLSCTL_BENCH_DIR"
 """Where the run's temporary data directory is made (default: the system's)."""
