@@ -574,7 +574,7 @@ class KTLSSocket:
                 want = chunk_max if count is None else min(chunk_max, count - total)
                 tx = self._tx
                 try:
-                    buf, slots = tx.frame_slots(want)
+                    buf, slots = tx.lay_out(want)
                 except OSError as exc:
                     if exc.errno == errno.EBADMSG:
                         self._tx_err = exc
@@ -584,7 +584,7 @@ class KTLSSocket:
                     break
                 if got < want:
                     buf, slots = _shrink(tx, buf, slots, got)
-                tx.seal_slots(buf, slots)
+                tx.push_slots(buf, slots)
                 if tx.sealer.exhausted:
                     self._tx_err = os_error(errno.EBADMSG, "record sequence number wrapped")
                 self._emit(buf)
@@ -1081,7 +1081,7 @@ def _shrink(
     tx: SwTx, buf: bytearray, slots: list[memoryview], got: int
 ) -> tuple[bytearray, list[memoryview]]:
     """Re-lay a short read (EOF inside the chunk) into a right-sized buffer."""
-    new_buf, new_slots = tx.sealer.layout(got, tx.max_payload)
+    new_buf, new_slots = tx.batches.lay_out(got)
     payloads = _slot_payloads(slots, tx.sealer.is13)
     pos = 0
     flat = b"".join(bytes(p) for p in payloads)[:got]
