@@ -48,3 +48,13 @@ def human_rate(nbytes: int, seconds: float) -> str:
             return f"{rate:.1f} {unit}"
         rate /= 1000
     return f"{rate:.1f} GB/s"  # pragma: no cover
+
+
+def human_bits(bits_per_second: float) -> str:
+    """``8.4 Gbit/s``: decimal, as link speeds and iperf3 quote them."""
+    rate = bits_per_second
+    for unit in ("bit/s", "kbit/s", "Mbit/s", "Gbit/s"):
+        if rate < 1000 or unit == "Gbit/s":
+            return f"{rate:.1f} {unit}"
+        rate /= 1000
+    return f"{rate:.1f} Gbit/s"  # pragma: no cover

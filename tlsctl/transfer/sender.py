@@ -63,7 +63,6 @@ from tlsctl.transfer.confirm import (
     peer_hung_up,
     reset_by_peer,
 )
-from tlsctl.units import human_rate
 
 __all__ = ["NO_HOOKS", "ClientOptions", "Progress", "SendHooks", "TransferFailed", "send_to"]
 
@@ -427,17 +426,20 @@ class _Transfer:
         tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
         if self.p.size is not None:
             _hash_file(self.p.hash, self.f, self.p.sent)
-        offload = chan.offload if self.offload != "auto" else f"auto ({chan.offload})"
+        rate = self.p.sent / seconds if seconds > 0 else None
         out: dict[str, Any] = {
             "ok": True,
             "bytes": self.p.sent,
             "bytes_sent": self.p.sent,
             "seconds": round(seconds, 6),
-            "throughput": human_rate(self.p.sent, seconds),
+            # Numbers with their unit in the name (iperf3's JSON names).
+            "bytes_per_second": round(rate, 1) if rate is not None else None,
+            "bits_per_second": round(rate * 8, 1) if rate is not None else None,
             "sha256": self.p.hash.hexdigest(),
             "version": self.res.version_name,
             "cipher": self.res.cipher_name,
-            "offload": offload,
+            "offload": chan.offload,  # what ran
+            "offload_requested": self.offload,  # what was asked (auto picks)
             "handshake_ms": round(self.res.seconds * 1000, 2),
             "tx_seq_at_handoff": self.res.tx_seq,
             "rx_seq_at_handoff": self.res.rx_seq,
