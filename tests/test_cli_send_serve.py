@@ -292,8 +292,13 @@ def test_python_ssl_to_serve_echo(pki: Pki, version: ssl.TLSVersion) -> None:
         _ssl_echo_client(srv.port, pki.ca, data, version, result)
         (rec,) = srv.records()
     assert result == [data]
-    assert rec["ok"] and rec["bytes_in"] == len(data)
+    assert rec["ok"] and rec["bytes_in"] == len(data) == rec["bytes_out"]
     assert rec["tx_seq_at_handoff"] == (2 if version == ssl.TLSVersion.TLSv1_3 else 1)
+    # The log line says received and sent apart (not their sum as "bytes in").
+    from tlsctl.commands.serve import _amounts
+
+    line = _amounts(rec)
+    assert line.startswith(f"received {len(data)} bytes (") and f"sent {len(data)} bytes (" in line
 
 
 def test_64_concurrent_clients(files: dict[int, Path]) -> None:

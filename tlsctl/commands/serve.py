@@ -206,6 +206,17 @@ def _done(server: Server, out: Output) -> None:
         info(line, quiet=out.quiet or out.as_json)
 
 
+def _amounts(rec: dict[str, Any]) -> str:
+    """``N bytes in S s (rate)``; a connection that also sent (``--echo``,
+    ``-WWW``) says received and sent apart, each with its own rate."""
+    seconds = rec["seconds"]
+    got, sent = int(rec.get("bytes_in", 0)), int(rec.get("bytes_out", 0))
+    if "bytes_out" not in rec:
+        return f"{got} bytes in {seconds:.3f} s ({human_rate(got, seconds)})"
+    return (f"received {got} bytes ({human_rate(got, seconds)}), "
+            f"sent {sent} bytes ({human_rate(sent, seconds)}) in {seconds:.3f} s")
+
+
 def _log(rec: dict[str, Any], head: str, out: Output) -> None:
     """One connection: a JSON object with --json, else one line (failures
     even with -quiet)."""
@@ -220,9 +231,8 @@ def _log(rec: dict[str, Any], head: str, out: Output) -> None:
             kept = f"; removed {rec['file_removed']}"
         warn(f"{head}: error: {rec.get('error')}{kept}")
         return
-    nbytes = int(rec.get("bytes_in", 0)) + int(rec.get("bytes_out", 0))
     parts = [f"{head} {rec.get('version')} {rec.get('cipher')} offload {rec.get('offload')}:",
-             f"{nbytes} bytes in {rec['seconds']:.3f} s ({human_rate(nbytes, rec['seconds'])})"]
+             _amounts(rec)]
     if "sha256" in rec:
         parts.append(f"sha256 {rec['sha256']}")
     if "file" in rec:
