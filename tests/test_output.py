@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from pathlib import Path
 
 import pytest
+from peers import make_pki, openssl_server
 from rich.console import Console
 
 from tlsctl.commands._output import emit_summary
 
+TLSCTL = Path(sys.executable).with_name("tlsctl")
 SHA = "3a07a00d5f139b58f7d82c057e047796232bbd254c078c3be1ab527c5f6beb33"
 FIELDS = {
     "ok": True,
@@ -53,3 +65,59 @@ def test_piped_output_is_key_value_lines(capsys: pytest.CaptureFixture[str]) -> 
         "     tx_tls_ooo: 3",
         "fallback_device_counters: (none)",
     ]
+
+
+def _stderr_on_a_terminal(argv: list[str], stdin: bytes | None = None) -> tuple[int, bytes, str]:
+    """Run ``argv`` with stderr on a pseudo-terminal and stdout on a pipe;
+    returns the exit status, stdout and everything the terminal showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else None,
+                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    seen = bytearray()
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=pump)
+    reader.start()
+    out, _ = proc.communicate(stdin, timeout=300)
+    reader.join(30)
+    os.close(master)
+    return proc.returncode, out, seen.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_stderr_while_stdout_is_piped() -> None:
+    """As curl: the bar goes to stderr when that is a terminal, even though
+    stdout (the summary) is piped; it shows a percentage and binary units."""
+    code, out, tty = _stderr_on_a_terminal(
+        [str(TLSCTL), "send", "--loopback", "--size", "48M"])
+    assert code == 0, tty
+    assert b"match: True" in out
+    assert re.search(r"\d+%", tty), tty[-500:]
+    assert "MiB" in tty and "/48.0 MiB" in tty, tty[-500:]
+
+
+def test_stdin_send_counts_bytes_on_a_terminal(tmp_path: Path) -> None:
+    """``producer | tlsctl send -``: no size to show a percentage of, so the
+    terminal shows a byte counter (binary units) while the stream goes out."""
+    pki = make_pki(tmp_path)
+    data = os.urandom(12 << 20)
+    with (tmp_path / "got").open("wb") as got, openssl_server(pki.cert, pki.key, got) as (p, port):
+        code, _, tty = _stderr_on_a_terminal(
+            [str(TLSCTL), "send", "-", "-connect", f"localhost:{port}", "-CAfile", str(pki.ca)],
+            stdin=data)
+        p.wait(30)
+    assert code == 0, tty
+    assert (tmp_path / "got").read_bytes() == data
+    assert re.search(r"\d+\.\d MiB sent", tty), tty[-500:]

@@ -71,16 +71,45 @@ def _nothing(_done: int) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int) -> Iterator[Callable[[int], None]]:
-    """A transient progress bar on stderr for a transfer of ``total`` bytes
-    when stderr is a terminal and the transfer is big enough to watch; the
-    function it yields takes the bytes done so far."""
-    if not sys.stderr.isatty() or total < _BAR_MIN:
+def progress_bar(total: int | None) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar on stderr while ``total`` bytes go out.
+
+    Shown when stderr is a terminal, even if stdout is piped (as curl does),
+    for a transfer big enough to watch: percentage, bytes in binary units
+    (a 2 GiB file shows 2.0 GiB, not "2.1 GB"), rate and ETA.  ``total``
+    None (stdin) counts the bytes sent.  The function it yields takes the
+    bytes done so far.
+    """
+    if not sys.stderr.isatty() or (total is not None and total < _BAR_MIN):
         yield _nothing
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.text import Text
 
-    with Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+    from tlsctl.units import human_size
+
+    class Sent(ProgressColumn):
+        """Bytes sent so far, for a stream of unknown length."""
+
+        def render(self, task: Task) -> Text:
+            return Text(f"{human_size(int(task.completed))} sent", style="progress.download")
+
+    columns: list[ProgressColumn] = [
+        BarColumn(), TaskProgressColumn(), DownloadColumn(binary_units=True),
+        TransferSpeedColumn(), TimeRemainingColumn()]
+    if total is None:
+        columns = [Sent(), TransferSpeedColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("send", total=total)
         yield lambda done: bar.update(task, completed=done)
 

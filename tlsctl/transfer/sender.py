@@ -73,10 +73,11 @@ _CANCEL_WAIT = 2.0  # seconds the user_canceled alert may wait for room in the s
 
 Chan = KtlsChannel | OpenSSLChannel
 
-Progress = Callable[[int], AbstractContextManager[Callable[[int], None]]]
-"""Given a regular file's size, a context for the sending loop that yields
-the function called with the bytes sent so far after each step (``send``
-shows a progress bar on a terminal; the context ends it)."""
+Progress = Callable[[int | None], AbstractContextManager[Callable[[int], None]]]
+"""Given a regular file's size (None for a stream), a context for the
+sending loop that yields the function called with the bytes sent so far
+after each step (``send`` shows a progress bar on a terminal; the context
+ends it)."""
 
 
 def _drop(_msg: str) -> None:
@@ -391,19 +392,22 @@ class _Transfer:
         peer is watched, and a signal interrupts the wait.
         """
         fd = self.f.fileno()
-        while True:
-            self._peer_check()
-            if not select.select([fd], [], [], _STREAM_POLL)[0]:
-                continue
-            chunk = os.read(fd, _STREAM_CHUNK)
-            if not chunk:
-                return
-            with self.stop.critical():
-                self.p.in_step = True
-                self.chan.send_all(chunk)
-                self.p.hash.update(chunk)
-                self.p.sent += len(chunk)
-                self.p.in_step = False
+        with self.progress(None) if self.progress else contextlib.nullcontext(None) as update:
+            while True:
+                self._peer_check()
+                if not select.select([fd], [], [], _STREAM_POLL)[0]:
+                    continue
+                chunk = os.read(fd, _STREAM_CHUNK)
+                if not chunk:
+                    return
+                with self.stop.critical():
+                    self.p.in_step = True
+                    self.chan.send_all(chunk)
+                    self.p.hash.update(chunk)
+                    self.p.sent += len(chunk)
+                    self.p.in_step = False
+                if update is not None:
+                    update(self.p.sent)
 
     # -- the end ---------------------------------------------------------------
 
