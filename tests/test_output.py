@@ -15,9 +15,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from peers import make_pki, openssl_server
 from rich.console import Console
 
+from tlsctl.cli import cli
+from tlsctl.commands._inspect_render import render_rich
 from tlsctl.commands._output import emit_summary
 
 TLSCTL = Path(sys.executable).with_name("tlsctl")
@@ -121,3 +124,24 @@ def test_stdin_send_counts_bytes_on_a_terminal(tmp_path: Path) -> None:
     assert code == 0, tty
     assert (tmp_path / "got").read_bytes() == data
     assert re.search(r"\d+\.\d MiB sent", tty), tty[-500:]
+
+
+@pytest.mark.parametrize("command", ["send", "serve", "bench", "inspect-context"])
+def test_help_shows_examples_before_options(command: str) -> None:
+    res = CliRunner().invoke(cli, [command, "--help"])
+    assert res.exit_code == 0
+    assert 0 < res.output.index("Examples:") < res.output.index("Options:")
+
+
+def test_watch_footer_names_its_process() -> None:
+    """With two processes on screen each table's footer says whose it is (a
+    bare "started ..." under the first read as the second one's header)."""
+    doc = {"processes": [
+        {"pid": pid, "argv": ["tlsctl", "send"], "started": f"2026-12-02T00:0{pid % 10}:00Z",
+         "connections": [{"id": 1, "label": "x", "stats": {"TlsTxSw": 1}}]}
+        for pid in (4101, 4102)]}
+    buf = io.StringIO()
+    Console(file=buf, width=100).print(render_rich(doc, False, 100))
+    feet = [line for line in buf.getvalue().splitlines() if "started" in line]
+    assert [f.split(":")[0].strip() for f in feet] == ["pid 4101", "pid 4102"]
+    assert "counters of pid 4101" in buf.getvalue()
