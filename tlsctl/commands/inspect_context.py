@@ -117,7 +117,7 @@ def inspect_context(as_json: bool, watch: float | None, pid: int | None,
     if show_secrets:
         click.echo(_SECRET_WARNING, err=True)
     client = ControlClient(control_socket, show_secrets=show_secrets,
-                           warn=lambda m: click.echo(f"tlsctl: {m}", err=True))
+                           warn=lambda m: click.echo(f"warning: {m}", err=True))
     try:
         _show(console, client, as_json, watch, pid, show_stats, proc_tls_stat)
     except ControlSocketError as exc:

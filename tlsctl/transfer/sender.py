@@ -202,7 +202,7 @@ def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
     :class:`~tlsctl.session.channel.ChannelError` (no transfer).
     """
     if opts.insecure:
-        hooks.warn("WARNING: -k/--insecure: the server certificate is NOT verified; "
+        hooks.warn("warning: -k/--insecure: the server certificate is NOT verified; "
                    "anyone on the path can read and change this transfer")
     ctx = _context(opts)
     keylog = KeylogFile(opts.keylogfile) if opts.keylogfile else None
