@@ -63,6 +63,7 @@ from tlsctl.transfer.confirm import (
     peer_hung_up,
     reset_by_peer,
 )
+from tlsctl.transfer.filehash import FileHasher
 
 __all__ = ["NO_HOOKS", "ClientOptions", "Progress", "SendHooks", "TransferFailed", "send_to"]
 
@@ -279,6 +280,7 @@ class _Transfer:
         # the OpenSSL fallback's Connection is not thread-safe: it reads after.
         self.drain = Drain(chan) if isinstance(chan, KtlsChannel) else None
         self.closed = False  # our close_notify is out
+        self.hasher: FileHasher | None = None  # a regular file's SHA-256, beside the sending
 
     def facts(self) -> dict[str, Any]:
         return {"bytes_sent": self.p.sent, "seconds": round(self.p.seconds, 6),
@@ -286,6 +288,13 @@ class _Transfer:
                 "offload": self.chan.offload}
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            if self.hasher is not None:
+                self.hasher.stop()
+
+    def _run(self) -> dict[str, Any]:
         if self.drain is not None:
             self.drain.start()
         self.p.start = time.perf_counter()
@@ -370,6 +379,7 @@ class _Transfer:
         """sendfile in steps of whole records, progress reported after each."""
         size = self.p.size
         assert size is not None
+        self.hasher = FileHasher(self.f.fileno(), size)
         with self.progress(size) if self.progress else contextlib.nullcontext(None) as update:
             while self.p.sent < size:
                 self._peer_check()
@@ -428,8 +438,8 @@ class _Transfer:
         seconds = self.p.seconds
         chan = self.chan
         tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
-        if self.p.size is not None:
-            _hash_file(self.p.hash, self.f, self.p.sent)
+        sha256 = (self.hasher.digest(self.p.sent) if self.hasher is not None
+                  else self.p.hash.hexdigest())
         rate = self.p.sent / seconds if seconds > 0 else None
         out: dict[str, Any] = {
             "ok": True,
@@ -439,7 +449,7 @@ class _Transfer:
             # Numbers with their unit in the name (iperf3's JSON names).
             "bytes_per_second": round(rate, 1) if rate is not None else None,
             "bits_per_second": round(rate * 8, 1) if rate is not None else None,
-            "sha256": self.p.hash.hexdigest(),
+            "sha256": sha256,
             "version": self.res.version_name,
             "cipher": self.res.cipher_name,
             "offload": chan.offload,  # what ran
@@ -458,19 +468,6 @@ class _Transfer:
                 out["bytes_received"] = self.drain.received  # what the server sent (discarded)
             out.update(device_report(chan.k))
         return out
-
-
-def _hash_file(h: Any, f: BinaryIO, count: int) -> None:
-    """SHA-256 of what was sent; regular files are hashed after the transfer
-    (from the page cache) so hashing does not slow the measured part."""
-    f.seek(0)
-    left = count
-    while left > 0:
-        chunk = f.read(min(1 << 20, left))
-        if not chunk:
-            break
-        h.update(chunk)
-        left -= len(chunk)
 
 
 def _await_close(chan: Chan) -> str | None:
