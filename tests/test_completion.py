@@ -143,3 +143,23 @@ def test_help_and_completion_load_only_the_cli(command: str) -> None:
                        timeout=60, check=True)
     assert "--offload" in r.stdout
     assert r.stderr.strip() == "[]"
+
+
+def test_version_names_the_libraries_and_ktls() -> None:
+    """``tlsctl --version``: tlsctl, Python, pyOpenSSL and cryptography with
+    the OpenSSL each runs on, and this host's kTLS answer (the same probe
+    ``--offload kernel`` relies on)."""
+    from importlib.metadata import version
+
+    from offload.kernel import kernel_has_ktls
+
+    r = subprocess.run([str(TLSCTL), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"tlsctl {version('tlsctl')}"
+    assert lines[1].startswith("Python 3.")
+    assert lines[2].startswith(f"pyOpenSSL {version('pyOpenSSL')} (OpenSSL ")
+    assert lines[3].startswith(f"cryptography {version('cryptography')} (OpenSSL ")
+    ok, why = kernel_has_ktls()
+    assert lines[4] == ("kTLS on this host: yes" if ok
+                        else f"kTLS on this host: no: {why} (tlsctl doctor says more)")
