@@ -162,4 +162,4 @@ def test_version_names_the_libraries_and_ktls() -> None:
     assert lines[3].startswith(f"cryptography {version('cryptography')} (OpenSSL ")
     ok, why = kernel_has_ktls()
     assert lines[4] == ("kTLS on this host: yes" if ok
-                        else f"kTLS on this host: no: {why} (tlsctl doctor says more)")
+                        else f"kTLS on this host: no: {why}; tlsctl doctor says more")

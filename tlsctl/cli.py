@@ -72,7 +72,7 @@ def version_text() -> str:
         f"Python {platform.python_version()}",
         f"pyOpenSSL {version('pyOpenSSL')} ({linked})",
         f"cryptography {version('cryptography')} ({backend.openssl_version_text()})",
-        f"kTLS on this host: {'yes' if ok else f'no: {why} (tlsctl doctor says more)'}",
+        f"kTLS on this host: {'yes' if ok else f'no: {why}; tlsctl doctor says more'}",
     ])
 
 
