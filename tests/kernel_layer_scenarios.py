@@ -2,7 +2,7 @@
 
 Two kinds of check, both against the real Linux kTLS:
 
-* interop: records sealed by ``KTLSSocket(backend="user")`` are read by a
+* interop: records sealed by ``KTLSSocket(backend="sw")`` are read by a
   kernel kTLS RX socket, and records sealed by the kernel are read by this
   layer, for every version x cipher the kernel takes, control records too;
 * oracle: one script of setsockopt/getsockopt/sendmsg/recvmsg calls runs
@@ -79,8 +79,8 @@ def _pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 def _wrap(sock: socket.socket, kind: str) -> Any:
-    """The socket under test: the raw kernel socket or this layer (user)."""
-    return sock if kind == "kernel" else KTLSSocket(sock, backend="user")
+    """The socket under test: the raw kernel socket or this layer (sw)."""
+    return sock if kind == "kernel" else KTLSSocket(sock, backend="sw")
 
 
 def _recv_all(k: Any, n: int) -> bytes:
@@ -386,10 +386,10 @@ def register(scenario: Callable[..., Decorator]) -> None:
             tag = f"{vname}_{cipher.name.lower()}"
 
             def layer_to_kernel(v: int = version, c: CipherType = cipher) -> str:
-                return _transfer("user", "kernel", v, c)
+                return _transfer("sw", "kernel", v, c)
 
             def kernel_to_layer(v: int = version, c: CipherType = cipher) -> str:
-                return _transfer("kernel", "user", v, c)
+                return _transfer("kernel", "sw", v, c)
 
             scenario(f"interop_layer_tx_kernel_rx_{tag}", timeout=60)(layer_to_kernel)
             scenario(f"interop_kernel_tx_layer_rx_{tag}", timeout=60)(kernel_to_layer)
@@ -397,7 +397,7 @@ def register(scenario: Callable[..., Decorator]) -> None:
     @scenario("oracle_semantics_same_as_kernel", timeout=60)
     def oracle() -> str:
         theirs = _semantics_script("kernel")
-        ours = _semantics_script("user")
+        ours = _semantics_script("sw")
         diffs = [
             f"{name}: kernel {k!s} / layer {u!s}"
             for (name, k), (_, u) in zip(theirs, ours, strict=True)
@@ -416,7 +416,7 @@ def register(scenario: Callable[..., Decorator]) -> None:
                     f"kernel {os.uname().release} cannot rekey kTLS (Linux 6.14+ can): "
                     f"{dict(theirs)['rekey TX']}"
                 )
-            ours = _rekey_pair(su, "user", "user")
+            ours = _rekey_pair(su, "sw", "sw")
             diffs = [
                 f"{name}: kernel {k} / layer {u}"
                 for (name, k), (_, u) in zip(theirs, ours, strict=True)
@@ -427,7 +427,7 @@ def register(scenario: Callable[..., Decorator]) -> None:
 
         def rekey_interop(su: Suite = suite) -> str:
             results = {}
-            for tx_kind, rx_kind in (("user", "kernel"), ("kernel", "user")):
+            for tx_kind, rx_kind in (("sw", "kernel"), ("kernel", "sw")):
                 got = dict(_rekey_pair(su, tx_kind, rx_kind))
                 bad = {
                     k: v
@@ -446,7 +446,7 @@ def register(scenario: Callable[..., Decorator]) -> None:
     @scenario("oracle_rx13_records_same_as_kernel", timeout=60)
     def rx13_oracle() -> str:
         theirs = _rx13_script("kernel")
-        ours = _rx13_script("user")
+        ours = _rx13_script("sw")
         diffs = [
             f"{name}: kernel {k} / layer {u}"
             for (name, k), (_, u) in zip(theirs, ours, strict=True)
@@ -465,7 +465,7 @@ def register(scenario: Callable[..., Decorator]) -> None:
             f.write(data)
             f.flush()
             kc = KTLSSocket(c, backend="auto")
-            ks = KTLSSocket(s, backend="user")
+            ks = KTLSSocket(s, backend="sw")
             kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
             assert kc.backend == "kernel", kc.backend
             ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")

@@ -158,7 +158,7 @@ def test_server_handoff(pki: Pki, pair: Callable[[], tuple[socket.socket, socket
             assert res.leftover, "client Finished and data should arrive together"
     else:
         assert (res.tx_seq, res.rx_seq) == (1, 1)
-    k = install_offload(s, res, "user")
+    k = install_offload(s, res, "sw")
     got = bytearray()
     while len(got) < len(payload):
         chunk = k.recv(65536)

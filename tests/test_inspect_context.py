@@ -50,6 +50,7 @@ CHILD = r"""
 import os, socket, sys, threading, time
 from offload import KTLSSocket
 from offload.netdev import create_device
+from offload.wiremodel import TxPipeline
 from offload.uapi import SOL_TCP, TCP_ULP, SOL_TLS, TLS_TX, TLS_RX, TLS_1_2_VERSION, \
     TLS_1_3_VERSION, CipherType
 from tests.conftest import random_info
@@ -65,7 +66,7 @@ def pair():
     return c, s
 
 def ktls(sock, direction, info, device=None):
-    k = KTLSSocket(sock, backend="user", device=device)
+    k = KTLSSocket(sock, backend="sw", txpath=None if device is None else TxPipeline(device))
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     k.setsockopt(SOL_TLS, direction, info.pack())
     return k

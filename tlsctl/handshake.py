@@ -555,7 +555,7 @@ def install_offload(
     The order is Linux's (ULP, TX, RX) and ciphertext read past the
     handshake is injected after RX is set, so the first ``recv`` decrypts
     it with the right sequence number.  ``layer`` goes to ``KTLSSocket``
-    (a simulated NIC: ``device``, ``faults``, ``mss``, ``fallback_device``).
+    (a simulated NIC: ``txpath``, a ``TxPipeline``; ``record_size``).
     """
     if res.tx_info is None or res.rx_info is None:
         raise HandshakeError(res.unsupported_reason or "no keys to offload")

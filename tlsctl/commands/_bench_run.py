@@ -32,7 +32,7 @@ from typing import IO, Any, Literal
 from OpenSSL import SSL
 
 from offload.netdev import create_device
-from offload.wiremodel import FaultSpec
+from offload.wiremodel import FaultSpec, TxPipeline
 from tlsctl.commands._channel import KtlsChannel, OpenSSLChannel, establish, exact_reads
 from tlsctl.commands._handlers import sink
 from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
@@ -226,11 +226,11 @@ def _tls(job: Job) -> Result:
     sock.settimeout(None)
     layer: dict[str, Any] = {}
     if job.mode.startswith("sim-nic"):
-        layer = {"device": create_device("sim-nic")}
-        if job.faults:
-            layer["faults"] = FaultSpec.parse(job.faults)
-            layer["fallback_device"] = create_device("sim-nic", "sim-nic1")
-    backend: Literal["user", "kernel"] = "kernel" if job.mode == "kernel" else "user"
+        faults = FaultSpec.parse(job.faults) if job.faults else None
+        fallback = create_device("sim-nic", "sim-nic1") if faults else None
+        layer = {"txpath": TxPipeline(create_device("sim-nic"), faults=faults,
+                                      fallback_device=fallback)}
+    backend: Literal["sw", "kernel"] = "kernel" if job.mode == "kernel" else "sw"
     if job.record_size != TLS_MAX_RECORD:
         if backend == "kernel":
             raise BenchError("kernel: --record-size needs the user-space layer")

@@ -23,12 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from OpenSSL import SSL
 
 from offload.kernel import kernel_has_ktls
-from offload.ktls_socket import KTLSSocket
+from offload.ktls_socket import Backend, KTLSSocket
 from offload.netdev import create_device
 from offload.record import Buffer
 from offload.uapi import (
@@ -41,7 +41,7 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
-from offload.wiremodel import FaultSpec
+from offload.wiremodel import FaultSpec, TxPipeline
 from tlsctl.control import register
 from tlsctl.handshake import HandshakeError, HandshakeResult, install_offload
 from tlsctl.session import (
@@ -77,11 +77,7 @@ __all__ = [
 Offload = str
 """``auto``, ``sw``, ``kernel``, ``none`` or a NIC driver name (``sim-nic``)."""
 BASE_OFFLOADS = ("auto", "sw", "kernel", "none")
-_BACKENDS: dict[str, Literal["auto", "user", "kernel"]] = {
-    "auto": "auto",
-    "sw": "user",
-    "kernel": "kernel",
-}
+_BACKENDS: dict[str, Backend] = {"auto": "auto", "sw": "sw", "kernel": "kernel"}
 
 _DATA = int(ContentType.APPLICATION_DATA)
 _ALERT = int(ContentType.ALERT)
@@ -158,7 +154,8 @@ class KtlsChannel:
         # Visible to `tlsctl inspect-context` while the connection lives.
         self._control = register(k, label=res.side, extra={"cipher_suite": res.cipher_name})
         # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
-        self.mode = k.device.driver.name if k.tx_conf == "device" and k.device else k.tx_conf
+        dev = k.device_state()
+        self.mode = dev.report.driver if dev is not None else str(k.tx_conf)
         self.session = Session(res.side, tls13=res.is_tls13, suite=res.suite,
                                tx_secret=res.tx_secret, rx_secret=res.rx_secret)
         self.alert_sent: int | None = None  # the fatal alert we sent, if any
@@ -675,32 +672,31 @@ class DeviceSpec:
     mss: int | None = None
 
     def layer_kwargs(self, driver: str) -> dict[str, Any]:
-        """KTLSSocket arguments: a fresh device per connection (its own
-        counters), and a second one without the context for redirects."""
-        kw: dict[str, Any] = {"device": create_device(driver), "mss": self.mss}
-        if self.faults is not None:
-            kw["faults"] = self.faults
-            kw["fallback_device"] = create_device(driver, f"{driver}1")
-        return kw
+        """KTLSSocket arguments: the TX path through a fresh device per
+        connection (its own counters), and a second one without the context
+        for redirects."""
+        fallback = create_device(driver, f"{driver}1") if self.faults is not None else None
+        path = TxPipeline(create_device(driver), mss=self.mss, faults=self.faults,
+                          fallback_device=fallback)
+        return {"txpath": path}
 
 
 def device_report(chan: KtlsChannel) -> dict[str, Any]:
     """What the NIC did for this connection: counters (ethtool names, zeros
     left out), device CPU time, and the faults that made it take slow paths."""
-    k = chan.k
-    dev = k.describe().get("device")
-    if not dev:
+    dev = chan.k.device_state()
+    if dev is None:
         return {}
+    r = dev.report
     out: dict[str, Any] = {
-        "device_cpu_seconds": round(dev["device_cpu_seconds"], 6),
-        "device_counters": {n: v for n, v in dev["stats"].items() if v},
+        "device_cpu_seconds": round(r.device_seconds, 6),
+        "device_counters": {n: v for n, v in r.stats.items() if v},
     }
-    if dev["faults"]:
-        out["faults"] = dev["faults"]
-        out["faults_injected"] = {n: v for n, v in dev["faults_injected"].items() if v}
-    if k.wire is not None and k.wire.fallback_device is not None:
-        fb = k.wire.fallback_device.stats.snapshot()
-        out["fallback_device_counters"] = {n: v for n, v in fb.items() if v}
+    if r.faults:
+        out["faults"] = r.faults
+        out["faults_injected"] = {n: v for n, v in r.faults_injected.items() if v}
+    if r.fallback_stats is not None:
+        out["fallback_device_counters"] = {n: v for n, v in r.fallback_stats.items() if v}
     return out
 
 
@@ -729,7 +725,7 @@ def establish(
         if offload in _BACKENDS:
             k = install_offload(sock, res, _BACKENDS[offload])
         else:  # a NIC driver: the user-space layer with TX on a simulated device
-            k = install_offload(sock, res, "user", **(device or DeviceSpec()).layer_kwargs(offload))
+            k = install_offload(sock, res, "sw", **(device or DeviceSpec()).layer_kwargs(offload))
             if k.offload_refused:
                 warn(f"warning: {offload} declined TLS_TX ({k.offload_refused}); software TX")
     except LookupError as exc:
