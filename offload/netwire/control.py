@@ -33,7 +33,7 @@ from offload.netwire.frames import FlowKey
 MAX_MESSAGE = 1 << 16
 
 
-class ControlError(Exception):
+class ControlError(OSError):
     """The NIC answered with an error, or the channel broke."""
 
 

@@ -36,6 +36,7 @@ NIC never sends bytes it read from reused memory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -106,15 +107,16 @@ class StoreWriter:
 
     def unlink(self) -> None:
         """Remove the file name (the mappings stay): nothing left in /dev/shm."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
     def close(self) -> None:
+        """Unmap now, or (chunks still queued for TCP point into the ring)
+        when the last view goes."""
         self.unlink()
-        self._mv.release()
-        self._map.close()
+        with contextlib.suppress(BufferError):
+            self._mv.release()
+            self._map.close()
 
     # -- writing --------------------------------------------------------------
 
@@ -211,7 +213,8 @@ class StoreReader:
 
     def _entry(self, number: int) -> tuple[int, int, int, int, int, int]:
         slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size
-        return ENTRY.unpack_from(self._map, slot)  # type: ignore[return-value]
+        start, end, sn, rsize, nrec, pos = ENTRY.unpack_from(self._map, slot)
+        return start, end, sn, rsize, nrec, pos
 
     def get_record(self, tcp_seq: int) -> RecordInfo | None:
         acked = self._u64(_OFF_ACKED)
@@ -243,7 +246,7 @@ class StoreReader:
 
     def before_start_marker(self, tcp_seq: int, length: int) -> bool:
         off = self._offset(tcp_seq, self._u64(_OFF_ACKED))
-        return off + length <= self.start_offset
+        return bool(off + length <= self.start_offset)
 
 
 __all__ = ["StoreFull", "StoreReader", "StoreWriter"]
