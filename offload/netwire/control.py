@@ -15,10 +15,13 @@ field, not its value.
 Requests (answers):
 
 * ``flow`` {flow} - what the NIC saw of a flow: ISN from its SYN, the next
-  sequence number after the last byte it forwarded ({isn, snd_nxt}).
+  sequence number after the last byte it forwarded, frames it lost on
+  purpose ({isn, snd_nxt, lost: [[seq, len], ...]}).
 * ``add`` {flow, crypto_info, start_seq, store} - ``tls_dev_add``: install
   the TX context, map the record store ({driver} or {error}).
 * ``del`` {flow} - ``tls_dev_del`` ({}).
+* ``lose`` {flow, frames} - lose those offloaded data frames after the NIC
+  (a test bench hook: the sender's TCP retransmits them).
 * ``stats`` - the NIC's own counters, its driver's counters, its CPU time.
 """
 

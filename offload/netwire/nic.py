@@ -54,6 +54,7 @@ NIC_COUNTERS = (
     "frames_offloaded",  # went through the driver with a context
     "frames_passed",  # no context (or no payload): forwarded untouched
     "frames_dropped",  # the driver refused them (record freed): not forwarded
+    "frames_lost",  # lost on purpose after the NIC (``lose``): TCP retransmits them
     "bytes_out",
     "bytes_back",
 )
@@ -67,6 +68,12 @@ class Flow:
     snd_nxt: int | None = None
     offload: tuple[object, StoreReader] | None = None
     """The driver context and the record store, set by ``add``."""
+    data_frames: int = 0
+    """Offloaded frames with payload seen so far (their ordinal)."""
+    lose: frozenset[int] = frozenset()
+    """Ordinals of offloaded data frames to lose after encrypting them."""
+    lost: list[tuple[int, int]] = field(default_factory=list)
+    """(sequence number, length) of each frame lost that way."""
 
 
 @dataclass
@@ -109,6 +116,11 @@ class Nic:
             return False
         make_partial(frame, t)
         c["frames_offloaded"] += 1
+        flow.data_frames += 1
+        if flow.data_frames in flow.lose:  # through the NIC, then lost on the wire
+            c["frames_lost"] += 1
+            flow.lost.append((t.seq, n))
+            return False
         return True
 
     def back(self, frame: memoryview) -> bool:
@@ -134,11 +146,15 @@ class Nic:
             return {"error": "bad flow in request"}
         if op == "flow":
             flow = self.flows.get(key)
-            return {"isn": flow and flow.isn, "snd_nxt": flow and flow.snd_nxt}
+            if flow is None:
+                return {"isn": None, "snd_nxt": None, "lost": []}
+            return {"isn": flow.isn, "snd_nxt": flow.snd_nxt, "lost": flow.lost}
         if op == "add":
             return self._add(key, req)
         if op == "del":
             return self._del(key)
+        if op == "lose":
+            return self._lose(key, req)
         return {"error": "unknown request"}
 
     def _add(self, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +176,20 @@ class Nic:
             return {"error": f"offload refused: {exc}"}
         flow.offload = (ctx, store)
         return {"driver": self.device.driver.name}
+
+    def _lose(self, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
+        """Lose these offloaded data frames of the flow (1 = the first) after
+        the NIC encrypted them: a frame dropped past the NIC, which the
+        sender's TCP then retransmits (the resync path on a real
+        retransmission).  Not a Linux operation: a test bench hook."""
+        flow = self.flows.get(key)
+        if flow is None:
+            return {"error": "the NIC has not seen this flow"}
+        try:
+            flow.lose = frozenset(int(n) for n in req.get("frames", []))
+        except (TypeError, ValueError):
+            return {"error": "frames must be a list of integers"}
+        return {}
 
     def _del(self, key: FlowKey) -> dict[str, Any]:
         flow = self.flows.get(key)
