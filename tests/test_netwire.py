@@ -26,8 +26,9 @@ from netwire_helpers import (
     nic_stats,
     offload_channel,
     s_server_in_rx,
+    wait_listening,
 )
-from peers import Pki, make_pki, sha
+from peers import Pki, make_pki, sha, spawn
 
 from offload.netwire import netns as netns_mod
 from offload.netwire.netns import NetnsWire, WireUnavailable, unavailable_reason
@@ -260,3 +261,49 @@ def test_capture_sees_plaintext_without_offload(wire: NetnsWire) -> None:
         srv.close()
     assert unit[:32] in cap.payload_bytes()
 
+
+
+@needs_wire
+@pytest.mark.parametrize("size", [0, 1, 64 << 20])
+def test_simnic_sizes_to_openssl(wire: NetnsWire, pki: Pki, tmp_path: Path, size: int) -> None:
+    """0 bytes (only close_notify crosses), one byte, 64 MiB (the ring wraps,
+    records are freed as TCP acknowledges them)."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(size))
+    out = tmp_path / "out"
+    version, suite = SUITES[3]
+    with out.open("wb") as f, s_server_in_rx(wire, pki, version, suite, f, port=4444) as srv:
+        sock, res = connect_tls(wire, version, suite, port=4444)
+        chan, path = offload_channel(wire, sock, res)
+        with src.open("rb") as fh:
+            chan.send_file(fh, 0, size)
+        chan.close_notify()
+        assert path.tx is not None
+        chan.close()
+        srv.wait(30)
+    assert sha(out) == sha(src)
+    assert path.tx.acked == path.tx.next_offset  # every record acknowledged and freed
+    assert path.tx.records_in_flight == 0
+
+
+@needs_wire
+def test_simnic_to_tlsctl_serve_in_the_other_namespace(wire: NetnsWire, pki: Pki,
+                                                       tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(5 << 20))
+    out = tmp_path / "out"
+    version, suite = SUITES[1]
+    cmd = wire.argv("rx", [sys.executable, "-m", "tlsctl.cli", "serve", "-accept",
+                           f"{wire.addr('rx')}:4445", "-cert", str(pki.rsa_cert), "-key",
+                           str(pki.rsa_key), "-naccept", "1", "-o", str(out), "--json"])
+    with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as srv:
+        wait_listening(srv, 4445)
+        sock, res = connect_tls(wire, version, suite, port=4445)
+        chan, _ = offload_channel(wire, sock, res)
+        with src.open("rb") as fh:
+            chan.send_file(fh, 0, src.stat().st_size)
+        chan.close_notify()
+        chan.close()
+        _stdout, stderr = srv.communicate(timeout=30)
+        assert srv.returncode == 0, stderr.decode()
+    assert sha(out) == sha(src)
