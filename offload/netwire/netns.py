@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from pyroute2 import IPRoute, netns
 
+from offload.netwire.faults import WireFaults
 from offload.netwire.nic import TUN_NAME
 from offload.netwire.tun import TUN_PATH
 
@@ -65,7 +66,13 @@ def unavailable_reason() -> str | None:
 class NetnsWire:
     """Sender and receiver namespaces, and the NIC process between them."""
 
-    def __init__(self, driver: str = "sim-nic", *, startup_timeout: float = 20.0) -> None:
+    def __init__(self, driver: str = "sim-nic", *, faults: str = "",
+                 startup_timeout: float = 20.0) -> None:
+        """``faults``: a ``offload.netwire.faults.WireFaults`` spec applied
+        by the NIC process to frames in both directions (ValueError here if
+        it does not parse)."""
+        WireFaults.parse(faults)
+        self.faults = faults
         self.driver = driver
         self.startup_timeout = startup_timeout
         tag = f"tlsctl-{os.getpid()}-{secrets.token_hex(3)}"
@@ -101,7 +108,8 @@ class NetnsWire:
             self._made.append(self.ns[side])
         self.nic = subprocess.Popen(
             [sys.executable, "-m", "offload.netwire.nic", "--tx-ns", self.ns["tx"],
-             "--rx-ns", self.ns["rx"], "--control", self.control, "--driver", self.driver],
+             "--rx-ns", self.ns["rx"], "--control", self.control, "--driver", self.driver,
+             "--faults", self.faults],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True,
         )

@@ -3,7 +3,8 @@
 Run as ``python -m offload.netwire.nic --tx-ns A --rx-ns B --control PATH``
 (``offload.netwire.netns.NetnsWire`` starts it).  It creates TUN ``nic0``
 in the sender's namespace and ``nic0`` in the receiver's, then forwards
-frames both ways, one thread per direction: what the sender's kernel hands
+frames both ways, one thread per direction (through seeded faults,
+``offload.netwire.faults``, when ``--faults`` is given): what the sender's kernel hands
 it (GSO frames up to 64 KiB, see ``offload.netwire.tun``) goes out on the
 receiver's TUN, and the receiver's ACKs come back.  Its CPU time is its
 own, as a NIC's is.
@@ -28,10 +29,12 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +43,7 @@ from pyroute2 import netns
 
 from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, OffloadRefused, Segment, create_device
 from offload.netwire.control import MAX_MESSAGE, flow_from_json
+from offload.netwire.faults import FaultStage, WireFaults
 from offload.netwire.frames import TCP_SYN, FlowKey, make_partial, parse_tcp
 from offload.netwire.recstore import StoreReader
 from offload.netwire.tun import MAX_FRAME, open_tun
@@ -84,6 +88,8 @@ class Nic:
     flows: dict[FlowKey, Flow] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NIC_COUNTERS, 0))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stages: dict[str, FaultStage] = field(default_factory=dict)
+    """The fault stage of each direction ("out", "back"), if any."""
 
     def egress(self, frame: memoryview) -> bool:
         """A frame from the sender: encrypt what has a context; False drops it."""
@@ -139,6 +145,7 @@ class Nic:
                 "device": self.device.stats.snapshot(),
                 "driver": self.device.driver.name,
                 "cpu_seconds": t.user + t.system,
+                "faults": {d: dict(st.counts) for d, st in self.stages.items()},
             }
         try:
             key = flow_from_json(req.get("flow"))
@@ -201,22 +208,44 @@ class Nic:
         return {}
 
 
-def forward(src: int, dst: int, process: Callable[[memoryview], bool]) -> None:
-    """Move frames from one TUN to the other until either goes away."""
+def forward(src: int, dst: int, process: Callable[[memoryview], bool],
+            stage: FaultStage | None = None) -> None:
+    """Move frames from one TUN to the other until either goes away (through
+    the fault stage, when there is one)."""
     buf = bytearray(MAX_FRAME)
     mv = memoryview(buf)
-    readv, write = os.readv, os.write
-    while True:
-        try:
-            n = readv(src, [buf])
+    readv = os.readv
+
+    def write(frame: memoryview | bytes) -> None:
+        try:  # noqa: SIM105 - per frame: no context manager in the hot loop
+            os.write(dst, frame)
         except OSError:
-            return
-        frame = mv[:n]
-        if process(frame):
-            try:  # noqa: SIM105 - per frame: no context manager in the hot loop
-                write(dst, frame)
+            pass  # the receiving namespace may be down for a moment; a NIC drops too
+
+    if stage is None:
+        while True:
+            try:
+                n = readv(src, [buf])
             except OSError:
-                pass  # the receiving namespace may be down for a moment; a NIC drops too
+                return
+            frame = mv[:n]
+            if process(frame):
+                write(frame)
+    poller = select.poll()
+    poller.register(src, select.POLLIN)
+    clock = time.monotonic
+    wait: float | None = None
+    while True:
+        ready = poller.poll(None if wait is None else max(0, int(wait * 1000) + 1))
+        if ready:
+            try:
+                n = readv(src, [buf])
+            except OSError:
+                return
+            frame = mv[:n]
+            if process(frame):
+                stage.send(frame, write, clock())
+        wait = stage.release(write, clock())
 
 
 def serve_control(nic: Nic, path: str) -> socket.socket:
@@ -274,7 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rx-ns", required=True)
     ap.add_argument("--control", required=True)
     ap.add_argument("--driver", default="sim-nic")
+    ap.add_argument("--faults", default="")
     args = ap.parse_args(argv)
+    try:
+        faults = WireFaults.parse(args.faults)
+    except ValueError as exc:
+        print(f"nic: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -286,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, LookupError) as exc:
         print(f"nic: {exc}", file=sys.stderr)
         return 2
-    for src, dst, fn in ((tx_fd, rx_fd, nic.egress), (rx_fd, tx_fd, nic.back)):
-        threading.Thread(target=forward, args=(src, dst, fn), daemon=True).start()
+    for src, dst, fn, name in ((tx_fd, rx_fd, nic.egress, "out"), (rx_fd, tx_fd, nic.back, "back")):
+        stage = FaultStage(faults, name) if faults.any else None
+        if stage is not None:
+            nic.stages[name] = stage
+        threading.Thread(target=forward, args=(src, dst, fn, stage), daemon=True).start()
     print("ready", flush=True)
     while not stop.wait(3600):
         pass
