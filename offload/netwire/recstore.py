@@ -53,7 +53,9 @@ HEADER_SIZE = 64
 ENTRY = struct.Struct("<QQQIIQ")
 _U64 = struct.Struct("<Q")
 _OFF_HEAD, _OFF_TAIL, _OFF_ACKED = 40, 48, 56
-DEFAULT_RING = 32 << 20
+DEFAULT_RING = 8 << 20
+"""Twice the largest send buffer TCP autotunes to here (tcp_wmem max 4 MiB):
+the ring holds what TCP has not acknowledged, plus the batch being framed."""
 DEFAULT_ENTRIES = 8192
 SHM_DIR = "/dev/shm"
 
