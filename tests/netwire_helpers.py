@@ -92,10 +92,10 @@ def connect_tls(
     return sock, run_handshake(sock, ctx, "client")
 
 
-def offload_channel(wire: NetnsWire, sock: socket.socket, res: HandshakeResult
-                    ) -> tuple[KtlsChannel, NetTxPath]:
+def offload_channel(wire: NetnsWire, sock: socket.socket, res: HandshakeResult,
+                    **path_kw: Any) -> tuple[KtlsChannel, NetTxPath]:
     """``send --offload sim-nic`` through the library: the layer's TX on the NIC."""
-    path = NetTxPath(sock, wire.control)
+    path = NetTxPath(sock, wire.control, **path_kw)
     k = install_offload(sock, res, "sw", txpath=path)
     if k.offload_refused:
         raise AssertionError(f"the NIC refused the context: {k.offload_refused}")

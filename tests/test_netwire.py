@@ -32,6 +32,7 @@ from peers import Pki, make_pki, sha, spawn
 
 from offload.netwire import netns as netns_mod
 from offload.netwire.netns import NetnsWire, WireUnavailable, unavailable_reason
+from offload.netwire.txpath import NetTxPath
 from offload.tls_sw import SwTx
 
 REASON = unavailable_reason()
@@ -279,6 +280,10 @@ def test_simnic_sizes_to_openssl(wire: NetnsWire, pki: Pki, tmp_path: Path, size
             chan.send_file(fh, 0, size)
         chan.close_notify()
         assert path.tx is not None
+        dev = chan.k.device_state()  # what inspect-context shows
+        assert dev is not None and dev.report.driver == "sim-nic"
+        assert dev.report.stats["tx_tls_ctx"] >= 1 and dev.report.device_seconds > 0
+        assert dev.start_marker_tcp_seq == path.tx.space.seq(path.tx.start_offset)
         chan.close()
         srv.wait(30)
     assert sha(out) == sha(src)
@@ -307,3 +312,31 @@ def test_simnic_to_tlsctl_serve_in_the_other_namespace(wire: NetnsWire, pki: Pki
         _stdout, stderr = srv.communicate(timeout=30)
         assert srv.returncode == 0, stderr.decode()
     assert sha(out) == sha(src)
+
+
+@needs_wire
+def test_small_ring_waits_for_acks(wire: NetnsWire, pki: Pki, tmp_path: Path) -> None:
+    """A record ring smaller than what TCP keeps in flight: the host
+    waits for tcpi_bytes_acked to free records before it frames more, the
+    ring wraps many times, and every byte still arrives."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(8 << 20))
+    out = tmp_path / "out"
+    version, suite = SUITES[5]
+    waits = []
+    with out.open("wb") as f, s_server_in_rx(wire, pki, version, suite, f, port=4446) as srv:
+        sock, res = connect_tls(wire, version, suite, port=4446)
+        chan, path = offload_channel(wire, sock, res, ring_size=2_200_000)
+        assert path.tx is not None
+        inner = path.tx.store.wait_room
+        assert inner is not None
+        path.tx.store.wait_room = lambda: waits.append(1) is None and inner()
+        with src.open("rb") as fh:
+            chan.send_file(fh, 0, 8 << 20)
+        chan.close_notify()
+        chan.close()
+        srv.wait(30)
+    assert sha(out) == sha(src)
+    with pytest.raises(ValueError, match="at least"):
+        NetTxPath(sock, wire.control, ring_size=300_000)
+    assert len(waits) > 3  # 8 MiB through a 2.2 MB ring: it was full, many times

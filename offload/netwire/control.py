@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from typing import Any
 
 from offload.netwire.frames import FlowKey
@@ -62,11 +63,14 @@ def flow_of(sock: socket.socket) -> FlowKey:
 
 
 class ControlClient:
-    """One host connection to the NIC: blocking request/response."""
+    """One host connection to the NIC: blocking request/response (one at a
+    time: a reader thread asking for the counters and the sender installing
+    the context never interleave their messages)."""
 
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self._sock.settimeout(timeout)
+        self._lock = threading.Lock()
         try:
             self._sock.connect(path)
         except OSError as exc:
@@ -75,8 +79,9 @@ class ControlClient:
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         try:
-            self._sock.send(json.dumps({"op": op, **fields}).encode())
-            raw = self._sock.recv(MAX_MESSAGE)
+            with self._lock:
+                self._sock.send(json.dumps({"op": op, **fields}).encode())
+                raw = self._sock.recv(MAX_MESSAGE)
         except OSError as exc:
             raise ControlError(f"NIC control channel: {exc.strerror or exc}") from None
         if not raw:

@@ -145,6 +145,9 @@ class StoreWriter:
         len(buf))``; returns its place in the ring (what TCP should send).
         Waits for acknowledgements while the ring is full."""
         n = len(buf)
+        if n > self.ring_size:
+            raise StoreFull(errno.ENOBUFS, f"a {n}-byte buffer cannot fit a {self.ring_size}-byte "
+                            "record ring")
         pos = self._place(n)
         while pos is None:
             if self.wait_room is None or not self.wait_room():

@@ -161,6 +161,12 @@ class NetTxPath:
 
     def __init__(self, sock: socket.socket, control_path: str, *,
                  ring_size: int = DEFAULT_RING) -> None:
+        """``ring_size``: the shared record ring; at least two framing
+        batches (``DeviceTx.batch_records`` full records), so one can be
+        framed while TCP still holds the other unacknowledged."""
+        least = 2 * DeviceTx.batch_records * (TLS_MAX_PAYLOAD_SIZE + 256)
+        if ring_size < least:
+            raise ValueError(f"ring_size must be at least {least} bytes")
         self.sock = sock
         self.control_path = control_path
         self.ring_size = ring_size
@@ -225,6 +231,8 @@ class NetTxPath:
         """Nothing to reuse: TCP is fed from the shared ring."""
 
     def report(self) -> DeviceReport | None:
+        """The NIC's counters and its process's CPU time: NIC-wide, as
+        ``ethtool -S`` is (every flow through this NIC counts)."""
         if self._control is None:
             return None
         try:
