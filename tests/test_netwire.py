@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,28 @@ def test_small_ring_waits_for_acks(wire: NetnsWire, pki: Pki, tmp_path: Path) ->
     with pytest.raises(ValueError, match="at least"):
         NetTxPath(sock, wire.control, ring_size=300_000)
     assert len(waits) > 3  # 8 MiB through a 2.2 MB ring: it was full, many times
+
+
+@needs_wire
+def test_owner_killed_leaves_nothing_behind() -> None:
+    """SIGKILL the process that built the wire: the NIC gets SIGTERM from
+    the kernel (PR_SET_PDEATHSIG), removes the namespaces and the control
+    directory, and exits."""
+    code = ("from offload.netwire.netns import NetnsWire\n"
+            "import sys, time\n"
+            "w = NetnsWire().__enter__()\n"
+            "print(w.ns['tx'], w.ns['rx'], w.nic_pid, w.rundir, flush=True)\n"
+            "time.sleep(60)\n")
+    with spawn([sys.executable, "-c", code], stdout=subprocess.PIPE) as owner:
+        assert owner.stdout is not None
+        tx, rx, pid, rundir = owner.stdout.readline().decode().split()
+        assert tx in _netns_list()
+        owner.kill()
+        owner.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (tx in _netns_list() or rx in _netns_list()
+                                           or Path(f"/proc/{pid}").exists()):
+        time.sleep(0.1)
+    assert tx not in _netns_list() and rx not in _netns_list()
+    assert not Path(f"/proc/{pid}").exists()
+    assert not Path(rundir).exists()

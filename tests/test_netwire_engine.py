@@ -74,11 +74,11 @@ class Host:
         self.isn = isn
         self.lead = lead  # bytes before the start marker (stream offset of the marker)
         self.store = StoreWriter(isn, lead, ring_size=1 << 22, entries=64)
+        self.reader = StoreReader(self.store.path)
+        self.store.unlink()  # nothing left in /dev/shm whatever happens next
         buf, first, rsize, nrec = framed(info, data)
         self.buf = bytes(buf)
         self.store.append(buf, lead, first, rsize, nrec)
-        self.reader = StoreReader(self.store.path)
-        self.store.unlink()
         self.nic = Nic(create_device("sim-nic"))
         self.nic.egress(frame((isn - 1) % (1 << 32), b"", flags=0x02))  # the SYN
         ctx = self.nic.device.driver.dev_add(TLS_OFFLOAD_CTX_DIR_TX, info, (isn + lead) % 2**32)

@@ -15,8 +15,12 @@ NIC process sees the sender's GSO frames and forwards the receiver's ACKs.
 pyroute2's netlink, the TUN links by the NIC process itself) and tears it
 all down however the ``with`` block ends: the NIC process is stopped (its
 TUN links die with its fds), the namespaces are removed, the control
-directory deleted.  It needs root (CAP_SYS_ADMIN for namespaces,
-CAP_NET_ADMIN for TUN and addresses) and /dev/net/tun; without them
+directory deleted.  If the owner itself is killed (SIGKILL), the NIC gets
+SIGTERM from the kernel (``PR_SET_PDEATHSIG``; tied to the *thread* that
+entered the wire, so enter it from a thread that outlives the block) and
+removes the namespaces and the directory on its way out.  It needs root
+(CAP_SYS_ADMIN for namespaces, CAP_NET_ADMIN for TUN and addresses) and
+/dev/net/tun; without them
 :class:`WireUnavailable` says so in one line.
 """
 

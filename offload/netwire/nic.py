@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -51,6 +52,7 @@ from offload.tcpseq import SEQ_MOD, seq_after
 from offload.uapi import CryptoInfo
 
 TUN_NAME = "nic0"
+_PR_SET_PDEATHSIG = 1
 
 NIC_COUNTERS = (
     "frames_out",  # sender -> receiver, seen
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _die_with_parent()
     try:
         nic = Nic(create_device(args.driver, TUN_NAME))
         tx_fd = open_in(args.tx_ns)
@@ -332,9 +335,25 @@ def main(argv: list[str] | None = None) -> int:
     srv.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)
+    with contextlib.suppress(OSError):  # the owner's private directory, if now empty
+        os.rmdir(os.path.dirname(args.control))
     os.close(tx_fd)
     os.close(rx_fd)
+    for ns in (args.tx_ns, args.rx_ns):  # the owner may be gone (SIGKILL): clean up for it
+        with contextlib.suppress(OSError):
+            netns.remove(ns)
     return 0
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the process that started us dies (``PR_SET_PDEATHSIG``),
+    so a killed owner cannot leave a NIC, its TUN links or the namespaces
+    behind (the NIC removes the namespaces on its way out)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the owner died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":
