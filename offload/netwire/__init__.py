@@ -9,6 +9,7 @@ segmentation, retransmission and acknowledgement, in a process of its own.
 * ``tun``      - TUN devices with virtio headers (GSO frames up to 64 KiB);
 * ``frames``   - the NIC's parser (flow, sequence number, payload);
 * ``nic``      - the NIC process: forwarding, flows, the driver, control;
+* ``faults``   - seeded drop/dup/reorder/delay on real frames, after the NIC;
 * ``control``  - the host <-> NIC request channel (``tls_dev_add`` ...);
 * ``recstore`` - the host's record store in shared memory (resync reads);
 * ``txpath``   - the host side: a ``TxPath`` writing framed records to real TCP.
