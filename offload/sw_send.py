@@ -79,15 +79,18 @@ class SwSender:
             return self.tx.live_info() if self.tx is not None else None
 
     def set_key(self, info: CryptoInfo) -> None:
-        """TLS_TX, checked by the option codec: install, or rekey (TLS 1.3)."""
+        """TLS_TX, checked by the option codec: install, or rekey (TLS 1.3).
+
+        A rekey never waits for the peer (Linux 6.14+): records already
+        sealed stay queued under the old key and the worker finishes them;
+        the open MSG_MORE record and everything later use the new key.  A
+        device context cannot rekey (EOPNOTSUPP, nothing changed).
+        """
         with self.queue.lock:
             if self.tx is None:
                 self._install(info)
                 return
-            tx = self.tx
-            self.queue.flush(True)
-            self.queue.push_all(tx.push(), True)
-            tx.rekey(info)
+            self.tx.rekey(info)
 
     def _install(self, info: CryptoInfo) -> None:
         """Offer the context to the device (tls_set_device_offload), else SW."""

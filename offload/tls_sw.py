@@ -36,8 +36,9 @@ class SwTx:
 
     ``MSG_MORE`` is modelled as in Linux: data goes into an *open record*
     that is pushed when it is full, when a send comes without MSG_MORE, or
-    before a control record.  Sealed bytes are returned to the caller,
-    which owns the write queue.
+    before a control record, and is sealed under the key in force when it
+    is pushed.  Sealed bytes are returned to the caller, which owns the
+    write queue.
     """
 
     batch_records = BATCH_RECORDS
@@ -69,9 +70,11 @@ class SwTx:
         return self.sealer.live_info()
 
     def rekey(self, info: CryptoInfo) -> None:
-        """TLS 1.3 key update: later records use the new key and rec_seq."""
-        if self.open_record:
-            raise os_error(errno.EBUSY, "open record pending during rekey")
+        """TLS 1.3 key update: later records use the new key and rec_seq.
+
+        Records already sealed keep the old key; the open record (MSG_MORE)
+        is not sealed yet, so it goes out under the new one, as Linux 6.14+
+        seals it when it closes."""
         self.sealer = RecordSealer(info)
         self._pool.clear()
         self._batch_size = self.sealer.sealed_size(self.max_payload) * self.batch_records

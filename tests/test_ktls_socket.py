@@ -893,3 +893,96 @@ def test_rx_state_abort_then_dead_then_eof(tcp_pair: Pair) -> None:
     c.shutdown(socket.SHUT_WR)
     assert ks.recv(100) == b""
     assert ks.rx_state is RxState.EOF
+
+
+# -- issue 16: truth to Linux 7.x (each also a VM oracle scenario on 6.1 and 7.3) ----
+
+
+def test_tx_rekey_with_a_full_queue_does_not_wait_for_the_peer(tcp_pair: Pair) -> None:
+    """A non-blocking sender fills the socket and its queue, then rekeys:
+    setsockopt(TLS_TX) returns while the peer has read nothing (Linux 7.3:
+    at once); the records already sealed go out under the old key, later
+    ones under the new."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    kc, ks = KTLSSocket(c, backend="sw"), KTLSSocket(s, backend="sw")
+    for k in (kc, ks):
+        k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    kc.setblocking(False)
+    sent = bytearray()
+    block = os.urandom(65536)
+    while True:
+        try:
+            n = kc.send(block)
+        except BlockingIOError:
+            break
+        sent += block[:n]
+    assert sent and kc.pending_tx_bytes > 0
+    done = threading.Event()
+
+    def rekey() -> None:
+        kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack())
+        done.set()
+
+    t = threading.Thread(target=rekey, daemon=True)
+    t.start()
+    t.join(30)  # a guard against a hang, not a speed claim
+    assert done.is_set(), "setsockopt(TLS_TX) waited for the peer to read"
+    assert _errno(lambda: kc.send(b"x")) == errno.EAGAIN  # the queue is still full
+    got = recv_exact(ks, len(sent))  # the old key's records, all of them
+    assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+    ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
+    kc.setblocking(True)
+    kc.sendall(b"after")
+    assert recv_exact(ks, 5) == b"after"
+
+
+def test_tx_rekey_of_a_device_context_still_refused(tcp_pair: Pair) -> None:
+    """A device TX context cannot rekey (EOPNOTSUPP, as before), and the
+    refusal has no effect: the open MSG_MORE record is not pushed under the
+    old key first (before the fix rec_seq read back one record further)."""
+    from offload.netdev import create_device
+    from offload.wiremodel import TxPipeline
+
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, _s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw", txpath=TxPipeline(create_device("sim-nic")))
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.tx_conf == "device"
+    kc.send(b"open", socket.MSG_MORE)
+    new = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    assert _errno(lambda: kc.setsockopt(SOL_TLS, TLS_TX, new.pack())) == errno.EOPNOTSUPP
+    assert kc.getsockopt(SOL_TLS, TLS_TX, 40) == info.pack()  # nothing changed
+
+
+@pytest.mark.parametrize("key_update_between", [False, True])
+def test_open_msg_more_record_is_sealed_under_the_key_in_force_when_it_closes(
+    tcp_pair: Pair, key_update_between: bool
+) -> None:
+    """``send(abc, MSG_MORE)``, TX rekey, ``send(def)``: one record
+    ``abcdef`` under the new key (Linux 7.3).  A KeyUpdate record sent in
+    between pushes the open record first, under the old key."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256, seq=3)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.send(b"abc", socket.MSG_MORE) == 3
+    ku = bytes([24, 0, 0, 1, 0])
+    if key_update_between:
+        assert kc.sendmsg([ku], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]) == 5
+    kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack())
+    assert kc.send(b"def") == 3
+    if key_update_between:
+        old = raw_bytes(s, record_len(info, 3) + record_len(info, 5))
+        assert decrypt_records(info, old) == [(23, b"abc"), (22, ku)]
+        assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 3))) == [(23, b"def")]
+    else:
+        assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 6))) == [(23, b"abcdef")]
