@@ -986,3 +986,48 @@ def test_open_msg_more_record_is_sealed_under_the_key_in_force_when_it_closes(
         assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 3))) == [(23, b"def")]
     else:
         assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 6))) == [(23, b"abcdef")]
+
+
+@pytest.mark.parametrize(
+    ("version", "control"),
+    [
+        (TLS_1_3_VERSION, (22, bytes([24, 0, 0, 1, 0]))),
+        (TLS_1_3_VERSION, (21, b"\x01\x00")),
+        (TLS_1_2_VERSION, (21, b"\x01\x00")),
+    ],
+    ids=["1.3-keyupdate", "1.3-alert", "1.2-alert"],
+)
+def test_recv_into_writes_nothing_past_the_bytes_it_returns(
+    tcp_pair: Pair, version: int, control: tuple[int, bytes]
+) -> None:
+    """Data, then a control record: ``recv_into(buf, 0, MSG_WAITALL)``
+    returns the data and leaves the rest of ``buf`` as it was (Linux 6.1
+    and 7.3); the control record comes with the next call.  The same for a
+    bulk read: nothing past the returned bytes, not even a TLS 1.3 inner
+    type byte."""
+    info = random_info(version, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    bulk = os.urandom(100_000)
+    recs = [(23, b"data"), control, *((23, bulk[i : i + 16384]) for i in range(0, 100_000, 16384))]
+    c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
+    buf = bytearray(b"\xaa" * 64)
+    assert ks.recv_into(buf, 0, socket.MSG_WAITALL) == 4
+    assert bytes(buf) == b"data" + b"\xaa" * 60
+    buf[:4] = b"\xaa" * 4
+    n, anc, _flags, _addr = ks.recvmsg_into([buf], CMSG)
+    ctype = bytes([control[0]])
+    assert (bytes(buf[:n]), anc) == (control[1], [(SOL_TLS, TLS_GET_RECORD_TYPE, ctype)])
+    assert bytes(buf[n:]) == b"\xaa" * (64 - n)
+    if control[1][:1] == b"\x18":  # KeyUpdate: RX waits for a key; the same one again
+        ks.setsockopt(SOL_TLS, TLS_RX, ks.getsockopt(SOL_TLS, TLS_RX, 40))
+    big = bytearray(b"\xaa" * (1 << 18))
+    got = bytearray()
+    while len(got) < len(bulk):
+        n = ks.recv_into(big)
+        assert n and bytes(big[n:]) == b"\xaa" * (len(big) - n)
+        got += big[:n]
+        big[:n] = b"\xaa" * n
+    assert got == bulk
