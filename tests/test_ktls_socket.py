@@ -1031,3 +1031,41 @@ def test_recv_into_writes_nothing_past_the_bytes_it_returns(
         got += big[:n]
         big[:n] = b"\xaa" * n
     assert got == bulk
+
+
+def test_recvmsg_flags_eor_and_ctrunc(tcp_pair: Pair) -> None:
+    """MSG_EOR when a read delivers the end of a record; MSG_CTRUNC when
+    the record type's cmsg did not fit (no ancillary buffer at all, or one
+    shorter than CMSG_LEN(1)); a control record without room: EIO.  What
+    Linux 6.1 and 7.3 return for the same reads (the VM oracle compares)."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    recs = [(23, b"0123456789"), (23, b"abcdef"), (23, b"ghij"), (21, b"\x01\x00"),
+            (23, b"zz"), (21, b"\x01\x00"), (23, b"yy"), (23, b"xxxx"), (22, b"\x04\x00\x00\x00"),
+            (23, b"abcd"), (23, b"efgh")]
+    c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
+    eor, ctrunc = socket.MSG_EOR, socket.MSG_CTRUNC
+
+    def read(n: int, anc: int, flags: int = 0) -> tuple[bytes, int]:
+        data, _anc, msg_flags, _ = ks.recvmsg(n, anc, flags)
+        return data, msg_flags
+
+    assert read(4, CMSG) == (b"0123", 0)
+    assert read(6, CMSG) == (b"456789", eor)
+    assert read(10, CMSG) == (b"abcdefghij", eor)
+    assert _errno(lambda: read(100, 0)) == errno.EIO
+    assert _errno(lambda: read(100, 1)) == errno.EIO
+    assert read(1, CMSG) == (b"\x01", 0)  # part of a control record
+    assert read(100, CMSG) == (b"\x00", eor)
+    assert read(100, 0) == (b"zz", eor | ctrunc)
+    assert read(100, CMSG) == (b"\x01\x00", eor)
+    assert read(1, 4) == (b"y", ctrunc)
+    assert read(100, 4) == (b"yxxxx", eor | ctrunc)
+    assert read(100, CMSG, socket.MSG_PEEK) == (b"\x04\x00\x00\x00", eor)
+    assert read(3, CMSG) == (b"\x04\x00\x00", 0)
+    assert read(100, CMSG) == (b"\x00", eor)
+    assert read(6, CMSG, socket.MSG_WAITALL) == (b"abcdef", eor)  # a record ended inside
+    assert read(2, CMSG) == (b"gh", eor)
