@@ -105,7 +105,8 @@ class SwTx:
     def _frame(self, content_type: int, mv: memoryview, more: bool) -> Iterator[bytearray]:
         if content_type != _DATA:
             yield from self.push()
-            yield from self._emit(content_type, mv)
+            if len(mv):  # Linux sends no empty control record (returns 0)
+                yield from self._emit(content_type, mv)
             return
         if self.open_record or more:
             self.open_record += mv

@@ -1069,3 +1069,24 @@ def test_recvmsg_flags_eor_and_ctrunc(tcp_pair: Pair) -> None:
     assert read(100, CMSG) == (b"\x00", eor)
     assert read(6, CMSG, socket.MSG_WAITALL) == (b"abcdef", eor)  # a record ended inside
     assert read(2, CMSG) == (b"gh", eor)
+
+
+@pytest.mark.parametrize("record_type", [b"\x15", b"\x16"])
+def test_empty_control_record_is_not_sent(tcp_pair: Pair, record_type: bytes) -> None:
+    """``sendmsg([b""], [TLS_SET_RECORD_TYPE])`` returns 0 and puts no
+    record on the wire (Linux 6.1 and 7.3); it still closes an open
+    MSG_MORE record."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    cmsg = [(SOL_TLS, TLS_SET_RECORD_TYPE, record_type)]
+    assert kc.sendmsg([b""], cmsg) == 0
+    assert kc.send(b"x", socket.MSG_MORE) == 1
+    assert kc.sendmsg([b""], cmsg) == 0
+    kc.shutdown(socket.SHUT_WR)
+    wire = bytearray()
+    while chunk := s.recv(4096):
+        wire += chunk
+    assert decrypt_records(info, bytes(wire)) == [(23, b"x")]
