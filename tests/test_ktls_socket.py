@@ -1090,3 +1090,21 @@ def test_empty_control_record_is_not_sent(tcp_pair: Pair, record_type: bytes) ->
     while chunk := s.recv(4096):
         wire += chunk
     assert decrypt_records(info, bytes(wire)) == [(23, b"x")]
+
+
+def test_tls12_handshake_record_starting_with_24_reads_on(tcp_pair: Pair) -> None:
+    """TLS 1.2 has no KeyUpdate: a handshake record whose first byte is 24
+    does not pause RX here (Linux 6.1).  Linux 7.3 pauses (EKEYEXPIRED) and,
+    since TLS 1.2 cannot rekey (EBUSY), never resumes: a departure the
+    README lists and the VM oracle checks on both kernels."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(encrypt_record(info, 0, 22, bytes([24, 0, 0, 1, 0]))
+              + encrypt_record(info, 1, 23, b"after"))
+    assert ks.recvmsg(100, CMSG)[:2] == (bytes([24, 0, 0, 1, 0]),
+                                         [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")])
+    assert ks.recvmsg(100, CMSG)[:2] == (b"after", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
+    assert _errno(lambda: ks.setsockopt(SOL_TLS, TLS_RX, info.with_seq(2).pack())) == errno.EBUSY
