@@ -483,6 +483,14 @@ except ImportError:  # imported as tests.kernel_scenarios
 
 _edges.register(scenario)
 
+# The CLI on the real kernel: send/serve --offload kernel, hashes checked.
+try:
+    import kernel_cli_scenarios as _cli
+except ImportError:  # imported as tests.kernel_scenarios
+    from tests import kernel_cli_scenarios as _cli
+
+_cli.register(scenario)
+
 
 def _run_child(sc: Scenario) -> dict[str, object]:
     try:
