@@ -197,7 +197,7 @@ class SwSender:
                 queue.check()
                 want = chunk_max if count is None else min(chunk_max, count - total)
                 try:
-                    buf, slots = tx.frame_slots(want)
+                    buf, slots = tx.lay_out(want)
                 except OSError as exc:
                     self._sticky_wrap(exc)
                     raise
@@ -206,7 +206,7 @@ class SwSender:
                     break
                 if got < want:
                     buf, slots = _shrink(tx, buf, slots, got)
-                tx.seal_slots(buf, slots)
+                tx.push_slots(buf, slots)
                 self._note_exhausted(tx)
                 queue.push_all((buf,), True, drain=False)
                 total += got
@@ -291,7 +291,7 @@ def _shrink(
     tx: SwTx, buf: bytearray, slots: list[memoryview], got: int
 ) -> tuple[bytearray, list[memoryview]]:
     """Re-lay a short read (EOF inside the chunk) into a right-sized buffer."""
-    new_buf, new_slots = tx.sealer.layout(got, tx.max_payload)
+    new_buf, new_slots = tx.batches.lay_out(got)
     payloads = _slot_payloads(slots, tx.sealer.is13)
     pos = 0
     flat = b"".join(bytes(p) for p in payloads)[:got]

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from offload.batch import TxBatches
 from offload.errors import abort_error, os_error
 from offload.record import Buffer, RecordOpener, RecordParser, RecordSealer
 from offload.uapi import TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
@@ -46,24 +47,22 @@ class SwTx:
 
     batch_records = BATCH_RECORDS
     """Records per framing buffer (one socket write / one segmenting pass)."""
+    pool_max = _POOL_MAX
+    """Full batch buffers kept for reuse."""
 
     def __init__(self, info: CryptoInfo, max_payload: int = TLS_MAX_PAYLOAD_SIZE) -> None:
-        self.sealer = RecordSealer(info)
         self.max_payload = max_payload
         self.open_record = bytearray()
         self.records = 0  # records sealed since install (for diagnostics)
-        self._pool: list[bytearray] = []
-        self._batch_size = self.sealer.sealed_size(max_payload) * self.batch_records
+        self._install(info)
+
+    def _install(self, info: CryptoInfo) -> None:
+        self.sealer = RecordSealer(info)
+        self.batches = TxBatches(self.sealer, self.max_payload, self.batch_records, self.pool_max)
 
     def recycle(self, buf: bytearray) -> None:
         """Take back a fully written batch buffer for reuse (bounded pool)."""
-        if len(buf) == self._batch_size and len(self._pool) < _POOL_MAX:
-            self._pool.append(buf)
-
-    def _buffer(self, plaintext_len: int) -> bytearray | None:
-        if plaintext_len == self.max_payload * self.batch_records and self._pool:
-            return self._pool.pop()
-        return None
+        self.batches.give_back(buf)
 
     @property
     def info(self) -> CryptoInfo:
@@ -78,9 +77,7 @@ class SwTx:
         Records already sealed keep the old key; the open record (MSG_MORE)
         is not sealed yet, so it goes out under the new one, as Linux 6.14+
         seals it when it closes."""
-        self.sealer = RecordSealer(info)
-        self._pool.clear()
-        self._batch_size = self.sealer.sealed_size(self.max_payload) * self.batch_records
+        self._install(info)
 
     def _check_space(self, nrecords: int) -> None:
         if self.sealer.records_left() < nrecords:
@@ -136,18 +133,24 @@ class SwTx:
             chunk = mv[off : off + step]
             nrec = max(1, -(-len(chunk) // self.max_payload))
             self._check_space(nrec)
-            buf = self._buffer(len(chunk))
-            yield self.sealer.seal_many(content_type, chunk, self.max_payload, buf)
+            yield self.batches.seal_from(content_type, chunk)
             self.records += nrec
 
-    def frame_slots(self, total: int) -> tuple[bytearray, list[memoryview]]:
-        """Record buffer plus plaintext slots for ``total`` bytes (sendfile)."""
+    def lay_out(self, total: int) -> tuple[bytearray, list[memoryview]]:
+        """A record buffer and its plaintext slots for ``total`` bytes (sendfile).
+
+        The sequence space is checked first (EBADMSG when it is used up, as
+        for any send).  The caller fills the slots, then ``push_slots``.
+        """
         nrec = max(1, -(-total // self.max_payload))
         self._check_space(nrec)
-        return self.sealer.layout(total, self.max_payload, self._buffer(total))
+        return self.batches.take(total)
 
-    def seal_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
-        self.sealer.seal_slots(buf, _DATA, slots)
+    def push_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
+        """The slots of a ``lay_out`` buffer are filled: make them data
+        records ready for the socket - sealed in place here, framed for the
+        NIC in device TX (both are ``tls_push_record`` in Linux)."""
+        self.batches.seal(buf, _DATA, slots)
         self.records += len(slots)
 
 

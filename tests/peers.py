@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tlsctl.commands._certs import CertKey, make_cert
+from tlsctl.certs import CertKey, make_cert
 
 OPENSSL = "openssl"
 TLSCTL = [sys.executable, "-m", "tlsctl.cli"]

@@ -449,8 +449,8 @@ def _send_corrupted_record(port: int) -> str:
     bit and another good one; return what OpenSSL makes of the reply."""
     from OpenSSL import SSL
 
-    from tlsctl.commands._tlsconf import TlsOptions, client_context
     from tlsctl.handshake import run_handshake
+    from tlsctl.tlsconf import TlsOptions, client_context
 
     with socket.create_connection(("127.0.0.1", port)) as s:
         ctx = client_context(TlsOptions(), verify=False)
@@ -591,8 +591,8 @@ def test_send_when_server_vanishes(pki: Pki, big_file: Path) -> None:
 def test_serve_when_client_vanishes_mid_record(pki: Pki) -> None:
     from OpenSSL import SSL
 
-    from tlsctl.commands._tlsconf import TlsOptions, client_context
     from tlsctl.handshake import run_handshake
+    from tlsctl.tlsconf import TlsOptions, client_context
 
     with tlsctl_server("--sink", "-naccept", "1") as srv:
         with socket.create_connection(("127.0.0.1", srv.port)) as s:
