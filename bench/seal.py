@@ -11,7 +11,7 @@ costs.  Paths measured:
                   does (TLS 1.2 encrypts straight from it; TLS 1.3 places
                   each chunk next to its inner type byte, the one copy
                   Linux makes from user memory too);
-* ``sendfile``  - ``SwTx.frame_slots`` + ``seal_slots``, as
+* ``sendfile``  - ``SwTx.lay_out`` + ``push_slots``, as
                   ``KTLSSocket.sendfile`` does: the reader (``os.preadv``)
                   fills the plaintext slots, which are sealed in place, so
                   the AEAD output is the only copy.
@@ -71,8 +71,8 @@ def bench(records: int, rounds: int) -> list[dict[str, object]]:
             # the slots are the reader's destination, sealed in place.
             step = BATCH_RECORDS * RECORD
             for _ in range(0, len(data), step):
-                buf, slots = tx.frame_slots(step)
-                tx.seal_slots(buf, slots)
+                buf, slots = tx.lay_out(step)
+                tx.push_slots(buf, slots)
                 tx.recycle(buf)
 
         cases[f"TLS {vname} send"] = send

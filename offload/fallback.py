@@ -13,7 +13,7 @@ from __future__ import annotations
 from offload.netdev import RecordLookup, Segment
 from offload.record import RecordSealer
 from offload.tcpseq import seq_add, seq_diff
-from offload.uapi import CryptoInfo
+from offload.uapi import TLS_HEADER_SIZE, CryptoInfo
 
 
 def sw_fallback(
@@ -51,10 +51,12 @@ def _seal_record(info: CryptoInfo, record_sn: int, framed: memoryview) -> bytear
     result is byte-for-byte what software TX produced for that record.
     """
     sealer = RecordSealer(info.with_seq(record_sn))
-    if sealer.explicit_size:
-        sealer.explicit = int.from_bytes(framed[5 : 5 + sealer.explicit_size], "big")
+    prot = sealer.prot
+    if prot.explicit_size:
+        sealer.explicit = int.from_bytes(framed[TLS_HEADER_SIZE : prot.prepend_size], "big")
     out = bytearray(framed)
-    n = len(framed) - sealer.sealed_size(0)
-    ctype = framed[5 + n] if sealer.is13 else framed[0]  # 1.3: the inner type
+    n = len(framed) - prot.overhead_size
+    # TLS 1.3: the real type is the inner one, after the plaintext.
+    ctype = framed[prot.prepend_size + n] if prot.is13 else framed[0]
     sealer.seal_in_place(out, ctype, n)
     return out

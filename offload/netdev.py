@@ -44,12 +44,12 @@ course: that part is this package's own.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
 
+from offload.stats import Counters
 from offload.uapi import CryptoInfo
 
 TLS_OFFLOAD_CTX_DIR_RX = 0
@@ -79,40 +79,11 @@ class OffloadRefused(Exception):
     """A driver declines a context (cipher, version, capacity ...)."""
 
 
-class DeviceStats(Mapping[str, int]):
+class DeviceStats(Counters):
     """ethtool -S style counters (mlx5 names), thread-safe."""
 
-    def __init__(self) -> None:
-        self._v = dict.fromkeys(DEVICE_STAT_NAMES, 0)
-        self._lock = threading.Lock()
-
-    def inc(self, name: str, delta: int = 1) -> None:
-        if name not in self._v:
-            raise KeyError(f"unknown device counter {name!r}")
-        with self._lock:
-            self._v[name] += delta
-
-    def inc_pair(self, name: str, delta: int, name2: str, delta2: int) -> None:
-        """Two counters under one lock acquisition (packets and bytes per xmit)."""
-        v = self._v
-        if name not in v or name2 not in v:
-            raise KeyError(f"unknown device counter {name!r} or {name2!r}")
-        with self._lock:
-            v[name] += delta
-            v[name2] += delta2
-
-    def __getitem__(self, name: str) -> int:
-        return self._v[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._v)
-
-    def __len__(self) -> int:
-        return len(self._v)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._v)
+    names = DEVICE_STAT_NAMES
+    kind = "device"
 
 
 @dataclass(frozen=True)

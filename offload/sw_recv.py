@@ -133,7 +133,11 @@ class SwReceiver:
 
         Data records are concatenated up to ``bufsize`` (without blocking for
         more once something was read unless MSG_WAITALL); a control record
-        is returned alone.
+        is returned alone.  The flags returned are Linux's (6.1 and 7.3):
+        MSG_EOR when the read delivered the end of a record, MSG_CTRUNC when
+        the record type's cmsg found no room (no ancillary buffer at all, or
+        one shorter than CMSG_LEN(1): a data read goes on, a control record
+        is refused with EIO).
         """
         block = may_block(self._sock, flags)
         peek = bool(flags & socket.MSG_PEEK)
@@ -158,6 +162,7 @@ class SwReceiver:
             record_type: int | None = None
             anc: AncData = []
             msg_flags = 0
+            ended = False  # the end of a record was delivered (MSG_EOR)
             idx = 0  # index into rx.ready (advances only when peeking)
             direct = dst if not peek else None
             while copied < bufsize:
@@ -184,11 +189,12 @@ class SwReceiver:
                             return 0, [], msg_flags
                         raise os_error(errno.EAGAIN, "no complete record yet")
                     break
-                if isinstance(rec, int):  # a data record decrypted into dst
-                    ctype, take = DATA, rec
+                if isinstance(rec, int):  # whole data records decrypted into dst
+                    ctype, take, whole = DATA, rec, True
                 else:
                     ctype = rec.content_type
                     take = min(bufsize - copied, rec.remaining)
+                    whole = take == rec.remaining
                 if ctype == DATA and take == 0:
                     # An empty data record carries nothing to deliver.
                     if isinstance(rec, RxRecord):
@@ -202,7 +208,7 @@ class SwReceiver:
                         anc.append((SOL_TLS, TLS_GET_RECORD_TYPE, bytes([ctype])))
                     elif ctype != DATA:
                         raise os_error(errno.EIO, "control record and no room for its cmsg")
-                    elif ancbufsize > 0:
+                    else:  # put_cmsg found no room: the data still comes
                         msg_flags |= socket.MSG_CTRUNC
                     record_type = ctype
                 elif ctype != record_type:
@@ -218,10 +224,13 @@ class SwReceiver:
                     else:
                         rx.consume(rec, take)
                 copied += take
+                ended = ended or whole
                 if ctype != DATA:
                     break
             if not peek:
                 self.bytes_received += copied
+            if ended:
+                msg_flags |= socket.MSG_EOR
             return copied, anc, msg_flags
 
     def _record_at(

@@ -79,15 +79,18 @@ class SwSender:
             return self.tx.live_info() if self.tx is not None else None
 
     def set_key(self, info: CryptoInfo) -> None:
-        """TLS_TX, checked by the option codec: install, or rekey (TLS 1.3)."""
+        """TLS_TX, checked by the option codec: install, or rekey (TLS 1.3).
+
+        A rekey never waits for the peer (Linux 6.14+): records already
+        sealed stay queued under the old key and the worker finishes them;
+        the open MSG_MORE record and everything later use the new key.  A
+        device context cannot rekey (EOPNOTSUPP, nothing changed).
+        """
         with self.queue.lock:
             if self.tx is None:
                 self._install(info)
                 return
-            tx = self.tx
-            self.queue.flush(True)
-            self.queue.push_all(tx.push(), True)
-            tx.rekey(info)
+            self.tx.rekey(info)
 
     def _install(self, info: CryptoInfo) -> None:
         """Offer the context to the device (tls_set_device_offload), else SW."""
@@ -194,7 +197,7 @@ class SwSender:
                 queue.check()
                 want = chunk_max if count is None else min(chunk_max, count - total)
                 try:
-                    buf, slots = tx.frame_slots(want)
+                    buf, slots = tx.lay_out(want)
                 except OSError as exc:
                     self._sticky_wrap(exc)
                     raise
@@ -203,7 +206,7 @@ class SwSender:
                     break
                 if got < want:
                     buf, slots = _shrink(tx, buf, slots, got)
-                tx.seal_slots(buf, slots)
+                tx.push_slots(buf, slots)
                 self._note_exhausted(tx)
                 queue.push_all((buf,), True, drain=False)
                 total += got
@@ -288,7 +291,7 @@ def _shrink(
     tx: SwTx, buf: bytearray, slots: list[memoryview], got: int
 ) -> tuple[bytearray, list[memoryview]]:
     """Re-lay a short read (EOF inside the chunk) into a right-sized buffer."""
-    new_buf, new_slots = tx.sealer.layout(got, tx.max_payload)
+    new_buf, new_slots = tx.batches.lay_out(got)
     payloads = _slot_payloads(slots, tx.sealer.is13)
     pos = 0
     flat = b"".join(bytes(p) for p in payloads)[:got]

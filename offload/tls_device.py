@@ -20,14 +20,16 @@ from offload.errors import os_error
 from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, RecordInfo
 from offload.tcpseq import SeqSpace
 from offload.tls_sw import SwTx
-from offload.uapi import TLS_MAX_PAYLOAD_SIZE, CryptoInfo
+from offload.uapi import TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
+
+_DATA = int(ContentType.APPLICATION_DATA)
 
 
 class DeviceTx(SwTx):
     """Frames records for a NIC and keeps them until acknowledged.
 
     Reuses :class:`SwTx`'s MSG_MORE/open-record logic; only the last step
-    differs: records are framed in plaintext (``RecordSealer.frame_slots``)
+    differs: records are framed in plaintext (``TxBatches.frame_plaintext``)
     and registered, instead of sealed.  Each yielded buffer covers stream
     offsets ``[next_offset - len(buf), next_offset)``.
 
@@ -43,6 +45,8 @@ class DeviceTx(SwTx):
     stays in cache between ``preadv``, the NIC's in-place pass and
     ``sendmsg`` (4 MiB batches measured 1.3-1.5x the host and device CPU
     per byte of 1 MiB ones in ``tlsctl bench``)."""
+    pool_max = 2
+    """A framing buffer is the record store until acknowledged: few come back."""
 
     def __init__(
         self,
@@ -69,13 +73,13 @@ class DeviceTx(SwTx):
         self._nrec: list[int] = []
         self._views: list[memoryview] = []
         self._head = 0
-        self._over = self.sealer.sealed_size(0) - int(self.sealer.is13)
+        self._over = self.sealer.prot.prepend_size + self.sealer.tag_size
 
     # -- framing (overrides of SwTx's sealing steps) ----------------------
 
     def _emit(self, content_type: int, mv: memoryview) -> Iterator[bytearray]:
         n = len(mv)
-        if n == 0 and content_type == 23:
+        if n == 0 and content_type == _DATA:
             return
         step = self.max_payload * self.batch_records
         is13 = self.sealer.is13
@@ -83,7 +87,7 @@ class DeviceTx(SwTx):
             chunk = mv[off : off + step]
             nrec = max(1, -(-len(chunk) // self.max_payload))
             self._check_space(nrec)
-            buf, slots = self.sealer.layout(len(chunk), self.max_payload, self._buffer(len(chunk)))
+            buf, slots = self.batches.take(len(chunk))
             p = 0
             for slot in slots:
                 k = len(slot) - 1 if is13 else len(slot)
@@ -92,14 +96,9 @@ class DeviceTx(SwTx):
             self._register(buf, content_type, slots)
             yield buf
 
-    def seal_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
+    def push_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
         """sendfile: the slots hold file data; frame them (the NIC seals)."""
-        self._register(buf, 23, slots)
-
-    def frame_slots(self, total: int) -> tuple[bytearray, list[memoryview]]:
-        nrec = max(1, -(-total // self.max_payload))
-        self._check_space(nrec)
-        return self.sealer.layout(total, self.max_payload, self._buffer(total))
+        self._register(buf, _DATA, slots)
 
     def recycle(self, buf: bytearray) -> None:
         """The wire delivered ``buf`` whole (in place) and the socket wrote it.
@@ -109,19 +108,19 @@ class DeviceTx(SwTx):
         acknowledged, and allocating (zeroing, faulting in) a fresh 1 MiB
         buffer per batch costs as much as copying it.
         """
-        if len(buf) != self._batch_size or len(self._pool) >= 2:
+        if not self.batches.wants(buf):
             return
         for view in self._views[self._head :]:
             if view.obj is buf:
                 return
-        super().recycle(buf)
+        self.batches.give_back(buf)
 
     def rekey(self, info: CryptoInfo) -> None:
         raise os_error(errno.EOPNOTSUPP, "rekey of a device-offloaded TX context")
 
     def _register(self, buf: bytearray, content_type: int, slots: list[memoryview]) -> None:
         first_sn = self.sealer.seq
-        self.sealer.frame_slots(buf, content_type, slots)
+        self.batches.frame_plaintext(buf, content_type, slots)
         base = self.next_offset
         end = base + len(buf)
         self._starts.append(base)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from offload.batch import TxBatches
 from offload.errors import abort_error, os_error
 from offload.record import Buffer, RecordOpener, RecordParser, RecordSealer
 from offload.uapi import TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
@@ -26,6 +27,9 @@ fell by about a quarter against 16 (fewer ``preadv``/``sendmsg`` calls and
 wake-ups of the reader), at a cost of 1 MiB per pooled buffer."""
 _POOL_MAX = 8
 
+SCRATCH_MAX = 128 * 1024
+"""Largest run of TLS 1.3 records decrypted into scratch space per call."""
+
 TLS_HANDSHAKE_KEYUPDATE = 24
 _KEYUPDATE = bytes([TLS_HANDSHAKE_KEYUPDATE])
 _DATA = int(ContentType.APPLICATION_DATA)
@@ -36,30 +40,29 @@ class SwTx:
 
     ``MSG_MORE`` is modelled as in Linux: data goes into an *open record*
     that is pushed when it is full, when a send comes without MSG_MORE, or
-    before a control record.  Sealed bytes are returned to the caller,
-    which owns the write queue.
+    before a control record, and is sealed under the key in force when it
+    is pushed.  Sealed bytes are returned to the caller, which owns the
+    write queue.
     """
 
     batch_records = BATCH_RECORDS
     """Records per framing buffer (one socket write / one segmenting pass)."""
+    pool_max = _POOL_MAX
+    """Full batch buffers kept for reuse."""
 
     def __init__(self, info: CryptoInfo, max_payload: int = TLS_MAX_PAYLOAD_SIZE) -> None:
-        self.sealer = RecordSealer(info)
         self.max_payload = max_payload
         self.open_record = bytearray()
         self.records = 0  # records sealed since install (for diagnostics)
-        self._pool: list[bytearray] = []
-        self._batch_size = self.sealer.sealed_size(max_payload) * self.batch_records
+        self._install(info)
+
+    def _install(self, info: CryptoInfo) -> None:
+        self.sealer = RecordSealer(info)
+        self.batches = TxBatches(self.sealer, self.max_payload, self.batch_records, self.pool_max)
 
     def recycle(self, buf: bytearray) -> None:
         """Take back a fully written batch buffer for reuse (bounded pool)."""
-        if len(buf) == self._batch_size and len(self._pool) < _POOL_MAX:
-            self._pool.append(buf)
-
-    def _buffer(self, plaintext_len: int) -> bytearray | None:
-        if plaintext_len == self.max_payload * self.batch_records and self._pool:
-            return self._pool.pop()
-        return None
+        self.batches.give_back(buf)
 
     @property
     def info(self) -> CryptoInfo:
@@ -69,12 +72,12 @@ class SwTx:
         return self.sealer.live_info()
 
     def rekey(self, info: CryptoInfo) -> None:
-        """TLS 1.3 key update: later records use the new key and rec_seq."""
-        if self.open_record:
-            raise os_error(errno.EBUSY, "open record pending during rekey")
-        self.sealer = RecordSealer(info)
-        self._pool.clear()
-        self._batch_size = self.sealer.sealed_size(self.max_payload) * self.batch_records
+        """TLS 1.3 key update: later records use the new key and rec_seq.
+
+        Records already sealed keep the old key; the open record (MSG_MORE)
+        is not sealed yet, so it goes out under the new one, as Linux 6.14+
+        seals it when it closes."""
+        self._install(info)
 
     def _check_space(self, nrecords: int) -> None:
         if self.sealer.records_left() < nrecords:
@@ -99,7 +102,8 @@ class SwTx:
     def _frame(self, content_type: int, mv: memoryview, more: bool) -> Iterator[bytearray]:
         if content_type != _DATA:
             yield from self.push()
-            yield from self._emit(content_type, mv)
+            if len(mv):  # Linux sends no empty control record (returns 0)
+                yield from self._emit(content_type, mv)
             return
         if self.open_record or more:
             self.open_record += mv
@@ -129,18 +133,24 @@ class SwTx:
             chunk = mv[off : off + step]
             nrec = max(1, -(-len(chunk) // self.max_payload))
             self._check_space(nrec)
-            buf = self._buffer(len(chunk))
-            yield self.sealer.seal_many(content_type, chunk, self.max_payload, buf)
+            yield self.batches.seal_from(content_type, chunk)
             self.records += nrec
 
-    def frame_slots(self, total: int) -> tuple[bytearray, list[memoryview]]:
-        """Record buffer plus plaintext slots for ``total`` bytes (sendfile)."""
+    def lay_out(self, total: int) -> tuple[bytearray, list[memoryview]]:
+        """A record buffer and its plaintext slots for ``total`` bytes (sendfile).
+
+        The sequence space is checked first (EBADMSG when it is used up, as
+        for any send).  The caller fills the slots, then ``push_slots``.
+        """
         nrec = max(1, -(-total // self.max_payload))
         self._check_space(nrec)
-        return self.sealer.layout(total, self.max_payload, self._buffer(total))
+        return self.batches.take(total)
 
-    def seal_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
-        self.sealer.seal_slots(buf, _DATA, slots)
+    def push_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
+        """The slots of a ``lay_out`` buffer are filled: make them data
+        records ready for the socket - sealed in place here, framed for the
+        NIC in device TX (both are ``tls_push_record`` in Linux)."""
+        self.batches.seal(buf, _DATA, slots)
         self.records += len(slots)
 
 
@@ -175,6 +185,7 @@ class SwRx:
         self.key_updates_received = 0
         self.no_pad = False
         self.padding_seen = 0
+        self._scratch = bytearray()
 
     def _install(self, info: CryptoInfo) -> None:
         self.opener = RecordOpener(info)
@@ -197,9 +208,15 @@ class SwRx:
         """Decrypt one more buffered record onto the ready queue, if whole.
 
         With ``dst`` (a reader's buffer, nothing queued ahead of it) the
-        data records that fit are decrypted straight into ``dst`` and the
-        bytes written returned instead: the zero-copy receive path.  A control record
-        read that way is copied onto the ready queue like any other.
+        data records that fit land in ``dst`` and the bytes written are
+        returned instead.  Nothing but their plaintext is written there,
+        as Linux writes nothing past what recvmsg returns: a TLS 1.2 record
+        says its type in the header, so a run of data records is decrypted
+        straight into ``dst`` (zero copy); a TLS 1.3 record hides it inside,
+        so the run is decrypted into scratch space first and only its data
+        is copied (as Linux does unless TLS_RX_EXPECT_NO_PAD: it then
+        decrypts into the reader's buffer and, for a control record, again
+        into its own, leaving that record's plaintext behind).
 
         Raises the parser's/opener's OSError (EBADMSG, EMSGSIZE, EINVAL) for
         a bad record; the caller makes it sticky as Linux does.  Returns
@@ -213,15 +230,20 @@ class SwRx:
             raise abort_error(errno.EBADMSG, "record sequence number wrapped")
         opener = self.opener
         if dst is not None:
-            nrec, written, padded = opener.open_data_into(self.parser, dst)
+            out = self._scratch_for(len(dst)) if opener.is13 else dst
+            nrec, written, padded = opener.open_data_into(self.parser, out)
             if nrec:
                 self.padding_seen += padded
+                if out is not dst:
+                    dst[:written] = out[:written]
                 return written
         raw = self.parser.next_record()
         if raw is None:
             return None
         inner = opener.inner_len(raw)
-        direct = dst is not None and inner <= len(dst)
+        direct = (
+            dst is not None and not opener.is13 and raw[0] == _DATA and inner <= len(dst)
+        )
         if direct:
             assert dst is not None
             ctype, n = opener.open_into(raw, dst)
@@ -241,6 +263,14 @@ class SwRx:
         rec = RxRecord(ctype, plain)
         self.ready.append(rec)
         return rec
+
+    def _scratch_for(self, room: int) -> memoryview:
+        """Scratch space for a TLS 1.3 run whose plaintext fits ``room``
+        (one byte more: the last record's inner type)."""
+        want = min(room, SCRATCH_MAX) + 1
+        if len(self._scratch) < want:
+            self._scratch = bytearray(want)
+        return memoryview(self._scratch)[:want]
 
     def consume(self, rec: RxRecord, n: int) -> None:
         """Mark ``n`` bytes of the front record read; drop it when empty."""

@@ -92,7 +92,7 @@ def check_send(offload: str, version: str, cipher: str, openssl_name: str, n: in
     cmd = [*PEER, "server", str(port), "--cert", str(pki.rsa_cert), "--key", str(pki.rsa_key),
            "--out", str(got), *_peer_args(version, cipher, n)]
     with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        wait_port(port, proc, timeout=10 * slow)
+        wait_port(port, proc, timeout=30 * slow)  # a Python peer starting inside the emulated VM
         r = run_tlsctl("send", str(data), "-connect", f"127.0.0.1:{port}", "-CAfile",
                        str(pki.ca), "--offload", offload, "--json", timeout=60 * slow)
         out, err = proc.communicate(timeout=60 * slow)

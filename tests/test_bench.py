@@ -17,8 +17,9 @@ import pytest
 
 from offload.kernel import kernel_has_ktls
 from tests.peers import TLSCTL, tlsctl_server
-from tlsctl.commands._bench_run import BenchError, _report
-from tlsctl.commands.bench import SCHEMA, headline, parse_modes, parse_size
+from tlsctl.benchrun import SCHEMA, BenchError, headline, parse_modes
+from tlsctl.benchrun.report import read_report
+from tlsctl.units import parse_size
 
 SIZE = 4 << 20
 
@@ -69,11 +70,11 @@ def test_json_schema_and_every_mode_moves_its_bytes() -> None:
 
 def test_receiver_short_count_is_an_error() -> None:
     report = (100).to_bytes(8, "big") + (5).to_bytes(8, "big")
-    assert _report(report, "sw", 100) == (100, 5e-6)
+    assert read_report(report, "sw", 100) == (100, 5e-6)
     with pytest.raises(BenchError, match="receiver got 100 of 200 bytes"):
-        _report(report, "sw", 200)
+        read_report(report, "sw", 200)
     with pytest.raises(BenchError, match="report"):
-        _report(b"", "sw", 200)
+        read_report(b"", "sw", 200)
 
 
 def test_csv_parallel_record_size_and_tls12() -> None:
@@ -165,7 +166,7 @@ def test_nic_declining_the_cipher_skips_only_that_mode() -> None:
 def test_parsers() -> None:
     assert parse_size("4M") == 4 << 20 and parse_size("1g") == 1 << 30
     assert parse_size("512K") == 512 << 10 and parse_size("1000") == 1000
-    assert parse_modes("sw, tcp,sw") == ["sw", "tcp"]
+    assert parse_modes("sw, tcp,sw") == ("sw", "tcp")
 
 
 def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
@@ -252,7 +253,7 @@ def test_short_count_from_the_receiver_fails_loudly(tmp_path: Any) -> None:
     import ssl
     import threading
 
-    from tlsctl.commands._certs import ephemeral_server_cert
+    from tlsctl.certs import ephemeral_server_cert
 
     ck = ephemeral_server_cert()
     (tmp_path / "c.pem").write_bytes(ck.cert_pem())
@@ -300,3 +301,45 @@ def test_kernel_mode_in_a_ktls_vm() -> None:
     kernel = {r["mode"]: r for r in rows}["kernel"]
     assert kernel["skipped"] is None and kernel["confirmed"] == "count"
     assert kernel["bytes"] == SIZE
+
+
+def test_library_run_reports_progress_and_prints_nothing(
+        capfd: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    """``tlsctl.benchrun`` in-process: progress comes through the callback,
+    results as rows, nothing is printed, nothing is left on disk."""
+    from tlsctl.benchrun import Bench, BenchOptions, Progress
+
+    run = Bench(BenchOptions(size=1 << 20, modes=("tcp", "sw", "kernel"), repeat=2,
+                             data_dir=str(tmp_path)))
+    steps: list[Progress] = []
+    rows = run.run(on_progress=steps.append)
+    active = ["tcp", "sw"] + (["kernel"] if kernel_has_ktls()[0] else [])
+    assert [s.done for s in steps] == list(range(2 * len(active)))
+    assert {s.total for s in steps} == {2 * len(active)}
+    assert [s.mode for s in steps[: len(active)]] == active  # round 1 in order
+    assert str(steps[-1]).startswith("round 2/2: ")
+    check_schema(rows)
+    assert rows == run.rows()
+    by = {r["mode"]: r for r in rows}
+    assert by["tcp"]["bytes"] == by["sw"]["bytes"] == 2 << 20
+    assert by["sw"]["confirmed"] == "count"
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kw", "text"), [
+    ({"modes": ("tcp", "quic")}, "unknown mode quic"),
+    ({"modes": ()}, "unknown mode"),
+    ({"repeat": 0}, "repeat"),
+    ({"record_size": 16385}, "record size"),
+    ({"modes": ("sw",), "faults": "reorder=0.1"}, "sim-nic"),
+])
+def test_library_options_are_checked(kw: dict[str, Any], text: str) -> None:
+    from offload.wiremodel import FaultSpec
+    from tlsctl.benchrun import BenchOptions
+
+    if "faults" in kw:
+        kw = {**kw, "faults": FaultSpec.parse(kw["faults"])}
+    with pytest.raises(ValueError, match=text):
+        BenchOptions(size=1, **kw)

@@ -449,8 +449,8 @@ def _send_corrupted_record(port: int) -> str:
     bit and another good one; return what OpenSSL makes of the reply."""
     from OpenSSL import SSL
 
-    from tlsctl.commands._tlsconf import TlsOptions, client_context
     from tlsctl.handshake import run_handshake
+    from tlsctl.tlsconf import TlsOptions, client_context
 
     with socket.create_connection(("127.0.0.1", port)) as s:
         ctx = client_context(TlsOptions(), verify=False)
@@ -591,8 +591,8 @@ def test_send_when_server_vanishes(pki: Pki, big_file: Path) -> None:
 def test_serve_when_client_vanishes_mid_record(pki: Pki) -> None:
     from OpenSSL import SSL
 
-    from tlsctl.commands._tlsconf import TlsOptions, client_context
     from tlsctl.handshake import run_handshake
+    from tlsctl.tlsconf import TlsOptions, client_context
 
     with tlsctl_server("--sink", "-naccept", "1") as srv:
         with socket.create_connection(("127.0.0.1", srv.port)) as s:
@@ -657,43 +657,6 @@ def test_parse_hostport() -> None:
     for bad in ("example.com", "host:nosuchservice", "host:70000", "[::1]8443", "::1:8443"):
         with pytest.raises(click.BadParameter):
             parse_hostport(bad)
-
-
-# --- the real kernel: --offload kernel inside the kTLS VM (opt-in, slow) ------------
-
-
-@pytest.mark.kernel
-@pytest.mark.timeout(900)
-def test_offload_kernel_in_vm(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """``send``/``serve --offload kernel`` on Debian's kTLS kernel under qemu.
-
-    Opt-in (several minutes under TCG): ``pytest -m kernel -k offload_kernel``.
-    The peers are OpenSSL's s_server and our own serve, both with hashes checked.
-    """
-    if "kernel" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("opt-in: run with -m kernel")
-    import kernelvm
-
-    ok, why = kernelvm.vm_available()
-    if not ok:
-        pytest.skip(f"kernel VM unavailable: {why}")
-    peers_py = Path(__file__).with_name("peers.py")
-    r = kernelvm.run_in_vm(kernelvm.python_argv(str(peers_py), "kernel-guest", str(tmp_path)),
-                           timeout=800, workdir=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results) == 4
-    for res in results:
-        assert "exception" not in res, res
-        s = res["to_s_server"]
-        assert s["rc"] == 0, s["stderr"]
-        assert s["summary"]["offload"] == "kernel"
-        assert s["received_sha256"] == s["summary"]["sha256"] == res["want_sha256"]
-        v = res["to_serve"]
-        assert v["rc"] == 0, v["stderr"]
-        (rec,) = [x for x in v["records"] if x.get("event") == "connection"]
-        assert rec["ok"] and rec["offload"] == "kernel", rec
-        assert rec["sha256"] == res["want_sha256"]
 
 
 @pytest.mark.parametrize("args", [["--size", "100000"], ["-tls1_2", "--offload", "none"]])

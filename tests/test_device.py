@@ -255,7 +255,7 @@ def test_in_place_fast_path_with_recycled_buffers_equals_software(
     buffers: list[bytearray] = []
     for i in range(6):
         data = os.urandom(want if i != 3 else want - 5)  # one short batch in between
-        buf, slots = tx.frame_slots(len(data))
+        buf, slots = tx.lay_out(len(data))
         if not any(b is buf for b in buffers):
             buffers.append(buf)
         p = 0
@@ -263,7 +263,7 @@ def test_in_place_fast_path_with_recycled_buffers_equals_software(
             k = len(slot) - int(tx.sealer.is13)
             slot[:k] = data[p : p + k]
             p += k
-        tx.seal_slots(buf, slots)
+        tx.push_slots(buf, slots)
         queued.extend(map(memoryview, pipe.transmit(buf)))
         while queued:  # the socket writes, then hands the buffer back
             view = queued.pop(0)
@@ -338,8 +338,8 @@ def test_simnic_reordered_segment_2gib_past_start_marker_is_encrypted(
     want = tx.batch_records * tx.max_payload
     while tx.next_offset - pre < (1 << 31) + (1 << 20):
         start = tx.next_offset
-        buf, slots = tx.frame_slots(want)
-        tx.seal_slots(buf, slots)
+        buf, slots = tx.lay_out(want)
+        tx.push_slots(buf, slots)
         assert dev.driver.xmit_burst(  # type: ignore[attr-defined]
             tx.ctx, space.seq(start), memoryview(buf), 65536, tx
         ) == len(buf)

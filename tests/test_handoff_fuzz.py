@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
-from tlsctl.commands._certs import ephemeral_server_cert
-from tlsctl.commands._channel import establish
-from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
+from tlsctl.certs import ephemeral_server_cert
 from tlsctl.handshake import run_handshake
+from tlsctl.session.channel import establish
+from tlsctl.tlsconf import TlsOptions, client_context, server_context
 
 pytestmark = pytest.mark.timeout(300)
 

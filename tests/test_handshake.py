@@ -20,8 +20,6 @@ from collections.abc import Callable
 import pytest
 from peers import Pki, make_pki
 
-from tlsctl.commands._channel import ChannelError, KtlsChannel, OpenSSLChannel, establish
-from tlsctl.commands._tlsconf import TlsOptions, client_context, server_context
 from tlsctl.handshake import (
     HandshakeError,
     RecordBuffer,
@@ -29,6 +27,9 @@ from tlsctl.handshake import (
     install_offload,
     run_handshake,
 )
+from tlsctl.offloadmode import open_layer
+from tlsctl.session.channel import ChannelError, KtlsChannel, OpenSSLChannel, establish
+from tlsctl.tlsconf import TlsOptions, client_context, server_context
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,7 +159,7 @@ def test_server_handoff(pki: Pki, pair: Callable[[], tuple[socket.socket, socket
             assert res.leftover, "client Finished and data should arrive together"
     else:
         assert (res.tx_seq, res.rx_seq) == (1, 1)
-    k = install_offload(s, res, "sw")
+    k = install_offload(open_layer(s, "sw"), res)
     got = bytearray()
     while len(got) < len(payload):
         chunk = k.recv(65536)
@@ -379,7 +380,7 @@ def test_verify_ip_address(pki: Pki,
 
 
 def test_ephemeral_cert_is_usable() -> None:
-    from tlsctl.commands._certs import ephemeral_server_cert
+    from tlsctl.certs import ephemeral_server_cert
 
     ck = ephemeral_server_cert()
     assert server_context(TlsOptions(), cert=ck.cert, key=ck.key) is not None

@@ -39,9 +39,9 @@ from wire import decrypt_records, encrypt_record
 
 from offload.keys import Suite, crypto_info_tls13, tls13_next_secret
 from offload.uapi import CryptoInfo
-from tlsctl.commands._channel import alert_name
-from tlsctl.commands._tlsconf import TlsOptions, client_context
 from tlsctl.handshake import HandshakeResult, run_handshake
+from tlsctl.session import alert_name
+from tlsctl.tlsconf import TlsOptions, client_context
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -557,7 +557,7 @@ class ServerPeer(Peer):
     """The server end: real handshake (pyOpenSSL), then raw records."""
 
     def __init__(self, sock: socket.socket, version: str, cert: Path, key: Path) -> None:
-        from tlsctl.commands._tlsconf import server_context
+        from tlsctl.tlsconf import server_context
 
         self.sock = sock
         opts = TlsOptions(tls1_2=version == "1.2", tls1_3=version == "1.3")

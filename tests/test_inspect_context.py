@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -348,8 +349,9 @@ def test_explicit_socket_path_and_clean_stop(tmp_path: Path, env: dict[str, str]
     srv = ControlServer.start(ctl, argv=["test"])
     try:
         class Fake:
-            def describe(self, show_secrets: bool = False) -> dict[str, Any]:
-                return {"peer": "x", "tx_rec_seq": 5, "secret": show_secrets}
+            def state(self, show_secrets: bool = False) -> SimpleNamespace:
+                return SimpleNamespace(
+                    to_json=lambda: {"peer": "x", "tx_rec_seq": 5, "secret": show_secrets})
 
         with srv.register(Fake(), label="fake", extra={"file": "f"}) as h:
             [ans] = discover(ctl, show_secrets=True)
@@ -371,13 +373,17 @@ def test_explicit_socket_path_and_clean_stop(tmp_path: Path, env: dict[str, str]
 
 FORKS = r"""
 import os, sys, time
-from tlsctl.control import ControlServer, register
+from types import SimpleNamespace
+from tlsctl.control import ControlServer, Registrar
 
 class Conn:
     def __init__(self, n):
         self.n = n
-    def describe(self, show_secrets=False):
-        return {"peer": f"peer{self.n}", "tx_rec_seq": self.n}
+    def state(self, show_secrets=False):
+        return SimpleNamespace(to_json=lambda: {"peer": f"peer{self.n}", "tx_rec_seq": self.n})
+
+def establish(registrar: Registrar, conn):  # what serve's connection code does with it
+    return registrar.register(conn, label="handed-over", extra={})
 
 ctl = ControlServer.start(sys.argv[1])
 ctl.register(Conn(1), label="parent")
@@ -385,7 +391,7 @@ parent = os.getpid()
 pid = os.fork()
 if pid == 0:  # a serve --workers worker: registers on the inherited server
     ctl.register(Conn(2), label="worker")
-    register(Conn(3), label="module-level")
+    establish(ctl, Conn(3))
     print("child", os.getpid(), flush=True)
     deadline = time.monotonic() + 30
     while not os.path.exists(sys.argv[2]):
@@ -413,7 +419,7 @@ def test_forked_workers_get_their_own_socket(tmp_path: Path, env: dict[str, str]
             pids[role] = int(pid)
         doc = inspect_json("--control-socket", str(d), env=env)
         got = {p["pid"]: sorted(c["label"] for c in p["connections"]) for p in doc["processes"]}
-        assert got == {pids["parent"]: ["parent"], pids["child"]: ["module-level", "worker"]}
+        assert got == {pids["parent"]: ["parent"], pids["child"]: ["handed-over", "worker"]}
         # The worker's stop() removes its own socket and leaves the parent's alone.
         done.touch()
         deadline = time.monotonic() + 5
@@ -509,8 +515,9 @@ def test_other_user_refused(tmp_path: Path, env: dict[str, str]) -> None:
         info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256)
 
         class Conn:
-            def describe(self, show_secrets: bool = False) -> dict[str, Any]:
-                return {"tx_crypto": {"key": info.key.hex() if show_secrets else "redacted"}}
+            def state(self, show_secrets: bool = False) -> SimpleNamespace:
+                key = info.key.hex() if show_secrets else "redacted"
+                return SimpleNamespace(to_json=lambda: {"tx_crypto": {"key": key}})
 
         srv.register(Conn(), label="secret")
         # The file system keeps them out (0700 directory, 0600 socket) ...
@@ -787,3 +794,72 @@ def test_live_serve_and_send_seen_by_inspect_context(env: dict[str, str], tmp_pa
         for p in (snd, srv):
             if p is not None:
                 _kill(p)
+
+
+@pytest.mark.parametrize("command", [("send", "--loopback", "--size", "1K"),
+                                     ("serve", "-accept", "127.0.0.1:0", "--sink")])
+def test_unusable_control_socket_stops_send_and_serve(
+        tmp_path: Path, env: dict[str, str], command: tuple[str, ...]) -> None:
+    """An explicit --control-socket whose directory others could write to:
+    one line, exit 1, before any connection (the library raises, the
+    command says it)."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o777)
+    r = tlsctl(*command, "--control-socket", str(loose / "x.sock"), env=env)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (f"Error: refusing control socket directory {loose}: "
+                                "mode 0777 lets others replace the socket (use a 0700 directory)")
+    assert r.stdout == "" and list(loose.iterdir()) == []
+
+
+def test_control_client_lists_fetches_and_watches(tmp_path: Path) -> None:
+    """The library client inspect-context is built on: processes, the state
+    document with summed counters, a watch that sees the state move, and a
+    scanned socket that does not answer reported through ``warn``."""
+    import socket
+
+    from tlsctl.control import ControlClient
+
+    d = tmp_path / "ctl"
+    d.mkdir(mode=0o700)
+    srv = ControlServer.start(d, argv=["test"])
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # listens, never answers
+    mute.bind(str(d / "1.sock"))
+    mute.listen(16)
+
+    class Conn:
+        def __init__(self) -> None:
+            self.seq = 0
+
+        def state(self, show_secrets: bool = False) -> SimpleNamespace:
+            self.seq += 1
+            doc = {"tx_rec_seq": self.seq, "stats": {"TlsTxSw": 1},
+                   "device": {"stats": {"tx_tls_ooo": 2}}}
+            return SimpleNamespace(to_json=lambda: doc)
+
+    try:
+        with srv.register(Conn(), label="c", extra={"file": "f"}):
+            warnings: list[str] = []
+            client = ControlClient(d, timeout=0.3, warn=warnings.append)
+            [p] = client.processes()
+            assert p["pid"] == os.getpid() and p["control_socket"] == str(srv.path)
+            assert [(c["label"], c["file"]) for c in p["connections"]] == [("c", "f")]
+            assert warnings == [f"{d / '1.sock'}: no answer within 0.3s "
+                                "(process busy or stopped)"]
+            fake = tmp_path / "tls_stat"
+            fake.write_text("TlsTxSw 7\n")
+            doc = client.state(os.getpid(), stats=True, proc_tls_stat=str(fake))
+            assert doc["stats"]["processes"] == 1
+            assert doc["stats"]["device"] == {"tx_tls_ooo": 2}
+            assert doc["stats"]["proc_net_tls_stat"]["TlsTxSw"] == 7
+            looks = client.watch(0.01, os.getpid())
+            first, second = next(looks), next(looks)
+            seqs = [x["processes"][0]["connections"][0]["tx_rec_seq"] for x in (first, second)]
+            assert seqs[1] > seqs[0]
+            # One socket file named: its problem is an error, not a warning.
+            with pytest.raises(ControlSocketError, match="no answer within"):
+                ControlClient(d / "1.sock", timeout=0.3).processes()
+    finally:
+        mute.close()
+        srv.stop()

@@ -893,3 +893,218 @@ def test_rx_state_abort_then_dead_then_eof(tcp_pair: Pair) -> None:
     c.shutdown(socket.SHUT_WR)
     assert ks.recv(100) == b""
     assert ks.rx_state is RxState.EOF
+
+
+# -- issue 16: truth to Linux 7.x (each also a VM oracle scenario on 6.1 and 7.3) ----
+
+
+def test_tx_rekey_with_a_full_queue_does_not_wait_for_the_peer(tcp_pair: Pair) -> None:
+    """A non-blocking sender fills the socket and its queue, then rekeys:
+    setsockopt(TLS_TX) returns while the peer has read nothing (Linux 7.3:
+    at once); the records already sealed go out under the old key, later
+    ones under the new."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    kc, ks = KTLSSocket(c, backend="sw"), KTLSSocket(s, backend="sw")
+    for k in (kc, ks):
+        k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    kc.setblocking(False)
+    sent = bytearray()
+    block = os.urandom(65536)
+    while True:
+        try:
+            n = kc.send(block)
+        except BlockingIOError:
+            break
+        sent += block[:n]
+    assert sent and kc.pending_tx_bytes > 0
+    done = threading.Event()
+
+    def rekey() -> None:
+        kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack())
+        done.set()
+
+    t = threading.Thread(target=rekey, daemon=True)
+    t.start()
+    t.join(30)  # a guard against a hang, not a speed claim
+    assert done.is_set(), "setsockopt(TLS_TX) waited for the peer to read"
+    assert _errno(lambda: kc.send(b"x")) == errno.EAGAIN  # the queue is still full
+    got = recv_exact(ks, len(sent))  # the old key's records, all of them
+    assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+    ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
+    kc.setblocking(True)
+    kc.sendall(b"after")
+    assert recv_exact(ks, 5) == b"after"
+
+
+def test_tx_rekey_of_a_device_context_still_refused(tcp_pair: Pair) -> None:
+    """A device TX context cannot rekey (EOPNOTSUPP, as before), and the
+    refusal has no effect: the open MSG_MORE record is not pushed under the
+    old key first (before the fix rec_seq read back one record further)."""
+    from offload.netdev import create_device
+    from offload.wiremodel import TxPipeline
+
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, _s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw", txpath=TxPipeline(create_device("sim-nic")))
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.tx_conf == "device"
+    kc.send(b"open", socket.MSG_MORE)
+    new = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    assert _errno(lambda: kc.setsockopt(SOL_TLS, TLS_TX, new.pack())) == errno.EOPNOTSUPP
+    assert kc.getsockopt(SOL_TLS, TLS_TX, 40) == info.pack()  # nothing changed
+
+
+@pytest.mark.parametrize("key_update_between", [False, True])
+def test_open_msg_more_record_is_sealed_under_the_key_in_force_when_it_closes(
+    tcp_pair: Pair, key_update_between: bool
+) -> None:
+    """``send(abc, MSG_MORE)``, TX rekey, ``send(def)``: one record
+    ``abcdef`` under the new key (Linux 7.3).  A KeyUpdate record sent in
+    between pushes the open record first, under the old key."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256, seq=3)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.send(b"abc", socket.MSG_MORE) == 3
+    ku = bytes([24, 0, 0, 1, 0])
+    if key_update_between:
+        assert kc.sendmsg([ku], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]) == 5
+    kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack())
+    assert kc.send(b"def") == 3
+    if key_update_between:
+        old = raw_bytes(s, record_len(info, 3) + record_len(info, 5))
+        assert decrypt_records(info, old) == [(23, b"abc"), (22, ku)]
+        assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 3))) == [(23, b"def")]
+    else:
+        assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 6))) == [(23, b"abcdef")]
+
+
+@pytest.mark.parametrize(
+    ("version", "control"),
+    [
+        (TLS_1_3_VERSION, (22, bytes([24, 0, 0, 1, 0]))),
+        (TLS_1_3_VERSION, (21, b"\x01\x00")),
+        (TLS_1_2_VERSION, (21, b"\x01\x00")),
+    ],
+    ids=["1.3-keyupdate", "1.3-alert", "1.2-alert"],
+)
+def test_recv_into_writes_nothing_past_the_bytes_it_returns(
+    tcp_pair: Pair, version: int, control: tuple[int, bytes]
+) -> None:
+    """Data, then a control record: ``recv_into(buf, 0, MSG_WAITALL)``
+    returns the data and leaves the rest of ``buf`` as it was (Linux 6.1
+    and 7.3); the control record comes with the next call.  The same for a
+    bulk read: nothing past the returned bytes, not even a TLS 1.3 inner
+    type byte."""
+    info = random_info(version, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    bulk = os.urandom(100_000)
+    recs = [(23, b"data"), control, *((23, bulk[i : i + 16384]) for i in range(0, 100_000, 16384))]
+    c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
+    buf = bytearray(b"\xaa" * 64)
+    assert ks.recv_into(buf, 0, socket.MSG_WAITALL) == 4
+    assert bytes(buf) == b"data" + b"\xaa" * 60
+    buf[:4] = b"\xaa" * 4
+    n, anc, _flags, _addr = ks.recvmsg_into([buf], CMSG)
+    ctype = bytes([control[0]])
+    assert (bytes(buf[:n]), anc) == (control[1], [(SOL_TLS, TLS_GET_RECORD_TYPE, ctype)])
+    assert bytes(buf[n:]) == b"\xaa" * (64 - n)
+    if control[1][:1] == b"\x18":  # KeyUpdate: RX waits for a key; the same one again
+        ks.setsockopt(SOL_TLS, TLS_RX, ks.getsockopt(SOL_TLS, TLS_RX, 40))
+    big = bytearray(b"\xaa" * (1 << 18))
+    got = bytearray()
+    while len(got) < len(bulk):
+        n = ks.recv_into(big)
+        assert n and bytes(big[n:]) == b"\xaa" * (len(big) - n)
+        got += big[:n]
+        big[:n] = b"\xaa" * n
+    assert got == bulk
+
+
+def test_recvmsg_flags_eor_and_ctrunc(tcp_pair: Pair) -> None:
+    """MSG_EOR when a read delivers the end of a record; MSG_CTRUNC when
+    the record type's cmsg did not fit (no ancillary buffer at all, or one
+    shorter than CMSG_LEN(1)); a control record without room: EIO.  What
+    Linux 6.1 and 7.3 return for the same reads (the VM oracle compares)."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    recs = [(23, b"0123456789"), (23, b"abcdef"), (23, b"ghij"), (21, b"\x01\x00"),
+            (23, b"zz"), (21, b"\x01\x00"), (23, b"yy"), (23, b"xxxx"), (22, b"\x04\x00\x00\x00"),
+            (23, b"abcd"), (23, b"efgh")]
+    c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
+    eor, ctrunc = socket.MSG_EOR, socket.MSG_CTRUNC
+
+    def read(n: int, anc: int, flags: int = 0) -> tuple[bytes, int]:
+        data, _anc, msg_flags, _ = ks.recvmsg(n, anc, flags)
+        return data, msg_flags
+
+    assert read(4, CMSG) == (b"0123", 0)
+    assert read(6, CMSG) == (b"456789", eor)
+    assert read(10, CMSG) == (b"abcdefghij", eor)
+    assert _errno(lambda: read(100, 0)) == errno.EIO
+    assert _errno(lambda: read(100, 1)) == errno.EIO
+    assert read(1, CMSG) == (b"\x01", 0)  # part of a control record
+    assert read(100, CMSG) == (b"\x00", eor)
+    assert read(100, 0) == (b"zz", eor | ctrunc)
+    assert read(100, CMSG) == (b"\x01\x00", eor)
+    assert read(1, 4) == (b"y", ctrunc)
+    assert read(100, 4) == (b"yxxxx", eor | ctrunc)
+    assert read(100, CMSG, socket.MSG_PEEK) == (b"\x04\x00\x00\x00", eor)
+    assert read(3, CMSG) == (b"\x04\x00\x00", 0)
+    assert read(100, CMSG) == (b"\x00", eor)
+    assert read(6, CMSG, socket.MSG_WAITALL) == (b"abcdef", eor)  # a record ended inside
+    assert read(2, CMSG) == (b"gh", eor)
+
+
+@pytest.mark.parametrize("record_type", [b"\x15", b"\x16"])
+def test_empty_control_record_is_not_sent(tcp_pair: Pair, record_type: bytes) -> None:
+    """``sendmsg([b""], [TLS_SET_RECORD_TYPE])`` returns 0 and puts no
+    record on the wire (Linux 6.1 and 7.3); it still closes an open
+    MSG_MORE record."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    cmsg = [(SOL_TLS, TLS_SET_RECORD_TYPE, record_type)]
+    assert kc.sendmsg([b""], cmsg) == 0
+    assert kc.send(b"x", socket.MSG_MORE) == 1
+    assert kc.sendmsg([b""], cmsg) == 0
+    kc.shutdown(socket.SHUT_WR)
+    wire = bytearray()
+    while chunk := s.recv(4096):
+        wire += chunk
+    assert decrypt_records(info, bytes(wire)) == [(23, b"x")]
+
+
+def test_tls12_handshake_record_starting_with_24_reads_on(tcp_pair: Pair) -> None:
+    """TLS 1.2 has no KeyUpdate: a handshake record whose first byte is 24
+    does not pause RX here (Linux 6.1).  Linux 7.3 pauses (EKEYEXPIRED) and,
+    since TLS 1.2 cannot rekey (EBUSY), never resumes: a departure the
+    README lists and the VM oracle checks on both kernels."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(encrypt_record(info, 0, 22, bytes([24, 0, 0, 1, 0]))
+              + encrypt_record(info, 1, 23, b"after"))
+    assert ks.recvmsg(100, CMSG)[:2] == (bytes([24, 0, 0, 1, 0]),
+                                         [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")])
+    assert ks.recvmsg(100, CMSG)[:2] == (b"after", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
+    assert _errno(lambda: ks.setsockopt(SOL_TLS, TLS_RX, info.with_seq(2).pack())) == errno.EBUSY

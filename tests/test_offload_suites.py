@@ -26,8 +26,8 @@ from peers import (
 )
 
 from offload.keys import UnsupportedSuiteError, suite_from_openssl_name
-from tlsctl.commands._options import tls_options_from
-from tlsctl.commands._tlsconf import client_context, server_context
+from tlsctl.commands._options import tls_options_for
+from tlsctl.tlsconf import client_context, server_context
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,7 +123,7 @@ def test_explicit_list_with_nothing_carried_is_a_startup_error(
 def test_context_suites_per_offload(offload: str, side: str, pki: Pki) -> None:
     """What each side offers or accepts, read back from OpenSSL (bench builds
     its options without an offload: the unrestricted case)."""
-    opts = tls_options_from({"offload": offload})
+    opts = tls_options_for(offload)
     ctx = (client_context(opts, verify=False) if side == "client"
            else server_context(opts, cert=str(pki.cert), key=str(pki.key)))
     names = SSL.Connection(ctx, None).get_cipher_list()

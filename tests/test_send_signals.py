@@ -232,7 +232,7 @@ def test_send_stdin_forwards_a_burst_without_waiting_for_more(pki: Pki) -> None:
 
 
 def test_stop_signals_defer_inside_critical_sections() -> None:
-    from tlsctl.commands._signals import Interrupted, StopSignals
+    from tlsctl.signals import Interrupted, StopSignals
 
     old = signal.getsignal(signal.SIGINT)
     with StopSignals() as stop:

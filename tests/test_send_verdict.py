@@ -195,7 +195,7 @@ def test_server_that_reads_everything_but_not_our_close_notify(
     stream: exit 3 (the reset, or our close_notify never acknowledged, tells)."""
     from OpenSSL import SSL
 
-    from tlsctl.commands._tlsconf import TlsOptions, server_context
+    from tlsctl.tlsconf import TlsOptions, server_context
 
     ctx = server_context(TlsOptions(), cert=str(pki.cert), key=str(pki.key))
     got = bytearray()
@@ -229,6 +229,29 @@ def test_python_server_good_path(pki: Pki, data: dict[int, Path]) -> None:
     verdict = json.loads(r.stdout)
     assert verdict["ok"] is True
     assert verdict["sha256"] == hashlib.sha256(box["got"]).hexdigest() == sha(data[1 << 20])
+
+
+@pytest.mark.parametrize("offload", ["sw", "none"])
+def test_server_that_stops_reading(pki: Pki, tmp_path: Path, offload: str) -> None:
+    """After the handshake the server reads nothing: once the socket buffers
+    are full a send waits ``--timeout`` and fails.  Exit 3 and one line with
+    every offload (with ``none`` the socket's TimeoutError used to escape as
+    a traceback: the channel now raises it as its ChannelTimeout)."""
+    size = 64 << 20  # more than loopback's socket buffers hold
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(size))
+    hung_up = threading.Event()
+
+    def stall(_s: ssl.SSLSocket, _n: int) -> bytes:
+        hung_up.wait(30)
+        return b""
+
+    with python_server(pki, stall, 0) as (port, _box):
+        r = send(pki, port, src, "--offload", offload, "--timeout", "2")
+        hung_up.set()
+    line, verdict = failed(r, size)
+    assert "send failed: timed out" in line
+    assert verdict["offload"] == offload and verdict["bytes_sent"] < size
 
 
 # --- tlslite-ng: a fatal alert in the middle of the stream -----------------------------

@@ -31,9 +31,9 @@ import pytest
 from OpenSSL import SSL
 from peers import TLSCTL, TlsctlServer, _readline, openssl_client, sha, spawn
 
-from tlsctl.commands._ratelog import RepeatLimiter
-from tlsctl.commands._tlsconf import TlsOptions, client_context
 from tlsctl.handshake import run_handshake
+from tlsctl.server.ratelog import RepeatLimiter
+from tlsctl.tlsconf import TlsOptions, client_context
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -364,11 +364,13 @@ def test_hostile_mix_and_good_uploads(tmp_path: Path) -> None:
     assert (fds2, threads2) == (fds0, threads0)
     # RSS: measured here over 14 rounds of 510 connections at this
     # concurrency, it moved between +0 and +9 MB of the first round's with no
-    # trend (the allocator's free lists), so the margin is 12 MB: a leak of
-    # 12 kB per connection, or of anything the size of a receive buffer,
+    # trend (the allocator's free lists); on a machine running four other
+    # test jobs beside this one it reached +15.5 MB (more threads alive at
+    # once: more stacks and arenas).  The margin is 24 MB: a leak of 24 kB
+    # per connection, or of anything the size of a receive buffer (1 MiB),
     # fails this.
     print(f"RSS kB: idle {rss0}, after warm-up {rss1}, after {n + 20} connections {rss2}")
-    assert rss2 - rss1 < 12 * 1024
+    assert rss2 - rss1 < 24 * 1024
 
 
 def run_mix(port: int, jobs: list[Callable[[], str]], uploads: list[Path],
@@ -412,7 +414,7 @@ def test_repeat_limiter() -> None:
 @pytest.mark.parametrize(("limit", "low", "high"), [(1024, 460, 480), (10_000, 4096, 4096),
                                                      (80, 1, 8)])
 def test_default_max_conns(limit: int, low: int, high: int) -> None:
-    code = "from tlsctl.commands.serve import default_max_conns; print(default_max_conns())"
+    code = "from tlsctl.server import default_max_conns; print(default_max_conns())"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        preexec_fn=_nofile(limit), timeout=60, check=True)
     assert low <= int(r.stdout) <= high

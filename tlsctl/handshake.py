@@ -51,7 +51,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from OpenSSL import SSL
 
@@ -64,7 +63,7 @@ from offload.keys import (
     suite_from_openssl_name,
     tls12_key_block,
 )
-from offload.ktls_socket import Backend, KTLSSocket
+from offload.ktls_socket import KTLSSocket
 from offload.uapi import (
     SOL_TCP,
     SOL_TLS,
@@ -90,7 +89,9 @@ _HEADER = 5
 # RFC 8446 5.2: a protected record is at most 2^14 + 256 bytes; TLS 1.2 allows
 # 2^14 + 2048.  Anything longer is not a TLS peer speaking to us.
 _MAX_RECORD_BODY = (1 << 14) + 2048
-_VALID_TYPES = frozenset(int(t) for t in ContentType) | {24}  # 24: heartbeat
+_HEARTBEAT = 24  # RFC 6520's record content type (offload.uapi.ContentType has no member)
+_VALID_TYPES = frozenset(int(t) for t in ContentType) | {_HEARTBEAT}
+_MAJOR = 3  # legacy_record_version is 3.x (SSL 3.0 numbering) in every TLS record
 _APPDATA = int(ContentType.APPLICATION_DATA)
 _CCS = int(ContentType.CHANGE_CIPHER_SPEC)
 _READ = 65536
@@ -128,7 +129,7 @@ class RecordBuffer:
                 raise HandshakeError("peer sent bytes that are not TLS")
             return None
         ctype, major, length = self.data[0], self.data[1], int.from_bytes(self.data[3:5], "big")
-        if ctype not in _VALID_TYPES or major != 3:
+        if ctype not in _VALID_TYPES or major != _MAJOR:
             raise HandshakeError("peer sent bytes that are not TLS")
         if length > _MAX_RECORD_BODY:
             raise HandshakeError(f"peer sent an oversized TLS record ({length} bytes)")
@@ -547,19 +548,18 @@ def _set_tls12_seqs(conn: SSL.Connection, res: HandshakeResult, tx_seq: int,
     res.rx_info = crypto_info_tls12(keys, suite, peer, rx_seq)
 
 
-def install_offload(
-    sock: socket.socket, res: HandshakeResult, backend: Backend, **layer: Any
-) -> KTLSSocket:
-    """Attach the ``tls`` ULP, install TLS_TX and TLS_RX, hand over leftovers.
+def install_offload(k: KTLSSocket, res: HandshakeResult) -> KTLSSocket:
+    """Attach the ``tls`` ULP to the layer ``k``, install TLS_TX and TLS_RX,
+    hand over leftovers; returns ``k``.
 
     The order is Linux's (ULP, TX, RX) and ciphertext read past the
     handshake is injected after RX is set, so the first ``recv`` decrypts
-    it with the right sequence number.  ``layer`` goes to ``KTLSSocket``
-    (a simulated NIC: ``txpath``, a ``TxPipeline``; ``record_size``).
+    it with the right sequence number.  ``k`` comes from
+    :func:`tlsctl.offloadmode.open_layer` (which builds the layer for an
+    ``--offload`` mode, NIC included).
     """
     if res.tx_info is None or res.rx_info is None:
         raise HandshakeError(res.unsupported_reason or "no keys to offload")
-    k = KTLSSocket(sock, backend=backend, **layer)
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     k.setsockopt(SOL_TLS, TLS_TX, res.tx_info.pack())
     k.setsockopt(SOL_TLS, TLS_RX, res.rx_info.pack())

@@ -36,3 +36,15 @@ def parse_size(text: str | int, *, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"{text!r}: must be at least {minimum} byte{'s' if minimum != 1 else ''}")
     return value
+
+
+def human_rate(nbytes: int, seconds: float) -> str:
+    """``12.3 MB/s`` (decimal units, as throughput is usually quoted); n/a for 0 s."""
+    if seconds <= 0:
+        return "n/a"
+    rate = nbytes / seconds
+    for unit in ("B/s", "kB/s", "MB/s", "GB/s"):
+        if rate < 1000 or unit == "GB/s":
+            return f"{rate:.1f} {unit}"
+        rate /= 1000
+    return f"{rate:.1f} GB/s"  # pragma: no cover

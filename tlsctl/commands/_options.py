@@ -4,26 +4,104 @@ People arrive from ``openssl s_client``/``s_server`` with ``-connect``,
 ``-CAfile`` and ``-tls1_3`` in their fingers, so every option OpenSSL has is
 accepted with one dash as well as two (click treats a multi-letter
 single-dash name as a long option).
+
+:func:`common_options` adds the options both commands take and hands them
+to the command parsed, as one frozen :class:`CommonOptions`; usage errors
+(a fault spec without a NIC, ...) are found there, before anything runs.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from offload.netdev import load_drivers
-from offload.wiremodel import FaultSpec
 from tlsctl import addresses
-from tlsctl.commands._channel import BASE_OFFLOADS, DeviceSpec
-from tlsctl.commands._tlsconf import TlsOptions
+from tlsctl.commands._output import Output
+from tlsctl.offloadmode import (
+    DeviceSpec,
+    Offload,
+    OffloadOptionError,
+    device_spec,
+    needs_layer,
+    offload_choices,
+)
 from tlsctl.units import parse_size
+
+if TYPE_CHECKING:  # loaded when a command runs, not for --help
+    from tlsctl.control import ControlServer
+    from tlsctl.tlsconf import TlsOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def tls_options(f: F) -> F:
+@dataclass(frozen=True)
+class CommonOptions:
+    """What ``send`` and ``serve`` share, parsed."""
+
+    tls: TlsOptions
+    offload: Offload
+    device: DeviceSpec | None  # --faults/--mss for a NIC offload
+    keylogfile: str | None
+    key_update_every: int | None
+    output: Output
+    control_socket: Path | None
+
+
+def common_options(f: F) -> F:
+    """``--key-update-every``, the TLS, offload and output options and
+    ``--control-socket``; the command receives them as ``common``."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **params: Any) -> Any:
+        return f(*args, common=_common_from(params), **params)
+
+    wrapped: Any = command
+    for deco in (_control_socket_option, _tls_options, _key_update_option):
+        wrapped = deco(wrapped)
+    return wrapped  # type: ignore[no-any-return]
+
+
+def _common_from(params: dict[str, Any]) -> CommonOptions:
+    """Take the common options out of click's ``params`` (what is left is the
+    command's own)."""
+    offload: Offload = params.pop("offload")
+    key_update_every: int | None = params.pop("key_update_every")
+    try:
+        device = device_spec(offload, faults=params.pop("faults"), mss=params.pop("mss"),
+                             key_update_every=key_update_every)
+    except OffloadOptionError as exc:
+        if exc.option is not None:
+            raise click.BadParameter(str(exc), param_hint=exc.option) from None
+        raise click.UsageError(str(exc)) from None
+    tls = tls_options_for(offload, tls1_2=params.pop("tls1_2"), tls1_3=params.pop("tls1_3"),
+                          cipher=params.pop("cipher"), ciphersuites=params.pop("ciphersuites"),
+                          cafile=params.pop("cafile"))
+    output = Output(quiet=params.pop("quiet"), verbose=params.pop("verbose"),
+                    as_json=params.pop("as_json"))
+    return CommonOptions(tls=tls, offload=offload, device=device,
+                         keylogfile=params.pop("keylogfile") or None,
+                         key_update_every=key_update_every, output=output,
+                         control_socket=params.pop("control_socket"))
+
+
+def tls_options_for(offload: Offload, *, tls1_2: bool = False, tls1_3: bool = False,
+                    cipher: str | None = None, ciphersuites: str | None = None,
+                    cafile: str | None = None) -> TlsOptions:
+    """The TLS options; with an offload that must take the connection (all but
+    ``auto`` and ``none``, which may keep it in pyOpenSSL) the suites are
+    limited to what that record layer carries."""
+    from tlsctl.tlsconf import TlsOptions
+
+    return TlsOptions(tls1_2=tls1_2, tls1_3=tls1_3, cipher=cipher, ciphersuites=ciphersuites,
+                      cafile=cafile, layer=offload if needs_layer(offload) else None)
+
+
+def _tls_options(f: F) -> F:
     """Version, cipher, CA, keylog, offload and output options."""
     decorators = [
         click.option("-tls1_2", "--tls1_2", "--tls1.2", "tls1_2", is_flag=True,
@@ -62,52 +140,26 @@ def tls_options(f: F) -> F:
     return f
 
 
-def offload_choices() -> list[str]:
-    """The fixed record-layer choices plus every NIC driver plug-in."""
-    drivers, _errors = load_drivers()
-    return [*BASE_OFFLOADS, *sorted(drivers)]
+def _control_socket_option(f: F) -> F:
+    """``--control-socket PATH`` for commands that serve one (``send``, ``serve``)."""
+    return click.option(
+        "--control-socket", "control_socket", metavar="PATH",
+        type=click.Path(path_type=Path),
+        help="Answer `tlsctl inspect-context` on this Unix socket, or as <pid>.sock in "
+             "this directory (default: $XDG_RUNTIME_DIR/tlsctl/<pid>.sock).",
+    )(f)
 
 
-def device_spec_from(kw: dict[str, Any]) -> DeviceSpec | None:
-    """``--faults``/``--mss`` for a NIC offload; a usage error elsewhere.
+def start_control_server(path: Path | None) -> ControlServer:
+    """The process's control socket for ``inspect-context``: an explicit
+    ``--control-socket`` that cannot be used safely is one line, exit status 1;
+    the default place unusable is a warning (the command works on)."""
+    from tlsctl.control import ControlServer, ControlSocketError
 
-    ``--key-update-every`` with a NIC is refused here too, at start-up (send
-    and serve both call this before any connection): a NIC-offloaded TX
-    context cannot be rekeyed yet (``DeviceTx.rekey`` is EOPNOTSUPP; upstream
-    device offload has no rekey either), so the transfer would fail right
-    after its first KeyUpdate went out.
-    """
-    faults, mss = kw.get("faults"), kw.get("mss")
-    offload = kw.get("offload")
-    if offload in BASE_OFFLOADS:
-        if faults or mss:
-            raise click.UsageError("--faults and --mss need a NIC offload (--offload sim-nic)")
-        return None
-    if kw.get("key_update_every"):
-        raise click.UsageError(
-            f"--key-update-every cannot be used with --offload {offload}: a NIC-offloaded "
-            "TX context cannot be rekeyed yet (use --offload sw or kernel)"
-        )
     try:
-        spec = FaultSpec.parse(faults) if faults else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--faults") from None
-    return DeviceSpec(faults=spec, mss=mss)
-
-
-def tls_options_from(kw: dict[str, Any]) -> TlsOptions:
-    """The TLS options; with an offload that must take the connection (all but
-    ``auto`` and ``none``, which may keep it in pyOpenSSL) the suites are
-    limited to what that record layer carries."""
-    offload = kw.get("offload") or "auto"
-    return TlsOptions(
-        tls1_2=bool(kw.get("tls1_2")),
-        tls1_3=bool(kw.get("tls1_3")),
-        cipher=kw.get("cipher"),
-        ciphersuites=kw.get("ciphersuites"),
-        cafile=kw.get("cafile"),
-        layer=None if offload in ("auto", "none") else offload,
-    )
+        return ControlServer.start(path)
+    except ControlSocketError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def parse_hostport(value: str, default_host: str | None = None) -> tuple[str, int]:
@@ -135,7 +187,7 @@ class ByteSize(click.ParamType[int]):
             self.fail(str(exc), param, ctx)
 
 
-def key_update_option(f: F) -> F:
+def _key_update_option(f: F) -> F:
     return click.option(
         "--key-update-every", "key_update_every", type=ByteSize(), metavar="BYTES",
         help="TLS 1.3: send a KeyUpdate (update_not_requested) and switch to the next "

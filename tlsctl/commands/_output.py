@@ -7,14 +7,46 @@ results to stdout, so ``tlsctl send ... --json | jq`` works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
+from tlsctl.units import human_rate
+
+__all__ = [
+    "Output",
+    "emit_json",
+    "emit_summary",
+    "human_rate",
+    "info",
+    "progress_bar",
+    "quiet_line",
+    "warn",
+]
+
 _lock = threading.Lock()
+_BAR_MIN = 8 << 20  # transfers this big get a progress bar on a terminal
+
+
+@dataclass(frozen=True)
+class Output:
+    """``-quiet``, ``-v`` (count) and ``--json``, parsed."""
+
+    quiet: bool = False
+    verbose: int = 0
+    as_json: bool = False
+
+    @property
+    def status(self) -> bool:
+        """Are status lines shown?  Not with -quiet, and not with --json
+        (stdout is for the JSON; stderr stays for warnings and errors)."""
+        return not (self.quiet or self.as_json)
 
 
 def info(msg: str, *, quiet: bool = False) -> None:
@@ -30,15 +62,27 @@ def warn(msg: str) -> None:
         click.echo(msg, err=True)
 
 
-def human_rate(nbytes: int, seconds: float) -> str:
-    if seconds <= 0:
-        return "n/a"
-    rate = nbytes / seconds
-    for unit in ("B/s", "kB/s", "MB/s", "GB/s"):
-        if rate < 1000 or unit == "GB/s":
-            return f"{rate:.1f} {unit}"
-        rate /= 1000
-    return f"{rate:.1f} GB/s"  # pragma: no cover
+def quiet_line(_msg: str) -> None:
+    """A line nobody asked for (the callback for a suppressed kind)."""
+
+
+def _nothing(_done: int) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def progress_bar(total: int) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar on stderr for a transfer of ``total`` bytes
+    when stderr is a terminal and the transfer is big enough to watch; the
+    function it yields takes the bytes done so far."""
+    if not sys.stderr.isatty() or total < _BAR_MIN:
+        yield _nothing
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task("send", total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def emit_json(record: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 :class:`Session` (``protocol.py``) takes whole records and layer errors and
 returns events (``events.py``); ``codes.py`` names the wire code points,
-``keys.py`` advances the TLS 1.3 traffic secrets.  ``KtlsChannel`` in
-``tlsctl.commands._channel`` is the I/O shell that performs the events.
+``keys.py`` advances the TLS 1.3 traffic secrets.  ``channel.py`` is the
+I/O shell that performs the events (``KtlsChannel``); it is not imported
+here, so the machine stays usable without the socket layer.
 """
 
 from tlsctl.session.codes import (

@@ -37,8 +37,6 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from tlsctl.commands._output import warn
-from tlsctl.control import ControlServer
 from tlsctl.exitcodes import ExitStatus
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
@@ -51,13 +49,19 @@ def run_workers(
     n: int,
     listener: socket.socket,
     prepare: Callable[[int], Callable[[], ExitStatus]],
+    *,
+    warn: Callable[[str], None],
+    on_exit: Callable[[], None] | None = None,
 ) -> ExitStatus:
     """Fork ``n`` workers that share ``listener``; wait for all of them.
 
     ``prepare(i)`` runs in worker ``i`` with the forwarded signals still
     blocked: it builds the worker's server and installs its signal
     handlers; the function it returns then serves (signals unblocked) and
-    gives the worker's exit status.
+    gives the worker's exit status.  ``on_exit`` runs in each worker on its
+    way out, however it ends (``os._exit`` skips atexit: ``serve`` removes
+    the worker's control socket there).  ``warn`` says which worker died
+    and how, in the parent, and a worker's last words, in the worker.
     """
     parent = os.getpid()
     pids: dict[int, int] = {}  # pid -> worker index
@@ -78,17 +82,17 @@ def run_workers(
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            _worker(i, parent, mask, prepare)
+            _worker(i, parent, mask, prepare, on_exit, warn)
         pids[pid] = i
         if stopping:  # reached us (another thread) between the fork and here
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, stopping[-1])
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     listener.close()  # the parent does not accept; the workers hold the socket
-    return _reap(pids)
+    return _reap(pids, warn)
 
 
-def _reap(pids: dict[int, int]) -> ExitStatus:
+def _reap(pids: dict[int, int], warn: Callable[[str], None]) -> ExitStatus:
     """Wait for every worker; the worst status wins.
 
     ``waitpid`` is polled, not blocking: a signal may be delivered to
@@ -124,7 +128,8 @@ def _severity(status: ExitStatus) -> int:
 
 
 def _worker(i: int, parent: int, mask: set[int | signal.Signals],
-            prepare: Callable[[int], Callable[[], ExitStatus]]) -> NoReturn:
+            prepare: Callable[[int], Callable[[], ExitStatus]],
+            on_exit: Callable[[], None] | None, warn: Callable[[str], None]) -> NoReturn:
     """The child's whole life: never returns into the parent's code."""
     code = int(ExitStatus.FAILED)
     try:
@@ -136,15 +141,15 @@ def _worker(i: int, parent: int, mask: set[int | signal.Signals],
         code = int(serve())
     except BaseException as exc:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        print(f"worker {i}: {message}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            warn(f"worker {i}: {message}")
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
-        control = ControlServer.current()
-        if control is not None:  # os._exit skips atexit: remove our socket
+        if on_exit is not None:  # os._exit skips atexit (e.g. remove our control socket)
             with contextlib.suppress(Exception):
-                control.stop()
+                on_exit()
         os._exit(code)
 
 

@@ -38,9 +38,9 @@ from typing import Any, cast
 
 import h11
 
-from tlsctl.commands._channel import ChannelError, ChannelTimeout
-from tlsctl.commands._handlers import Chan
-from tlsctl.commands._tlsconf import ConfigError
+from tlsctl.server.handlers import Chan
+from tlsctl.session.channel import ChannelTimeout, LocalError, PeerError
+from tlsctl.tlsconf import ConfigError
 
 MAX_HEAD = 32 * 1024
 """Largest request header section accepted (h11's buffer for one incomplete
@@ -283,8 +283,8 @@ class Www:
         except h11.RemoteProtocolError as exc:
             if c.eof:
                 chan.close_notify()
-                raise ChannelError("peer closed the connection in the middle of an HTTP "
-                                   "request") from None
+                raise PeerError("peer closed the connection in the middle of an HTTP "
+                                "request") from None
             c.respond_error(exc.error_status_hint)
         return {"bytes_in": c.bytes_in, "bytes_out": c.bytes_out, "requests": c.requests,
                 "http": _summary(c.requests)}
@@ -344,8 +344,8 @@ class Www:
             c.bytes_out += sent
             if sent != size:  # the file shrank: the promised length cannot be kept
                 c.log(method, target, 200, sent)
-                raise ChannelError(f"{f.name} changed while being sent ({sent} of {size} "
-                                   "bytes); connection cut")
+                raise LocalError(f"{f.name} changed while being sent ({sent} of {size} "
+                                 "bytes); connection cut")
         c.h.send(h11.EndOfMessage())
         c.log(method, target, 200, sent)
 

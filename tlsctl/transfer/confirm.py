@@ -30,7 +30,7 @@ import struct
 import termios
 import threading
 
-from tlsctl.commands._channel import ChannelError, ChannelTimeout, KtlsChannel
+from tlsctl.session.channel import ChannelError, ChannelTimeout, KtlsChannel
 
 _SIOCOUTQ = termios.TIOCOUTQ  # Linux: the same ioctl; bytes sent and not yet ACKed
 _TCP_CLOSE = 7  # tcpi_state after a reset (include/net/tcp_states.h)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tlsctl.commands._channel import ChannelError, KtlsChannel, OpenSSLChannel
+from tlsctl.session.channel import ChannelError, KtlsChannel, OpenSSLChannel
 
 Chan = KtlsChannel | OpenSSLChannel
 Handler = Callable[[Chan, int], dict[str, Any]]
@@ -112,7 +112,7 @@ class Store:
     name: str | None = None  # -o FILE: the one name; None: --save-dir names
     run: str = ""
     worker: int = 0
-    mode: int = 0o600
+    file_mode: int = 0o600
     keep_partial: bool = True
 
     def final_name(self, conn_id: int) -> str:
@@ -161,12 +161,12 @@ class Store:
         """Unbuffered: each chunk is already up to 1 MiB, and what was
         received is in the file (``.partial``) as soon as it is decrypted."""
         try:
-            fd = os.open(name, _CREATE, self.mode, dir_fd=self.dir_fd)
+            fd = os.open(name, _CREATE, self.file_mode, dir_fd=self.dir_fd)
         except FileExistsError:
             raise OSError(errno.EEXIST, "exists (not created by this serve: not overwritten)"
                           ) from None
         try:
-            os.fchmod(fd, self.mode)  # exactly as asked, whatever the umask
+            os.fchmod(fd, self.file_mode)  # exactly as asked, whatever the umask
             return io.FileIO(fd, "wb")
         except BaseException:
             os.close(fd)

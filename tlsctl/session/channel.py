@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import re
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from OpenSSL import SSL
 
-from offload.kernel import kernel_has_ktls
-from offload.ktls_socket import Backend, KTLSSocket
-from offload.netdev import create_device
+from offload.ktls_socket import KTLSSocket
 from offload.record import Buffer
 from offload.uapi import (
     SOL_TLS,
@@ -41,15 +37,17 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
-from offload.wiremodel import FaultSpec, TxPipeline
-from tlsctl.control import register
+from tlsctl.control import Registrar, Registration
 from tlsctl.handshake import HandshakeError, HandshakeResult, install_offload
+from tlsctl.offloadmode import DeviceSpec, Offload, is_nic, layer_offload, open_layer
 from tlsctl.session import (
+    AlertDescription,
     AlertLevel,
     Event,
     InstallRxKey,
     InstallTxKey,
     LocalProtocolError,
+    PeerAlert,
     RemoteProtocolError,
     ResumeRx,
     SendAlert,
@@ -60,27 +58,19 @@ from tlsctl.session import (
 )
 
 __all__ = [
-    "BASE_OFFLOADS",
     "Channel",
     "ChannelError",
     "ChannelTimeout",
-    "DeviceSpec",
     "KtlsChannel",
+    "LocalError",
     "OpenSSLChannel",
     "PeerError",
-    "alert_name",
-    "device_report",
     "establish",
-    "exact_reads",
 ]
-
-Offload = str
-"""``auto``, ``sw``, ``kernel``, ``none`` or a NIC driver name (``sim-nic``)."""
-BASE_OFFLOADS = ("auto", "sw", "kernel", "none")
-_BACKENDS: dict[str, Backend] = {"auto": "auto", "sw": "sw", "kernel": "kernel"}
 
 _DATA = int(ContentType.APPLICATION_DATA)
 _ALERT = int(ContentType.ALERT)
+_ALERT_LEN = 2  # an alert record's plaintext: level and description
 _CMSG = socket.CMSG_SPACE(1)
 # How much the sending thread pushes per hold of the TX lock (4 layer batches).
 _TX_STEP = 4 << 20
@@ -95,23 +85,52 @@ _CHUNK = 256 * 1024
 
 
 class ChannelError(Exception):
-    """The connection failed after the handshake; one line for the user."""
+    """The connection failed after the handshake; one line for the user.
+
+    The channels raise one of its kinds, so a caller can tell whose doing it
+    was (the session's :class:`~tlsctl.session.RemoteProtocolError` and
+    :class:`~tlsctl.session.LocalProtocolError`, carried to the I/O):
+    :class:`PeerError`, :class:`LocalError` or :class:`ChannelTimeout`.
+    """
 
 
 class PeerError(ChannelError):
     """The peer's doing: it broke the protocol (we answered with a fatal
-    alert), sent its own fatal alert, or reset the connection."""
+    alert), sent its own fatal alert (``alert``: its name, e.g.
+    ``handshake_failure``), or closed or reset the connection under a send."""
+
+    def __init__(self, message: str, alert: str | None = None) -> None:
+        super().__init__(message)
+        self.alert = alert
+
+
+class LocalError(ChannelError):
+    """Our side: the socket or the record layer failed under us (a key that
+    will not install, a send the kernel refused), or the connection cannot
+    do what was asked (a KeyUpdate in TLS 1.2, an offload the suite rules out)."""
 
 
 class ChannelTimeout(ChannelError):
-    """A read waited longer than the socket timeout (nothing is lost: the
-    read may be retried)."""
+    """A read or send waited longer than the socket timeout (nothing is lost:
+    a read may be retried)."""
+
+
+def _os_error(exc: OSError, what: str) -> ChannelError:
+    """A socket error as the channel's kind of error, with one line."""
+    text = f"{what}: {exc.strerror or exc}"
+    if isinstance(exc, TimeoutError):
+        return ChannelTimeout(text)
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+        return PeerError(text)
+    return LocalError(text)
 
 
 class Channel(Protocol):
     """What the commands need from an established TLS connection."""
 
-    mode: str
+    offload: Offload
+    """What carries the records: ``sw``, ``kernel``, a NIC driver's name, or
+    ``none`` (pyOpenSSL) -- the ``--offload`` vocabulary, as chosen."""
 
     def send_all(self, data: Buffer, more: bool = False) -> None: ...
     def send_file(self, f: BinaryIO, offset: int, count: int) -> int: ...
@@ -148,17 +167,22 @@ class KtlsChannel:
     """
 
     def __init__(self, k: KTLSSocket, res: HandshakeResult,
-                 key_update_every: int | None = None) -> None:
+                 key_update_every: int | None = None,
+                 registrar: Registrar | None = None) -> None:
         self.k = k
         self.res = res
-        # Visible to `tlsctl inspect-context` while the connection lives.
-        self._control = register(k, label=res.side, extra={"cipher_suite": res.cipher_name})
+        # Visible to `tlsctl inspect-context` (the command's control server)
+        # while the connection lives.
+        self._control: Registration | None = None
+        if registrar is not None:
+            self._control = registrar.register(
+                k, label=res.side, extra={"cipher_suite": res.cipher_name})
         # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
-        dev = k.device_state()
-        self.mode = dev.report.driver if dev is not None else str(k.tx_conf)
+        self.offload: Offload = layer_offload(k)
         self.session = Session(res.side, tls13=res.is_tls13, suite=res.suite,
                                tx_secret=res.tx_secret, rx_secret=res.rx_secret)
         self.alert_sent: int | None = None  # the fatal alert we sent, if any
+        self.alert_received: int | None = None  # the peer's fatal alert, if any
         self.key_update_every = key_update_every
         self._since_update = 0
         self._update_wanted = False
@@ -206,8 +230,12 @@ class KtlsChannel:
         return str(failure)
 
     def _error(self) -> ChannelError:
-        remote = isinstance(self.session.failure, RemoteProtocolError)
-        return (PeerError if remote else ChannelError)(self.failed or "connection failed")
+        """The session's end as the channel's error: the peer's or ours."""
+        why = self.failed or "connection failed"
+        if isinstance(self.session.failure, RemoteProtocolError):
+            received = self.alert_received
+            return PeerError(why, alert_name(received) if received is not None else None)
+        return LocalError(why)
 
     # -- sending ------------------------------------------------------------
 
@@ -278,13 +306,18 @@ class KtlsChannel:
         try:
             yield
         except (BrokenPipeError, ConnectionResetError):
-            why = self._peer_alert()
-            raise PeerError(why or "peer closed the connection while we were sending") from None
+            alert = self._peer_alert()
+            if alert is None:
+                raise PeerError("peer closed the connection while we were sending") from None
+            self.alert_received = alert
+            raise PeerError(f"peer sent fatal alert: {alert_name(alert)}",
+                            alert_name(alert)) from None
         except OSError as exc:
-            raise ChannelError(f"send failed: {exc.strerror or exc}") from None
+            raise _os_error(exc, "send failed") from None
 
-    def _peer_alert(self) -> str | None:
-        """Look through what the peer sent (without waiting) for a fatal alert."""
+    def _peer_alert(self) -> int | None:
+        """Look through what the peer sent (without waiting) for a fatal
+        alert (anything but close_notify); its description."""
         for _ in range(4096):  # bounded: records already received only
             try:
                 data, anc, _f, _a = self.k.recvmsg(1 << 14, _CMSG, socket.MSG_DONTWAIT)
@@ -292,21 +325,22 @@ class KtlsChannel:
                 return None
             if not data and not anc:
                 return None
-            if _record_type(anc) == _ALERT and len(data) == 2 and data[1] != 0:
-                return f"peer sent fatal alert: {alert_name(data[1])}"
+            if (_record_type(anc) == _ALERT and len(data) == _ALERT_LEN
+                    and data[1] != AlertDescription.CLOSE_NOTIFY):
+                return data[1]
         return None
 
     def send_key_update(self, request: bool = False) -> None:
         """RFC 8446 4.6.3: our KeyUpdate as a handshake record, then TX rekey."""
         if not self.res.is_tls13:
-            raise ChannelError(f"KeyUpdate needs TLS 1.3 (this connection is "
-                               f"{self.res.version_name})")
+            raise LocalError(f"KeyUpdate needs TLS 1.3 (this connection is "
+                             f"{self.res.version_name})")
         with self._tx_lock:
             self._update_wanted = False
             try:
                 events = self.session.key_update(request)
             except LocalProtocolError as exc:
-                raise ChannelError(f"cannot send a KeyUpdate: {exc}") from None
+                raise LocalError(f"cannot send a KeyUpdate: {exc}") from None
             self._perform(events)
             self._since_update = 0
 
@@ -322,7 +356,7 @@ class KtlsChannel:
                         self._send_control(_ALERT, ev.record)
             self.k.flush(timeout=10)
         except OSError as exc:
-            raise ChannelError(f"cannot send close_notify: {exc.strerror or exc}") from None
+            raise _os_error(exc, "cannot send close_notify") from None
 
     def _send_control(self, content_type: int, data: bytes) -> None:
         self.k.sendmsg([data], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes((content_type,)))])
@@ -406,8 +440,10 @@ class KtlsChannel:
                     self._send_control(ev.content_type, ev.data)
             elif isinstance(ev, InstallTxKey):
                 self._install(TLS_TX, ev.info)
-            # PeerClosed, PeerAlert, TicketIgnored, KeyUpdateReceived and
-            # RenegotiationRefused are counted by the session: nothing to do.
+            elif isinstance(ev, PeerAlert) and ev.fatal:
+                self.alert_received = int(ev.description)
+            # PeerClosed, TicketIgnored, KeyUpdateReceived, RenegotiationRefused
+            # and warning alerts are counted by the session: nothing to do.
         if self.session.failure is not None:
             raise self._error()
 
@@ -475,7 +511,8 @@ class KtlsChannel:
                 self.k.flush(timeout=2)
         if self.alert_sent is not None:
             self._linger()
-        self._control.close()
+        if self._control is not None:
+            self._control.close()
         self.k.close()
 
     def _linger(self) -> None:
@@ -542,7 +579,7 @@ class OpenSSLChannel:
     bytes between them and the socket.
     """
 
-    mode = "none"
+    offload: Offload = "none"
 
     def __init__(self, sock: socket.socket, res: HandshakeResult) -> None:
         self.sock = sock
@@ -568,7 +605,9 @@ class OpenSSLChannel:
             try:
                 self.sock.sendall(out)
             except (BrokenPipeError, ConnectionResetError):
-                raise ChannelError("peer closed the connection while we were sending") from None
+                raise PeerError("peer closed the connection while we were sending") from None
+            except OSError as exc:
+                raise _os_error(exc, "send failed") from None
 
     def send_all(self, data: Buffer, more: bool = False) -> None:
         """All of ``data``; with ``more`` it is held and goes out with the
@@ -583,7 +622,7 @@ class OpenSSLChannel:
             try:
                 self.conn.sendall(bytes(mv[pos : pos + _CHUNK]))
             except SSL.Error as exc:
-                raise ChannelError(f"send failed: {exc}") from None
+                raise LocalError(f"send failed: {exc}") from None
             self._flush()
 
     def send_file(self, f: BinaryIO, offset: int, count: int) -> int:
@@ -619,11 +658,13 @@ class OpenSSLChannel:
                 self.peer_closed = True
                 return b""
             except SSL.Error as exc:
-                raise ChannelError(_openssl_error_text(exc)) from None
+                raise _openssl_error(exc) from None
             try:
                 chunk = self.sock.recv(_CHUNK)
             except ConnectionResetError:
-                raise ChannelError("peer reset the connection") from None
+                raise PeerError("peer reset the connection") from None
+            except TimeoutError:
+                raise ChannelTimeout("receive timed out") from None
             if not chunk:
                 return b""
             self.conn.bio_write(chunk)
@@ -642,62 +683,13 @@ class OpenSSLChannel:
         return None, None
 
 
-def _openssl_error_text(exc: SSL.Error) -> str:
+def _openssl_error(exc: SSL.Error) -> PeerError:
     """OpenSSL's "sslv3 alert handshake failure" as the kTLS path says it."""
     m = re.search(r"(?:sslv3|tlsv1[0-9]*|tls) alert ([a-z ]+)", str(exc))
     if m:
-        return f"peer sent fatal alert: {m.group(1).strip().replace(' ', '_')}"
-    return f"TLS error from peer: {exc}"
-
-
-@functools.cache
-def _kernel_ktls() -> bool:
-    return kernel_has_ktls()[0]
-
-
-def exact_reads(offload: str) -> bool:
-    """Should the handshake avoid reading past its last record?
-
-    Yes when the kernel may take RX: bytes already read cannot be handed
-    back to it (the software layer takes them through ``inject_rx``).
-    """
-    return offload == "kernel" or (offload == "auto" and _kernel_ktls())
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """How to build the simulated NIC path for ``--offload <driver>``."""
-
-    faults: FaultSpec | None = None
-    mss: int | None = None
-
-    def layer_kwargs(self, driver: str) -> dict[str, Any]:
-        """KTLSSocket arguments: the TX path through a fresh device per
-        connection (its own counters), and a second one without the context
-        for redirects."""
-        fallback = create_device(driver, f"{driver}1") if self.faults is not None else None
-        path = TxPipeline(create_device(driver), mss=self.mss, faults=self.faults,
-                          fallback_device=fallback)
-        return {"txpath": path}
-
-
-def device_report(chan: KtlsChannel) -> dict[str, Any]:
-    """What the NIC did for this connection: counters (ethtool names, zeros
-    left out), device CPU time, and the faults that made it take slow paths."""
-    dev = chan.k.device_state()
-    if dev is None:
-        return {}
-    r = dev.report
-    out: dict[str, Any] = {
-        "device_cpu_seconds": round(r.device_seconds, 6),
-        "device_counters": {n: v for n, v in r.stats.items() if v},
-    }
-    if r.faults:
-        out["faults"] = r.faults
-        out["faults_injected"] = {n: v for n, v in r.faults_injected.items() if v}
-    if r.fallback_stats is not None:
-        out["fallback_device_counters"] = {n: v for n, v in r.fallback_stats.items() if v}
-    return out
+        name = m.group(1).strip().replace(" ", "_")
+        return PeerError(f"peer sent fatal alert: {name}", name)
+    return PeerError(f"TLS error from peer: {exc}")
 
 
 def establish(
@@ -706,12 +698,14 @@ def establish(
     offload: Offload,
     warn: Callable[[str], None],
     device: DeviceSpec | None = None,
+    registrar: Registrar | None = None,
 ) -> KtlsChannel | OpenSSLChannel:
     """Hand the keys to the layer, or keep the connection in pyOpenSSL.
 
     ``auto`` falls back to pyOpenSSL with a warning when the suite has no
     kTLS cipher; ``sw``/``kernel`` asked for offload explicitly, so that
-    is an error instead.
+    is an error instead.  A kTLS connection is registered with
+    ``registrar`` (the command's control server) while it lives.
     """
     if offload == "none":
         return OpenSSLChannel(sock, res)
@@ -720,18 +714,15 @@ def establish(
         if offload == "auto":
             warn(f"warning: {reason}; the connection stays in pyOpenSSL (--offload none)")
             return OpenSSLChannel(sock, res)
-        raise ChannelError(f"--offload {offload}: {reason}")
+        raise LocalError(f"--offload {offload}: {reason}")
     try:
-        if offload in _BACKENDS:
-            k = install_offload(sock, res, _BACKENDS[offload])
-        else:  # a NIC driver: the user-space layer with TX on a simulated device
-            k = install_offload(sock, res, "sw", **(device or DeviceSpec()).layer_kwargs(offload))
-            if k.offload_refused:
-                warn(f"warning: {offload} declined TLS_TX ({k.offload_refused}); software TX")
+        k = install_offload(open_layer(sock, offload, device), res)
+        if is_nic(offload) and k.offload_refused:
+            warn(f"warning: {offload} declined TLS_TX ({k.offload_refused}); software TX")
     except LookupError as exc:
-        raise ChannelError(str(exc).strip("'\"")) from None
+        raise LocalError(str(exc).strip("'\"")) from None
     except HandshakeError as exc:
-        raise ChannelError(str(exc)) from None
+        raise LocalError(str(exc)) from None
     except OSError as exc:
-        raise ChannelError(f"cannot install the keys: {exc.strerror or exc}") from None
-    return KtlsChannel(k, res)
+        raise _os_error(exc, "cannot install the keys") from None
+    return KtlsChannel(k, res, registrar=registrar)

@@ -20,7 +20,7 @@ from OpenSSL import SSL
 
 from offload.keys import UnsupportedSuiteError, suite_from_openssl_name
 from offload.uapi import TLS_1_2_VERSION
-from tlsctl.commands._certs import PrivateKey
+from tlsctl.certs import PrivateKey
 from tlsctl.handshake import install_keylog
 
 _CARRIED = "AES-128/256-GCM, AES-128-CCM and ChaCha20-Poly1305"

@@ -1,0 +1,60 @@
+"""The modes ``tlsctl bench`` compares, and why one may not run here.
+
+  tcp           plain TCP from the same program (readinto + sendall)
+  tcp-sendfile  plain TCP with the kernel's zero-copy sendfile (reference)
+  userspace     pyOpenSSL's own record layer (SSL_write): two passes over the data
+  sw            this layer in software (``--offload sw``)
+  sim-nic       this layer with TX on the simulated offload NIC (faults apply)
+  kernel        the host kernel's kTLS (skipped where the kernel has none)
+  openssl       ``openssl s_server -WWW`` serving the file, curl fetching it
+
+A mode that cannot run is not an error: it is listed with the reason
+(:func:`skip_reason` before the run; :class:`~tlsctl.benchrun.errors.ModeUnavailable`
+during it, e.g. the NIC declined the negotiated cipher).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from offload.kernel import kernel_has_ktls
+
+ALL_MODES = ("tcp", "tcp-sendfile", "userspace", "sw", "sim-nic", "kernel", "openssl")
+DEFAULT_MODES = ("tcp", "userspace", "sw", "sim-nic", "kernel", "openssl")
+LOOPBACK_ONLY = ("tcp", "tcp-sendfile", "openssl")
+"""Modes that need the bench's own receiver (not a remote ``serve --sink``)."""
+TLS_MAX_RECORD = 16384
+"""Plaintext bytes per record by default (2^14), the only size the kernel mode takes."""
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """``"sw, tcp,sw"`` -> ``("sw", "tcp")``: known names, first mention kept.
+
+    ValueError (one line) for an unknown name or an empty list.
+    """
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ALL_MODES]
+    if bad or not modes:
+        raise ValueError(
+            f"unknown mode {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_MODES)}")
+    return tuple(dict.fromkeys(modes))
+
+
+def _missing_tools() -> str | None:
+    missing = [t for t in ("openssl", "curl") if shutil.which(t) is None]
+    return f"{' and '.join(missing)} not found" if missing else None
+
+
+def skip_reason(mode: str, *, remote: bool, record_size: int) -> str | None:
+    """Why ``mode`` cannot run with these settings on this host, or None."""
+    if remote and mode in LOOPBACK_ONLY:
+        return "needs the bench's own receiver (loopback only)"
+    if mode == "kernel":
+        ok, why = kernel_has_ktls()
+        if not ok:
+            return f"no kernel kTLS here: {why}" if why else "no kernel kTLS here"
+        if record_size != TLS_MAX_RECORD:
+            return "--record-size needs the user-space layer"
+    if mode == "openssl":
+        return _missing_tools()
+    return None

@@ -1,0 +1,74 @@
+"""What one bench run is asked to do: :class:`BenchOptions`, built by the caller.
+
+The ``bench`` command parses its options into this and nothing else
+reaches the runner, so a script measures exactly what the command would.
+Values are checked here too (ValueError, one line): the command's usage
+errors come first and name the option, a library caller gets these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from offload.wiremodel import FaultSpec
+from tlsctl.addresses import is_ip
+from tlsctl.benchrun.modes import ALL_MODES, DEFAULT_MODES, TLS_MAX_RECORD
+from tlsctl.tlsconf import TlsOptions
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A running ``tlsctl serve --sink`` to send to instead of the loopback
+    receiver (like iperf3's client): no byte-count report there, its
+    close_notify is the confirmation."""
+
+    host: str
+    port: int
+    verify: bool = True  # check the certificate (against TlsOptions.cafile or the system)
+
+    @property
+    def server_name(self) -> str | None:
+        """SNI and the name checked: the host, unless it is an IP literal."""
+        return None if is_ip(self.host) else self.host
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """One run: every mode on the same data, interleaved over ``repeat`` rounds."""
+
+    size: int
+    """Bytes per stream per transfer (the data file's size)."""
+    modes: tuple[str, ...] = DEFAULT_MODES
+    repeat: int = 5
+    seconds: float | None = None
+    """Resend the file on each connection until this many seconds have passed."""
+    parallel: int = 1
+    """Streams (sender processes) per mode and round."""
+    record_size: int = TLS_MAX_RECORD
+    """Plaintext bytes per record for userspace/sw/sim-nic/openssl."""
+    faults: FaultSpec | None = None
+    """Seeded wire faults for the sim-nic mode."""
+    remote: Remote | None = None
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    data_dir: str | None = None
+    """Where the run's temporary directory (data file, certificate) is made
+    (None: the system's temporary directory)."""
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in ALL_MODES]
+        if bad or not self.modes:
+            raise ValueError(f"unknown mode {', '.join(bad) or '(none)'}")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError("a mode is listed twice")
+        if self.size < 1:
+            raise ValueError("size must be at least 1 byte")
+        if self.repeat < 1 or self.parallel < 1:
+            raise ValueError("repeat and parallel must be at least 1")
+        if not 1 <= self.record_size <= TLS_MAX_RECORD:
+            raise ValueError(f"record size must be 1..{TLS_MAX_RECORD}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError("seconds must be positive")
+        if self.faults is not None and "sim-nic" not in self.modes:
+            raise ValueError("faults apply to the sim-nic mode only")
+        if self.tls.tls1_2 and self.tls.tls1_3:
+            raise ValueError("TLS 1.2 only and TLS 1.3 only exclude each other")

@@ -1,0 +1,98 @@
+"""The loopback receiver: a process that forks one child per connection.
+
+It listens on two ports: plain TCP (count and discard) and TLS (a real
+handshake with the run's ephemeral certificate, then the kTLS layer, or the
+host kernel, decrypts: the receive path of ``serve --sink``).  When the
+sender has finished, the child sends the 16-byte report (:mod:`.report`).
+It and its connection children end with the bench (:mod:`.procs`),
+whatever ends the bench.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Any
+
+from OpenSSL import SSL
+
+from tlsctl.benchrun.procs import detach_signals, die_with_parent
+from tlsctl.benchrun.report import make_report
+from tlsctl.handshake import run_handshake
+from tlsctl.offloadmode import exact_reads
+from tlsctl.server.handlers import sink
+from tlsctl.session.channel import KtlsChannel, OpenSSLChannel, establish
+from tlsctl.tlsconf import TlsOptions, server_context
+
+_BUF = 1 << 20
+
+
+def receiver_main(conn: Any, opts: TlsOptions, cert_pem: str, key_pem: str,
+                  parent: int) -> None:
+    """Listen on a TLS and a plain port (sent to the parent over the pipe
+    ``conn``), fork per connection; never returns."""
+    detach_signals(parent)
+    me = os.getpid()
+    ctx = server_context(opts, cert=cert_pem, key=key_pem)
+    tls_l = socket.create_server(("127.0.0.1", 0), backlog=128)
+    tcp_l = socket.create_server(("127.0.0.1", 0), backlog=128)
+    conn.send((tls_l.getsockname()[1], tcp_l.getsockname()[1]))
+    conn.close()
+    sel = selectors.DefaultSelector()
+    sel.register(tls_l, selectors.EVENT_READ, "tls")
+    sel.register(tcp_l, selectors.EVENT_READ, "tcp")
+    while True:
+        for key, _ in sel.select(0.5):
+            lst = key.fileobj
+            assert isinstance(lst, socket.socket)
+            try:
+                sock, _addr = lst.accept()
+            except OSError:
+                continue
+            if os.fork() == 0:
+                code = 0
+                try:
+                    die_with_parent(me, signal.SIGKILL)
+                    tls_l.close()
+                    tcp_l.close()
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if key.data == "tcp":
+                        _recv_tcp(sock)
+                    else:
+                        _recv_tls(sock, ctx)
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            sock.close()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+
+def _recv_tcp(sock: socket.socket) -> None:
+    buf = bytearray(_BUF)
+    total = 0
+    cpu0 = time.process_time()
+    while n := sock.recv_into(buf):
+        total += n
+    cpu = time.process_time() - cpu0
+    sock.sendall(make_report(total, cpu))
+    sock.close()
+
+
+def _recv_tls(sock: socket.socket, ctx: SSL.Context) -> None:
+    res = run_handshake(sock, ctx, "server", exact=exact_reads("auto"), timeout=30)
+    sock.settimeout(600)
+    chan: KtlsChannel | OpenSSLChannel = establish(sock, res, "auto", lambda _m: None)
+    cpu0 = time.process_time()
+    total = sink(chan, 0)["bytes_in"]  # the receive path of 'serve --sink'
+    cpu = time.process_time() - cpu0
+    if chan.peer_closed:
+        chan.send_all(make_report(total, cpu))
+        chan.close_notify()
+    chan.close()

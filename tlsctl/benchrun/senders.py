@@ -1,0 +1,197 @@
+"""One stream of one mode: what a sender process runs.
+
+Every transfer runs in a sender *process* of its own (a worker of a process
+pool), so ``time.process_time()`` there is the sender's CPU and nothing else
+(no progress display, no receiver).  Timing starts after the TLS handshake
+and ends when the receiver has confirmed the bytes (:mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from OpenSSL import SSL
+
+from offload.ktls_socket import KTLSSocket
+from tlsctl.benchrun.errors import BenchError, ModeUnavailable
+from tlsctl.benchrun.job import Job, more
+from tlsctl.benchrun.modes import TLS_MAX_RECORD
+from tlsctl.benchrun.openssl import openssl_www
+from tlsctl.benchrun.report import REPORT_SIZE, read_report
+from tlsctl.benchrun.results import Result
+from tlsctl.handshake import install_offload, run_handshake
+from tlsctl.offloadmode import DeviceSpec, exact_reads, open_layer
+from tlsctl.session.channel import KtlsChannel
+from tlsctl.tlsconf import client_context
+
+BUF = 1 << 20
+
+
+def run_job(job: Job) -> Result:
+    """Run one stream; exceptions become :class:`BenchError` with one line."""
+    try:
+        if job.mode == "openssl":
+            return openssl_www(job)
+        if job.mode in ("tcp", "tcp-sendfile"):
+            return _tcp(job)
+        if job.mode == "userspace":
+            return _userspace(job)
+        return _ktls(job)
+    except BenchError:
+        raise
+    except Exception as exc:  # anything else still has to reach the parent as a line
+        raise BenchError(f"{job.mode}: {type(exc).__name__}: {exc}") from None
+
+
+def _connect(host: str, port: int) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=30)
+    except OSError as exc:
+        raise BenchError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _tcp(job: Job) -> Result:
+    if job.target.tcp_port is None:
+        raise BenchError(f"{job.mode}: needs the bench's own receiver")
+    sock = _connect(job.target.host, job.target.tcp_port)
+    sock.settimeout(None)
+    sent = rounds = 0
+    with sock, open(job.path, "rb") as f:
+        cpu0, t0 = time.process_time(), time.monotonic()
+        buf = bytearray(BUF)
+        view = memoryview(buf)
+        while more(job, t0, rounds):
+            rounds += 1
+            if job.mode == "tcp-sendfile":
+                sent += sock.sendfile(f, 0, job.size)
+                continue
+            f.seek(0)
+            while n := f.readinto(buf):
+                sock.sendall(view[:n])
+                sent += n
+        sock.shutdown(socket.SHUT_WR)
+        data = _recv_exact(sock, REPORT_SIZE)
+        t1, cpu1 = time.monotonic(), time.process_time()
+    _got, rcpu = read_report(data, job.mode, sent)
+    return Result(job.mode, sent, t0, t1, cpu1 - cpu0, receiver_cpu=rcpu, confirmed="count")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _client_ctx(job: Job) -> SSL.Context:
+    return client_context(job.opts, verify=job.target.verify)
+
+
+def _layer(job: Job, sock: socket.socket) -> KTLSSocket:
+    """The record layer for ``job.mode``, keys not yet installed: the NIC
+    built as ``--offload sim-nic`` builds it (:func:`tlsctl.offloadmode.open_layer`)."""
+    offload = job.mode if job.mode in ("sim-nic", "kernel") else "sw"
+    device = DeviceSpec(offload, faults=job.faults) if offload == "sim-nic" else None
+    if job.record_size != TLS_MAX_RECORD and offload == "kernel":
+        raise BenchError("kernel: --record-size needs the user-space layer")
+    return open_layer(sock, offload, device, record_size=job.record_size)
+
+
+def _ktls(job: Job) -> Result:
+    """sw, sim-nic, kernel: the handshake in pyOpenSSL, then the kTLS layer."""
+    t = job.target
+    sock = _connect(t.host, t.tls_port)
+    res = run_handshake(sock, _client_ctx(job), "client", server_name=t.server_name,
+                        verify_host=t.host if t.verify else None,
+                        exact=job.mode == "kernel" or exact_reads("auto"))
+    sock.settimeout(None)
+    k = install_offload(_layer(job, sock), res)
+    chan = KtlsChannel(k, res)
+    if job.mode == "sim-nic" and k.tx_conf != "device":
+        chan.close()
+        raise ModeUnavailable(f"the NIC declined TLS_TX ({k.offload_refused}); "
+                              "try -tls1_2 or another cipher")
+    sent = rounds = 0
+    try:
+        with open(job.path, "rb") as f:
+            cpu0, t0 = time.process_time(), time.monotonic()
+            while more(job, t0, rounds):
+                rounds += 1
+                sent += chan.send_file(f, 0, job.size)
+            chan.close_notify()
+            data = b""
+            while d := chan.recv(1 << 16):
+                data += d
+            t1, cpu1 = time.monotonic(), time.process_time()
+        # Thread CPU time inside the driver's xmit, as the wire model counts
+        # it (not wall time: with more streams than cores a process waits
+        # for a core inside xmit, and that is not the device's work).
+        dev = k.device_seconds
+        extra: dict[str, Any] = {"version": res.version_name, "cipher": res.cipher_name,
+                                 "tx_conf": k.tx_conf}
+    finally:
+        chan.close()
+    r = Result(job.mode, sent, t0, t1, cpu1 - cpu0, device_cpu=dev, extra=extra)
+    _confirm(r, data, chan.peer_closed)
+    return r
+
+
+def _confirm(r: Result, data: bytes, peer_closed: bool) -> None:
+    if data:
+        _got, r.receiver_cpu = read_report(data, r.mode, r.bytes)
+        r.confirmed = "count"
+    elif peer_closed:
+        r.confirmed = "close_notify"
+    else:
+        raise BenchError(f"{r.mode}: the receiver closed without confirming the data "
+                         "(no close_notify): bytes may have been lost")
+
+
+def _userspace(job: Job) -> Result:
+    """pyOpenSSL's own record layer on the socket: read, then SSL_write."""
+    t = job.target
+    sock = _connect(t.host, t.tls_port)
+    sock.settimeout(None)
+    conn = SSL.Connection(_client_ctx(job), sock)
+    if t.server_name:
+        conn.set_tlsext_host_name(t.server_name.encode("idna"))
+    conn.set_connect_state()
+    try:
+        conn.do_handshake()
+    except SSL.Error as exc:
+        sock.close()
+        raise BenchError(f"userspace: handshake failed: {exc}") from None
+    step = BUF if job.record_size == TLS_MAX_RECORD else job.record_size
+    sent = rounds = 0
+    peer_closed = False
+    data = b""
+    with sock, open(job.path, "rb") as f:
+        cpu0, t0 = time.process_time(), time.monotonic()
+        buf = bytearray(step)
+        view = memoryview(buf)
+        while more(job, t0, rounds):
+            rounds += 1
+            f.seek(0)
+            while n := f.readinto(buf):
+                conn.sendall(view[:n])
+                sent += n
+        conn.shutdown()
+        while True:
+            try:
+                data += conn.recv(1 << 16)
+            except SSL.ZeroReturnError:
+                peer_closed = True
+                break
+            except SSL.SysCallError:
+                break
+        t1, cpu1 = time.monotonic(), time.process_time()
+    r = Result(job.mode, sent, t0, t1, cpu1 - cpu0)
+    _confirm(r, data, peer_closed)
+    return r

@@ -1,0 +1,239 @@
+"""``--offload MODE``: the one vocabulary for where a connection's records are made.
+
+Every command that moves data (``send``, ``serve``, ``bench``) and the
+library behind them say *offload* for this choice, with these values:
+
+``auto``
+    the kernel's kTLS when the host has it, else ``sw``; a suite neither can
+    carry stays in pyOpenSSL (with a warning).
+``sw``
+    the record layer in this process (``offload.KTLSSocket``, software).
+``kernel``
+    the Linux kernel (``setsockopt(SOL_TLS, ...)`` on the real socket).
+``none``
+    pyOpenSSL keeps the connection (no handoff at all).
+``<driver>``
+    any NIC driver plug-in (``sim-nic`` built in): ``sw`` for RX, TX framed
+    by the layer and encrypted by the simulated NIC behind the wire model.
+
+This module is also the one place that turns a mode into a record layer
+(:func:`open_layer`) and reads back what the layer chose
+(:func:`layer_offload`, :func:`device_report`, from the socket's typed
+``device_state()``), so the socket layer's constructor and its device
+plumbing (the ``TxPath`` it is given) are named here and nowhere else in
+``tlsctl``.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from offload.netdev import load_drivers
+from offload.uapi import TLS_MAX_PAYLOAD_SIZE
+
+if TYPE_CHECKING:  # the record layer loads when a connection needs it, not for --help
+    from offload.ktls_socket import Backend, KTLSSocket
+    from offload.wiremodel import FaultSpec, TxPipeline
+
+__all__ = [
+    "BASE_OFFLOADS",
+    "DeviceSpec",
+    "Offload",
+    "OffloadOptionError",
+    "device_report",
+    "device_spec",
+    "exact_reads",
+    "is_nic",
+    "layer_offload",
+    "needs_layer",
+    "nic_drivers",
+    "nic_path",
+    "offload_choices",
+    "open_layer",
+    "receiver_offload",
+]
+
+Offload: TypeAlias = str
+"""``auto``, ``sw``, ``kernel``, ``none`` or a NIC driver name (``sim-nic``)."""
+
+BASE_OFFLOADS: tuple[Offload, ...] = ("auto", "sw", "kernel", "none")
+"""The modes that are not a NIC driver."""
+
+# The layer's backend for each mode that uses it without a NIC; a NIC mode
+# uses _NIC_BACKEND with a device on its TX path.
+_BACKENDS: dict[Offload, Backend] = {"auto": "auto", "sw": "sw", "kernel": "kernel"}
+_NIC_BACKEND: Backend = "sw"
+
+
+class OffloadOptionError(ValueError):
+    """An offload setting that cannot work; ``option`` names the option at
+    fault when one value is wrong (``--faults``), None when the combination is."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def nic_drivers() -> list[str]:
+    """Every NIC driver plug-in that loads (``offload.drivers`` entry points)."""
+    drivers, _errors = load_drivers()
+    return sorted(drivers)
+
+
+def offload_choices() -> list[str]:
+    """The fixed modes plus every NIC driver: what ``--offload`` accepts."""
+    return [*BASE_OFFLOADS, *nic_drivers()]
+
+
+def is_nic(offload: Offload) -> bool:
+    """Does ``offload`` name a NIC driver (TX through a simulated device)?"""
+    return offload not in BASE_OFFLOADS
+
+
+def needs_layer(offload: Offload) -> bool:
+    """Must the record layer take the connection?  ``auto`` and ``none`` may
+    leave it in pyOpenSSL; every other mode asked for the layer explicitly,
+    so the handshake offers only the suites the layer carries."""
+    return offload not in ("auto", "none")
+
+
+def receiver_offload(offload: Offload) -> Offload:
+    """The mode of a built-in receiver for a sender in ``offload``: a NIC
+    offloads TX only, so the receiving side of a NIC mode is ``sw``."""
+    return "sw" if is_nic(offload) else offload
+
+
+@functools.cache
+def _kernel_ktls() -> bool:
+    from offload.kernel import kernel_has_ktls
+
+    return kernel_has_ktls()[0]
+
+
+def exact_reads(offload: Offload) -> bool:
+    """Should the handshake avoid reading past its last record?
+
+    Yes when the kernel may take RX: bytes already read cannot be handed
+    back to it (the software layer takes them through ``inject_rx``).
+    """
+    return offload == "kernel" or (offload == "auto" and _kernel_ktls())
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """How to build the NIC path of a ``--offload <driver>`` connection.
+
+    ``faults``: seeded wire faults (reorder, split, ...); with them a second
+    device without the context stands by for redirected segments.
+    ``mss``: the virtual TCP segment size (default: one TSO segment).
+    """
+
+    driver: str
+    faults: FaultSpec | None = None
+    mss: int | None = None
+
+
+def device_spec(
+    offload: Offload,
+    *,
+    faults: str | None = None,
+    mss: int | None = None,
+    key_update_every: int | None = None,
+) -> DeviceSpec | None:
+    """The NIC settings for ``offload`` (None for a mode without a NIC).
+
+    Refused here, before any connection (``send``, ``serve`` and ``bench``
+    all call this at start-up): ``faults``/``mss`` without a NIC, a fault
+    spec that does not parse, and ``key_update_every`` with a NIC: a
+    NIC-offloaded TX context cannot be rekeyed yet (``DeviceTx.rekey`` is
+    EOPNOTSUPP; upstream device offload has no rekey either), so a transfer
+    would fail right after its first KeyUpdate went out.
+    """
+    if not is_nic(offload):
+        if faults or mss:
+            raise OffloadOptionError("--faults and --mss need a NIC offload (--offload sim-nic)")
+        return None
+    if key_update_every:
+        raise OffloadOptionError(
+            f"--key-update-every cannot be used with --offload {offload}: a NIC-offloaded "
+            "TX context cannot be rekeyed yet (use --offload sw or kernel)"
+        )
+    try:
+        from offload.wiremodel import FaultSpec
+
+        spec = FaultSpec.parse(faults) if faults else None
+    except ValueError as exc:
+        raise OffloadOptionError(str(exc), option="--faults") from None
+    return DeviceSpec(offload, faults=spec, mss=mss)
+
+
+def open_layer(
+    sock: socket.socket,
+    offload: Offload,
+    device: DeviceSpec | None = None,
+    *,
+    record_size: int = TLS_MAX_PAYLOAD_SIZE,
+) -> KTLSSocket:
+    """The record layer for ``offload`` on ``sock``, keys not yet installed.
+
+    A NIC mode gets a fresh device per connection (its own counters) and,
+    with faults, a second one without the context for redirects.
+    ``LookupError`` when the driver does not load; ``ValueError`` for
+    ``none`` (no layer) or a spec for another driver.
+    """
+    if offload == "none":
+        raise ValueError("--offload none keeps the connection in pyOpenSSL: no layer")
+    backend = _BACKENDS.get(offload)
+    if backend is not None:
+        from offload.ktls_socket import KTLSSocket
+
+        return KTLSSocket(sock, backend=backend, record_size=record_size)
+    spec = device or DeviceSpec(offload)
+    if spec.driver != offload:
+        raise ValueError(f"a {spec.driver} device spec for --offload {offload}")
+    from offload.ktls_socket import KTLSSocket
+
+    return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=nic_path(spec), record_size=record_size)
+
+
+def nic_path(spec: DeviceSpec) -> TxPipeline:
+    """The TX path of a NIC mode: a fresh device (its own counters) behind
+    the wire model, and with faults a second device without the context
+    for redirected segments.  ``LookupError`` when the driver does not load."""
+    from offload.netdev import create_device
+    from offload.wiremodel import TxPipeline
+
+    fallback = create_device(spec.driver, f"{spec.driver}1") if spec.faults is not None else None
+    return TxPipeline(create_device(spec.driver), mss=spec.mss, faults=spec.faults,
+                      fallback_device=fallback)
+
+
+def layer_offload(k: KTLSSocket) -> Offload:
+    """What the layer actually uses for TX: ``sw``, ``kernel``, or the NIC
+    driver's name (``sw`` when the NIC declined the context); ``none``
+    before TLS_TX."""
+    dev = k.device_state()
+    return dev.report.driver if dev is not None else str(k.tx_conf)
+
+
+def device_report(k: KTLSSocket) -> dict[str, Any]:
+    """What the NIC did for this connection: counters (ethtool names, zeros
+    left out), device CPU time, and the faults that made it take slow paths.
+    Empty without a NIC (or when it declined the context)."""
+    dev = k.device_state()
+    if dev is None:
+        return {}
+    r = dev.report
+    out: dict[str, Any] = {
+        "device_cpu_seconds": round(r.device_seconds, 6),
+        "device_counters": {n: v for n, v in r.stats.items() if v},
+    }
+    if r.faults:
+        out["faults"] = r.faults
+        out["faults_injected"] = {n: v for n, v in r.faults_injected.items() if v}
+    if r.fallback_stats is not None:
+        out["fallback_device_counters"] = {n: v for n, v in r.fallback_stats.items() if v}
+    return out
