@@ -15,12 +15,13 @@ from typing import IO, Any
 
 from peers import Pki, spawn
 
+from offload.ktls_socket import KTLSSocket
 from offload.netwire.control import ControlClient, flow_of, flow_to_json
 from offload.netwire.netns import NetnsWire
 from offload.netwire.txpath import NetTxPath
-from tlsctl.commands._channel import KtlsChannel
-from tlsctl.commands._tlsconf import TlsOptions, client_context
 from tlsctl.handshake import HandshakeResult, install_keylog, install_offload, run_handshake
+from tlsctl.session.channel import KtlsChannel
+from tlsctl.tlsconf import TlsOptions, client_context
 
 ETH_P_ALL = 0x0003
 SUITES = [
@@ -96,7 +97,7 @@ def offload_channel(wire: NetnsWire, sock: socket.socket, res: HandshakeResult,
                     **path_kw: Any) -> tuple[KtlsChannel, NetTxPath]:
     """``send --offload sim-nic`` through the library: the layer's TX on the NIC."""
     path = NetTxPath(sock, wire.control, **path_kw)
-    k = install_offload(sock, res, "sw", txpath=path)
+    k = install_offload(KTLSSocket(sock, backend="sw", txpath=path), res)
     if k.offload_refused:
         raise AssertionError(f"the NIC refused the context: {k.offload_refused}")
     return KtlsChannel(k, res), path

@@ -19,6 +19,7 @@ import time
 import pytest
 from conftest import COMBOS, combo_id, random_info
 
+from offload.batch import TxBatches
 from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, create_device
 from offload.netwire.frames import FlowKey, make_partial, parse_tcp
 from offload.netwire.nic import Nic
@@ -50,7 +51,8 @@ def framed(info: CryptoInfo, data: bytes, record: int = 16384
     """Records framed for the device as DeviceTx frames them: the buffer,
     its first record number, the size of each record but the last, count."""
     sealer = RecordSealer(info)
-    buf, slots = sealer.layout(len(data), record)
+    batches = TxBatches(sealer, record, batch_records=1 << 20, pool_max=0)
+    buf, slots = batches.lay_out(len(data))
     is13 = sealer.is13
     p = 0
     for slot in slots:
@@ -58,7 +60,7 @@ def framed(info: CryptoInfo, data: bytes, record: int = 16384
         slot[:k] = data[p : p + k]
         p += k
     first = sealer.seq
-    sealer.frame_slots(buf, 23, slots)
+    batches.frame_plaintext(buf, 23, slots)
     rsize = sealer.sealed_size(0) - int(is13) + len(slots[0])
     return buf, first, rsize, len(slots)
 
