@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from offload.kernel import kernel_has_ktls
+from tests.helpers import kernelvm
 from tests.helpers.peers import TLSCTL, tlsctl_server
 from tlsctl.benchrun import SCHEMA, BenchError, headline, parse_modes
 from tlsctl.benchrun.report import read_report
@@ -282,19 +283,28 @@ def test_short_count_from_the_receiver_fails_loudly(tmp_path: Any) -> None:
     assert out.stdout == ""
 
 
+VM_BENCH_SECONDS = 240.0
+"""The guest-side limit of the bench run in the kTLS VM."""
+
+
 @pytest.mark.kernel
+@pytest.mark.timeout(
+    # run_in_vm's own deadlines, end to end (boot, the command and its 15 s of
+    # slack, the power-off grace), plus a margin: pytest-timeout must never cut
+    # the test short while the VM is still booting on a loaded machine
+    # (TLSCTL_VM_BOOT_TIMEOUT raises the boot allowance, and this with it).
+    kernelvm.DEFAULT_BOOT_TIMEOUT + VM_BENCH_SECONDS + 15 + kernelvm.SHUTDOWN_GRACE + 60
+)
 def test_kernel_mode_in_a_ktls_vm() -> None:
     """The kernel mode against the real kTLS (one VM boot, about a minute)."""
     import sys
-
-    from tests.helpers import kernelvm
 
     ok, reason = kernelvm.vm_available()
     if not ok:
         pytest.skip(f"kernel VM unavailable: {reason}")
     argv = [sys.executable, "-m", "tlsctl.cli", "bench", "--size", "4M", "--repeat", "1",
             "--modes", "tcp,sw,kernel", "--json"]
-    res = kernelvm.run_in_vm(argv, 240, cpus=2)
+    res = kernelvm.run_in_vm(argv, VM_BENCH_SECONDS, cpus=2)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     check_schema(rows)
