@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli_send_serve import send_to_s_server, sha
-from tests.helpers.peers import Pki, make_pki, openssl_server, run_tlsctl, tlsctl_server
+from tests.cli.test_cli_send_serve import send_to_s_server
+from tests.helpers.peers import Pki, make_pki, openssl_server, run_tlsctl, sha, tlsctl_server
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,6 +12,7 @@ s_server`` writing what it decrypts to a file, and ``tlsctl serve``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -107,7 +108,7 @@ def test_ctrl_c_to_s_server_leaves_whole_records(pki: Pki, big: Path, tmp_path: 
     for trial in range(2):
         out = tmp_path / f"got{trial}.bin"
         with out.open("wb") as f, openssl_server(pki.cert, pki.key, f) as (srv, port):
-            rc, line, sent = interrupted_send(pki, port, big, lambda p=out: _size(p),
+            rc, line, sent = interrupted_send(pki, port, big, functools.partial(_size, out),
                                               signal.SIGINT, *args)
             srv.wait(20)
             assert srv.stderr is not None

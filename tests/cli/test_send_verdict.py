@@ -263,8 +263,8 @@ def test_server_that_stops_reading(pki: Pki, tmp_path: Path, offload: str) -> No
 def test_fatal_alert_mid_stream(pki: Pki, data: dict[int, Path], version: str,
                                 offload: str) -> None:
     tlslite = pytest.importorskip("tlslite.api")
-    from tlslite.constants import AlertDescription
-    from tlslite.errors import TLSLocalAlert
+    from tlslite.constants import AlertDescription  # type: ignore[import-untyped]
+    from tlslite.errors import TLSLocalAlert  # type: ignore[import-untyped]
 
     chain = tlslite.X509CertChain()
     chain.parsePemList(pki.rsa_cert.read_text())

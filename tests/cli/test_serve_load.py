@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import random
@@ -234,13 +235,13 @@ def hostile_mix(port: int, n: int, seed: int) -> list[Callable[[], str]]:
         r = random.Random(rng.random())
         kind = i % 20
         if kind < 8:
-            jobs.append(lambda r=r: garbage(port, r))
+            jobs.append(functools.partial(garbage, port, r))
         elif kind < 14:
-            jobs.append(lambda r=r, h=kind == 8 and i % 40 == 8: half_handshake(port, r, h))
+            jobs.append(functools.partial(half_handshake, port, r, kind == 8 and i % 40 == 8))
         elif kind < 17:
-            jobs.append(lambda r=r, g=kind == 14: corrupted_record(port, r, g))
+            jobs.append(functools.partial(corrupted_record, port, r, kind == 14))
         else:
-            jobs.append(lambda r=r: mid_record(port, r))
+            jobs.append(functools.partial(mid_record, port, r))
     rng.shuffle(jobs)
     return jobs
 

@@ -197,7 +197,7 @@ def test_truncated_upload_is_partial_and_failed(tmp_path: Path) -> None:
         upload(srv.port, b"")
         recs = sorted(connections(srv.records()), key=lambda r: r["conn"])
         assert srv.proc.returncode == 3
-        assert "done: 3 connection(s), 2 failed" in srv.err
+        assert "done: 3 connection(s), 2 failed" in srv.stderr()
     cut, silent, empty = recs
     assert not cut["ok"] and cut["truncated"] and cut["error"].startswith("truncated")
     assert cut["file"].endswith(".bin.partial") and cut["bytes_in"] == len(data)
@@ -250,7 +250,7 @@ def test_sigint_cuts_live_uploads_and_says_so(tmp_path: Path) -> None:
         wait_for(lambda: _stored(tmp_path) == n * size, what="all bytes on disk")
         recs = stop(srv, signal.SIGINT)
         assert srv.proc.returncode == 3
-        assert f"{n} failed ({n} cut by shutdown)" in srv.err
+        assert f"{n} failed ({n} cut by shutdown)" in srv.stderr()
     assert len(recs) == n
     for r in recs:
         assert not r["ok"] and r["interrupted"] and r["truncated"]

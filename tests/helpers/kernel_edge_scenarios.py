@@ -292,8 +292,7 @@ def flags_script(kind: str, version: int) -> Steps:
         ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
         c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
         for name, n, anc, flags in reads:
-            out.append((name, _outcome(lambda n=n, anc=anc, flags=flags: _recvmsg(ks, n, anc,
-                                                                                 flags))))
+            out.append((name, _outcome(functools.partial(_recvmsg, ks, n, anc, flags))))
     return out
 
 
@@ -313,7 +312,7 @@ def empty_control_script(kind: str) -> Steps:
         kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
         for t in (b"\x15", b"\x16"):
             step(f"empty record of type {t.hex()}",
-                 lambda t=t: kc.sendmsg([b""], [(SOL_TLS, TLS_SET_RECORD_TYPE, t)]))
+                 functools.partial(kc.sendmsg, [b""], [(SOL_TLS, TLS_SET_RECORD_TYPE, t)]))
         step("empty data", lambda: kc.send(b""))
         step("x, MSG_MORE", lambda: kc.send(b"x", socket.MSG_MORE))
         step("empty alert after it",

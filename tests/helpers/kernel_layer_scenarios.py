@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import socket
@@ -146,6 +147,11 @@ def _outcome(fn: Callable[[], object]) -> str:
     return f"ok {result!r}"
 
 
+def _recvmsg_head(sock: Any, bufsize: int, ancbufsize: int) -> tuple[Any, ...]:
+    """``recvmsg``'s (data, ancillary data), the part both socket kinds agree on."""
+    return tuple(sock.recvmsg(bufsize, ancbufsize)[:2])
+
+
 def _semantics_script(kind: str) -> list[tuple[str, str]]:
     """The same calls against one kind of socket; returns (step, outcome)."""
     out: list[tuple[str, str]] = []
@@ -244,7 +250,7 @@ def _rx_script(kind: str) -> list[tuple[str, str]]:
             ks.settimeout(2)
             c.sendall(wire_bytes)
             for i in range(3):
-                out.append((f"{name} recv {i}", _outcome(lambda k=ks: k.recv(100))))
+                out.append((f"{name} recv {i}", _outcome(functools.partial(ks.recv, 100))))
     return out
 
 
@@ -340,7 +346,7 @@ def _rx13_script(kind: str, key_update: bool = True) -> list[tuple[str, str]]:
             ks.settimeout(2)
             c.sendall(wire_bytes)
             for i in range(2):
-                got = _outcome(lambda k=ks: k.recvmsg(100, CMSG)[:2])
+                got = _outcome(functools.partial(_recvmsg_head, ks, 100, CMSG))
                 out.append((f"rx13 {name} recv {i}", got))
     if not key_update:  # a kernel without TLS 1.3 rekey (6.1) has no pause
         return out
@@ -504,7 +510,9 @@ def register(scenario: Callable[..., Decorator]) -> None:
             assert kc.sendmsg([b"\x15\x01\x00"], [], socket.MSG_OOB) == 3
             data2, anc, _, _ = ks.recvmsg(100, CMSG)
             assert (data2, anc) == (b"\x01\x00", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x15")])
-            seq = CryptoInfo.unpack(kc.getsockopt(SOL_TLS, TLS_TX, 56)).seq
+            live = kc.getsockopt(SOL_TLS, TLS_TX, 56)
+            assert isinstance(live, bytes)  # with a buflen: the crypto_info's bytes
+            seq = CryptoInfo.unpack(live).seq
         return f"sendfile {len(data)} bytes via kernel kTLS; tx rec_seq {seq}"
 
 

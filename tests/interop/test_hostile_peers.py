@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -110,7 +111,7 @@ class Peer(RecordWriter):
 class Case:
     name: str
     versions: tuple[str, ...]
-    build: Callable[[Peer], bytes]
+    build: Callable[[RecordWriter], bytes]
     alert: int | None  # fatal alert expected from the server, None: none
     error: str | None  # substring of serve's one-line error, None: connection ok
     saved: bytes = b""
@@ -135,17 +136,22 @@ def _wrong_version(rec: bytes) -> bytes:
     return rec[:1] + b"\x03\x01" + rec[3:]
 
 
-def _close(p: Peer) -> bytes:
+def _close(p: RecordWriter) -> bytes:
     return p.record(ALERT, CLOSE_NOTIFY)
 
 
-def _warnings(p: Peer, n: int) -> bytes:
+def _warnings(p: RecordWriter, n: int) -> bytes:
     return b"".join(p.record(ALERT, b"\x01\x70") for _ in range(n))  # unrecognized_name
 
 
-def _hs(p: Peer, *fragments: bytes) -> bytes:
+def _hs(p: RecordWriter, *fragments: bytes) -> bytes:
     """One handshake record per fragment."""
     return b"".join(p.record(HANDSHAKE, f) for f in fragments)
+
+
+def _outer_type(p: RecordWriter, outer: int) -> bytes:
+    """A good record, then one whose TLS 1.3 outer type is ``outer``."""
+    return p.record(DATA, GOOD) + p.record(DATA, AFTER, outer=outer)
 
 
 # Every row is OpenSSL 3's answer as well (see the module docstring).
@@ -179,7 +185,7 @@ CASES = [
          lambda p: p.record(DATA, GOOD) + b"\x14\x03\x03\x00\x01\x01" + p.record(DATA, AFTER),
          10, "outer type 20 (change_cipher_spec)", GOOD),
     *(Case(f"outer_type_{outer}", ("1.3",),
-           lambda p, outer=outer: p.record(DATA, GOOD) + p.record(DATA, AFTER, outer=outer),
+           functools.partial(_outer_type, outer=outer),
            10, f"outer type {outer}", GOOD) for outer in (CCS, ALERT, HANDSHAKE)),
     Case("zero_len_data", ("1.2", "1.3"),
          lambda p: p.record(DATA, GOOD) + p.record(DATA, b"") + p.record(DATA, AFTER)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from offload.netwire import netns as netns_mod
 from offload.netwire.netns import NetnsWire, WireUnavailable, unavailable_reason
 from offload.netwire.txpath import NetTxPath
 from offload.tls_sw import SwTx
+from offload.uapi import CryptoInfo
 from tests.helpers.netwire_helpers import (
     SUITES,
     RxCapture,
@@ -46,11 +48,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def wire() -> NetnsWire:
+def wire() -> Iterator[NetnsWire]:
     if REASON is not None:
         pytest.skip(REASON)
     with NetnsWire() as w:
-        yield w  # type: ignore[misc]
+        yield w
 
 
 def _netns_list() -> str:
@@ -62,12 +64,12 @@ def _shm_files() -> list[str]:
 
 
 def test_unavailable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(netns_mod.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the os module netns_mod calls
     with pytest.raises(WireUnavailable) as ei, NetnsWire():
         pass
     msg = str(ei.value)
     assert "\n" not in msg and "needs root" in msg
-    monkeypatch.setattr(netns_mod.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(netns_mod, "TUN_PATH", "/nonexistent/tun")
     assert "/nonexistent/tun" in (unavailable_reason() or "")
 
@@ -173,10 +175,11 @@ def test_simnic_on_the_real_wire_to_openssl(wire: NetnsWire, pki: Pki, tmp_path:
     assert not _shm_files()
 
 
-def _software_stream(res_info: object, data: bytes) -> bytes:
+def _software_stream(res_info: CryptoInfo | None, data: bytes) -> bytes:
     """What software TX (``SwTx``) sends for ``data`` with the same keys:
     the bytes the NIC must put on the wire for the same sequence range."""
-    tx = SwTx(res_info)  # type: ignore[arg-type]
+    assert res_info is not None  # the handshake's TX keys
+    tx = SwTx(res_info)
     return b"".join(bytes(b) for b in tx.frame(23, data, False))
 
 
@@ -331,7 +334,11 @@ def test_small_ring_waits_for_acks(wire: NetnsWire, pki: Pki, tmp_path: Path) ->
         assert path.tx is not None
         inner = path.tx.store.wait_room
         assert inner is not None
-        path.tx.store.wait_room = lambda: waits.append(1) is None and inner()
+        def counted_wait() -> bool:
+            waits.append(1)
+            return inner()
+
+        path.tx.store.wait_room = counted_wait
         start = path.tx.store.acked
         with src.open("rb") as fh:
             chan.send_file(fh, 0, 8 << 20)

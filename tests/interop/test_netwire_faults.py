@@ -4,6 +4,7 @@ own retransmissions then drive the NIC's resync path."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -50,6 +51,11 @@ def test_spec_parses_and_refuses_model_only_kinds() -> None:
         NetnsWire(faults="split=0.5")
 
 
+def _collect(out: list[bytes], frame: memoryview | bytes) -> None:
+    """A wire that keeps a copy of each frame it is given."""
+    out.append(bytes(frame))
+
+
 def test_stage_is_seeded_and_counts() -> None:
     """Same seed, same decisions; every frame is delivered, dropped or held."""
     spec = WireFaults.parse("drop=0.1,dup=0.1,reorder=0.2,seed=4")
@@ -58,8 +64,8 @@ def test_stage_is_seeded_and_counts() -> None:
         st = FaultStage(spec, "out")
         out: list[bytes] = []
         for i in range(1000):
-            st.send(memoryview(i.to_bytes(4, "big")), lambda f, o=out: o.append(bytes(f)), 0.0)
-        st.release(lambda f, o=out: o.append(bytes(f)), 1.0)
+            st.send(memoryview(i.to_bytes(4, "big")), functools.partial(_collect, out), 0.0)
+        st.release(functools.partial(_collect, out), 1.0)
         runs.append((out, dict(st.counts)))
     assert runs[0] == runs[1]
     out, c = runs[0]

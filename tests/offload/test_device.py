@@ -40,6 +40,7 @@ from offload.netdev import (
 from offload.tcpseq import SEQ_MOD, SeqSpace
 from offload.tls_device import DeviceTx
 from offload.tls_sw import SwTx
+from offload.txpath import Chunk
 from offload.uapi import (
     SOL_TCP,
     SOL_TLS,
@@ -51,7 +52,7 @@ from offload.uapi import (
     CipherType,
     CryptoInfo,
 )
-from offload.wiremodel import MAX_WINDOW, Chunk, FaultSpec, Reassembler, TxPipeline, _Held
+from offload.wiremodel import MAX_WINDOW, FaultSpec, Reassembler, TxPipeline, _Held
 from tests.conftest import random_info
 from tests.helpers.wire import decrypt_records
 
@@ -560,13 +561,13 @@ class _CountedOffset(int):
 
     compared = 0
 
-    def __lt__(self, other: object) -> bool:
+    def __lt__(self, other: int) -> bool:
         _CountedOffset.compared += 1
-        return int(self) < int(other)  # type: ignore[call-overload]
+        return int(self) < int(other)
 
-    def __gt__(self, other: object) -> bool:
+    def __gt__(self, other: int) -> bool:
         _CountedOffset.compared += 1
-        return int(self) > int(other)  # type: ignore[call-overload]
+        return int(self) > int(other)
 
 
 def _reassembly_comparisons(n: int) -> float:
@@ -735,8 +736,9 @@ def test_socket_device_path_round_trip(
     assert hashlib.sha256(got).digest() == hashlib.sha256(b"hello" + data).digest()
     assert ks.recvmsg(10, socket.CMSG_SPACE(1))[0] == b"\x01\x00"
     size = len(info.pack())
-    tx_seq = CryptoInfo.unpack(kc.getsockopt(SOL_TLS, TLS_TX, size)).seq  # type: ignore[arg-type]
-    rx_seq = CryptoInfo.unpack(ks.getsockopt(SOL_TLS, TLS_RX, size)).seq  # type: ignore[arg-type]
+    tx_live, rx_live = kc.getsockopt(SOL_TLS, TLS_TX, size), ks.getsockopt(SOL_TLS, TLS_RX, size)
+    assert isinstance(tx_live, bytes) and isinstance(rx_live, bytes)  # with a buflen: bytes
+    tx_seq, rx_seq = CryptoInfo.unpack(tx_live).seq, CryptoInfo.unpack(rx_live).seq
     assert tx_seq == rx_seq
     assert kc.stats["TlsTxDevice"] == 1 and kc.stats["TlsCurrTxDevice"] == 1
     state = kc.device_state()

@@ -24,6 +24,7 @@ encoder.  Three levels:
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import random
 import socket
@@ -247,6 +248,11 @@ def _stray_seq(built: Built, epoch: int, r: int) -> int:
     return (built.epochs[epoch].seq + built.extent(epoch) + 1 + r) & SEQ_MAX
 
 
+def _nudge(old: int, d: int) -> int:
+    """A record length ``d`` away from ``old``, kept in the u16 range."""
+    return max(0, min(0xFFFF, old + d))
+
+
 def mutate(data: st.DataObject, built: Built, min_len: int) -> bytes:
     """Apply 1..5 random record- and byte-level mutations to ``built``'s stream
     (record-level ones first, on the list of records; then byte-level ones)."""
@@ -279,7 +285,7 @@ def mutate(data: st.DataObject, built: Built, min_len: int) -> bytes:
             new = data.draw(
                 st.one_of(
                     st.integers(0, 0xFFFF),
-                    st.integers(-3, 3).map(lambda d, old=old: max(0, min(0xFFFF, old + d))),
+                    st.integers(-3, 3).map(functools.partial(_nudge, old)),
                     st.sampled_from([0, min_len - 1, min_len, 0x4000, 0x4000 + 0x100, 0xFFFF]),
                 )
             )
@@ -310,8 +316,8 @@ def mutate(data: st.DataObject, built: Built, min_len: int) -> bytes:
         else:  # wrongseq: the right key, a sequence number no valid record is at
             epoch = data.draw(st.integers(0, len(built.epochs) - 1))
             seq = _stray_seq(built, epoch, data.draw(st.integers(0, 3)))
-            rec = encrypt_record(built.epochs[epoch], seq, DATA, b"replayed at a wrong seq")
-            recs.insert(index(1), bytearray(rec))
+            stray = encrypt_record(built.epochs[epoch], seq, DATA, b"replayed at a wrong seq")
+            recs.insert(index(1), bytearray(stray))
 
     stream = bytearray(b"".join(recs))
     for op in (o for o in ops if o in BYTE_OPS):

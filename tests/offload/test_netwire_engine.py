@@ -210,7 +210,12 @@ def test_store_ring_wraps_and_waits_for_acks() -> None:
     rd = StoreReader(st.path)
     try:
         calls: list[int] = []
-        st.wait_room = lambda: calls.append(1) is not None  # never frees: give up
+
+        def give_up() -> bool:
+            calls.append(1)
+            return False  # never frees: give up
+
+        st.wait_room = give_up
         off = 0
         for _ in range(2):
             st.append(bytearray(os.urandom(40_000)), off, 0, 40_000, 1)
