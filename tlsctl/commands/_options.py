@@ -187,6 +187,24 @@ class ByteSize(click.ParamType[int]):
             self.fail(str(exc), param, ctx)
 
 
+class Fingerprint(click.ParamType[bytes]):
+    """A SHA-256 fingerprint, with or without colons, any case
+    (:func:`tlsctl.verify.parse_pin`; loaded only when the option is given)."""
+
+    name = "FINGERPRINT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        from tlsctl.verify import parse_pin
+
+        try:
+            return parse_pin(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def _key_update_option(f: F) -> F:
     return click.option(
         "--key-update-every", "key_update_every", type=ByteSize(), metavar="BYTES",

@@ -143,7 +143,7 @@ def prepare(opts: ServeOptions) -> Listening:
     handler = make_handler(opts.mode, opts.path, opts.file_mode, opts.keep_partial)
     fingerprint = None
     cert_src: x509.Certificate | str
-    key_src: PrivateKey | str
+    key_src: PrivateKey | str | None
     if opts.cert is None and opts.key is not None:
         raise ConfigError("-key given without -cert")
     if opts.cert is None:
@@ -151,7 +151,7 @@ def prepare(opts: ServeOptions) -> Listening:
         cert_src, key_src = ck.cert, ck.key
         fingerprint = ck.fingerprint
     else:
-        cert_src, key_src = opts.cert, opts.key or opts.cert
+        cert_src, key_src = opts.cert, opts.key
     ctx = server_context(opts.tls, cert=cert_src, key=key_src,
                          verify_client=max(opts.verify_depth, opts.require_depth),
                          require_client=opts.require_depth > 0)
