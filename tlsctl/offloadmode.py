@@ -25,7 +25,6 @@ constructor and its device plumbing are named here and nowhere else in
 
 from __future__ import annotations
 
-import functools
 import socket
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -51,6 +50,7 @@ __all__ = [
     "offload_choices",
     "open_layer",
     "receiver_offload",
+    "unavailable_reason",
 ]
 
 Offload: TypeAlias = str
@@ -103,9 +103,23 @@ def receiver_offload(offload: Offload) -> Offload:
     return "sw" if is_nic(offload) else offload
 
 
-@functools.cache
 def _kernel_ktls() -> bool:
-    return kernel_has_ktls()[0]
+    return kernel_has_ktls()[0]  # cached there: one probe per process
+
+
+def unavailable_reason(offload: Offload) -> str | None:
+    """Why ``offload`` cannot work on this host, or None: for ``kernel``, the
+    probe of ``TCP_ULP "tls"`` on a loopback pair (once per process,
+    :func:`offload.kernel.kernel_has_ktls`).  The commands call this at
+    start-up so ``--offload kernel`` on a host without kTLS is refused before
+    any connection, instead of after a handshake the kernel then cannot
+    take.  (``tlsctl doctor`` asks the longer questions: why, and the fix.)"""
+    if offload != "kernel":
+        return None
+    ok, why = kernel_has_ktls()
+    if ok:
+        return None
+    return f"--offload kernel: {why or 'no kernel kTLS here'} (use --offload sw, or auto)"
 
 
 def exact_reads(offload: Offload) -> bool:

@@ -129,9 +129,9 @@ def load_certs(path: str, option: str) -> list[x509.Certificate]:
     except ValueError:
         certs = []
     if not certs:
-        hint = (": it holds a private key (-cert and -key swapped?)"
-                if b"PRIVATE KEY-----" in data else " (not a PEM certificate file)")
-        raise ConfigError(f"{option} {path}: no PEM certificate in it{hint}")
+        hint = ("it holds a private key: -cert and -key swapped?"
+                if b"PRIVATE KEY-----" in data else "no -----BEGIN CERTIFICATE----- block")
+        raise ConfigError(f"{option} {path}: no PEM certificate in it ({hint})")
     return certs
 
 
@@ -144,8 +144,12 @@ def _load_key(path: str, option: str) -> PrivateKey:
                           f"no pass phrase (decrypt it: openssl pkey -in {path} -out "
                           "plain.key)") from None
     except (ValueError, UnsupportedAlgorithm):
-        hint = ("it holds only a certificate: give its key with -key"
-                if b"CERTIFICATE-----" in data else "not a PEM private key")
+        if option == "-cert":
+            hint = "and no -key given: give the key file with -key"
+        elif b"CERTIFICATE-----" in data and b"PRIVATE KEY-----" not in data:
+            hint = "it holds a certificate: -cert and -key swapped?"
+        else:
+            hint = "no -----BEGIN PRIVATE KEY----- block"
         raise ConfigError(f"{option} {path}: no private key in it ({hint})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ConfigError(f"{option} {path}: a {type(key).__name__} key; "
@@ -173,7 +177,7 @@ def _load_identity(ctx: SSL.Context, cert: x509.Certificate | str,
         chain = [cert]
     if key is None:
         assert isinstance(cert, str)
-        key_obj, key_where = _load_key(cert, "-cert (no -key given)"), f"-cert {cert}"
+        key_obj, key_where = _load_key(cert, "-cert"), f"-cert {cert}"
     elif isinstance(key, str):
         key_obj, key_where = _load_key(key, "-key"), f"-key {key}"
     else:

@@ -22,6 +22,7 @@ import click
 
 from tlsctl import addresses
 from tlsctl.commands._output import Output
+from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.offloadmode import (
     DeviceSpec,
     Offload,
@@ -29,6 +30,7 @@ from tlsctl.offloadmode import (
     device_spec,
     needs_layer,
     offload_choices,
+    unavailable_reason,
 )
 from tlsctl.units import parse_size
 
@@ -70,6 +72,9 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
     """Take the common options out of click's ``params`` (what is left is the
     command's own)."""
     offload: Offload = params.pop("offload")
+    unavailable = unavailable_reason(offload)
+    if unavailable:  # the host lacks it: not a usage error, a local failure (status 1)
+        raise CommandFailed(unavailable, ExitStatus.FAILED)
     key_update_every: int | None = params.pop("key_update_every")
     try:
         device = device_spec(offload, faults=params.pop("faults"), mss=params.pop("mss"),
