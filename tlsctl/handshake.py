@@ -84,6 +84,7 @@ __all__ = [
     "install_keylog",
     "install_offload",
     "run_handshake",
+    "set_verify_host",
 ]
 
 _HEADER = 5
@@ -394,7 +395,7 @@ def run_handshake(
         if server_name:
             conn.set_tlsext_host_name(server_name.encode("idna"))
         if verify_host:
-            _set_verify_host(conn, verify_host)
+            set_verify_host(conn, verify_host)
             secrets.verify.target = verify_host
     else:
         conn.set_accept_state()
@@ -447,7 +448,7 @@ def _flush_best_effort(sock: socket.socket, conn: SSL.Connection) -> None:
         pass
 
 
-def _set_verify_host(conn: SSL.Connection, host: str) -> None:
+def set_verify_host(conn: SSL.Connection, host: str) -> None:
     """Have OpenSSL check the name (or IP) in the peer certificate.
 
     pyOpenSSL has no wrapper for this; the binding functions are the ones

@@ -133,7 +133,7 @@ def _tls_options(f: F) -> F:
         click.option("--faults", metavar="SPEC",
                      help="With a NIC: seeded wire faults, e.g. "
                           "reorder=0.02,split=0.05,dup=0.01,drop=0.01,redirect=0.01,seed=7."),
-        click.option("--mss", type=click.IntRange(1, 1 << 20), metavar="BYTES",
+        click.option("--mss", type=ByteSize(1, 1 << 20), metavar="BYTES",
                      help="With a NIC: TCP segment size (default 65536, one TSO segment)."),
         click.option("-quiet", "--quiet", "-q", "quiet", is_flag=True,
                      help="Only errors and warnings."),
@@ -181,15 +181,19 @@ class ByteSize(click.ParamType[int]):
 
     name = "BYTES"
 
-    def __init__(self, minimum: int = 1) -> None:
+    def __init__(self, minimum: int = 1, maximum: int | None = None) -> None:
         self.minimum = minimum
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> int:
         try:
-            return parse_size(value, minimum=self.minimum)
+            size = parse_size(value, minimum=self.minimum)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if self.maximum is not None and size > self.maximum:
+            self.fail(f"{value!r}: at most {self.maximum} bytes", param, ctx)
+        return size
 
 
 class Fingerprint(click.ParamType[bytes]):
