@@ -119,7 +119,7 @@ def unavailable_reason(offload: Offload) -> str | None:
     ok, why = kernel_has_ktls()
     if ok:
         return None
-    return f"--offload kernel: {why or 'no kernel kTLS here'} (use --offload sw, or auto)"
+    return f"--offload kernel: no kTLS on this host: {why}; use --offload sw or auto"
 
 
 def exact_reads(offload: Offload) -> bool:
