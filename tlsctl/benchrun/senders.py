@@ -8,6 +8,7 @@ and ends when the receiver has confirmed the bytes (:mod:`.report`).
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
@@ -121,13 +122,37 @@ def _not_a_sink(job: Job, nbytes: int) -> BenchError:
 
 
 def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> int:
-    """One pass over the file to a remote server, in steps; between them,
-    has the server answered?  A sink never sends application data; an echo
-    server does at once (and would otherwise stall the run: it stops
-    reading when we do not read what it sends).  A :class:`Drain` reads
-    while we send (blocked in recv: no CPU of note)."""
+    """The file (once, or until ``--time`` is up) to a remote server, in
+    steps; between them, has the server answered?  A sink never sends
+    application data; an echo server does at once (and would otherwise stall
+    the run: it stops reading when we do not read what it sends).  A
+    :class:`Drain` reads while we send (blocked in recv: no CPU of note); on
+    the way out by an error the socket is shut first, so the drain ends
+    before the channel is closed under it."""
     drain = Drain(chan)
     drain.start()
+    try:
+        sent = _send_steps(job, chan, f, t0, drain)
+        drain.closing = True
+        chan.close_notify()
+        drain.join(_REMOTE_CLOSE_WAIT)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            chan.k.sock.shutdown(socket.SHUT_RDWR)
+        drain.join(5)
+        raise
+    if drain.received:
+        raise _not_a_sink(job, drain.received)
+    if drain.is_alive():
+        raise BenchError(f"{job.mode}: the server sent no close_notify within "
+                         f"{_REMOTE_CLOSE_WAIT:g} s of ours")
+    why = drain.verdict()
+    if why:
+        raise BenchError(f"{job.mode}: the server did not confirm the data: {why}")
+    return sent
+
+
+def _send_steps(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, drain: Drain) -> int:
     sent = rounds = 0
     while more(job, t0, rounds):
         rounds += 1
@@ -145,17 +170,6 @@ def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> int:
         sent += pos
     if drain.received:
         raise _not_a_sink(job, drain.received)
-    drain.closing = True
-    chan.close_notify()
-    drain.join(_REMOTE_CLOSE_WAIT)
-    if drain.received:
-        raise _not_a_sink(job, drain.received)
-    if drain.is_alive():
-        raise BenchError(f"{job.mode}: the server sent no close_notify within "
-                         f"{_REMOTE_CLOSE_WAIT:g} s of ours")
-    why = drain.verdict()
-    if why:
-        raise BenchError(f"{job.mode}: the server did not confirm the data: {why}")
     return sent
 
 
