@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes
-from peers import TLSCTL, kill_group, openssl_server, run_tlsctl, sha, tlsctl_server
+from peers import (
+    TLSCTL,
+    kill_group,
+    openssl_client,
+    openssl_server,
+    run_tlsctl,
+    sha,
+    tlsctl_server,
+)
 
 from offload.kernel import kernel_has_ktls
 from tlsctl.certs import CertKey, make_cert, sha256_fingerprint
@@ -457,3 +465,21 @@ def test_bench_connect_unverified_is_one_line() -> None:
         f"(SHA-256 {fp}) is not trusted by the system trust store: trust it with -CAfile, "
         "pin it with --pin-sha256, or skip the check with -k (verify error:num=18:"
         "self-signed certificate)")
+
+
+def test_serve_says_why_a_client_certificate_failed(certs: Certs, data: Path) -> None:
+    """``serve -Verify``: the connection's log record says which check failed
+    on the client's certificate (openssl s_client presenting one issued by
+    another CA), naming -CAfile; no client-side hints (-k, --pin-sha256)."""
+    client = make_cert(["client.example"], issuer=certs.other_ca)
+    certs.write("client", client)
+    ca = certs.cert("ca")
+    with tlsctl_server("-Verify", "1", "-CAfile", str(ca), "-naccept", "1") as srv:
+        openssl_client(srv.port, data, "-cert", str(certs.cert("client")), "-key",
+                       str(certs.key("client")))
+        recs = srv.records()
+    assert not recs[0]["ok"]
+    assert recs[0]["error"] == (
+        "certificate verify failed: unknown CA: the issuer CN=some other CA of depth 0 "
+        f"CN=client.example is not in -CAfile {ca} (verify error:num=20:unable to get "
+        "local issuer certificate)")

@@ -261,5 +261,5 @@ def server_context(
         trust = _trust(ctx, opts.cafile)
         if opts.cafile:
             ctx.load_client_ca(opts.cafile.encode())
-        ctx.set_verify(mode, VerifyCallback(trust))
+        ctx.set_verify(mode, VerifyCallback(trust, of_server=False))
     return ctx

@@ -85,6 +85,7 @@ class VerifyState:
     target: str | None = None
     trust: str = "the system trust store"
     failure: VerifyFailure | PinMismatch | None = None
+    of_server: bool = True  # we check a server's certificate (send), not a client's (serve)
 
 
 def _state(conn: SSL.Connection) -> VerifyState | None:
@@ -101,15 +102,17 @@ class VerifyCallback:
     """The context's verify callback: records the first failure on the
     connection, and with ``pin`` decides by the leaf's fingerprint alone."""
 
-    def __init__(self, trust: str | None = None, pin: bytes | None = None) -> None:
+    def __init__(self, trust: str | None = None, pin: bytes | None = None, *,
+                 of_server: bool = True) -> None:
         self.trust = trust or "the system trust store"
         self.pin = pin
+        self.of_server = of_server
 
     def __call__(self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int,
                  ok: int) -> bool:
         state = _state(conn)
         if state is not None:
-            state.trust = self.trust
+            state.trust, state.of_server = self.trust, self.of_server
         if self.pin is not None:
             if depth != 0:
                 return True  # the pin replaces the chain check
@@ -196,9 +199,10 @@ def describe(failure: VerifyFailure | PinMismatch, state: VerifyState) -> str:
                f"'{target}' ({where} is for {_names(cert)}: an IP address needs an IP "
                f"SAN; connect by a name it has or give -servername NAME; {tag})")
     elif n == X509Error.DEPTH_ZERO_SELF_SIGNED_CERT:
+        hint = (": trust it with -CAfile, pin it with --pin-sha256, or skip the check "
+                "with -k" if state.of_server else "")
         why = (f"self-signed certificate {_subject(cert)} (SHA-256 "
-               f"{sha256_fingerprint(cert)}) is not trusted by {state.trust}: trust it "
-               f"with -CAfile, pin it with --pin-sha256, or skip the check with -k ({tag})")
+               f"{sha256_fingerprint(cert)}) is not trusted by {state.trust}{hint} ({tag})")
     elif n == X509Error.SELF_SIGNED_CERT_IN_CHAIN:
         why = (f"the chain ends in CA {_subject(cert)} (depth {depth}), which is not in "
                f"{state.trust} ({tag})")
