@@ -121,13 +121,15 @@ def _not_a_sink(job: Job, nbytes: int) -> BenchError:
                       "not a server that answers (--echo, -WWW, s_server)")
 
 
-def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> int:
+def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> tuple[int, bytes]:
     """The file (once, or until ``--time`` is up) to a remote server, in
     steps; between them, has the server answered?  A sink never sends
-    application data; an echo server does at once (and would otherwise stall
-    the run: it stops reading when we do not read what it sends).  A
-    :class:`Drain` reads while we send (blocked in recv: no CPU of note); on
-    the way out by an error the socket is shut first, so the drain ends
+    application data before our close_notify; an echo server does at once
+    (and would otherwise stall the run: it stops reading when we do not read
+    what it sends).  What comes after our close_notify is a receiver's
+    report (the loopback receiver's protocol), returned with the bytes sent.
+    A :class:`Drain` reads while we send (blocked in recv: no CPU of note);
+    on the way out by an error the socket is shut first, so the drain ends
     before the channel is closed under it."""
     drain = Drain(chan)
     drain.start()
@@ -141,15 +143,15 @@ def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> int:
             chan.k.sock.shutdown(socket.SHUT_RDWR)
         drain.join(5)
         raise
-    if drain.received:
-        raise _not_a_sink(job, drain.received)
+    if drain.received_before_closing:
+        raise _not_a_sink(job, drain.received_before_closing)
     if drain.is_alive():
         raise BenchError(f"{job.mode}: the server sent no close_notify within "
                          f"{_REMOTE_CLOSE_WAIT:g} s of ours")
     why = drain.verdict()
     if why:
         raise BenchError(f"{job.mode}: the server did not confirm the data: {why}")
-    return sent
+    return sent, bytes(drain.tail)
 
 
 def _send_steps(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, drain: Drain) -> int:
@@ -158,8 +160,8 @@ def _send_steps(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, drain: Drai
         rounds += 1
         pos = 0
         while pos < job.size:
-            if drain.received:
-                raise _not_a_sink(job, drain.received)
+            if drain.received_before_closing:
+                raise _not_a_sink(job, drain.received_before_closing)
             why = drain.stopped_early()
             if why:
                 raise BenchError(f"{job.mode}: {why}")
@@ -168,8 +170,8 @@ def _send_steps(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, drain: Drai
                 break
             pos += n
         sent += pos
-    if drain.received:
-        raise _not_a_sink(job, drain.received)
+    if drain.received_before_closing:
+        raise _not_a_sink(job, drain.received_before_closing)
     return sent
 
 
@@ -194,7 +196,7 @@ def _ktls(job: Job) -> Result:
             cpu0, t0 = time.process_time(), time.monotonic()
             data = b""
             if remote:
-                sent = _send_remote(job, chan, f, t0)
+                sent, data = _send_remote(job, chan, f, t0)
             else:
                 while more(job, t0, rounds):
                     rounds += 1
