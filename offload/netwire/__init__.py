@@ -1,0 +1,19 @@
+"""The real wire (issue 13): the NIC under the kernel's own TCP, in its own process.
+
+The in-process wire model (``offload.wiremodel``) segments and "retransmits"
+as this project imagines TCP; this package puts the simulated NIC where a
+NIC is: between two network namespaces whose real kernel TCP stacks do all
+segmentation, retransmission and acknowledgement, in a process of its own.
+
+* ``netns``    - the namespaces, links and the NIC process (``NetnsWire``);
+* ``tun``      - TUN devices with virtio headers (GSO frames up to 64 KiB);
+* ``frames``   - the NIC's parser (flow, sequence number, payload);
+* ``nic``      - the NIC process: forwarding, flows, the driver, control;
+* ``faults``   - seeded drop/dup/reorder/delay on real frames, after the NIC;
+* ``control``  - the host <-> NIC request channel (``tls_dev_add`` ...);
+* ``recstore`` - the host's record store in shared memory (resync reads);
+* ``txpath``   - the host side: a ``TxPath`` writing framed records to real TCP.
+
+It lives in ``offload/`` because it is the layer's other device path, next
+to ``offload.wiremodel.TxPipeline``: nothing in it knows the CLI.
+"""

@@ -1,0 +1,360 @@
+"""The NIC process: two TUN devices, one per namespace, and the offload engine.
+
+Run as ``python -m offload.netwire.nic --tx-ns A --rx-ns B --control PATH``
+(``offload.netwire.netns.NetnsWire`` starts it).  It creates TUN ``nic0``
+in the sender's namespace and ``nic0`` in the receiver's, then forwards
+frames both ways, one thread per direction (through seeded faults,
+``offload.netwire.faults``, when ``--faults`` is given): what the sender's kernel hands
+it (GSO frames up to 64 KiB, see ``offload.netwire.tun``) goes out on the
+receiver's TUN, and the receiver's ACKs come back.  Its CPU time is its
+own, as a NIC's is.
+
+Frames from the sender of a flow with a TLS TX context go through the
+driver exactly as the in-process wire hands them (``Driver.xmit`` with
+``offload.netdev.Segment``): the payload is encrypted in place by TCP
+sequence number; the driver's slow path reads records from the host's
+store in shared memory (``offload.netwire.recstore.StoreReader``, the
+``RecordLookup``); a frame the driver drops (a record already freed) is
+not forwarded.  Bytes before the start marker and flows without a context
+pass through untouched.  The NIC learns each flow's ISN from the SYN it
+forwards and tracks the next sequence number after what it forwarded, which
+is how the host learns the sequence number of its first offloaded byte.
+
+Linux has no such process, of course: it is the stand-in for the hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import netns
+
+from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, OffloadRefused, Segment, create_device
+from offload.netwire.control import MAX_MESSAGE, flow_from_json
+from offload.netwire.faults import FaultStage, WireFaults
+from offload.netwire.frames import TCP_SYN, FlowKey, make_partial, parse_tcp
+from offload.netwire.recstore import StoreReader
+from offload.netwire.tun import MAX_FRAME, open_tun
+from offload.tcpseq import SEQ_MOD, seq_after
+from offload.uapi import CryptoInfo
+
+TUN_NAME = "nic0"
+_PR_SET_PDEATHSIG = 1
+
+NIC_COUNTERS = (
+    "frames_out",  # sender -> receiver, seen
+    "frames_back",  # receiver -> sender, forwarded
+    "frames_offloaded",  # went through the driver with a context
+    "frames_passed",  # no context (or no payload): forwarded untouched
+    "frames_dropped",  # the driver refused them (record freed): not forwarded
+    "frames_lost",  # lost on purpose after the NIC (``lose``): TCP retransmits them
+    "bytes_out",
+    "bytes_back",
+)
+
+
+@dataclass
+class Flow:
+    """What the NIC knows of one direction of a TCP connection."""
+
+    isn: int | None = None
+    snd_nxt: int | None = None
+    offload: tuple[object, StoreReader] | None = None
+    """The driver context and the record store, set by ``add``."""
+    data_frames: int = 0
+    """Offloaded frames with payload seen so far (their ordinal)."""
+    lose: frozenset[int] = frozenset()
+    """Ordinals of offloaded data frames to lose after encrypting them."""
+    lost: list[tuple[int, int]] = field(default_factory=list)
+    """(sequence number, length) of each frame lost that way."""
+
+
+@dataclass
+class Nic:
+    """The forwarding and offload engine (everything but the fds)."""
+
+    device: NetDevice
+    flows: dict[FlowKey, Flow] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NIC_COUNTERS, 0))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stages: dict[str, FaultStage] = field(default_factory=dict)
+    """The fault stage of each direction ("out", "back"), if any."""
+
+    def egress(self, frame: memoryview) -> bool:
+        """A frame from the sender: encrypt what has a context; False drops it."""
+        c = self.counters
+        c["frames_out"] += 1
+        c["bytes_out"] += len(frame)
+        t = parse_tcp(frame)
+        if t is None:
+            c["frames_passed"] += 1
+            return True
+        flow = self.flows.get(t.key)
+        if flow is None:
+            flow = self.flows[t.key] = Flow()
+        n = t.end - t.payload
+        if t.flags & TCP_SYN:
+            flow.isn = t.seq
+            flow.snd_nxt = (t.seq + 1) % SEQ_MOD
+        elif n:
+            end = (t.seq + n) % SEQ_MOD
+            if flow.snd_nxt is None or seq_after(end, flow.snd_nxt):
+                flow.snd_nxt = end
+        off = flow.offload
+        if off is None or n == 0:
+            c["frames_passed"] += 1
+            return True
+        ctx, store = off
+        payload = frame[t.payload : t.end]
+        if not self.device.driver.xmit(ctx, Segment(t.seq, payload), store, payload):
+            c["frames_dropped"] += 1
+            return False
+        make_partial(frame, t)
+        c["frames_offloaded"] += 1
+        flow.data_frames += 1
+        if flow.data_frames in flow.lose:  # through the NIC, then lost on the wire
+            c["frames_lost"] += 1
+            flow.lost.append((t.seq, n))
+            return False
+        return True
+
+    def back(self, frame: memoryview) -> bool:
+        self.counters["frames_back"] += 1
+        self.counters["bytes_back"] += len(frame)
+        return True
+
+    # -- control requests -------------------------------------------------------
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "stats":
+            t = os.times()
+            return {
+                "nic": dict(self.counters),
+                "device": self.device.stats.snapshot(),
+                "driver": self.device.driver.name,
+                "cpu_seconds": t.user + t.system,
+                "faults": {d: dict(st.counts) for d, st in self.stages.items()},
+            }
+        try:
+            key = flow_from_json(req.get("flow"))
+        except (ValueError, TypeError):
+            return {"error": "bad flow in request"}
+        if op == "flow":
+            flow = self.flows.get(key)
+            if flow is None:
+                return {"isn": None, "snd_nxt": None, "lost": []}
+            return {"isn": flow.isn, "snd_nxt": flow.snd_nxt, "lost": flow.lost}
+        if op == "add":
+            return self._add(key, req)
+        if op == "del":
+            return self._del(key)
+        if op == "lose":
+            return self._lose(key, req)
+        return {"error": "unknown request"}
+
+    def _add(self, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
+        flow = self.flows.get(key)
+        if flow is None or flow.snd_nxt is None:
+            return {"error": "the NIC has not seen this flow"}
+        if flow.offload is not None:
+            return {"error": "the flow already has a TX context"}
+        try:
+            info = CryptoInfo.unpack(bytes.fromhex(str(req["crypto_info"])))
+            start = int(req["start_seq"]) % SEQ_MOD
+            store = StoreReader(str(req["store"]))
+        except (KeyError, ValueError, OSError):
+            return {"error": "bad add request (crypto_info, start_seq or store)"}
+        try:
+            ctx = self.device.driver.dev_add(TLS_OFFLOAD_CTX_DIR_TX, info, start)
+        except OffloadRefused as exc:
+            store.close()
+            return {"error": f"offload refused: {exc}"}
+        flow.offload = (ctx, store)
+        return {"driver": self.device.driver.name}
+
+    def _lose(self, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
+        """Lose these offloaded data frames of the flow (1 = the first) after
+        the NIC encrypted them: a frame dropped past the NIC, which the
+        sender's TCP then retransmits (the resync path on a real
+        retransmission).  Not a Linux operation: a test bench hook."""
+        flow = self.flows.get(key)
+        if flow is None:
+            return {"error": "the NIC has not seen this flow"}
+        try:
+            flow.lose = frozenset(int(n) for n in req.get("frames", []))
+        except (TypeError, ValueError):
+            return {"error": "frames must be a list of integers"}
+        return {}
+
+    def _del(self, key: FlowKey) -> dict[str, Any]:
+        flow = self.flows.get(key)
+        if flow is not None and flow.offload is not None:
+            ctx, store = flow.offload
+            flow.offload = None
+            self.device.driver.dev_del(ctx)
+            store.close()
+        return {}
+
+
+def forward(src: int, dst: int, process: Callable[[memoryview], bool],
+            stage: FaultStage | None = None) -> None:
+    """Move frames from one TUN to the other until either goes away (through
+    the fault stage, when there is one)."""
+    buf = bytearray(MAX_FRAME)
+    mv = memoryview(buf)
+    readv = os.readv
+
+    def write(frame: memoryview | bytes) -> None:
+        try:  # noqa: SIM105 - per frame: no context manager in the hot loop
+            os.write(dst, frame)
+        except OSError:
+            pass  # the receiving namespace may be down for a moment; a NIC drops too
+
+    if stage is None:
+        while True:
+            try:
+                n = readv(src, [buf])
+            except OSError:
+                return
+            frame = mv[:n]
+            if process(frame):
+                write(frame)
+    poller = select.poll()
+    poller.register(src, select.POLLIN)
+    clock = time.monotonic
+    wait: float | None = None
+    while True:
+        ready = poller.poll(None if wait is None else max(0, int(wait * 1000) + 1))
+        if ready:
+            try:
+                n = readv(src, [buf])
+            except OSError:
+                return
+            frame = mv[:n]
+            if process(frame):
+                stage.send(frame, write, clock())
+        wait = stage.release(write, clock())
+
+
+def serve_control(nic: Nic, path: str) -> socket.socket:
+    """Listen on ``path``; one thread per host connection."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    srv.bind(path)
+    srv.listen(64)
+
+    def conn_loop(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    raw = conn.recv(MAX_MESSAGE)
+                except OSError:
+                    return
+                if not raw:
+                    return
+                try:
+                    req = json.loads(raw)
+                    if not isinstance(req, dict):
+                        raise ValueError
+                except ValueError:
+                    answer: dict[str, Any] = {"error": "not a JSON object"}
+                else:
+                    with nic.lock:
+                        answer = nic.handle(req)
+                with contextlib.suppress(OSError):
+                    conn.send(json.dumps(answer).encode())
+
+    def accept_loop() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=conn_loop, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    return srv
+
+
+def open_in(ns: str) -> int:
+    """TUN ``nic0`` created inside namespace ``ns`` (this thread enters it
+    for the ioctl and comes back)."""
+    netns.pushns(ns)
+    try:
+        return open_tun(TUN_NAME)
+    finally:
+        netns.popns()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="offload.netwire.nic")
+    ap.add_argument("--tx-ns", required=True)
+    ap.add_argument("--rx-ns", required=True)
+    ap.add_argument("--control", required=True)
+    ap.add_argument("--driver", default="sim-nic")
+    ap.add_argument("--faults", default="")
+    args = ap.parse_args(argv)
+    try:
+        faults = WireFaults.parse(args.faults)
+    except ValueError as exc:
+        print(f"nic: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _die_with_parent()
+    try:
+        nic = Nic(create_device(args.driver, TUN_NAME))
+        tx_fd = open_in(args.tx_ns)
+        rx_fd = open_in(args.rx_ns)
+        srv = serve_control(nic, args.control)
+    except (OSError, LookupError) as exc:
+        print(f"nic: {exc}", file=sys.stderr)
+        return 2
+    for src, dst, fn, name in ((tx_fd, rx_fd, nic.egress, "out"), (rx_fd, tx_fd, nic.back, "back")):
+        stage = FaultStage(faults, name) if faults.any else None
+        if stage is not None:
+            nic.stages[name] = stage
+        threading.Thread(target=forward, args=(src, dst, fn, stage), daemon=True).start()
+    print("ready", flush=True)
+    while not stop.wait(3600):
+        pass
+    srv.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.control)
+    with contextlib.suppress(OSError):  # the owner's private directory, if now empty
+        os.rmdir(os.path.dirname(args.control))
+    os.close(tx_fd)
+    os.close(rx_fd)
+    for ns in (args.tx_ns, args.rx_ns):  # the owner may be gone (SIGKILL): clean up for it
+        with contextlib.suppress(OSError):
+            netns.remove(ns)
+    return 0
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the process that started us dies (``PR_SET_PDEATHSIG``),
+    so a killed owner cannot leave a NIC, its TUN links or the namespaces
+    behind (the NIC removes the namespaces on its way out)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the owner died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The host's record store in shared memory: what the NIC "DMAs" on resync.
+
+The kernel keeps every record of an offloaded connection until TCP has
+acknowledged all of it, and a driver meeting a retransmitted frame reads the
+record's earlier bytes straight from host memory (mlx5 posts them as DUMP
+work).  Here the host and the NIC are two processes, so the store lives in a
+shared memory file (``/dev/shm``, created ``O_EXCL|O_NOFOLLOW`` mode 0600 and
+unlinked as soon as the NIC has mapped it): the host writes each framing
+buffer into a ring once, TCP is fed from that very ring, and the NIC maps
+the file read-only and reads a record's bytes only when it resyncs.  It
+keeps no copy.
+
+Layout (little-endian, offsets in bytes)::
+
+    0   magic "TLSCTLRS"     8  ring size          16 entry capacity
+    24  isn: TCP sequence number of stream offset 0 (u32)
+    32  start offset (the start marker)            40 head: oldest live entry
+    48  tail: entries published                     56 acked stream offset
+    64  entries[capacity], 40 bytes each: start, end, first record number,
+        record size (all but the last), record count, ring position
+    ... ring (page aligned)
+
+One entry per framing buffer, as ``offload.tls_device.DeviceTx`` keeps its
+own store: a buffer's records have one size except the last, so a record is
+found by arithmetic.  A buffer sits contiguously in the ring (never split by
+the ring's end) so TCP gets it as one chunk.
+
+Concurrency: one writer (the host), one reader (the NIC).  The writer fills
+an entry and its ring bytes before publishing ``tail``, and publishes
+``acked`` before ``head`` when it frees; a buffer's ring space is reused
+only after ``head`` passed its entry.  The reader copies a record and then
+re-reads ``head``: if the entry was freed meanwhile the copy may be torn and
+is thrown away (the record counts as freed, the frame is dropped), so the
+NIC never sends bytes it read from reused memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import secrets
+import struct
+from collections.abc import Callable
+
+from offload.netdev import RecordInfo
+from offload.tcpseq import SEQ_MOD, seq_diff
+
+MAGIC = b"TLSCTLRS"
+_HDR = struct.Struct("<8sQQIIQQQQ")
+HEADER_SIZE = 64
+ENTRY = struct.Struct("<QQQIIQ")
+_U64 = struct.Struct("<Q")
+_OFF_HEAD, _OFF_TAIL, _OFF_ACKED = 40, 48, 56
+DEFAULT_RING = 8 << 20
+"""Twice the largest send buffer TCP autotunes to here (tcp_wmem max 4 MiB):
+the ring holds what TCP has not acknowledged, plus the batch being framed."""
+DEFAULT_ENTRIES = 8192
+SHM_DIR = "/dev/shm"
+
+
+def _layout(ring_size: int, entries: int) -> tuple[int, int]:
+    ring_at = -(-(HEADER_SIZE + entries * ENTRY.size) // mmap.PAGESIZE) * mmap.PAGESIZE
+    return ring_at, ring_at + ring_size
+
+
+class StoreFull(OSError):
+    """The ring or the entry table stays full: TCP acknowledges nothing."""
+
+
+class StoreWriter:
+    """The host side: publishes framing buffers, frees acknowledged ones."""
+
+    def __init__(
+        self,
+        isn: int,
+        start_offset: int,
+        ring_size: int = DEFAULT_RING,
+        entries: int = DEFAULT_ENTRIES,
+    ) -> None:
+        self.ring_size = ring_size
+        self.capacity = entries
+        self._ring_at, total = _layout(ring_size, entries)
+        self.path = os.path.join(SHM_DIR, f"tlsctl-rs-{os.getpid()}-{secrets.token_hex(8)}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, total)
+            self._map = mmap.mmap(fd, total)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self._mv = memoryview(self._map)
+        _HDR.pack_into(self._map, 0, MAGIC, ring_size, entries, isn % SEQ_MOD, 0,
+                       start_offset, 0, 0, start_offset)
+        self.acked = start_offset
+        # The writer's own copy of what it published (never read back from
+        # the shared memory): end offset and ring span of each live entry.
+        self._ends: list[int] = []
+        self._spans: list[tuple[int, int]] = []
+        self._head = 0  # index into the lists of the oldest live entry
+        self._base = 0  # entry number of list index 0
+        self._pos = 0  # where the next buffer goes in the ring
+        self.wait_room: Callable[[], bool] | None = None
+        """Called while the store is full: polls TCP for acknowledgements
+        (frees via ``free``); returns False once waiting is pointless."""
+
+    def unlink(self) -> None:
+        """Remove the file name (the mappings stay): nothing left in /dev/shm."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def close(self) -> None:
+        """Unmap now, or (chunks still queued for TCP point into the ring)
+        when the last view goes."""
+        self.unlink()
+        with contextlib.suppress(BufferError):
+            self._mv.release()
+            self._map.close()
+
+    # -- writing --------------------------------------------------------------
+
+    def _place(self, n: int) -> int | None:
+        """Ring position for ``n`` contiguous bytes, or None if no room."""
+        live = len(self._ends) - self._head
+        if live >= self.capacity:
+            return None
+        if live == 0:
+            self._pos = 0
+            return 0 if n <= self.ring_size else None
+        lo = self._spans[self._head][0]  # oldest live byte
+        pos = self._pos
+        if pos >= lo:  # live region is [lo, pos): free at the end, then the start
+            if pos + n <= self.ring_size:
+                return pos
+            return 0 if n <= lo else None
+        return pos if pos + n <= lo else None
+
+    def append(
+        self, buf: bytearray, start: int, first_sn: int, rsize: int, nrec: int
+    ) -> memoryview:
+        """Publish a framed buffer covering stream offsets ``[start, start +
+        len(buf))``; returns its place in the ring (what TCP should send).
+        Waits for acknowledgements while the ring is full."""
+        n = len(buf)
+        if n > self.ring_size:
+            raise StoreFull(errno.ENOBUFS, f"a {n}-byte buffer cannot fit a {self.ring_size}-byte "
+                            "record ring")
+        pos = self._place(n)
+        while pos is None:
+            if self.wait_room is None or not self.wait_room():
+                raise StoreFull(errno.ENOBUFS, "record store full: TCP acknowledges nothing")
+            pos = self._place(n)
+        ring = self._ring_at + pos
+        self._mv[ring : ring + n] = buf
+        number = self._base + len(self._ends)
+        slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size
+        ENTRY.pack_into(self._map, slot, start, start + n, first_sn, rsize, nrec, pos)
+        self._ends.append(start + n)
+        self._spans.append((pos, pos + n))
+        self._pos = pos + n
+        _U64.pack_into(self._map, _OFF_TAIL, number + 1)  # publish last
+        return self._mv[ring : ring + n]
+
+    def free(self, acked: int) -> None:
+        """TCP acknowledged every byte before stream offset ``acked``:
+        entries wholly before it are freed (their ring space reusable)."""
+        if acked <= self.acked:
+            return
+        self.acked = acked
+        _U64.pack_into(self._map, _OFF_ACKED, acked)
+        ends, h = self._ends, self._head
+        while h < len(ends) and ends[h] <= acked:
+            h += 1
+        if h != self._head:
+            self._head = h
+            _U64.pack_into(self._map, _OFF_HEAD, self._base + h)
+        if h > 1024 and h * 2 > len(ends):
+            del self._ends[:h], self._spans[:h]
+            self._base += h
+            self._head = 0
+
+
+class StoreReader:
+    """The NIC side: ``tls_get_record`` over the mapped store (RecordLookup)."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE:
+                raise ValueError("record store too small")
+            self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        magic, ring, cap, isn, _, start, _, _, _ = _HDR.unpack_from(self._map, 0)
+        if magic != MAGIC or _layout(ring, cap)[1] > size:
+            self._map.close()
+            raise ValueError("not a record store")
+        self.capacity = cap
+        self.isn = isn
+        self.start_offset = start
+        self._ring_at = _layout(ring, cap)[0]
+        self.freed_during_copy = 0
+
+    def close(self) -> None:
+        self._map.close()
+
+    def _u64(self, at: int) -> int:
+        return int(_U64.unpack_from(self._map, at)[0])
+
+    def _offset(self, tcp_seq: int, acked: int) -> int:
+        """Stream offset of ``tcp_seq`` read next to the acknowledged offset
+        (serial-number arithmetic inside the TCP window, as DeviceTx does)."""
+        return acked + seq_diff(tcp_seq, (self.isn + acked) % SEQ_MOD)
+
+    def _entry(self, number: int) -> tuple[int, int, int, int, int, int]:
+        slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size
+        start, end, sn, rsize, nrec, pos = ENTRY.unpack_from(self._map, slot)
+        return start, end, sn, rsize, nrec, pos
+
+    def get_record(self, tcp_seq: int) -> RecordInfo | None:
+        acked = self._u64(_OFF_ACKED)
+        head, tail = self._u64(_OFF_HEAD), self._u64(_OFF_TAIL)
+        off = self._offset(tcp_seq, acked)
+        if off < acked or off < self.start_offset or head >= tail:
+            return None
+
+        lo_i, hi_i = head, tail  # the last entry starting at or before off
+        while hi_i - lo_i > 1:
+            mid = (lo_i + hi_i) // 2
+            if self._entry(mid)[0] <= off:
+                lo_i = mid
+            else:
+                hi_i = mid
+        i = lo_i
+        start, end, first_sn, rsize, nrec, pos = self._entry(i)
+        if not start <= off < end:
+            return None
+        k = min((off - start) // rsize, nrec - 1)
+        lo = k * rsize
+        hi = min(lo + rsize, end - start)
+        at = self._ring_at + pos
+        data = self._map[at + lo : at + hi]  # the DMA read: a transient copy
+        if self._u64(_OFF_HEAD) > i:  # freed (maybe reused) while copying
+            self.freed_during_copy += 1
+            return None
+        return RecordInfo((self.isn + start + lo) % SEQ_MOD, first_sn + k, memoryview(data))
+
+    def before_start_marker(self, tcp_seq: int, length: int) -> bool:
+        off = self._offset(tcp_seq, self._u64(_OFF_ACKED))
+        return bool(off + length <= self.start_offset)
+
+
+__all__ = ["StoreFull", "StoreReader", "StoreWriter"]

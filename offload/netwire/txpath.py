@@ -1,0 +1,282 @@
+"""The host side of the real wire: a TX path into a real kernel TCP socket.
+
+:class:`NetTxPath` is an ``offload.txpath.TxPath`` like the in-process
+``offload.wiremodel.TxPipeline``, but what it hands the socket goes into
+the kernel's own TCP, which segments (TSO), retransmits and ACKs; the NIC
+in its own process (``offload.netwire.nic``) encrypts the frames.
+
+At ``setsockopt(TLS_TX)`` (``offload``), as ``tls_set_device_offload``
+does:
+
+1. the socket is quiesced: everything written before is acknowledged
+   (``SIOCOUTQ`` 0), so the sequence number of the first offloaded byte is
+   the one after the last byte the NIC forwarded, which the NIC tracked
+   from the flow's SYN on - the kernel reads ``tcp_sk(sk)->write_seq``;
+   from user space the NIC's view is the honest equivalent;
+2. a record store is created in shared memory and the context is offered
+   to the NIC over the control channel (``tls_dev_add``: 4-tuple,
+   crypto_info, start sequence number, the store); a refusal is
+   ``OffloadRefused`` and the layer falls back to software TX.
+
+Framed records (plaintext, tag space reserved) are then copied once into
+the store's ring and TCP is fed from the ring itself.  Records are freed
+when ``TCP_INFO.tcpi_bytes_acked`` (the userspace view of the kernel's
+``clean_acked``) says TCP has them acknowledged; the store waits for that
+when full.  At close the context stays until everything is acknowledged
+(a retransmission may still need it), then goes (``tls_dev_del``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import termios
+import time
+from collections.abc import Callable, Sequence
+
+from offload.netdev import DeviceStats, NetDevice, OffloadRefused, RecordLookup, Segment
+from offload.netwire.control import ControlClient, ControlError, flow_of, flow_to_json
+from offload.netwire.frames import FlowKey
+from offload.netwire.recstore import DEFAULT_RING, StoreWriter
+from offload.state import DeviceReport
+from offload.tcpseq import SeqSpace
+from offload.tls_device import DeviceTx
+from offload.txpath import Chunk
+from offload.uapi import TLS_MAX_PAYLOAD_SIZE, CryptoInfo
+
+TCP_INFO_LEN = 232
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_AT = 120
+"""``tcpi_bytes_acked`` in ``struct tcp_info`` (include/uapi/linux/tcp.h):
+8 bytes of u8 fields, 24 u32 fields, then pacing_rate and max_pacing_rate."""
+_OUTQ = struct.Struct("i")
+QUIESCE_TIMEOUT = 10.0
+CLOSE_LINGER = 10.0
+_POLL = 0.0005
+
+
+def bytes_acked(sock: socket.socket) -> int:
+    """``TCP_INFO.tcpi_bytes_acked``: bytes TCP has seen acknowledged."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+    return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0])
+
+
+def outq(sock: socket.socket) -> int:
+    """``SIOCOUTQ``: bytes written but not yet acknowledged."""
+    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * _OUTQ.size)
+    return int(_OUTQ.unpack(buf)[0])
+
+
+class RemoteNic:
+    """The driver ops as the host calls them: forwarded to the NIC process.
+
+    ``xmit`` never runs here: frames reach the NIC through the kernel.
+    """
+
+    def __init__(self, control: ControlClient, flow: FlowKey, store: StoreWriter) -> None:
+        self.control = control
+        self.flow = flow
+        self.store = store
+        self.stats = DeviceStats()
+        self.name = "netwire"
+
+    def dev_add(self, direction: int, info: CryptoInfo, start_tcp_seq: int) -> object:
+        try:
+            answer = self.control.call(
+                "add", flow=flow_to_json(self.flow), crypto_info=info.pack().hex(),
+                start_seq=start_tcp_seq, store=self.store.path,
+            )
+        except ControlError as exc:
+            raise OffloadRefused(str(exc)) from None
+        finally:
+            self.store.unlink()  # mapped by the NIC (or refused): no name left behind
+        self.name = str(answer.get("driver", self.name))
+        return self.flow
+
+    def dev_del(self, ctx: object) -> None:
+        self.control.call("del", flow=flow_to_json(self.flow))
+
+    def dev_resync(self, ctx: object, tcp_seq: int, record_sn: int) -> None:
+        """TX resync is the NIC's own business here (it reads the store)."""
+
+    def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
+        raise RuntimeError("the NIC runs in its own process: frames reach it through TCP")
+
+
+class ShmDeviceTx(DeviceTx):
+    """``DeviceTx`` whose record store is the shared ring.
+
+    Framing is DeviceTx's own; each framed buffer is then copied into the
+    ring, and the store's view replaces the buffer in DeviceTx's record list,
+    so the framing buffer is free for the next batch at once.
+    """
+
+    def __init__(
+        self,
+        info: CryptoInfo,
+        device: NetDevice,
+        space: SeqSpace,
+        start_offset: int,
+        max_payload: int,
+        store: StoreWriter,
+    ) -> None:
+        self.store = store
+        self.last: tuple[bytearray, memoryview] | None = None
+        """The buffer framed last and its place in the ring."""
+        self.linger: Callable[[], None] = lambda: None
+        """Waits for the last acknowledgement (set by the TX path)."""
+        super().__init__(info, device, space, start_offset, max_payload)
+
+    def _register(self, buf: bytearray, content_type: int, slots: list[memoryview]) -> None:
+        super()._register(buf, content_type, slots)
+        view = self.store.append(
+            buf, self._starts[-1], self._sns[-1], self._rsize[-1], self._nrec[-1]
+        )
+        self._views[-1] = view.toreadonly()
+        self.last = (buf, view)
+
+    def clean_acked(self, offset: int) -> None:
+        super().clean_acked(offset)
+        self.store.free(offset)
+
+    def close(self) -> None:
+        """``tls_dev_del`` once TCP acknowledged everything (``linger``,
+        bounded): until then a retransmission may still need the context."""
+        try:
+            self.linger()
+            super().close()
+        except OSError:  # the control channel or the socket is gone
+            pass
+        finally:
+            self.store.close()
+            control = getattr(self.device.driver, "control", None)
+            if isinstance(control, ControlClient):
+                control.close()
+
+
+
+class NetTxPath:
+    """Framed records into a real TCP socket; the NIC process encrypts them."""
+
+    def __init__(self, sock: socket.socket, control_path: str, *,
+                 ring_size: int = DEFAULT_RING) -> None:
+        """``ring_size``: the shared record ring; at least two framing
+        batches (``DeviceTx.batch_records`` full records), so one can be
+        framed while TCP still holds the other unacknowledged."""
+        least = 2 * DeviceTx.batch_records * (TLS_MAX_PAYLOAD_SIZE + 256)
+        if ring_size < least:
+            raise ValueError(f"ring_size must be at least {least} bytes")
+        self.sock = sock
+        self.control_path = control_path
+        self.ring_size = ring_size
+        self.offset = 0  # stream bytes handed to TCP through this path
+        self.tx: ShmDeviceTx | None = None
+        self._control: ControlClient | None = None
+        self._acked0 = 0
+        self._flow: FlowKey | None = None
+
+    # -- TxPath -----------------------------------------------------------------
+
+    def offload(self, info: CryptoInfo, record_size: int = TLS_MAX_PAYLOAD_SIZE) -> DeviceTx:
+        deadline = time.monotonic() + QUIESCE_TIMEOUT
+        while outq(self.sock):
+            if time.monotonic() > deadline:
+                raise OffloadRefused("data written before TLS_TX is never acknowledged")
+            time.sleep(_POLL)
+        try:
+            control = ControlClient(self.control_path)
+        except ControlError as exc:
+            raise OffloadRefused(str(exc)) from None
+        flow = flow_of(self.sock)
+        try:
+            seen = control.call("flow", flow=flow_to_json(flow))
+        except ControlError as exc:
+            control.close()
+            raise OffloadRefused(str(exc)) from None
+        if seen.get("snd_nxt") is None:
+            control.close()
+            raise OffloadRefused("the NIC has not seen this connection")
+        write_seq = int(seen["snd_nxt"])
+        space = SeqSpace(write_seq - self.offset)
+        store = StoreWriter(space.isn, self.offset, self.ring_size)
+        store.wait_room = self._wait_room
+        self._acked0 = bytes_acked(self.sock)
+        device = NetDevice("nic0", RemoteNic(control, flow, store))
+        try:
+            tx = ShmDeviceTx(info, device, space, self.offset, record_size, store)
+        except BaseException:
+            store.close()
+            control.close()
+            raise
+        self.tx, self._control, self._flow = tx, control, flow
+        tx.linger = self._linger
+        return tx
+
+    def transmit(self, buf: bytearray) -> Sequence[Chunk]:
+        self.offset += len(buf)
+        tx = self.tx
+        if tx is None or tx.last is None or tx.last[0] is not buf:
+            return (buf,)  # before offload: plain bytes, as they are
+        view = tx.last[1]
+        tx.last = None
+        tx.recycle(buf)  # the ring holds the records now
+        self.poll_acks()
+        return (view,)
+
+    def drain(self) -> Sequence[Chunk]:
+        return ()
+
+    def written(self, buf: bytearray) -> None:
+        """Nothing to reuse: TCP is fed from the shared ring."""
+
+    def report(self) -> DeviceReport | None:
+        """The NIC's counters and its process's CPU time: NIC-wide, as
+        ``ethtool -S`` is (every flow through this NIC counts)."""
+        if self._control is None:
+            return None
+        try:
+            s = self._control.call("stats")
+        except ControlError:
+            return None
+        stats = {str(k): int(v) for k, v in s["device"].items()}
+        return DeviceReport(
+            name="nic0", driver=str(s.get("driver", "")), stats=stats,
+            device_seconds=float(s.get("cpu_seconds", 0.0)),
+        )
+
+    # -- acknowledgements ---------------------------------------------------------
+
+    def poll_acks(self) -> int:
+        """Free what TCP says is acknowledged; the acknowledged stream offset."""
+        tx = self.tx
+        if tx is None:
+            return 0
+        try:
+            acked = tx.start_offset + bytes_acked(self.sock) - self._acked0
+        except OSError:
+            return tx.acked
+        acked = min(acked, tx.next_offset)  # a FIN counts in bytes_acked too
+        tx.clean_acked(acked)
+        return acked
+
+    def _linger(self) -> None:
+        tx = self.tx
+        deadline = time.monotonic() + CLOSE_LINGER
+        while tx is not None and self.poll_acks() < tx.next_offset:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(_POLL * 4)
+
+    def _wait_room(self) -> bool:
+        """The ring is full: wait a little for acknowledgements."""
+        before = self.tx.acked if self.tx is not None else 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.poll_acks() > before:
+                return True
+            time.sleep(_POLL)
+        return False
+
+
+__all__ = ["NetTxPath", "RemoteNic", "ShmDeviceTx", "bytes_acked", "outq"]
