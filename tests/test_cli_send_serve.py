@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -107,8 +108,14 @@ def test_send_to_openssl_s_server(pki: Pki, files: dict[int, Path], tmp_path: Pa
     assert summary["bytes"] == size
     assert summary["cipher"] == suite
     assert summary["version"] == f"TLSv{version}"
-    assert summary["offload"] == "auto (sw)"
+    assert summary["offload"] == "sw" and summary["offload_requested"] == "auto"
     assert summary["sha256"] == sha(files[size]) == sha(out)
+    # JSON has numbers with their unit in the name, not "1.0 MB/s" strings.
+    rate = summary["bytes_per_second"]
+    assert isinstance(rate, float) and rate >= 0
+    assert summary["bits_per_second"] == pytest.approx(8 * rate, rel=1e-6)
+    assert rate == pytest.approx(size / summary["seconds"], rel=1e-3)
+    assert "throughput" not in summary
     if version == "1.2":
         assert (summary["tx_seq_at_handoff"], summary["rx_seq_at_handoff"]) == (1, 1)
     else:
@@ -140,7 +147,7 @@ def test_send_ccm(pki: Pki, files: dict[int, Path], tmp_path: Path, server_args:
                   send_args: list[str]) -> None:
     """AES-128-CCM: not in OpenSSL's default lists, but Linux kTLS takes it."""
     summary, out = send_to_s_server(pki, tmp_path, files[16385], server_args, send_args)
-    assert summary["offload"] == "auto (sw)"
+    assert summary["offload"] == "sw" and summary["offload_requested"] == "auto"
     assert sha(out) == summary["sha256"] == sha(files[16385])
 
 
@@ -171,6 +178,7 @@ def test_send_plain_output_and_keylog(pki: Pki, files: dict[int, Path], tmp_path
         assert r.returncode == 0, r.stderr
         p.wait(10)
     assert "sha256: " in r.stdout and "offload: auto (sw)" in r.stdout
+    assert re.search(r"^throughput: [\d.]+ [kMG]?B/s \([\d.]+ [kMG]?bit/s\)$", r.stdout, re.M)
     assert "CLIENT_TRAFFIC_SECRET_0" in keylog.read_text()
     assert keylog.read_text().split()[2] not in r.stdout + r.stderr
 
@@ -179,7 +187,7 @@ def test_unsupported_suite_falls_back_or_fails(pki: Pki, files: dict[int, Path],
                                                tmp_path: Path) -> None:
     cbc = ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"]
     summary, out = send_to_s_server(pki, tmp_path, files[16385], cbc, [])
-    assert summary["offload"] == "auto (none)"
+    assert summary["offload"] == "none" and summary["offload_requested"] == "auto"
     assert sha(out) == sha(files[16385])
     with (tmp_path / "o").open("wb") as o, openssl_server(pki.cert, pki.key, o, *cbc) as (_p, port):
         r = run_tlsctl("send", str(files[1]), "-connect", f"localhost:{port}", "-CAfile",
@@ -284,8 +292,13 @@ def test_python_ssl_to_serve_echo(pki: Pki, version: ssl.TLSVersion) -> None:
         _ssl_echo_client(srv.port, pki.ca, data, version, result)
         (rec,) = srv.records()
     assert result == [data]
-    assert rec["ok"] and rec["bytes_in"] == len(data)
+    assert rec["ok"] and rec["bytes_in"] == len(data) == rec["bytes_out"]
     assert rec["tx_seq_at_handoff"] == (2 if version == ssl.TLSVersion.TLSv1_3 else 1)
+    # The log line says received and sent apart (not their sum as "bytes in").
+    from tlsctl.commands.serve import _amounts
+
+    line = _amounts(rec)
+    assert line.startswith(f"received {len(data)} bytes (") and f"sent {len(data)} bytes (" in line
 
 
 def test_64_concurrent_clients(files: dict[int, Path]) -> None:

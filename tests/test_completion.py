@@ -31,6 +31,18 @@ def test_shipped_scripts_are_current(shell: str) -> None:
     )
 
 
+def test_bare_tlsctl_is_a_usage_error_and_help_is_not() -> None:
+    """No command: usage and the command list on stderr, exit 2 (as git);
+    ``--help``: the same on stdout, exit 0."""
+    bare = subprocess.run([str(TLSCTL)], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2
+    assert bare.stdout == ""
+    assert bare.stderr.startswith("Usage: tlsctl") and "send" in bare.stderr
+    helped = subprocess.run([str(TLSCTL), "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("Usage: tlsctl") and "send" in helped.stdout
+
+
 def test_completion_command_prints_script(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["completion", "bash"]) == 0
     assert "_tlsctl_completion" in capsys.readouterr().out
@@ -45,15 +57,20 @@ def _bash_complete(words: list[str], cwd: Path) -> list[str]:
     ).stdout
     line = " ".join(words)
     # Outside readline, compopt cannot act; record what the function asks
-    # for and, for "-o default", do what readline would: complete file names.
+    # for and do what readline would: "-o default" completes file names,
+    # "-o dirnames" directory names.
     prog = f"""
 {script}
-compopt() {{ [[ "$*" == *default* ]] && TLSCTL_DEFAULT=1; return 0; }}
+compopt() {{
+    [[ "$*" == *default* ]] && TLSCTL_DEFAULT=f
+    [[ "$*" == *dirnames* ]] && TLSCTL_DEFAULT=d
+    return 0
+}}
 COMP_WORDS=({line})
 COMP_CWORD={len(words) - 1}
 _tlsctl_completion {TLSCTL}
 if [[ ${{#COMPREPLY[@]}} -eq 0 && -n "$TLSCTL_DEFAULT" ]]; then
-    COMPREPLY=($(compgen -f -- "${{COMP_WORDS[COMP_CWORD]}}"))
+    COMPREPLY=($(compgen -$TLSCTL_DEFAULT -- "${{COMP_WORDS[COMP_CWORD]}}"))
 fi
 printf '%s\\n' "${{COMPREPLY[@]}}"
 """
@@ -89,6 +106,26 @@ def test_bash_completes_file_name(tmp_path: Path) -> None:
     assert got == ["payload-64M.bin"]
 
 
+@pytest.mark.parametrize(
+    ("words", "want"),
+    [
+        (["serve", "-o", "p"], ["pay.bin", "pdir"]),  # a file (new, or a dir to reach it)
+        (["serve", "--save-dir", "p"], ["pdir"]),
+        (["serve", "-WWW", "p"], ["pdir"]),
+        (["send", "-keylogfile", "p"], ["pay.bin", "pdir"]),
+        (["bench", "--modes", "s"], ["sw", "sim-nic"]),
+        (["bench", "--modes", "tcp,s"], ["tcp,sw", "tcp,sim-nic"]),
+        (["bench", "--modes", "sw,s"], ["sw,sim-nic"]),  # no name twice
+    ],
+)
+def test_bash_completes_option_values(tmp_path: Path, words: list[str], want: list[str]) -> None:
+    """Paths after -o/--save-dir/-WWW/-keylogfile (directories only where a
+    directory is wanted) and mode names inside --modes' comma list."""
+    (tmp_path / "pay.bin").write_bytes(b"x")
+    (tmp_path / "pdir").mkdir()
+    assert sorted(_bash_complete(["tlsctl", *words], tmp_path)) == sorted(want)
+
+
 @pytest.mark.parametrize("command", ["send", "serve"])
 def test_help_and_completion_load_only_the_cli(command: str) -> None:
     """``--help`` (and completing an option, which builds the same command)
@@ -109,3 +146,23 @@ def test_help_and_completion_load_only_the_cli(command: str) -> None:
                        timeout=60, check=True)
     assert "--offload" in r.stdout
     assert r.stderr.strip() == "[]"
+
+
+def test_version_names_the_libraries_and_ktls() -> None:
+    """``tlsctl --version``: tlsctl, Python, pyOpenSSL and cryptography with
+    the OpenSSL each runs on, and this host's kTLS answer (the same probe
+    ``--offload kernel`` relies on)."""
+    from importlib.metadata import version
+
+    from offload.kernel import kernel_has_ktls
+
+    r = subprocess.run([str(TLSCTL), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"tlsctl {version('tlsctl')}"
+    assert lines[1].startswith("Python 3.")
+    assert lines[2].startswith(f"pyOpenSSL {version('pyOpenSSL')} (OpenSSL ")
+    assert lines[3].startswith(f"cryptography {version('cryptography')} (OpenSSL ")
+    ok, why = kernel_has_ktls()
+    assert lines[4] == ("kTLS on this host: yes" if ok
+                        else f"kTLS on this host: no: {why}; tlsctl doctor says more")

@@ -394,6 +394,9 @@ def test_port_in_use_is_an_error_whatever_workers(first_workers: str) -> None:
         r = run_tlsctl("serve", "--workers", "2", "-accept", f"127.0.0.1:{srv.port}",
                        timeout=20)
         assert "in use" in one_line_error(r) and r.returncode == 1
+    with tlsctl_server("--sink", "-accept", "[::1]:0") as srv6:  # an IPv6 address in brackets
+        r = run_tlsctl("serve", "-accept", f"[::1]:{srv6.port}", timeout=20)
+        assert f"cannot listen on [::1]:{srv6.port}: " in one_line_error(r)
     with socket.socket() as other:  # someone else's SO_REUSEPORT listener
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         other.bind(("127.0.0.1", 0))

@@ -39,13 +39,13 @@ class Told:
         self.status: list[str] = []
         self.detail: list[str] = []
         self.warn: list[str] = []
-        self.totals: list[int] = []
+        self.totals: list[int | None] = []
         self.done: list[int] = []
         self.registered: list[tuple[str, dict[str, Any]]] = []
         self.unregistered = 0
 
     @contextlib.contextmanager
-    def progress(self, total: int) -> Iterator[Callable[[int], None]]:
+    def progress(self, total: int | None) -> Iterator[Callable[[int], None]]:
         self.totals.append(total)
         yield self.done.append
 

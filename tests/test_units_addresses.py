@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tlsctl.addresses import format_addr, is_ip, parse_hostport
 from tlsctl.cli import cli
-from tlsctl.units import parse_size
+from tlsctl.units import human_bits, human_size, parse_size
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -58,3 +58,21 @@ def test_addresses() -> None:
     assert format_addr("::ffff:127.0.0.1", 5) == "127.0.0.1:5"
     assert format_addr("::1", 4433) == "[::1]:4433"
     assert format_addr("10.0.0.1", 1) == "10.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "text"),
+    [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (48 << 20, "48.0 MiB"),
+     (2 << 30, "2.0 GiB"), (5 << 40, "5120.0 GiB")],
+)
+def test_human_size_is_binary(nbytes: int, text: str) -> None:
+    """A 2 GiB file shows 2.0 GiB (not "2.1 GB") in the progress bar."""
+    assert human_size(nbytes) == text
+
+
+@pytest.mark.parametrize(
+    ("bits", "text"),
+    [(0.0, "0.0 bit/s"), (999.0, "999.0 bit/s"), (8e6, "8.0 Mbit/s"), (9.4e9, "9.4 Gbit/s")],
+)
+def test_human_bits_is_decimal(bits: float, text: str) -> None:
+    assert human_bits(bits) == text

@@ -53,8 +53,40 @@ class LazyGroup(click.Group):
         return loaded
 
 
+def version_text() -> str:
+    """``--version``: tlsctl's, and what a bug report needs beside it: the
+    Python, the OpenSSL that pyOpenSSL and cryptography run on (they may
+    differ from the ``openssl`` command's), and whether this host's kernel
+    takes kTLS (``tlsctl doctor`` says why not)."""
+    import platform
+
+    from cryptography.hazmat.backends.openssl.backend import backend
+    from OpenSSL import SSL
+
+    from offload.kernel import kernel_has_ktls
+
+    ok, why = kernel_has_ktls()
+    linked = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    return "\n".join([
+        f"tlsctl {version('tlsctl')}",
+        f"Python {platform.python_version()}",
+        f"pyOpenSSL {version('pyOpenSSL')} ({linked})",
+        f"cryptography {version('cryptography')} ({backend.openssl_version_text()})",
+        f"kTLS on this host: {'yes' if ok else f'no: {why}; tlsctl doctor says more'}",
+    ])
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit(0)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version("tlsctl"), "--version", prog_name="tlsctl")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_version,
+              help="Versions of tlsctl, Python, OpenSSL (as pyOpenSSL and cryptography "
+                   "use it) and whether this host has kTLS, then exit.")
 def cli() -> None:
     """Kernel-style TLS offload: a Linux-compatible kTLS layer you can watch.
 

@@ -48,3 +48,23 @@ def human_rate(nbytes: int, seconds: float) -> str:
             return f"{rate:.1f} {unit}"
         rate /= 1000
     return f"{rate:.1f} GB/s"  # pragma: no cover
+
+
+def human_size(nbytes: int) -> str:
+    """``2.0 GiB``: binary units, as ``ls -h`` and file sizes are read."""
+    size = float(nbytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def human_bits(bits_per_second: float) -> str:
+    """``8.4 Gbit/s``: decimal, as link speeds and iperf3 quote them."""
+    rate = bits_per_second
+    for unit in ("bit/s", "kbit/s", "Mbit/s", "Gbit/s"):
+        if rate < 1000 or unit == "Gbit/s":
+            return f"{rate:.1f} {unit}"
+        rate /= 1000
+    return f"{rate:.1f} Gbit/s"  # pragma: no cover

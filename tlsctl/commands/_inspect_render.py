@@ -127,7 +127,11 @@ def render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200,
         conns = p.get("connections", [])
         t = Table(title=f"pid {p.get('pid')}  {_argv(p)}", title_justify="left",
                   title_style="bold",
-                  caption=f"started {p.get('started')} · {len(conns)} connection(s)",
+                  # The footer names its process: with several processes (and
+                  # counters tables between them) it must not read as the
+                  # next table's header.
+                  caption=f"pid {p.get('pid')}: started {p.get('started')} · "
+                          f"{len(conns)} connection(s)",
                   caption_justify="left", box=box.SIMPLE_HEAD, expand=False)
         t.add_column("id", justify="right")
         t.add_column("label\npeer", no_wrap=True)
@@ -138,7 +142,8 @@ def render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200,
         t.add_column("bytes sent\nreceived", justify="right", no_wrap=True)
         if inline:
             t.add_column("counters", overflow="fold", min_width=24)
-        below = Table(title="counters", title_justify="left", box=box.SIMPLE_HEAD)
+        below = Table(title=f"counters of pid {p.get('pid')}", title_justify="left",
+                      box=box.SIMPLE_HEAD)
         below.add_column("id", justify="right")
         below.add_column("tls_stat / ethtool", overflow="fold")
         for c in conns:

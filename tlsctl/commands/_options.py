@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from tlsctl import addresses
+from tlsctl.commands import _complete as complete
 from tlsctl.commands._output import Output
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.offloadmode import (
@@ -122,6 +123,7 @@ def _tls_options(f: F) -> F:
                      type=click.Path(dir_okay=False),
                      help="Trusted CA certificates (instead of the system store)."),
         click.option("-keylogfile", "--keylogfile", "keylogfile", metavar="FILE",
+                     shell_complete=complete.files,
                      envvar="SSLKEYLOGFILE", show_envvar=True,
                      help="Append TLS secrets in NSS key log format (for Wireshark)."),
         click.option("--offload", type=click.Choice(offload_choices()),

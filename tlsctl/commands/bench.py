@@ -25,6 +25,7 @@ from tlsctl.benchrun import (
     Remote,
     parse_modes,
 )
+from tlsctl.commands import _complete as complete
 from tlsctl.commands._bench_output import emit, progress_bar
 from tlsctl.commands._options import ByteSize, parse_hostport
 from tlsctl.exitcodes import CommandFailed, ExitStatus
@@ -43,6 +44,7 @@ DATA_DIR_ENV = "TLSCTL_BENCH_DIR"
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
               help="Rounds; modes are interleaved within each round, medians reported.")
 @click.option("--modes", default=",".join(DEFAULT_MODES), show_default=True, metavar="LIST",
+              shell_complete=complete.comma_list(ALL_MODES),
               help=f"Comma-separated, from: {', '.join(ALL_MODES)}.")
 @click.option("-P", "--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel streams (sender processes) per mode.")

@@ -51,14 +51,8 @@ from tlsctl.control import ENV_VAR, PROC_TLS_STAT, ControlClient, ControlSocketE
 _EXAMPLE_BLOB = "04033300a0a1a2a3a4a5a6a7000102030405060708090a0b0c0d0e0fb0b1b2b30000000000000001"
 
 EPILOG = f"""\b
-Examples:
-  tlsctl inspect-context                      # every connection of every tlsctl
-  tlsctl inspect-context --json | jq '.processes[].connections[].tx_rec_seq'
-  tlsctl inspect-context --watch 1            # refresh every second; Ctrl-C quits
-  tlsctl inspect-context --pid "$(pgrep -nf 'tlsctl send')" --show-secrets
-  tlsctl inspect-context --stats              # counters summed over all processes
-  tlsctl inspect-context --control-socket /tmp/ctl.sock  # with send/serve --control-socket
-  tlsctl inspect-context --decode {_EXAMPLE_BLOB}
+A crypto_info blob to try --decode on (TLS 1.3 AES-GCM-128, rec_seq 1):
+  {_EXAMPLE_BLOB}
 
 \b
 Counters: Tls* are named as in /proc/net/tls_stat (TlsCurrTxSw: connections
@@ -77,7 +71,8 @@ _SECRET_WARNING = (
 
 @click.command(name="inspect-context", epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True,
-              help='JSON: {"processes": [{"pid": ..., "connections": [...]}]}.')
+              help='JSON: {"processes": [{"pid": ..., "connections": [...]}]}; with '
+                   "--watch, one such object per line (JSON Lines).")
 @click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=2.0,
               default=None, metavar="[SECONDS]",
               help="Refresh every SECONDS (default 2) until Ctrl-C.")
@@ -103,6 +98,17 @@ def inspect_context(as_json: bool, watch: float | None, pid: int | None,
     Each `tlsctl serve` / `tlsctl send` answers on a control socket private to
     its user ($XDG_RUNTIME_DIR/tlsctl/<pid>.sock); keys and IVs are redacted
     unless --show-secrets.  Stale sockets of killed processes are removed.
+    With --watch --json, one JSON document per line (JSON Lines).
+
+    \b
+    Examples:
+      tlsctl inspect-context                      # every connection of every tlsctl
+      tlsctl inspect-context --json | jq '.processes[].connections[].tx_rec_seq'
+      tlsctl inspect-context --watch 1            # refresh every second; Ctrl-C quits
+      tlsctl inspect-context --pid "$(pgrep -nf 'tlsctl send')" --show-secrets
+      tlsctl inspect-context --stats              # counters summed over all processes
+      tlsctl inspect-context --control-socket /tmp/ctl.sock  # as given to send/serve
+      tlsctl inspect-context --decode blob.bin    # a crypto_info blob (file, hex, -)
     """
     if decode is not None:
         _decode(decode, as_json)
@@ -111,7 +117,7 @@ def inspect_context(as_json: bool, watch: float | None, pid: int | None,
     if show_secrets:
         click.echo(_SECRET_WARNING, err=True)
     client = ControlClient(control_socket, show_secrets=show_secrets,
-                           warn=lambda m: click.echo(f"tlsctl: {m}", err=True))
+                           warn=lambda m: click.echo(f"warning: {m}", err=True))
     try:
         _show(console, client, as_json, watch, pid, show_stats, proc_tls_stat)
     except ControlSocketError as exc:

@@ -187,4 +187,27 @@ def _report(result: dict[str, Any], target: str, out: Output) -> None:
     if out.as_json:
         emit_json(result)
     elif not out.quiet:
-        emit_summary(f"tlsctl send → {target}", result)
+        emit_summary(f"tlsctl send → {target}", for_people(result))
+
+
+def for_people(result: dict[str, Any]) -> dict[str, Any]:
+    """The summary as a person reads it: one throughput line in bytes and
+    bits per second, the offload with what ``auto`` picked; ``--json``
+    keeps the numbers (``bytes_per_second``, ``bits_per_second``) and the
+    two offload fields apart."""
+    from tlsctl.units import human_bits, human_rate
+
+    shown: dict[str, Any] = {}
+    for key, value in result.items():
+        if key == "bytes_per_second":
+            shown["throughput"] = (
+                "n/a" if value is None
+                else f"{human_rate(int(value), 1.0)} ({human_bits(result['bits_per_second'])})")
+        elif key == "bits_per_second":
+            continue
+        elif key == "offload_requested":
+            if value != result.get("offload"):
+                shown["offload"] = f"{value} ({result.get('offload')})"
+        else:
+            shown[key] = value
+    return shown

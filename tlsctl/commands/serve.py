@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tlsctl.addresses import format_addr
+from tlsctl.commands import _complete as complete
 from tlsctl.commands._options import (
     CommonOptions,
     common_options,
@@ -57,10 +58,10 @@ class FileMode(click.ParamType[int]):
 @click.option("-key", "--key", "key", metavar="PEM", type=click.Path(dir_okay=False),
               help="Private key (default: the -cert file).")
 @click.option("--sink", "sink_", is_flag=True, help="Count and discard (the default).")
-@click.option("-o", "--output", "output", metavar="FILE",
+@click.option("-o", "--output", "output", metavar="FILE", shell_complete=complete.files,
               help="Store one connection's stream in FILE, then exit (implies -naccept 1). "
                    "FILE must not exist: it is never overwritten.")
-@click.option("--save-dir", metavar="DIR",
+@click.option("--save-dir", metavar="DIR", shell_complete=complete.dirs,
               help="Store each connection in its own new file "
                    "DIR/conn-<start time>-<tag>-w<worker>-<n>.bin (named in its log line).")
 @click.option("--file-mode", type=FileMode(), default="600", show_default=True,
@@ -70,7 +71,7 @@ class FileMode(click.ParamType[int]):
               help="A stream that does not end with the client's close_notify (truncated, "
                    "failed, cut by our stop) stays in NAME.partial (keep) or is removed.")
 @click.option("--echo", "echo_", is_flag=True, help="Send everything back.")
-@click.option("-WWW", "--WWW", "--www", "www", metavar="DIR",
+@click.option("-WWW", "--WWW", "--www", "www", metavar="DIR", shell_complete=complete.dirs,
               help="Serve the regular files in DIR over HTTP/1.x (GET, HEAD, keep-alive; "
                    "symlinks and special files are refused).")
 @click.option("-naccept", "--naccept", type=click.IntRange(min=1), metavar="N",
@@ -209,6 +210,17 @@ def _done(server: Server, out: Output) -> None:
         info(line, quiet=out.quiet or out.as_json)
 
 
+def _amounts(rec: dict[str, Any]) -> str:
+    """``N bytes in S s (rate)``; a connection that also sent (``--echo``,
+    ``-WWW``) says received and sent apart, each with its own rate."""
+    seconds = rec["seconds"]
+    got, sent = int(rec.get("bytes_in", 0)), int(rec.get("bytes_out", 0))
+    if "bytes_out" not in rec:
+        return f"{got} bytes in {seconds:.3f} s ({human_rate(got, seconds)})"
+    return (f"received {got} bytes ({human_rate(got, seconds)}), "
+            f"sent {sent} bytes ({human_rate(sent, seconds)}) in {seconds:.3f} s")
+
+
 def _log(rec: dict[str, Any], head: str, out: Output) -> None:
     """One connection: a JSON object with --json, else one line (failures
     even with -quiet)."""
@@ -223,9 +235,8 @@ def _log(rec: dict[str, Any], head: str, out: Output) -> None:
             kept = f"; removed {rec['file_removed']}"
         warn(f"{head}: error: {rec.get('error')}{kept}")
         return
-    nbytes = int(rec.get("bytes_in", 0)) + int(rec.get("bytes_out", 0))
     parts = [f"{head} {rec.get('version')} {rec.get('cipher')} offload {rec.get('offload')}:",
-             f"{nbytes} bytes in {rec['seconds']:.3f} s ({human_rate(nbytes, rec['seconds'])})"]
+             _amounts(rec)]
     if "sha256" in rec:
         parts.append(f"sha256 {rec['sha256']}")
     if "file" in rec:

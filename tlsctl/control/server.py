@@ -187,7 +187,7 @@ class ControlServer:
         except ControlSocketError as exc:
             if strict:
                 raise
-            warn(f"control socket disabled: {exc}")
+            warn(f"warning: control socket disabled: {exc}")
         if server.enabled:
             atexit.register(server.stop)
         return server
@@ -314,7 +314,7 @@ class ControlServer:
         if not self.enabled or self.path is None:
             return None
         if self._where is not None and not self._where.is_dir():
-            self._warn(f"control socket {self._where} belongs to process {self.pid}; "
+            self._warn(f"warning: control socket {self._where} belongs to process {self.pid}; "
                   f"process {os.getpid()} has none (give --control-socket a directory)")
             self._child = child = ControlServer(None, self.argv, self._warn)
             return child

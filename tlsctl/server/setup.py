@@ -22,6 +22,7 @@ from typing import Literal
 from cryptography import x509
 from OpenSSL import SSL
 
+from tlsctl.addresses import format_addr
 from tlsctl.certs import PrivateKey, ephemeral_server_cert, sha256_fingerprint
 from tlsctl.handshake import KeylogFile
 from tlsctl.offloadmode import DeviceSpec, Offload
@@ -196,7 +197,8 @@ def listen(host: str, port: int) -> socket.socket:
         s.listen(_BACKLOG)
     except OSError as exc:
         s.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot listen on {format_addr(host, port)}: "
+                          f"{exc.strerror or exc}") from None
     return s
 
 

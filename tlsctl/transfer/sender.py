@@ -64,7 +64,7 @@ from tlsctl.transfer.confirm import (
     peer_hung_up,
     reset_by_peer,
 )
-from tlsctl.units import human_rate
+from tlsctl.transfer.filehash import FileHasher
 
 __all__ = ["NO_HOOKS", "ClientOptions", "Progress", "SendHooks", "TransferFailed", "send_to"]
 
@@ -75,10 +75,11 @@ _CANCEL_WAIT = 2.0  # seconds the user_canceled alert may wait for room in the s
 
 Chan = KtlsChannel | OpenSSLChannel
 
-Progress = Callable[[int], AbstractContextManager[Callable[[int], None]]]
-"""Given a regular file's size, a context for the sending loop that yields
-the function called with the bytes sent so far after each step (``send``
-shows a progress bar on a terminal; the context ends it)."""
+Progress = Callable[[int | None], AbstractContextManager[Callable[[int], None]]]
+"""Given a regular file's size (None for a stream), a context for the
+sending loop that yields the function called with the bytes sent so far
+after each step (``send`` shows a progress bar on a terminal; the context
+ends it)."""
 
 
 def _drop(_msg: str) -> None:
@@ -207,7 +208,7 @@ def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
     :class:`~tlsctl.session.channel.ChannelError` (no transfer).
     """
     if opts.insecure:
-        hooks.warn("WARNING: -k/--insecure: the server certificate is NOT verified; "
+        hooks.warn("warning: -k/--insecure: the server certificate is NOT verified; "
                    "anyone on the path can read and change this transfer")
     ctx = _context(opts)
     keylog = KeylogFile(opts.keylogfile) if opts.keylogfile else None
@@ -288,6 +289,7 @@ class _Transfer:
         # the OpenSSL fallback's Connection is not thread-safe: it reads after.
         self.drain = Drain(chan) if isinstance(chan, KtlsChannel) else None
         self.closed = False  # our close_notify is out
+        self.hasher: FileHasher | None = None  # a regular file's SHA-256, beside the sending
 
     def facts(self) -> dict[str, Any]:
         return {"bytes_sent": self.p.sent, "seconds": round(self.p.seconds, 6),
@@ -295,6 +297,13 @@ class _Transfer:
                 "offload": self.chan.offload}
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            if self.hasher is not None:
+                self.hasher.stop()
+
+    def _run(self) -> dict[str, Any]:
         if self.drain is not None:
             self.drain.start()
         self.p.start = time.perf_counter()
@@ -379,6 +388,7 @@ class _Transfer:
         """sendfile in steps of whole records, progress reported after each."""
         size = self.p.size
         assert size is not None
+        self.hasher = FileHasher(self.f.fileno(), size)
         with self.progress(size) if self.progress else contextlib.nullcontext(None) as update:
             while self.p.sent < size:
                 self._peer_check()
@@ -401,19 +411,22 @@ class _Transfer:
         peer is watched, and a signal interrupts the wait.
         """
         fd = self.f.fileno()
-        while True:
-            self._peer_check()
-            if not select.select([fd], [], [], _STREAM_POLL)[0]:
-                continue
-            chunk = os.read(fd, _STREAM_CHUNK)
-            if not chunk:
-                return
-            with self.stop.critical():
-                self.p.in_step = True
-                self.chan.send_all(chunk)
-                self.p.hash.update(chunk)
-                self.p.sent += len(chunk)
-                self.p.in_step = False
+        with self.progress(None) if self.progress else contextlib.nullcontext(None) as update:
+            while True:
+                self._peer_check()
+                if not select.select([fd], [], [], _STREAM_POLL)[0]:
+                    continue
+                chunk = os.read(fd, _STREAM_CHUNK)
+                if not chunk:
+                    return
+                with self.stop.critical():
+                    self.p.in_step = True
+                    self.chan.send_all(chunk)
+                    self.p.hash.update(chunk)
+                    self.p.sent += len(chunk)
+                    self.p.in_step = False
+                if update is not None:
+                    update(self.p.sent)
 
     # -- the end ---------------------------------------------------------------
 
@@ -434,19 +447,22 @@ class _Transfer:
         seconds = self.p.seconds
         chan = self.chan
         tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
-        if self.p.size is not None:
-            _hash_file(self.p.hash, self.f, self.p.sent)
-        offload = chan.offload if self.offload != "auto" else f"auto ({chan.offload})"
+        sha256 = (self.hasher.digest(self.p.sent) if self.hasher is not None
+                  else self.p.hash.hexdigest())
+        rate = self.p.sent / seconds if seconds > 0 else None
         out: dict[str, Any] = {
             "ok": True,
             "bytes": self.p.sent,
             "bytes_sent": self.p.sent,
             "seconds": round(seconds, 6),
-            "throughput": human_rate(self.p.sent, seconds),
-            "sha256": self.p.hash.hexdigest(),
+            # Numbers with their unit in the name (iperf3's JSON names).
+            "bytes_per_second": round(rate, 1) if rate is not None else None,
+            "bits_per_second": round(rate * 8, 1) if rate is not None else None,
+            "sha256": sha256,
             "version": self.res.version_name,
             "cipher": self.res.cipher_name,
-            "offload": offload,
+            "offload": chan.offload,  # what ran
+            "offload_requested": self.offload,  # what was asked (auto picks)
             "handshake_ms": round(self.res.seconds * 1000, 2),
             "tx_seq_at_handoff": self.res.tx_seq,
             "rx_seq_at_handoff": self.res.rx_seq,
@@ -461,19 +477,6 @@ class _Transfer:
                 out["bytes_received"] = self.drain.received  # what the server sent (discarded)
             out.update(device_report(chan.k))
         return out
-
-
-def _hash_file(h: Any, f: BinaryIO, count: int) -> None:
-    """SHA-256 of what was sent; regular files are hashed after the transfer
-    (from the page cache) so hashing does not slow the measured part."""
-    f.seek(0)
-    left = count
-    while left > 0:
-        chunk = f.read(min(1 << 20, left))
-        if not chunk:
-            break
-        h.update(chunk)
-        left -= len(chunk)
 
 
 def _await_close(chan: Chan) -> str | None:
