@@ -32,7 +32,7 @@ class CertKey:
     @property
     def fingerprint(self) -> str:
         """SHA-256 fingerprint, colon-separated upper-case hex as OpenSSL prints it."""
-        return ":".join(f"{b:02X}" for b in self.cert.fingerprint(hashes.SHA256()))
+        return sha256_fingerprint(self.cert)
 
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
@@ -43,6 +43,13 @@ class CertKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+
+def sha256_fingerprint(cert: x509.Certificate) -> str:
+    """``AB:CD:...``: the SHA-256 of the DER certificate, colon-separated
+    upper-case hex, as ``openssl x509 -fingerprint -sha256`` prints it (what
+    ``serve`` shows at start-up, ``send -v`` shows, ``--pin-sha256`` takes)."""
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
 def _san(names: list[str]) -> x509.SubjectAlternativeName:
@@ -62,15 +69,20 @@ def make_cert(
     is_ca: bool = False,
     key_type: str = "ec",
     days: int = 30,
+    backdate: datetime.timedelta = datetime.timedelta(0),
 ) -> CertKey:
-    """A certificate for ``names`` (DNS names or IPs), self-signed or by ``issuer``."""
+    """A certificate for ``names`` (DNS names or IPs), self-signed or by ``issuer``.
+
+    ``backdate`` moves the validity period into the past (an expired
+    certificate: ``days=1, backdate=timedelta(days=2)``).
+    """
     key: PrivateKey
     if key_type == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "tlsctl")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC) - backdate
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -74,6 +74,7 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
+from tlsctl.verify import VerifyState, failure_line
 
 __all__ = [
     "HandshakeError",
@@ -83,6 +84,7 @@ __all__ = [
     "install_keylog",
     "install_offload",
     "run_handshake",
+    "set_verify_host",
 ]
 
 _HEADER = 5
@@ -192,11 +194,14 @@ class _EpochCounter:
 
 
 class _Secrets:
-    """Per-connection keylog lines, captured from OpenSSL's callback."""
+    """Per-connection keylog lines, captured from OpenSSL's callback, and
+    the connection's certificate verification (the verify callback records
+    there which check failed: :mod:`tlsctl.verify`)."""
 
     def __init__(self, sink: KeylogSink | None) -> None:
         self.values: dict[str, bytes] = {}
         self.sink = sink
+        self.verify = VerifyState()
 
     def __repr__(self) -> str:
         return f"_Secrets(labels={sorted(self.values)})"
@@ -390,7 +395,8 @@ def run_handshake(
         if server_name:
             conn.set_tlsext_host_name(server_name.encode("idna"))
         if verify_host:
-            _set_verify_host(conn, verify_host)
+            set_verify_host(conn, verify_host)
+            secrets.verify.target = verify_host
     else:
         conn.set_accept_state()
     inbuf = RecordBuffer()
@@ -406,7 +412,8 @@ def run_handshake(
                 pass
             except SSL.Error as exc:
                 _flush_best_effort(sock, conn)
-                raise HandshakeError(f"TLS handshake failed: {_ssl_error_text(exc)}") from None
+                why = failure_line(conn) or f"TLS handshake failed: {_ssl_error_text(exc)}"
+                raise HandshakeError(why) from None
             out = _drain(conn)
             if out:
                 tx.written(out)
@@ -441,7 +448,7 @@ def _flush_best_effort(sock: socket.socket, conn: SSL.Connection) -> None:
         pass
 
 
-def _set_verify_host(conn: SSL.Connection, host: str) -> None:
+def set_verify_host(conn: SSL.Connection, host: str) -> None:
     """Have OpenSSL check the name (or IP) in the peer certificate.
 
     pyOpenSSL has no wrapper for this; the binding functions are the ones

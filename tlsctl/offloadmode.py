@@ -26,7 +26,6 @@ plumbing (the ``TxPath`` it is given) are named here and nowhere else in
 
 from __future__ import annotations
 
-import functools
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -54,6 +53,7 @@ __all__ = [
     "offload_choices",
     "open_layer",
     "receiver_offload",
+    "unavailable_reason",
 ]
 
 Offload: TypeAlias = str
@@ -106,11 +106,27 @@ def receiver_offload(offload: Offload) -> Offload:
     return "sw" if is_nic(offload) else offload
 
 
-@functools.cache
 def _kernel_ktls() -> bool:
-    from offload.kernel import kernel_has_ktls
+    from offload.kernel import kernel_has_ktls  # cached there: one probe per process
 
     return kernel_has_ktls()[0]
+
+
+def unavailable_reason(offload: Offload) -> str | None:
+    """Why ``offload`` cannot work on this host, or None: for ``kernel``, the
+    probe of ``TCP_ULP "tls"`` on a loopback pair (once per process,
+    :func:`offload.kernel.kernel_has_ktls`).  The commands call this at
+    start-up so ``--offload kernel`` on a host without kTLS is refused before
+    any connection, instead of after a handshake the kernel then cannot
+    take.  (``tlsctl doctor`` asks the longer questions: why, and the fix.)"""
+    if offload != "kernel":
+        return None
+    from offload.kernel import kernel_has_ktls
+
+    ok, why = kernel_has_ktls()
+    if ok:
+        return None
+    return f"--offload kernel: no kTLS on this host: {why}; use --offload sw or auto"
 
 
 def exact_reads(offload: Offload) -> bool:

@@ -16,12 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
-from OpenSSL import SSL
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from OpenSSL import SSL, crypto
 
 from offload.keys import UnsupportedSuiteError, suite_from_openssl_name
 from offload.uapi import TLS_1_2_VERSION
 from tlsctl.certs import PrivateKey
 from tlsctl.handshake import install_keylog
+from tlsctl.verify import VerifyCallback
 
 _CARRIED = "AES-128/256-GCM, AES-128-CCM and ChaCha20-Poly1305"
 
@@ -103,47 +107,135 @@ def _carried(method: int, opts: TlsOptions, layer: str) -> tuple[str, str]:
     return ":".join(tls12), ":".join(tls13)
 
 
+def _read(path: str, option: str) -> bytes:
+    """A PEM file's bytes; a missing or unreadable file is named with its option."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{option} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{option} {path}: is a directory, not a PEM file") from None
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot read: {exc.strerror or exc}") from None
+
+
+def load_certs(path: str, option: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM file (a chain, a CA bundle); a file with none
+    is named with its option, and a private key given as one is said to be one."""
+    data = _read(path, option)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        hint = ("it holds a private key: -cert and -key swapped?"
+                if b"PRIVATE KEY-----" in data else "no -----BEGIN CERTIFICATE----- block")
+        raise ConfigError(f"{option} {path}: no PEM certificate in it ({hint})")
+    return certs
+
+
+def _load_key(path: str, option: str) -> PrivateKey:
+    data = _read(path, option)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # cryptography: "Password was not given but private key is encrypted"
+        raise ConfigError(f"{option} {path}: the private key is encrypted and tlsctl takes "
+                          f"no pass phrase (decrypt it: openssl pkey -in {path} -out "
+                          "plain.key)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        if option == "-cert":
+            hint = "and no -key given: give the key file with -key"
+        elif b"CERTIFICATE-----" in data and b"PRIVATE KEY-----" not in data:
+            hint = "it holds a certificate: -cert and -key swapped?"
+        else:
+            hint = "no -----BEGIN PRIVATE KEY----- block"
+        raise ConfigError(f"{option} {path}: no private key in it ({hint})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ConfigError(f"{option} {path}: a {type(key).__name__} key; "
+                          "tlsctl takes RSA or EC keys")
+    return key
+
+
+def _key_kind(key: object) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__.removeprefix("_")
+
+
 def _load_identity(ctx: SSL.Context, cert: x509.Certificate | str,
-                   key: PrivateKey | str) -> None:
+                   key: PrivateKey | str | None) -> None:
+    """The certificate (chain) and its key, each failure with its own reason:
+    a missing file, no certificate or key in it, an encrypted key, a key
+    that belongs to another certificate.  ``key`` None: in the -cert file."""
+    chain: list[x509.Certificate]
+    if isinstance(cert, str):
+        chain = load_certs(cert, "-cert")
+    else:
+        chain = [cert]
+    if key is None:
+        assert isinstance(cert, str)
+        key_obj, key_where = _load_key(cert, "-cert"), f"-cert {cert}"
+    elif isinstance(key, str):
+        key_obj, key_where = _load_key(key, "-key"), f"-key {key}"
+    else:
+        key_obj, key_where = key, "the key"
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    cert_pub = chain[0].public_key()
+    if key_obj.public_key().public_bytes(*spki) != cert_pub.public_bytes(*spki):
+        cert_where = f"-cert {cert}" if isinstance(cert, str) else "the certificate"
+        mine, theirs = _key_kind(key_obj.public_key()), _key_kind(cert_pub)
+        what = (f"a different {mine} key" if mine == theirs
+                else f"the key is {mine}, the certificate's is {theirs}")
+        raise ConfigError(f"{key_where} does not match {cert_where} ({what})")
     try:
-        if isinstance(cert, str):
-            ctx.use_certificate_chain_file(cert)
-        else:
-            ctx.use_certificate(cert)
-    except (SSL.Error, OSError):
-        raise ConfigError(f"cannot load certificate {cert!r}") from None
-    try:
-        if isinstance(key, str):
-            ctx.use_privatekey_file(key)
-        else:
-            ctx.use_privatekey(key)
-    except (SSL.Error, OSError):
-        raise ConfigError(f"cannot load private key {key!r}") from None
-    try:
+        ctx.use_certificate(chain[0])
+        for extra in chain[1:]:
+            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        ctx.use_privatekey(key_obj)
         ctx.check_privatekey()
-    except SSL.Error:
-        raise ConfigError("the private key does not match the certificate") from None
+    except SSL.Error as exc:  # e.g. a key OpenSSL refuses for TLS (too small)
+        raise ConfigError(f"{key_where}: OpenSSL refused the certificate or key: "
+                          f"{_openssl_reason(exc)}") from None
+
+
+def _openssl_reason(exc: SSL.Error) -> str:
+    items = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    return "; ".join(str(i[-1]) for i in items if isinstance(i, tuple) and i) or "unknown"
+
+
+def _trust(ctx: SSL.Context, cafile: str | None) -> str:
+    """Load -CAfile (or the system store); the words for where trust comes from."""
+    if not cafile:
+        ctx.set_default_verify_paths()
+        return "the system trust store"
+    load_certs(cafile, "-CAfile")
+    try:
+        ctx.load_verify_locations(cafile)
+    except SSL.Error as exc:
+        raise ConfigError(f"-CAfile {cafile}: {_openssl_reason(exc)}") from None
+    return f"-CAfile {cafile}"
 
 
 def client_context(opts: TlsOptions, *, verify: bool, cert: str | None = None,
-                   key: str | None = None) -> SSL.Context:
+                   key: str | None = None, pin: bytes | None = None) -> SSL.Context:
     """A client context; ``verify`` checks the chain against the trust store.
 
     The host name is checked per connection (``run_handshake(verify_host=)``).
     ``cert``/``key``: a client certificate for servers that ask for one.
+    ``pin``: accept exactly the server certificate with this SHA-256 (the
+    pin replaces the CA and name checks; :mod:`tlsctl.verify`).  A failed
+    check is recorded for :func:`tlsctl.verify.failure_line`.
     """
     ctx = _base(opts, SSL.TLS_CLIENT_METHOD)
     if cert is not None:
-        _load_identity(ctx, cert, key or cert)
-    if verify:
-        ctx.set_verify(SSL.VERIFY_PEER)
-        try:
-            if opts.cafile:
-                ctx.load_verify_locations(opts.cafile)
-            else:
-                ctx.set_default_verify_paths()
-        except SSL.Error:
-            raise ConfigError(f"cannot load CA file {opts.cafile!r}") from None
+        _load_identity(ctx, cert, key)
+    if pin is not None:
+        ctx.set_verify(SSL.VERIFY_PEER, VerifyCallback(pin=pin))
+    elif verify:
+        ctx.set_verify(SSL.VERIFY_PEER, VerifyCallback(_trust(ctx, opts.cafile)))
     else:
         ctx.set_verify(SSL.VERIFY_NONE)
     return ctx
@@ -153,25 +245,21 @@ def server_context(
     opts: TlsOptions,
     *,
     cert: x509.Certificate | str,
-    key: PrivateKey | str,
+    key: PrivateKey | str | None,
     verify_client: int = 0,
     require_client: bool = False,
 ) -> SSL.Context:
-    """A server context with a certificate (PEM paths or loaded objects)."""
+    """A server context with a certificate (PEM paths or loaded objects;
+    ``key`` None: the key is in the ``cert`` file)."""
     ctx = _base(opts, SSL.TLS_SERVER_METHOD)
     _load_identity(ctx, cert, key)
     if verify_client:
         mode = SSL.VERIFY_PEER
         if require_client:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode)
         ctx.set_verify_depth(verify_client)
-        try:
-            if opts.cafile:
-                ctx.load_verify_locations(opts.cafile)
-                ctx.load_client_ca(opts.cafile.encode())
-            else:
-                ctx.set_default_verify_paths()
-        except SSL.Error:
-            raise ConfigError(f"cannot load CA file {opts.cafile!r}") from None
+        trust = _trust(ctx, opts.cafile)
+        if opts.cafile:
+            ctx.load_client_ca(opts.cafile.encode())
+        ctx.set_verify(mode, VerifyCallback(trust, of_server=False))
     return ctx

@@ -25,6 +25,17 @@ LOOPBACK_ONLY = ("tcp", "tcp-sendfile", "openssl")
 """Modes that need the bench's own receiver (not a remote ``serve --sink``)."""
 TLS_MAX_RECORD = 16384
 """Plaintext bytes per record by default (2^14), the only size the kernel mode takes."""
+ALERT_SIZE = 2
+"""An alert's plaintext (level, description).  RFC 8446 5.1: alerts MUST NOT
+be fragmented across records, so this layer's records (close_notify
+included) need room for one: ``--record-size 1`` would split it, and the
+peer answers unexpected_message / decode_error."""
+OPENSSL_MIN_FRAG = 512
+"""``openssl s_server -max_send_frag``'s lower bound (it refuses less and
+does not start)."""
+
+_MIN_RECORD = {"sw": ALERT_SIZE, "sim-nic": ALERT_SIZE, "openssl": OPENSSL_MIN_FRAG}
+"""The smallest --record-size each mode can run with (the others take any)."""
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -55,6 +66,11 @@ def skip_reason(mode: str, *, remote: bool, record_size: int) -> str | None:
             return f"no kernel kTLS here: {why}" if why else "no kernel kTLS here"
         if record_size != TLS_MAX_RECORD:
             return "--record-size needs the user-space layer"
+    least = _MIN_RECORD.get(mode, 1)
+    if record_size < least:
+        why = ("s_server -max_send_frag takes 512..16384" if mode == "openssl"
+               else "an alert's 2 bytes must fit in one record (RFC 8446 5.1)")
+        return f"--record-size {record_size} is below the {least} it needs: {why}"
     if mode == "openssl":
         return _missing_tools()
     return None

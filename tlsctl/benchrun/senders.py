@@ -8,25 +8,33 @@ and ends when the receiver has confirmed the bytes (:mod:`.report`).
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from OpenSSL import SSL
 
 from offload.ktls_socket import KTLSSocket
+from tlsctl.addresses import format_addr
 from tlsctl.benchrun.errors import BenchError, ModeUnavailable
 from tlsctl.benchrun.job import Job, more
 from tlsctl.benchrun.modes import TLS_MAX_RECORD
 from tlsctl.benchrun.openssl import openssl_www
 from tlsctl.benchrun.report import REPORT_SIZE, read_report
 from tlsctl.benchrun.results import Result
-from tlsctl.handshake import install_offload, run_handshake
+from tlsctl.handshake import HandshakeError, install_offload, run_handshake, set_verify_host
 from tlsctl.offloadmode import DeviceSpec, exact_reads, open_layer
 from tlsctl.session.channel import KtlsChannel
 from tlsctl.tlsconf import client_context
+from tlsctl.transfer.confirm import Drain
+from tlsctl.verify import VerifyState, failure_line
 
 BUF = 1 << 20
+_REMOTE_STEP = 4 << 20  # bytes between two looks at whether a remote server answered
+_REMOTE_USERSPACE_STEP = 64 << 10  # userspace to a remote: a look after each 64 KiB
+_REMOTE_CLOSE_WAIT = 60.0  # seconds a remote server has to answer our close_notify
 
 
 def run_job(job: Job) -> Result:
@@ -41,6 +49,8 @@ def run_job(job: Job) -> Result:
         return _ktls(job)
     except BenchError:
         raise
+    except HandshakeError as exc:  # already one line: which check failed, and why
+        raise BenchError(f"{job.mode}: {exc}") from None
     except Exception as exc:  # anything else still has to reach the parent as a line
         raise BenchError(f"{job.mode}: {type(exc).__name__}: {exc}") from None
 
@@ -104,6 +114,67 @@ def _layer(job: Job, sock: socket.socket) -> KTLSSocket:
     return open_layer(sock, offload, device, record_size=job.record_size)
 
 
+def _not_a_sink(job: Job, nbytes: int) -> BenchError:
+    t = job.target
+    return BenchError(f"{job.mode}: the server at {format_addr(t.host, t.tls_port)} sent "
+                      f"{nbytes} bytes back: -connect needs a sink ('tlsctl serve --sink'), "
+                      "not a server that answers (--echo, -WWW, s_server)")
+
+
+def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> tuple[int, bytes]:
+    """The file (once, or until ``--time`` is up) to a remote server, in
+    steps; between them, has the server answered?  A sink never sends
+    application data before our close_notify; an echo server does at once
+    (and would otherwise stall the run: it stops reading when we do not read
+    what it sends).  What comes after our close_notify is a receiver's
+    report (the loopback receiver's protocol), returned with the bytes sent.
+    A :class:`Drain` reads while we send (blocked in recv: no CPU of note);
+    on the way out by an error the socket is shut first, so the drain ends
+    before the channel is closed under it."""
+    drain = Drain(chan)
+    drain.start()
+    try:
+        sent = _send_steps(job, chan, f, t0, drain)
+        drain.closing = True
+        chan.close_notify()
+        drain.join(_REMOTE_CLOSE_WAIT)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            chan.k.sock.shutdown(socket.SHUT_RDWR)
+        drain.join(5)
+        raise
+    if drain.received_before_closing:
+        raise _not_a_sink(job, drain.received_before_closing)
+    if drain.is_alive():
+        raise BenchError(f"{job.mode}: the server sent no close_notify within "
+                         f"{_REMOTE_CLOSE_WAIT:g} s of ours")
+    why = drain.verdict()
+    if why:
+        raise BenchError(f"{job.mode}: the server did not confirm the data: {why}")
+    return sent, bytes(drain.tail)
+
+
+def _send_steps(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, drain: Drain) -> int:
+    sent = rounds = 0
+    while more(job, t0, rounds):
+        rounds += 1
+        pos = 0
+        while pos < job.size:
+            if drain.received_before_closing:
+                raise _not_a_sink(job, drain.received_before_closing)
+            why = drain.stopped_early()
+            if why:
+                raise BenchError(f"{job.mode}: {why}")
+            n = chan.send_file(f, pos, min(_REMOTE_STEP, job.size - pos))
+            if n == 0:
+                break
+            pos += n
+        sent += pos
+    if drain.received_before_closing:
+        raise _not_a_sink(job, drain.received_before_closing)
+    return sent
+
+
 def _ktls(job: Job) -> Result:
     """sw, sim-nic, kernel: the handshake in pyOpenSSL, then the kTLS layer."""
     t = job.target
@@ -119,16 +190,20 @@ def _ktls(job: Job) -> Result:
         raise ModeUnavailable(f"the NIC declined TLS_TX ({k.offload_refused}); "
                               "try -tls1_2 or another cipher")
     sent = rounds = 0
+    remote = t.tcp_port is None
     try:
         with open(job.path, "rb") as f:
             cpu0, t0 = time.process_time(), time.monotonic()
-            while more(job, t0, rounds):
-                rounds += 1
-                sent += chan.send_file(f, 0, job.size)
-            chan.close_notify()
             data = b""
-            while d := chan.recv(1 << 16):
-                data += d
+            if remote:
+                sent, data = _send_remote(job, chan, f, t0)
+            else:
+                while more(job, t0, rounds):
+                    rounds += 1
+                    sent += chan.send_file(f, 0, job.size)
+                chan.close_notify()
+                while d := chan.recv(1 << 16):
+                    data += d
             t1, cpu1 = time.monotonic(), time.process_time()
         # Thread CPU time inside the driver's xmit, as the wire model counts
         # it (not wall time: with more streams than cores a process waits
@@ -141,6 +216,32 @@ def _ktls(job: Job) -> Result:
     r = Result(job.mode, sent, t0, t1, cpu1 - cpu0, device_cpu=dev, extra=extra)
     _confirm(r, data, chan.peer_closed)
     return r
+
+
+def _answered(job: Job, conn: SSL.Connection, sock: socket.socket) -> None:
+    """Userspace mode to a remote server: has it sent application data?
+    (TLS 1.3 tickets are taken by OpenSSL inside ``recv``.)  One thread
+    only: pyOpenSSL's Connection is not thread-safe, so no reader beside
+    the writer; a look between writes, without blocking."""
+    if not select.select([sock], [], [], 0)[0]:
+        return
+    sock.setblocking(False)
+    try:
+        got = conn.recv(1 << 16)
+    except (SSL.WantReadError, SSL.ZeroReturnError):
+        return
+    except SSL.Error as exc:
+        raise BenchError(f"userspace: {_ssl_error_text(exc)}") from None
+    finally:
+        sock.setblocking(True)
+    if got:
+        raise _not_a_sink(job, len(got))
+
+
+def _ssl_error_text(exc: SSL.Error) -> str:
+    """OpenSSL's reason strings, not the raw tuple list."""
+    items = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    return "; ".join(str(i[-1]) for i in items if isinstance(i, tuple) and i) or str(exc)
 
 
 def _confirm(r: Result, data: bytes, peer_closed: bool) -> None:
@@ -160,15 +261,23 @@ def _userspace(job: Job) -> Result:
     sock = _connect(t.host, t.tls_port)
     sock.settimeout(None)
     conn = SSL.Connection(_client_ctx(job), sock)
+    state = VerifyState(target=t.host if t.verify else None)
+    conn.set_app_data(state)
     if t.server_name:
         conn.set_tlsext_host_name(t.server_name.encode("idna"))
+    if t.verify:
+        set_verify_host(conn, t.host)
     conn.set_connect_state()
     try:
         conn.do_handshake()
     except SSL.Error as exc:
         sock.close()
-        raise BenchError(f"userspace: handshake failed: {exc}") from None
+        why = failure_line(conn) or f"TLS handshake failed: {_ssl_error_text(exc)}"
+        raise BenchError(f"userspace: {why}") from None
+    remote = t.tcp_port is None
     step = BUF if job.record_size == TLS_MAX_RECORD else job.record_size
+    if remote:  # look at whether the server answered between writes (see _answered)
+        step = min(step, _REMOTE_USERSPACE_STEP)
     sent = rounds = 0
     peer_closed = False
     data = b""
@@ -180,6 +289,8 @@ def _userspace(job: Job) -> Result:
             rounds += 1
             f.seek(0)
             while n := f.readinto(buf):
+                if remote:
+                    _answered(job, conn, sock)
                 conn.sendall(view[:n])
                 sent += n
         conn.shutdown()

@@ -23,6 +23,7 @@ import click
 from tlsctl import addresses
 from tlsctl.commands import _complete as complete
 from tlsctl.commands._output import Output
+from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.offloadmode import (
     DeviceSpec,
     Offload,
@@ -30,6 +31,7 @@ from tlsctl.offloadmode import (
     device_spec,
     needs_layer,
     offload_choices,
+    unavailable_reason,
 )
 from tlsctl.units import parse_size
 
@@ -71,6 +73,9 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
     """Take the common options out of click's ``params`` (what is left is the
     command's own)."""
     offload: Offload = params.pop("offload")
+    unavailable = unavailable_reason(offload)
+    if unavailable:  # the host lacks it: not a usage error, a local failure (status 1)
+        raise CommandFailed(unavailable, ExitStatus.FAILED)
     key_update_every: int | None = params.pop("key_update_every")
     try:
         device = device_spec(offload, faults=params.pop("faults"), mss=params.pop("mss"),
@@ -130,7 +135,7 @@ def _tls_options(f: F) -> F:
         click.option("--faults", metavar="SPEC",
                      help="With a NIC: seeded wire faults, e.g. "
                           "reorder=0.02,split=0.05,dup=0.01,drop=0.01,redirect=0.01,seed=7."),
-        click.option("--mss", type=click.IntRange(1, 1 << 20), metavar="BYTES",
+        click.option("--mss", type=ByteSize(1, 1 << 20), metavar="BYTES",
                      help="With a NIC: TCP segment size (default 65536, one TSO segment)."),
         click.option("-quiet", "--quiet", "-q", "quiet", is_flag=True,
                      help="Only errors and warnings."),
@@ -178,13 +183,35 @@ class ByteSize(click.ParamType[int]):
 
     name = "BYTES"
 
-    def __init__(self, minimum: int = 1) -> None:
+    def __init__(self, minimum: int = 1, maximum: int | None = None) -> None:
         self.minimum = minimum
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> int:
         try:
-            return parse_size(value, minimum=self.minimum)
+            size = parse_size(value, minimum=self.minimum)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if self.maximum is not None and size > self.maximum:
+            self.fail(f"{value!r}: at most {self.maximum} bytes", param, ctx)
+        return size
+
+
+class Fingerprint(click.ParamType[bytes]):
+    """A SHA-256 fingerprint, with or without colons, any case
+    (:func:`tlsctl.verify.parse_pin`; loaded only when the option is given)."""
+
+    name = "FINGERPRINT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        from tlsctl.verify import parse_pin
+
+        try:
+            return parse_pin(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 

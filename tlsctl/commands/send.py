@@ -20,6 +20,7 @@ import click
 from tlsctl.commands._options import (
     ByteSize,
     CommonOptions,
+    Fingerprint,
     common_options,
     parse_hostport,
     start_control_server,
@@ -73,12 +74,17 @@ class SendOptions:
               help="Private key of -cert (default: the -cert file).")
 @click.option("-k", "--insecure", is_flag=True,
               help="Do NOT verify the server certificate (anyone can intercept).")
-@click.option("--timeout", default=30.0, show_default=True, type=float,
+@click.option("--pin-sha256", "pin_sha256", type=Fingerprint(), metavar="FINGERPRINT",
+              help="Accept only the server certificate with this SHA-256 fingerprint "
+                   "(as `tlsctl serve` and `send -v` print it; colons optional) instead "
+                   "of the CA and host name checks.")
+@click.option("--timeout", default=30.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Seconds to wait for connect, handshake, and each network step.")
 @common_options
 def send(file: str | None, connect: str | None, loopback: bool, size: int,
          servername: str | None, cert: str | None, key: str | None, insecure: bool,
-         timeout: float, common: CommonOptions) -> None:
+         pin_sha256: bytes | None, timeout: float, common: CommonOptions) -> None:
     """Send FILE (- for stdin) to a TLS server through the kTLS layer.
 
     Verifies the server certificate against the system trust store (or
@@ -107,11 +113,15 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
+    if pin_sha256 is not None and (insecure or loopback):
+        raise click.UsageError(f"--pin-sha256 goes with -connect and verification "
+                               f"(not with {'-k' if insecure else '--loopback'})")
     from tlsctl.transfer import ClientOptions
 
     client = ClientOptions(servername=servername, cert=cert, key=key, insecure=insecure,
-                           timeout=timeout, tls=common.tls, offload=common.offload,
-                           device=common.device, keylogfile=common.keylogfile,
+                           pin_sha256=pin_sha256, timeout=timeout, tls=common.tls,
+                           offload=common.offload, device=common.device,
+                           keylogfile=common.keylogfile,
                            key_update_every=common.key_update_every)
     _send(SendOptions(file=file, target=parse_hostport(connect) if connect else None,
                       size=size, client=client, output=common.output,

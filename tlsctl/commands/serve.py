@@ -76,11 +76,14 @@ class FileMode(click.ParamType[int]):
                    "symlinks and special files are refused).")
 @click.option("-naccept", "--naccept", type=click.IntRange(min=1), metavar="N",
               help="Exit after N connections have been handled.")
-@click.option("-verify", "--verify", "verify_depth", type=int, default=0, metavar="DEPTH",
+@click.option("-verify", "--verify", "verify_depth", type=click.IntRange(min=0), default=0,
+              metavar="DEPTH",
               help="Ask for a client certificate (verified against -CAfile).")
-@click.option("-Verify", "--Verify", "require_depth", type=int, default=0, metavar="DEPTH",
+@click.option("-Verify", "--Verify", "require_depth", type=click.IntRange(min=0), default=0,
+              metavar="DEPTH",
               help="Require a client certificate.")
-@click.option("--timeout", default=60.0, show_default=True, type=float, metavar="SECONDS",
+@click.option("--timeout", default=60.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Seconds a connection may be idle after the handshake.")
 @click.option("--handshake-timeout", default=HANDSHAKE_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -171,7 +174,7 @@ def _handler_choice(sink_: bool, output: str | None, save_dir: str | None, echo_
 
 def _announce(listening: Listening, out: Output) -> None:
     """The listening line (a JSON object with --json), where files go, and
-    the ephemeral certificate's fingerprint."""
+    the certificate's SHA-256 fingerprint (to pin it with ``send --pin-sha256``)."""
     opts = listening.opts
     host, port = listening.bound
     workers = opts.workers
@@ -190,8 +193,9 @@ def _announce(listening: Listening, out: Output) -> None:
         info(f"storing in {listening.files} (NAME.partial until the client's close_notify)",
              quiet=out.quiet)
     if listening.fingerprint:
-        info(f"ephemeral self-signed certificate, SHA-256 fingerprint {listening.fingerprint}",
-             quiet=out.quiet)
+        what = "ephemeral self-signed certificate" if listening.ephemeral else "certificate"
+        info(f"{what}, SHA-256 fingerprint {listening.fingerprint} "
+             "(for send --pin-sha256)", quiet=out.quiet)
 
 
 def _done(server: Server, out: Output) -> None:

@@ -11,6 +11,7 @@ start-up, with one line (:class:`~tlsctl.tlsconf.ConfigError`): a file
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
@@ -22,14 +23,14 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from tlsctl.addresses import format_addr
-from tlsctl.certs import PrivateKey, ephemeral_server_cert
+from tlsctl.certs import PrivateKey, ephemeral_server_cert, sha256_fingerprint
 from tlsctl.handshake import KeylogFile
 from tlsctl.offloadmode import DeviceSpec, Offload
 from tlsctl.server.handlers import PARTIAL, Handler, Store, echo, sink
 from tlsctl.server.limits import HANDSHAKE_TIMEOUT, default_max_conns
 from tlsctl.server.server import ServerConfig
 from tlsctl.server.www import Www
-from tlsctl.tlsconf import ConfigError, TlsOptions, server_context
+from tlsctl.tlsconf import ConfigError, TlsOptions, load_certs, server_context
 
 __all__ = [
     "HandlerMode",
@@ -90,8 +91,9 @@ class ServeOptions:
 class Listening:
     """A server ready to accept: what :func:`prepare` made of the options.
 
-    ``fingerprint``: SHA-256 of the ephemeral certificate (None with
-    ``-cert``); ``files``: where stored streams go (a pattern for
+    ``fingerprint``: SHA-256 of the certificate served (ephemeral or
+    ``-cert``'s leaf), as ``send --pin-sha256`` takes it; ``ephemeral``: made
+    at start-up (no ``-cert``); ``files``: where stored streams go (a pattern for
     ``--save-dir``), None when nothing is stored.
     """
 
@@ -103,6 +105,7 @@ class Listening:
     max_conns: int
     fingerprint: str | None = None
     files: str | None = None
+    ephemeral: bool = False
 
     @property
     def bound(self) -> tuple[str, int]:
@@ -132,8 +135,12 @@ def make_handler(mode: HandlerMode, path: str | None, file_mode: int,
         return echo
     if mode == "www":
         assert path is not None
+        if not os.path.exists(path):
+            raise ConfigError(f"-WWW {path}: no such directory")
         if not os.path.isdir(path):
-            raise ConfigError(f"-WWW {path}: not a directory")
+            raise ConfigError(f"-WWW {path}: not a directory (give the directory to serve)")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ConfigError(f"-WWW {path}: cannot read the directory")
         return Www(path)
     return sink
 
@@ -144,7 +151,7 @@ def prepare(opts: ServeOptions) -> Listening:
     handler = make_handler(opts.mode, opts.path, opts.file_mode, opts.keep_partial)
     fingerprint = None
     cert_src: x509.Certificate | str
-    key_src: PrivateKey | str
+    key_src: PrivateKey | str | None
     if opts.cert is None and opts.key is not None:
         raise ConfigError("-key given without -cert")
     if opts.cert is None:
@@ -152,10 +159,12 @@ def prepare(opts: ServeOptions) -> Listening:
         cert_src, key_src = ck.cert, ck.key
         fingerprint = ck.fingerprint
     else:
-        cert_src, key_src = opts.cert, opts.key or opts.cert
+        cert_src, key_src = opts.cert, opts.key
     ctx = server_context(opts.tls, cert=cert_src, key=key_src,
                          verify_client=max(opts.verify_depth, opts.require_depth),
                          require_client=opts.require_depth > 0)
+    if fingerprint is None and isinstance(cert_src, str):
+        fingerprint = sha256_fingerprint(load_certs(cert_src, "-cert")[0])
     keylog = KeylogFile(opts.keylogfile) if opts.keylogfile else None
     listener = listen(opts.host, opts.port)
     files = None
@@ -163,7 +172,7 @@ def prepare(opts: ServeOptions) -> Listening:
         files = handler.path(handler.name or f"conn-{handler.run}-w*-NNNNNN.bin")
     return Listening(opts, listener, ctx, handler, keylog,
                      max_conns=opts.max_conns or default_max_conns(),
-                     fingerprint=fingerprint, files=files)
+                     fingerprint=fingerprint, files=files, ephemeral=opts.cert is None)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -194,16 +203,35 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def open_dir(path: str, what: str) -> int:
-    """A descriptor of the directory files are created in (see Store)."""
+    """A descriptor of the directory files are created in (see Store).
+
+    Checked by creating a file there: an ``O_TMPFILE`` one, which never has
+    a name and so leaves nothing behind.  ``access(2)`` alone is not enough:
+    it says yes to root for a directory no file can be created in (a
+    read-only file system, ``/proc``).  A file system without ``O_TMPFILE``
+    falls back on ``access``.  ``what`` is the option and its value.
+    """
+    where = "" if what.endswith(f" {path}") else f" {path}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: no such directory{where}") from None
     except NotADirectoryError:
-        raise ConfigError(f"{what}: not a directory") from None
+        raise ConfigError(f"{what}: not a directory{where}") from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot write in {path}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        os.close(fd)
-        raise ConfigError(f"{what}: cannot write in {path}")
+    try:
+        probe = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            os.close(fd)
+            raise ConfigError(f"{what}: cannot write in {path}: "
+                              f"{exc.strerror or exc}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            os.close(fd)
+            raise ConfigError(f"{what}: cannot write in {path}") from None
+    else:
+        os.close(probe)
     return fd
 
 

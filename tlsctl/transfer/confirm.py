@@ -35,6 +35,7 @@ from tlsctl.session.channel import ChannelError, ChannelTimeout, KtlsChannel
 _SIOCOUTQ = termios.TIOCOUTQ  # Linux: the same ioctl; bytes sent and not yet ACKed
 _TCP_CLOSE = 7  # tcpi_state after a reset (include/net/tcp_states.h)
 _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_TAIL_MAX = 1 << 16  # bytes kept of what the peer sends after our close_notify
 
 EARLY_CLOSE_NOTIFY = ("the peer sent close_notify before our last byte and close_notify "
                       "were out (it may not have read them)")
@@ -60,6 +61,8 @@ class Drain(threading.Thread):
         self.closing = False
         self.early = False
         self.received = 0
+        self.received_before_closing = 0  # a sink (bench -connect) never sends any
+        self.tail = bytearray()  # the first _TAIL_MAX bytes after ``closing`` (a report)
         self.error: ChannelError | None = None
 
     def run(self) -> None:
@@ -80,6 +83,10 @@ class Drain(threading.Thread):
                 self.early = not self.closing
                 return
             self.received += n
+            if not self.closing:
+                self.received_before_closing += n
+            elif len(self.tail) < _TAIL_MAX:
+                self.tail += buf[: min(n, _TAIL_MAX - len(self.tail))]
 
     def stopped_early(self) -> str | None:
         """While we still send: what the peer did if it already ended."""

@@ -41,6 +41,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from tlsctl.addresses import is_ip
+from tlsctl.certs import sha256_fingerprint
 from tlsctl.control import Registrar
 from tlsctl.exitcodes import ExitStatus
 from tlsctl.handshake import HandshakeResult, KeylogFile, run_handshake
@@ -89,7 +90,9 @@ def _drop(_msg: str) -> None:
 class ClientOptions:
     """How to reach the server (``send``'s options, OpenSSL's spellings in comments).
 
-    ``insecure`` (``-k``) turns certificate verification off; ``trust``
+    ``insecure`` (``-k``) turns certificate verification off; ``pin_sha256``
+    accepts exactly the server certificate with that SHA-256 instead of the
+    CA and name checks (:mod:`tlsctl.verify`); ``trust``
     (``--loopback``) trusts exactly this certificate, held in memory.
     """
 
@@ -97,6 +100,7 @@ class ClientOptions:
     cert: str | None = None  # -cert: a client certificate
     key: str | None = None  # -key (default: the -cert file)
     insecure: bool = False  # -k
+    pin_sha256: bytes | None = None  # --pin-sha256: exactly this server certificate
     timeout: float = 30.0  # connect, handshake, and each network step
     tls: TlsOptions = field(default_factory=TlsOptions)
     offload: Offload = "auto"
@@ -181,7 +185,8 @@ def _open(file: str | BinaryIO) -> tuple[BinaryIO, int | None]:
 
 def _context(opts: ClientOptions) -> SSL.Context:
     if opts.trust is None:
-        return client_context(opts.tls, verify=not opts.insecure, cert=opts.cert, key=opts.key)
+        return client_context(opts.tls, verify=not opts.insecure, cert=opts.cert, key=opts.key,
+                              pin=opts.pin_sha256)
     # --loopback: trust exactly the built-in server's certificate, held in memory.
     ctx = client_context(opts.tls, verify=False)
     store = ctx.get_cert_store()
@@ -218,8 +223,9 @@ def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sni = opts.servername or (None if is_ip(host) else host)
         try:
+            checked = opts.insecure or opts.pin_sha256 is not None
             res = run_handshake(sock, ctx, "client", server_name=sni,
-                                verify_host=None if opts.insecure else (opts.servername or host),
+                                verify_host=None if checked else (opts.servername or host),
                                 keylog=keylog, timeout=opts.timeout,
                                 exact=exact_reads(opts.offload))
             sock.settimeout(opts.timeout)
@@ -237,7 +243,7 @@ def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
                 chan.key_update_every = opts.key_update_every
             hooks.status(f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
                          f"offload {chan.offload}")
-            _verbose(res, opts.insecure, hooks.detail)
+            _verbose(res, opts, hooks.detail)
             # A second Ctrl-C while a step is being written: stop at once,
             # and make sure no byte of a half-written record follows.
             stop.abandon = lambda: _raw(chan).shutdown(socket.SHUT_RDWR)
@@ -255,13 +261,16 @@ def _raw(chan: Chan) -> socket.socket:
     return chan.k.sock if isinstance(chan, KtlsChannel) else chan.sock
 
 
-def _verbose(res: HandshakeResult, insecure: bool, detail: Callable[[str], None]) -> None:
-    """-v: who we talk to and the numbers handed to the layer (never keys)."""
+def _verbose(res: HandshakeResult, opts: ClientOptions, detail: Callable[[str], None]) -> None:
+    """-v: who we talk to (the certificate's SHA-256 as ``serve`` prints it,
+    to paste into --pin-sha256) and the numbers handed to the layer (never keys)."""
     peer = res.conn.get_peer_certificate(as_cryptography=True)
     if peer is not None:
-        state = "NOT verified (-k)" if insecure else "verified"
+        state = ("NOT verified (-k)" if opts.insecure
+                 else "pinned (--pin-sha256)" if opts.pin_sha256 is not None else "verified")
         detail(f"server certificate: {peer.subject.rfc4514_string()} "
-               f"(issuer {peer.issuer.rfc4514_string()}), {state}")
+               f"(issuer {peer.issuer.rfc4514_string()}), {state}, "
+               f"SHA-256 fingerprint {sha256_fingerprint(peer)}")
     detail(f"handshake {res.seconds * 1000:.1f} ms; record sequence numbers at handoff: "
          f"tx {res.tx_seq}, rx {res.rx_seq}; {len(res.leftover)} bytes read past the "
          "handshake handed to the layer")
