@@ -9,8 +9,9 @@ Where things go:
   real kernel's kTLS in a VM.
 - ``cli/``: the ``tlsctl`` commands (send, serve, bench, inspect-context, -WWW,
   completion, signals, exit verdicts, errors that say why, keylog, the
-  summary's output, the file hash) run as real processes, and the library modules under ``tlsctl/`` they
-  are thin shells over (session, channel, transfer, server, offloadmode, units).
+  summary's output, the file hash) run as real processes, and the library
+  modules under ``tlsctl/`` they are thin shells over (session, channel,
+  transfer, server, offloadmode, units).
 - ``interop/``: tlsctl and the layer against independent TLS stacks and hostile
   peers: the handshake handoff, Finished in fragments, negotiated suites,
   KeyUpdate, malicious records, and the NIC on a real wire (network namespaces,
