@@ -142,18 +142,26 @@ def _has_tls_module(version: str) -> bool:
     return any(moddir.rglob("tls.ko*"))
 
 
+def find_kernels() -> list[str]:
+    """Every readable /boot/vmlinuz-* image whose modules directory has tls.ko*,
+    newest first (e.g. Debian 12's 6.1 and the backports kernel)."""
+    images = glob.glob("/boot/vmlinuz-*")
+    images.sort(key=lambda p: _version_key(os.path.basename(p)[len("vmlinuz-") :]), reverse=True)
+    return [
+        image
+        for image in images
+        if os.access(image, os.R_OK)
+        and _has_tls_module(os.path.basename(image)[len("vmlinuz-") :])
+    ]
+
+
 def find_kernel() -> str | None:
     """Return a /boot/vmlinuz-* image whose modules directory has tls.ko*, newest first."""
     override = os.environ.get("TLSCTL_VM_KERNEL")
     if override:
         return override if os.access(override, os.R_OK) else None
-    images = glob.glob("/boot/vmlinuz-*")
-    images.sort(key=lambda p: _version_key(os.path.basename(p)[len("vmlinuz-") :]), reverse=True)
-    for image in images:
-        version = os.path.basename(image)[len("vmlinuz-") :]
-        if os.access(image, os.R_OK) and _has_tls_module(version):
-            return image
-    return None
+    kernels = find_kernels()
+    return kernels[0] if kernels else None
 
 
 def find_vng() -> str | None:

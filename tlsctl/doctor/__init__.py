@@ -7,7 +7,7 @@ libraries, and returns a :class:`Report` of typed :class:`Check` rows; the
 command only renders it.
 """
 
-from tlsctl.doctor.diagnose import diagnose
 from tlsctl.doctor.report import Check, Report
+from tlsctl.doctor.verdict import diagnose
 
 __all__ = ["Check", "Report", "diagnose"]

@@ -14,14 +14,14 @@ import gzip
 import os
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 TLS_MODULE_PATH = "kernel/net/tls/tls.ko"
 CAP_NET_ADMIN = 12
 
 
-class ModuleState(str, Enum):
+class ModuleState(StrEnum):
     """Where the kernel's ``tls`` code is (JSON: the value)."""
 
     LOADED = "loaded"

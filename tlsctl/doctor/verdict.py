@@ -43,7 +43,7 @@ def version_name(version: int) -> str:
     return {TLS_1_2_VERSION: "1.2", TLS_1_3_VERSION: "1.3"}[version]
 
 
-def _kernel_check(release: str, mod: host.ModuleInfo) -> Check:
+def kernel_check(release: str, mod: host.ModuleInfo) -> Check:
     ver = host.kernel_version(release)
     config = ""
     if mod.config_source:
@@ -57,7 +57,7 @@ def _kernel_check(release: str, mod: host.ModuleInfo) -> Check:
     })
 
 
-def _module_fix(mod: host.ModuleInfo, cap: bool) -> tuple[str, str]:
+def module_fix(mod: host.ModuleInfo, cap: bool) -> tuple[str, str]:
     """(reason, fix) for a kernel whose ``tls`` ULP is not there."""
     if mod.state is host.ModuleState.LOADABLE and not cap:
         return ("the tls module is not loaded, and the kernel loads it on demand only "
@@ -77,7 +77,7 @@ def _module_fix(mod: host.ModuleInfo, cap: bool) -> tuple[str, str]:
             "boot a kernel with CONFIG_TLS=m or =y (in a container: modprobe tls on the host)")
 
 
-def _module_check(before: host.ModuleInfo, after: host.ModuleInfo, ulp_ok: bool,
+def module_check(before: host.ModuleInfo, after: host.ModuleInfo, ulp_ok: bool,
                   cap: bool) -> Check:
     data: dict[str, JsonValue] = {
         "state": before.state.value,
@@ -100,19 +100,19 @@ def _module_check(before: host.ModuleInfo, after: host.ModuleInfo, ulp_ok: bool,
         return Check("tls_module", title, True,
                      "not visible here, but the kernel has the tls ULP (loaded outside this "
                      "file system, e.g. by the host of a container)", data=data)
-    reason, fix = _module_fix(before, cap)
+    reason, fix = module_fix(before, cap)
     detail = {s.LOADABLE: f"loadable{where}, not loaded", s.MISSING: "missing",
               s.UNKNOWN: f"unknown: no {before.modules_dir}"}[before.state]
     return Check("tls_module", title, False, detail, reason, fix, data=data)
 
 
-def _ulp_check(result: probes.UlpResult, mod: host.ModuleInfo, cap: bool) -> Check:
+def ulp_check(result: probes.UlpResult, mod: host.ModuleInfo, cap: bool) -> Check:
     title = 'TCP_ULP "tls"'
     if result.error is None:
         return Check("tcp_ulp", title, True, "attaches to a loopback TCP socket",
                      required=True, data=errno_fields(None))
     if result.error.errno == errno.ENOENT:
-        reason, fix = _module_fix(mod, cap)
+        reason, fix = module_fix(mod, cap)
         reason = f'setsockopt(SOL_TCP, TCP_ULP, "tls") failed with ENOENT: {reason}'
     else:
         reason = f'setsockopt(SOL_TCP, TCP_ULP, "tls") failed with {errno_text(result.error)}'
@@ -125,7 +125,7 @@ def _cipher_key(version: int, cipher: CipherType) -> str:
     return f"cipher_tls{version_name(version).replace('.', '')}_{cipher.name.lower()}"
 
 
-def _cipher_checks(results: list[probes.CipherResult] | None, why_not: str) -> list[Check]:
+def cipher_checks(results: list[probes.CipherResult] | None, why_not: str) -> list[Check]:
     checks: list[Check] = []
     if results is None:
         checks.append(Check("keys", "TX/RX keys", False, "not probed", why_not,
@@ -182,7 +182,7 @@ def _cipher_checks(results: list[probes.CipherResult] | None, why_not: str) -> l
     return checks
 
 
-def _rekey_check(result: probes.RekeyResult | None, release: str, why_not: str) -> Check:
+def rekey_check(result: probes.RekeyResult | None, release: str, why_not: str) -> Check:
     title = "TLS 1.3 rekey"
     if result is None:
         return Check("rekey_tls13", title, None, "not probed", why_not, data={
@@ -217,7 +217,7 @@ def _rekey_check(result: probes.RekeyResult | None, release: str, why_not: str) 
     return Check("rekey_tls13", title, False, f"TX {tx}, RX {rx}", reason, fix, data=data)
 
 
-def _option_checks(results: list[probes.OptionResult] | None, why_not: str) -> list[Check]:
+def option_checks(results: list[probes.OptionResult] | None, why_not: str) -> list[Check]:
     out: list[Check] = []
     names = list(_OPTION_SINCE) if results is None else [r.name for r in results]
     for i, name in enumerate(names):
@@ -246,7 +246,7 @@ def _option_checks(results: list[probes.OptionResult] | None, why_not: str) -> l
     return out
 
 
-def _tls_stat_check(path: Path, mod_ok: bool) -> Check:
+def tls_stat_check(path: Path, mod_ok: bool) -> Check:
     title = "/proc/net/tls_stat"
     try:
         counters = parse_proc_tls_stat(path.read_text())
@@ -262,7 +262,7 @@ def _tls_stat_check(path: Path, mod_ok: bool) -> Check:
                  data={"present": True, "counters": dict(counters)})
 
 
-def _nic_check() -> Check:
+def nic_check() -> Check:
     title = "NIC TLS offload"
     try:
         found = nics.probe_nics()
@@ -292,7 +292,7 @@ def _nic_check() -> Check:
                  data=data)
 
 
-def _openssl_check(o: libs.OpenSSLResult) -> Check:
+def openssl_check(o: libs.OpenSSLResult) -> Check:
     title = "OpenSSL kTLS"
     data: dict[str, JsonValue] = {
         "path": o.path, "version": o.version or None, "library": o.library or None,
@@ -318,7 +318,7 @@ def _openssl_check(o: libs.OpenSSLResult) -> Check:
     return Check("openssl", title, False, o.version or "unknown", reason, fix, data=data)
 
 
-def _python_ssl_check(p: libs.PythonSSLResult, o: libs.OpenSSLResult) -> Check:
+def python_ssl_check(p: libs.PythonSSLResult, o: libs.OpenSSLResult) -> Check:
     title = "Python ssl kTLS"
     data: dict[str, JsonValue] = {
         "python": p.python, "openssl_version": p.openssl_version,
@@ -351,27 +351,27 @@ def diagnose(*, nic_probe: bool = True, library_probe: bool = True,
     release = host.kernel_release()
     before = host.tls_module(release, root)
     cap = host.has_cap_net_admin()
-    checks: list[Check] = [_kernel_check(release, before)]
+    checks: list[Check] = [kernel_check(release, before)]
     try:
         ulp = probes.probe_ulp()
     except OSError as exc:  # no loopback TCP at all
         ulp = probes.UlpResult(exc)
     after = host.tls_module(release, root)
     ulp_ok = ulp.error is None
-    checks.append(_module_check(before, after, ulp_ok, cap))
-    checks.append(_ulp_check(ulp, before, cap))
+    checks.append(module_check(before, after, ulp_ok, cap))
+    checks.append(ulp_check(ulp, before, cap))
     why_not = "" if ulp_ok else 'the tls ULP does not attach (see TCP_ULP "tls")'
     ciphers = [probes.probe_cipher(v, c) for v in TLS_VERSIONS for c in CipherType] \
         if ulp_ok else None
-    checks += _cipher_checks(ciphers, why_not)
-    checks.append(_rekey_check(probes.probe_rekey() if ulp_ok else None, release, why_not))
-    checks += _option_checks(probes.probe_options() if ulp_ok else None, why_not)
+    checks += cipher_checks(ciphers, why_not)
+    checks.append(rekey_check(probes.probe_rekey() if ulp_ok else None, release, why_not))
+    checks += option_checks(probes.probe_options() if ulp_ok else None, why_not)
     module_there = after.state in (host.ModuleState.LOADED, host.ModuleState.BUILTIN) or ulp_ok
-    checks.append(_tls_stat_check(proc_tls_stat, module_there))
+    checks.append(tls_stat_check(proc_tls_stat, module_there))
     if nic_probe:
-        checks.append(_nic_check())
+        checks.append(nic_check())
     if library_probe:
         o = libs.probe_openssl()
-        checks.append(_openssl_check(o))
-        checks.append(_python_ssl_check(libs.probe_python_ssl(o), o))
+        checks.append(openssl_check(o))
+        checks.append(python_ssl_check(libs.probe_python_ssl(o), o))
     return Report(release, tuple(checks))

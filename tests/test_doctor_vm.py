@@ -1,0 +1,186 @@
+"""``tlsctl doctor`` against real kTLS kernels: one VM boot per kernel image.
+
+Every kernel image with a tls module (Debian 12's 6.1 and, when
+.ci/install-kernel-vm.sh fetched it, the backports kernel) boots once under
+virtme-ng (tests/kernelvm.py) and runs doctor three times:
+
+1. ``rmmod tls``, then doctor without CAP_NET_ADMIN (``setpriv
+   --bounding-set -net_admin``, still root for the files): the kernel may
+   not autoload the module, so kTLS is not usable: exit 1, "loadable, not
+   loaded", fix ``sudo modprobe tls``;
+2. doctor as root: its TCP_ULP probe makes the kernel load the module;
+   everything the kernel has is "yes": every version x cipher takes TX and
+   RX keys and carries a record, the SOL_TLS options, /proc/net/tls_stat
+   counting the probes; TLS 1.3 rekey "no" (EBUSY) before 6.14 and "yes"
+   from it on; TLS_TX_MAX_PAYLOAD_LEN from 6.19 on;
+3. doctor piped (plain text) with the module now loaded.
+
+Without vng/qemu/a kTLS kernel the tests skip with the reason
+(TLSCTL_REQUIRE_KERNEL_VM=1 makes that a failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_TESTS_DIR = Path(__file__).resolve().parent
+if str(_TESTS_DIR) not in sys.path:  # importable whatever pytest's import mode
+    sys.path.insert(0, str(_TESTS_DIR))
+
+import kernelvm  # noqa: E402
+
+from tlsctl.doctor.host import kernel_version  # noqa: E402
+
+GUEST_TIMEOUT = 900.0
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.timeout(kernelvm.DEFAULT_BOOT_TIMEOUT + GUEST_TIMEOUT + 120)]
+
+TLSCTL = Path(sys.executable).with_name("tlsctl")
+KERNELS = kernelvm.find_kernels()
+REKEY_SINCE = (6, 14)
+MAX_PAYLOAD_SINCE = (6, 19)
+
+GUEST = """\
+W={w}
+T={tlsctl}
+rmmod tls > "$W/rmmod.out" 2>&1; echo $? > "$W/rmmod.rc"
+setpriv --bounding-set -net_admin --inh-caps -net_admin -- "$T" doctor --json \\
+    > "$W/nocap.json" 2> "$W/nocap.err"; echo $? > "$W/nocap.rc"
+"$T" doctor --json > "$W/root.json" 2> "$W/root.err"; echo $? > "$W/root.rc"
+"$T" doctor > "$W/text.txt" 2> "$W/text.err"; echo $? > "$W/text.rc"
+"""
+
+
+def _require_vm() -> bool:
+    return os.environ.get("TLSCTL_REQUIRE_KERNEL_VM", "") not in ("", "0")
+
+
+@pytest.fixture(scope="module", params=KERNELS or ["none"],
+                ids=[os.path.basename(k) for k in KERNELS] or ["no-kernel"])
+def vm_run(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Boot ``request.param`` once; the three doctor runs' outputs."""
+    ok, reason = kernelvm.vm_available()
+    if not ok or not KERNELS:
+        if _require_vm():
+            pytest.fail(f"kernel VM required (TLSCTL_REQUIRE_KERNEL_VM) but unavailable: "
+                        f"{reason}")
+        pytest.skip(f"kernel VM unavailable: {reason}")
+    workdir = tmp_path_factory.mktemp("doctorvm")
+    script = workdir / "doctor-guest.sh"
+    script.write_text(GUEST.format(w=workdir, tlsctl=TLSCTL))
+    try:
+        res = kernelvm.run_in_vm(["/bin/sh", str(script)], GUEST_TIMEOUT, workdir=workdir,
+                                 kernel=request.param)
+    except kernelvm.VMError as exc:
+        pytest.fail(f"kernel VM run failed: {exc}", pytrace=False)
+
+    def read(name: str) -> str:
+        p = workdir / name
+        return p.read_text() if p.exists() else ""
+
+    out: dict[str, Any] = {"kernel": res.kernel, "rc": res.returncode,
+                           "boot_seconds": res.boot_seconds}
+    for run in ("nocap", "root", "text"):
+        out[f"{run}_rc"] = int(read(f"{run}.rc").strip() or -1)
+        out[f"{run}_err"] = read(f"{run}.err")
+    out["rmmod_rc"] = int(read("rmmod.rc").strip() or -1)
+    out["text"] = read("text.txt")
+    for run in ("nocap", "root"):
+        raw = read(f"{run}.json")
+        try:
+            out[run] = json.loads(raw)
+        except ValueError:
+            pytest.fail(f"{run}: doctor printed no JSON (exit {out[f'{run}_rc']}):\n{raw}\n"
+                        f"--- stderr ---\n{out[f'{run}_err']}", pytrace=False)
+    print(f"kernel {res.kernel}: boot {res.boot_seconds} s, total {res.total_seconds:.0f} s")
+    return out
+
+
+def _version(run: dict[str, Any]) -> tuple[int, int, int]:
+    ver = kernel_version(run["root"]["kernel_release"])
+    assert ver is not None
+    return ver
+
+
+def test_without_cap_net_admin_the_module_is_not_loaded(vm_run: dict[str, Any]) -> None:
+    assert vm_run["rmmod_rc"] == 0
+    doc = vm_run["nocap"]
+    assert vm_run["nocap_rc"] == 1, vm_run["nocap_err"]
+    assert doc["ktls_usable"] is False
+    mod = doc["checks"]["tls_module"]
+    assert (mod["state"], mod["ok"], mod["cap_net_admin"]) == ("loadable", False, False)
+    assert mod["fix"].startswith("sudo modprobe tls")
+    ulp = doc["checks"]["tcp_ulp"]
+    assert ulp["errno_name"] == "ENOENT" and "CAP_NET_ADMIN" in ulp["reason"]
+    assert vm_run["nocap_err"].startswith("Error: kTLS is not usable here: ")
+    assert "Traceback" not in vm_run["nocap_err"]
+
+
+def test_as_root_everything_the_kernel_has_is_yes(vm_run: dict[str, Any]) -> None:
+    doc = vm_run["root"]
+    assert vm_run["root_rc"] == 0, vm_run["root_err"]
+    assert doc["ktls_usable"] is True
+    assert doc["kernel_release"] == vm_run["kernel"]
+    c = doc["checks"]
+    # The probe loaded the module, as the kernel does for a CAP_NET_ADMIN process.
+    assert (c["tls_module"]["state"], c["tls_module"]["state_after_probe"],
+            c["tls_module"]["ok"]) == ("loadable", "loaded", True)
+    assert c["tcp_ulp"]["ok"] is True
+    assert c["keys"]["pairs_ok"] == c["keys"]["pairs"] == 8
+    for version in ("12", "13"):
+        for cipher in ("aes_gcm_128", "aes_gcm_256", "aes_ccm_128", "chacha20_poly1305"):
+            row = c[f"cipher_tls{version}_{cipher}"]
+            assert (row["ok"], row["tx"], row["rx"], row["roundtrip"]) == (True,) * 4, row
+    assert c["option_tls_tx_zerocopy_ro"]["ok"] is True
+    assert c["option_tls_tx_zerocopy_ro"]["value"] == 1
+    assert c["option_tls_rx_expect_no_pad"]["ok"] is True
+    stat = c["proc_net_tls_stat"]
+    assert stat["present"] is True
+    # Every cipher probe, the rekey and two option probes installed a TX key.
+    assert stat["counters"]["TlsTxSw"] >= 8 + 1 + 2
+    assert stat["counters"]["TlsRxSw"] >= 8 + 1 + 1
+    assert c["nic_tls_offload"]["ok"] is False  # virtio and lo have no TLS offload
+    assert any(d["name"] == "lo" for d in c["nic_tls_offload"]["devices"])
+    assert c["openssl"]["built_with_ktls"] is True
+
+
+def test_rekey_by_kernel_version(vm_run: dict[str, Any]) -> None:
+    c = vm_run["root"]["checks"]
+    rekey = c["rekey_tls13"]
+    if _version(vm_run)[:2] >= REKEY_SINCE:
+        assert (rekey["ok"], rekey["tx"], rekey["rx"], rekey["roundtrip"]) == (True,) * 4
+        assert c["proc_net_tls_stat"]["counters"]["TlsTxRekeyOk"] >= 1
+        assert c["proc_net_tls_stat"]["counters"]["TlsRxRekeyOk"] >= 1
+    else:
+        assert rekey["ok"] is False
+        assert rekey["tx_errno"] == 16  # EBUSY
+        assert "older than 6.14 cannot rekey TLS 1.3" in rekey["reason"]
+
+
+def test_max_payload_len_by_kernel_version(vm_run: dict[str, Any]) -> None:
+    opt = vm_run["root"]["checks"]["option_tls_tx_max_payload_len"]
+    if _version(vm_run)[:2] >= MAX_PAYLOAD_SINCE:
+        assert (opt["ok"], opt["default"], opt["value"]) == (True, 16384, 4096)
+    else:
+        assert (opt["ok"], opt["errno_name"]) == (False, "ENOPROTOOPT")
+        assert opt["fix"] == "Linux 6.19 or later"
+
+
+def test_plain_text_with_the_module_loaded(vm_run: dict[str, Any]) -> None:
+    assert vm_run["text_rc"] == 0, vm_run["text_err"]
+    lines = vm_run["text"].splitlines()
+    assert lines[0] == f"kTLS usable: yes (Linux {vm_run['kernel']})"
+    assert any(line.startswith("tls module: yes  loaded") for line in lines)
+    rekey = next(i for i, line in enumerate(lines) if line.startswith("TLS 1.3 rekey: "))
+    if _version(vm_run)[:2] >= REKEY_SINCE:
+        assert lines[rekey].startswith("TLS 1.3 rekey: yes")
+    else:
+        assert lines[rekey].startswith("TLS 1.3 rekey: no")
+        assert "older than 6.14" in lines[rekey + 1]
