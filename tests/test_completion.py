@@ -106,3 +106,8 @@ def test_help_and_completion_load_only_the_cli(command: str) -> None:
                        timeout=60, check=True)
     assert "--offload" in r.stdout
     assert r.stderr.strip() == "[]"
+
+
+def test_bash_completes_doctor(tmp_path: Path) -> None:
+    assert _bash_complete(["tlsctl", "doc"], tmp_path) == ["doctor"]
+    assert _bash_complete(["tlsctl", "doctor", "--j"], tmp_path) == ["--json"]
