@@ -113,7 +113,7 @@ def ulp_check(result: probes.UlpResult, mod: host.ModuleInfo, cap: bool) -> Chec
                      required=True, data=errno_fields(None))
     if result.error.errno == errno.ENOENT:
         reason, fix = module_fix(mod, cap)
-        reason = f'setsockopt(SOL_TCP, TCP_ULP, "tls") failed with ENOENT: {reason}'
+        reason = f'no "tls" ULP in the kernel (ENOENT): {reason}'
     else:
         reason = f'setsockopt(SOL_TCP, TCP_ULP, "tls") failed with {errno_text(result.error)}'
         fix = "check the kernel log (dmesg); a seccomp or LSM policy may forbid it"
