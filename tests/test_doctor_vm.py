@@ -35,6 +35,7 @@ if str(_TESTS_DIR) not in sys.path:  # importable whatever pytest's import mode
 
 import kernelvm  # noqa: E402
 
+from offload.stats import parse_proc_tls_stat  # noqa: E402
 from tlsctl.doctor.host import kernel_version  # noqa: E402
 
 GUEST_TIMEOUT = 900.0
@@ -54,11 +55,69 @@ setpriv --bounding-set -net_admin --inh-caps -net_admin -- "$T" doctor --json \\
     > "$W/nocap.json" 2> "$W/nocap.err"; echo $? > "$W/nocap.rc"
 "$T" doctor --json > "$W/root.json" 2> "$W/root.err"; echo $? > "$W/root.rc"
 "$T" doctor > "$W/text.txt" 2> "$W/text.err"; echo $? > "$W/text.rc"
+# Is doctor's "OpenSSL kTLS: yes" real?  openssl s_server -WWW with
+# `Options = KTLS` in its config serves a file to curl; the kernel counts
+# the TX key OpenSSL handed it.
+cd "$W" || exit 1
+cat > ktls.cnf <<'CNF'
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Options = KTLS
+CNF
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout key.pem -out cert.pem -days 1 > req.out 2>&1
+head -c 300000 /dev/urandom > file.bin
+cat /proc/net/tls_stat > stat.before
+(sleep 120 | OPENSSL_CONF="$W/ktls.cnf" timeout 150 openssl s_server -accept 127.0.0.1:4433 \
+    -WWW -cert cert.pem -key key.pem -naccept 1 > s_server.out 2>&1) &
+curl -sk --retry 30 --retry-connrefused --retry-delay 2 -o got.bin \
+    https://127.0.0.1:4433/file.bin > curl.out 2>&1; echo $? > curl.rc
+cat /proc/net/tls_stat > stat.after
 """
 
 
 def _require_vm() -> bool:
     return os.environ.get("TLSCTL_REQUIRE_KERNEL_VM", "") not in ("", "0")
+
+
+def run_doctor_guest(kernel: str, workdir: Path,
+                     boot_timeout: float = kernelvm.DEFAULT_BOOT_TIMEOUT) -> dict[str, Any]:
+    """Boot ``kernel`` once, run GUEST in it; what each step left in ``workdir``."""
+    script = workdir / "doctor-guest.sh"
+    script.write_text(GUEST.format(w=workdir, tlsctl=TLSCTL))
+    res = kernelvm.run_in_vm(["/bin/sh", str(script)], GUEST_TIMEOUT, workdir=workdir,
+                             kernel=kernel, boot_timeout=boot_timeout)
+
+    def read(name: str) -> str:
+        p = workdir / name
+        return p.read_text() if p.exists() else ""
+
+    out: dict[str, Any] = {"kernel": res.kernel, "rc": res.returncode,
+                           "boot_seconds": res.boot_seconds, "total_seconds": res.total_seconds}
+    for run in ("nocap", "root", "text"):
+        out[f"{run}_rc"] = int(read(f"{run}.rc").strip() or -1)
+        out[f"{run}_err"] = read(f"{run}.err")
+    out["rmmod_rc"] = int(read("rmmod.rc").strip() or -1)
+    out["text"] = read("text.txt")
+    out["curl_rc"] = int(read("curl.rc").strip() or -1)
+    out["curl_out"] = read("curl.out") + read("s_server.out")
+    out["same_file"] = (workdir / "got.bin").exists() and \
+        (workdir / "got.bin").read_bytes() == (workdir / "file.bin").read_bytes()
+    out["stat_before"] = parse_proc_tls_stat(read("stat.before"))
+    out["stat_after"] = parse_proc_tls_stat(read("stat.after"))
+    for run in ("nocap", "root"):
+        raw = read(f"{run}.json")
+        try:
+            out[run] = json.loads(raw)
+        except ValueError:
+            raise AssertionError(
+                f"{run}: doctor printed no JSON (exit {out[f'{run}_rc']}):\n{raw}\n"
+                f"--- stderr ---\n{out[f'{run}_err']}") from None
+    return out
 
 
 @pytest.fixture(scope="module", params=KERNELS or ["none"],
@@ -72,34 +131,12 @@ def vm_run(request: pytest.FixtureRequest,
             pytest.fail(f"kernel VM required (TLSCTL_REQUIRE_KERNEL_VM) but unavailable: "
                         f"{reason}")
         pytest.skip(f"kernel VM unavailable: {reason}")
-    workdir = tmp_path_factory.mktemp("doctorvm")
-    script = workdir / "doctor-guest.sh"
-    script.write_text(GUEST.format(w=workdir, tlsctl=TLSCTL))
     try:
-        res = kernelvm.run_in_vm(["/bin/sh", str(script)], GUEST_TIMEOUT, workdir=workdir,
-                                 kernel=request.param)
-    except kernelvm.VMError as exc:
+        out = run_doctor_guest(request.param, tmp_path_factory.mktemp("doctorvm"))
+    except (kernelvm.VMError, AssertionError) as exc:
         pytest.fail(f"kernel VM run failed: {exc}", pytrace=False)
-
-    def read(name: str) -> str:
-        p = workdir / name
-        return p.read_text() if p.exists() else ""
-
-    out: dict[str, Any] = {"kernel": res.kernel, "rc": res.returncode,
-                           "boot_seconds": res.boot_seconds}
-    for run in ("nocap", "root", "text"):
-        out[f"{run}_rc"] = int(read(f"{run}.rc").strip() or -1)
-        out[f"{run}_err"] = read(f"{run}.err")
-    out["rmmod_rc"] = int(read("rmmod.rc").strip() or -1)
-    out["text"] = read("text.txt")
-    for run in ("nocap", "root"):
-        raw = read(f"{run}.json")
-        try:
-            out[run] = json.loads(raw)
-        except ValueError:
-            pytest.fail(f"{run}: doctor printed no JSON (exit {out[f'{run}_rc']}):\n{raw}\n"
-                        f"--- stderr ---\n{out[f'{run}_err']}", pytrace=False)
-    print(f"kernel {res.kernel}: boot {res.boot_seconds} s, total {res.total_seconds:.0f} s")
+    print(f"kernel {out['kernel']}: boot {out['boot_seconds']} s, "
+          f"total {out['total_seconds']:.0f} s")
     return out
 
 
@@ -184,3 +221,14 @@ def test_plain_text_with_the_module_loaded(vm_run: dict[str, Any]) -> None:
     else:
         assert lines[rekey].startswith("TLS 1.3 rekey: no")
         assert "older than 6.14" in lines[rekey + 1]
+
+
+def test_openssl_ktls_claim_is_real(vm_run: dict[str, Any]) -> None:
+    """doctor says the system OpenSSL was built with kTLS: with ``Options =
+    KTLS`` its s_server hands the TX key to the kernel (TlsTxSw counts it) and
+    curl gets the file intact."""
+    assert vm_run["root"]["checks"]["openssl"]["ok"] is True
+    assert vm_run["curl_rc"] == 0, vm_run["curl_out"]
+    assert vm_run["same_file"]
+    before, after = vm_run["stat_before"], vm_run["stat_after"]
+    assert after["TlsTxSw"] - before["TlsTxSw"] >= 1, (before, after)
