@@ -288,3 +288,10 @@ def test_diagnose_on_this_host_matches_probe() -> None:
     report = diagnose(nic_probe=False, library_probe=False)
     assert report.usable is HAS_KTLS
     assert report.get("tcp_ulp").ok is HAS_KTLS
+
+
+def test_rekey_setup_failure_is_no_answer() -> None:
+    c = verdict.rekey_check(probes.RekeyResult(None, None, False,
+                                               setup_error=OSError("KeyUpdate lost")),
+                            "7.3.4", "")
+    assert c.ok is None and "KeyUpdate lost" in c.detail

@@ -89,24 +89,29 @@ class CipherResult:
 
 
 def probe_cipher(version: int, cipher: CipherType) -> CipherResult:
+    """A failure outside the two setsockopts (the pair, the ULP, the record's
+    send or receive) is reported as the TX error."""
     info = dummy_info(version, cipher).pack()
-    with loopback_pair() as (c, s):
-        attach_tls_ulp(c)
-        attach_tls_ulp(s)
-        tx_error: OSError | None = None
-        rx_error: OSError | None = None
-        try:
-            c.setsockopt(SOL_TLS, TLS_TX, info)
-        except OSError as exc:
-            tx_error = exc
-        try:
-            s.setsockopt(SOL_TLS, TLS_RX, info)
-        except OSError as exc:
-            rx_error = exc
-        roundtrip = False
-        if tx_error is None and rx_error is None:
-            c.sendall(_PAYLOAD)
-            roundtrip = _recv_exact(s, len(_PAYLOAD)) == _PAYLOAD
+    tx_error: OSError | None = None
+    rx_error: OSError | None = None
+    roundtrip = False
+    try:
+        with loopback_pair() as (c, s):
+            attach_tls_ulp(c)
+            attach_tls_ulp(s)
+            try:
+                c.setsockopt(SOL_TLS, TLS_TX, info)
+            except OSError as exc:
+                tx_error = exc
+            try:
+                s.setsockopt(SOL_TLS, TLS_RX, info)
+            except OSError as exc:
+                rx_error = exc
+            if tx_error is None and rx_error is None:
+                c.sendall(_PAYLOAD)
+                roundtrip = _recv_exact(s, len(_PAYLOAD)) == _PAYLOAD
+    except OSError as exc:
+        tx_error = tx_error or exc
     return CipherResult(version, cipher, tx_error, rx_error, roundtrip)
 
 
@@ -121,39 +126,46 @@ class RekeyResult:
     tx_error: OSError | None
     rx_error: OSError | None
     roundtrip: bool
+    setup_error: OSError | None = None
+    """The first keys or the KeyUpdate record failed: no answer about rekey."""
 
     @property
     def ok(self) -> bool:
-        return self.tx_error is None and self.rx_error is None and self.roundtrip
+        return (self.setup_error is None and self.tx_error is None and self.rx_error is None
+                and self.roundtrip)
 
 
 def probe_rekey(cipher: CipherType = CipherType.AES_GCM_128) -> RekeyResult:
     first = dummy_info(TLS_1_3_VERSION, cipher, 0).pack()
     second = dummy_info(TLS_1_3_VERSION, cipher, 1).pack()
-    with loopback_pair() as (c, s):
-        attach_tls_ulp(c)
-        attach_tls_ulp(s)
-        c.setsockopt(SOL_TLS, TLS_TX, first)
-        s.setsockopt(SOL_TLS, TLS_RX, first)
-        c.sendmsg([_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE,
-                                   bytes([ContentType.HANDSHAKE]))])
-        tx_error: OSError | None = None
-        rx_error: OSError | None = None
-        try:
-            c.setsockopt(SOL_TLS, TLS_TX, second)
-        except OSError as exc:
-            tx_error = exc
-        data, _anc, _flags, _addr = s.recvmsg(64, socket.CMSG_SPACE(1))
-        if data != _KEY_UPDATE:
-            raise OSError(f"the KeyUpdate record came back as {data!r}")
-        try:
-            s.setsockopt(SOL_TLS, TLS_RX, second)
-        except OSError as exc:
-            rx_error = exc
-        roundtrip = False
+    tx_error: OSError | None = None
+    rx_error: OSError | None = None
+    roundtrip = False
+    try:
+        with loopback_pair() as (c, s):
+            attach_tls_ulp(c)
+            attach_tls_ulp(s)
+            c.setsockopt(SOL_TLS, TLS_TX, first)
+            s.setsockopt(SOL_TLS, TLS_RX, first)
+            c.sendmsg([_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE,
+                                       bytes([ContentType.HANDSHAKE]))])
+            data, _anc, _flags, _addr = s.recvmsg(64, socket.CMSG_SPACE(1))
+            if data != _KEY_UPDATE:
+                raise OSError(f"the KeyUpdate record came back as {data!r}")
+            try:
+                c.setsockopt(SOL_TLS, TLS_TX, second)
+            except OSError as exc:
+                tx_error = exc
+            try:
+                s.setsockopt(SOL_TLS, TLS_RX, second)
+            except OSError as exc:
+                rx_error = exc
+            if tx_error is None and rx_error is None:
+                c.sendall(_PAYLOAD)
+                roundtrip = _recv_exact(s, len(_PAYLOAD)) == _PAYLOAD
+    except OSError as exc:
         if tx_error is None and rx_error is None:
-            c.sendall(_PAYLOAD)
-            roundtrip = _recv_exact(s, len(_PAYLOAD)) == _PAYLOAD
+            return RekeyResult(None, None, False, setup_error=exc)
     return RekeyResult(tx_error, rx_error, roundtrip)
 
 
@@ -174,17 +186,17 @@ class OptionResult:
 
 def _option(name: str, optname: int, fmt: struct.Struct, wanted: int,
             setup: Callable[[socket.socket, socket.socket], socket.socket]) -> OptionResult:
-    with loopback_pair() as (c, s):
-        attach_tls_ulp(c)
-        attach_tls_ulp(s)
-        sock = setup(c, s)
-        default: int | None = None
-        try:
+    default: int | None = None
+    try:
+        with loopback_pair() as (c, s):
+            attach_tls_ulp(c)
+            attach_tls_ulp(s)
+            sock = setup(c, s)
             default = fmt.unpack(sock.getsockopt(SOL_TLS, optname, fmt.size))[0]
             sock.setsockopt(SOL_TLS, optname, fmt.pack(wanted))
             value = fmt.unpack(sock.getsockopt(SOL_TLS, optname, fmt.size))[0]
-        except OSError as exc:
-            return OptionResult(name, exc, None, wanted, default)
+    except OSError as exc:
+        return OptionResult(name, exc, None, wanted, default)
     return OptionResult(name, None, int(value), wanted, default)
 
 

@@ -93,5 +93,7 @@ def errno_fields(exc: OSError | None) -> dict[str, JsonValue]:
 
 def errno_text(exc: OSError) -> str:
     """``EBUSY (Device or resource busy)``: the name a kTLS user greps for."""
-    name = _errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    if exc.errno is None:
+        return str(exc)
+    name = _errno.errorcode.get(exc.errno, str(exc.errno))
     return f"{name} ({exc.strerror})" if exc.strerror else name

@@ -187,6 +187,11 @@ def rekey_check(result: probes.RekeyResult | None, release: str, why_not: str) -
     if result is None:
         return Check("rekey_tls13", title, None, "not probed", why_not, data={
             "tx": None, "rx": None, "roundtrip": None})
+    if result.setup_error is not None:
+        return Check("rekey_tls13", title, None,
+                     f"cannot tell: the TLS 1.3 pair before the rekey failed "
+                     f"({errno_text(result.setup_error)})",
+                     data={"tx": None, "rx": None, "roundtrip": None})
     data: dict[str, JsonValue] = {
         "tx": result.tx_error is None, "rx": result.rx_error is None,
         "roundtrip": result.roundtrip,
