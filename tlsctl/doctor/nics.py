@@ -45,7 +45,7 @@ def interfaces(sys_class_net: str = "/sys/class/net") -> list[str]:
 def probe_nics(names: list[str] | None = None) -> list[NicResult]:
     """Every device's TLS features; a device that cannot be asked gets its
     error instead (ioctl errors are per device)."""
-    from pyroute2 import Ethtool
+    from pyroute2.ethtool import Ethtool
 
     out: list[NicResult] = []
     ethtool = Ethtool()
