@@ -41,7 +41,7 @@ from typing import Any
 from offload import KTLSSocket
 from offload.netdev import create_device
 from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_2_VERSION, TLS_TX, CipherType, CryptoInfo
-from offload.wiremodel import FaultSpec
+from offload.wiremodel import FaultSpec, TxPipeline
 
 MODES = ("tcp", "tcp-sendfile", "sw", "sim-nic", "sim-nic+ooo")
 OOO_FAULTS = "reorder=0.01,seed=1"
@@ -93,13 +93,13 @@ def _one(
                 raw.sendall(view[:n])
             raw.shutdown(socket.SHUT_WR)
         else:
-            kwargs: dict[str, Any] = {}
+            path = None
             if mode.startswith("sim-nic"):
-                kwargs["device"] = create_device("sim-nic")
-                kwargs["mss"] = mss
-                if mode.endswith("ooo"):
-                    kwargs["faults"] = FaultSpec.parse(faults)
-            k = KTLSSocket(raw, backend="user", **kwargs)
+                path = TxPipeline(
+                    create_device("sim-nic"), mss=mss,
+                    faults=FaultSpec.parse(faults) if mode.endswith("ooo") else None,
+                )
+            k = KTLSSocket(raw, backend="sw", txpath=path)
             k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
             k.setsockopt(SOL_TLS, TLS_TX, info.pack())
             k.sendfile(f, 0, count)

@@ -6,11 +6,6 @@ crypto_info)``, control records through cmsgs, ``getsockopt`` read-back and
 the errno values Linux returns.  :class:`KTLSSocket` wraps a connected TCP
 socket and either does the record layer itself (software) or forwards to the
 host kernel's kTLS.
-
-The names below are loaded on first use (PEP 562): importing one light
-module such as :mod:`offload.uapi` does not load the whole record layer
-(``tlsctl doctor`` needs only the constants; inside the emulated kTLS VM
-that import alone took minutes).
 """
 
 from __future__ import annotations
@@ -18,20 +13,32 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from offload.uapi import CipherType, ContentType, CryptoInfo
+
 if TYPE_CHECKING:
     from offload.kernel import kernel_has_ktls
     from offload.ktls_socket import KTLSSocket
     from offload.stats import GLOBAL as GLOBAL_STATS
-    from offload.uapi import CipherType, ContentType, CryptoInfo
 
-_EXPORTS: dict[str, tuple[str, str]] = {
-    "GLOBAL_STATS": ("offload.stats", "GLOBAL"),
-    "CipherType": ("offload.uapi", "CipherType"),
-    "ContentType": ("offload.uapi", "ContentType"),
-    "CryptoInfo": ("offload.uapi", "CryptoInfo"),
+# Loaded on first use (PEP 562): importing any ``offload.X`` runs this file,
+# and a program that only needs the constants or a driver's name (``tlsctl
+# send --help``) should not pay for the record layer and its AEADs.
+_LAZY = {
     "KTLSSocket": ("offload.ktls_socket", "KTLSSocket"),
     "kernel_has_ktls": ("offload.kernel", "kernel_has_ktls"),
+    "GLOBAL_STATS": ("offload.stats", "GLOBAL"),
 }
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'offload' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "GLOBAL_STATS",
@@ -41,13 +48,3 @@ __all__ = [
     "KTLSSocket",
     "kernel_has_ktls",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'offload' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value

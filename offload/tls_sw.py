@@ -27,6 +27,9 @@ fell by about a quarter against 16 (fewer ``preadv``/``sendmsg`` calls and
 wake-ups of the reader), at a cost of 1 MiB per pooled buffer."""
 _POOL_MAX = 8
 
+SCRATCH_MAX = 128 * 1024
+"""Largest run of TLS 1.3 records decrypted into scratch space per call."""
+
 TLS_HANDSHAKE_KEYUPDATE = 24
 _KEYUPDATE = bytes([TLS_HANDSHAKE_KEYUPDATE])
 _DATA = int(ContentType.APPLICATION_DATA)
@@ -37,8 +40,9 @@ class SwTx:
 
     ``MSG_MORE`` is modelled as in Linux: data goes into an *open record*
     that is pushed when it is full, when a send comes without MSG_MORE, or
-    before a control record.  Sealed bytes are returned to the caller,
-    which owns the write queue.
+    before a control record, and is sealed under the key in force when it
+    is pushed.  Sealed bytes are returned to the caller, which owns the
+    write queue.
     """
 
     batch_records = BATCH_RECORDS
@@ -68,9 +72,11 @@ class SwTx:
         return self.sealer.live_info()
 
     def rekey(self, info: CryptoInfo) -> None:
-        """TLS 1.3 key update: later records use the new key and rec_seq."""
-        if self.open_record:
-            raise os_error(errno.EBUSY, "open record pending during rekey")
+        """TLS 1.3 key update: later records use the new key and rec_seq.
+
+        Records already sealed keep the old key; the open record (MSG_MORE)
+        is not sealed yet, so it goes out under the new one, as Linux 6.14+
+        seals it when it closes."""
         self._install(info)
 
     def _check_space(self, nrecords: int) -> None:
@@ -96,7 +102,8 @@ class SwTx:
     def _frame(self, content_type: int, mv: memoryview, more: bool) -> Iterator[bytearray]:
         if content_type != _DATA:
             yield from self.push()
-            yield from self._emit(content_type, mv)
+            if len(mv):  # Linux sends no empty control record (returns 0)
+                yield from self._emit(content_type, mv)
             return
         if self.open_record or more:
             self.open_record += mv
@@ -178,6 +185,7 @@ class SwRx:
         self.key_updates_received = 0
         self.no_pad = False
         self.padding_seen = 0
+        self._scratch = bytearray()
 
     def _install(self, info: CryptoInfo) -> None:
         self.opener = RecordOpener(info)
@@ -200,9 +208,15 @@ class SwRx:
         """Decrypt one more buffered record onto the ready queue, if whole.
 
         With ``dst`` (a reader's buffer, nothing queued ahead of it) the
-        data records that fit are decrypted straight into ``dst`` and the
-        bytes written returned instead: the zero-copy receive path.  A control record
-        read that way is copied onto the ready queue like any other.
+        data records that fit land in ``dst`` and the bytes written are
+        returned instead.  Nothing but their plaintext is written there,
+        as Linux writes nothing past what recvmsg returns: a TLS 1.2 record
+        says its type in the header, so a run of data records is decrypted
+        straight into ``dst`` (zero copy); a TLS 1.3 record hides it inside,
+        so the run is decrypted into scratch space first and only its data
+        is copied (as Linux does unless TLS_RX_EXPECT_NO_PAD: it then
+        decrypts into the reader's buffer and, for a control record, again
+        into its own, leaving that record's plaintext behind).
 
         Raises the parser's/opener's OSError (EBADMSG, EMSGSIZE, EINVAL) for
         a bad record; the caller makes it sticky as Linux does.  Returns
@@ -216,15 +230,20 @@ class SwRx:
             raise abort_error(errno.EBADMSG, "record sequence number wrapped")
         opener = self.opener
         if dst is not None:
-            nrec, written, padded = opener.open_data_into(self.parser, dst)
+            out = self._scratch_for(len(dst)) if opener.is13 else dst
+            nrec, written, padded = opener.open_data_into(self.parser, out)
             if nrec:
                 self.padding_seen += padded
+                if out is not dst:
+                    dst[:written] = out[:written]
                 return written
         raw = self.parser.next_record()
         if raw is None:
             return None
         inner = opener.inner_len(raw)
-        direct = dst is not None and inner <= len(dst)
+        direct = (
+            dst is not None and not opener.is13 and raw[0] == _DATA and inner <= len(dst)
+        )
         if direct:
             assert dst is not None
             ctype, n = opener.open_into(raw, dst)
@@ -244,6 +263,14 @@ class SwRx:
         rec = RxRecord(ctype, plain)
         self.ready.append(rec)
         return rec
+
+    def _scratch_for(self, room: int) -> memoryview:
+        """Scratch space for a TLS 1.3 run whose plaintext fits ``room``
+        (one byte more: the last record's inner type)."""
+        want = min(room, SCRATCH_MAX) + 1
+        if len(self._scratch) < want:
+            self._scratch = bytearray(want)
+        return memoryview(self._scratch)[:want]
 
     def consume(self, rec: RxRecord, n: int) -> None:
         """Mark ``n`` bytes of the front record read; drop it when empty."""

@@ -6,8 +6,12 @@ reaching a device - reorder, duplicate, split, drop-and-retransmit,
 redirect to a device without the context - and what the devices emit is
 reassembled in TCP order before it is written to the real socket.  The
 reassembler checks that every duplicate carries exactly the ciphertext
-already delivered, and acknowledges delivered bytes back to the layer so
+already delivered, and acknowledges delivered bytes to the device context so
 records are freed (the ``clean_acked`` hook).
+
+:class:`TxPipeline` is a TX path (``offload.txpath.TxPath``): the caller
+builds one around a device and hands it to ``KTLSSocket(txpath=...)``; the
+socket gives it framed buffers and writes the chunks it returns.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from dataclasses import dataclass, field
 
 from offload.fallback import sw_fallback
 from offload.netdev import NetDevice, Segment, xmit_each
+from offload.state import DeviceReport
 from offload.tcpseq import Segmenter, SeqSpace
 from offload.tls_device import DeviceTx
+from offload.txpath import Chunk
+from offload.uapi import TLS_MAX_PAYLOAD_SIZE, CryptoInfo
 
 FAULT_KINDS = ("reorder", "split", "dup", "drop", "redirect")
 
-Chunk = bytes | bytearray | memoryview
-"""Wire bytes handed on: a TX ring slot, or (in place) a framing buffer's view."""
 
 MAX_WINDOW = 65535 << 14
 """The largest window TCP can advertise (RFC 7323: 65535 << 14, just under
@@ -209,8 +214,10 @@ class _Held:
 class TxPipeline:
     """Segmenter -> faults -> device (or fallback) -> reassembly -> socket.
 
-    ``deliver`` receives ciphertext in TCP order (the socket write queue);
-    acknowledgements go back to the device context as soon as bytes are
+    ``transmit`` takes a framed buffer and returns the ciphertext now ready
+    for the socket, in TCP order; the socket says which chunks it wrote
+    (``written``) so ring slots and framing buffers are reused.
+    Acknowledgements go to the device context as soon as bytes are
     delivered.  ``device_seconds`` is the CPU time spent inside the driver's
     ``xmit`` (what NIC hardware would do), kept apart from host time.
 
@@ -226,7 +233,6 @@ class TxPipeline:
     def __init__(
         self,
         device: NetDevice,
-        deliver: Callable[[Chunk], None],
         *,
         space: SeqSpace | None = None,
         mss: int | None = None,
@@ -248,7 +254,7 @@ class TxPipeline:
         # Only duplicates and retransmissions can deliver the same bytes twice.
         dups = self.faults.dup > 0 or self.faults.drop > 0
         self.reasm = Reassembler(0, self._delivered, check_dups=dups)
-        self._deliver = deliver
+        self._out: list[Chunk] = []  # delivered in TCP order, for the socket
         # Drivers that may encrypt the framing buffer in place (fast path).
         self._in_place = bool(getattr(device.driver, "xmit_in_place", False))
         self._lent: dict[int, bytearray] = {}  # framing buffers given whole to the socket
@@ -263,8 +269,45 @@ class TxPipeline:
     def attach(self, tx: DeviceTx) -> None:
         self.tx = tx
 
-    def send(self, data: bytes | bytearray | memoryview) -> None:
-        """Put a framed buffer (records, or plain pre-offload bytes) on the wire."""
+    # -- the TX path (offload.txpath.TxPath) ----------------------------------
+
+    def offload(self, info: CryptoInfo, record_size: int = TLS_MAX_PAYLOAD_SIZE) -> DeviceTx:
+        """``tls_set_device_offload``: the device context for TLS_TX, its
+        start marker at the stream's current end (raises
+        ``offload.netdev.OffloadRefused`` when the driver declines)."""
+        tx = DeviceTx(info, self.device, self.space, self.offset, record_size)
+        self.attach(tx)
+        return tx
+
+    def transmit(self, data: bytes | bytearray | memoryview) -> list[Chunk]:
+        """Put a framed buffer (records, or plain pre-offload bytes) on the
+        wire; returns the ciphertext delivered meanwhile, in TCP order."""
+        self._send(data)
+        out, self._out = self._out, []
+        return out
+
+    def drain(self) -> list[Chunk]:
+        """Deliver everything still held (reordered, pending retransmission)."""
+        self._release(due_only=False)
+        if self.reasm.pending:
+            raise ReassemblyError("wire drained with a hole in the stream")
+        out, self._out = self._out, []
+        return out
+
+    def report(self) -> DeviceReport:
+        """The NIC's counters, its driver's CPU time and the faults injected."""
+        fb = self.fallback_device
+        return DeviceReport(
+            name=self.device.name,
+            driver=self.device.driver.name,
+            stats=self.device.stats.snapshot(),
+            device_seconds=self.device_seconds,
+            faults=str(self.faults) if self.faults.any else "",
+            faults_injected=self.counts.as_dict(),
+            fallback_stats=None if fb is None else fb.stats.snapshot(),
+        )
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
         mv = memoryview(data)
         offset = self.offset
         self.offset += len(mv)
@@ -327,12 +370,6 @@ class TxPipeline:
             self._lent.clear()
         self._lent[id(buf)] = buf
         self.reasm.receive(offset, mv)
-
-    def drain(self) -> None:
-        """Deliver everything still held (reordered, pending retransmission)."""
-        self._release(due_only=False)
-        if self.reasm.pending:
-            raise ReassemblyError("wire drained with a hole in the stream")
 
     # -- internals ----------------------------------------------------------
 
@@ -419,7 +456,7 @@ class TxPipeline:
         if ok and not lost:
             self.reasm.receive(off, out)
         else:
-            self.recycle(out)
+            self.written(out)
 
     def _ring_slot(self, n: int) -> bytearray:
         """A TX ring buffer for an n-byte segment (reused: no zeroing per packet)."""
@@ -427,9 +464,10 @@ class TxPipeline:
             return self._ring.pop()
         return bytearray(n)
 
-    def recycle(self, buf: object) -> None:
+    def written(self, buf: object) -> None:
         """The socket wrote ``buf``: its ring slot can carry another segment,
-        or (a framing buffer sent in place) it goes back to the layer."""
+        or (a framing buffer sent in place) it goes back to the device
+        context for the next batch."""
         if self._lent.pop(id(buf), None) is buf:
             if self.tx is not None and isinstance(buf, bytearray):
                 self.tx.recycle(buf)
@@ -442,6 +480,6 @@ class TxPipeline:
             self._ring.append(buf)
 
     def _delivered(self, data: Chunk) -> None:
-        self._deliver(data)
+        self._out.append(data)
         if self.tx is not None:
             self.tx.clean_acked(self.reasm.next)

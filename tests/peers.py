@@ -127,17 +127,18 @@ def make_pki(d: Path) -> Pki:
 
 @contextlib.contextmanager
 def openssl_server(
-    cert: Path, key: Path, out: IO[bytes], *args: str, naccept: int = 1
+    cert: Path, key: Path, out: IO[bytes], *args: str, naccept: int = 1, startup: float = 10
 ) -> Iterator[tuple[subprocess.Popen[Any], int]]:
     """``openssl s_server -quiet``: received data goes to ``out``.
 
     Its stdin is a pipe we keep open: on EOF of stdin s_server would stop.
+    It must listen within ``startup`` seconds (more inside the emulated VM).
     """
     port = free_port()
     cmd = [OPENSSL, "s_server", "-quiet", "-accept", str(port), "-cert", str(cert),
            "-key", str(key), "-naccept", str(naccept), *args]
     with spawn(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE) as proc:
-        wait_port(port, proc)
+        wait_port(port, proc, timeout=startup)
         yield proc, port
 
 
@@ -221,60 +222,3 @@ def _readline(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, byt
         buf += chunk
     line, _, rest = buf.partition(b"\n")
     return line, rest
-
-
-# --- inside the kTLS VM: send/serve with --offload kernel ---------------------------
-
-KERNEL_CASES = [
-    ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"),
-    ("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"),
-    ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
-    ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
-]
-
-
-def kernel_guest(outdir: Path) -> None:
-    """Run in the VM (``python tests/peers.py kernel-guest DIR``): for each
-    case, ``tlsctl send --offload kernel`` to ``openssl s_server`` and to
-    ``tlsctl serve --offload kernel``; results as JSON in DIR/results.json."""
-    import hashlib
-
-    pki = make_pki(outdir)
-    data = outdir / "data.bin"
-    data.write_bytes(os.urandom((1 << 20) + 16385))
-    want = hashlib.sha256(data.read_bytes()).hexdigest()
-    results: list[dict[str, Any]] = []
-    for vflag, cflag, suite in KERNEL_CASES:
-        res: dict[str, Any] = {"suite": suite}
-        send = ["send", str(data), "-CAfile", str(pki.ca), "--offload", "kernel", "--json",
-                vflag, cflag, suite]
-        out = outdir / f"s_server-{suite}.out"
-        try:
-            with out.open("wb") as f, openssl_server(pki.cert, pki.key, f, vflag, cflag,
-                                                     suite) as (proc, port):
-                r = run_tlsctl(*send, "-connect", f"localhost:{port}", timeout=120)
-                proc.wait(30)
-            res["to_s_server"] = {"rc": r.returncode, "stderr": r.stderr[-500:],
-                                  "summary": json.loads(r.stdout) if r.returncode == 0 else None,
-                                  "received_sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
-            save = outdir / f"save-{suite}"
-            save.mkdir()
-            with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--offload",
-                               "kernel", "--save-dir", str(save), "-naccept", "1",
-                               startup=180) as srv:
-                r = run_tlsctl(*send, "-connect", f"localhost:{srv.port}", timeout=120)
-                recs = srv.records(timeout=60)
-            res["to_serve"] = {"rc": r.returncode, "stderr": r.stderr[-500:], "records": recs,
-                               "summary": json.loads(r.stdout) if r.returncode == 0 else None}
-        except Exception as exc:  # recorded, so the host test shows it
-            res["exception"] = repr(exc)
-        res["want_sha256"] = want
-        results.append(res)
-    (outdir / "results.json").write_text(json.dumps(results, indent=1))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "kernel-guest":
-        kernel_guest(Path(sys.argv[2]))
-    else:
-        raise SystemExit("usage: peers.py kernel-guest OUTDIR")

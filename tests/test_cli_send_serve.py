@@ -659,43 +659,6 @@ def test_parse_hostport() -> None:
             parse_hostport(bad)
 
 
-# --- the real kernel: --offload kernel inside the kTLS VM (opt-in, slow) ------------
-
-
-@pytest.mark.kernel
-@pytest.mark.timeout(900)
-def test_offload_kernel_in_vm(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """``send``/``serve --offload kernel`` on Debian's kTLS kernel under qemu.
-
-    Opt-in (several minutes under TCG): ``pytest -m kernel -k offload_kernel``.
-    The peers are OpenSSL's s_server and our own serve, both with hashes checked.
-    """
-    if "kernel" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("opt-in: run with -m kernel")
-    import kernelvm
-
-    ok, why = kernelvm.vm_available()
-    if not ok:
-        pytest.skip(f"kernel VM unavailable: {why}")
-    peers_py = Path(__file__).with_name("peers.py")
-    r = kernelvm.run_in_vm(kernelvm.python_argv(str(peers_py), "kernel-guest", str(tmp_path)),
-                           timeout=800, workdir=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results) == 4
-    for res in results:
-        assert "exception" not in res, res
-        s = res["to_s_server"]
-        assert s["rc"] == 0, s["stderr"]
-        assert s["summary"]["offload"] == "kernel"
-        assert s["received_sha256"] == s["summary"]["sha256"] == res["want_sha256"]
-        v = res["to_serve"]
-        assert v["rc"] == 0, v["stderr"]
-        (rec,) = [x for x in v["records"] if x.get("event") == "connection"]
-        assert rec["ok"] and rec["offload"] == "kernel", rec
-        assert rec["sha256"] == res["want_sha256"]
-
-
 @pytest.mark.parametrize("args", [["--size", "100000"], ["-tls1_2", "--offload", "none"]])
 def test_send_loopback(files: dict[int, Path], args: list[str]) -> None:
     """The no-preparation main job: a built-in server, verification on."""

@@ -93,13 +93,16 @@ def test_bash_completes_file_name(tmp_path: Path) -> None:
 def test_help_and_completion_load_only_the_cli(command: str) -> None:
     """``--help`` (and completing an option, which builds the same command)
     imports the click layer only: not pyOpenSSL, h11, the channel, the
-    transfer or the server library, which the command loads when it runs."""
+    transfer or the server library, nor the record layer (``offload``
+    loads ``KTLSSocket`` on first use), which the command loads when it
+    runs."""
     code = (
         "import sys\n"
         "from tlsctl.cli import main\n"
         f"assert main([{command!r}, '--help']) == 0\n"
         "heavy = ('OpenSSL', 'h11', 'tlsctl.session', 'tlsctl.transfer.', 'tlsctl.server.s',\n"
-        "         'tlsctl.tlsconf', 'tlsctl.handshake', 'tlsctl.control', 'tlsctl.certs')\n"
+        "         'tlsctl.tlsconf', 'tlsctl.handshake', 'tlsctl.control', 'tlsctl.certs',\n"
+        "         'offload.ktls_socket', 'offload.record', 'offload.wiremodel')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)), file=sys.stderr)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

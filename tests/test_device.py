@@ -85,23 +85,22 @@ def _through_device(
     other = NetDevice("nic1", make_driver())
     pipe = TxPipeline(
         dev,
-        out.extend,
         space=SeqSpace(isn),
         mss=mss,
         faults=FaultSpec.parse(faults) if faults else None,
         fallback_device=other,
     )
-    pipe.send(pre)
+    out += b"".join(pipe.transmit(pre))
     tx = DeviceTx(info, dev, pipe.space, pipe.offset, max_payload)
     pipe.attach(tx)
     sw = SwTx(info, max_payload)
     ref = bytearray(pre)
     for ctype, data in payloads:
         for buf in tx.frame(ctype, data, False):
-            pipe.send(buf)
+            out += b"".join(pipe.transmit(buf))
         for buf in sw.frame(ctype, data, False):
             ref += buf
-    pipe.drain()
+    out += b"".join(pipe.drain())
     return bytes(out), bytes(ref), dev, pipe, tx
 
 
@@ -247,11 +246,7 @@ def test_in_place_fast_path_with_recycled_buffers_equals_software(
     info = CryptoInfo.create(version, cipher, key=base.key, iv=iv, salt=base.salt, seq=7)
     out = bytearray()
     queued: list[memoryview] = []  # the socket's write queue
-    pipe = TxPipeline(
-        NetDevice("nic0", SimNic()),
-        lambda b: queued.append(memoryview(b)),
-        space=SeqSpace(SEQ_MOD - 70_000),
-    )
+    pipe = TxPipeline(NetDevice("nic0", SimNic()), space=SeqSpace(SEQ_MOD - 70_000))
     tx = DeviceTx(info, pipe.device, pipe.space, pipe.offset)
     pipe.attach(tx)
     sw = SwTx(info)
@@ -269,14 +264,14 @@ def test_in_place_fast_path_with_recycled_buffers_equals_software(
             slot[:k] = data[p : p + k]
             p += k
         tx.push_slots(buf, slots)
-        pipe.send(buf)
+        queued.extend(map(memoryview, pipe.transmit(buf)))
         while queued:  # the socket writes, then hands the buffer back
             view = queued.pop(0)
             out += view
-            pipe.recycle(view.obj)
+            pipe.written(view.obj)
         for b in sw.frame(23, data, False):
             ref += b
-    pipe.drain()
+    out += b"".join(pipe.drain())
     assert out == ref
     assert len(buffers) <= 3  # buffers were reused
     assert tx.records_in_flight == 0
@@ -407,13 +402,13 @@ def test_simnic_keeps_no_record_data() -> None:
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_256)
     dev = NetDevice("nic0", SimNic())
     contexts: list[SimNicContext] = []
-    pipe = TxPipeline(dev, lambda b: None, mss=1000)
+    pipe = TxPipeline(dev, mss=1000)
     tx = DeviceTx(info, dev, pipe.space, 0)
     pipe.attach(tx)
     assert isinstance(tx.ctx, SimNicContext)
     contexts.append(tx.ctx)
     for buf in tx.frame(23, os.urandom(100_000), False):
-        pipe.send(buf)
+        pipe.transmit(buf)
         for ctx in contexts:
             for name in SimNicContext.__slots__:
                 value = getattr(ctx, name)
@@ -425,7 +420,7 @@ def test_simnic_keeps_no_record_data() -> None:
 def test_simnic_refuses_ccm_and_layer_falls_back(tcp_pair: Pair) -> None:
     info = random_info(TLS_1_2_VERSION, CipherType.AES_CCM_128)
     c, _s = tcp_pair()
-    k = KTLSSocket(c, backend="user", device=create_device("sim-nic"))
+    k = KTLSSocket(c, backend="sw", txpath=TxPipeline(create_device("sim-nic")))
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     k.setsockopt(SOL_TLS, TLS_TX, info.pack())
     assert k.tx_conf == "sw"
@@ -467,7 +462,7 @@ def test_wire_keeps_at_most_a_window_unacknowledged(window: int) -> None:
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=3)
     out = bytearray()
     pipe = TxPipeline(
-        NetDevice("nic0", SimNic()), out.extend, space=SeqSpace(SEQ_MOD - 5000), mss=1000,
+        NetDevice("nic0", SimNic()), space=SeqSpace(SEQ_MOD - 5000), mss=1000,
         faults=FaultSpec.parse("reorder=1,drop=0.1,seed=4"), window=window,
     )
     tx = DeviceTx(info, pipe.device, pipe.space, 0)
@@ -477,17 +472,17 @@ def test_wire_keeps_at_most_a_window_unacknowledged(window: int) -> None:
     for _ in range(4):
         data = os.urandom(256 << 10)
         for buf in tx.frame(23, data, False):
-            pipe.send(buf)
+            out += b"".join(pipe.transmit(buf))
             assert pipe.offset - pipe.reasm.next <= window
         ref += b"".join(sw.frame(23, data, False))
     if window == MAX_WINDOW:
         assert pipe.reasm.next == 0  # 1 MiB fits: everything still held
     else:
         assert pipe.reasm.next > (1 << 20) - 2 * window
-    pipe.drain()
+    out += b"".join(pipe.drain())
     assert out == ref
     with pytest.raises(ValueError, match="window"):
-        TxPipeline(pipe.device, out.extend, window=MAX_WINDOW + 1)
+        TxPipeline(pipe.device, window=MAX_WINDOW + 1)
 
 
 def test_wire_transfer_2gib_past_start_marker_with_reorder_and_drop() -> None:
@@ -508,32 +503,36 @@ def test_wire_transfer_2gib_past_start_marker_with_reorder_and_drop() -> None:
         if tail_at and delivered + len(b) > tail_at:
             tail.extend(memoryview(b)[max(0, tail_at - delivered) :])
         delivered += len(b)
-        pipe.recycle(b)
+        pipe.written(b)
+
+    def send(data: bytes | bytearray) -> None:
+        for b in pipe.transmit(data):
+            deliver(b)
 
     pipe = TxPipeline(
         NetDevice("nic0", SimNic()),
-        deliver,
         space=SeqSpace((1 << 31) - 1000),
         faults=FaultSpec.parse("reorder=0.02,drop=0.01,seed=7"),
     )
-    pipe.send(os.urandom(517))
+    send(os.urandom(517))
     tx = DeviceTx(info, pipe.device, pipe.space, pipe.offset)
     pipe.attach(tx)
     chunk = os.urandom(tx.batch_records * tx.max_payload)
     past = (1 << 31) + (32 << 20)
     while tx.next_offset - tx.start_offset < past - (48 << 20):
         for buf in tx.frame(23, chunk, False):
-            pipe.send(buf)
+            send(buf)
     sw = SwTx(tx.sealer.live_info())
     tail_at = tx.next_offset  # nothing from here on is delivered yet
     assert delivered <= tail_at
     ref = bytearray()
     while tx.next_offset - tx.start_offset < past:
         for buf in tx.frame(23, chunk, False):
-            pipe.send(buf)
+            send(buf)
         for buf in sw.frame(23, chunk, False):
             ref += buf
-    pipe.drain()
+    for b in pipe.drain():
+        deliver(b)
     stats = pipe.device.stats
     assert pipe.counts.reorder > 500 and pipe.counts.drop > 200
     assert stats["tx_tls_skip_no_sync_data"] == 0
@@ -700,13 +699,15 @@ def test_socket_device_path_round_trip(
     dev = create_device("sim-nic")
     kc = KTLSSocket(
         c,
-        backend="user",
-        device=dev,
-        faults=FaultSpec.parse(faults) if faults else None,
-        mss=8192,
-        fallback_device=create_device("sim-nic", "nic1"),
+        backend="sw",
+        txpath=TxPipeline(
+            dev,
+            faults=FaultSpec.parse(faults) if faults else None,
+            mss=8192,
+            fallback_device=create_device("sim-nic", "nic1"),
+        ),
     )
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     for k in (kc, ks):
         k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
@@ -738,10 +739,10 @@ def test_socket_device_path_round_trip(
     rx_seq = CryptoInfo.unpack(ks.getsockopt(SOL_TLS, TLS_RX, size)).seq  # type: ignore[arg-type]
     assert tx_seq == rx_seq
     assert kc.stats["TlsTxDevice"] == 1 and kc.stats["TlsCurrTxDevice"] == 1
-    fallback = kc.wire.fallback_device if kc.wire else None
-    assert fallback is not None
+    state = kc.device_state()
+    assert state is not None and state.report.fallback_stats is not None
     on_nic = dev.stats["tx_tls_encrypted_bytes"]
-    in_sw = fallback.stats["tx_tls_sw_fallback_bytes"]
+    in_sw = state.report.fallback_stats["tx_tls_sw_fallback_bytes"]
     assert on_nic + in_sw > len(data)
     if faults:
         assert dev.stats["tx_tls_ooo"] > 0 and in_sw > 0

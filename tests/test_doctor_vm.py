@@ -128,7 +128,7 @@ def run_doctor_guest(kernel: str, workdir: Path,
 
 
 @pytest.fixture(scope="module", params=KERNELS or ["none"],
-                ids=[os.path.basename(k) for k in KERNELS] or ["no-kernel"])
+                ids=kernelvm.kernel_id)
 def vm_run(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Boot ``request.param`` once; the three doctor runs' outputs."""

@@ -13,7 +13,7 @@ encoder.  Three levels:
    is the one built at that sequence number (a forged tag never verifies),
    every intact leading record is still returned, and the parser never holds
    more than one maximal record plus the input it was just given.
-3. Raw bytes from a plain TCP socket into ``KTLSSocket(backend="user")`` with
+3. Raw bytes from a plain TCP socket into ``KTLSSocket(backend="sw")`` with
    TLS_RX: ``recv``/``recvmsg`` only raise the documented errnos, never hang,
    never deliver plaintext that was not in a valid record, a bad record's
    EBADMSG is sticky while a stream abort (framing error, sequence wrap) is
@@ -613,7 +613,7 @@ def test_socket_rx_fuzz(data: st.DataObject) -> None:
         bufsize = 4096
 
     c, s = _tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
 
     def write() -> None:
         try:
@@ -706,7 +706,7 @@ def test_peeked_data_still_delivered_after_a_later_bad_record() -> None:
         TLS_1_2_VERSION, CipherType.AES_GCM_128, key=bytes(16), iv=bytes(8), salt=bytes(4)
     )
     c, s = _tcp_pair()
-    with KTLSSocket(s, backend="user") as ks, c:
+    with KTLSSocket(s, backend="sw") as ks, c:
         ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
         ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
         bad = bytearray(encrypt_record(info, 1, DATA, b"forged"))

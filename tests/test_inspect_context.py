@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -50,6 +51,7 @@ CHILD = r"""
 import os, socket, sys, threading, time
 from offload import KTLSSocket
 from offload.netdev import create_device
+from offload.wiremodel import TxPipeline
 from offload.uapi import SOL_TCP, TCP_ULP, SOL_TLS, TLS_TX, TLS_RX, TLS_1_2_VERSION, \
     TLS_1_3_VERSION, CipherType
 from tests.conftest import random_info
@@ -65,7 +67,7 @@ def pair():
     return c, s
 
 def ktls(sock, direction, info, device=None):
-    k = KTLSSocket(sock, backend="user", device=device)
+    k = KTLSSocket(sock, backend="sw", txpath=None if device is None else TxPipeline(device))
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     k.setsockopt(SOL_TLS, direction, info.pack())
     return k
@@ -347,8 +349,9 @@ def test_explicit_socket_path_and_clean_stop(tmp_path: Path, env: dict[str, str]
     srv = ControlServer.start(ctl, argv=["test"])
     try:
         class Fake:
-            def describe(self, show_secrets: bool = False) -> dict[str, Any]:
-                return {"peer": "x", "tx_rec_seq": 5, "secret": show_secrets}
+            def state(self, show_secrets: bool = False) -> SimpleNamespace:
+                return SimpleNamespace(
+                    to_json=lambda: {"peer": "x", "tx_rec_seq": 5, "secret": show_secrets})
 
         with srv.register(Fake(), label="fake", extra={"file": "f"}) as h:
             [ans] = discover(ctl, show_secrets=True)
@@ -370,13 +373,14 @@ def test_explicit_socket_path_and_clean_stop(tmp_path: Path, env: dict[str, str]
 
 FORKS = r"""
 import os, sys, time
+from types import SimpleNamespace
 from tlsctl.control import ControlServer, Registrar
 
 class Conn:
     def __init__(self, n):
         self.n = n
-    def describe(self, show_secrets=False):
-        return {"peer": f"peer{self.n}", "tx_rec_seq": self.n}
+    def state(self, show_secrets=False):
+        return SimpleNamespace(to_json=lambda: {"peer": f"peer{self.n}", "tx_rec_seq": self.n})
 
 def establish(registrar: Registrar, conn):  # what serve's connection code does with it
     return registrar.register(conn, label="handed-over", extra={})
@@ -511,8 +515,9 @@ def test_other_user_refused(tmp_path: Path, env: dict[str, str]) -> None:
         info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256)
 
         class Conn:
-            def describe(self, show_secrets: bool = False) -> dict[str, Any]:
-                return {"tx_crypto": {"key": info.key.hex() if show_secrets else "redacted"}}
+            def state(self, show_secrets: bool = False) -> SimpleNamespace:
+                key = info.key.hex() if show_secrets else "redacted"
+                return SimpleNamespace(to_json=lambda: {"tx_crypto": {"key": key}})
 
         srv.register(Conn(), label="secret")
         # The file system keeps them out (0700 directory, 0600 socket) ...
@@ -827,10 +832,11 @@ def test_control_client_lists_fetches_and_watches(tmp_path: Path) -> None:
         def __init__(self) -> None:
             self.seq = 0
 
-        def describe(self, show_secrets: bool = False) -> dict[str, Any]:
+        def state(self, show_secrets: bool = False) -> SimpleNamespace:
             self.seq += 1
-            return {"tx_rec_seq": self.seq, "stats": {"TlsTxSw": 1},
-                    "device": {"stats": {"tx_tls_ooo": 2}}}
+            doc = {"tx_rec_seq": self.seq, "stats": {"TlsTxSw": 1},
+                   "device": {"stats": {"tx_tls_ooo": 2}}}
+            return SimpleNamespace(to_json=lambda: doc)
 
     try:
         with srv.register(Conn(), label="c", extra={"file": "f"}):

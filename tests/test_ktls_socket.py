@@ -45,8 +45,8 @@ def ktls_pair(
 ) -> tuple[KTLSSocket, KTLSSocket]:
     """Client with TLS_TX, server with TLS_RX, both on the user backend."""
     c, s = tcp_pair()
-    kc = KTLSSocket(c, backend="user")
-    ks = KTLSSocket(s, backend="user")
+    kc = KTLSSocket(c, backend="sw")
+    ks = KTLSSocket(s, backend="sw")
     for k in (kc, ks):
         k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
@@ -100,7 +100,7 @@ def test_wire_format_one_record_per_send(tcp_pair: Pair, vc: tuple[int, CipherTy
     """One record per send, split at 2^14, decoded by an independent decoder."""
     info = random_info(*vc, seq=1)
     c, s = tcp_pair()
-    kc = KTLSSocket(c, backend="user")
+    kc = KTLSSocket(c, backend="sw")
     kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
     sizes = [5, 16384, 16385, 1]
@@ -118,7 +118,7 @@ def test_wire_format_one_record_per_send(tcp_pair: Pair, vc: tuple[int, CipherTy
 def test_msg_more_coalesces(tcp_pair: Pair) -> None:
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    kc = KTLSSocket(c, backend="user")
+    kc = KTLSSocket(c, backend="sw")
     kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
     assert kc.send(b"a" * 10, socket.MSG_MORE) == 10
@@ -199,7 +199,7 @@ def test_recv_never_mixes_types_and_joins_data(tcp_pair: Pair) -> None:
 def test_msg_oob_upstream_mode(tcp_pair: Pair) -> None:
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
     c, _s = tcp_pair()
-    kc = KTLSSocket(c, backend="user", oob_records=False)
+    kc = KTLSSocket(c, backend="sw", oob_records=False)
     kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
     with pytest.raises(OSError) as e:
@@ -215,12 +215,12 @@ def _errno(fn: Callable[[], object]) -> int:
 
 
 def test_errno_table(tcp_pair: Pair) -> None:
-    unconnected = KTLSSocket(socket.socket(), backend="user")
+    unconnected = KTLSSocket(socket.socket(), backend="sw")
     assert _errno(lambda: unconnected.setsockopt(SOL_TCP, TCP_ULP, b"tls")) == errno.ENOTCONN
     unconnected.close()
 
     c, _s = tcp_pair()
-    k = KTLSSocket(c, backend="user")
+    k = KTLSSocket(c, backend="sw")
     info12 = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
     assert _errno(lambda: k.setsockopt(SOL_TLS, TLS_TX, info12.pack())) == errno.ENOPROTOOPT
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
@@ -305,7 +305,7 @@ def test_rec_seq_wrap_tx(tcp_pair: Pair) -> None:
 def test_rec_seq_wrap_rx(tcp_pair: Pair) -> None:
     info = random_info(TLS_1_2_VERSION, CipherType.CHACHA20_POLY1305, seq=2**64 - 2)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     c.sendall(
@@ -323,7 +323,7 @@ def test_rec_seq_wrap_rx(tcp_pair: Pair) -> None:
 def test_bad_tag_is_ebadmsg_and_sticky(tcp_pair: Pair) -> None:
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     good = encrypt_record(info, 0, 23, b"fine")
@@ -349,7 +349,7 @@ def test_bad_header_errno(tcp_pair: Pair, header: bytes, code: int) -> None:
     """Reported once; afterwards no data, only EOF (Linux's tls_err_abort)."""
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     c.sendall(header + bytes(64))
@@ -367,7 +367,7 @@ def test_one_byte_tcp_writes(tcp_pair: Pair, vc: tuple[int, CipherType]) -> None
     info = random_info(*vc, seq=5)
     c, s = tcp_pair()
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     payloads = [b"first", b"second" * 10]
@@ -387,7 +387,7 @@ def test_tls13_key_update_pauses_rx(tcp_pair: Pair) -> None:
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     key_update = bytes([24, 0, 0, 1, 0])
@@ -413,7 +413,7 @@ def test_tls13_key_update_fragment_pause_and_resume_with_the_live_key(tcp_pair: 
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     key_update = bytes([24, 0, 0, 1, 0])
@@ -441,7 +441,7 @@ def test_tls13_outer_type_is_authenticated_as_application_data(
     23 whose header byte was changed is delivered."""
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     c.sendall(encrypt_record(info, 0, 23, b"data", outer=22, aad_outer=aad_outer))
@@ -460,7 +460,7 @@ def test_short_record_says_its_type(tcp_pair: Pair) -> None:
     stream stops, as tls_rx_msg_size); the error carries the type."""
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     c.sendall(bytes([20, 3, 3, 0, 1, 1]))
@@ -531,10 +531,12 @@ def test_sendfile_joins_the_msg_more_record(
     header are one record) and the record is pushed when sendfile ends; the
     header never goes out after the body."""
     from offload.netdev import create_device
+    from offload.wiremodel import TxPipeline
 
     info = random_info(version, CipherType.AES_GCM_128, seq=5)
     c, s = tcp_pair()
-    kc = KTLSSocket(c, backend="user", device=create_device("sim-nic") if device else None)
+    path = TxPipeline(create_device("sim-nic")) if device else None
+    kc = KTLSSocket(c, backend="sw", txpath=path)
     kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
     assert kc.tx_conf == ("device" if device else "sw")
@@ -573,7 +575,7 @@ def test_bulk_batches_reuse_buffers_wire_exact(
     with its type and bytes; the sequence number read back agrees."""
     info = random_info(*vc, seq=(1 << 40) - 3)
     c, s = tcp_pair()
-    kc = KTLSSocket(c, backend="user")
+    kc = KTLSSocket(c, backend="sw")
     kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
     first, second = os.urandom((3 << 20) + 5), os.urandom(2 << 20)
@@ -610,7 +612,7 @@ def test_bulk_batches_reuse_buffers_wire_exact(
 def test_record_size(tcp_pair: Pair, record_size: int) -> None:
     info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    kc = KTLSSocket(c, backend="user", record_size=record_size)
+    kc = KTLSSocket(c, backend="sw", record_size=record_size)
     kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
     data = os.urandom(5000)
@@ -637,7 +639,7 @@ def test_counters(tcp_pair: Pair) -> None:
 def test_plaintext_before_tls_tx(tcp_pair: Pair) -> None:
     """With the ULP attached but no keys, bytes pass in the clear (TLS_BASE)."""
     c, s = tcp_pair()
-    kc = KTLSSocket(c, backend="user")
+    kc = KTLSSocket(c, backend="sw")
     kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     kc.send(b"hello")
     assert raw_bytes(s, 5) == b"hello"
@@ -665,7 +667,7 @@ def test_recv_into_bulk_hash(tcp_pair: Pair, vc: tuple[int, CipherType], bufsize
     """
     info = random_info(*vc, seq=5)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     payload = os.urandom(600_000)
@@ -696,7 +698,7 @@ def test_recv_into_bad_tag_mid_batch(tcp_pair: Pair, vc: tuple[int, CipherType])
     plaintext never shows in the caller's buffer; then EBADMSG, sticky."""
     info = random_info(*vc)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     good = b"".join(encrypt_record(info, i, 23, b"G" * 3000) for i in range(3))
@@ -722,7 +724,7 @@ def test_recvmsg_into_control_record_ends_the_batch(tcp_pair: Pair, version: int
     alert alone with its cmsg, then the rest; never mixed."""
     info = random_info(version, CipherType.AES_GCM_256)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     c.sendall(
@@ -758,7 +760,7 @@ def test_recv_into_nbytes_limits_the_read(tcp_pair: Pair, installed: bool) -> No
     (before it, bytes pass through in the clear as with TLS_BASE)."""
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     c, s = tcp_pair()
-    ks = KTLSSocket(s, backend="user")
+    ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     if installed:
         ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
@@ -769,3 +771,340 @@ def test_recv_into_nbytes_limits_the_read(tcp_pair: Pair, installed: bool) -> No
     assert ks.recv_into(buf, 4) == 4
     assert bytes(buf) == b"0123" + b"." * 12
     assert ks.recv_into(buf) == 6 and bytes(buf[:6]) == b"456789"
+
+
+# -- the TX queue: an exception at any point never repeats or tears a record ----
+
+
+def test_exception_anywhere_in_a_send_never_rewrites_queued_bytes(tcp_pair: Pair) -> None:
+    """KeyboardInterrupt from a signal handler lands at a bytecode boundary,
+    and one follows every C call - ``sendmsg`` too, before its result is
+    stored.  The queue must still know what TCP took: ``close()`` then
+    writes only the rest, and the peer's stream is whole records, in
+    sequence, carrying a prefix of what was sent.  The exception is
+    injected, one run each, after the k-th C call the layer makes in the
+    sending thread (``sys.setprofile``'s ``c_return``), with small socket
+    buffers and a reader draining so ``sendmsg`` writes part of the queue.
+    Before the fix, an interrupt right after ``sendmsg`` returned made
+    ``close()`` write those bytes again."""
+    import sys
+    import types
+
+    import offload
+
+    layer_dir = os.path.dirname(offload.__file__)
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128, seq=7)
+    data = os.urandom(150_000)
+    fired_at: list[int] = []
+    k = 0
+    while True:
+        k += 1
+        c, s = tcp_pair()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        kc = KTLSSocket(c, backend="sw")
+        kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+        kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+        wire = bytearray()
+
+        def read(s: socket.socket = s, wire: bytearray = wire) -> None:
+            while chunk := s.recv(4096):
+                wire.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        calls = 0
+
+        def inject(frame: types.FrameType, event: str, _arg: object, k: int = k) -> None:
+            nonlocal calls
+            if event == "c_return" and frame.f_code.co_filename.startswith(layer_dir):
+                calls += 1
+                if calls == k:
+                    raise KeyboardInterrupt
+
+        interrupted = False
+        sys.setprofile(inject)
+        try:
+            kc.sendall(data)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            sys.setprofile(None)
+        kc.close()
+        reader.join(20)
+        recs = decrypt_records(info, bytes(wire))  # whole records, in sequence
+        got = b"".join(p for _t, p in recs)
+        assert data.startswith(got), f"interrupted after C call {k}: stream is not a prefix"
+        if not interrupted:
+            assert got == data
+            break
+        fired_at.append(k)
+    assert len(fired_at) > 20  # the send path was interrupted at every C call it makes
+
+
+# -- the typed state ---------------------------------------------------------------
+
+
+def test_state_is_typed_and_describe_is_its_json(tcp_pair: Pair) -> None:
+    """``state()`` is the typed snapshot; ``describe()`` its JSON; keys are
+    not in a snapshot unless asked; the RX state follows the reads."""
+    from offload.state import RxState, TlsConf
+
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=4)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    kc, ks = ktls_pair(tcp_pair, info)
+    kc.send(b"hello")
+    assert recv_exact(ks, 5) == b"hello"
+    tx = kc.state()
+    assert tx.backend == "sw" and tx.tx_conf is TlsConf.SW and tx.rx_conf is TlsConf.BASE
+    assert tx.tx is not None and tx.rx is None and tx.tx.rec_seq == 5
+    assert tx.tx.key == "redacted" and info.key.hex() not in repr(tx)
+    assert kc.state(show_secrets=True).tx.key == info.key.hex()  # type: ignore[union-attr]
+    assert kc.describe() == tx.to_json()
+    assert kc.describe()["tx_rec_seq"] == CryptoInfo.unpack(
+        kc.getsockopt(SOL_TLS, TLS_TX, 40)).seq  # type: ignore[arg-type]
+    assert ks.state().rx_state is RxState.OK
+    # A KeyUpdate pauses RX until the next key; a bad tag is sticky; EOF.
+    c2 = kc.sock
+    c2.sendall(encrypt_record(info, 5, 22, bytes([24, 0, 0, 1, 0])))
+    assert ks.recvmsg(100, CMSG)[0] == bytes([24, 0, 0, 1, 0])
+    assert ks.rx_state is RxState.PAUSED
+    ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
+    assert ks.rx_state is RxState.OK
+    bad = bytearray(encrypt_record(nxt, 0, 23, b"x"))
+    bad[-1] ^= 1
+    c2.sendall(bytes(bad))
+    assert _errno(lambda: ks.recv(10)) == errno.EBADMSG
+    assert ks.state().rx_state is RxState.ERROR
+    c2.shutdown(socket.SHUT_WR)
+
+
+def test_rx_state_abort_then_dead_then_eof(tcp_pair: Pair) -> None:
+    from offload.state import RxState
+
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(bytes([23, 3, 1, 0, 40]) + bytes(40))
+    assert _errno(lambda: ks.recv(100)) == errno.EINVAL
+    assert ks.rx_state is RxState.DEAD
+    c.shutdown(socket.SHUT_WR)
+    assert ks.recv(100) == b""
+    assert ks.rx_state is RxState.EOF
+
+
+# -- issue 16: truth to Linux 7.x (each also a VM oracle scenario on 6.1 and 7.3) ----
+
+
+def test_tx_rekey_with_a_full_queue_does_not_wait_for_the_peer(tcp_pair: Pair) -> None:
+    """A non-blocking sender fills the socket and its queue, then rekeys:
+    setsockopt(TLS_TX) returns while the peer has read nothing (Linux 7.3:
+    at once); the records already sealed go out under the old key, later
+    ones under the new."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    kc, ks = KTLSSocket(c, backend="sw"), KTLSSocket(s, backend="sw")
+    for k in (kc, ks):
+        k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    kc.setblocking(False)
+    sent = bytearray()
+    block = os.urandom(65536)
+    while True:
+        try:
+            n = kc.send(block)
+        except BlockingIOError:
+            break
+        sent += block[:n]
+    assert sent and kc.pending_tx_bytes > 0
+    done = threading.Event()
+
+    def rekey() -> None:
+        kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack())
+        done.set()
+
+    t = threading.Thread(target=rekey, daemon=True)
+    t.start()
+    t.join(30)  # a guard against a hang, not a speed claim
+    assert done.is_set(), "setsockopt(TLS_TX) waited for the peer to read"
+    assert _errno(lambda: kc.send(b"x")) == errno.EAGAIN  # the queue is still full
+    got = recv_exact(ks, len(sent))  # the old key's records, all of them
+    assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+    ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack())
+    kc.setblocking(True)
+    kc.sendall(b"after")
+    assert recv_exact(ks, 5) == b"after"
+
+
+def test_tx_rekey_of_a_device_context_still_refused(tcp_pair: Pair) -> None:
+    """A device TX context cannot rekey (EOPNOTSUPP, as before), and the
+    refusal has no effect: the open MSG_MORE record is not pushed under the
+    old key first (before the fix rec_seq read back one record further)."""
+    from offload.netdev import create_device
+    from offload.wiremodel import TxPipeline
+
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, _s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw", txpath=TxPipeline(create_device("sim-nic")))
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.tx_conf == "device"
+    kc.send(b"open", socket.MSG_MORE)
+    new = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    assert _errno(lambda: kc.setsockopt(SOL_TLS, TLS_TX, new.pack())) == errno.EOPNOTSUPP
+    assert kc.getsockopt(SOL_TLS, TLS_TX, 40) == info.pack()  # nothing changed
+
+
+@pytest.mark.parametrize("key_update_between", [False, True])
+def test_open_msg_more_record_is_sealed_under_the_key_in_force_when_it_closes(
+    tcp_pair: Pair, key_update_between: bool
+) -> None:
+    """``send(abc, MSG_MORE)``, TX rekey, ``send(def)``: one record
+    ``abcdef`` under the new key (Linux 7.3).  A KeyUpdate record sent in
+    between pushes the open record first, under the old key."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256, seq=3)
+    nxt = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_256)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    assert kc.send(b"abc", socket.MSG_MORE) == 3
+    ku = bytes([24, 0, 0, 1, 0])
+    if key_update_between:
+        assert kc.sendmsg([ku], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]) == 5
+    kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack())
+    assert kc.send(b"def") == 3
+    if key_update_between:
+        old = raw_bytes(s, record_len(info, 3) + record_len(info, 5))
+        assert decrypt_records(info, old) == [(23, b"abc"), (22, ku)]
+        assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 3))) == [(23, b"def")]
+    else:
+        assert decrypt_records(nxt, raw_bytes(s, record_len(nxt, 6))) == [(23, b"abcdef")]
+
+
+@pytest.mark.parametrize(
+    ("version", "control"),
+    [
+        (TLS_1_3_VERSION, (22, bytes([24, 0, 0, 1, 0]))),
+        (TLS_1_3_VERSION, (21, b"\x01\x00")),
+        (TLS_1_2_VERSION, (21, b"\x01\x00")),
+    ],
+    ids=["1.3-keyupdate", "1.3-alert", "1.2-alert"],
+)
+def test_recv_into_writes_nothing_past_the_bytes_it_returns(
+    tcp_pair: Pair, version: int, control: tuple[int, bytes]
+) -> None:
+    """Data, then a control record: ``recv_into(buf, 0, MSG_WAITALL)``
+    returns the data and leaves the rest of ``buf`` as it was (Linux 6.1
+    and 7.3); the control record comes with the next call.  The same for a
+    bulk read: nothing past the returned bytes, not even a TLS 1.3 inner
+    type byte."""
+    info = random_info(version, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    bulk = os.urandom(100_000)
+    recs = [(23, b"data"), control, *((23, bulk[i : i + 16384]) for i in range(0, 100_000, 16384))]
+    c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
+    buf = bytearray(b"\xaa" * 64)
+    assert ks.recv_into(buf, 0, socket.MSG_WAITALL) == 4
+    assert bytes(buf) == b"data" + b"\xaa" * 60
+    buf[:4] = b"\xaa" * 4
+    n, anc, _flags, _addr = ks.recvmsg_into([buf], CMSG)
+    ctype = bytes([control[0]])
+    assert (bytes(buf[:n]), anc) == (control[1], [(SOL_TLS, TLS_GET_RECORD_TYPE, ctype)])
+    assert bytes(buf[n:]) == b"\xaa" * (64 - n)
+    if control[1][:1] == b"\x18":  # KeyUpdate: RX waits for a key; the same one again
+        ks.setsockopt(SOL_TLS, TLS_RX, ks.getsockopt(SOL_TLS, TLS_RX, 40))
+    big = bytearray(b"\xaa" * (1 << 18))
+    got = bytearray()
+    while len(got) < len(bulk):
+        n = ks.recv_into(big)
+        assert n and bytes(big[n:]) == b"\xaa" * (len(big) - n)
+        got += big[:n]
+        big[:n] = b"\xaa" * n
+    assert got == bulk
+
+
+def test_recvmsg_flags_eor_and_ctrunc(tcp_pair: Pair) -> None:
+    """MSG_EOR when a read delivers the end of a record; MSG_CTRUNC when
+    the record type's cmsg did not fit (no ancillary buffer at all, or one
+    shorter than CMSG_LEN(1)); a control record without room: EIO.  What
+    Linux 6.1 and 7.3 return for the same reads (the VM oracle compares)."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    recs = [(23, b"0123456789"), (23, b"abcdef"), (23, b"ghij"), (21, b"\x01\x00"),
+            (23, b"zz"), (21, b"\x01\x00"), (23, b"yy"), (23, b"xxxx"), (22, b"\x04\x00\x00\x00"),
+            (23, b"abcd"), (23, b"efgh")]
+    c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
+    eor, ctrunc = socket.MSG_EOR, socket.MSG_CTRUNC
+
+    def read(n: int, anc: int, flags: int = 0) -> tuple[bytes, int]:
+        data, _anc, msg_flags, _ = ks.recvmsg(n, anc, flags)
+        return data, msg_flags
+
+    assert read(4, CMSG) == (b"0123", 0)
+    assert read(6, CMSG) == (b"456789", eor)
+    assert read(10, CMSG) == (b"abcdefghij", eor)
+    assert _errno(lambda: read(100, 0)) == errno.EIO
+    assert _errno(lambda: read(100, 1)) == errno.EIO
+    assert read(1, CMSG) == (b"\x01", 0)  # part of a control record
+    assert read(100, CMSG) == (b"\x00", eor)
+    assert read(100, 0) == (b"zz", eor | ctrunc)
+    assert read(100, CMSG) == (b"\x01\x00", eor)
+    assert read(1, 4) == (b"y", ctrunc)
+    assert read(100, 4) == (b"yxxxx", eor | ctrunc)
+    assert read(100, CMSG, socket.MSG_PEEK) == (b"\x04\x00\x00\x00", eor)
+    assert read(3, CMSG) == (b"\x04\x00\x00", 0)
+    assert read(100, CMSG) == (b"\x00", eor)
+    assert read(6, CMSG, socket.MSG_WAITALL) == (b"abcdef", eor)  # a record ended inside
+    assert read(2, CMSG) == (b"gh", eor)
+
+
+@pytest.mark.parametrize("record_type", [b"\x15", b"\x16"])
+def test_empty_control_record_is_not_sent(tcp_pair: Pair, record_type: bytes) -> None:
+    """``sendmsg([b""], [TLS_SET_RECORD_TYPE])`` returns 0 and puts no
+    record on the wire (Linux 6.1 and 7.3); it still closes an open
+    MSG_MORE record."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    kc = KTLSSocket(c, backend="sw")
+    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
+    cmsg = [(SOL_TLS, TLS_SET_RECORD_TYPE, record_type)]
+    assert kc.sendmsg([b""], cmsg) == 0
+    assert kc.send(b"x", socket.MSG_MORE) == 1
+    assert kc.sendmsg([b""], cmsg) == 0
+    kc.shutdown(socket.SHUT_WR)
+    wire = bytearray()
+    while chunk := s.recv(4096):
+        wire += chunk
+    assert decrypt_records(info, bytes(wire)) == [(23, b"x")]
+
+
+def test_tls12_handshake_record_starting_with_24_reads_on(tcp_pair: Pair) -> None:
+    """TLS 1.2 has no KeyUpdate: a handshake record whose first byte is 24
+    does not pause RX here (Linux 6.1).  Linux 7.3 pauses (EKEYEXPIRED) and,
+    since TLS 1.2 cannot rekey (EBUSY), never resumes: a departure the
+    README lists and the VM oracle checks on both kernels."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw")
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(encrypt_record(info, 0, 22, bytes([24, 0, 0, 1, 0]))
+              + encrypt_record(info, 1, 23, b"after"))
+    assert ks.recvmsg(100, CMSG)[:2] == (bytes([24, 0, 0, 1, 0]),
+                                         [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")])
+    assert ks.recvmsg(100, CMSG)[:2] == (b"after", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
+    assert _errno(lambda: ks.setsockopt(SOL_TLS, TLS_RX, info.with_seq(2).pack())) == errno.EBUSY

@@ -8,7 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
+from offload.ktls_socket import KTLSSocket
+from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_3_VERSION, TLS_TX, CipherType
 from offload.wiremodel import FaultSpec
+from tests.conftest import random_info
 from tlsctl.offloadmode import (
     BASE_OFFLOADS,
     DeviceSpec,
@@ -18,6 +21,7 @@ from tlsctl.offloadmode import (
     is_nic,
     layer_offload,
     needs_layer,
+    nic_path,
     offload_choices,
     open_layer,
     receiver_offload,
@@ -65,24 +69,39 @@ def test_device_spec_refusals(offload: str, kw: dict[str, object], option: str |
     assert err.value.option == option
 
 
+def _install_tx(k: KTLSSocket) -> None:
+    k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    k.setsockopt(SOL_TLS, TLS_TX, random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128).pack())
+
+
 def test_open_layer_sw(sock: socket.socket) -> None:
     k = open_layer(sock, "sw", record_size=1000)
-    assert k.device is None and k.wire is None and k.record_size == 1000
+    assert k.device_state() is None and k.record_size == 1000
+    assert device_report(k) == {}
+    _install_tx(k)  # no device on its path: TX in software
+    assert k.backend == "sw" and layer_offload(k) == "sw" and k.device_state() is None
     assert device_report(k) == {}
     k.close()
 
 
 def test_open_layer_nic_gets_a_fresh_device_and_a_fallback_with_faults(
         sock: socket.socket) -> None:
-    plain = open_layer(sock, "sim-nic")
-    assert plain.device is not None and plain.device.driver.name == "sim-nic"
-    assert plain.wire is not None and plain.wire.fallback_device is None
-    faulty = open_layer(sock, "sim-nic", device_spec("sim-nic", faults="redirect=0.5,seed=1"))
-    assert faulty.device is not None and faulty.device is not plain.device
-    assert faulty.wire is not None and faulty.wire.fallback_device is not None
-    assert faulty.wire.fallback_device.name == "sim-nic1"
+    plain = nic_path(DeviceSpec("sim-nic"))
+    assert plain.device.driver.name == "sim-nic" and plain.fallback_device is None
+    spec = device_spec("sim-nic", faults="redirect=0.5,seed=1")
+    assert spec is not None
+    faulty = nic_path(spec)
+    assert faulty.device is not plain.device
+    assert faulty.fallback_device is not None and faulty.fallback_device.name == "sim-nic1"
+    k = open_layer(sock, "sim-nic", spec)
     # Before TLS_TX the layer reports its configuration as Linux does.
-    assert layer_offload(faulty) == "none"
+    assert layer_offload(k) == "none" and k.device_state() is None
+    _install_tx(k)  # the NIC takes the context: what the CLI reports
+    assert layer_offload(k) == "sim-nic"
+    report = device_report(k)
+    assert report["faults"] == "redirect=0.5,seed=1"
+    assert report["fallback_device_counters"] == {}
+    k.close()
 
 
 def test_open_layer_refusals(sock: socket.socket) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from peers import Pki, make_pki, openssl_server, sha
 
-from tlsctl.control import Describable, Registration
+from tlsctl.control import Inspectable, Registration
 from tlsctl.signals import StopSignals
 from tlsctl.tlsconf import TlsOptions
 from tlsctl.transfer import ClientOptions, SendHooks, TransferFailed, send_to
@@ -49,7 +49,7 @@ class Told:
         self.totals.append(total)
         yield self.done.append
 
-    def register(self, conn: Describable, *, label: str,
+    def register(self, conn: Inspectable, *, label: str,
                  extra: dict[str, Any]) -> Registration:
         self.registered.append((label, extra))
         told = self

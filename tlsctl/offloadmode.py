@@ -18,8 +18,9 @@ library behind them say *offload* for this choice, with these values:
 
 This module is also the one place that turns a mode into a record layer
 (:func:`open_layer`) and reads back what the layer chose
-(:func:`layer_offload`, :func:`device_report`), so the socket layer's
-constructor and its device plumbing are named here and nowhere else in
+(:func:`layer_offload`, :func:`device_report`, from the socket's typed
+``device_state()``), so the socket layer's constructor and its device
+plumbing (the ``TxPath`` it is given) are named here and nowhere else in
 ``tlsctl``.
 """
 
@@ -28,13 +29,14 @@ from __future__ import annotations
 import functools
 import socket
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from offload.kernel import kernel_has_ktls
-from offload.ktls_socket import Backend, KTLSSocket
-from offload.netdev import create_device, load_drivers
+from offload.netdev import load_drivers
 from offload.uapi import TLS_MAX_PAYLOAD_SIZE
-from offload.wiremodel import FaultSpec
+
+if TYPE_CHECKING:  # the record layer loads when a connection needs it, not for --help
+    from offload.ktls_socket import Backend, KTLSSocket
+    from offload.wiremodel import FaultSpec, TxPipeline
 
 __all__ = [
     "BASE_OFFLOADS",
@@ -48,6 +50,7 @@ __all__ = [
     "layer_offload",
     "needs_layer",
     "nic_drivers",
+    "nic_path",
     "offload_choices",
     "open_layer",
     "receiver_offload",
@@ -60,9 +63,9 @@ BASE_OFFLOADS: tuple[Offload, ...] = ("auto", "sw", "kernel", "none")
 """The modes that are not a NIC driver."""
 
 # The layer's backend for each mode that uses it without a NIC; a NIC mode
-# uses _NIC_BACKEND with a device for TX.
-_BACKENDS: dict[Offload, Backend] = {"auto": "auto", "sw": "user", "kernel": "kernel"}
-_NIC_BACKEND: Backend = "user"
+# uses _NIC_BACKEND with a device on its TX path.
+_BACKENDS: dict[Offload, Backend] = {"auto": "auto", "sw": "sw", "kernel": "kernel"}
+_NIC_BACKEND: Backend = "sw"
 
 
 class OffloadOptionError(ValueError):
@@ -105,6 +108,8 @@ def receiver_offload(offload: Offload) -> Offload:
 
 @functools.cache
 def _kernel_ktls() -> bool:
+    from offload.kernel import kernel_has_ktls
+
     return kernel_has_ktls()[0]
 
 
@@ -157,6 +162,8 @@ def device_spec(
             "TX context cannot be rekeyed yet (use --offload sw or kernel)"
         )
     try:
+        from offload.wiremodel import FaultSpec
+
         spec = FaultSpec.parse(faults) if faults else None
     except ValueError as exc:
         raise OffloadOptionError(str(exc), option="--faults") from None
@@ -181,38 +188,52 @@ def open_layer(
         raise ValueError("--offload none keeps the connection in pyOpenSSL: no layer")
     backend = _BACKENDS.get(offload)
     if backend is not None:
+        from offload.ktls_socket import KTLSSocket
+
         return KTLSSocket(sock, backend=backend, record_size=record_size)
     spec = device or DeviceSpec(offload)
     if spec.driver != offload:
         raise ValueError(f"a {spec.driver} device spec for --offload {offload}")
-    fallback = create_device(offload, f"{offload}1") if spec.faults is not None else None
-    return KTLSSocket(sock, backend=_NIC_BACKEND, device=create_device(offload), mss=spec.mss,
-                      faults=spec.faults, fallback_device=fallback, record_size=record_size)
+    from offload.ktls_socket import KTLSSocket
+
+    return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=nic_path(spec), record_size=record_size)
+
+
+def nic_path(spec: DeviceSpec) -> TxPipeline:
+    """The TX path of a NIC mode: a fresh device (its own counters) behind
+    the wire model, and with faults a second device without the context
+    for redirected segments.  ``LookupError`` when the driver does not load."""
+    from offload.netdev import create_device
+    from offload.wiremodel import TxPipeline
+
+    fallback = create_device(spec.driver, f"{spec.driver}1") if spec.faults is not None else None
+    return TxPipeline(create_device(spec.driver), mss=spec.mss, faults=spec.faults,
+                      fallback_device=fallback)
 
 
 def layer_offload(k: KTLSSocket) -> Offload:
     """What the layer actually uses for TX: ``sw``, ``kernel``, or the NIC
-    driver's name (``sw`` when the NIC declined the context)."""
-    if k.tx_conf == "device" and k.device is not None:
-        return k.device.driver.name
-    return k.tx_conf
+    driver's name (``sw`` when the NIC declined the context); ``none``
+    before TLS_TX."""
+    dev = k.device_state()
+    return dev.report.driver if dev is not None else str(k.tx_conf)
 
 
 def device_report(k: KTLSSocket) -> dict[str, Any]:
     """What the NIC did for this connection: counters (ethtool names, zeros
     left out), device CPU time, and the faults that made it take slow paths.
-    Empty without a NIC."""
-    dev = k.describe().get("device")
-    if not dev:
+    Empty without a NIC (or when it declined the context)."""
+    dev = k.device_state()
+    if dev is None:
         return {}
+    r = dev.report
     out: dict[str, Any] = {
-        "device_cpu_seconds": round(dev["device_cpu_seconds"], 6),
-        "device_counters": {n: v for n, v in dev["stats"].items() if v},
+        "device_cpu_seconds": round(r.device_seconds, 6),
+        "device_counters": {n: v for n, v in r.stats.items() if v},
     }
-    if dev["faults"]:
-        out["faults"] = dev["faults"]
-        out["faults_injected"] = {n: v for n, v in dev["faults_injected"].items() if v}
-    if k.wire is not None and k.wire.fallback_device is not None:
-        fb = k.wire.fallback_device.stats.snapshot()
-        out["fallback_device_counters"] = {n: v for n, v in fb.items() if v}
+    if r.faults:
+        out["faults"] = r.faults
+        out["faults_injected"] = {n: v for n, v in r.faults_injected.items() if v}
+    if r.fallback_stats is not None:
+        out["fallback_device_counters"] = {n: v for n, v in r.fallback_stats.items() if v}
     return out

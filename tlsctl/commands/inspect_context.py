@@ -14,7 +14,7 @@ records in flight, bytes and counters.  ``--decode`` reads a raw
                     "control_socket": str, "protocol": 1,
                     "stats": {TlsCurrTxSw: int, ...},          # this process
                     "connections": [{"id": int, "label": str, "peer": "host:port",
-                        "backend": "user"|"kernel", "version": "1.2"|"1.3",
+                        "backend": "sw"|"kernel", "version": "1.2"|"1.3",
                         "cipher": "AES_GCM_128"|..., "tx_conf"/"rx_conf":
                         "none"|"sw"|"device"|"kernel", "tx_rec_seq"/"rx_rec_seq": int,
                         "tx_crypto"/"rx_crypto": {"key", "iv", "salt"} ("redacted"

@@ -25,9 +25,10 @@ from tlsctl.control.paths import ControlSocketError, default_dir, socket_paths
 from tlsctl.control.protocol import PROTOCOL
 from tlsctl.control.server import (
     ControlServer,
-    Describable,
+    Inspectable,
     Registrar,
     Registration,
+    StateSnapshot,
     state_view,
 )
 
@@ -43,9 +44,10 @@ __all__ = [
     "ControlClient",
     "ControlServer",
     "ControlSocketError",
-    "Describable",
+    "Inspectable",
     "Registrar",
     "Registration",
+    "StateSnapshot",
     "default_dir",
     "discover",
     "query",

@@ -57,10 +57,17 @@ from tlsctl.control.protocol import MAX_REQUEST, PROTOCOL, iso, peer_uid, read_l
 _SERVER_IO_TIMEOUT = 2.0
 
 
-class Describable(Protocol):
-    """What can be registered: ``KTLSSocket`` and anything that looks like it."""
+class StateSnapshot(Protocol):
+    """A connection's state at one moment (``offload.state.SocketState``)."""
 
-    def describe(self, show_secrets: bool = False) -> dict[str, Any]: ...
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Inspectable(Protocol):
+    """What can be registered: ``KTLSSocket`` (its typed ``state()``) and
+    anything that looks like it."""
+
+    def state(self, show_secrets: bool = False) -> StateSnapshot: ...
 
 
 class Registrar(Protocol):
@@ -68,20 +75,18 @@ class Registrar(Protocol):
     (:class:`ControlServer` is one): ``register`` lists a connection until
     the returned handle is closed."""
 
-    def register(self, conn: Describable, *, label: str,
+    def register(self, conn: Inspectable, *, label: str,
                  extra: dict[str, Any]) -> Registration: ...
 
 
-def state_view(conn: Describable, show_secrets: bool) -> dict[str, Any]:
+def state_view(conn: Inspectable, show_secrets: bool) -> dict[str, Any]:
     """One connection's state as the protocol lists it (keys redacted unless
-    ``show_secrets``).
+    ``show_secrets``): the JSON view of the layer's typed ``SocketState``.
 
-    The one place that reads a connection's state: when the layer's typed
-    ``SocketState`` lands (issue 12, i12-sock), this line becomes its JSON
-    view (e.g. ``conn.state().to_json(show_secrets=...)``) and
-    :class:`Describable` names that method instead; the JSON stays the same.
+    The one place that reads a connection's state (one snapshot, so the
+    sequence numbers and counters listed belong together).
     """
-    return dict(conn.describe(show_secrets=show_secrets))
+    return dict(conn.state(show_secrets).to_json())
 
 
 def _stderr(message: str) -> None:
@@ -91,7 +96,7 @@ def _stderr(message: str) -> None:
 @dataclass
 class _Entry:
     id: int
-    conn: Describable
+    conn: Inspectable
     label: str
     extra: dict[str, Any]
     registered: float = field(default_factory=time.time)
@@ -281,7 +286,7 @@ class ControlServer:
     # -- registry
 
     def register(
-        self, conn: Describable, *, label: str = "", extra: dict[str, Any] | None = None
+        self, conn: Inspectable, *, label: str = "", extra: dict[str, Any] | None = None
     ) -> Registration:
         """Show ``conn`` in ``inspect-context`` until the handle is closed or
         the connection is (a closed socket, ``fileno() < 0``, drops out by itself)."""
@@ -412,7 +417,7 @@ class ControlServer:
         return {"error": f"unknown op {op!r}"}
 
 
-def _is_closed(conn: Describable) -> bool:
+def _is_closed(conn: Inspectable) -> bool:
     fileno = getattr(conn, "fileno", None)
     if fileno is None:
         return False

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from offload.kernel import attach_tls_ulp, loopback_pair
+from offload.loopback import attach_tls_ulp, loopback_pair
 from offload.uapi import (
     CIPHER_SPECS,
     SOL_TLS,
