@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from offload.errors import os_error
+from offload.loopback import attach_tls_ulp, loopback_pair
 from offload.record import Buffer
 from offload.sockopt import oob_as_cmsg
 from offload.state import DeviceState, RxState, TlsConf
-from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_RX, TLS_TX, CryptoInfo
+from offload.uapi import SOL_TLS, TLS_RX, TLS_TX, CryptoInfo
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,26 +29,20 @@ def kernel_has_ktls() -> tuple[bool, str]:
 
     Probes with a loopback TCP pair, the only reliable test: the module may
     be built in, loadable on demand, or absent, and /proc/net/tls_stat only
-    exists once it is loaded.
+    exists once it is loaded.  (``tlsctl doctor`` asks the longer questions
+    with the same pair.)
     """
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(1)
-        with socket.create_connection(lsock.getsockname(), timeout=5) as c:
-            conn, _ = lsock.accept()
-            with conn:
-                try:
-                    c.setsockopt(SOL_TCP, TCP_ULP, b"tls")
-                except OSError as exc:
-                    if exc.errno == errno.ENOENT:
-                        return False, "the kernel has no tls module (kTLS unavailable)"
-                    return False, f"the tls ULP does not attach: {exc.strerror}"
+        with loopback_pair() as (c, _):
+            try:
+                attach_tls_ulp(c)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return False, "the kernel has no tls module (kTLS unavailable)"
+                return False, f"the tls ULP does not attach: {exc.strerror}"
         return True, ""
     except OSError as exc:
         return False, f"cannot probe kTLS: {exc.strerror}"
-    finally:
-        lsock.close()
 
 
 class KernelOps:

@@ -8,8 +8,9 @@ Where things go:
   arithmetic, counters, keys, record fuzzing, and the same layer next to the
   real kernel's kTLS in a VM.
 - ``cli/``: the ``tlsctl`` commands (send, serve, bench, inspect-context, -WWW,
-  completion, signals, exit verdicts, errors that say why, keylog, the
-  summary's output, the file hash) run as real processes, and the library
+  doctor (also in the kTLS VMs), completion, signals, exit verdicts, errors
+  that say why, keylog, the summary's output, the file hash) run as real
+  processes, and the library
   modules under ``tlsctl/`` they are thin shells over (session, channel,
   transfer, server, offloadmode, units).
 - ``interop/``: tlsctl and the layer against independent TLS stacks and hostile

@@ -21,7 +21,8 @@ class ExitStatus(IntEnum):
     (``serve``: every connection it handled ended that way)."""
     FAILED = 1
     """A local failure before or outside the transfer: a file that cannot be
-    opened, no connection, a failed handshake or certificate check."""
+    opened, no connection, a failed handshake or certificate check
+    (``doctor``: kTLS is not usable on this host)."""
     USAGE = 2
     """Bad options or arguments (click's usage error)."""
     INCOMPLETE = 3

@@ -166,3 +166,8 @@ def test_version_names_the_libraries_and_ktls() -> None:
     ok, why = kernel_has_ktls()
     assert lines[4] == ("kTLS on this host: yes" if ok
                         else f"kTLS on this host: no: {why}; tlsctl doctor says more")
+
+
+def test_bash_completes_doctor(tmp_path: Path) -> None:
+    assert _bash_complete(["tlsctl", "doc"], tmp_path) == ["doctor"]
+    assert _bash_complete(["tlsctl", "doctor", "--j"], tmp_path) == ["--json"]
