@@ -277,9 +277,7 @@ class SimNic:
         ctx.expected = tcp_seq
         ctx.record_sn = record_sn
 
-    def xmit(
-        self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview
-    ) -> bool:
+    def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
         if not isinstance(ctx, SimNicContext):
             raise TypeError("not a sim-nic context")
         payload = segment.payload

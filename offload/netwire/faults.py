@@ -53,8 +53,10 @@ class WireFaults:
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, sep, raw = (s.strip() for s in part.partition("="))
             if name in MODEL_ONLY:
-                raise ValueError(f"fault {name!r} means nothing on a real wire "
-                                 f"({MODEL_ONLY[name]}); it exists with --wire model")
+                raise ValueError(
+                    f"fault {name!r} means nothing on a real wire "
+                    f"({MODEL_ONLY[name]}); it exists with --wire model"
+                )
             if not sep:
                 raise ValueError(f"fault {name!r} needs a value (e.g. {name}=0.01)")
             if name == "seed":
@@ -92,8 +94,9 @@ class FaultStage:
         self._held: list[tuple[float, int, bytes]] = []
         self._order = 0
 
-    def send(self, frame: memoryview, write: Callable[[memoryview | bytes], object],
-             now: float) -> None:
+    def send(
+        self, frame: memoryview, write: Callable[[memoryview | bytes], object], now: float
+    ) -> None:
         """The wire takes ``frame`` (valid during the call only)."""
         s, r, c = self.spec, self.rng, self.counts
         if s.drop and r.random() < s.drop:

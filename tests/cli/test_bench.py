@@ -26,8 +26,9 @@ SIZE = 4 << 20
 
 
 def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TLSCTL, "bench", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*TLSCTL, "bench", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def check_schema(rows: Any) -> None:
@@ -79,8 +80,20 @@ def test_receiver_short_count_is_an_error() -> None:
 
 
 def test_csv_parallel_record_size_and_tls12() -> None:
-    out = bench("--size", "4M", "--repeat", "1", "--modes", "tcp,sw,sim-nic,userspace",
-                "-P", "2", "--record-size", "4096", "-tls1_2", "--csv")
+    out = bench(
+        "--size",
+        "4M",
+        "--repeat",
+        "1",
+        "--modes",
+        "tcp,sw,sim-nic,userspace",
+        "-P",
+        "2",
+        "--record-size",
+        "4096",
+        "-tls1_2",
+        "--csv",
+    )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert list(rows[0]) == list(SCHEMA)
@@ -92,8 +105,7 @@ def test_csv_parallel_record_size_and_tls12() -> None:
 
 
 def test_time_option_resends_until_time_is_up() -> None:
-    out = bench("--size", "1M", "--time", "0.5", "--repeat", "1", "--modes", "tcp,sw",
-                "--json")
+    out = bench("--size", "1M", "--time", "0.5", "--repeat", "1", "--modes", "tcp,sw", "--json")
     assert out.returncode == 0, out.stderr
     for r in json.loads(out.stdout):
         assert r["bytes"] > 1 << 20 and r["bytes"] % (1 << 20) == 0
@@ -106,18 +118,28 @@ def test_table_and_headline() -> None:
     assert "sw costs" in out.stdout and "sim-nic costs" in out.stdout
     if not kernel_has_ktls()[0]:
         assert "kernel: skipped" in out.stdout
-    rows = [{"mode": "tcp", "throughput_gbps": 2.0, "cpu_vs_tcp": 1.0,
-             "device_cpu_s_per_gb": 0.0},
-            {"mode": "sw", "throughput_gbps": 1.0, "cpu_vs_tcp": 3.8,
-             "device_cpu_s_per_gb": 0.0}]
+    rows = [
+        {"mode": "tcp", "throughput_gbps": 2.0, "cpu_vs_tcp": 1.0, "device_cpu_s_per_gb": 0.0},
+        {"mode": "sw", "throughput_gbps": 1.0, "cpu_vs_tcp": 3.8, "device_cpu_s_per_gb": 0.0},
+    ]
     x = "\N{MULTIPLICATION SIGN}"
     assert headline(rows) == f"sw costs 3.8{x} the CPU of tcp at 0.50{x} the throughput"
 
 
 def test_remote_serve_sink() -> None:
     with tlsctl_server("--sink", "-naccept", "3") as srv:
-        out = bench("-connect", f"127.0.0.1:{srv.port}", "-k", "--size", "4M", "--repeat",
-                    "1", "--modes", "tcp,userspace,sw,sim-nic", "--json")
+        out = bench(
+            "-connect",
+            f"127.0.0.1:{srv.port}",
+            "-k",
+            "--size",
+            "4M",
+            "--repeat",
+            "1",
+            "--modes",
+            "tcp,userspace,sw,sim-nic",
+            "--json",
+        )
         assert out.returncode == 0, out.stderr
         records = [r for r in srv.records() if r.get("event") == "connection"]
     rows = {r["mode"]: r for r in json.loads(out.stdout)}
@@ -133,20 +155,24 @@ def test_remote_serve_sink() -> None:
 
 def test_remote_verifies_the_certificate_by_default() -> None:
     with tlsctl_server("--sink", "-naccept", "1") as srv:
-        out = bench("-connect", f"127.0.0.1:{srv.port}", "--size", "1M", "--repeat", "1",
-                    "--modes", "sw")
+        out = bench(
+            "-connect", f"127.0.0.1:{srv.port}", "--size", "1M", "--repeat", "1", "--modes", "sw"
+        )
         srv.proc.kill()
     assert out.returncode == 1
     assert "certificate" in out.stderr.lower() or "verif" in out.stderr.lower(), out.stderr
 
 
-@pytest.mark.parametrize("args, text", [
-    (("--modes", "tcp,quic"), "unknown mode quic"),
-    (("--size", "lots"), "not a size"),
-    (("-k",), "-connect"),
-    (("--json", "--csv"), "choose one"),
-    (("--modes", "tcp,sw", "--faults", "reorder=0.1"), "--faults applies to the sim-nic"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (("--modes", "tcp,quic"), "unknown mode quic"),
+        (("--size", "lots"), "not a size"),
+        (("-k",), "-connect"),
+        (("--json", "--csv"), "choose one"),
+        (("--modes", "tcp,sw", "--faults", "reorder=0.1"), "--faults applies to the sim-nic"),
+    ],
+)
 def test_usage_errors(args: tuple[str, ...], text: str) -> None:
     out = bench(*args)
     assert out.returncode == 2
@@ -155,8 +181,18 @@ def test_usage_errors(args: tuple[str, ...], text: str) -> None:
 
 def test_nic_declining_the_cipher_skips_only_that_mode() -> None:
     """AES-CCM: sim-nic refuses it at dev_add; sw still runs and is measured."""
-    out = bench("--size", "1M", "--repeat", "2", "--modes", "sw,sim-nic", "-tls1_3",
-                "-ciphersuites", "TLS_AES_128_CCM_SHA256", "--json")
+    out = bench(
+        "--size",
+        "1M",
+        "--repeat",
+        "2",
+        "--modes",
+        "sw,sim-nic",
+        "-tls1_3",
+        "-ciphersuites",
+        "TLS_AES_128_CCM_SHA256",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     by = {r["mode"]: r for r in json.loads(out.stdout)}
     assert by["sw"]["skipped"] is None and by["sw"]["bytes"] == 2 << 20
@@ -173,10 +209,13 @@ def test_parsers() -> None:
 def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     # A shell's background job (CI) starts with SIGINT ignored, and Python
     # keeps it ignored: give the child the default disposition, as a terminal would.
-    proc = subprocess.Popen([*TLSCTL, "bench", "--size", "4M", "--repeat", "500", "--modes",
-                             "tcp,sw", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [*TLSCTL, "bench", "--size", "4M", "--repeat", "500", "--modes", "tcp,sw", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(5)  # startup takes ~1 s; then a round of 4M is well under 1 s
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -206,26 +245,47 @@ def _alive_in_session(sid: int) -> list[str]:
     return out
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None,
-                    reason="needs openssl and curl")
+@pytest.mark.skipif(
+    shutil.which("openssl") is None or shutil.which("curl") is None, reason="needs openssl and curl"
+)
 @pytest.mark.parametrize(("mode", "busy"), [("openssl", "openssl s_server"), ("sw", None)])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_ends_every_child_process_and_removes_the_data(
-        tmp_path: Any, mode: str, busy: str | None, sig: int) -> None:
+    tmp_path: Any, mode: str, busy: str | None, sig: int
+) -> None:
     """Ctrl-C or SIGTERM in the middle of a mode: partial results, 130/143,
     and nothing of the bench left running (s_server, curl, senders, the
     receiver and its connection children) or on disk (data, certificate)."""
     proc = subprocess.Popen(
-        [*TLSCTL, "bench", "--size", "1M", "--time", "120", "--repeat", "1", "--modes", mode,
-         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, env={**os.environ, "TLSCTL_BENCH_DIR": str(tmp_path)},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        [
+            *TLSCTL,
+            "bench",
+            "--size",
+            "1M",
+            "--time",
+            "120",
+            "--repeat",
+            "1",
+            "--modes",
+            mode,
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "TLSCTL_BENCH_DIR": str(tmp_path)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 60
         # Running: the parent, the receiver, a sender, and (busy) its tool or
         # the receiver's connection child.
-        while not (any(c.startswith(busy) for c in _alive_in_session(proc.pid)) if busy
-                   else len(_alive_in_session(proc.pid)) >= 4):
+        while not (
+            any(c.startswith(busy) for c in _alive_in_session(proc.pid))
+            if busy
+            else len(_alive_in_session(proc.pid)) >= 4
+        ):
             assert time.monotonic() < deadline and proc.poll() is None, "the mode did not start"
             time.sleep(0.05)
         proc.send_signal(sig)
@@ -274,8 +334,18 @@ def test_short_count_from_the_receiver_fails_loudly(tmp_path: Any) -> None:
 
     t = threading.Thread(target=lying_receiver, daemon=True)
     t.start()
-    out = bench("-connect", f"127.0.0.1:{lst.getsockname()[1]}", "-k", "--size", "1M",
-                "--repeat", "1", "--modes", "sw", "--json")
+    out = bench(
+        "-connect",
+        f"127.0.0.1:{lst.getsockname()[1]}",
+        "-k",
+        "--size",
+        "1M",
+        "--repeat",
+        "1",
+        "--modes",
+        "sw",
+        "--json",
+    )
     t.join(10)
     lst.close()
     assert out.returncode == 1
@@ -302,8 +372,19 @@ def test_kernel_mode_in_a_ktls_vm() -> None:
     ok, reason = kernelvm.vm_available()
     if not ok:
         pytest.skip(f"kernel VM unavailable: {reason}")
-    argv = [sys.executable, "-m", "tlsctl.cli", "bench", "--size", "4M", "--repeat", "1",
-            "--modes", "tcp,sw,kernel", "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "tlsctl.cli",
+        "bench",
+        "--size",
+        "4M",
+        "--repeat",
+        "1",
+        "--modes",
+        "tcp,sw,kernel",
+        "--json",
+    ]
     res = kernelvm.run_in_vm(argv, VM_BENCH_SECONDS, cpus=2)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
@@ -314,13 +395,15 @@ def test_kernel_mode_in_a_ktls_vm() -> None:
 
 
 def test_library_run_reports_progress_and_prints_nothing(
-        capfd: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    capfd: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
     """``tlsctl.benchrun`` in-process: progress comes through the callback,
     results as rows, nothing is printed, nothing is left on disk."""
     from tlsctl.benchrun import Bench, BenchOptions, Progress
 
-    run = Bench(BenchOptions(size=1 << 20, modes=("tcp", "sw", "kernel"), repeat=2,
-                             data_dir=str(tmp_path)))
+    run = Bench(
+        BenchOptions(size=1 << 20, modes=("tcp", "sw", "kernel"), repeat=2, data_dir=str(tmp_path))
+    )
     steps: list[Progress] = []
     rows = run.run(on_progress=steps.append)
     active = ["tcp", "sw"] + (["kernel"] if kernel_has_ktls()[0] else [])
@@ -338,13 +421,16 @@ def test_library_run_reports_progress_and_prints_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("kw", "text"), [
-    ({"modes": ("tcp", "quic")}, "unknown mode quic"),
-    ({"modes": ()}, "unknown mode"),
-    ({"repeat": 0}, "repeat"),
-    ({"record_size": 16385}, "record size"),
-    ({"modes": ("sw",), "faults": "reorder=0.1"}, "sim-nic"),
-])
+@pytest.mark.parametrize(
+    ("kw", "text"),
+    [
+        ({"modes": ("tcp", "quic")}, "unknown mode quic"),
+        ({"modes": ()}, "unknown mode"),
+        ({"repeat": 0}, "repeat"),
+        ({"record_size": 16385}, "record size"),
+        ({"modes": ("sw",), "faults": "reorder=0.1"}, "sim-nic"),
+    ],
+)
 def test_library_options_are_checked(kw: dict[str, Any], text: str) -> None:
     from offload.wiremodel import FaultSpec
     from tlsctl.benchrun import BenchOptions

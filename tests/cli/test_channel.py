@@ -33,9 +33,13 @@ _CERT = ephemeral_server_cert()
 SUITES_13 = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
 
 
-def _any_pair(version: str, suite: str | None = None, registrar: Registrar | None = None,
-              socks: tuple[socket.socket, socket.socket] | None = None,
-              offloads: tuple[str, str] = ("sw", "sw")) -> tuple[Channel, Channel]:
+def _any_pair(
+    version: str,
+    suite: str | None = None,
+    registrar: Registrar | None = None,
+    socks: tuple[socket.socket, socket.socket] | None = None,
+    offloads: tuple[str, str] = ("sw", "sw"),
+) -> tuple[Channel, Channel]:
     """A connected pair (over ``socks``, default a socketpair) with the client's
     and the server's ``offloads``; the client is handed ``registrar``, the
     server nothing."""
@@ -44,8 +48,13 @@ def _any_pair(version: str, suite: str | None = None, registrar: Registrar | Non
     for s in (a, b):
         s.settimeout(10)
     server_res: list[HandshakeResult] = []
-    t = threading.Thread(target=lambda: server_res.append(run_handshake(
-        b, server_context(opts, cert=_CERT.cert, key=_CERT.key), "server", exact=True)))
+    t = threading.Thread(
+        target=lambda: server_res.append(
+            run_handshake(
+                b, server_context(opts, cert=_CERT.cert, key=_CERT.key), "server", exact=True
+            )
+        )
+    )
     t.start()
     cres = run_handshake(a, client_context(opts, verify=False), "client", exact=True)
     t.join(10)
@@ -54,9 +63,12 @@ def _any_pair(version: str, suite: str | None = None, registrar: Registrar | Non
     return client, server
 
 
-def _pair(version: str, suite: str | None = None, registrar: Registrar | None = None,
-          socks: tuple[socket.socket, socket.socket] | None = None,
-          ) -> tuple[KtlsChannel, KtlsChannel]:
+def _pair(
+    version: str,
+    suite: str | None = None,
+    registrar: Registrar | None = None,
+    socks: tuple[socket.socket, socket.socket] | None = None,
+) -> tuple[KtlsChannel, KtlsChannel]:
     """Both ends on the kTLS layer (``sw``)."""
     client, server = _any_pair(version, suite, registrar, socks)
     assert isinstance(client, KtlsChannel) and isinstance(server, KtlsChannel)
@@ -111,8 +123,7 @@ def test_key_update_every_splits_the_stream(pair13: tuple[KtlsChannel, KtlsChann
     assert client.key_updates_sent == 10 and server.key_updates == 10
 
 
-def test_tls13_close_notify_closes_one_direction(
-        pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
+def test_tls13_close_notify_closes_one_direction(pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
     """After the client's close_notify the server reads EOF but can still send."""
     client, server = pair13
     client.send_all(b"last words")
@@ -136,8 +147,7 @@ def test_key_update_refused_in_tls12() -> None:
         server.close()
 
 
-def test_request_key_update_applies_at_next_send(
-        pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
+def test_request_key_update_applies_at_next_send(pair13: tuple[KtlsChannel, KtlsChannel]) -> None:
     client, server = pair13
     server.request_key_update()
     assert server.key_updates_sent == 0
@@ -170,8 +180,9 @@ def test_close_answers_the_peers_close_notify(pair13: tuple[KtlsChannel, KtlsCha
     assert client.recv(100) == b"" and client.peer_closed
 
 
-def test_no_close_notify_after_a_cut_send(pair13: tuple[KtlsChannel, KtlsChannel],
-                                          tmp_path: Path) -> None:
+def test_no_close_notify_after_a_cut_send(
+    pair13: tuple[KtlsChannel, KtlsChannel], tmp_path: Path
+) -> None:
     """A send that did not finish (here: the file ended before ``count``)
     leaves the stream cut: close() then sends no close_notify, even after
     the peer's, so the peer cannot take the stream for complete."""
@@ -190,7 +201,8 @@ def test_no_close_notify_after_a_cut_send(pair13: tuple[KtlsChannel, KtlsChannel
 
 
 def test_only_a_channel_handed_a_registrar_is_listed(
-        tmp_path: Path, tcp_pair: Callable[[], tuple[socket.socket, socket.socket]]) -> None:
+    tmp_path: Path, tcp_pair: Callable[[], tuple[socket.socket, socket.socket]]
+) -> None:
     """Registration with the control socket is explicit: while a control
     server runs, the channel given it is listed (until it closes), the
     other end of the same process, given none, is not."""
@@ -215,8 +227,10 @@ def test_only_a_channel_handed_a_registrar_is_listed(
 
 def _fatal_alert(chan: KtlsChannel, desc: AlertDescription) -> None:
     """A fatal alert record from ``chan``, as a misbehaving peer sends one."""
-    chan.k.sendmsg([bytes((AlertLevel.FATAL, desc))],
-                   [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes((ContentType.ALERT,)))])
+    chan.k.sendmsg(
+        [bytes((AlertLevel.FATAL, desc))],
+        [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes((ContentType.ALERT,)))],
+    )
 
 
 @pytest.mark.parametrize("client_offload", ["sw", "none"])
@@ -245,8 +259,9 @@ def test_a_protocol_violation_is_the_peers_and_names_no_alert_of_its() -> None:
     alert went from us to it, so ``alert`` (the peer's) stays None."""
     client, server = _pair("1.3")
     try:
-        server.k.sendmsg([b"\x00"], [(SOL_TLS, TLS_SET_RECORD_TYPE,
-                                       bytes((ContentType.CHANGE_CIPHER_SPEC,)))])
+        server.k.sendmsg(
+            [b"\x00"], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes((ContentType.CHANGE_CIPHER_SPEC,)))]
+        )
         with pytest.raises(PeerError) as err:
             client.recv(100)
         assert err.value.alert is None
@@ -280,8 +295,13 @@ def test_an_offload_the_suite_rules_out_is_a_local_error() -> None:
     opts = TlsOptions(tls1_2=True, cipher="ECDHE-ECDSA-AES128-SHA")
     a, b = socket.socketpair()
     server_res: list[HandshakeResult] = []
-    t = threading.Thread(target=lambda: server_res.append(run_handshake(
-        b, server_context(opts, cert=_CERT.cert, key=_CERT.key), "server", exact=True)))
+    t = threading.Thread(
+        target=lambda: server_res.append(
+            run_handshake(
+                b, server_context(opts, cert=_CERT.cert, key=_CERT.key), "server", exact=True
+            )
+        )
+    )
     t.start()
     cres = run_handshake(a, client_context(opts, verify=False), "client", exact=True)
     t.join(10)

@@ -79,15 +79,32 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
-def send_to_s_server(pki: Pki, tmp: Path, src: Path, server_args: list[str],
-                     send_args: list[str], cert: Path | None = None,
-                     key: Path | None = None) -> tuple[dict[str, object], Path]:
+def send_to_s_server(
+    pki: Pki,
+    tmp: Path,
+    src: Path,
+    server_args: list[str],
+    send_args: list[str],
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> tuple[dict[str, object], Path]:
     out_path = tmp / "s_server.out"
-    with out_path.open("wb") as out, openssl_server(
-        cert or pki.cert, key or pki.key, out, *server_args
-    ) as (proc, port):
-        r = run_tlsctl("send", str(src), "-connect", f"127.0.0.1:{port}", "-CAfile",
-                       str(pki.ca), "-servername", "localhost", "--json", *send_args)
+    with (
+        out_path.open("wb") as out,
+        openssl_server(cert or pki.cert, key or pki.key, out, *server_args) as (proc, port),
+    ):
+        r = run_tlsctl(
+            "send",
+            str(src),
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "-servername",
+            "localhost",
+            "--json",
+            *send_args,
+        )
         assert r.returncode == 0, r.stderr
         proc.wait(10)
     return json.loads(r.stdout), out_path
@@ -101,8 +118,9 @@ def send_to_s_server(pki: Pki, tmp: Path, src: Path, server_args: list[str],
     ("version", "suite"),
     [("1.3", s) for s in SUITES_13] + [("1.2", s) for s in SUITES_12],
 )
-def test_send_to_openssl_s_server(pki: Pki, files: dict[int, Path], tmp_path: Path,
-                                  version: str, suite: str, size: int) -> None:
+def test_send_to_openssl_s_server(
+    pki: Pki, files: dict[int, Path], tmp_path: Path, version: str, suite: str, size: int
+) -> None:
     flag = "-ciphersuites" if version == "1.3" else "-cipher"
     vflag = "-tls1_3" if version == "1.3" else "-tls1_2"
     summary, out = send_to_s_server(pki, tmp_path, files[size], [vflag, flag, suite], [])
@@ -132,8 +150,13 @@ def test_send_to_openssl_s_server(pki: Pki, files: dict[int, Path], tmp_path: Pa
 
 def test_send_rsa_certificate(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
     summary, out = send_to_s_server(
-        pki, tmp_path, files[1 << 20], ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"],
-        [], cert=pki.rsa_cert, key=pki.rsa_key,
+        pki,
+        tmp_path,
+        files[1 << 20],
+        ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"],
+        [],
+        cert=pki.rsa_cert,
+        key=pki.rsa_key,
     )
     assert summary["cipher"] == "ECDHE-RSA-AES128-GCM-SHA256"
     assert sha(out) == summary["sha256"] == sha(files[1 << 20])
@@ -147,8 +170,9 @@ def test_send_rsa_certificate(pki: Pki, files: dict[int, Path], tmp_path: Path) 
     ],
     ids=["1.3-AES-128-CCM", "1.2-AES-128-CCM"],
 )
-def test_send_ccm(pki: Pki, files: dict[int, Path], tmp_path: Path, server_args: list[str],
-                  send_args: list[str]) -> None:
+def test_send_ccm(
+    pki: Pki, files: dict[int, Path], tmp_path: Path, server_args: list[str], send_args: list[str]
+) -> None:
     """AES-128-CCM: not in OpenSSL's default lists, but Linux kTLS takes it."""
     summary, out = send_to_s_server(pki, tmp_path, files[16385], server_args, send_args)
     assert summary["offload"] == "sw" and summary["offload_requested"] == "auto"
@@ -163,10 +187,23 @@ def test_send_big_file(pki: Pki, big_file: Path, tmp_path: Path) -> None:
 
 def test_send_stdin_and_offload_none(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
     out_path = tmp_path / "out"
-    with out_path.open("wb") as out, openssl_server(pki.cert, pki.key, out) as (proc, port), \
-            files[1 << 20].open("rb") as stdin:
-        r = run_tlsctl("send", "-", "-connect", f"localhost:{port}", "-CAfile", str(pki.ca),
-                       "--offload", "none", "--json", stdin=stdin)
+    with (
+        out_path.open("wb") as out,
+        openssl_server(pki.cert, pki.key, out) as (proc, port),
+        files[1 << 20].open("rb") as stdin,
+    ):
+        r = run_tlsctl(
+            "send",
+            "-",
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--offload",
+            "none",
+            "--json",
+            stdin=stdin,
+        )
         assert r.returncode == 0, r.stderr
         proc.wait(10)
     summary = json.loads(r.stdout)
@@ -177,8 +214,16 @@ def test_send_stdin_and_offload_none(pki: Pki, files: dict[int, Path], tmp_path:
 def test_send_plain_output_and_keylog(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
     keylog = tmp_path / "keys.log"
     with (tmp_path / "o").open("wb") as out, openssl_server(pki.cert, pki.key, out) as (p, port):
-        r = run_tlsctl("send", str(files[1]), "--connect", f"localhost:{port}", "--CAfile",
-                       str(pki.ca), "-keylogfile", str(keylog))
+        r = run_tlsctl(
+            "send",
+            str(files[1]),
+            "--connect",
+            f"localhost:{port}",
+            "--CAfile",
+            str(pki.ca),
+            "-keylogfile",
+            str(keylog),
+        )
         assert r.returncode == 0, r.stderr
         p.wait(10)
     assert "sha256: " in r.stdout and "offload: auto (sw)" in r.stdout
@@ -187,15 +232,24 @@ def test_send_plain_output_and_keylog(pki: Pki, files: dict[int, Path], tmp_path
     assert keylog.read_text().split()[2] not in r.stdout + r.stderr
 
 
-def test_unsupported_suite_falls_back_or_fails(pki: Pki, files: dict[int, Path],
-                                               tmp_path: Path) -> None:
+def test_unsupported_suite_falls_back_or_fails(
+    pki: Pki, files: dict[int, Path], tmp_path: Path
+) -> None:
     cbc = ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"]
     summary, out = send_to_s_server(pki, tmp_path, files[16385], cbc, [])
     assert summary["offload"] == "none" and summary["offload_requested"] == "auto"
     assert sha(out) == sha(files[16385])
     with (tmp_path / "o").open("wb") as o, openssl_server(pki.cert, pki.key, o, *cbc) as (_p, port):
-        r = run_tlsctl("send", str(files[1]), "-connect", f"localhost:{port}", "-CAfile",
-                       str(pki.ca), "--offload", "sw")
+        r = run_tlsctl(
+            "send",
+            str(files[1]),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--offload",
+            "sw",
+        )
     assert r.returncode != 0  # sw offers only what it carries (test_offload_suites.py)
     assert "alert handshake failure" in r.stderr and "Traceback" not in r.stderr
 
@@ -204,11 +258,13 @@ def test_unsupported_suite_falls_back_or_fails(pki: Pki, files: dict[int, Path],
 
 
 @pytest.mark.parametrize("vflag", ["-tls1_2", "-tls1_3"])
-def test_openssl_s_client_to_serve_output(pki: Pki, files: dict[int, Path], tmp_path: Path,
-                                          vflag: str) -> None:
+def test_openssl_s_client_to_serve_output(
+    pki: Pki, files: dict[int, Path], tmp_path: Path, vflag: str
+) -> None:
     dest = tmp_path / "got.bin"
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "-o", str(dest),
-                       "-naccept", "1") as srv:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "-o", str(dest), "-naccept", "1"
+    ) as srv:
         r = openssl_client(srv.port, files[1 << 20], vflag)
         assert r.returncode == 0, r.stderr
         (rec,) = srv.records()
@@ -219,8 +275,9 @@ def test_openssl_s_client_to_serve_output(pki: Pki, files: dict[int, Path], tmp_
         assert rec["tx_seq_at_handoff"] == 2  # two NewSessionTickets under app keys
 
 
-def test_s_client_to_serve_save_dir_and_sink(pki: Pki, files: dict[int, Path],
-                                             tmp_path: Path) -> None:
+def test_s_client_to_serve_save_dir_and_sink(
+    pki: Pki, files: dict[int, Path], tmp_path: Path
+) -> None:
     with tlsctl_server("--save-dir", str(tmp_path), "-naccept", "2") as srv:
         for n in (16385, 0):
             assert openssl_client(srv.port, files[n]).returncode == 0
@@ -242,8 +299,18 @@ def test_send_big_file_to_serve_echo_does_not_stall(big_file: Path, version: str
     side reads.  The echoed bytes are counted in the summary.
     """
     with tlsctl_server("--echo", "-naccept", "1") as srv:
-        out = run_tlsctl("send", str(big_file), "-connect", f"127.0.0.1:{srv.port}", "-k",
-                         "--json", version, "--timeout", "20", timeout=100)
+        out = run_tlsctl(
+            "send",
+            str(big_file),
+            "-connect",
+            f"127.0.0.1:{srv.port}",
+            "-k",
+            "--json",
+            version,
+            "--timeout",
+            "20",
+            timeout=100,
+        )
         assert out.returncode == 0, out.stderr
         (rec,) = srv.records()
     summary = json.loads(out.stdout)
@@ -251,8 +318,9 @@ def test_send_big_file_to_serve_echo_does_not_stall(big_file: Path, version: str
     assert summary["bytes_received"] == BIG == rec["bytes_in"] == rec["bytes_out"]
 
 
-def _ssl_echo_client(port: int, ca: Path | None, data: bytes, version: ssl.TLSVersion,
-                     result: list[bytes]) -> None:
+def _ssl_echo_client(
+    port: int, ca: Path | None, data: bytes, version: ssl.TLSVersion, result: list[bytes]
+) -> None:
     """Send ``data`` and read the echo, interleaved in one thread (an SSL
     object must not be read and written from two threads at once)."""
     ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl.create_default_context()
@@ -261,8 +329,10 @@ def _ssl_echo_client(port: int, ca: Path | None, data: bytes, version: ssl.TLSVe
         ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ctx.maximum_version = version
     deadline = time.monotonic() + 60
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
         s.setblocking(False)
         sent, got = 0, bytearray()
         while len(got) < len(data) and time.monotonic() < deadline:
@@ -290,8 +360,9 @@ def _ssl_echo_client(port: int, ca: Path | None, data: bytes, version: ssl.TLSVe
 def test_python_ssl_to_serve_echo(pki: Pki, version: ssl.TLSVersion) -> None:
     """Echo through the layer: RX after the handshake, TX after the tickets."""
     data = os.urandom(300_000)
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--echo",
-                       "-naccept", "1") as srv:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "--echo", "-naccept", "1"
+    ) as srv:
         result: list[bytes] = []
         _ssl_echo_client(srv.port, pki.ca, data, version, result)
         (rec,) = srv.records()
@@ -311,8 +382,10 @@ def test_64_concurrent_clients(files: dict[int, Path]) -> None:
     with tlsctl_server("--echo", "-naccept", str(n), "--handshake-timeout", "60") as srv:
         results: list[bytes] = []
         threads = [
-            threading.Thread(target=_ssl_echo_client,
-                             args=(srv.port, None, data, ssl.TLSVersion.TLSv1_3, results))
+            threading.Thread(
+                target=_ssl_echo_client,
+                args=(srv.port, None, data, ssl.TLSVersion.TLSv1_3, results),
+            )
             for _ in range(n)
         ]
         for t in threads:
@@ -327,17 +400,41 @@ def test_64_concurrent_clients(files: dict[int, Path]) -> None:
 def test_serve_www_with_curl(pki: Pki, big_file: Path, tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_text("not for you")
     root = big_file.parent
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "-WWW", str(root),
-                       "-naccept", "2") as srv:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "-WWW", str(root), "-naccept", "2"
+    ) as srv:
         out = tmp_path / "dl.bin"
-        r = subprocess.run(["curl", "-sS", "--cacert", str(pki.ca), "-o", str(out),
-                            f"https://localhost:{srv.port}/{big_file.name}"],
-                           capture_output=True, timeout=60)
+        r = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                str(pki.ca),
+                "-o",
+                str(out),
+                f"https://localhost:{srv.port}/{big_file.name}",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
-        r2 = subprocess.run(["curl", "-sS", "--path-as-is", "--cacert", str(pki.ca), "-o",
-                             "/dev/null", "-w", "%{http_code}",
-                             f"https://localhost:{srv.port}/../{tmp_path.name}/secret.txt"],
-                            capture_output=True, timeout=30, text=True)
+        r2 = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--path-as-is",
+                "--cacert",
+                str(pki.ca),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"https://localhost:{srv.port}/../{tmp_path.name}/secret.txt",
+            ],
+            capture_output=True,
+            timeout=30,
+            text=True,
+        )
         recs = srv.records()
     assert sha(out) == sha(big_file)
     assert r2.stdout == "403"
@@ -355,8 +452,9 @@ def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_send_refuses_untrusted_and_wrong_name(pki: Pki, files: dict[int, Path],
-                                               tmp_path: Path) -> None:
+def test_send_refuses_untrusted_and_wrong_name(
+    pki: Pki, files: dict[int, Path], tmp_path: Path
+) -> None:
     for cert, key, args, needle in [
         (pki.self_signed, pki.self_signed_key, ["-CAfile", str(pki.ca)], "certificate verify"),
         (pki.wrong_name, pki.wrong_name_key, ["-CAfile", str(pki.ca)], "certificate verify"),
@@ -365,8 +463,10 @@ def test_send_refuses_untrusted_and_wrong_name(pki: Pki, files: dict[int, Path],
         with (tmp_path / "o").open("wb") as o, openssl_server(cert, key, o) as (_p, port):
             r = run_tlsctl("send", str(files[1]), "-connect", f"localhost:{port}", *args)
         assert needle in one_line_error(r)
-    with (tmp_path / "o").open("wb") as o, \
-            openssl_server(pki.self_signed, pki.self_signed_key, o) as (p, port):
+    with (
+        (tmp_path / "o").open("wb") as o,
+        openssl_server(pki.self_signed, pki.self_signed_key, o) as (p, port),
+    ):
         r = run_tlsctl("send", str(files[1]), "-connect", f"localhost:{port}", "-k")
         p.wait(10)
     assert r.returncode == 0 and "NOT verified" in r.stderr
@@ -375,24 +475,41 @@ def test_send_refuses_untrusted_and_wrong_name(pki: Pki, files: dict[int, Path],
 def test_send_errors(files: dict[int, Path], tmp_path: Path) -> None:
     port = free_port()
     assert "refused" in one_line_error(
-        run_tlsctl("send", str(files[1]), "-connect", f"127.0.0.1:{port}"))
+        run_tlsctl("send", str(files[1]), "-connect", f"127.0.0.1:{port}")
+    )
     assert "cannot open" in one_line_error(
-        run_tlsctl("send", str(tmp_path / "nope"), "-connect", f"127.0.0.1:{port}"))
+        run_tlsctl("send", str(tmp_path / "nope"), "-connect", f"127.0.0.1:{port}")
+    )
     assert "not TLS" in one_line_error(_send_to_fake(files, b"HTTP/1.1 400 Bad\r\n\r\n"))
     assert f"-CAfile {tmp_path / 'nope.pem'}: no such file" in one_line_error(
-        run_tlsctl("send", str(files[1]), "-connect", f"127.0.0.1:{port}", "-CAfile",
-                   str(tmp_path / "nope.pem")))
+        run_tlsctl(
+            "send",
+            str(files[1]),
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-CAfile",
+            str(tmp_path / "nope.pem"),
+        )
+    )
     assert "exclude each other" in one_line_error(
-        run_tlsctl("send", str(files[1]), "-connect", f"127.0.0.1:{port}", "-tls1_2", "-tls1_3"))
+        run_tlsctl("send", str(files[1]), "-connect", f"127.0.0.1:{port}", "-tls1_2", "-tls1_3")
+    )
     # Closed at once: FIN or, with our ClientHello unread, RST; both are clear.
     assert "during the handshake" in one_line_error(_send_to_fake(files, None))
 
 
-def test_send_offload_kernel_without_ktls(pki: Pki, files: dict[int, Path],
-                                         tmp_path: Path) -> None:
+def test_send_offload_kernel_without_ktls(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
     with (tmp_path / "o").open("wb") as o, openssl_server(pki.cert, pki.key, o) as (_p, port):
-        r = run_tlsctl("send", str(files[1]), "-connect", f"localhost:{port}",
-                       "-CAfile", str(pki.ca), "--offload", "kernel")
+        r = run_tlsctl(
+            "send",
+            str(files[1]),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--offload",
+            "kernel",
+        )
     assert "no kTLS" in one_line_error(r)
 
 
@@ -426,21 +543,27 @@ def test_serve_errors(pki: Pki, tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         assert "in use" in one_line_error(run_tlsctl("serve", "-accept", f"127.0.0.1:{port}"))
     assert f"-cert {tmp_path / 'missing.pem'}: no such file" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-cert", str(tmp_path / "missing.pem")))
+        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-cert", str(tmp_path / "missing.pem"))
+    )
     assert "does not match" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-cert", str(pki.cert), "-key",
-                   str(pki.rsa_key)))
+        run_tlsctl(
+            "serve", "-accept", "127.0.0.1:0", "-cert", str(pki.cert), "-key", str(pki.rsa_key)
+        )
+    )
     assert f"no such directory {tmp_path / 'no'}" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path / "no" / "f")))
+        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path / "no" / "f"))
+    )
     assert "key log" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-keylogfile", str(tmp_path / "no" / "k")))
+        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-keylogfile", str(tmp_path / "no" / "k"))
+    )
     assert "choose one of" in run_tlsctl("serve", "--echo", "--sink").stderr
 
 
 def test_serve_survives_bad_clients(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
     """Garbage, a hang-up mid-handshake and a corrupted record, then a good client."""
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--save-dir",
-                       str(tmp_path), "-naccept", "4") as srv:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "--save-dir", str(tmp_path), "-naccept", "4"
+    ) as srv:
         with socket.create_connection(("127.0.0.1", srv.port)) as s:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             s.recv(100)
@@ -474,8 +597,11 @@ def _send_corrupted_record(port: int) -> str:
         res = run_handshake(s, ctx, "client")
         conn: SSL.Connection = res.conn
         out = bytearray()
-        for payload, corrupt in ((b"good" * 250, False), (b"x" * 1000, True),
-                                 (b"after" * 200, False)):
+        for payload, corrupt in (
+            (b"good" * 250, False),
+            (b"x" * 1000, True),
+            (b"after" * 200, False),
+        ):
             conn.send(payload)
             rec = bytearray(conn.bio_read(65536))
             if corrupt:
@@ -514,8 +640,11 @@ def test_serve_sigterm_clean_exit() -> None:
 def test_help_has_examples() -> None:
     for cmd in ("send", "serve"):
         r = run_tlsctl(cmd, "--help")
-        assert r.returncode == 0 and "Example" in r.stdout and "-connect" in run_tlsctl(
-            "send", "--help").stdout
+        assert (
+            r.returncode == 0
+            and "Example" in r.stdout
+            and "-connect" in run_tlsctl("send", "--help").stdout
+        )
 
 
 def test_spawn_cleans_up() -> None:
@@ -531,12 +660,23 @@ def test_spawn_cleans_up() -> None:
 def test_key_update_from_s_client(pki: Pki, suite: str) -> None:
     """s_client's 'K' (update requested) and 'k': we rekey RX, answer K with our
     own KeyUpdate and rekey TX; the echo after each update still decrypts."""
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--echo",
-                       "-naccept", "1") as srv:
-        cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{srv.port}", "-tls1_3",
-               "-ciphersuites", suite, "-CAfile", str(pki.ca)]
-        with spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                   stderr=subprocess.STDOUT) as p:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "--echo", "-naccept", "1"
+    ) as srv:
+        cmd = [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{srv.port}",
+            "-tls1_3",
+            "-ciphersuites",
+            suite,
+            "-CAfile",
+            str(pki.ca),
+        ]
+        with spawn(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as p:
             assert p.stdin is not None
             for line in (b"hello-1\n", b"K\n", b"hello-2\n", b"k\n", b"hello-3\n"):
                 p.stdin.write(line)
@@ -565,15 +705,33 @@ def test_serve_workers(files: dict[int, Path]) -> None:
 
 
 def test_client_certificates(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "-Verify", "1",
-                       "-CAfile", str(pki.ca), "-naccept", "3") as srv:
-        ok = openssl_client(srv.port, files[16385], "-cert", str(pki.cert), "-key",
-                            str(pki.key))
+    with tlsctl_server(
+        "-cert",
+        str(pki.cert),
+        "-key",
+        str(pki.key),
+        "-Verify",
+        "1",
+        "-CAfile",
+        str(pki.ca),
+        "-naccept",
+        "3",
+    ) as srv:
+        ok = openssl_client(srv.port, files[16385], "-cert", str(pki.cert), "-key", str(pki.key))
         assert ok.returncode == 0, ok.stderr
         openssl_client(srv.port, files[1])  # no certificate: refused
-        r = run_tlsctl("send", str(files[16384]), "-connect", f"localhost:{srv.port}",
-                       "-CAfile", str(pki.ca), "-cert", str(pki.rsa_cert), "-key",
-                       str(pki.rsa_key))
+        r = run_tlsctl(
+            "send",
+            str(files[16384]),
+            "-connect",
+            f"localhost:{srv.port}",
+            "-CAfile",
+            str(pki.ca),
+            "-cert",
+            str(pki.rsa_cert),
+            "-key",
+            str(pki.rsa_key),
+        )
         assert r.returncode == 0, r.stderr
         recs = sorted(srv.records(), key=lambda r: r["conn"])
     assert recs[0]["ok"] and recs[0]["bytes_in"] == 16385
@@ -599,8 +757,17 @@ def test_send_when_server_vanishes(pki: Pki, big_file: Path) -> None:
 
         t = threading.Thread(target=server, daemon=True)
         t.start()
-        r = run_tlsctl("send", str(big_file), "-connect", f"localhost:{ls.getsockname()[1]}",
-                       "-CAfile", str(pki.ca), "--timeout", "5", timeout=30)
+        r = run_tlsctl(
+            "send",
+            str(big_file),
+            "-connect",
+            f"localhost:{ls.getsockname()[1]}",
+            "-CAfile",
+            str(pki.ca),
+            "--timeout",
+            "5",
+            timeout=30,
+        )
         t.join(5)
     assert "peer" in one_line_error(r)
 
@@ -636,15 +803,39 @@ def test_serve_when_client_vanishes_mid_record(pki: Pki) -> None:
         (["-tls1_3"], "none"),
     ],
 )
-def test_send_to_serve(pki: Pki, files: dict[int, Path], tmp_path: Path, args: list[str],
-                       offload: str) -> None:
+def test_send_to_serve(
+    pki: Pki, files: dict[int, Path], tmp_path: Path, args: list[str], offload: str
+) -> None:
     keylog = tmp_path / "env.keys"
-    with tlsctl_server("-cert", str(pki.rsa_cert), "-key", str(pki.rsa_key), "--save-dir",
-                       str(tmp_path), "-naccept", "1", "--offload", offload) as srv:
+    with tlsctl_server(
+        "-cert",
+        str(pki.rsa_cert),
+        "-key",
+        str(pki.rsa_key),
+        "--save-dir",
+        str(tmp_path),
+        "-naccept",
+        "1",
+        "--offload",
+        offload,
+    ) as srv:
         r = subprocess.run(
-            [*TLSCTL, "send", str(files[1 << 20]), "-connect", f"localhost:{srv.port}",
-             "-CAfile", str(pki.ca), "--json", "--offload", offload, *args],
-            capture_output=True, text=True, timeout=60,
+            [
+                *TLSCTL,
+                "send",
+                str(files[1 << 20]),
+                "-connect",
+                f"localhost:{srv.port}",
+                "-CAfile",
+                str(pki.ca),
+                "--json",
+                "--offload",
+                offload,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, "SSLKEYLOGFILE": str(keylog)},
         )
         assert r.returncode == 0, r.stderr
@@ -655,8 +846,7 @@ def test_send_to_serve(pki: Pki, files: dict[int, Path], tmp_path: Path, args: l
     assert keylog.stat().st_size > 0
 
 
-def test_send_after_hello_retry_request(pki: Pki, files: dict[int, Path],
-                                        tmp_path: Path) -> None:
+def test_send_after_hello_retry_request(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
     """The server wants P-256, we offer X25519 first: an HRR round trip."""
     summary, out = send_to_s_server(pki, tmp_path, files[16385], ["-groups", "P-256"], [])
     assert summary["version"] == "TLSv1.3" and sha(out) == sha(files[16385])
@@ -679,8 +869,9 @@ def test_parse_hostport() -> None:
 @pytest.mark.parametrize("args", [["--size", "100000"], ["-tls1_2", "--offload", "none"]])
 def test_send_loopback(files: dict[int, Path], args: list[str]) -> None:
     """The no-preparation main job: a built-in server, verification on."""
-    r = run_tlsctl("send", "--loopback", "--json", *args,
-                   *([] if "--size" in args else [str(files[16385])]))
+    r = run_tlsctl(
+        "send", "--loopback", "--json", *args, *([] if "--size" in args else [str(files[16385])])
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["match"] is True and summary["sha256"] == summary["server_sha256"]
@@ -700,10 +891,21 @@ needs_gnutls = pytest.mark.skipif(
 
 def gnutls_cli(port: int, data: Path, prio: str, ca: Path) -> subprocess.CompletedProcess[bytes]:
     """gnutls-cli sends ``data`` from stdin, prints what comes back, says bye at EOF."""
-    cmd = ["gnutls-cli", "-p", str(port), "localhost", "--x509cafile", str(ca),
-           "--priority", prio, "--logfile=/dev/null"]
-    with data.open("rb") as f, spawn(cmd, stdin=f, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE) as p:
+    cmd = [
+        "gnutls-cli",
+        "-p",
+        str(port),
+        "localhost",
+        "--x509cafile",
+        str(ca),
+        "--priority",
+        prio,
+        "--logfile=/dev/null",
+    ]
+    with (
+        data.open("rb") as f,
+        spawn(cmd, stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p,
+    ):
         out, err = p.communicate(timeout=30)
         return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
@@ -712,8 +914,9 @@ def gnutls_cli(port: int, data: Path, prio: str, ca: Path) -> subprocess.Complet
 @pytest.mark.parametrize("prio", GNUTLS_PRIOS)
 def test_gnutls_cli_to_serve_echo(pki: Pki, files: dict[int, Path], prio: str) -> None:
     """Our RX and TX against GnuTLS: the echo gnutls-cli prints equals the file."""
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--echo",
-                       "-naccept", "1") as srv:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "--echo", "-naccept", "1"
+    ) as srv:
         r = gnutls_cli(srv.port, files[16385], prio, pki.ca)
         (rec,) = srv.records()
     assert r.returncode == 0, r.stderr
@@ -723,8 +926,9 @@ def test_gnutls_cli_to_serve_echo(pki: Pki, files: dict[int, Path], prio: str) -
 
 @needs_gnutls
 def test_gnutls_cli_to_serve_save_dir(pki: Pki, files: dict[int, Path], tmp_path: Path) -> None:
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--save-dir",
-                       str(tmp_path), "-naccept", "1") as srv:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "--save-dir", str(tmp_path), "-naccept", "1"
+    ) as srv:
         r = gnutls_cli(srv.port, files[1 << 20], GNUTLS_PRIOS[0], pki.ca)
         (rec,) = srv.records()
     assert r.returncode == 0, r.stderr
@@ -737,11 +941,26 @@ def test_send_to_gnutls_serv(pki: Pki, files: dict[int, Path], vflag: str) -> No
     """GnuTLS decrypts every record we send (a bad one would end in an alert)
     and answers our close_notify with its own."""
     port = free_port()
-    cmd = ["gnutls-serv", "-p", str(port), "--x509certfile", str(pki.cert), "--x509keyfile",
-           str(pki.key)]
+    cmd = [
+        "gnutls-serv",
+        "-p",
+        str(port),
+        "--x509certfile",
+        str(pki.cert),
+        "--x509keyfile",
+        str(pki.key),
+    ]
     with spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         wait_port(port, proc)
-        r = run_tlsctl("send", str(files[1 << 20]), "-connect", f"localhost:{port}",
-                       "-CAfile", str(pki.ca), "--json", vflag)
+        r = run_tlsctl(
+            "send",
+            str(files[1 << 20]),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--json",
+            vflag,
+        )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["bytes"] == 1 << 20

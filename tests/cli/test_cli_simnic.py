@@ -101,7 +101,10 @@ def test_send_sim_nic_big_file_with_faults(pki: Pki, tmp_path: Path) -> None:
             f.write(bytes([i & 255]) * 32 + block[32:])
     for seed in (3, 4):
         summary, out = send_to_s_server(
-            pki, tmp_path, src, ["-tls1_2"],
+            pki,
+            tmp_path,
+            src,
+            ["-tls1_2"],
             ["--offload", "sim-nic", "--faults", f"{HEAVY},seed={seed}"],
         )
         assert summary["sha256"] == sha(src) == sha(out)
@@ -138,9 +141,22 @@ def test_send_sim_nic_past_2gib_with_reorder_to_s_server(pki: Pki, tmp_path: Pat
     with open(wfd, "wb") as w, openssl_server(pki.cert, pki.key, w, "-tls1_3") as (proc, port):
         w.close()  # s_server holds the write end: EOF when it exits
         reader.start()
-        r = run_tlsctl("send", str(src), "-connect", f"127.0.0.1:{port}", "-CAfile",
-                       str(pki.ca), "-servername", "localhost", "--json", "--offload",
-                       "sim-nic", "--faults", "reorder=0.02,seed=7", timeout=280)
+        r = run_tlsctl(
+            "send",
+            str(src),
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "-servername",
+            "localhost",
+            "--json",
+            "--offload",
+            "sim-nic",
+            "--faults",
+            "reorder=0.02,seed=7",
+            timeout=280,
+        )
         assert r.returncode == 0, r.stderr
         proc.wait(30)
     reader.join(30)
@@ -155,14 +171,32 @@ def test_send_sim_nic_past_2gib_with_reorder_to_s_server(pki: Pki, tmp_path: Pat
 def test_serve_sim_nic_www_to_curl(pki: Pki, data: dict[int, Path], tmp_path: Path) -> None:
     src = data[3 << 20]
     with tlsctl_server(
-        "-cert", str(pki.cert), "-key", str(pki.key), "-WWW", str(src.parent),
-        "-naccept", "1", "--offload", "sim-nic", "--faults", f"{HEAVY},seed=5",
+        "-cert",
+        str(pki.cert),
+        "-key",
+        str(pki.key),
+        "-WWW",
+        str(src.parent),
+        "-naccept",
+        "1",
+        "--offload",
+        "sim-nic",
+        "--faults",
+        f"{HEAVY},seed=5",
     ) as srv:
         out = tmp_path / "dl.bin"
         r = subprocess.run(
-            ["curl", "-sS", "--cacert", str(pki.ca), "-o", str(out),
-             f"https://localhost:{srv.port}/{src.name}"],
-            capture_output=True, timeout=120,
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                str(pki.ca),
+                "-o",
+                str(out),
+                f"https://localhost:{srv.port}/{src.name}",
+            ],
+            capture_output=True,
+            timeout=120,
         )
         assert r.returncode == 0, r.stderr
         recs = srv.records()
@@ -178,15 +212,24 @@ def test_serve_sim_nic_www_to_curl(pki: Pki, data: dict[int, Path], tmp_path: Pa
 def test_faults_need_a_nic(pki: Pki, data: dict[int, Path]) -> None:
     r = run_tlsctl("send", str(data[1]), "-connect", "127.0.0.1:1", "--faults", "drop=0.1")
     assert r.returncode == 2 and "need a NIC offload" in r.stderr
-    r = run_tlsctl("send", str(data[1]), "-connect", "127.0.0.1:1", "--offload", "sim-nic",
-                   "--faults", "drop=2")
+    r = run_tlsctl(
+        "send",
+        str(data[1]),
+        "-connect",
+        "127.0.0.1:1",
+        "--offload",
+        "sim-nic",
+        "--faults",
+        "drop=2",
+    )
     assert r.returncode == 2 and "not a probability" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("command", ["send-connect", "send-loopback", "serve"])
-def test_key_update_with_a_nic_is_refused_at_start_up(pki: Pki, data: dict[int, Path],
-                                                      command: str) -> None:
+def test_key_update_with_a_nic_is_refused_at_start_up(
+    pki: Pki, data: dict[int, Path], command: str
+) -> None:
     """Issue 11 item 9: a NIC-offloaded TX context cannot be rekeyed yet, so
     ``--key-update-every`` with ``--offload sim-nic`` failed mid-transfer,
     after the KeyUpdate went out.  Refused before any connection: usage
@@ -210,7 +253,18 @@ def test_key_update_with_a_nic_is_refused_at_start_up(pki: Pki, data: dict[int, 
     assert "--key-update-every" in error and "--offload sim-nic" in error
     assert "Traceback" not in r.stderr
     # Without the NIC the same option is accepted (the software layer rekeys).
-    r = run_tlsctl("send", "--loopback", "--size", str(256 << 10), "--offload", "sw", "-tls1_3",
-                   "--key-update-every", "64K", "--json", timeout=60)
+    r = run_tlsctl(
+        "send",
+        "--loopback",
+        "--size",
+        str(256 << 10),
+        "--offload",
+        "sw",
+        "-tls1_3",
+        "--key-update-every",
+        "64K",
+        "--json",
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["key_updates_sent"] >= 3

@@ -142,8 +142,9 @@ def test_help_and_completion_load_only_the_cli(command: str) -> None:
         "         'offload.ktls_socket', 'offload.record', 'offload.wiremodel')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)), file=sys.stderr)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=60, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert "--offload" in r.stdout
     assert r.stderr.strip() == "[]"
 
@@ -164,8 +165,9 @@ def test_version_names_the_libraries_and_ktls() -> None:
     assert lines[2].startswith(f"pyOpenSSL {version('pyOpenSSL')} (OpenSSL ")
     assert lines[3].startswith(f"cryptography {version('cryptography')} (OpenSSL ")
     ok, why = kernel_has_ktls()
-    assert lines[4] == ("kTLS on this host: yes" if ok
-                        else f"kTLS on this host: no: {why}; tlsctl doctor says more")
+    assert lines[4] == (
+        "kTLS on this host: yes" if ok else f"kTLS on this host: no: {why}; tlsctl doctor says more"
+    )
 
 
 def test_bash_completes_doctor(tmp_path: Path) -> None:

@@ -35,8 +35,13 @@ HAS_KTLS = kernel_has_ktls()[0]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(TLSCTL), "doctor", *args], capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(TLSCTL), "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _assert_typed(check: dict[str, object]) -> None:
@@ -62,20 +67,21 @@ def test_host_json_agrees_with_the_kernel() -> None:
         _assert_typed(c)
         if c["ok"] is False:
             assert c["reason"] and c["fix"], c
-    assert checks["kernel"]["version"][:2] == [int(x) for x in
-                                               os.uname().release.split(".")[:2]]
+    assert checks["kernel"]["version"][:2] == [int(x) for x in os.uname().release.split(".")[:2]]
     assert checks["tcp_ulp"]["ok"] is HAS_KTLS
     assert checks["keys"]["ok"] is HAS_KTLS
     for dev in checks["nic_tls_offload"]["devices"]:
         assert type(dev["tls_hw_tx_offload"]) is bool
-    assert sorted(d["name"] for d in checks["nic_tls_offload"]["devices"]) == \
-        sorted(os.listdir("/sys/class/net"))
+    assert sorted(d["name"] for d in checks["nic_tls_offload"]["devices"]) == sorted(
+        os.listdir("/sys/class/net")
+    )
     if not HAS_KTLS:
         # This host: the ULP is refused with ENOENT and doctor says why.
         assert checks["tcp_ulp"]["errno_name"] == "ENOENT"
         assert "ENOENT" in checks["tcp_ulp"]["reason"]
-        assert "CONFIG_TLS" in checks["tcp_ulp"]["fix"] or "modprobe tls" in \
-            checks["tcp_ulp"]["fix"]
+        assert (
+            "CONFIG_TLS" in checks["tcp_ulp"]["fix"] or "modprobe tls" in checks["tcp_ulp"]["fix"]
+        )
         assert checks["cipher_tls13_aes_gcm_128"]["ok"] is None
         assert checks["proc_net_tls_stat"]["present"] is False
         assert r.stderr.count("\n") == 1
@@ -128,8 +134,9 @@ def test_help_loads_no_library() -> None:
         "print(sorted(m for m in sys.modules if m.startswith(('tlsctl.doctor', 'pyroute2',\n"
         "      'OpenSSL', 'rich'))), file=sys.stderr)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=60, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert "--json" in r.stdout and "Exit status: 0 when kTLS is" in " ".join(r.stdout.split())
     assert r.stderr.strip() == "[]"
 
@@ -142,9 +149,16 @@ def test_in_process_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
 
 # --- made-up hosts: the module's state from the file system -----------------------
 
-def _fake_root(tmp_path: Path, release: str, *, dep: str | None = None,
-               builtin: str | None = None, proc_modules: str | None = None,
-               config: str | None = None) -> Path:
+
+def _fake_root(
+    tmp_path: Path,
+    release: str,
+    *,
+    dep: str | None = None,
+    builtin: str | None = None,
+    proc_modules: str | None = None,
+    config: str | None = None,
+) -> Path:
     moddir = tmp_path / "lib" / "modules" / release
     if dep is not None or builtin is not None:
         moddir.mkdir(parents=True)
@@ -161,25 +175,36 @@ def _fake_root(tmp_path: Path, release: str, *, dep: str | None = None,
     return tmp_path
 
 
-DEP = ("kernel/net/ipv4/tcp_bbr.ko.xz:\n"
-       "kernel/net/tls/tls.ko.xz:\n"
-       "kernel/net/tls_other.ko:\n")
+DEP = "kernel/net/ipv4/tcp_bbr.ko.xz:\nkernel/net/tls/tls.ko.xz:\nkernel/net/tls_other.ko:\n"
 
 
-@pytest.mark.parametrize(("kw", "state", "file"), [
-    ({"dep": DEP}, host.ModuleState.LOADABLE, "kernel/net/tls/tls.ko.xz"),
-    ({"dep": DEP, "proc_modules": "tls 139264 0 - Live 0x0\n"}, host.ModuleState.LOADED,
-     "kernel/net/tls/tls.ko.xz"),
-    ({"dep": "kernel/net/tls_other.ko:\n", "proc_modules": "tlsx 1 0 - Live 0x0\n"},
-     host.ModuleState.MISSING, None),
-    ({"dep": "", "builtin": "kernel/net/tls/tls.ko\n"}, host.ModuleState.BUILTIN,
-     "kernel/net/tls/tls.ko"),
-    ({"config": "CONFIG_TLS=y\nCONFIG_TLS_DEVICE=y\n"}, host.ModuleState.BUILTIN, None),
-    ({"config": "# CONFIG_TLS is not set\n"}, host.ModuleState.MISSING, None),
-    ({}, host.ModuleState.UNKNOWN, None),
-])
-def test_module_state(tmp_path: Path, kw: dict[str, str], state: host.ModuleState,
-                      file: str | None) -> None:
+@pytest.mark.parametrize(
+    ("kw", "state", "file"),
+    [
+        ({"dep": DEP}, host.ModuleState.LOADABLE, "kernel/net/tls/tls.ko.xz"),
+        (
+            {"dep": DEP, "proc_modules": "tls 139264 0 - Live 0x0\n"},
+            host.ModuleState.LOADED,
+            "kernel/net/tls/tls.ko.xz",
+        ),
+        (
+            {"dep": "kernel/net/tls_other.ko:\n", "proc_modules": "tlsx 1 0 - Live 0x0\n"},
+            host.ModuleState.MISSING,
+            None,
+        ),
+        (
+            {"dep": "", "builtin": "kernel/net/tls/tls.ko\n"},
+            host.ModuleState.BUILTIN,
+            "kernel/net/tls/tls.ko",
+        ),
+        ({"config": "CONFIG_TLS=y\nCONFIG_TLS_DEVICE=y\n"}, host.ModuleState.BUILTIN, None),
+        ({"config": "# CONFIG_TLS is not set\n"}, host.ModuleState.MISSING, None),
+        ({}, host.ModuleState.UNKNOWN, None),
+    ],
+)
+def test_module_state(
+    tmp_path: Path, kw: dict[str, str], state: host.ModuleState, file: str | None
+) -> None:
     root = _fake_root(tmp_path, "6.1.0-57-amd64", **kw)
     info = host.tls_module("6.1.0-57-amd64", root)
     assert info.state is state
@@ -187,8 +212,9 @@ def test_module_state(tmp_path: Path, kw: dict[str, str], state: host.ModuleStat
 
 
 def test_kernel_config_values(tmp_path: Path) -> None:
-    root = _fake_root(tmp_path, "6.1.0-57-amd64",
-                      config="CONFIG_TLS=m\nCONFIG_TLS_DEVICE=y\nCONFIG_TLS_TOE=n\n")
+    root = _fake_root(
+        tmp_path, "6.1.0-57-amd64", config="CONFIG_TLS=m\nCONFIG_TLS_DEVICE=y\nCONFIG_TLS_TOE=n\n"
+    )
     info = host.tls_module("6.1.0-57-amd64", root)
     assert (info.config, info.config_device) == ("m", "y")
     assert info.config_source == str(root / "proc" / "config.gz")
@@ -211,10 +237,16 @@ def test_cap_net_admin_from_status(tmp_path: Path) -> None:
 
 # --- made-up probe answers: the reasons and fixes -----------------------------------
 
+
 def _mod(state: host.ModuleState, config: str | None = None) -> host.ModuleInfo:
-    return host.ModuleInfo(state, "/lib/modules/6.1.0-57-amd64",
-                           "kernel/net/tls/tls.ko" if state is not host.ModuleState.MISSING
-                           else None, config, None, None)
+    return host.ModuleInfo(
+        state,
+        "/lib/modules/6.1.0-57-amd64",
+        "kernel/net/tls/tls.ko" if state is not host.ModuleState.MISSING else None,
+        config,
+        None,
+        None,
+    )
 
 
 def _enoent() -> OSError:
@@ -255,19 +287,24 @@ def test_rekey_ebusy_on_61_says_614() -> None:
 def test_unknown_option_names_the_release() -> None:
     err = OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
     [c] = verdict.option_checks(
-        [probes.OptionResult("TLS_TX_MAX_PAYLOAD_LEN", err, None, 4096)], "")
+        [probes.OptionResult("TLS_TX_MAX_PAYLOAD_LEN", err, None, 4096)], ""
+    )
     assert c.ok is False and "ENOPROTOOPT" in c.reason and c.fix == "Linux 6.19 or later"
     assert c.data["errno_name"] == "ENOPROTOOPT"
 
 
 def test_cipher_refusals() -> None:
     einval = OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-    rows = verdict.cipher_checks([
-        probes.CipherResult(TLS_1_3_VERSION, CipherType.AES_CCM_128, None, einval, False),
-        probes.CipherResult(TLS_1_3_VERSION, CipherType.AES_GCM_128, None, None, True),
-        probes.CipherResult(TLS_1_3_VERSION, CipherType.CHACHA20_POLY1305, _enoent(), None,
-                            False),
-    ], "")
+    rows = verdict.cipher_checks(
+        [
+            probes.CipherResult(TLS_1_3_VERSION, CipherType.AES_CCM_128, None, einval, False),
+            probes.CipherResult(TLS_1_3_VERSION, CipherType.AES_GCM_128, None, None, True),
+            probes.CipherResult(
+                TLS_1_3_VERSION, CipherType.CHACHA20_POLY1305, _enoent(), None, False
+            ),
+        ],
+        "",
+    )
     keys, ccm, gcm, chacha = rows
     assert keys.ok is True and keys.data == {"pairs_ok": 1, "pairs": 3}
     assert ccm.ok is False and "TLS_RX" in ccm.reason and ccm.data["rx_errno"] == errno.EINVAL
@@ -291,7 +328,7 @@ def test_diagnose_on_this_host_matches_probe() -> None:
 
 
 def test_rekey_setup_failure_is_no_answer() -> None:
-    c = verdict.rekey_check(probes.RekeyResult(None, None, False,
-                                               setup_error=OSError("KeyUpdate lost")),
-                            "7.3.4", "")
+    c = verdict.rekey_check(
+        probes.RekeyResult(None, None, False, setup_error=OSError("KeyUpdate lost")), "7.3.4", ""
+    )
     assert c.ok is None and "KeyUpdate lost" in c.detail

@@ -37,8 +37,10 @@ from tests.helpers import kernelvm
 from tlsctl.doctor.host import kernel_version
 
 GUEST_TIMEOUT = 1800.0  # TCG: one doctor run took 6-12 min with 4 VMs on 2 cores
-pytestmark = [pytest.mark.kernel,
-              pytest.mark.timeout(kernelvm.DEFAULT_BOOT_TIMEOUT + GUEST_TIMEOUT + 120)]
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.timeout(kernelvm.DEFAULT_BOOT_TIMEOUT + GUEST_TIMEOUT + 120),
+]
 
 TLSCTL = Path(sys.executable).with_name("tlsctl")
 KERNELS = kernelvm.find_kernels()
@@ -85,20 +87,30 @@ def _require_vm() -> bool:
     return os.environ.get("TLSCTL_REQUIRE_KERNEL_VM", "") not in ("", "0")
 
 
-def run_doctor_guest(kernel: str, workdir: Path,
-                     boot_timeout: float = kernelvm.DEFAULT_BOOT_TIMEOUT) -> dict[str, Any]:
+def run_doctor_guest(
+    kernel: str, workdir: Path, boot_timeout: float = kernelvm.DEFAULT_BOOT_TIMEOUT
+) -> dict[str, Any]:
     """Boot ``kernel`` once, run GUEST in it; what each step left in ``workdir``."""
     script = workdir / "doctor-guest.sh"
     script.write_text(GUEST.format(w=workdir, tlsctl=TLSCTL))
-    res = kernelvm.run_in_vm(["/bin/sh", str(script)], GUEST_TIMEOUT, workdir=workdir,
-                             kernel=kernel, boot_timeout=boot_timeout)
+    res = kernelvm.run_in_vm(
+        ["/bin/sh", str(script)],
+        GUEST_TIMEOUT,
+        workdir=workdir,
+        kernel=kernel,
+        boot_timeout=boot_timeout,
+    )
 
     def read(name: str) -> str:
         p = workdir / name
         return p.read_text() if p.exists() else ""
 
-    out: dict[str, Any] = {"kernel": res.kernel, "rc": res.returncode,
-                           "boot_seconds": res.boot_seconds, "total_seconds": res.total_seconds}
+    out: dict[str, Any] = {
+        "kernel": res.kernel,
+        "rc": res.returncode,
+        "boot_seconds": res.boot_seconds,
+        "total_seconds": res.total_seconds,
+    }
     for run in ("nocap", "root", "text"):
         out[f"{run}_rc"] = int(read(f"{run}.rc").strip() or -1)
         out[f"{run}_err"] = read(f"{run}.err")
@@ -107,8 +119,9 @@ def run_doctor_guest(kernel: str, workdir: Path,
     out["text"] = read("text.txt")
     out["curl_rc"] = int(read("curl.rc").strip() or -1)
     out["curl_out"] = read("curl.out") + read("s_server.out")
-    out["same_file"] = (workdir / "got.bin").exists() and \
-        (workdir / "got.bin").read_bytes() == (workdir / "file.bin").read_bytes()
+    out["same_file"] = (workdir / "got.bin").exists() and (workdir / "got.bin").read_bytes() == (
+        workdir / "file.bin"
+    ).read_bytes()
     out["stat_before"] = parse_proc_tls_stat(read("stat.before"))
     out["stat_after"] = parse_proc_tls_stat(read("stat.after"))
     for run in ("nocap", "root"):
@@ -118,27 +131,28 @@ def run_doctor_guest(kernel: str, workdir: Path,
         except ValueError:
             raise AssertionError(
                 f"{run}: doctor printed no JSON (exit {out[f'{run}_rc']}):\n{raw}\n"
-                f"--- stderr ---\n{out[f'{run}_err']}") from None
+                f"--- stderr ---\n{out[f'{run}_err']}"
+            ) from None
     return out
 
 
-@pytest.fixture(scope="module", params=KERNELS or ["none"],
-                ids=kernelvm.kernel_id)
-def vm_run(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=KERNELS or ["none"], ids=kernelvm.kernel_id)
+def vm_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """Boot ``request.param`` once; the three doctor runs' outputs."""
     ok, reason = kernelvm.vm_available()
     if not ok or not KERNELS:
         if _require_vm():
-            pytest.fail(f"kernel VM required (TLSCTL_REQUIRE_KERNEL_VM) but unavailable: "
-                        f"{reason}")
+            pytest.fail(f"kernel VM required (TLSCTL_REQUIRE_KERNEL_VM) but unavailable: {reason}")
         pytest.skip(f"kernel VM unavailable: {reason}")
     try:
         out = run_doctor_guest(request.param, tmp_path_factory.mktemp("doctorvm"))
     except (kernelvm.VMError, AssertionError) as exc:
         pytest.fail(f"kernel VM run failed: {exc}", pytrace=False)
-    print(f"kernel {out['kernel']}: boot {out['boot_seconds']} s, "
-          f"total {out['total_seconds']:.0f} s")
+    print(
+        f"kernel {out['kernel']}: boot {out['boot_seconds']} s, total {out['total_seconds']:.0f} s"
+    )
     return out
 
 
@@ -170,8 +184,11 @@ def test_as_root_everything_the_kernel_has_is_yes(vm_run: dict[str, Any]) -> Non
     assert doc["kernel_release"] == vm_run["kernel"]
     c = doc["checks"]
     # The probe loaded the module, as the kernel does for a CAP_NET_ADMIN process.
-    assert (c["tls_module"]["state"], c["tls_module"]["state_after_probe"],
-            c["tls_module"]["ok"]) == ("loadable", "loaded", True)
+    assert (
+        c["tls_module"]["state"],
+        c["tls_module"]["state_after_probe"],
+        c["tls_module"]["ok"],
+    ) == ("loadable", "loaded", True)
     assert c["tcp_ulp"]["ok"] is True
     assert c["keys"]["pairs_ok"] == c["keys"]["pairs"] == 8
     for version in ("12", "13"):

@@ -150,9 +150,19 @@ def _kill(proc: subprocess.Popen[Any]) -> None:
 @contextlib.contextmanager
 def child(tmp: Path, ctl_path: Path | None, env: dict[str, str]) -> Iterator[Child]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(ctl_path or ""), str(tmp / "capture.bin"),
-         str(tmp / "close-b")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(ctl_path or ""),
+            str(tmp / "capture.bin"),
+            str(tmp / "close-b"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         try:
@@ -167,10 +177,12 @@ def child(tmp: Path, ctl_path: Path | None, env: dict[str, str]) -> Iterator[Chi
         _kill(proc)
 
 
-def tlsctl(*args: str, env: dict[str, str] | None = None,
-           timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TLSCTL, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
+def tlsctl(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TLSCTL, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def inspect_json(*args: str, env: dict[str, str]) -> dict[str, Any]:
@@ -239,8 +251,7 @@ def test_live_context_secrets_close_and_stale(tmp_path: Path, env: dict[str, str
         d1, d2 = b1["device"], b2["device"]
         assert isinstance(d2["expected_tcp_seq"], int) and "records_in_flight" in d2
         assert d2["expected_tcp_seq"] != d1["expected_tcp_seq"]
-        assert (d2["stats"]["tx_tls_encrypted_packets"]
-                > d1["stats"]["tx_tls_encrypted_packets"] > 0)
+        assert d2["stats"]["tx_tls_encrypted_packets"] > d1["stats"]["tx_tls_encrypted_packets"] > 0
         assert p2["stats"]["TlsCurrTxSw"] == 1 and p2["stats"]["TlsCurrTxDevice"] == 1
         assert b2["stats"]["TlsTxDevice"] == 1 and a_tx2["stats"]["TlsTxSw"] == 1
         # Secrets redacted by default, everywhere.
@@ -258,8 +269,12 @@ def test_live_context_secrets_close_and_stale(tmp_path: Path, env: dict[str, str
         tx = by_pair(json.loads(r.stdout)["processes"][0])["A", "client"]
         k = tx["tx_crypto"]
         info = CryptoInfo.create(
-            TLS_1_3_VERSION, CipherType.AES_GCM_128, key=bytes.fromhex(k["key"]),
-            iv=bytes.fromhex(k["iv"]), salt=bytes.fromhex(k["salt"]), seq=tx["tx_rec_seq"],
+            TLS_1_3_VERSION,
+            CipherType.AES_GCM_128,
+            key=bytes.fromhex(k["key"]),
+            iv=bytes.fromhex(k["iv"]),
+            salt=bytes.fromhex(k["salt"]),
+            seq=tx["tx_rec_seq"],
         )
         assert CryptoInfo.unpack(bytes.fromhex(tx["tx_crypto_info"])).pack() == info.pack()
         n = tx["tx_rec_seq"]
@@ -289,8 +304,7 @@ def test_live_context_secrets_close_and_stale(tmp_path: Path, env: dict[str, str
         fake.write_text("TlsCurrTxSw                     7\nTlsTxDevice                     2\n")
         r = tlsctl("inspect-context", "--stats", "--proc-tls-stat", str(fake), env=env)
         assert r.returncode == 0 and "TlsCurrTxSw" in r.stdout and " 7" in r.stdout
-        r = tlsctl("inspect-context", "--stats", "--proc-tls-stat", str(tmp_path / "no"),
-                   env=env)
+        r = tlsctl("inspect-context", "--stats", "--proc-tls-stat", str(tmp_path / "no"), env=env)
         assert r.returncode == 0 and "not present" in r.stdout
 
         # --pid filters; an unknown pid is one clear error.
@@ -339,8 +353,10 @@ def test_explicit_socket_path_and_clean_stop(tmp_path: Path, env: dict[str, str]
     # Killed: the explicit socket is stale; it is removed and the one line names it.
     r = tlsctl("inspect-context", "--json", "--control-socket", str(ctl), env=env)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip() == (f"Error: no tlsctl process listens on {ctl}: a stale socket "
-                                "left by a process that ended (removed)")
+    assert r.stderr.strip() == (
+        f"Error: no tlsctl process listens on {ctl}: a stale socket "
+        "left by a process that ended (removed)"
+    )
     assert not ctl.exists()
     r = tlsctl("inspect-context", "--control-socket", str(ctl), env=env)
     assert r.returncode == 1 and r.stderr.strip() == f"Error: no control socket at {ctl}"
@@ -348,10 +364,12 @@ def test_explicit_socket_path_and_clean_stop(tmp_path: Path, env: dict[str, str]
     # In-process: stop() removes the file; registrations vanish with their handle.
     srv = ControlServer.start(ctl, argv=["test"])
     try:
+
         class Fake:
             def state(self, show_secrets: bool = False) -> SimpleNamespace:
                 return SimpleNamespace(
-                    to_json=lambda: {"peer": "x", "tx_rec_seq": 5, "secret": show_secrets})
+                    to_json=lambda: {"peer": "x", "tx_rec_seq": 5, "secret": show_secrets}
+                )
 
         with srv.register(Fake(), label="fake", extra={"file": "f"}) as h:
             [ans] = discover(ctl, show_secrets=True)
@@ -410,8 +428,13 @@ def test_forked_workers_get_their_own_socket(tmp_path: Path, env: dict[str, str]
     d = tmp_path / "ctl"
     d.mkdir(mode=0o700)
     done = tmp_path / "done"
-    proc = subprocess.Popen([sys.executable, "-c", FORKS, str(d), str(done)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORKS, str(d), str(done)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     pids: dict[str, int] = {}
     try:
         for line in _readlines(proc, 2, 15):
@@ -427,8 +450,9 @@ def test_forked_workers_get_their_own_socket(tmp_path: Path, env: dict[str, str]
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert (d / f"{pids['parent']}.sock").exists()
-        assert [p["pid"] for p in inspect_json("--control-socket", str(d), env=env)[
-            "processes"]] == [pids["parent"]]
+        assert [
+            p["pid"] for p in inspect_json("--control-socket", str(d), env=env)["processes"]
+        ] == [pids["parent"]]
     finally:
         _kill(proc)
         if "child" in pids:
@@ -448,8 +472,9 @@ def _unsafe_dirs(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to chown to another uid")
-def test_unsafe_directories_refused(tmp_path: Path, env: dict[str, str],
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_unsafe_directories_refused(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     for why, d in _unsafe_dirs(tmp_path):
         # An explicit path in such a directory: refused, one clear line.
         with pytest.raises(ControlSocketError, match=why.split()[0]):
@@ -505,8 +530,9 @@ def test_other_user_refused(tmp_path: Path, env: dict[str, str]) -> None:
     srv = ControlServer.start(ctl)
 
     def as_nobody() -> dict[str, Any]:
-        r = subprocess.run([sys.executable, "-c", AS_NOBODY, str(ctl)], capture_output=True,
-                           text=True, timeout=15)
+        r = subprocess.run(
+            [sys.executable, "-c", AS_NOBODY, str(ctl)], capture_output=True, text=True, timeout=15
+        )
         assert r.returncode == 0, r.stderr
         out: dict[str, Any] = json.loads(r.stdout)
         return out
@@ -529,8 +555,10 @@ def test_other_user_refused(tmp_path: Path, env: dict[str, str]) -> None:
         assert "permission denied" in reply["error"] and f"uid {NOBODY}" in reply["error"]
         assert info.key.hex() not in json.dumps(reply) and "connections" not in reply
         # The owner still gets an answer, secrets included when asked.
-        assert query(ctl, {"op": "list", "show_secrets": True})["connections"][0][
-            "tx_crypto"]["key"] == info.key.hex()
+        assert (
+            query(ctl, {"op": "list", "show_secrets": True})["connections"][0]["tx_crypto"]["key"]
+            == info.key.hex()
+        )
     finally:
         srv.stop()
         with contextlib.suppress(OSError):
@@ -546,11 +574,12 @@ def test_other_user_refused(tmp_path: Path, env: dict[str, str]) -> None:
         "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o666)\n"
         "s.listen(); print('up', flush=True)\n"
         "c, _ = s.accept(); c.recv(100)\n"
-        "c.sendall(b'{\"pid\": 1, \"connections\": [{\"peer\": \"fake\"}]}\\n'); time.sleep(1)\n"
+        'c.sendall(b\'{"pid": 1, "connections": [{"peer": "fake"}]}\\n\'); time.sleep(1)\n'
     )
     os.chmod(theirs, 0o777)
-    proc = subprocess.Popen([sys.executable, "-c", server, str(sock)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", server, str(sock)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert _readlines(proc, 1, 10) == ["up"]
         os.chmod(theirs, 0o755)
@@ -587,14 +616,20 @@ def test_unreadable_control_socket_is_one_line(tmp_path: Path, env: dict[str, st
     srv = ControlServer.start(ctl)
 
     def as_nobody(*args: str, xdg: Path = d) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", INSPECT_AS_NOBODY, "inspect-context",
-                               *args], capture_output=True, text=True, timeout=30,
-                              env={**env, "XDG_RUNTIME_DIR": str(xdg)})
+        return subprocess.run(
+            [sys.executable, "-c", INSPECT_AS_NOBODY, "inspect-context", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**env, "XDG_RUNTIME_DIR": str(xdg)},
+        )
 
     try:
-        for args, where in [(("--control-socket", str(ctl)), ctl),  # the path is closed
-                            (("--control-socket", str(ctl.parent)), ctl.parent),
-                            ((), ctl.parent)]:  # the default directory is closed
+        for args, where in [
+            (("--control-socket", str(ctl)), ctl),  # the path is closed
+            (("--control-socket", str(ctl.parent)), ctl.parent),
+            ((), ctl.parent),
+        ]:  # the default directory is closed
             r = as_nobody(*args)
             assert r.returncode == 1 and r.stdout == "", r.stderr
             assert r.stderr.strip() == f"Error: cannot read {where}: Permission denied"
@@ -619,13 +654,18 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _watch_until(args: list[str], env: dict[str, str], marker: bytes,
-                 count: int) -> tuple[int, str, str]:
+def _watch_until(
+    args: list[str], env: dict[str, str], marker: bytes, count: int
+) -> tuple[int, str, str]:
     """Run ``inspect-context ARGS`` until ``marker`` was printed ``count`` times,
     then Ctrl-C it: (exit status, stdout, stderr)."""
-    proc = subprocess.Popen([TLSCTL, "inspect-context", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_sigint_default)
+    proc = subprocess.Popen(
+        [TLSCTL, "inspect-context", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_sigint_default,
+    )
     assert proc.stdout is not None
     buf = b""
     try:
@@ -652,10 +692,15 @@ def test_watch_exits_cleanly_on_ctrl_c(tmp_path: Path, env: dict[str, str]) -> N
 
         # On a terminal: rich.Live tables, and Ctrl-C still exits 0.
         master, slave = pty.openpty()
-        tproc = subprocess.Popen([TLSCTL, "inspect-context", "--watch", "0.2"],
-                                env={**env, "TERM": "xterm"}, stdin=slave, stdout=slave,
-                                stderr=slave, start_new_session=True,
-                                preexec_fn=_sigint_default)
+        tproc = subprocess.Popen(
+            [TLSCTL, "inspect-context", "--watch", "0.2"],
+            env={**env, "TERM": "xterm"},
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=_sigint_default,
+        )
         os.close(slave)
         screen = b""
         try:
@@ -690,8 +735,10 @@ def test_watch_exits_cleanly_on_ctrl_c(tmp_path: Path, env: dict[str, str]) -> N
 
 @pytest.mark.parametrize(
     ("version", "cipher", "seq"),
-    [(TLS_1_2_VERSION, CipherType.CHACHA20_POLY1305, (1 << 40) + 5),
-     (TLS_1_3_VERSION, CipherType.AES_GCM_128, 1)],
+    [
+        (TLS_1_2_VERSION, CipherType.CHACHA20_POLY1305, (1 << 40) + 5),
+        (TLS_1_3_VERSION, CipherType.AES_GCM_128, 1),
+    ],
 )
 def test_decode(tmp_path: Path, version: int, cipher: CipherType, seq: int) -> None:
     info = random_info(version, cipher, seq=seq)
@@ -700,10 +747,16 @@ def test_decode(tmp_path: Path, version: int, cipher: CipherType, seq: int) -> N
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d == {
-        "struct_size": len(blob), "version": "1.2" if version == TLS_1_2_VERSION else "1.3",
-        "version_code": version, "cipher": cipher.name, "cipher_type": int(cipher),
-        "iv": info.iv.hex(), "key": info.key.hex(), "salt": info.salt.hex(),
-        "rec_seq": seq, "rec_seq_hex": seq.to_bytes(8, "big").hex(),
+        "struct_size": len(blob),
+        "version": "1.2" if version == TLS_1_2_VERSION else "1.3",
+        "version_code": version,
+        "cipher": cipher.name,
+        "cipher_type": int(cipher),
+        "iv": info.iv.hex(),
+        "key": info.key.hex(),
+        "salt": info.salt.hex(),
+        "rec_seq": seq,
+        "rec_seq_hex": seq.to_bytes(8, "big").hex(),
     }
     # A file of raw bytes, and a file of hex text, read the same; plain table piped.
     raw = tmp_path / "blob.bin"
@@ -739,17 +792,33 @@ def test_live_serve_and_send_seen_by_inspect_context(env: dict[str, str], tmp_pa
     the test); inspect-context sees both ends, and their rec_seq advances."""
     srv = subprocess.Popen(
         [TLSCTL, "serve", "--json", "-accept", "127.0.0.1:0", "--sink", "-naccept", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     snd: subprocess.Popen[bytes] | None = None
     try:
         port = json.loads(_readlines(srv, 1, 20)[0])["port"]
         snd = subprocess.Popen(
-            [TLSCTL, "send", "-", "-connect", f"127.0.0.1:{port}", "-k", "--offload",
-             "sim-nic", "-quiet"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env, cwd=ROOT,
+            [
+                TLSCTL,
+                "send",
+                "-",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-k",
+                "--offload",
+                "sim-nic",
+                "-quiet",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
         )
         assert snd.stdin is not None
 
@@ -796,10 +865,13 @@ def test_live_serve_and_send_seen_by_inspect_context(env: dict[str, str], tmp_pa
                 _kill(p)
 
 
-@pytest.mark.parametrize("command", [("send", "--loopback", "--size", "1K"),
-                                     ("serve", "-accept", "127.0.0.1:0", "--sink")])
+@pytest.mark.parametrize(
+    "command",
+    [("send", "--loopback", "--size", "1K"), ("serve", "-accept", "127.0.0.1:0", "--sink")],
+)
 def test_unusable_control_socket_stops_send_and_serve(
-        tmp_path: Path, env: dict[str, str], command: tuple[str, ...]) -> None:
+    tmp_path: Path, env: dict[str, str], command: tuple[str, ...]
+) -> None:
     """An explicit --control-socket whose directory others could write to:
     one line, exit 1, before any connection (the library raises, the
     command says it)."""
@@ -808,8 +880,10 @@ def test_unusable_control_socket_stops_send_and_serve(
     os.chmod(loose, 0o777)
     r = tlsctl(*command, "--control-socket", str(loose / "x.sock"), env=env)
     assert r.returncode == 1, r.stderr
-    assert r.stderr.strip() == (f"Error: refusing control socket directory {loose}: "
-                                "mode 0777 lets others replace the socket (use a 0700 directory)")
+    assert r.stderr.strip() == (
+        f"Error: refusing control socket directory {loose}: "
+        "mode 0777 lets others replace the socket (use a 0700 directory)"
+    )
     assert r.stdout == "" and list(loose.iterdir()) == []
 
 
@@ -834,8 +908,11 @@ def test_control_client_lists_fetches_and_watches(tmp_path: Path) -> None:
 
         def state(self, show_secrets: bool = False) -> SimpleNamespace:
             self.seq += 1
-            doc = {"tx_rec_seq": self.seq, "stats": {"TlsTxSw": 1},
-                   "device": {"stats": {"tx_tls_ooo": 2}}}
+            doc = {
+                "tx_rec_seq": self.seq,
+                "stats": {"TlsTxSw": 1},
+                "device": {"stats": {"tx_tls_ooo": 2}},
+            }
             return SimpleNamespace(to_json=lambda: doc)
 
     try:
@@ -845,8 +922,7 @@ def test_control_client_lists_fetches_and_watches(tmp_path: Path) -> None:
             [p] = client.processes()
             assert p["pid"] == os.getpid() and p["control_socket"] == str(srv.path)
             assert [(c["label"], c["file"]) for c in p["connections"]] == [("c", "f")]
-            assert warnings == [f"{d / '1.sock'}: no answer within 0.3s "
-                                "(process busy or stopped)"]
+            assert warnings == [f"{d / '1.sock'}: no answer within 0.3s (process busy or stopped)"]
             fake = tmp_path / "tls_stat"
             fake.write_text("TlsTxSw 7\n")
             doc = client.state(os.getpid(), stats=True, proc_tls_stat=str(fake))

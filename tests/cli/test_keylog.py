@@ -25,25 +25,49 @@ pytestmark = pytest.mark.timeout(60)
 # NSS key log: LABEL <client_random hex 64> <secret hex>
 NSS_LINE = re.compile(
     r"(CLIENT_RANDOM|CLIENT_HANDSHAKE_TRAFFIC_SECRET|SERVER_HANDSHAKE_TRAFFIC_SECRET"
-    r"|CLIENT_TRAFFIC_SECRET_0|SERVER_TRAFFIC_SECRET_0|EXPORTER_SECRET) [0-9a-f]{64} [0-9a-f]{64,}")
+    r"|CLIENT_TRAFFIC_SECRET_0|SERVER_TRAFFIC_SECRET_0|EXPORTER_SECRET) [0-9a-f]{64} [0-9a-f]{64,}"
+)
 TLS12_LABELS = {"CLIENT_RANDOM"}
-TLS13_LABELS = {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-                "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"}
+TLS13_LABELS = {
+    "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    "CLIENT_TRAFFIC_SECRET_0",
+    "SERVER_TRAFFIC_SECRET_0",
+}
 
 
-def tlsctl(*args: str, env: dict[str, str] | None = None,
-           umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+def tlsctl(
+    *args: str, env: dict[str, str] | None = None, umask: int = 0o022
+) -> subprocess.CompletedProcess[str]:
     cmd = [*TLSCTL, *args]
-    with spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-               text=True, env={**os.environ, **(env or {})}, umask=umask) as proc:
+    with spawn(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        umask=umask,
+    ) as proc:
         out, err = proc.communicate(timeout=45)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def send_loopback(*args: str, env: dict[str, str] | None = None,
-                  umask: int = 0o022) -> subprocess.CompletedProcess[str]:
-    return tlsctl("send", "--loopback", "--size", "20000", "--offload", "sw", "-quiet", *args,
-                  env=env, umask=umask)
+def send_loopback(
+    *args: str, env: dict[str, str] | None = None, umask: int = 0o022
+) -> subprocess.CompletedProcess[str]:
+    return tlsctl(
+        "send",
+        "--loopback",
+        "--size",
+        "20000",
+        "--offload",
+        "sw",
+        "-quiet",
+        *args,
+        env=env,
+        umask=umask,
+    )
 
 
 def labels(path: Path) -> list[str]:
@@ -74,7 +98,8 @@ def test_symlink_refused_target_untouched(how: str, planted: tuple[Path, Path]) 
         r = tlsctl("serve", "-accept", "127.0.0.1:0", "-naccept", "1", "-keylogfile", str(link))
     assert r.returncode != 0
     assert r.stderr.strip().splitlines() == [
-        f"Error: refusing key log file {link}: it is a symbolic link; give the real path"]
+        f"Error: refusing key log file {link}: it is a symbolic link; give the real path"
+    ]
     assert target.read_text() == "precious\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert link.is_symlink()
@@ -88,10 +113,12 @@ def test_dangling_symlink_creates_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "would-be-created").exists()
 
 
-@pytest.mark.parametrize(("version", "expected"), [("-tls1_2", TLS12_LABELS),
-                                                   ("-tls1_3", TLS13_LABELS)])
-def test_new_file_is_private_and_lines_land(version: str, expected: set[str],
-                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "expected"), [("-tls1_2", TLS12_LABELS), ("-tls1_3", TLS13_LABELS)]
+)
+def test_new_file_is_private_and_lines_land(
+    version: str, expected: set[str], tmp_path: Path
+) -> None:
     path = tmp_path / "keys.log"
     r = send_loopback(version, "-keylogfile", str(path), umask=0)  # a umask that hides nothing
     assert r.returncode == 0, r.stderr
@@ -111,7 +138,8 @@ def test_existing_readable_file_warns_and_appends(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"warning: key log file {path} is readable by group/others (mode 0644): "
-        "whoever can read it can decrypt these sessions"]
+        "whoever can read it can decrypt these sessions"
+    ]
     after = path.read_text()
     assert after.startswith(before) and len(after) > len(before)  # appended, not replaced
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # the user's file, the user's mode

@@ -36,17 +36,32 @@ def sock(tcp_pair: Callable[[], tuple[socket.socket, socket.socket]]) -> socket.
 def test_choices_are_the_base_modes_then_the_drivers() -> None:
     choices = offload_choices()
     assert tuple(choices[: len(BASE_OFFLOADS)]) == ("auto", "sw", "kernel", "none")
-    assert "sim-nic" in choices[len(BASE_OFFLOADS):]
+    assert "sim-nic" in choices[len(BASE_OFFLOADS) :]
     assert [is_nic(c) for c in ("auto", "sw", "kernel", "none", "sim-nic")] == [
-        False, False, False, False, True]
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
 
 
 def test_which_modes_need_the_layer_and_what_the_receiver_uses() -> None:
     assert [needs_layer(m) for m in ("auto", "none", "sw", "kernel", "sim-nic")] == [
-        False, False, True, True, True]
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
     # A NIC offloads TX only: the built-in receiver of a NIC sender is sw.
     assert [receiver_offload(m) for m in ("auto", "sw", "kernel", "none", "sim-nic")] == [
-        "auto", "sw", "kernel", "none", "sw"]
+        "auto",
+        "sw",
+        "kernel",
+        "none",
+        "sw",
+    ]
 
 
 def test_device_spec() -> None:
@@ -56,14 +71,18 @@ def test_device_spec() -> None:
     assert device_spec("sim-nic") == DeviceSpec("sim-nic")
 
 
-@pytest.mark.parametrize(("offload", "kw", "option", "text"), [
-    ("sw", {"faults": "drop=0.1"}, None, "--faults and --mss need a NIC offload"),
-    ("kernel", {"mss": 1000}, None, "--faults and --mss need a NIC offload"),
-    ("sim-nic", {"faults": "bogus=1"}, "--faults", "unknown fault 'bogus'"),
-    ("sim-nic", {"key_update_every": 1 << 20}, None, "cannot be rekeyed yet"),
-])
-def test_device_spec_refusals(offload: str, kw: dict[str, object], option: str | None,
-                              text: str) -> None:
+@pytest.mark.parametrize(
+    ("offload", "kw", "option", "text"),
+    [
+        ("sw", {"faults": "drop=0.1"}, None, "--faults and --mss need a NIC offload"),
+        ("kernel", {"mss": 1000}, None, "--faults and --mss need a NIC offload"),
+        ("sim-nic", {"faults": "bogus=1"}, "--faults", "unknown fault 'bogus'"),
+        ("sim-nic", {"key_update_every": 1 << 20}, None, "cannot be rekeyed yet"),
+    ],
+)
+def test_device_spec_refusals(
+    offload: str, kw: dict[str, object], option: str | None, text: str
+) -> None:
     with pytest.raises(OffloadOptionError, match=text) as err:
         device_spec(offload, **kw)  # type: ignore[arg-type]
     assert err.value.option == option
@@ -84,8 +103,7 @@ def test_open_layer_sw(sock: socket.socket) -> None:
     k.close()
 
 
-def test_open_layer_nic_gets_a_fresh_device_and_a_fallback_with_faults(
-        sock: socket.socket) -> None:
+def test_open_layer_nic_gets_a_fresh_device_and_a_fallback_with_faults(sock: socket.socket) -> None:
     plain = nic_path(DeviceSpec("sim-nic"))
     assert plain.device.driver.name == "sim-nic" and plain.fallback_device is None
     spec = device_spec("sim-nic", faults="redirect=0.5,seed=1")

@@ -77,8 +77,13 @@ def _stderr_on_a_terminal(argv: list[str], stdin: bytes | None = None) -> tuple[
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else None,
-                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if stdin is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
     os.close(slave)
     seen = bytearray()
 
@@ -103,8 +108,7 @@ def _stderr_on_a_terminal(argv: list[str], stdin: bytes | None = None) -> tuple[
 def test_progress_bar_on_a_terminal_stderr_while_stdout_is_piped() -> None:
     """As curl: the bar goes to stderr when that is a terminal, even though
     stdout (the summary) is piped; it shows a percentage and binary units."""
-    code, out, tty = _stderr_on_a_terminal(
-        [str(TLSCTL), "send", "--loopback", "--size", "48M"])
+    code, out, tty = _stderr_on_a_terminal([str(TLSCTL), "send", "--loopback", "--size", "48M"])
     assert code == 0, tty
     assert b"match: True" in out
     assert re.search(r"\d+%", tty), tty[-500:]
@@ -119,7 +123,8 @@ def test_stdin_send_counts_bytes_on_a_terminal(tmp_path: Path) -> None:
     with (tmp_path / "got").open("wb") as got, openssl_server(pki.cert, pki.key, got) as (p, port):
         code, _, tty = _stderr_on_a_terminal(
             [str(TLSCTL), "send", "-", "-connect", f"localhost:{port}", "-CAfile", str(pki.ca)],
-            stdin=data)
+            stdin=data,
+        )
         p.wait(30)
     assert code == 0, tty
     assert (tmp_path / "got").read_bytes() == data
@@ -136,10 +141,17 @@ def test_help_shows_examples_before_options(command: str) -> None:
 def test_watch_footer_names_its_process() -> None:
     """With two processes on screen each table's footer says whose it is (a
     bare "started ..." under the first read as the second one's header)."""
-    doc = {"processes": [
-        {"pid": pid, "argv": ["tlsctl", "send"], "started": f"2026-12-02T00:0{pid % 10}:00Z",
-         "connections": [{"id": 1, "label": "x", "stats": {"TlsTxSw": 1}}]}
-        for pid in (4101, 4102)]}
+    doc = {
+        "processes": [
+            {
+                "pid": pid,
+                "argv": ["tlsctl", "send"],
+                "started": f"2026-12-02T00:0{pid % 10}:00Z",
+                "connections": [{"id": 1, "label": "x", "stats": {"TlsTxSw": 1}}],
+            }
+            for pid in (4101, 4102)
+        ]
+    }
     buf = io.StringIO()
     Console(file=buf, width=100).print(render_rich(doc, False, 100))
     feet = [line for line in buf.getvalue().splitlines() if "started" in line]

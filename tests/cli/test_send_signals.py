@@ -77,14 +77,25 @@ def _until(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
-def interrupted_send(pki: Pki, port: int, src: Path, arrived: Callable[[], int],
-                     sig: int, *args: str) -> tuple[int, str, int]:
+def interrupted_send(
+    pki: Pki, port: int, src: Path, arrived: Callable[[], int], sig: int, *args: str
+) -> tuple[int, str, int]:
     """Start send, signal it once at least 1 MiB has arrived (plus a random
     moment), return (exit status, stderr, bytes_sent from the JSON verdict)."""
-    cmd = [*TLSCTL, "send", str(src), "-connect", f"localhost:{port}", "-CAfile", str(pki.ca),
-           "--json", *args]
-    with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-               preexec_fn=_sigint_default) as proc:
+    cmd = [
+        *TLSCTL,
+        "send",
+        str(src),
+        "-connect",
+        f"localhost:{port}",
+        "-CAfile",
+        str(pki.ca),
+        "--json",
+        *args,
+    ]
+    with spawn(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default
+    ) as proc:
         _until(lambda: arrived() >= 1 << 20 or proc.poll() is not None, "nothing arrived")
         time.sleep(random.uniform(0, 0.2))
         proc.send_signal(sig)
@@ -101,15 +112,17 @@ def _size(p: Path) -> int:
 
 
 @pytest.mark.parametrize("args", [[], ["--key-update-every", "1M"], ["-tls1_2"]])
-def test_ctrl_c_to_s_server_leaves_whole_records(pki: Pki, big: Path, tmp_path: Path,
-                                                 args: list[str]) -> None:
+def test_ctrl_c_to_s_server_leaves_whole_records(
+    pki: Pki, big: Path, tmp_path: Path, args: list[str]
+) -> None:
     """s_server decrypts and writes what it gets: exactly the prefix send
     reports, and it complains of an EOF (no close_notify), never of a bad MAC."""
     for trial in range(2):
         out = tmp_path / f"got{trial}.bin"
         with out.open("wb") as f, openssl_server(pki.cert, pki.key, f) as (srv, port):
-            rc, line, sent = interrupted_send(pki, port, big, functools.partial(_size, out),
-                                              signal.SIGINT, *args)
+            rc, line, sent = interrupted_send(
+                pki, port, big, functools.partial(_size, out), signal.SIGINT, *args
+            )
             srv.wait(20)
             assert srv.stderr is not None
             said = srv.stderr.read().decode(errors="replace").lower()
@@ -122,8 +135,9 @@ def test_ctrl_c_to_s_server_leaves_whole_records(pki: Pki, big: Path, tmp_path: 
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_to_send_seen_by_serve_as_a_cut_stream(pki: Pki, big: Path, tmp_path: Path,
-                                                      sig: int, status: int) -> None:
+def test_signal_to_send_seen_by_serve_as_a_cut_stream(
+    pki: Pki, big: Path, tmp_path: Path, sig: int, status: int
+) -> None:
     """``tlsctl serve``'s record layer never sees a torn or repeated record:
     no authentication failure, the stream is reported as cut (no close_notify),
     and the bytes it stored are the prefix send says it sent."""
@@ -134,10 +148,12 @@ def test_signal_to_send_seen_by_serve_as_a_cut_stream(pki: Pki, big: Path, tmp_p
         def arrived(d: Path = save) -> int:
             return sum(_size(p) for p in d.iterdir())
 
-        with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--save-dir",
-                           str(save), "-naccept", "1") as srv:
-            rc, line, sent = interrupted_send(pki, srv.port, big, arrived, sig,
-                                              "--key-update-every", "4M")
+        with tlsctl_server(
+            "-cert", str(pki.cert), "-key", str(pki.key), "--save-dir", str(save), "-naccept", "1"
+        ) as srv:
+            rc, line, sent = interrupted_send(
+                pki, srv.port, big, arrived, sig, "--key-update-every", "4M"
+            )
             (rec,) = [r for r in srv.records() if r.get("event", "connection") == "connection"]
         assert rc == status, line
         assert f"interrupted by {signal.Signals(sig).name}: sent {sent} of {BIG}" in line
@@ -152,16 +168,21 @@ def test_signal_to_send_seen_by_serve_as_a_cut_stream(pki: Pki, big: Path, tmp_p
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_to_loopback_send_leaves_no_files(tmp_path: Path, sig: int,
-                                                 status: int) -> None:
+def test_signal_to_loopback_send_leaves_no_files(tmp_path: Path, sig: int, status: int) -> None:
     tmp = tmp_path / "tmp"
     run = tmp_path / "run"
     tmp.mkdir()
     run.mkdir(mode=0o700)
     env = {**os.environ, "TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
     cmd = [*TLSCTL, "send", "--loopback", "--size", str(1 << 30), "--json"]
-    with spawn(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-               preexec_fn=_sigint_default) as proc:
+    with spawn(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
+    ) as proc:
         ctl = run / "tlsctl" / f"{proc.pid}.sock"
 
         def transferring() -> bool:
@@ -206,15 +227,27 @@ def test_send_stdin_forwards_a_burst_without_waiting_for_more(pki: Pki) -> None:
         t = threading.Thread(target=serve, daemon=True)
         t.start()
         r, w = os.pipe()
-        cmd = [*TLSCTL, "send", "-", "-connect", f"localhost:{ls.getsockname()[1]}",
-               "-CAfile", str(pki.ca), "--json"]
+        cmd = [
+            *TLSCTL,
+            "send",
+            "-",
+            "-connect",
+            f"localhost:{ls.getsockname()[1]}",
+            "-CAfile",
+            str(pki.ca),
+            "--json",
+        ]
         try:
-            with spawn(cmd, stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True) as proc:
+            with spawn(
+                cmd, stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ) as proc:
                 os.close(r)
                 os.write(w, burst)
-                _until(lambda: len(got) >= len(burst) or proc.poll() is not None,
-                       "the burst did not arrive while the pipe was open", timeout=30)
+                _until(
+                    lambda: len(got) >= len(burst) or proc.poll() is not None,
+                    "the burst did not arrive while the pipe was open",
+                    timeout=30,
+                )
                 assert bytes(got) == burst and proc.poll() is None
                 os.close(w)
                 w = -1

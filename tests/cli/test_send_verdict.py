@@ -59,8 +59,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 
 
 def send(pki: Pki, port: int, src: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_tlsctl("send", str(src), "-connect", f"localhost:{port}", "-CAfile",
-                      str(pki.ca), "--json", "--timeout", "10", *args)
+    return run_tlsctl(
+        "send",
+        str(src),
+        "-connect",
+        f"localhost:{port}",
+        "-CAfile",
+        str(pki.ca),
+        "--json",
+        "--timeout",
+        "10",
+        *args,
+    )
 
 
 def failed(r: subprocess.CompletedProcess[str], size: int) -> tuple[str, dict[str, Any]]:
@@ -79,16 +89,30 @@ def failed(r: subprocess.CompletedProcess[str], size: int) -> tuple[str, dict[st
 
 
 @pytest.mark.parametrize("size", [20_000, 1 << 20, 4 << 20])
-def test_s_server_closing_after_the_handshake_is_not_success(pki: Pki, data: dict[int, Path],
-                                                             tmp_path: Path, size: int) -> None:
+def test_s_server_closing_after_the_handshake_is_not_success(
+    pki: Pki, data: dict[int, Path], tmp_path: Path, size: int
+) -> None:
     """``s_server -quiet`` with stdin at EOF sends close_notify and closes at once:
     it wrote nothing, so send must not say it delivered the file."""
     out = tmp_path / "got.bin"
     port = free_port()
-    cmd = [OPENSSL, "s_server", "-quiet", "-naccept", "1", "-accept", str(port), "-cert",
-           str(pki.cert), "-key", str(pki.key)]
-    with out.open("wb") as f, spawn(cmd, stdin=subprocess.DEVNULL, stdout=f,
-                                    stderr=subprocess.DEVNULL) as proc:
+    cmd = [
+        OPENSSL,
+        "s_server",
+        "-quiet",
+        "-naccept",
+        "1",
+        "-accept",
+        str(port),
+        "-cert",
+        str(pki.cert),
+        "-key",
+        str(pki.key),
+    ]
+    with (
+        out.open("wb") as f,
+        spawn(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.DEVNULL) as proc,
+    ):
         wait_port(port, proc)
         r = send(pki, port, data[size])
         proc.wait(10)
@@ -148,8 +172,9 @@ def read_to_the_end(s: ssl.SSLSocket, _n: int) -> bytes:
 
 
 @contextlib.contextmanager
-def python_server(pki: Pki, behave: Callable[[ssl.SSLSocket, int], bytes],
-                  n: int) -> Iterator[tuple[int, dict[str, bytes]]]:
+def python_server(
+    pki: Pki, behave: Callable[[ssl.SSLSocket, int], bytes], n: int
+) -> Iterator[tuple[int, dict[str, bytes]]]:
     """One connection to Python's ssl, handled by ``behave``; what it read in
     ``box["got"]`` once the context exits."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -170,14 +195,21 @@ def python_server(pki: Pki, behave: Callable[[ssl.SSLSocket, int], bytes],
         t.join(30)
 
 
-@pytest.mark.parametrize(("behave", "said"), [
-    (reset_after, "reset"),
-    (close_notify_after, "peer"),
-])
+@pytest.mark.parametrize(
+    ("behave", "said"),
+    [
+        (reset_after, "reset"),
+        (close_notify_after, "peer"),
+    ],
+)
 @pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
-def test_python_server_stopping_mid_stream(pki: Pki, data: dict[int, Path],
-                                           behave: Callable[[ssl.SSLSocket, int], bytes],
-                                           said: str, version: str) -> None:
+def test_python_server_stopping_mid_stream(
+    pki: Pki,
+    data: dict[int, Path],
+    behave: Callable[[ssl.SSLSocket, int], bytes],
+    said: str,
+    version: str,
+) -> None:
     size = 4 << 20
     with python_server(pki, behave, 256 << 10) as (port, box):
         r = send(pki, port, data[size], version)
@@ -189,7 +221,8 @@ def test_python_server_stopping_mid_stream(pki: Pki, data: dict[int, Path],
 
 @pytest.mark.parametrize("size", [20_000, 1 << 20])
 def test_server_that_reads_everything_but_not_our_close_notify(
-        pki: Pki, data: dict[int, Path], size: int) -> None:
+    pki: Pki, data: dict[int, Path], size: int
+) -> None:
     """It knows the length, reads exactly that, sends close_notify (one
     SSL_shutdown, which does not read) and closes: its close_notify is not an
     answer to ours (they cross), so nothing proves it read to the end of the
@@ -260,8 +293,9 @@ def test_server_that_stops_reading(pki: Pki, tmp_path: Path, offload: str) -> No
 
 @pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
 @pytest.mark.parametrize("offload", ["sw", "none"])
-def test_fatal_alert_mid_stream(pki: Pki, data: dict[int, Path], version: str,
-                                offload: str) -> None:
+def test_fatal_alert_mid_stream(
+    pki: Pki, data: dict[int, Path], version: str, offload: str
+) -> None:
     tlslite = pytest.importorskip("tlslite.api")
     from tlslite.constants import AlertDescription  # type: ignore[import-untyped]
     from tlslite.errors import TLSLocalAlert  # type: ignore[import-untyped]
@@ -277,8 +311,9 @@ def test_fatal_alert_mid_stream(pki: Pki, data: dict[int, Path], version: str,
             raw, _ = ls.accept()
             raw.settimeout(30)
             conn = tlslite.TLSConnection(raw)
-            conn.handshakeServer(certChain=chain, privateKey=key,
-                                 settings=tlslite.HandshakeSettings())
+            conn.handshakeServer(
+                certChain=chain, privateKey=key, settings=tlslite.HandshakeSettings()
+            )
             while len(got) < 100_000:
                 got.extend(conn.read())
             with contextlib.suppress(TLSLocalAlert):

@@ -45,17 +45,25 @@ pytestmark = pytest.mark.timeout(300)
 def _nofile(n: int) -> Callable[[], None]:
     def set_limit() -> None:  # runs in the child before exec
         resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
     return set_limit
 
 
 @contextlib.contextmanager
-def serve_proc(*args: str, nofile: int | None = None,
-               env: dict[str, str] | None = None) -> Iterator[TlsctlServer]:
+def serve_proc(
+    *args: str, nofile: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[TlsctlServer]:
     """``tlsctl serve --json -accept 127.0.0.1:0 ARGS``, optionally under
     ``ulimit -n NOFILE`` (set in the child, so only the server is limited)."""
     cmd = [*TLSCTL, "serve", "--json", "-accept", "127.0.0.1:0", *args]
-    with spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-               preexec_fn=_nofile(nofile) if nofile else None, env=env) as proc:
+    with spawn(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_nofile(nofile) if nofile else None,
+        env=env,
+    ) as proc:
         line, rest = _readline(proc, 20)
         yield TlsctlServer(proc, int(json.loads(line)["port"]), json.loads(line), rest)
 
@@ -68,13 +76,16 @@ class LogReader:
     def __init__(self, srv: TlsctlServer) -> None:
         assert srv.proc.stdout is not None and srv.proc.stderr is not None
         self.records: list[dict[str, Any]] = [
-            r for r in (json.loads(x) for x in srv.rest.splitlines() if x)
-            if r.get("event") == "connection"]
+            r
+            for r in (json.loads(x) for x in srv.rest.splitlines() if x)
+            if r.get("event") == "connection"
+        ]
         self._err: list[bytes] = []
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._read, args=(srv.proc.stdout,), daemon=True),
-                         threading.Thread(target=self._err.extend, args=(srv.proc.stderr,),
-                                          daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._read, args=(srv.proc.stdout,), daemon=True),
+            threading.Thread(target=self._err.extend, args=(srv.proc.stderr,), daemon=True),
+        ]
         for t in self._threads:
             t.start()
 
@@ -293,8 +304,7 @@ def test_out_of_descriptors_backs_off_and_says_so_once(tmp_path: Path) -> None:
     When the idle connections time out, a good client is served."""
     data = tmp_path / "good.bin"
     data.write_bytes(os.urandom(50_000))
-    with serve_proc("--sink", "--max-conns", "500", "--handshake-timeout", "3",
-                    nofile=64) as srv:
+    with serve_proc("--sink", "--max-conns", "500", "--handshake-timeout", "3", nofile=64) as srv:
         log = LogReader(srv)
         idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(120)]
         try:
@@ -309,8 +319,7 @@ def test_out_of_descriptors_backs_off_and_says_so_once(tmp_path: Path) -> None:
         recs = log.wait(0, 0)
     lines = [ln for ln in srv.err.splitlines() if "Too many open files" in ln]
     assert lines[0] == "accept failed: Too many open files"
-    assert len(lines) == 2 and lines[1].startswith(
-        "accept failed: Too many open files (repeated ")
+    assert len(lines) == 2 and lines[1].startswith("accept failed: Too many open files (repeated ")
     assert int(lines[1].rsplit("(repeated ", 1)[1].split()[0]) < 20  # backed off
     assert sum(r["ok"] for r in recs) == 1
 
@@ -332,8 +341,13 @@ def test_hostile_mix_and_good_uploads(tmp_path: Path) -> None:
     # glibc gives threads up to 8 malloc arenas per core and keeps what they
     # freed; with 2 the allocator's own growth stays small enough for the RSS
     # check below to catch a leak of ours.
-    with serve_proc("--save-dir", str(save), "--handshake-timeout", "3",
-                    env={**os.environ, "MALLOC_ARENA_MAX": "2"}) as srv:
+    with serve_proc(
+        "--save-dir",
+        str(save),
+        "--handshake-timeout",
+        "3",
+        env={**os.environ, "MALLOC_ARENA_MAX": "2"},
+    ) as srv:
         log = LogReader(srv)
         pid = srv.proc.pid
         rss0, fds0, threads0 = usage(pid)
@@ -346,7 +360,7 @@ def test_hostile_mix_and_good_uploads(tmp_path: Path) -> None:
         assert (fds1, threads1) == (fds0, threads0)
 
         kinds = run_mix(srv.port, hostile_mix(srv.port, n, seed=2), files[4:], conc)
-        recs = log.wait(warm_n + 4 + n + 20, timeout=180)[warm_n + 4:]
+        recs = log.wait(warm_n + 4 + n + 20, timeout=180)[warm_n + 4 :]
         rss2, fds2, threads2 = settle(pid, fds0, threads0)
         time.sleep(0.5)
         assert log.count() == warm_n + 4 + n + 20  # one record per connection, no more
@@ -374,8 +388,7 @@ def test_hostile_mix_and_good_uploads(tmp_path: Path) -> None:
     assert rss2 - rss1 < 24 * 1024
 
 
-def run_mix(port: int, jobs: list[Callable[[], str]], uploads: list[Path],
-            conc: int) -> list[str]:
+def run_mix(port: int, jobs: list[Callable[[], str]], uploads: list[Path], conc: int) -> list[str]:
     """Hostile jobs and good uploads (openssl s_client) at once, ``conc`` at a
     time; the kinds of the hostile jobs, and every upload must succeed."""
     with concurrent.futures.ThreadPoolExecutor(conc) as pool:
@@ -412,10 +425,17 @@ def test_repeat_limiter() -> None:
     assert out[4:] == ["accept failed: Too many open files (repeated 1 time)"]
 
 
-@pytest.mark.parametrize(("limit", "low", "high"), [(1024, 460, 480), (10_000, 4096, 4096),
-                                                     (80, 1, 8)])
+@pytest.mark.parametrize(
+    ("limit", "low", "high"), [(1024, 460, 480), (10_000, 4096, 4096), (80, 1, 8)]
+)
 def test_default_max_conns(limit: int, low: int, high: int) -> None:
     code = "from tlsctl.server import default_max_conns; print(default_max_conns())"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       preexec_fn=_nofile(limit), timeout=60, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        preexec_fn=_nofile(limit),
+        timeout=60,
+        check=True,
+    )
     assert low <= int(r.stdout) <= high

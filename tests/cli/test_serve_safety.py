@@ -125,8 +125,9 @@ def test_workers_never_overwrite_each_other_or_an_earlier_run(tmp_path: Path) ->
     n = 64
     blobs = [os.urandom(150_000 + i) for i in range(n)]
     # A generous handshake timeout: 64 handshakes at once on a loaded machine.
-    with tlsctl_server("--save-dir", str(tmp_path), "--workers", "2",
-                       "--handshake-timeout", "60") as srv:
+    with tlsctl_server(
+        "--save-dir", str(tmp_path), "--workers", "2", "--handshake-timeout", "60"
+    ) as srv:
         threads = [threading.Thread(target=upload, args=(srv.port, b)) for b in blobs]
         for t in threads:
             t.start()
@@ -187,8 +188,7 @@ def test_truncated_upload_is_partial_and_failed(tmp_path: Path) -> None:
     truncated, the summary counts it failed, exit 3.  A connection that sent
     nothing leaves no file; a clean empty upload is an empty file."""
     data = os.urandom(100_000)
-    with tlsctl_server("--save-dir", str(tmp_path), "-naccept", "3", "--file-mode",
-                       "640") as srv:
+    with tlsctl_server("--save-dir", str(tmp_path), "-naccept", "3", "--file-mode", "640") as srv:
         with tls_conn(srv.port) as s:
             s.sendall(data)  # then close without close_notify, once the server has it all
             wait_for(lambda: _stored(tmp_path) == len(data), what="bytes on disk")
@@ -206,8 +206,9 @@ def test_truncated_upload_is_partial_and_failed(tmp_path: Path) -> None:
     assert not silent["ok"] and "file" not in silent
     assert empty["ok"] and Path(empty["file"]).stat().st_size == 0
     assert stat.S_IMODE(os.stat(empty["file"]).st_mode) == 0o640
-    assert sorted(os.listdir(tmp_path)) == sorted([Path(cut["file"]).name,
-                                                   Path(empty["file"]).name])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [Path(cut["file"]).name, Path(empty["file"]).name]
+    )
 
     gone = tmp_path / "gone"
     gone.mkdir()
@@ -277,15 +278,19 @@ def test_output_file(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["data.bin", "got.bin"]
 
     assert "is a directory" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path)))
+        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path))
+    )
     assert "exists" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(dest)))
+        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(dest))
+    )
     (tmp_path / "planted").symlink_to(tmp_path / "victim")
     assert "exists" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path / "planted")))
+        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path / "planted"))
+    )
     (tmp_path / "new.bin.partial").write_bytes(b"")
     assert "new.bin.partial exists" in one_line_error(
-        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path / "new.bin")))
+        run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path / "new.bin"))
+    )
     r = run_tlsctl("serve", "-accept", "127.0.0.1:0", "-o", str(tmp_path / "x"), "-naccept", "2")
     assert r.returncode == 2 and "--save-dir" in r.stderr
     assert not (tmp_path / "victim").exists()
@@ -341,8 +346,10 @@ def test_usr1_reaches_workers_and_parent_survives() -> None:
     """kill -USR1 on serve --workers 2: the parent lives on, every live TLS 1.3
     connection (whichever worker has it) rekeys, the echo still decrypts.
     (Before: the parent died of SIGUSR1; both workers went on as orphans.)"""
-    with tlsctl_server("--echo", "--workers", "2", "-tls1_3") as srv, \
-            contextlib.ExitStack() as stack:
+    with (
+        tlsctl_server("--echo", "--workers", "2", "-tls1_3") as srv,
+        contextlib.ExitStack() as stack,
+    ):
         wait_for(lambda: len(_children(srv.proc.pid)) == 2, what="2 workers")
         conns = [stack.enter_context(tls_conn(srv.port)) for _ in range(4)]
         for i, s in enumerate(conns):
@@ -365,8 +372,10 @@ def test_usr1_reaches_workers_and_parent_survives() -> None:
 def test_workers_sigterm_with_an_upload_in_flight_exits_3(tmp_path: Path) -> None:
     """SIGTERM to the parent reaches the workers; the one holding a live
     upload cuts it after the grace period and the parent's status says so."""
-    with tlsctl_server("--save-dir", str(tmp_path), "--workers", "2") as srv, \
-            tls_conn(srv.port) as s:
+    with (
+        tlsctl_server("--save-dir", str(tmp_path), "--workers", "2") as srv,
+        tls_conn(srv.port) as s,
+    ):
         s.sendall(b"x" * 1000)
         wait_for(lambda: _stored(tmp_path) == 1000, what="bytes on disk")
         recs = stop(srv)
@@ -392,8 +401,7 @@ def test_port_in_use_is_an_error_whatever_workers(first_workers: str) -> None:
     from tests.cli.test_cli_send_serve import one_line_error
 
     with tlsctl_server("--sink", "--workers", first_workers) as srv:
-        r = run_tlsctl("serve", "--workers", "2", "-accept", f"127.0.0.1:{srv.port}",
-                       timeout=20)
+        r = run_tlsctl("serve", "--workers", "2", "-accept", f"127.0.0.1:{srv.port}", timeout=20)
         assert "in use" in one_line_error(r) and r.returncode == 1
     with tlsctl_server("--sink", "-accept", "[::1]:0") as srv6:  # an IPv6 address in brackets
         r = run_tlsctl("serve", "-accept", f"[::1]:{srv6.port}", timeout=20)
@@ -402,8 +410,9 @@ def test_port_in_use_is_an_error_whatever_workers(first_workers: str) -> None:
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         other.bind(("127.0.0.1", 0))
         other.listen(1)
-        r = run_tlsctl("serve", "--workers", "2", "-accept",
-                       f"127.0.0.1:{other.getsockname()[1]}", timeout=20)
+        r = run_tlsctl(
+            "serve", "--workers", "2", "-accept", f"127.0.0.1:{other.getsockname()[1]}", timeout=20
+        )
         assert "in use" in one_line_error(r)
 
 

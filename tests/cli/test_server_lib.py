@@ -44,15 +44,19 @@ def _client(port: int, data: bytes, close_notify: bool = True, echo: bool = Fals
             s.close()  # a TCP FIN without close_notify: a truncated stream
 
 
-def _serve(opts: ServeOptions, clients: list[tuple[bytes, bool]]) -> tuple[
-        ExitStatus, list[tuple[dict[str, Any], str]], list[Server], list[str]]:
+def _serve(
+    opts: ServeOptions, clients: list[tuple[bytes, bool]]
+) -> tuple[ExitStatus, list[tuple[dict[str, Any], str]], list[Server], list[str]]:
     records: list[tuple[dict[str, Any], str]] = []
     done: list[Server] = []
     warned: list[str] = []
     listening = prepare(opts)
     port = listening.bound[1]
-    hooks = ServeHooks(on_record=lambda rec, head: records.append((rec, head)),
-                       warn=warned.append, done=done.append)
+    hooks = ServeHooks(
+        on_record=lambda rec, head: records.append((rec, head)),
+        warn=warned.append,
+        done=done.append,
+    )
     status: list[ExitStatus] = []
     # Not the main thread: run() installs no signal handlers there.
     t = threading.Thread(target=lambda: status.append(run(listening, hooks)))
@@ -64,11 +68,13 @@ def _serve(opts: ServeOptions, clients: list[tuple[bytes, bool]]) -> tuple[
     return status[0], records, done, warned
 
 
-def test_save_dir_records_through_the_hooks(tmp_path: Path,
-                                            capfd: pytest.CaptureFixture[str]) -> None:
+def test_save_dir_records_through_the_hooks(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     data = os.urandom(300_000)
-    opts = ServeOptions(host="127.0.0.1", port=0, mode="save-dir", path=str(tmp_path),
-                        naccept=1, offload="sw")
+    opts = ServeOptions(
+        host="127.0.0.1", port=0, mode="save-dir", path=str(tmp_path), naccept=1, offload="sw"
+    )
     status, records, done, warned = _serve(opts, [(data, True)])
     assert status is ExitStatus.OK and warned == []
     [(rec, head)] = records
@@ -81,7 +87,8 @@ def test_save_dir_records_through_the_hooks(tmp_path: Path,
 
 
 def test_a_truncated_stream_is_a_failed_record_and_an_incomplete_status(
-        capfd: pytest.CaptureFixture[str]) -> None:
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     # --echo: the client reads its bytes back (and the tickets with them),
     # so its bare close comes after the server took the connection.
     opts = ServeOptions(host="127.0.0.1", port=0, mode="echo", naccept=2, offload="sw")

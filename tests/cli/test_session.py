@@ -62,9 +62,14 @@ class SansIoPeer(RecordWriter):
             self.tx = crypto_info_tls13(self.secret, SUITE, 0)
         else:
             self.suite, self.secret = None, b""
-            self.tx = CryptoInfo.create(TLS_1_2_VERSION, CipherType.AES_GCM_128,
-                                        key=os.urandom(16), iv=os.urandom(8),
-                                        salt=os.urandom(4), seq=1)
+            self.tx = CryptoInfo.create(
+                TLS_1_2_VERSION,
+                CipherType.AES_GCM_128,
+                key=os.urandom(16),
+                iv=os.urandom(8),
+                salt=os.urandom(4),
+                seq=1,
+            )
         self.seq = self.tx.seq
 
 
@@ -75,9 +80,13 @@ class Host:
     def __init__(self, side: str, peer: SansIoPeer) -> None:
         tls13 = peer.suite is not None
         self.rx = SwRx(peer.tx)
-        self.session = Session("server" if side == "server" else "client", tls13=tls13,
-                               suite=peer.suite, rx_secret=peer.secret,
-                               tx_secret=os.urandom(32) if tls13 else b"")
+        self.session = Session(
+            "server" if side == "server" else "client",
+            tls13=tls13,
+            suite=peer.suite,
+            rx_secret=peer.secret,
+            tx_secret=os.urandom(32) if tls13 else b"",
+        )
         self.data = bytearray()
         self.events: list[Event] = []
         self.resumed = 0
@@ -178,10 +187,12 @@ def _client(version: str = "1.3") -> tuple[SansIoPeer, Host]:
 
 def test_tickets_whole_fragmented_and_coalesced() -> None:
     peer, host = _client()
-    host.feed(hostile._hs(peer, NST)                         # whole
-              + hostile._hs(peer, NST[:3], NST[3:9], NST[9:])  # in three records
-              + hostile._hs(peer, NST * 2)                     # two in one record
-              + peer.record(DATA, b"after tickets"))
+    host.feed(
+        hostile._hs(peer, NST)  # whole
+        + hostile._hs(peer, NST[:3], NST[3:9], NST[9:])  # in three records
+        + hostile._hs(peer, NST * 2)  # two in one record
+        + peer.record(DATA, b"after tickets")
+    )
     assert host.session.tickets == 4 and host.session.failure is None
     assert [type(e) for e in host.events] == [TicketIgnored] * 4
     assert bytes(host.data) == b"after tickets"
@@ -222,25 +233,48 @@ def test_key_update_request_after_our_close_notify_is_not_answered() -> None:
     assert [type(e) for e in host.events] == [KeyUpdateReceived, InstallRxKey]
 
 
-@pytest.mark.parametrize(("version", "records", "alert", "error"), [
-    ("1.2", [b"\x00\x00\x00\x00"], None, None),
-    ("1.2", [b"\x00\x00", b"\x00\x00"], None, None),
-    ("1.2", [b"\x00\x00\x00\x01\x00"], AlertDescription.DECODE_ERROR, "HelloRequest with a body"),
-    ("1.2", [NST], AlertDescription.UNEXPECTED_MESSAGE, "new_session_ticket"),
-    ("1.3", [b"\x00\x00\x00\x00"], AlertDescription.UNEXPECTED_MESSAGE, "hello_request"),
-    ("1.3", [hostile.CERT_REQUEST], AlertDescription.UNEXPECTED_MESSAGE, "certificate_request"),
-    ("1.3", [b"\x04\x02\x01\x0b"], AlertDescription.ILLEGAL_PARAMETER,
-     "new_session_ticket of 131339 bytes"),
-], ids=["hello_request", "hello_request_split", "hello_request_body", "nst_in_tls12",
-        "hello_request_in_tls13", "certificate_request", "ticket_too_big"])
-def test_client_side_messages(version: str, records: list[bytes], alert: int | None,
-                              error: str | None) -> None:
+@pytest.mark.parametrize(
+    ("version", "records", "alert", "error"),
+    [
+        ("1.2", [b"\x00\x00\x00\x00"], None, None),
+        ("1.2", [b"\x00\x00", b"\x00\x00"], None, None),
+        (
+            "1.2",
+            [b"\x00\x00\x00\x01\x00"],
+            AlertDescription.DECODE_ERROR,
+            "HelloRequest with a body",
+        ),
+        ("1.2", [NST], AlertDescription.UNEXPECTED_MESSAGE, "new_session_ticket"),
+        ("1.3", [b"\x00\x00\x00\x00"], AlertDescription.UNEXPECTED_MESSAGE, "hello_request"),
+        ("1.3", [hostile.CERT_REQUEST], AlertDescription.UNEXPECTED_MESSAGE, "certificate_request"),
+        (
+            "1.3",
+            [b"\x04\x02\x01\x0b"],
+            AlertDescription.ILLEGAL_PARAMETER,
+            "new_session_ticket of 131339 bytes",
+        ),
+    ],
+    ids=[
+        "hello_request",
+        "hello_request_split",
+        "hello_request_body",
+        "nst_in_tls12",
+        "hello_request_in_tls13",
+        "certificate_request",
+        "ticket_too_big",
+    ],
+)
+def test_client_side_messages(
+    version: str, records: list[bytes], alert: int | None, error: str | None
+) -> None:
     peer, host = _client(version)
     host.feed(hostile._hs(peer, *records) + peer.record(DATA, b"x"))
     assert host.fatal == ([] if alert is None else [alert])
     if error is None:
-        assert host.events == [RenegotiationRefused(HandshakeType.HELLO_REQUEST),
-                               SendAlert(AlertDescription.NO_RENEGOTIATION, AlertLevel.WARNING)]
+        assert host.events == [
+            RenegotiationRefused(HandshakeType.HELLO_REQUEST),
+            SendAlert(AlertDescription.NO_RENEGOTIATION, AlertLevel.WARNING),
+        ]
         assert bytes(host.data) == b"x"
     else:
         assert error in str(host.session.failure)
@@ -251,30 +285,66 @@ def test_client_side_messages(version: str, records: list[bytes], alert: int | N
 
 def _session(tls13: bool = True, side: str = "server") -> Session:
     secrets: dict[str, Any] = (
-        {"suite": SUITE, "tx_secret": os.urandom(32), "rx_secret": os.urandom(32)}
-        if tls13 else {})
+        {"suite": SUITE, "tx_secret": os.urandom(32), "rx_secret": os.urandom(32)} if tls13 else {}
+    )
     return Session("server" if side == "server" else "client", tls13=tls13, **secrets)
 
 
-@pytest.mark.parametrize(("exc", "alert12", "alert13"), [
-    (OSError(errno.EBADMSG, "bad tag"), AlertDescription.BAD_RECORD_MAC,
-     AlertDescription.BAD_RECORD_MAC),
-    (abort_error(errno.EMSGSIZE), AlertDescription.RECORD_OVERFLOW,
-     AlertDescription.RECORD_OVERFLOW),
-    (abort_error(errno.EINVAL), AlertDescription.PROTOCOL_VERSION,
-     AlertDescription.DECODE_ERROR),
-    (NoContentType(errno.EBADMSG, "no type"), AlertDescription.BAD_RECORD_MAC,
-     AlertDescription.UNEXPECTED_MESSAGE),
-    (OuterTypeMismatch(errno.EBADMSG, "outer", 22), AlertDescription.BAD_RECORD_MAC,
-     AlertDescription.UNEXPECTED_MESSAGE),
-    (OuterTypeMismatch(errno.EBADMSG, "outer", 23), AlertDescription.BAD_RECORD_MAC,
-     AlertDescription.BAD_RECORD_MAC),
-    (ShortRecord(errno.EBADMSG, "short", 20), AlertDescription.BAD_RECORD_MAC,
-     AlertDescription.UNEXPECTED_MESSAGE),
-    (ShortRecord(errno.EBADMSG, "short", 23), AlertDescription.BAD_RECORD_MAC,
-     AlertDescription.BAD_RECORD_MAC),
-], ids=["ebadmsg", "emsgsize", "einval", "no_content_type", "outer_type", "outer_23",
-        "short_ccs", "short_data"])
+@pytest.mark.parametrize(
+    ("exc", "alert12", "alert13"),
+    [
+        (
+            OSError(errno.EBADMSG, "bad tag"),
+            AlertDescription.BAD_RECORD_MAC,
+            AlertDescription.BAD_RECORD_MAC,
+        ),
+        (
+            abort_error(errno.EMSGSIZE),
+            AlertDescription.RECORD_OVERFLOW,
+            AlertDescription.RECORD_OVERFLOW,
+        ),
+        (
+            abort_error(errno.EINVAL),
+            AlertDescription.PROTOCOL_VERSION,
+            AlertDescription.DECODE_ERROR,
+        ),
+        (
+            NoContentType(errno.EBADMSG, "no type"),
+            AlertDescription.BAD_RECORD_MAC,
+            AlertDescription.UNEXPECTED_MESSAGE,
+        ),
+        (
+            OuterTypeMismatch(errno.EBADMSG, "outer", 22),
+            AlertDescription.BAD_RECORD_MAC,
+            AlertDescription.UNEXPECTED_MESSAGE,
+        ),
+        (
+            OuterTypeMismatch(errno.EBADMSG, "outer", 23),
+            AlertDescription.BAD_RECORD_MAC,
+            AlertDescription.BAD_RECORD_MAC,
+        ),
+        (
+            ShortRecord(errno.EBADMSG, "short", 20),
+            AlertDescription.BAD_RECORD_MAC,
+            AlertDescription.UNEXPECTED_MESSAGE,
+        ),
+        (
+            ShortRecord(errno.EBADMSG, "short", 23),
+            AlertDescription.BAD_RECORD_MAC,
+            AlertDescription.BAD_RECORD_MAC,
+        ),
+    ],
+    ids=[
+        "ebadmsg",
+        "emsgsize",
+        "einval",
+        "no_content_type",
+        "outer_type",
+        "outer_23",
+        "short_ccs",
+        "short_data",
+    ],
+)
 def test_one_errno_to_alert_mapping(exc: OSError, alert12: int, alert13: int) -> None:
     for tls13, alert in ((False, alert12), (True, alert13)):
         found = layer_alert(exc, tls13)
@@ -294,14 +364,16 @@ def test_errors_that_are_not_about_a_record_send_no_alert() -> None:
 def test_pause_with_no_key_update_is_our_fault() -> None:
     s = _session()
     assert s.layer_error(OSError(errno.EKEYEXPIRED, "paused")) == [
-        SendAlert(AlertDescription.INTERNAL_ERROR)]
+        SendAlert(AlertDescription.INTERNAL_ERROR)
+    ]
     assert isinstance(s.failure, LocalProtocolError)
 
 
 def test_remote_and_local_errors_apart() -> None:
     s = _session()
     assert s.receive_record(ALERT, b"\x02\x28") == [
-        PeerAlert(AlertLevel.FATAL, AlertDescription.HANDSHAKE_FAILURE, fatal=True)]
+        PeerAlert(AlertLevel.FATAL, AlertDescription.HANDSHAKE_FAILURE, fatal=True)
+    ]
     assert isinstance(s.failure, RemoteProtocolError) and s.failure.alert is None
     assert str(s.failure) == "peer sent fatal alert: handshake_failure"
     with pytest.raises(LocalProtocolError):
@@ -343,7 +415,8 @@ def test_cancel_closes_without_close_notify() -> None:
 def test_peer_cancel_is_noted_and_reading_goes_on() -> None:
     s = _session()
     assert s.receive_record(ALERT, b"\x01\x5a") == [
-        PeerAlert(AlertLevel.WARNING, AlertDescription.USER_CANCELED, fatal=False)]
+        PeerAlert(AlertLevel.WARNING, AlertDescription.USER_CANCELED, fatal=False)
+    ]
     assert s.peer_canceled and s.failure is None
     assert s.receive_record(DATA, b"x") == []
 

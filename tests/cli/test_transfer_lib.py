@@ -49,8 +49,7 @@ class Told:
         self.totals.append(total)
         yield self.done.append
 
-    def register(self, conn: Inspectable, *, label: str,
-                 extra: dict[str, Any]) -> Registration:
+    def register(self, conn: Inspectable, *, label: str, extra: dict[str, Any]) -> Registration:
         self.registered.append((label, extra))
         told = self
 
@@ -61,27 +60,34 @@ class Told:
         return Handle(None, 0)
 
     def hooks(self) -> SendHooks:
-        return SendHooks(status=self.status.append, detail=self.detail.append,
-                         warn=self.warn.append, progress=self.progress, registrar=self)
+        return SendHooks(
+            status=self.status.append,
+            detail=self.detail.append,
+            warn=self.warn.append,
+            progress=self.progress,
+            registrar=self,
+        )
 
 
 def test_send_to_s_server_tells_through_the_hooks_and_prints_nothing(
-        pki: Pki, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    pki: Pki, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(3 << 20))
     told = Told()
-    opts = ClientOptions(tls=TlsOptions(tls1_3=True, cafile=str(pki.ca)), offload="sw",
-                         timeout=20)
+    opts = ClientOptions(tls=TlsOptions(tls1_3=True, cafile=str(pki.ca)), offload="sw", timeout=20)
     out = tmp_path / "got.bin"
-    with out.open("wb") as f, openssl_server(pki.cert, pki.key, f) as (proc, port), \
-            StopSignals() as stop:
+    with (
+        out.open("wb") as f,
+        openssl_server(pki.cert, pki.key, f) as (proc, port),
+        StopSignals() as stop,
+    ):
         result = send_to(str(src), "localhost", port, opts, stop, told.hooks())
         proc.wait(10)
     assert result["ok"] is True and result["bytes_sent"] == 3 << 20
     assert result["sha256"] == sha(out) == sha(src)
     assert result["offload"] == "sw" and result["version"] == "TLSv1.3"
-    assert told.status == [f"connected to localhost:{port}: TLSv1.3 "
-                           f"{result['cipher']}, offload sw"]
+    assert told.status == [f"connected to localhost:{port}: TLSv1.3 {result['cipher']}, offload sw"]
     assert any(d.startswith("server certificate: CN=localhost") for d in told.detail)
     assert any("record sequence numbers at handoff: tx 0, rx 0" in d for d in told.detail)
     assert told.warn == []
@@ -93,15 +99,17 @@ def test_send_to_s_server_tells_through_the_hooks_and_prints_nothing(
     assert capfd.readouterr() == ("", "")
 
 
-def test_send_to_an_unconfirmed_transfer_raises_with_the_facts(
-        pki: Pki, tmp_path: Path) -> None:
+def test_send_to_an_unconfirmed_transfer_raises_with_the_facts(pki: Pki, tmp_path: Path) -> None:
     """s_server -naccept 1 whose stdin is closed ends the connection at once:
     the library raises TransferFailed (INCOMPLETE) with what was sent."""
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(4 << 20))
     opts = ClientOptions(tls=TlsOptions(cafile=str(pki.ca)), offload="sw", timeout=10)
-    with (tmp_path / "got.bin").open("wb") as f, \
-            openssl_server(pki.cert, pki.key, f) as (proc, port), StopSignals() as stop:
+    with (
+        (tmp_path / "got.bin").open("wb") as f,
+        openssl_server(pki.cert, pki.key, f) as (proc, port),
+        StopSignals() as stop,
+    ):
         assert proc.stdin is not None
         proc.stdin.close()  # s_server: EOF on stdin ends the connection
         with pytest.raises(TransferFailed) as failed:
@@ -115,8 +123,9 @@ def test_send_to_an_unconfirmed_transfer_raises_with_the_facts(
 def test_send_loopback_in_process(capfd: pytest.CaptureFixture[str]) -> None:
     told = Told()
     with StopSignals() as stop:
-        result, target = send_loopback(None, 1 << 20, ClientOptions(offload="sw"), stop,
-                                       told.hooks())
+        result, target = send_loopback(
+            None, 1 << 20, ClientOptions(offload="sw"), stop, told.hooks()
+        )
     assert result["ok"] is True and result["match"] is True
     assert result["server_sha256"] == result["sha256"] and result["server_offload"] == "sw"
     assert target.startswith("built-in server on 127.0.0.1:")

@@ -12,10 +12,21 @@ from tlsctl.cli import cli
 from tlsctl.units import human_bits, human_size, parse_size
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("0", 0), ("4096", 4096), ("64K", 64 << 10), ("64k", 64 << 10), ("64KiB", 64 << 10),
-    ("64KB", 64 << 10), ("1M", 1 << 20), (" 2g ", 2 << 30), ("1.5G", 3 << 29), ("1T", 1 << 40),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0", 0),
+        ("4096", 4096),
+        ("64K", 64 << 10),
+        ("64k", 64 << 10),
+        ("64KiB", 64 << 10),
+        ("64KB", 64 << 10),
+        ("1M", 1 << 20),
+        (" 2g ", 2 << 30),
+        ("1.5G", 3 << 29),
+        ("1T", 1 << 40),
+    ],
+)
 def test_sizes(text: str, value: int) -> None:
     assert parse_size(text) == value
 
@@ -50,8 +61,12 @@ def test_addresses() -> None:
     assert parse_hostport("[::1]:4433") == ("::1", 4433)
     assert parse_hostport("4433", "::") == ("::", 4433)
     assert parse_hostport(":4433", "0.0.0.0") == ("0.0.0.0", 4433)
-    for bad, why in (("::1:4433", "brackets"), ("h:70000", "out of range"),
-                     ("h:nosuchservice", "service name"), ("h", "HOST:PORT")):
+    for bad, why in (
+        ("::1:4433", "brackets"),
+        ("h:70000", "out of range"),
+        ("h:nosuchservice", "service name"),
+        ("h", "HOST:PORT"),
+    ):
         with pytest.raises(ValueError, match=why):
             parse_hostport(bad)
     assert is_ip("127.0.0.1") and is_ip("::1") and not is_ip("localhost")
@@ -62,8 +77,14 @@ def test_addresses() -> None:
 
 @pytest.mark.parametrize(
     ("nbytes", "text"),
-    [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (48 << 20, "48.0 MiB"),
-     (2 << 30, "2.0 GiB"), (5 << 40, "5120.0 GiB")],
+    [
+        (0, "0 bytes"),
+        (1023, "1023 bytes"),
+        (1024, "1.0 KiB"),
+        (48 << 20, "48.0 MiB"),
+        (2 << 30, "2.0 GiB"),
+        (5 << 40, "5120.0 GiB"),
+    ],
 )
 def test_human_size_is_binary(nbytes: int, text: str) -> None:
     """A 2 GiB file shows 2.0 GiB (not "2.1 GB") in the progress bar."""

@@ -62,8 +62,9 @@ def www(pki: Pki, root: Path, *args: str) -> contextlib.AbstractContextManager[T
 
 
 def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["curl", "-sS", "--max-time", "30", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "30", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def tls_client(pki: Pki, port: int) -> ssl.SSLSocket:
@@ -101,24 +102,39 @@ def responses(data: bytes, head: tuple[bool, ...]) -> list[tuple[int, dict[str, 
 
 
 def test_curl_keep_alive_serves_several_requests_on_one_connection(
-        pki: Pki, site: Path, tmp_path: Path) -> None:
+    pki: Pki, site: Path, tmp_path: Path
+) -> None:
     with www(pki, site, "-naccept", "1") as srv:
         base = f"https://localhost:{srv.port}"
         outs = [tmp_path / f"o{i}" for i in range(4)]
-        r = curl("--cacert", str(pki.ca), "-w", "%{http_code} %{num_connects}\n",
-                 f"{base}/a.txt", f"{base}/big.bin", f"{base}/sub/", f"{base}/",
-                 *(a for o in outs for a in ("-o", str(o))))
+        r = curl(
+            "--cacert",
+            str(pki.ca),
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            f"{base}/a.txt",
+            f"{base}/big.bin",
+            f"{base}/sub/",
+            f"{base}/",
+            *(a for o in outs for a in ("-o", str(o))),
+        )
         (rec,) = srv.records()
     assert r.returncode == 0, r.stderr
     # One TCP connection (curl's count of new connections per transfer).
     assert r.stdout.split("\n")[:4] == ["200 1", "200 0", "200 0", "200 0"]
     assert [o.read_bytes() for o in outs] == [
-        (site / "a.txt").read_bytes(), (site / "big.bin").read_bytes(),
-        b"<p>sub</p>\n", b"<p>top</p>\n"]
+        (site / "a.txt").read_bytes(),
+        (site / "big.bin").read_bytes(),
+        b"<p>sub</p>\n",
+        b"<p>top</p>\n",
+    ]
     assert rec["ok"]
     assert [(q["method"], q["target"], q["status"], q["bytes"]) for q in rec["requests"]] == [
-        ("GET", "/a.txt", 200, 6), ("GET", "/big.bin", 200, BIG), ("GET", "/sub/", 200, 11),
-        ("GET", "/", 200, 11)]
+        ("GET", "/a.txt", 200, 6),
+        ("GET", "/big.bin", 200, BIG),
+        ("GET", "/sub/", 200, 11),
+        ("GET", "/", 200, 11),
+    ]
     assert rec["http"] == "GET /a.txt 200, GET /big.bin 200, GET /sub/ 200, GET / 200"
 
 
@@ -127,8 +143,9 @@ def test_curl_head_and_http10(pki: Pki, site: Path, tmp_path: Path) -> None:
         base = f"https://localhost:{srv.port}"
         head = curl("--cacert", str(pki.ca), "-I", f"{base}/big.bin")
         out = tmp_path / "o"
-        old = curl("--cacert", str(pki.ca), "--http1.0", "-D", "-", "-o", str(out),
-                   f"{base}/big.bin")
+        old = curl(
+            "--cacert", str(pki.ca), "--http1.0", "-D", "-", "-o", str(out), f"{base}/big.bin"
+        )
         recs = srv.records()
     assert head.returncode == 0 and old.returncode == 0, head.stderr + old.stderr
     # (text mode: curl's CRLFs read as "\n")
@@ -138,7 +155,9 @@ def test_curl_head_and_http10(pki: Pki, site: Path, tmp_path: Path) -> None:
     assert "connection: close\n" in old.stdout.lower()  # 1.0: no keep-alive
     assert out.read_bytes() == (site / "big.bin").read_bytes()
     assert sorted((q["method"], q["bytes"]) for r in recs for q in r["requests"]) == [
-        ("GET", BIG), ("HEAD", 0)]
+        ("GET", BIG),
+        ("HEAD", 0),
+    ]
 
 
 # --- hand-written requests with s_client ---------------------------------------------
@@ -148,10 +167,21 @@ def s_client(port: int, data: bytes, tmp_path: Path) -> tuple[bytes, str]:
     """``openssl s_client -msg``: writes ``data`` and keeps stdin open, so it
     is the server that ends the connection; returns (bytes received, trace)."""
     trace = tmp_path / "msg.txt"
-    cmd = [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-no_ign_eof",
-           "-nocommands", "-msg", "-msgfile", str(trace)]
-    with spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-               stderr=subprocess.DEVNULL) as proc:
+    cmd = [
+        OPENSSL,
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-quiet",
+        "-no_ign_eof",
+        "-nocommands",
+        "-msg",
+        "-msgfile",
+        str(trace),
+    ]
+    with spawn(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(data)
         proc.stdin.flush()
@@ -163,18 +193,23 @@ def s_client(port: int, data: bytes, tmp_path: Path) -> tuple[bytes, str]:
 SERVER_CLOSE_NOTIFY = "<<< TLS 1.3, Alert [length 0002], warning close_notify"
 
 
-def test_s_client_pipelined_requests_in_one_record(pki: Pki, site: Path,
-                                                   tmp_path: Path) -> None:
-    reqs = (b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"HEAD /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /sub HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+def test_s_client_pipelined_requests_in_one_record(pki: Pki, site: Path, tmp_path: Path) -> None:
+    reqs = (
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /sub HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     with www(pki, site, "-naccept", "1") as srv:
         out, trace = s_client(srv.port, reqs, tmp_path)
         (rec,) = srv.records()
     got = responses(out, (False, True, False, False))
     assert [(st, body) for st, _h, body in got] == [
-        (200, b"hello\n"), (200, b""), (404, b"404 Not Found\n"), (200, b"<p>sub</p>\n")]
+        (200, b"hello\n"),
+        (200, b""),
+        (404, b"404 Not Found\n"),
+        (200, b"<p>sub</p>\n"),
+    ]
     assert got[1][1]["content-length"] == str(BIG)
     assert got[3][1]["connection"] == "close"
     assert SERVER_CLOSE_NOTIFY in trace
@@ -186,8 +221,9 @@ def test_s_client_pipelined_requests_in_one_record(pki: Pki, site: Path,
 
 
 @pytest.mark.parametrize(("header_bytes", "status"), [(16 * 1024, 200), (40 * 1024, 431)])
-def test_header_section_limit(pki: Pki, site: Path, tmp_path: Path, header_bytes: int,
-                              status: int) -> None:
+def test_header_section_limit(
+    pki: Pki, site: Path, tmp_path: Path, header_bytes: int, status: int
+) -> None:
     """16 KiB of headers are served; beyond the limit 431, then close_notify
     (s_client sees it), never a silent close."""
     big = b"".join(b"X-Fill-%d: %s\r\n" % (i, b"a" * 1000) for i in range(header_bytes // 1000 + 1))
@@ -203,16 +239,21 @@ def test_header_section_limit(pki: Pki, site: Path, tmp_path: Path, header_bytes
     assert rec["ok"] and rec["requests"][0]["status"] == status
 
 
-@pytest.mark.parametrize(("request_bytes", "status"), [
-    (b"POST /a.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 405),
-    (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501),
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET /a.txt HTTP/1.1\r\n\r\n", 400),  # no Host
-    (b"GET /a.txt HTTP/2.0\r\nHost: x\r\n\r\n", 505),
-    (b"GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-], ids=["post", "unknown-method", "garbage", "no-host", "http2", "nul"])
-def test_bad_requests_get_a_status_then_close_notify(pki: Pki, site: Path,
-                                                     request_bytes: bytes, status: int) -> None:
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"POST /a.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 405),
+        (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /a.txt HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET /a.txt HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ],
+    ids=["post", "unknown-method", "garbage", "no-host", "http2", "nul"],
+)
+def test_bad_requests_get_a_status_then_close_notify(
+    pki: Pki, site: Path, request_bytes: bytes, status: int
+) -> None:
     with www(pki, site, "-naccept", "1") as srv:
         with tls_client(pki, srv.port) as s:
             s.sendall(request_bytes)
@@ -229,7 +270,8 @@ def test_bad_requests_get_a_status_then_close_notify(pki: Pki, site: Path,
 @pytest.mark.parametrize("offload", ["sw", "none"])
 @pytest.mark.parametrize("sent", [b"", b"GET /a.txt HTTP/1.1\r\nHo"], ids=["nothing", "partial"])
 def test_close_notify_before_a_complete_request_is_answered(
-        pki: Pki, site: Path, offload: str, sent: bytes) -> None:
+    pki: Pki, site: Path, offload: str, sent: bytes
+) -> None:
     """The client's close_notify (nothing or half a request sent) gets ours
     back: Python's unwrap() returns only when it arrives."""
     with www(pki, site, "-naccept", "1", "--offload", offload) as srv:
@@ -246,12 +288,17 @@ def test_close_notify_before_a_complete_request_is_answered(
         assert rec["ok"] and rec["requests"] == [] and rec["http"] == "no request"
 
 
-@pytest.mark.parametrize(("sent", "statuses"), [
-    (b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", [200]),   # then idle: a quiet close
-    (b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /a", [200, 408]),  # stuck mid-request
-], ids=["idle", "mid-request"])
+@pytest.mark.parametrize(
+    ("sent", "statuses"),
+    [
+        (b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", [200]),  # then idle: a quiet close
+        (b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /a", [200, 408]),  # stuck mid-request
+    ],
+    ids=["idle", "mid-request"],
+)
 def test_idle_keep_alive_ends_at_the_timeout_with_close_notify(
-        pki: Pki, site: Path, sent: bytes, statuses: list[int]) -> None:
+    pki: Pki, site: Path, sent: bytes, statuses: list[int]
+) -> None:
     with www(pki, site, "-naccept", "1", "--timeout", "1") as srv:
         with tls_client(pki, srv.port) as s:
             s.sendall(sent)
@@ -265,22 +312,33 @@ def test_idle_keep_alive_ends_at_the_timeout_with_close_notify(
 # --- what may be opened -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "status"), [
-    ("/out", 403),           # symlink to a file outside DIR
-    ("/in", 403),            # symlink inside DIR: not served either (documented)
-    ("/subln/index.html", 403),  # a symlinked directory on the way
-    ("/fifo", 403),          # not a regular file
-    ("/nodir/", 404),        # a directory without index.html
-    ("/a.txt/x", 404),
-    ("/missing", 404),
-    ("/%2e%2e/outside.txt", 403),
-    ("/sub%2F..%2F..%2Foutside.txt", 403),
-    ("/empty", 200),
-])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/out", 403),  # symlink to a file outside DIR
+        ("/in", 403),  # symlink inside DIR: not served either (documented)
+        ("/subln/index.html", 403),  # a symlinked directory on the way
+        ("/fifo", 403),  # not a regular file
+        ("/nodir/", 404),  # a directory without index.html
+        ("/a.txt/x", 404),
+        ("/missing", 404),
+        ("/%2e%2e/outside.txt", 403),
+        ("/sub%2F..%2F..%2Foutside.txt", 403),
+        ("/empty", 200),
+    ],
+)
 def test_only_regular_files_inside_dir(pki: Pki, site: Path, path: str, status: int) -> None:
     with www(pki, site, "-naccept", "1") as srv:
-        r = curl("--cacert", str(pki.ca), "--path-as-is", "-o", "/dev/null", "-w",
-                 "%{http_code}", f"https://localhost:{srv.port}{path}")
+        r = curl(
+            "--cacert",
+            str(pki.ca),
+            "--path-as-is",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"https://localhost:{srv.port}{path}",
+        )
         (rec,) = srv.records()
     assert r.returncode == 0, r.stderr
     assert r.stdout == str(status)
@@ -294,8 +352,21 @@ def test_fifo_does_not_hang_and_sigint_exits(pki: Pki, site: Path) -> None:
     with www(pki, site) as srv:
         port = srv.port
         url = f"https://localhost:{port}/fifo"
-        runs = [curl("--cacert", str(pki.ca), "-o", "/dev/null", "-o", "/dev/null",
-                     "-w", "%{http_code} ", url, url) for _ in range(3)]
+        runs = [
+            curl(
+                "--cacert",
+                str(pki.ca),
+                "-o",
+                "/dev/null",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} ",
+                url,
+                url,
+            )
+            for _ in range(3)
+        ]
         proc = srv.proc
         proc.send_signal(signal.SIGINT)
         proc.wait(20)  # a deadline, not a measurement: a hung server fails here
@@ -329,8 +400,7 @@ def test_symlink_swap_race_never_serves_outside_dir(pki: Pki, site: Path) -> Non
 
     def client() -> None:
         ctx = ssl.create_default_context(cafile=str(pki.ca))
-        conn = http.client.HTTPSConnection("localhost", srv.port, context=ctx,
-                                           timeout=30)
+        conn = http.client.HTTPSConnection("localhost", srv.port, context=ctx, timeout=30)
         for _ in range(per_client):
             conn.request("GET", "/f")
             resp = conn.getresponse()
@@ -416,20 +486,41 @@ GCM12_OVERHEAD = 5 + 8 + 16  # TLS 1.2 AES-GCM: header, explicit nonce, tag
 
 
 @pytest.mark.parametrize("offload", ["sw", "sim-nic", "none"])
-def test_header_and_body_share_records_on_the_wire(pki: Pki, site: Path, tmp_path: Path,
-                                                   offload: str) -> None:
+def test_header_and_body_share_records_on_the_wire(
+    pki: Pki, site: Path, tmp_path: Path, offload: str
+) -> None:
     """TLS 1.2 (record types are visible on the wire): the server's
     application_data records, counted in the raw TCP stream, carry the
     response packed: a small file with its header is one record, a 100 kB
     file is ceil((header + body) / 16384) full records."""
-    with www(pki, site, "-naccept", "2", "--offload", offload, "-tls1_2", "-cipher",
-             "ECDHE-ECDSA-AES128-GCM-SHA256") as srv, \
-            recording_relay(srv.port) as (port, caps):
+    with (
+        www(
+            pki,
+            site,
+            "-naccept",
+            "2",
+            "--offload",
+            offload,
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ) as srv,
+        recording_relay(srv.port) as (port, caps),
+    ):
         heads = []
         for name in ("a.txt", "big.bin"):
             hfile = tmp_path / f"{name}.head"
-            r = curl("--cacert", str(pki.ca), "--connect-to", f"localhost:443:127.0.0.1:{port}",
-                     "-D", str(hfile), "-o", "/dev/null", f"https://localhost/{name}")
+            r = curl(
+                "--cacert",
+                str(pki.ca),
+                "--connect-to",
+                f"localhost:443:127.0.0.1:{port}",
+                "-D",
+                str(hfile),
+                "-o",
+                "/dev/null",
+                f"https://localhost/{name}",
+            )
             assert r.returncode == 0, r.stderr
             heads.append(len(hfile.read_bytes()))
         recs = srv.records()

@@ -52,15 +52,34 @@ def expected_rx(version: str, n: int) -> int:
     return n if version == "1.2" else 0
 
 
-def check_serve(offload: str, version: str, cipher: str, openssl_name: str, n: int, pki: Pki,
-                data: Path, tmp: Path, slow: float = 1) -> str:
+def check_serve(
+    offload: str,
+    version: str,
+    cipher: str,
+    openssl_name: str,
+    n: int,
+    pki: Pki,
+    data: Path,
+    tmp: Path,
+    slow: float = 1,
+) -> str:
     """tlslite-ng client -> ``serve``; TLS 1.2 also resumes (the client's
     Finished is then the last flight).  ``slow`` scales the waits (the VM)."""
     resume = version == "1.2"
     conns = 2 if resume else 1
-    with tlsctl_server("-cert", str(pki.rsa_cert), "-key", str(pki.rsa_key), "--offload",
-                       offload, "--save-dir", str(tmp), "-naccept", str(conns),
-                       startup=20 * slow) as srv:
+    with tlsctl_server(
+        "-cert",
+        str(pki.rsa_cert),
+        "-key",
+        str(pki.rsa_key),
+        "--offload",
+        offload,
+        "--save-dir",
+        str(tmp),
+        "-naccept",
+        str(conns),
+        startup=20 * slow,
+    ) as srv:
         cmd = [*PEER, "client", str(srv.port), "--in", str(data), *_peer_args(version, cipher, n)]
         if resume:
             cmd.append("--resume")
@@ -81,17 +100,46 @@ def check_serve(offload: str, version: str, cipher: str, openssl_name: str, n: i
     return f"serve: rx_seq_at_handoff {[r['rx_seq_at_handoff'] for r in recs]}, hashes equal"
 
 
-def check_send(offload: str, version: str, cipher: str, openssl_name: str, n: int, pki: Pki,
-               data: Path, tmp: Path, slow: float = 1) -> str:
+def check_send(
+    offload: str,
+    version: str,
+    cipher: str,
+    openssl_name: str,
+    n: int,
+    pki: Pki,
+    data: Path,
+    tmp: Path,
+    slow: float = 1,
+) -> str:
     """tlslite-ng server <- ``send``."""
     port = free_port()
     got = tmp / "got.bin"
-    cmd = [*PEER, "server", str(port), "--cert", str(pki.rsa_cert), "--key", str(pki.rsa_key),
-           "--out", str(got), *_peer_args(version, cipher, n)]
+    cmd = [
+        *PEER,
+        "server",
+        str(port),
+        "--cert",
+        str(pki.rsa_cert),
+        "--key",
+        str(pki.rsa_key),
+        "--out",
+        str(got),
+        *_peer_args(version, cipher, n),
+    ]
     with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         wait_port(port, proc, timeout=30 * slow)  # a Python peer starting inside the emulated VM
-        r = run_tlsctl("send", str(data), "-connect", f"127.0.0.1:{port}", "-CAfile",
-                       str(pki.ca), "--offload", offload, "--json", timeout=60 * slow)
+        r = run_tlsctl(
+            "send",
+            str(data),
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--offload",
+            offload,
+            "--json",
+            timeout=60 * slow,
+        )
         out, err = proc.communicate(timeout=60 * slow)
     assert r.returncode == 0, r.stderr
     assert proc.returncode == 0, out + err

@@ -43,15 +43,40 @@ def send_and_serve_on_the_kernel() -> str:
         save = outdir / "save"
         save.mkdir()
         sent: list[dict[str, object]] = []
-        with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--offload", "kernel",
-                           "--save-dir", str(save), "-naccept", str(len(KERNEL_CASES)),
-                           startup=SLOW) as srv:
+        with tlsctl_server(
+            "-cert",
+            str(pki.cert),
+            "-key",
+            str(pki.key),
+            "--offload",
+            "kernel",
+            "--save-dir",
+            str(save),
+            "-naccept",
+            str(len(KERNEL_CASES)),
+            startup=SLOW,
+        ) as srv:
             for vflag, cflag, suite in KERNEL_CASES:
-                send = ["send", str(data), "-CAfile", str(pki.ca), "--offload", "kernel",
-                        "--json", vflag, cflag, suite]
+                send = [
+                    "send",
+                    str(data),
+                    "-CAfile",
+                    str(pki.ca),
+                    "--offload",
+                    "kernel",
+                    "--json",
+                    vflag,
+                    cflag,
+                    suite,
+                ]
                 out = outdir / f"s_server-{suite}.out"
-                with out.open("wb") as f, openssl_server(pki.cert, pki.key, f, vflag, cflag,
-                                                         suite, startup=SLOW) as (proc, port):
+                with (
+                    out.open("wb") as f,
+                    openssl_server(pki.cert, pki.key, f, vflag, cflag, suite, startup=SLOW) as (
+                        proc,
+                        port,
+                    ),
+                ):
                     r = run_tlsctl(*send, "-connect", f"localhost:{port}", timeout=SLOW)
                     proc.wait(60)
                 assert r.returncode == 0, f"{suite} to s_server: {r.stderr[-500:]}"

@@ -60,6 +60,7 @@ class ScenarioSkipped(Exception):
     """A scenario that cannot apply to this kernel: reported as skipped
     with the reason (``kernel_scenarios._run_child``), never as a pass."""
 
+
 _KEY_UPDATE = bytes([24, 0, 0, 1, 0])
 
 
@@ -142,8 +143,14 @@ def rekey_full_queue(kind: str) -> Steps:
     """Fill the send side (non-blocking sends until EAGAIN), rekey TX from a
     thread, and see whether it returned before the peer read anything."""
     info = _info(TLS_1_3_VERSION, CipherType.AES_GCM_128, fixed=True)
-    nxt = CryptoInfo.create(TLS_1_3_VERSION, CipherType.AES_GCM_128, key=bytes(range(16)),
-                            iv=bytes(8), salt=b"next", seq=0)
+    nxt = CryptoInfo.create(
+        TLS_1_3_VERSION,
+        CipherType.AES_GCM_128,
+        key=bytes(range(16)),
+        iv=bytes(8),
+        salt=b"next",
+        seq=0,
+    )
     out: Steps = []
 
     def step(name: str, fn: Callable[[], object]) -> None:
@@ -166,17 +173,21 @@ def rekey_full_queue(kind: str) -> Steps:
         out.append(("send side full", f"ok {bool(sent)}"))
         result: list[str] = []
         t = threading.Thread(
-            target=lambda: result.append(_outcome(lambda: kc.setsockopt(SOL_TLS, TLS_TX,
-                                                                         nxt.pack()))),
+            target=lambda: result.append(
+                _outcome(lambda: kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack()))
+            ),
             daemon=True,
         )
         t.start()
         t.join(20)  # a guard: the peer reads nothing until this returns or gives up
         out.append(("rekey TX, the peer reading nothing", result[0] if result else "blocked"))
         step("send after (non-blocking)", lambda: kc.send(b"x"))
-        step("recv the old key's bytes",
-             lambda: hashlib.sha256(_recv_all(ks, len(sent))).digest()
-             == hashlib.sha256(sent).digest())
+        step(
+            "recv the old key's bytes",
+            lambda: (
+                hashlib.sha256(_recv_all(ks, len(sent))).digest() == hashlib.sha256(sent).digest()
+            ),
+        )
         step("rekey RX", lambda: ks.setsockopt(SOL_TLS, TLS_RX, nxt.pack()))
         kc.setblocking(True)
         kc.settimeout(10)
@@ -190,8 +201,14 @@ def rekey_full_queue(kind: str) -> Steps:
 
 def more_across_rekey(kind: str, key_update_between: bool) -> Steps:
     info = _info(TLS_1_3_VERSION, CipherType.AES_GCM_256, fixed=True)
-    nxt = CryptoInfo.create(TLS_1_3_VERSION, CipherType.AES_GCM_256, key=bytes(range(32)),
-                            iv=bytes(8), salt=b"next", seq=0)
+    nxt = CryptoInfo.create(
+        TLS_1_3_VERSION,
+        CipherType.AES_GCM_256,
+        key=bytes(range(32)),
+        iv=bytes(8),
+        salt=b"next",
+        seq=0,
+    )
     out: Steps = []
 
     def step(name: str, fn: Callable[[], object]) -> None:
@@ -203,8 +220,10 @@ def more_across_rekey(kind: str, key_update_between: bool) -> Steps:
         kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
         step("send abc, MSG_MORE", lambda: kc.send(b"abc", socket.MSG_MORE))
         if key_update_between:
-            step("send KeyUpdate", lambda: kc.sendmsg(
-                [_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]))
+            step(
+                "send KeyUpdate",
+                lambda: kc.sendmsg([_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]),
+            )
         step("rekey TX", lambda: kc.setsockopt(SOL_TLS, TLS_TX, nxt.pack()))
         step("send def", lambda: kc.send(b"def"))
         kc.shutdown(socket.SHUT_WR)
@@ -264,9 +283,19 @@ def flags_script(kind: str, version: int) -> Steps:
     from tests.helpers.wire import encrypt_record
 
     info = _info(version, CipherType.AES_GCM_128, fixed=True)
-    recs = [(23, b"0123456789"), (23, b"abcdef"), (23, b"ghij"), (21, b"\x01\x00"),
-            (23, b"zz"), (21, b"\x01\x00"), (23, b"yy"), (23, b"xxxx"), (22, b"\x04\x00\x00\x00"),
-            (23, b"abcd"), (23, b"efgh")]
+    recs = [
+        (23, b"0123456789"),
+        (23, b"abcdef"),
+        (23, b"ghij"),
+        (21, b"\x01\x00"),
+        (23, b"zz"),
+        (21, b"\x01\x00"),
+        (23, b"yy"),
+        (23, b"xxxx"),
+        (22, b"\x04\x00\x00\x00"),
+        (23, b"abcd"),
+        (23, b"efgh"),
+    ]
     reads: list[tuple[str, int, int, int]] = [
         ("4 bytes of a record", 4, CMSG, 0),
         ("the rest of it exactly", 6, CMSG, 0),
@@ -311,12 +340,16 @@ def empty_control_script(kind: str) -> Steps:
         kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
         kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
         for t in (b"\x15", b"\x16"):
-            step(f"empty record of type {t.hex()}",
-                 functools.partial(kc.sendmsg, [b""], [(SOL_TLS, TLS_SET_RECORD_TYPE, t)]))
+            step(
+                f"empty record of type {t.hex()}",
+                functools.partial(kc.sendmsg, [b""], [(SOL_TLS, TLS_SET_RECORD_TYPE, t)]),
+            )
         step("empty data", lambda: kc.send(b""))
         step("x, MSG_MORE", lambda: kc.send(b"x", socket.MSG_MORE))
-        step("empty alert after it",
-             lambda: kc.sendmsg([b""], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")]))
+        step(
+            "empty alert after it",
+            lambda: kc.sendmsg([b""], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")]),
+        )
         kc.shutdown(socket.SHUT_WR)
         wire = bytearray()
         while chunk := s.recv(65536):
@@ -387,14 +420,20 @@ def recv_into_oracle() -> str:
 def flags_oracle() -> str:
     done = []
     for version in (TLS_1_2_VERSION, TLS_1_3_VERSION):
-        done.append(_same(flags_script("kernel", version), flags_script("sw", version),
-                          f"recvmsg flags (0x{version:04x})"))
+        done.append(
+            _same(
+                flags_script("kernel", version),
+                flags_script("sw", version),
+                f"recvmsg flags (0x{version:04x})",
+            )
+        )
     return " | ".join(done)
 
 
 def empty_control_oracle() -> str:
-    return _same(empty_control_script("kernel"), empty_control_script("sw"),
-                 "an empty control record")
+    return _same(
+        empty_control_script("kernel"), empty_control_script("sw"), "an empty control record"
+    )
 
 
 _PAUSED_FOREVER = {  # what Linux 7.3 does (the README's departure)
@@ -415,8 +454,9 @@ def tls12_keyupdate_byte_oracle() -> str:
     return f"departure (README): kernel {os.uname().release}: {theirs}; layer (6.1's): {ours}"
 
 
-def register(scenario: Callable[..., Callable[[Callable[[], object]], Callable[[], object]]],
-             ) -> None:
+def register(
+    scenario: Callable[..., Callable[[Callable[[], object]], Callable[[], object]]],
+) -> None:
     """Add these scenarios to ``kernel_scenarios``' registry."""
     scenario("oracle_linux7_rekey_full_queue", timeout=90)(rekey_full_queue_oracle)
     scenario("oracle_linux7_msg_more_across_rekey", timeout=60)(more_across_rekey_oracle)

@@ -192,9 +192,7 @@ def _semantics_script(kind: str) -> list[tuple[str, str]]:
         step("getsockopt TX after 3", lambda: kc.getsockopt(SOL_TLS, TLS_TX, 40))
         step(
             "MSG_MORE with record type",
-            lambda: kc.sendmsg(
-                [b"x"], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")], socket.MSG_MORE
-            ),
+            lambda: kc.sendmsg([b"x"], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x15")], socket.MSG_MORE),
         )
         step(
             "bad SOL_TLS cmsg type",
@@ -282,18 +280,27 @@ def _rekey_pair(suite: Suite, tx_kind: str, rx_kind: str) -> list[tuple[str, str
         size = len(first.pack())
         payload = os.urandom(40_000)
         step("send before", lambda: kc.sendall(payload))
-        step("send KeyUpdate", lambda: kc.sendmsg(
-            [_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]))
-        swap = CipherType.AES_GCM_256 if first.cipher == CipherType.AES_GCM_128 else (
-            CipherType.AES_GCM_128
+        step(
+            "send KeyUpdate",
+            lambda: kc.sendmsg([_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]),
+        )
+        swap = (
+            CipherType.AES_GCM_256
+            if first.cipher == CipherType.AES_GCM_128
+            else (CipherType.AES_GCM_128)
         )
         other = _info(TLS_1_3_VERSION, swap, fixed=True)
         step("rekey TX with another cipher", lambda: kc.setsockopt(SOL_TLS, TLS_TX, other.pack()))
         step("rekey TX", lambda: kc.setsockopt(SOL_TLS, TLS_TX, second.pack()))
         step("send after", lambda: kc.sendall(b"after the key update"))
         step("getsockopt TX after rekey", lambda: kc.getsockopt(SOL_TLS, TLS_TX, size))
-        step("recv before", lambda: hashlib.sha256(_recv_all(ks, len(payload))).hexdigest()
-             == hashlib.sha256(payload).hexdigest())
+        step(
+            "recv before",
+            lambda: (
+                hashlib.sha256(_recv_all(ks, len(payload))).hexdigest()
+                == hashlib.sha256(payload).hexdigest()
+            ),
+        )
         step("recv KeyUpdate", lambda: ks.recvmsg(100, CMSG)[:2])
         # No timeout: Python then calls recv(2) directly, so the kernel's own
         # answer is compared (with a timeout Python polls first, and a kTLS
@@ -306,8 +313,10 @@ def _rekey_pair(suite: Suite, tx_kind: str, rx_kind: str) -> list[tuple[str, str
         step("getsockopt RX after rekey", lambda: ks.getsockopt(SOL_TLS, TLS_RX, size))
         # A second round, the other way of sending the KeyUpdate (MSG_OOB
         # is this layer's; the kernel takes the cmsg).
-        step("send KeyUpdate 2", lambda: kc.sendmsg(
-            [_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]))
+        step(
+            "send KeyUpdate 2",
+            lambda: kc.sendmsg([_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, b"\x16")]),
+        )
         step("rekey TX 2", lambda: kc.setsockopt(SOL_TLS, TLS_TX, third.pack()))
         step("send after 2", lambda: kc.sendall(b"third key"))
         step("recv KeyUpdate 2", lambda: ks.recvmsg(100, CMSG)[:2])
@@ -334,8 +343,9 @@ def _rx13_script(kind: str, key_update: bool = True) -> list[tuple[str, str]]:
     cases: dict[str, bytes] = {
         "outer 22 sealed over its header": encrypt_record(first, 0, 23, b"x", outer=22),
         "outer 22 sealed over 23": encrypt_record(first, 0, 23, b"x", outer=22, aad_outer=23),
-        "outer 21 alert sealed over its header": encrypt_record(first, 0, 21, b"\x01\x00",
-                                                                outer=21),
+        "outer 21 alert sealed over its header": encrypt_record(
+            first, 0, 21, b"\x01\x00", outer=21
+        ),
         "plaintext ccs": bytes([20, 3, 3, 0, 1, 1]) + encrypt_record(first, 0, 23, b"x"),
     }
     for name, wire_bytes in cases.items():
@@ -355,9 +365,11 @@ def _rx13_script(kind: str, key_update: bool = True) -> list[tuple[str, str]]:
         ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
         ks.setsockopt(SOL_TLS, TLS_RX, first.pack())
         ks.settimeout(2)
-        c.sendall(encrypt_record(first, 0, 22, _KEY_UPDATE[:3])
-                  + encrypt_record(first, 1, 22, _KEY_UPDATE[3:])
-                  + encrypt_record(second, 0, 23, b"after"))
+        c.sendall(
+            encrypt_record(first, 0, 22, _KEY_UPDATE[:3])
+            + encrypt_record(first, 1, 22, _KEY_UPDATE[3:])
+            + encrypt_record(second, 0, 23, b"after")
+        )
 
         def step(name: str, fn: Callable[[], object]) -> None:
             out.append((f"rx13 KeyUpdate fragments: {name}", _outcome(fn)))
@@ -380,6 +392,7 @@ def _rx13_script(kind: str, key_update: bool = True) -> list[tuple[str, str]]:
 def _edges() -> Any:
     """kernel_edge_scenarios (imported late: it imports this module)."""
     from tests.helpers import kernel_edge_scenarios
+
     return kernel_edge_scenarios
 
 
@@ -461,8 +474,13 @@ def register(scenario: Callable[..., Decorator]) -> None:
                     k: v
                     for k, v in got.items()
                     if k in ("recv before", "recv after", "recv after 2", "rekey TX", "rekey RX")
-                    and v not in ("ok True", "ok None", f"bytes {b'after the key update'.hex()}",
-                                  f"bytes {b'third key'.hex()}")
+                    and v
+                    not in (
+                        "ok True",
+                        "ok None",
+                        f"bytes {b'after the key update'.hex()}",
+                        f"bytes {b'third key'.hex()}",
+                    )
                 }
                 assert not bad, f"{tx_kind} TX -> {rx_kind} RX: {bad}"
                 results[f"{tx_kind}->{rx_kind}"] = got["recv after 2"]

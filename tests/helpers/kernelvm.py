@@ -173,8 +173,7 @@ def find_kernels() -> list[str]:
     return [
         image
         for image in images
-        if os.access(image, os.R_OK)
-        and _has_tls_module(os.path.basename(image)[len("vmlinuz-") :])
+        if os.access(image, os.R_OK) and _has_tls_module(os.path.basename(image)[len("vmlinuz-") :])
     ]
 
 

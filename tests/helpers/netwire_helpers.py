@@ -56,8 +56,19 @@ def wait_listening(proc: subprocess.Popen[Any], port: int, timeout: float = 15) 
 
 
 def s_server_args(pki: Pki, version: str, suite: str, port: int) -> list[str]:
-    args = ["openssl", "s_server", "-quiet", "-accept", str(port), "-naccept", "1",
-            "-cert", str(pki.rsa_cert), "-key", str(pki.rsa_key)]
+    args = [
+        "openssl",
+        "s_server",
+        "-quiet",
+        "-accept",
+        str(port),
+        "-naccept",
+        "1",
+        "-cert",
+        str(pki.rsa_cert),
+        "-key",
+        str(pki.rsa_key),
+    ]
     if version == "1.3":
         return [*args, "-tls1_3", "-ciphersuites", suite]
     return [*args, "-tls1_2", "-cipher", suite]
@@ -92,8 +103,9 @@ def connect_tls(
     return sock, run_handshake(sock, ctx, "client")
 
 
-def offload_channel(wire: NetnsWire, sock: socket.socket, res: HandshakeResult,
-                    **path_kw: Any) -> tuple[KtlsChannel, NetTxPath]:
+def offload_channel(
+    wire: NetnsWire, sock: socket.socket, res: HandshakeResult, **path_kw: Any
+) -> tuple[KtlsChannel, NetTxPath]:
     """``send --offload sim-nic`` through the library: the layer's TX on the NIC."""
     path = NetTxPath(sock, wire.control, **path_kw)
     k = install_offload(KTLSSocket(sock, backend="sw", txpath=path), res)
@@ -135,8 +147,7 @@ class RxCapture:
         self.port = port
         self.frames: list[tuple[int, bytes]] = []  # (TCP seq, payload)
         self.syn_isn: int | None = None
-        self._sock = wire.socket("rx", socket.AF_PACKET, socket.SOCK_DGRAM,
-                                 socket.htons(ETH_P_ALL))
+        self._sock = wire.socket("rx", socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         self._sock.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE
         self._sock.bind(("nic0", ETH_P_ALL))
         self._sock.settimeout(0.2)

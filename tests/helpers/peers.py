@@ -135,35 +135,64 @@ def openssl_server(
     It must listen within ``startup`` seconds (more inside the emulated VM).
     """
     port = free_port()
-    cmd = [OPENSSL, "s_server", "-quiet", "-accept", str(port), "-cert", str(cert),
-           "-key", str(key), "-naccept", str(naccept), *args]
+    cmd = [
+        OPENSSL,
+        "s_server",
+        "-quiet",
+        "-accept",
+        str(port),
+        "-cert",
+        str(cert),
+        "-key",
+        str(key),
+        "-naccept",
+        str(naccept),
+        *args,
+    ]
     with spawn(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE) as proc:
         wait_port(port, proc, timeout=startup)
         yield proc, port
 
 
-def openssl_client(port: int, data_file: Path, *args: str,
-                   timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+def openssl_client(
+    port: int, data_file: Path, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[bytes]:
     """``openssl s_client`` sending ``data_file`` then close_notify.
 
     ``-quiet`` alone implies ``-ign_eof`` (never closes); ``-no_ign_eof``
     restores close-on-EOF and ``-nocommands`` stops binary data that starts
     with Q/R/k/K being taken for an interactive command.
     """
-    cmd = [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-no_ign_eof",
-           "-nocommands", *args]
-    with data_file.open("rb") as f, spawn(cmd, stdin=f, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE) as proc:
+    cmd = [
+        OPENSSL,
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-quiet",
+        "-no_ign_eof",
+        "-nocommands",
+        *args,
+    ]
+    with (
+        data_file.open("rb") as f,
+        spawn(cmd, stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc,
+    ):
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def run_tlsctl(*args: str, timeout: float = 60,
-               stdin: IO[bytes] | None = None) -> subprocess.CompletedProcess[str]:
+def run_tlsctl(
+    *args: str, timeout: float = 60, stdin: IO[bytes] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``tlsctl ARGS`` as a separate process (the real console behaviour)."""
     cmd = [*TLSCTL, *args]
-    with spawn(cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with spawn(
+        cmd,
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -194,8 +223,9 @@ def tlsctl_server(*args: str, startup: float = 20) -> Iterator[TlsctlServer]:
     """``tlsctl serve --json -accept 127.0.0.1:0 ARGS``; port from its first line
     (within ``startup`` seconds: more inside the emulated VM)."""
     cmd = [*TLSCTL, "serve", "--json", "-accept", "127.0.0.1:0", *args]
-    with spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-               stderr=subprocess.PIPE) as proc:
+    with spawn(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
         line, rest = _readline(proc, startup)
         listening = json.loads(line)
         yield TlsctlServer(proc, int(listening["port"]), listening, rest)

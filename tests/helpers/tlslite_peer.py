@@ -82,8 +82,9 @@ class FragmentingConnection(TLSConnection):  # type: ignore[misc]
     finished_records = 1
     finished_sent = 0  # records that carried (part of) our Finished, for the report
 
-    def _sendMsg(self, msg: Any, randomizeFirstBlock: bool = True,
-                 update_hashes: bool = True) -> Iterator[Any]:
+    def _sendMsg(
+        self, msg: Any, randomizeFirstBlock: bool = True, update_hashes: bool = True
+    ) -> Iterator[Any]:
         buf = bytes(msg.write())
         at = _finished_offset(buf) if msg.contentType == ContentType.handshake else None
         if at is None:
@@ -115,8 +116,13 @@ def _connection(sock: socket.socket, args: argparse.Namespace) -> Any:
 
 def _report(conn: Any, **extra: Any) -> dict[str, Any]:
     """What was negotiated; taken right after the handshake (closing resets it)."""
-    return {"version": ".".join(map(str, conn.version)), "cipher": conn.getCipherName(),
-            "resumed": bool(conn.resumed), "finished_records": conn.finished_sent, **extra}
+    return {
+        "version": ".".join(map(str, conn.version)),
+        "cipher": conn.getCipherName(),
+        "resumed": bool(conn.resumed),
+        "finished_records": conn.finished_sent,
+        **extra,
+    }
 
 
 def _close_and_drain(conn: Any) -> None:

@@ -51,14 +51,20 @@ def decrypt_records(info: CryptoInfo, data: bytes) -> list[tuple[int, bytes]]:
             out.append((inner[-1], inner[:-1]))
         elif info.cipher == CipherType.CHACHA20_POLY1305:
             nonce = bytes(a ^ b for a, b in zip(info.iv, seq.to_bytes(12, "big"), strict=True))
-            aad = seq.to_bytes(8, "big") + bytes([ctype]) + b"\x03\x03" + struct.pack(
-                ">H", len(body) - 16
+            aad = (
+                seq.to_bytes(8, "big")
+                + bytes([ctype])
+                + b"\x03\x03"
+                + struct.pack(">H", len(body) - 16)
             )
             out.append((ctype, aead.decrypt(nonce, body, aad)))
         else:
             nonce = info.salt + body[:8]
-            aad = seq.to_bytes(8, "big") + bytes([ctype]) + b"\x03\x03" + struct.pack(
-                ">H", len(body) - 24
+            aad = (
+                seq.to_bytes(8, "big")
+                + bytes([ctype])
+                + b"\x03\x03"
+                + struct.pack(">H", len(body) - 24)
             )
             out.append((ctype, aead.decrypt(nonce, body[8:], aad)))
         seq += 1
@@ -66,8 +72,15 @@ def decrypt_records(info: CryptoInfo, data: bytes) -> list[tuple[int, bytes]]:
 
 
 def encrypt_record(
-    info: CryptoInfo, seq: int, ctype: int, plaintext: bytes, *, pad: int = 0,
-    explicit: bytes = b"", outer: int = 23, aad_outer: int | None = None,
+    info: CryptoInfo,
+    seq: int,
+    ctype: int,
+    plaintext: bytes,
+    *,
+    pad: int = 0,
+    explicit: bytes = b"",
+    outer: int = 23,
+    aad_outer: int | None = None,
 ) -> bytes:
     """Build one record by hand (TLS 1.3 with optional zero padding).
 

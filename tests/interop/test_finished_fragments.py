@@ -27,8 +27,9 @@ CASES = [
     ("1.2", "chacha20-poly1305", "ECDHE-RSA-CHACHA20-POLY1305"),
     ("1.3", "aes256gcm", "TLS_AES_256_GCM_SHA384"),
 ]
-PARAMS = [pytest.param(*c, n, id=f"tls{c[0]}-{c[1]}-finished-in-{n}") for c in CASES
-          for n in (1, 2, 16)]
+PARAMS = [
+    pytest.param(*c, n, id=f"tls{c[0]}-{c[1]}-finished-in-{n}") for c in CASES for n in (1, 2, 16)
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +45,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("version", "cipher", "openssl_name", "n"), PARAMS)
-def test_serve_takes_fragmented_client_finished(version: str, cipher: str, openssl_name: str,
-                                                n: int, pki: Pki, data: Path,
-                                                tmp_path: Path) -> None:
+def test_serve_takes_fragmented_client_finished(
+    version: str, cipher: str, openssl_name: str, n: int, pki: Pki, data: Path, tmp_path: Path
+) -> None:
     check_serve("sw", version, cipher, openssl_name, n, pki, data, tmp_path)
 
 
 @pytest.mark.parametrize(("version", "cipher", "openssl_name", "n"), PARAMS)
-def test_send_takes_fragmented_server_finished(version: str, cipher: str, openssl_name: str,
-                                               n: int, pki: Pki, data: Path,
-                                               tmp_path: Path) -> None:
+def test_send_takes_fragmented_server_finished(
+    version: str, cipher: str, openssl_name: str, n: int, pki: Pki, data: Path, tmp_path: Path
+) -> None:
     check_send("sw", version, cipher, openssl_name, n, pki, data, tmp_path)

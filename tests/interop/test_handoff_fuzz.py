@@ -76,8 +76,13 @@ def test_handoff_any_split(version: str, exact: bool, data: st.DataObject) -> No
                 blob += chunk
             if not blob:
                 return
-            cuts = sorted(set(data.draw(
-                st.lists(st.integers(1, max(1, len(blob) - 1)), max_size=6), label="cuts")))
+            cuts = sorted(
+                set(
+                    data.draw(
+                        st.lists(st.integers(1, max(1, len(blob) - 1)), max_size=6), label="cuts"
+                    )
+                )
+            )
             prev = 0
             for cut in [*cuts, len(blob)]:
                 if cut > prev:

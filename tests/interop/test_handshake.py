@@ -103,8 +103,7 @@ class Runner(threading.Thread):
         return self.value
 
 
-def memory_bio_client(sock: socket.socket, ctx: ssl.SSLContext, payload: bytes,
-                      want: int) -> bytes:
+def memory_bio_client(sock: socket.socket, ctx: ssl.SSLContext, payload: bytes, want: int) -> bytes:
     """A Python ssl client that sends its last handshake flight *and* the
     first application data in one write, so the server reads past the
     handshake in a single recv (the case the record-at-a-time feed exists for)."""
@@ -137,8 +136,12 @@ def memory_bio_client(sock: socket.socket, ctx: ssl.SSLContext, payload: bytes,
 
 @pytest.mark.parametrize("exact", [False, True], ids=["chunked-reads", "exact-reads"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_server_handoff(pki: Pki, pair: Callable[[], tuple[socket.socket, socket.socket]],
-                        case: tuple[ssl.TLSVersion, str], exact: bool) -> None:
+def test_server_handoff(
+    pki: Pki,
+    pair: Callable[[], tuple[socket.socket, socket.socket]],
+    case: tuple[ssl.TLSVersion, str],
+    exact: bool,
+) -> None:
     """Our server: RX gets the client's coalesced data, TX follows the tickets.
 
     Chunked reads take the data past the handshake out of the socket and hand
@@ -146,8 +149,9 @@ def test_server_handoff(pki: Pki, pair: Callable[[], tuple[socket.socket, socket
     version, suite = case
     c, s = pair()
     payload, reply = os.urandom(5000), os.urandom(70000)
-    peer = Runner(lambda: memory_bio_client(c, py_ctx(False, pki, version, suite), payload,
-                                            len(reply)))
+    peer = Runner(
+        lambda: memory_bio_client(c, py_ctx(False, pki, version, suite), payload, len(reply))
+    )
     ctx = server_context(our_opts(version, suite), cert=str(pki.cert), key=str(pki.key))
     res = run_handshake(s, ctx, "server", exact=exact)
     assert res.cipher_name == suite
@@ -243,8 +247,9 @@ def test_client_handoff(pki: Pki, case: tuple[ssl.TLSVersion, str]) -> None:
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             ctx = client_context(TlsOptions(cafile=str(pki.ca)), verify=True)
-            res = run_handshake(sock, ctx, "client", server_name="localhost",
-                                verify_host="localhost")
+            res = run_handshake(
+                sock, ctx, "client", server_name="localhost", verify_host="localhost"
+            )
             assert (res.tx_seq, res.rx_seq) == ((0, 0) if res.is_tls13 else (1, 1))
             if not res.is_tls13:
                 assert res.leftover, "server data should have been read with its Finished"
@@ -293,15 +298,16 @@ def test_unsupported_suite_stays_in_pyopenssl(
     assert peer.result() == b"hello"
 
 
-def test_secrets_redacted_and_keylog(pki: Pki,
-                                     pair: Callable[[], tuple[socket.socket, socket.socket]]
-                                     ) -> None:
+def test_secrets_redacted_and_keylog(
+    pki: Pki, pair: Callable[[], tuple[socket.socket, socket.socket]]
+) -> None:
     c, s = pair()
     lines: list[bytes] = []
     sctx = py_ctx(True, pki, ssl.TLSVersion.TLSv1_3, "")
     peer = Runner(lambda: sctx.wrap_socket(s, server_side=True).close())
-    res = run_handshake(c, client_context(TlsOptions(), verify=False), "client",
-                        keylog=lines.append)
+    res = run_handshake(
+        c, client_context(TlsOptions(), verify=False), "client", keylog=lines.append
+    )
     peer.result()
     labels = {ln.split()[0] for ln in lines}
     assert {b"CLIENT_TRAFFIC_SECRET_0", b"SERVER_TRAFFIC_SECRET_0"} <= labels
@@ -331,10 +337,12 @@ def test_epoch_counter_counts_records_after_ccs() -> None:
     """TX side of the TLS 1.2 count (OpenSSL never splits its own Finished,
     so the peers in test_finished_fragments.py exercise only RX): every
     record after our last CCS, however the output is cut into drains."""
-    out = (bytes.fromhex("16030300020000")  # a handshake record before the CCS
-           + bytes.fromhex("140303000101")  # ChangeCipherSpec
-           + bytes.fromhex("1603030003aaaaaa") * 3  # a Finished in three records
-           + bytes.fromhex("15030300020000"))  # and an alert, also under the new keys
+    out = (
+        bytes.fromhex("16030300020000")  # a handshake record before the CCS
+        + bytes.fromhex("140303000101")  # ChangeCipherSpec
+        + bytes.fromhex("1603030003aaaaaa") * 3  # a Finished in three records
+        + bytes.fromhex("15030300020000")
+    )  # and an alert, also under the new keys
     for cut in range(len(out) + 1):
         c = _EpochCounter()
         c.written(out[:cut])
@@ -346,8 +354,9 @@ def test_epoch_counter_counts_records_after_ccs() -> None:
         none.next_seq("sent")
 
 
-def test_handshake_failures(pair: Callable[[], tuple[socket.socket, socket.socket]],
-                            pki: Pki) -> None:
+def test_handshake_failures(
+    pair: Callable[[], tuple[socket.socket, socket.socket]], pki: Pki
+) -> None:
     ctx = client_context(TlsOptions(), verify=False)
     c, s = pair()
     s.close()
@@ -362,14 +371,14 @@ def test_handshake_failures(pair: Callable[[], tuple[socket.socket, socket.socke
     peer = Runner(lambda: sctx.wrap_socket(s, server_side=True))
     vctx = client_context(TlsOptions(cafile=str(pki.ca)), verify=True)
     with pytest.raises(HandshakeError, match="certificate verify failed"):
-        run_handshake(c, vctx, "client", server_name="other.example",
-                      verify_host="other.example")
+        run_handshake(c, vctx, "client", server_name="other.example", verify_host="other.example")
     with pytest.raises(ssl.SSLError):
         peer.result()
 
 
-def test_verify_ip_address(pki: Pki,
-                           pair: Callable[[], tuple[socket.socket, socket.socket]]) -> None:
+def test_verify_ip_address(
+    pki: Pki, pair: Callable[[], tuple[socket.socket, socket.socket]]
+) -> None:
     c, s = pair()
     sctx = py_ctx(True, pki, ssl.TLSVersion.TLSv1_3, "")
     peer = Runner(lambda: sctx.wrap_socket(s, server_side=True).close())

@@ -82,8 +82,9 @@ class Peer(RecordWriter):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         opts = TlsOptions(tls1_2=version == "1.2", tls1_3=version == "1.3")
-        self._start(run_handshake(self.sock, client_context(opts, verify=False), "client",
-                                  exact=True))
+        self._start(
+            run_handshake(self.sock, client_context(opts, verify=False), "client", exact=True)
+        )
 
     def _start(self, res: HandshakeResult) -> None:
         assert res.tx_info is not None and res.rx_info is not None
@@ -156,167 +157,451 @@ def _outer_type(p: RecordWriter, outer: int) -> bytes:
 
 # Every row is OpenSSL 3's answer as well (see the module docstring).
 CASES = [
-    Case("bad_mac", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + _flip(p.record(DATA, b"x" * 1000))
-         + p.record(DATA, AFTER),
-         20, "authentication", GOOD),
-    Case("truncated_then_eof", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(DATA, AFTER)[:200],
-         50, "in the middle of a record", GOOD, shut_wr=True),
-    Case("oversized", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(DATA, b"o" * (16384 + 1)),
-         22, "oversized record", GOOD),
-    Case("wrong_version", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + _wrong_version(p.record(DATA, AFTER)),
-         70, "wrong protocol version", GOOD),
-    Case("wrong_version", ("1.3",),  # RFC 8446 ignores the field; Linux, OpenSSL do not
-         lambda p: p.record(DATA, GOOD) + _wrong_version(p.record(DATA, AFTER)),
-         50, "wrong protocol version", GOOD),
-    Case("unknown_content_type", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(99, b"what") + p.record(DATA, AFTER),
-         10, "unexpected type 99", GOOD),
-    Case("protected_change_cipher_spec", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(CCS, b"\x01") + p.record(DATA, AFTER),
-         10, "unexpected type 20 (change_cipher_spec)", GOOD),
-    Case("plaintext_change_cipher_spec", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + b"\x14\x03\x03\x00\x01\x01" + p.record(DATA, AFTER),
-         20, "too short to be protected", GOOD),
-    Case("plaintext_change_cipher_spec", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + b"\x14\x03\x03\x00\x01\x01" + p.record(DATA, AFTER),
-         10, "outer type 20 (change_cipher_spec)", GOOD),
-    *(Case(f"outer_type_{outer}", ("1.3",),
-           functools.partial(_outer_type, outer=outer),
-           10, f"outer type {outer}", GOOD) for outer in (CCS, ALERT, HANDSHAKE)),
-    Case("zero_len_data", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(DATA, b"") + p.record(DATA, AFTER)
-         + _close(p),
-         None, None, GOOD + AFTER),
-    Case("zero_len_alert", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"") + p.record(DATA, AFTER),
-         10, "malformed alert", GOOD),
-    Case("zero_len_alert_padded", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"", pad=10) + p.record(DATA, AFTER),
-         10, "malformed alert", GOOD),
-    Case("two_alerts_in_one_record", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, CLOSE_NOTIFY * 2),
-         10, "malformed alert from peer (4 bytes", GOOD),
-    Case("alert_split_over_two_records", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x01") + p.record(ALERT, b"\x00"),
-         10, "malformed alert from peer (1 bytes", GOOD),
-    Case("zero_len_handshake", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"") + p.record(DATA, AFTER),
-         10, "empty handshake record", GOOD),
-    Case("zero_len_handshake_skipped", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"") + p.record(DATA, AFTER)
-         + _close(p),
-         None, None, GOOD + AFTER),
-    Case("all_zero_inner_plaintext", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(0, b"", pad=32) + p.record(DATA, AFTER),
-         10, "no content type", GOOD),
-    Case("one_byte_tcp_writes", ("1.2", "1.3"),
-         lambda p: b"".join(p.record(DATA, bytes([i]) * 300) for i in range(5)) + _close(p),
-         None, None, b"".join(bytes([i]) * 300 for i in range(5)), one_byte_writes=True),
-    Case("flood_of_tiny_records", ("1.2", "1.3"),
-         lambda p: b"".join(p.record(DATA, b"t") for _ in range(30000)) + _close(p),
-         None, None, b"t" * 30000),
-    Case("four_warning_alerts_tolerated", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + _warnings(p, 4) + p.record(DATA, AFTER) + _close(p),
-         None, None, GOOD + AFTER),
-    Case("warnings_counted_in_a_row_only", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + _warnings(p, 4) + p.record(DATA, b"x")
-         + _warnings(p, 4) + p.record(DATA, AFTER) + _close(p),
-         None, None, GOOD + b"x" + AFTER),
-    Case("fifth_warning_alert", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + _warnings(p, 5) + p.record(DATA, AFTER),
-         10, "too many warning alerts from peer (last: unrecognized_name)", GOOD),
-    Case("warning_alert_flood", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + _warnings(p, 1000) + p.record(DATA, AFTER),
-         10, "too many warning alerts from peer (last: unrecognized_name)", GOOD),
-    Case("warning_alert_is_fatal_in_tls13", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _warnings(p, 1) + p.record(DATA, AFTER),
-         None, "peer sent fatal alert: unrecognized_name", GOOD),
-    Case("user_canceled_ignored", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x01\x5a") + p.record(DATA, AFTER)
-         + _close(p),
-         None, None, GOOD + AFTER),
-    Case("no_renegotiation_never_asked", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x01\x64") + p.record(DATA, AFTER),
-         40, "renegotiation we never asked for", GOOD),
-    Case("alert_level_unknown", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x07\x28") + p.record(DATA, AFTER),
-         47, "unknown level 7", GOOD),
-    Case("fatal_alert_from_peer", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x28") + p.record(DATA, AFTER),
-         None, "peer sent fatal alert: handshake_failure", GOOD),
-    Case("close_notify_at_fatal_level", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x00"),
-         None, "peer sent fatal alert: close_notify", GOOD),
-    Case("close_notify_at_fatal_level", ("1.3",),  # RFC 8446 6: the level is ignored
-         lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x00"),
-         None, None, GOOD),
-    Case("certificate_request_after_handshake", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, CERT_REQUEST)
-         + p.record(DATA, AFTER),
-         10, "unexpected handshake message certificate_request", GOOD),
-    Case("bogus_handshake_type", ("1.2", "1.3"),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\xee\x00\x00\x01\x00")
-         + p.record(DATA, AFTER),
-         10, "unexpected handshake message type 238", GOOD),
-    Case("new_session_ticket_from_client", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x04\x00\x00\x02\x00\x00")
-         + p.record(DATA, AFTER),
-         10, "new_session_ticket", GOOD),
-    Case("fragmented_handshake_then_data", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x04\x00\x00")
-         + p.record(DATA, AFTER),
-         10, "interleaved", GOOD),
-    Case("fragmented_handshake_then_close_notify", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x18\x00") + _close(p),
-         10, "interleaved", GOOD),
+    Case(
+        "bad_mac",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + _flip(p.record(DATA, b"x" * 1000)) + p.record(DATA, AFTER),
+        20,
+        "authentication",
+        GOOD,
+    ),
+    Case(
+        "truncated_then_eof",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(DATA, AFTER)[:200],
+        50,
+        "in the middle of a record",
+        GOOD,
+        shut_wr=True,
+    ),
+    Case(
+        "oversized",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(DATA, b"o" * (16384 + 1)),
+        22,
+        "oversized record",
+        GOOD,
+    ),
+    Case(
+        "wrong_version",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + _wrong_version(p.record(DATA, AFTER)),
+        70,
+        "wrong protocol version",
+        GOOD,
+    ),
+    Case(
+        "wrong_version",
+        ("1.3",),  # RFC 8446 ignores the field; Linux, OpenSSL do not
+        lambda p: p.record(DATA, GOOD) + _wrong_version(p.record(DATA, AFTER)),
+        50,
+        "wrong protocol version",
+        GOOD,
+    ),
+    Case(
+        "unknown_content_type",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(99, b"what") + p.record(DATA, AFTER),
+        10,
+        "unexpected type 99",
+        GOOD,
+    ),
+    Case(
+        "protected_change_cipher_spec",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(CCS, b"\x01") + p.record(DATA, AFTER),
+        10,
+        "unexpected type 20 (change_cipher_spec)",
+        GOOD,
+    ),
+    Case(
+        "plaintext_change_cipher_spec",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + b"\x14\x03\x03\x00\x01\x01" + p.record(DATA, AFTER),
+        20,
+        "too short to be protected",
+        GOOD,
+    ),
+    Case(
+        "plaintext_change_cipher_spec",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + b"\x14\x03\x03\x00\x01\x01" + p.record(DATA, AFTER),
+        10,
+        "outer type 20 (change_cipher_spec)",
+        GOOD,
+    ),
+    *(
+        Case(
+            f"outer_type_{outer}",
+            ("1.3",),
+            functools.partial(_outer_type, outer=outer),
+            10,
+            f"outer type {outer}",
+            GOOD,
+        )
+        for outer in (CCS, ALERT, HANDSHAKE)
+    ),
+    Case(
+        "zero_len_data",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(DATA, b"") + p.record(DATA, AFTER) + _close(p),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
+    Case(
+        "zero_len_alert",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"") + p.record(DATA, AFTER),
+        10,
+        "malformed alert",
+        GOOD,
+    ),
+    Case(
+        "zero_len_alert_padded",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"", pad=10) + p.record(DATA, AFTER),
+        10,
+        "malformed alert",
+        GOOD,
+    ),
+    Case(
+        "two_alerts_in_one_record",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, CLOSE_NOTIFY * 2),
+        10,
+        "malformed alert from peer (4 bytes",
+        GOOD,
+    ),
+    Case(
+        "alert_split_over_two_records",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x01") + p.record(ALERT, b"\x00"),
+        10,
+        "malformed alert from peer (1 bytes",
+        GOOD,
+    ),
+    Case(
+        "zero_len_handshake",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"") + p.record(DATA, AFTER),
+        10,
+        "empty handshake record",
+        GOOD,
+    ),
+    Case(
+        "zero_len_handshake_skipped",
+        ("1.2",),
+        lambda p: (
+            p.record(DATA, GOOD) + p.record(HANDSHAKE, b"") + p.record(DATA, AFTER) + _close(p)
+        ),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
+    Case(
+        "all_zero_inner_plaintext",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + p.record(0, b"", pad=32) + p.record(DATA, AFTER),
+        10,
+        "no content type",
+        GOOD,
+    ),
+    Case(
+        "one_byte_tcp_writes",
+        ("1.2", "1.3"),
+        lambda p: b"".join(p.record(DATA, bytes([i]) * 300) for i in range(5)) + _close(p),
+        None,
+        None,
+        b"".join(bytes([i]) * 300 for i in range(5)),
+        one_byte_writes=True,
+    ),
+    Case(
+        "flood_of_tiny_records",
+        ("1.2", "1.3"),
+        lambda p: b"".join(p.record(DATA, b"t") for _ in range(30000)) + _close(p),
+        None,
+        None,
+        b"t" * 30000,
+    ),
+    Case(
+        "four_warning_alerts_tolerated",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + _warnings(p, 4) + p.record(DATA, AFTER) + _close(p),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
+    Case(
+        "warnings_counted_in_a_row_only",
+        ("1.2",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + _warnings(p, 4)
+            + p.record(DATA, b"x")
+            + _warnings(p, 4)
+            + p.record(DATA, AFTER)
+            + _close(p)
+        ),
+        None,
+        None,
+        GOOD + b"x" + AFTER,
+    ),
+    Case(
+        "fifth_warning_alert",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + _warnings(p, 5) + p.record(DATA, AFTER),
+        10,
+        "too many warning alerts from peer (last: unrecognized_name)",
+        GOOD,
+    ),
+    Case(
+        "warning_alert_flood",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + _warnings(p, 1000) + p.record(DATA, AFTER),
+        10,
+        "too many warning alerts from peer (last: unrecognized_name)",
+        GOOD,
+    ),
+    Case(
+        "warning_alert_is_fatal_in_tls13",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + _warnings(p, 1) + p.record(DATA, AFTER),
+        None,
+        "peer sent fatal alert: unrecognized_name",
+        GOOD,
+    ),
+    Case(
+        "user_canceled_ignored",
+        ("1.2", "1.3"),
+        lambda p: (
+            p.record(DATA, GOOD) + p.record(ALERT, b"\x01\x5a") + p.record(DATA, AFTER) + _close(p)
+        ),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
+    Case(
+        "no_renegotiation_never_asked",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x01\x64") + p.record(DATA, AFTER),
+        40,
+        "renegotiation we never asked for",
+        GOOD,
+    ),
+    Case(
+        "alert_level_unknown",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x07\x28") + p.record(DATA, AFTER),
+        47,
+        "unknown level 7",
+        GOOD,
+    ),
+    Case(
+        "fatal_alert_from_peer",
+        ("1.2", "1.3"),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x28") + p.record(DATA, AFTER),
+        None,
+        "peer sent fatal alert: handshake_failure",
+        GOOD,
+    ),
+    Case(
+        "close_notify_at_fatal_level",
+        ("1.2",),
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x00"),
+        None,
+        "peer sent fatal alert: close_notify",
+        GOOD,
+    ),
+    Case(
+        "close_notify_at_fatal_level",
+        ("1.3",),  # RFC 8446 6: the level is ignored
+        lambda p: p.record(DATA, GOOD) + p.record(ALERT, b"\x02\x00"),
+        None,
+        None,
+        GOOD,
+    ),
+    Case(
+        "certificate_request_after_handshake",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, CERT_REQUEST) + p.record(DATA, AFTER),
+        10,
+        "unexpected handshake message certificate_request",
+        GOOD,
+    ),
+    Case(
+        "bogus_handshake_type",
+        ("1.2", "1.3"),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + p.record(HANDSHAKE, b"\xee\x00\x00\x01\x00")
+            + p.record(DATA, AFTER)
+        ),
+        10,
+        "unexpected handshake message type 238",
+        GOOD,
+    ),
+    Case(
+        "new_session_ticket_from_client",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + p.record(HANDSHAKE, b"\x04\x00\x00\x02\x00\x00")
+            + p.record(DATA, AFTER)
+        ),
+        10,
+        "new_session_ticket",
+        GOOD,
+    ),
+    Case(
+        "fragmented_handshake_then_data",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x04\x00\x00") + p.record(DATA, AFTER)
+        ),
+        10,
+        "interleaved",
+        GOOD,
+    ),
+    Case(
+        "fragmented_handshake_then_close_notify",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x18\x00") + _close(p),
+        10,
+        "interleaved",
+        GOOD,
+    ),
     # TLS 1.2 has no rule against interleaving; OpenSSL reads on.
-    Case("fragmented_handshake_then_data", ("1.2",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x01\x00\x00")
-         + p.record(DATA, AFTER) + _close(p),
-         None, None, GOOD + AFTER),
+    Case(
+        "fragmented_handshake_then_data",
+        ("1.2",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + p.record(HANDSHAKE, b"\x01\x00\x00")
+            + p.record(DATA, AFTER)
+            + _close(p)
+        ),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
     # RFC 8446 5.1: a KeyUpdate may be fragmented if it ends at a record boundary.
-    Case("key_update_in_two_records", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, KEY_UPDATE[:3], KEY_UPDATE[3:]) + p.rekey()
-         + p.record(DATA, AFTER) + _close(p),
-         None, None, GOOD + AFTER),
-    Case("key_update_in_three_records", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, KEY_UPDATE[:1], KEY_UPDATE[1:4], KEY_UPDATE[4:])
-         + p.rekey() + p.record(DATA, AFTER) + _close(p),
-         None, None, GOOD + AFTER),
-    Case("key_updates_back_to_back_fragmented", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, KEY_UPDATE[:2], KEY_UPDATE[2:]) + p.rekey()
-         + _hs(p, KEY_UPDATE[:4], KEY_UPDATE[4:]) + p.rekey() + p.record(DATA, AFTER) + _close(p),
-         None, None, GOOD + AFTER),
-    Case("key_update_not_at_record_end", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, KEY_UPDATE + KEY_UPDATE[:2])
-         + p.record(DATA, AFTER),
-         10, "KeyUpdate not at a record boundary", GOOD),
-    Case("two_key_updates_in_one_record", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, KEY_UPDATE * 2) + p.record(DATA, AFTER),
-         10, "KeyUpdate not at a record boundary", GOOD),
-    Case("key_update_body_too_long", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, b"\x18\x00\x00\x02\x00\x00")
-         + p.record(DATA, AFTER),
-         47, "post-handshake key_update of 2 bytes", GOOD),
-    Case("key_update_body_empty", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, b"\x18\x00\x00\x00") + p.record(DATA, AFTER),
-         50, "malformed KeyUpdate", GOOD),
-    Case("post_handshake_message_too_big", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + _hs(p, b"\x18\x7f\xff\xff") + p.record(DATA, AFTER),
-         47, "post-handshake key_update of 8388607 bytes", GOOD),
-    Case("bad_key_update_value", ("1.3",),
-         lambda p: p.record(DATA, GOOD) + p.record(HANDSHAKE, b"\x18\x00\x00\x01\x05")
-         + p.record(DATA, AFTER),
-         47, "request_update=5", GOOD),
-    Case("renegotiation_refused", ("1.2",),
-         lambda p: p.record(DATA, GOOD)
-         + p.record(HANDSHAKE, b"\x01\x00\x00\x26" + b"\x03\x03" + bytes(32) + b"\x00\x00\x00\x00")
-         + p.record(DATA, AFTER) + _close(p),
-         None, None, GOOD + AFTER, warning=100),
+    Case(
+        "key_update_in_two_records",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + _hs(p, KEY_UPDATE[:3], KEY_UPDATE[3:])
+            + p.rekey()
+            + p.record(DATA, AFTER)
+            + _close(p)
+        ),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
+    Case(
+        "key_update_in_three_records",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + _hs(p, KEY_UPDATE[:1], KEY_UPDATE[1:4], KEY_UPDATE[4:])
+            + p.rekey()
+            + p.record(DATA, AFTER)
+            + _close(p)
+        ),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
+    Case(
+        "key_updates_back_to_back_fragmented",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + _hs(p, KEY_UPDATE[:2], KEY_UPDATE[2:])
+            + p.rekey()
+            + _hs(p, KEY_UPDATE[:4], KEY_UPDATE[4:])
+            + p.rekey()
+            + p.record(DATA, AFTER)
+            + _close(p)
+        ),
+        None,
+        None,
+        GOOD + AFTER,
+    ),
+    Case(
+        "key_update_not_at_record_end",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD) + _hs(p, KEY_UPDATE + KEY_UPDATE[:2]) + p.record(DATA, AFTER)
+        ),
+        10,
+        "KeyUpdate not at a record boundary",
+        GOOD,
+    ),
+    Case(
+        "two_key_updates_in_one_record",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + _hs(p, KEY_UPDATE * 2) + p.record(DATA, AFTER),
+        10,
+        "KeyUpdate not at a record boundary",
+        GOOD,
+    ),
+    Case(
+        "key_update_body_too_long",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD) + _hs(p, b"\x18\x00\x00\x02\x00\x00") + p.record(DATA, AFTER)
+        ),
+        47,
+        "post-handshake key_update of 2 bytes",
+        GOOD,
+    ),
+    Case(
+        "key_update_body_empty",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + _hs(p, b"\x18\x00\x00\x00") + p.record(DATA, AFTER),
+        50,
+        "malformed KeyUpdate",
+        GOOD,
+    ),
+    Case(
+        "post_handshake_message_too_big",
+        ("1.3",),
+        lambda p: p.record(DATA, GOOD) + _hs(p, b"\x18\x7f\xff\xff") + p.record(DATA, AFTER),
+        47,
+        "post-handshake key_update of 8388607 bytes",
+        GOOD,
+    ),
+    Case(
+        "bad_key_update_value",
+        ("1.3",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + p.record(HANDSHAKE, b"\x18\x00\x00\x01\x05")
+            + p.record(DATA, AFTER)
+        ),
+        47,
+        "request_update=5",
+        GOOD,
+    ),
+    Case(
+        "renegotiation_refused",
+        ("1.2",),
+        lambda p: (
+            p.record(DATA, GOOD)
+            + p.record(
+                HANDSHAKE, b"\x01\x00\x00\x26" + b"\x03\x03" + bytes(32) + b"\x00\x00\x00\x00"
+            )
+            + p.record(DATA, AFTER)
+            + _close(p)
+        ),
+        None,
+        None,
+        GOOD + AFTER,
+        warning=100,
+    ),
 ]
 
 PARAMS = [pytest.param(c, v, id=f"{c.name}-tls{v}") for c in CASES for v in c.versions]
@@ -361,8 +646,9 @@ def _check_answer(case: Case, replies: list[tuple[int, bytes]]) -> None:
 @pytest.mark.parametrize(("case", "version"), PARAMS)
 def test_hostile_peer(case: Case, version: str, tmp_path: Path, small_file: Path) -> None:
     vflag = "-tls1_2" if version == "1.2" else "-tls1_3"
-    with tlsctl_server("--save-dir", str(tmp_path), "-naccept", "2", "--offload", "sw",
-                       vflag) as srv:
+    with tlsctl_server(
+        "--save-dir", str(tmp_path), "-naccept", "2", "--offload", "sw", vflag
+    ) as srv:
         replies = _attack(srv.port, case, version)
         # The server keeps running: a real client afterwards succeeds.
         good = openssl_client(srv.port, small_file, vflag)
@@ -442,20 +728,23 @@ def test_fatal_alert_reaches_a_peer_that_keeps_writing() -> None:
 
 
 @pytest.mark.parametrize("server", ["tlsctl", "openssl"])
-def test_close_notify_answered_before_a_complete_request(server: str, tmp_path: Path,
-                                                         pki: Pki) -> None:
+def test_close_notify_answered_before_a_complete_request(
+    server: str, tmp_path: Path, pki: Pki
+) -> None:
     """``-WWW``: the client's close_notify before a whole request is answered
     with the server's own close_notify (as ``openssl s_server -WWW`` does),
     not with a bare TCP close."""
     (tmp_path / "f.txt").write_bytes(b"file\n")
     with contextlib.ExitStack() as stack:
         if server == "tlsctl":
-            port = stack.enter_context(tlsctl_server(
-                "-WWW", str(tmp_path), "-naccept", "1", "--offload", "sw", "-tls1_3")).port
+            port = stack.enter_context(
+                tlsctl_server("-WWW", str(tmp_path), "-naccept", "1", "--offload", "sw", "-tls1_3")
+            ).port
         else:
             sink = stack.enter_context(open(os.devnull, "wb"))
             _proc, port = stack.enter_context(
-                openssl_server(pki.cert, pki.key, sink, "-WWW", "-tls1_3"))
+                openssl_server(pki.cert, pki.key, sink, "-WWW", "-tls1_3")
+            )
         peer = Peer(port, "1.3")
         try:
             peer.sock.sendall(peer.record(DATA, b"GET /f.t") + _close(peer))
@@ -498,8 +787,9 @@ def test_wire_helpers_roundtrip() -> None:
     """encrypt_record with an all-zero TLS 1.3 inner plaintext is what we think."""
     from offload.uapi import TLS_1_3_VERSION, CipherType, CryptoInfo
 
-    info = CryptoInfo.create(TLS_1_3_VERSION, CipherType.AES_GCM_128, key=bytes(16),
-                             iv=bytes(8), salt=bytes(4), seq=0)
+    info = CryptoInfo.create(
+        TLS_1_3_VERSION, CipherType.AES_GCM_128, key=bytes(16), iv=bytes(8), salt=bytes(4), seq=0
+    )
     rec = encrypt_record(info, 0, 0, b"", pad=3)
     assert struct.unpack(">H", rec[3:5])[0] == 4 + 16
 
@@ -530,32 +820,76 @@ NST = b"\x04\x00\x00\x0a" + bytes(range(10))  # a NewSessionTicket (content-free
 # (its write side is closed).  Both outcomes are checked against the wire;
 # ``test_hostile_server_mid_transfer`` pins the first one down.
 SERVER_CASES = [
-    ServerCase("hello_request_ignored", "1.2",
-               lambda p: p.record(HANDSHAKE, b"\x00\x00\x00\x00"), None, None),
-    ServerCase("certificate_request_after_handshake", "1.3",
-               lambda p: p.record(HANDSHAKE, CERT_REQUEST), None,
-               "unexpected handshake message certificate_request", during=10),
-    ServerCase("fatal_alert", "1.3", lambda p: p.record(ALERT, b"\x02\x28"),
-               None, "peer sent fatal alert: handshake_failure"),
-    ServerCase("bad_mac", "1.2", lambda p: _flip(p.record(DATA, b"x" * 100)),
-               None, "authentication", during=20),
+    ServerCase(
+        "hello_request_ignored",
+        "1.2",
+        lambda p: p.record(HANDSHAKE, b"\x00\x00\x00\x00"),
+        None,
+        None,
+    ),
+    ServerCase(
+        "certificate_request_after_handshake",
+        "1.3",
+        lambda p: p.record(HANDSHAKE, CERT_REQUEST),
+        None,
+        "unexpected handshake message certificate_request",
+        during=10,
+    ),
+    ServerCase(
+        "fatal_alert",
+        "1.3",
+        lambda p: p.record(ALERT, b"\x02\x28"),
+        None,
+        "peer sent fatal alert: handshake_failure",
+    ),
+    ServerCase(
+        "bad_mac",
+        "1.2",
+        lambda p: _flip(p.record(DATA, b"x" * 100)),
+        None,
+        "authentication",
+        during=20,
+    ),
     # TLS 1.3: close_notify closes one direction; the server may still send.
-    ServerCase("data_after_client_close_notify", "1.3", lambda p: b"", None, None,
-               after_close=b"late data" * 1000),
+    ServerCase(
+        "data_after_client_close_notify",
+        "1.3",
+        lambda p: b"",
+        None,
+        None,
+        after_close=b"late data" * 1000,
+    ),
     # RFC 8446 5.1: tickets fragmented over records, or several in one (plus
     # the 2 pyOpenSSL's server sends itself).
-    ServerCase("tickets_fragmented_and_coalesced", "1.3",
-               lambda p: _hs(p, NST[:3], NST[3:9], NST[9:]) + _hs(p, NST * 2), None, None,
-               after_close=b"late data", counts={"session_tickets_ignored": 5}),
+    ServerCase(
+        "tickets_fragmented_and_coalesced",
+        "1.3",
+        lambda p: _hs(p, NST[:3], NST[3:9], NST[9:]) + _hs(p, NST * 2),
+        None,
+        None,
+        after_close=b"late data",
+        counts={"session_tickets_ignored": 5},
+    ),
     # The KeyUpdate ends a record that began with a ticket: the layer does
     # not pause, the client must switch keys before reading on.
-    ServerCase("ticket_and_key_update_in_one_record", "1.3",
-               lambda p: _hs(p, NST + KEY_UPDATE) + p.rekey(), None, None,
-               after_close=b"under the next key" * 100,
-               counts={"session_tickets_ignored": 3, "key_updates_received": 1}),
-    ServerCase("key_update_in_two_records", "1.3",
-               lambda p: _hs(p, KEY_UPDATE[:3], KEY_UPDATE[3:]) + p.rekey(), None, None,
-               after_close=b"under the next key" * 100, counts={"key_updates_received": 1}),
+    ServerCase(
+        "ticket_and_key_update_in_one_record",
+        "1.3",
+        lambda p: _hs(p, NST + KEY_UPDATE) + p.rekey(),
+        None,
+        None,
+        after_close=b"under the next key" * 100,
+        counts={"session_tickets_ignored": 3, "key_updates_received": 1},
+    ),
+    ServerCase(
+        "key_update_in_two_records",
+        "1.3",
+        lambda p: _hs(p, KEY_UPDATE[:3], KEY_UPDATE[3:]) + p.rekey(),
+        None,
+        None,
+        after_close=b"under the next key" * 100,
+        counts={"key_updates_received": 1},
+    ),
 ]
 
 
@@ -594,9 +928,12 @@ class ServerPeer(Peer):
         return got
 
 
-def _send_to(tmp_path: Path, file: Path, version: str,
-             serve: Callable[[ServerPeer], list[tuple[int, bytes]]],
-             ) -> tuple[subprocess.CompletedProcess[str], list[tuple[int, bytes]]]:
+def _send_to(
+    tmp_path: Path,
+    file: Path,
+    version: str,
+    serve: Callable[[ServerPeer], list[tuple[int, bytes]]],
+) -> tuple[subprocess.CompletedProcess[str], list[tuple[int, bytes]]]:
     """``tlsctl send FILE`` (sw) to a ServerPeer that ``serve`` drives after
     the handshake; send's result and the records the server decrypted."""
     import threading
@@ -618,8 +955,17 @@ def _send_to(tmp_path: Path, file: Path, version: str,
 
         t = threading.Thread(target=server, daemon=True)
         t.start()
-        r = run_tlsctl("send", str(file), "-connect", f"localhost:{ls.getsockname()[1]}",
-                       "-CAfile", str(pki.ca), "--offload", "sw", "--json")
+        r = run_tlsctl(
+            "send",
+            str(file),
+            "-connect",
+            f"localhost:{ls.getsockname()[1]}",
+            "-CAfile",
+            str(pki.ca),
+            "--offload",
+            "sw",
+            "--json",
+        )
         t.join(30)
     (records,) = seen
     return r, records
@@ -657,14 +1003,23 @@ def test_hostile_server(case: ServerCase, tmp_path: Path, small_file: Path) -> N
         assert bytes([1, case.warning]) in alerts
 
 
-@pytest.mark.parametrize(("version", "build", "alert", "error"), [
-    ("1.2", lambda p: _flip(p.record(DATA, b"x" * 100)), 20, "authentication"),
-    ("1.3", lambda p: _flip(p.record(DATA, b"x" * 100)), 20, "authentication"),
-    ("1.3", lambda p: p.record(HANDSHAKE, CERT_REQUEST), 10,
-     "unexpected handshake message certificate_request"),
-], ids=["bad_mac-1.2", "bad_mac-1.3", "certificate_request-1.3"])
-def test_hostile_server_mid_transfer(version: str, build: Callable[[Peer], bytes], alert: int,
-                                     error: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "build", "alert", "error"),
+    [
+        ("1.2", lambda p: _flip(p.record(DATA, b"x" * 100)), 20, "authentication"),
+        ("1.3", lambda p: _flip(p.record(DATA, b"x" * 100)), 20, "authentication"),
+        (
+            "1.3",
+            lambda p: p.record(HANDSHAKE, CERT_REQUEST),
+            10,
+            "unexpected handshake message certificate_request",
+        ),
+    ],
+    ids=["bad_mac-1.2", "bad_mac-1.3", "certificate_request-1.3"],
+)
+def test_hostile_server_mid_transfer(
+    version: str, build: Callable[[Peer], bytes], alert: int, error: str, tmp_path: Path
+) -> None:
     """A bad record while the file is still going out (the server does not
     read for a second, so send is blocked mid-file): send answers with the
     fatal alert, and not one record follows it (no more data, no
@@ -695,8 +1050,9 @@ def test_hostile_server_mid_transfer(version: str, build: Callable[[Peer], bytes
 def test_fatal_alert_message_same_without_offload(version: str, tmp_path: Path) -> None:
     """``--offload none`` (pyOpenSSL keeps the records) names the alert alike."""
     vflag = "-tls1_2" if version == "1.2" else "-tls1_3"
-    with tlsctl_server("--save-dir", str(tmp_path), "-naccept", "1", "--offload", "none",
-                       vflag) as srv:
+    with tlsctl_server(
+        "--save-dir", str(tmp_path), "-naccept", "1", "--offload", "none", vflag
+    ) as srv:
         peer = Peer(srv.port, version)
         try:
             peer.sock.sendall(peer.record(DATA, GOOD) + peer.record(ALERT, b"\x02\x28"))

@@ -64,16 +64,30 @@ def mib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"])
-def test_send_key_update_every_1m_to_s_server(pki: Pki, big: Path, tmp_path: Path,
-                                              suite: str) -> None:
+def test_send_key_update_every_1m_to_s_server(
+    pki: Pki, big: Path, tmp_path: Path, suite: str
+) -> None:
     """64 MiB with a KeyUpdate every 1 MiB: s_server decrypts it all (hash
     equal); our TX sequence restarts at 0 after each update."""
     out = tmp_path / "got.bin"
-    with out.open("wb") as f, openssl_server(pki.cert, pki.key, f, "-tls1_3",
-                                             "-ciphersuites", suite) as (proc, port):
-        r = run_tlsctl("send", str(big), "-connect", f"localhost:{port}", "-CAfile",
-                       str(pki.ca), "--json", "--offload", "sw", "--key-update-every", "1M",
-                       timeout=120)
+    with (
+        out.open("wb") as f,
+        openssl_server(pki.cert, pki.key, f, "-tls1_3", "-ciphersuites", suite) as (proc, port),
+    ):
+        r = run_tlsctl(
+            "send",
+            str(big),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--json",
+            "--offload",
+            "sw",
+            "--key-update-every",
+            "1M",
+            timeout=120,
+        )
         proc.wait(30)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
@@ -86,15 +100,28 @@ def test_send_key_update_every_1m_to_s_server(pki: Pki, big: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("tickets", [2, 5])
-def test_session_tickets_after_handoff(pki: Pki, mib: Path, tmp_path: Path,
-                                       tickets: int) -> None:
+def test_session_tickets_after_handoff(pki: Pki, mib: Path, tmp_path: Path, tickets: int) -> None:
     """s_server sends N tickets after the handshake: counted and skipped, no
     data lost, the RX sequence number after them (and close_notify) is N+1."""
     out = tmp_path / "got.bin"
-    with out.open("wb") as f, openssl_server(pki.cert, pki.key, f, "-tls1_3", "-num_tickets",
-                                             str(tickets)) as (proc, port):
-        r = run_tlsctl("send", str(mib), "-connect", f"localhost:{port}", "-CAfile",
-                       str(pki.ca), "--json", "--offload", "sw")
+    with (
+        out.open("wb") as f,
+        openssl_server(pki.cert, pki.key, f, "-tls1_3", "-num_tickets", str(tickets)) as (
+            proc,
+            port,
+        ),
+    ):
+        r = run_tlsctl(
+            "send",
+            str(mib),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--json",
+            "--offload",
+            "sw",
+        )
         proc.wait(30)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
@@ -105,8 +132,17 @@ def test_session_tickets_after_handoff(pki: Pki, mib: Path, tmp_path: Path,
 
 def test_key_update_needs_tls13(pki: Pki, mib: Path) -> None:
     with open(os.devnull, "wb") as sink, openssl_server(pki.cert, pki.key, sink) as (_p, port):
-        r = run_tlsctl("send", str(mib), "-connect", f"localhost:{port}", "-CAfile",
-                       str(pki.ca), "-tls1_2", "--key-update-every", "64K")
+        r = run_tlsctl(
+            "send",
+            str(mib),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "-tls1_2",
+            "--key-update-every",
+            "64K",
+        )
     assert r.returncode == 1
     assert "needs TLS 1.3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_tlsctl("send", str(mib), "--loopback", "--key-update-every", "lots")
@@ -114,8 +150,9 @@ def test_key_update_needs_tls13(pki: Pki, mib: Path) -> None:
 
 
 def test_send_loopback_key_update() -> None:
-    r = run_tlsctl("send", "--loopback", "--size", str(3 << 20), "--json",
-                   "--key-update-every", "256K")
+    r = run_tlsctl(
+        "send", "--loopback", "--size", str(3 << 20), "--json", "--key-update-every", "256K"
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["match"] and s["key_updates_sent"] == 11
@@ -123,8 +160,16 @@ def test_send_loopback_key_update() -> None:
 
 def gnutls_echo(pki: Pki, port: int) -> list[str]:
     """``gnutls-serv`` echoing what it decrypts, with the test PKI's server cert."""
-    return ["gnutls-serv", "-p", str(port), "--echo", "--x509certfile", str(pki.cert),
-            "--x509keyfile", str(pki.key)]
+    return [
+        "gnutls-serv",
+        "-p",
+        str(port),
+        "--echo",
+        "--x509certfile",
+        str(pki.cert),
+        "--x509keyfile",
+        str(pki.key),
+    ]
 
 
 @needs_gnutls
@@ -133,12 +178,24 @@ def test_send_key_update_to_gnutls_serv(pki: Pki, mib: Path) -> None:
     would end in an alert.  (GnuTLS accepts at most 8 KeyUpdates per second
     and answers more with "Too many handshake packets", so 5 here.)"""
     port = free_port()
-    with spawn(gnutls_echo(pki, port), stdout=subprocess.DEVNULL,
-               stderr=subprocess.DEVNULL) as proc:
+    with spawn(
+        gnutls_echo(pki, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as proc:
         wait_port(port, proc)
-        r = run_tlsctl("send", str(mib), "-connect", f"localhost:{port}", "-CAfile",
-                       str(pki.ca), "--json", "-tls1_3", "--offload", "sw",
-                       "--key-update-every", "200K")
+        r = run_tlsctl(
+            "send",
+            str(mib),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--json",
+            "-tls1_3",
+            "--offload",
+            "sw",
+            "--key-update-every",
+            "200K",
+        )
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["key_updates_sent"] == 5 and s["bytes"] == 1 << 20
@@ -147,12 +204,34 @@ def test_send_key_update_to_gnutls_serv(pki: Pki, mib: Path) -> None:
 @needs_gnutls
 def test_gnutls_cli_to_serve_key_update(pki: Pki, mib: Path) -> None:
     """serve --key-update-every: gnutls-cli's copy of the echo is the file."""
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--echo",
-                       "-naccept", "1", "--offload", "sw", "--key-update-every", "200K") as srv:
-        cmd = ["gnutls-cli", "-p", str(srv.port), "localhost", "--x509cafile", str(pki.ca),
-               "--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3", "--logfile=/dev/null"]
-        with mib.open("rb") as f, spawn(cmd, stdin=f, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE) as p:
+    with tlsctl_server(
+        "-cert",
+        str(pki.cert),
+        "-key",
+        str(pki.key),
+        "--echo",
+        "-naccept",
+        "1",
+        "--offload",
+        "sw",
+        "--key-update-every",
+        "200K",
+    ) as srv:
+        cmd = [
+            "gnutls-cli",
+            "-p",
+            str(srv.port),
+            "localhost",
+            "--x509cafile",
+            str(pki.ca),
+            "--priority",
+            "NORMAL:-VERS-ALL:+VERS-TLS1.3",
+            "--logfile=/dev/null",
+        ]
+        with (
+            mib.open("rb") as f,
+            spawn(cmd, stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p,
+        ):
             out, err = p.communicate(timeout=30)
         (rec,) = srv.records()
     assert p.returncode == 0, err
@@ -179,8 +258,19 @@ def _exchange(s: ssl.SSLSocket, data: bytes) -> bytes:
 
 
 def test_serve_key_update_every_with_python_ssl(pki: Pki) -> None:
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--echo", "-naccept", "1",
-                       "--offload", "sw", "--key-update-every", "64K") as srv:
+    with tlsctl_server(
+        "-cert",
+        str(pki.cert),
+        "-key",
+        str(pki.key),
+        "--echo",
+        "-naccept",
+        "1",
+        "--offload",
+        "sw",
+        "--key-update-every",
+        "64K",
+    ) as srv:
         data = os.urandom(1 << 20)
         with _ssl_client(srv.port, pki.ca) as s:
             for i in range(0, len(data), 1 << 16):
@@ -193,8 +283,9 @@ def test_serve_key_update_every_with_python_ssl(pki: Pki) -> None:
 
 def test_serve_sigusr1_key_update(pki: Pki) -> None:
     """SIGUSR1: each live TLS 1.3 connection rekeys before its next record."""
-    with tlsctl_server("-cert", str(pki.cert), "-key", str(pki.key), "--echo", "-naccept", "2",
-                       "--offload", "sw") as srv:
+    with tlsctl_server(
+        "-cert", str(pki.cert), "-key", str(pki.key), "--echo", "-naccept", "2", "--offload", "sw"
+    ) as srv:
         with _ssl_client(srv.port, pki.ca) as a, _ssl_client(srv.port, pki.ca) as b:
             for s in (a, b):
                 assert _exchange(s, b"before") == b"before"
@@ -218,18 +309,34 @@ def test_gnutls_serv_rate_limits_key_updates(pki: Pki, mib: Path) -> None:
     1 MiB with one every 32 KiB (31 in a few ms) makes it abort with a fatal
     internal_error alert, which send reports as one clear line."""
     port = free_port()
-    with spawn(gnutls_echo(pki, port), stdout=subprocess.DEVNULL,
-               stderr=subprocess.DEVNULL) as proc:
+    with spawn(
+        gnutls_echo(pki, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as proc:
         wait_port(port, proc)
-        r = run_tlsctl("send", str(mib), "-connect", f"localhost:{port}", "-CAfile",
-                       str(pki.ca), "-tls1_3", "--offload", "sw", "--key-update-every", "32K",
-                       "--json")
+        r = run_tlsctl(
+            "send",
+            str(mib),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "-tls1_3",
+            "--offload",
+            "sw",
+            "--key-update-every",
+            "32K",
+            "--json",
+        )
     assert r.returncode == 3  # the transfer started: incomplete
     # Which line depends on a race: the alert is read when our send finished
     # first; when GnuTLS hung up mid-send, the layer's recvmsg re-raises the
     # TX error (EPIPE) from its queued bytes, so the alert cannot be read.
     line = r.stderr.strip()
     assert line.startswith("Error: transfer incomplete: sent ") and "\n" not in line, line
-    assert line.endswith(("; peer sent fatal alert: internal_error",
-                          "; peer closed the connection while we were sending",
-                          "; the peer reset the connection")), line
+    assert line.endswith(
+        (
+            "; peer sent fatal alert: internal_error",
+            "; peer closed the connection while we were sending",
+            "; the peer reset the connection",
+        )
+    ), line

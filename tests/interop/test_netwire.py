@@ -132,17 +132,32 @@ def test_plain_tcp_across_the_nic(wire: NetnsWire, size: int) -> None:
 
 
 @needs_wire
-def test_tlsctl_send_sw_to_openssl_across_the_nic(wire: NetnsWire, pki: Pki,
-                                                   tmp_path: Path) -> None:
+def test_tlsctl_send_sw_to_openssl_across_the_nic(
+    wire: NetnsWire, pki: Pki, tmp_path: Path
+) -> None:
     """Our CLI in the sender namespace, ``openssl s_server`` in the receiver's."""
     src = tmp_path / "src"
     src.write_bytes(os.urandom(3 << 20))
     out = tmp_path / "out"
-    with out.open("wb") as f, s_server_in_rx(wire, pki, "1.3", "TLS_AES_128_GCM_SHA256", f,
-                                             port=4440) as srv:
-        cmd = wire.argv("tx", [sys.executable, "-m", "tlsctl.cli", "send", str(src),
-                               "--connect", f"{wire.addr('rx')}:4440", "--offload", "sw",
-                               "--insecure"])
+    with (
+        out.open("wb") as f,
+        s_server_in_rx(wire, pki, "1.3", "TLS_AES_128_GCM_SHA256", f, port=4440) as srv,
+    ):
+        cmd = wire.argv(
+            "tx",
+            [
+                sys.executable,
+                "-m",
+                "tlsctl.cli",
+                "send",
+                str(src),
+                "--connect",
+                f"{wire.addr('rx')}:4440",
+                "--offload",
+                "sw",
+                "--insecure",
+            ],
+        )
         r = subprocess.run(cmd, capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr.decode()
         srv.wait(20)
@@ -151,8 +166,9 @@ def test_tlsctl_send_sw_to_openssl_across_the_nic(wire: NetnsWire, pki: Pki,
 
 @needs_wire
 @pytest.mark.parametrize(("version", "suite"), SUITES, ids=[f"{v}-{s}" for v, s in SUITES])
-def test_simnic_on_the_real_wire_to_openssl(wire: NetnsWire, pki: Pki, tmp_path: Path,
-                                           version: str, suite: str) -> None:
+def test_simnic_on_the_real_wire_to_openssl(
+    wire: NetnsWire, pki: Pki, tmp_path: Path, version: str, suite: str
+) -> None:
     """``send --offload sim-nic`` through the library: the host frames, the
     kernel's TCP segments, the NIC process encrypts; s_server decrypts it all."""
     src = tmp_path / "src"
@@ -185,8 +201,9 @@ def _software_stream(res_info: CryptoInfo | None, data: bytes) -> bytes:
 
 @needs_wire
 @pytest.mark.parametrize(("version", "suite"), [SUITES[0], SUITES[3]], ids=["1.2", "1.3"])
-def test_retransmission_resyncs_to_software_bytes(wire: NetnsWire, pki: Pki, tmp_path: Path,
-                                                 version: str, suite: str) -> None:
+def test_retransmission_resyncs_to_software_bytes(
+    wire: NetnsWire, pki: Pki, tmp_path: Path, version: str, suite: str
+) -> None:
     """Frames lost after the NIC make the kernel retransmit for real; the
     NIC resyncs from the host's store (ooo, dump counters move) and every
     frame that crossed the receiver's link - the retransmissions included -
@@ -249,6 +266,7 @@ def test_capture_sees_plaintext_without_offload(wire: NetnsWire) -> None:
     srv.listen(1)
     cap = RxCapture(wire, 4443)
     try:
+
         def receive() -> None:
             c, _ = srv.accept()
             with c:
@@ -265,7 +283,6 @@ def test_capture_sees_plaintext_without_offload(wire: NetnsWire) -> None:
         cap.stop()
         srv.close()
     assert unit[:32] in cap.payload_bytes()
-
 
 
 @needs_wire
@@ -296,15 +313,33 @@ def test_simnic_sizes_to_openssl(wire: NetnsWire, pki: Pki, tmp_path: Path, size
 
 
 @needs_wire
-def test_simnic_to_tlsctl_serve_in_the_other_namespace(wire: NetnsWire, pki: Pki,
-                                                       tmp_path: Path) -> None:
+def test_simnic_to_tlsctl_serve_in_the_other_namespace(
+    wire: NetnsWire, pki: Pki, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     src.write_bytes(os.urandom(5 << 20))
     out = tmp_path / "out"
     version, suite = SUITES[1]
-    cmd = wire.argv("rx", [sys.executable, "-m", "tlsctl.cli", "serve", "-accept",
-                           f"{wire.addr('rx')}:4445", "-cert", str(pki.rsa_cert), "-key",
-                           str(pki.rsa_key), "-naccept", "1", "-o", str(out), "--json"])
+    cmd = wire.argv(
+        "rx",
+        [
+            sys.executable,
+            "-m",
+            "tlsctl.cli",
+            "serve",
+            "-accept",
+            f"{wire.addr('rx')}:4445",
+            "-cert",
+            str(pki.rsa_cert),
+            "-key",
+            str(pki.rsa_key),
+            "-naccept",
+            "1",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as srv:
         wait_listening(srv, 4445)
         sock, res = connect_tls(wire, version, suite, port=4445)
@@ -334,6 +369,7 @@ def test_small_ring_waits_for_acks(wire: NetnsWire, pki: Pki, tmp_path: Path) ->
         assert path.tx is not None
         inner = path.tx.store.wait_room
         assert inner is not None
+
         def counted_wait() -> bool:
             waits.append(1)
             return inner()
@@ -359,11 +395,13 @@ def test_owner_killed_leaves_nothing_behind() -> None:
     """SIGKILL the process that built the wire: the NIC gets SIGTERM from
     the kernel (PR_SET_PDEATHSIG), removes the namespaces and the control
     directory, and exits."""
-    code = ("from offload.netwire.netns import NetnsWire\n"
-            "import sys, time\n"
-            "w = NetnsWire().__enter__()\n"
-            "print(w.ns['tx'], w.ns['rx'], w.nic_pid, w.rundir, flush=True)\n"
-            "time.sleep(60)\n")
+    code = (
+        "from offload.netwire.netns import NetnsWire\n"
+        "import sys, time\n"
+        "w = NetnsWire().__enter__()\n"
+        "print(w.ns['tx'], w.ns['rx'], w.nic_pid, w.rundir, flush=True)\n"
+        "time.sleep(60)\n"
+    )
     with spawn([sys.executable, "-c", code], stdout=subprocess.PIPE) as owner:
         assert owner.stdout is not None
         tx, rx, pid, rundir = owner.stdout.readline().decode().split()
@@ -371,8 +409,9 @@ def test_owner_killed_leaves_nothing_behind() -> None:
         owner.kill()
         owner.wait(10)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (tx in _netns_list() or rx in _netns_list()
-                                           or Path(f"/proc/{pid}").exists()):
+    while time.monotonic() < deadline and (
+        tx in _netns_list() or rx in _netns_list() or Path(f"/proc/{pid}").exists()
+    ):
         time.sleep(0.1)
     assert tx not in _netns_list() and rx not in _netns_list()
     assert not Path(f"/proc/{pid}").exists()

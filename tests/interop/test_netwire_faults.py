@@ -40,10 +40,14 @@ def test_spec_parses_and_refuses_model_only_kinds() -> None:
     f = WireFaults.parse("drop=0.01, reorder=0.02,dup=0.005,delay=1.5,seed=9")
     assert (f.drop, f.reorder, f.dup, f.delay, f.seed) == (0.01, 0.02, 0.005, 1.5, 9)
     assert str(f) == "drop=0.01,dup=0.005,reorder=0.02,delay=1.5,seed=9"
-    for bad, why in (("split=0.1", "means nothing on a real wire"),
-                     ("redirect=0.1", "means nothing on a real wire"),
-                     ("drop=2", "not a probability"), ("jitter=1", "unknown fault"),
-                     ("seed=x", "must be an integer"), ("drop", "needs a value")):
+    for bad, why in (
+        ("split=0.1", "means nothing on a real wire"),
+        ("redirect=0.1", "means nothing on a real wire"),
+        ("drop=2", "not a probability"),
+        ("jitter=1", "unknown fault"),
+        ("seed=x", "must be an integer"),
+        ("drop", "needs a value"),
+    ):
         with pytest.raises(ValueError, match=why) as ei:
             WireFaults.parse(bad)
         assert "\n" not in str(ei.value)
@@ -87,8 +91,10 @@ def test_simnic_under_real_frame_faults(pki: Pki, tmp_path: Path, seed: int) -> 
     with NetnsWire(faults=f"drop=0.03,reorder=0.03,dup=0.01,seed={seed}") as wire:
         cap = RxCapture(wire, 4450)
         try:
-            with out.open("wb") as f, s_server_in_rx(wire, pki, version, suite, f,
-                                                     port=4450) as srv:
+            with (
+                out.open("wb") as f,
+                s_server_in_rx(wire, pki, version, suite, f, port=4450) as srv,
+            ):
                 sock, res = connect_tls(wire, version, suite, port=4450)
                 chan, _ = offload_channel(wire, sock, res)
                 with (tmp_path / "src").open("rb") as fh:
@@ -102,13 +108,14 @@ def test_simnic_under_real_frame_faults(pki: Pki, tmp_path: Path, seed: int) -> 
     assert sha(out) == sha(tmp_path / "src")
     assert unit[:32] not in cap.payload_bytes()
     nic, dev, faults = stats["nic"], stats["device"], stats["faults"]
-    assert nic["frames_out"] == nic["frames_passed"] + nic["frames_offloaded"] + nic[
-        "frames_dropped"]
-    assert nic["frames_offloaded"] == dev["tx_tls_encrypted_packets"] + dev[
-        "tx_tls_skip_no_sync_data"]
+    assert (
+        nic["frames_out"] == nic["frames_passed"] + nic["frames_offloaded"] + nic["frames_dropped"]
+    )
+    assert (
+        nic["frames_offloaded"] == dev["tx_tls_encrypted_packets"] + dev["tx_tls_skip_no_sync_data"]
+    )
     assert nic["frames_dropped"] == dev["tx_tls_drop_no_sync_data"]
-    SOAK.append((sum(faults["out"].values()) + sum(faults["back"].values()),
-                 dev["tx_tls_ooo"]))
+    SOAK.append((sum(faults["out"].values()) + sum(faults["back"].values()), dev["tx_tls_ooo"]))
 
 
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -138,6 +145,8 @@ def test_soak_hit_faults_and_resyncs() -> None:
     and the NIC resynced on retransmissions."""
     if not SOAK:
         pytest.skip("the seed runs were deselected")
-    print(f"soak: {len(SOAK)} seeds, faults {sum(f for f, _ in SOAK)}, "
-          f"resyncs {sum(r for _, r in SOAK)}")
+    print(
+        f"soak: {len(SOAK)} seeds, faults {sum(f for f, _ in SOAK)}, "
+        f"resyncs {sum(r for _, r in SOAK)}"
+    )
     assert sum(f for f, _ in SOAK) > 0 and sum(r for _, r in SOAK) > 0

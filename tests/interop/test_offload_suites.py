@@ -56,10 +56,21 @@ def _carried(name: str) -> bool:
 
 
 @pytest.mark.parametrize("offload", ["sw", "sim-nic"])
-def test_serve_alerts_a_client_with_no_carried_suite(offload: str, pki: Pki, data: Path,
-                                                     tmp_path: Path) -> None:
-    with tlsctl_server("-cert", str(pki.rsa_cert), "-key", str(pki.rsa_key), "--offload",
-                       offload, "--save-dir", str(tmp_path), "-naccept", "2") as srv:
+def test_serve_alerts_a_client_with_no_carried_suite(
+    offload: str, pki: Pki, data: Path, tmp_path: Path
+) -> None:
+    with tlsctl_server(
+        "-cert",
+        str(pki.rsa_cert),
+        "-key",
+        str(pki.rsa_key),
+        "--offload",
+        offload,
+        "--save-dir",
+        str(tmp_path),
+        "-naccept",
+        "2",
+    ) as srv:
         bad = openssl_client(srv.port, data, *CBC)
         good = openssl_client(srv.port, data)  # the server is still up and serving
         recs = sorted(srv.records(), key=lambda r: r["conn"])
@@ -73,10 +84,21 @@ def test_serve_alerts_a_client_with_no_carried_suite(offload: str, pki: Pki, dat
 
 
 @pytest.mark.parametrize("offload", ["auto", "none"])
-def test_auto_and_none_still_take_any_suite(offload: str, pki: Pki, data: Path,
-                                            tmp_path: Path) -> None:
-    with tlsctl_server("-cert", str(pki.rsa_cert), "-key", str(pki.rsa_key), "--offload",
-                       offload, "--save-dir", str(tmp_path), "-naccept", "1") as srv:
+def test_auto_and_none_still_take_any_suite(
+    offload: str, pki: Pki, data: Path, tmp_path: Path
+) -> None:
+    with tlsctl_server(
+        "-cert",
+        str(pki.rsa_cert),
+        "-key",
+        str(pki.rsa_key),
+        "--offload",
+        offload,
+        "--save-dir",
+        str(tmp_path),
+        "-naccept",
+        "1",
+    ) as srv:
         r = openssl_client(srv.port, data, *CBC)
         (rec,) = srv.records()
     assert r.returncode == 0, r.stderr
@@ -88,11 +110,23 @@ def test_send_offers_only_carried_suites(pki: Pki, data: Path, tmp_path: Path) -
     """A CBC-only s_server shares nothing with `send --offload sw`: it says so
     and sends handshake_failure (before, the handshake completed on CBC and
     send dropped the connection without an alert)."""
-    with (tmp_path / "o").open("wb") as o, \
-            openssl_server(pki.cert, pki.key, o, "-tls1_2", "-cipher",
-                           "ECDHE-ECDSA-AES128-SHA") as (proc, port):
-        r = run_tlsctl("send", str(data), "-connect", f"localhost:{port}", "-CAfile",
-                       str(pki.ca), "--offload", "sw")
+    with (
+        (tmp_path / "o").open("wb") as o,
+        openssl_server(pki.cert, pki.key, o, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA") as (
+            proc,
+            port,
+        ),
+    ):
+        r = run_tlsctl(
+            "send",
+            str(data),
+            "-connect",
+            f"localhost:{port}",
+            "-CAfile",
+            str(pki.ca),
+            "--offload",
+            "sw",
+        )
         proc.wait(10)
         assert proc.stderr is not None
         server_err = proc.stderr.read().decode()
@@ -102,14 +136,21 @@ def test_send_offers_only_carried_suites(pki: Pki, data: Path, tmp_path: Path) -
     assert line.startswith("Error: TLS handshake failed: ") and "alert handshake failure" in line
 
 
-@pytest.mark.parametrize(("command", "args", "option"), [
-    ("send", ["--offload", "sw", "-cipher", "AES128-SHA"], "-cipher AES128-SHA"),
-    ("send", ["--offload", "sim-nic", "-ciphersuites", "TLS_AES_128_CCM_8_SHA256"],
-     "-ciphersuites TLS_AES_128_CCM_8_SHA256"),
-    ("serve", ["--offload", "sw", "-cipher", "AES128-SHA"], "-cipher AES128-SHA"),
-])
+@pytest.mark.parametrize(
+    ("command", "args", "option"),
+    [
+        ("send", ["--offload", "sw", "-cipher", "AES128-SHA"], "-cipher AES128-SHA"),
+        (
+            "send",
+            ["--offload", "sim-nic", "-ciphersuites", "TLS_AES_128_CCM_8_SHA256"],
+            "-ciphersuites TLS_AES_128_CCM_8_SHA256",
+        ),
+        ("serve", ["--offload", "sw", "-cipher", "AES128-SHA"], "-cipher AES128-SHA"),
+    ],
+)
 def test_explicit_list_with_nothing_carried_is_a_startup_error(
-        command: str, args: list[str], option: str, data: Path) -> None:
+    command: str, args: list[str], option: str, data: Path
+) -> None:
     target = ["-connect", "127.0.0.1:1", str(data)] if command == "send" else ["-naccept", "1"]
     r = run_tlsctl(command, *target, *args, timeout=30)
     assert r.returncode != 0
@@ -124,8 +165,11 @@ def test_context_suites_per_offload(offload: str, side: str, pki: Pki) -> None:
     """What each side offers or accepts, read back from OpenSSL (bench builds
     its options without an offload: the unrestricted case)."""
     opts = tls_options_for(offload)
-    ctx = (client_context(opts, verify=False) if side == "client"
-           else server_context(opts, cert=str(pki.cert), key=str(pki.key)))
+    ctx = (
+        client_context(opts, verify=False)
+        if side == "client"
+        else server_context(opts, cert=str(pki.cert), key=str(pki.key))
+    )
     names = SSL.Connection(ctx, None).get_cipher_list()
     if offload in ("auto", "none"):
         assert "AES128-SHA" in names and not all(map(_carried, names))

@@ -134,9 +134,7 @@ def test_conformance_matches_software_tx(
         return
     payloads = [(23, os.urandom(n)) for n in (1, 16384, 40000, 5)] + [(21, b"\x01\x00")]
     for mss, isn in ((65536, SEQ_MOD - 3000), (1448, 12345), (97, 7)):
-        wire, ref, *_ = _through_device(
-            nic_driver, info, payloads, faults=faults, mss=mss, isn=isn
-        )
+        wire, ref, *_ = _through_device(nic_driver, info, payloads, faults=faults, mss=mss, isn=isn)
         assert wire == ref, f"mss={mss} isn={isn}"
 
 
@@ -441,8 +439,13 @@ def test_wire_isn_below_2_31_and_2_32_with_reorder_and_drop(
     info = random_info(version, CipherType.AES_GCM_256, seq=seed)
     data = os.urandom(3 << 20)
     wire, ref, dev, pipe, _tx = _through_device(
-        SimNic, info, [(23, data)], faults=f"reorder=0.05,drop=0.05,seed={seed}",
-        mss=8192, isn=edge - 1000, pre=b"",
+        SimNic,
+        info,
+        [(23, data)],
+        faults=f"reorder=0.05,drop=0.05,seed={seed}",
+        mss=8192,
+        isn=edge - 1000,
+        pre=b"",
     )
     assert pipe.counts.reorder > 0 and pipe.counts.drop > 0 and dev.stats["tx_tls_ooo"] > 0
     assert pipe.space.isn + pipe.offset > edge  # the stream crossed it
@@ -463,8 +466,11 @@ def test_wire_keeps_at_most_a_window_unacknowledged(window: int) -> None:
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=3)
     out = bytearray()
     pipe = TxPipeline(
-        NetDevice("nic0", SimNic()), space=SeqSpace(SEQ_MOD - 5000), mss=1000,
-        faults=FaultSpec.parse("reorder=1,drop=0.1,seed=4"), window=window,
+        NetDevice("nic0", SimNic()),
+        space=SeqSpace(SEQ_MOD - 5000),
+        mss=1000,
+        faults=FaultSpec.parse("reorder=1,drop=0.1,seed=4"),
+        window=window,
     )
     tx = DeviceTx(info, pipe.device, pipe.space, 0)
     pipe.attach(tx)
@@ -605,7 +611,12 @@ def _release_comparisons(monkeypatch: pytest.MonkeyPatch, size: int) -> tuple[fl
     monkeypatch.setattr(_Held, "__lt__", counting_lt)
     info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
     wire, ref, _dev, pipe, _tx = _through_device(
-        SimNic, info, [(23, os.urandom(size))], faults="reorder=1,seed=3", mss=100, isn=5,
+        SimNic,
+        info,
+        [(23, os.urandom(size))],
+        faults="reorder=1,seed=3",
+        mss=100,
+        isn=5,
         pre=b"",
     )
     assert wire == ref

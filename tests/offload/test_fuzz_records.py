@@ -237,8 +237,18 @@ def split(stream: bytes, sizes: list[int]) -> list[bytes]:
 
 # -- mutations ----------------------------------------------------------------
 
-RECORD_OPS = ["dup", "swap", "drop", "move", "length", "version", "type", "forge", "wrongkey",
-              "wrongseq"]
+RECORD_OPS = [
+    "dup",
+    "swap",
+    "drop",
+    "move",
+    "length",
+    "version",
+    "type",
+    "forge",
+    "wrongkey",
+    "wrongseq",
+]
 BYTE_OPS = ["flip", "truncate", "insert", "append", "setbyte", "random"]
 
 
@@ -428,9 +438,7 @@ def test_mutated_stream_never_yields_forged_plaintext(
 ) -> None:
     version, cipher = vc
     info = data.draw(infos(version, cipher), label="info")
-    specs = data.draw(
-        st.lists(rec_specs(version, cipher), min_size=1, max_size=5), label="records"
-    )
+    specs = data.draw(st.lists(rec_specs(version, cipher), min_size=1, max_size=5), label="records")
     built = build(info, specs)
     min_len, _ = _opener_limits(info)
     stream = mutate(data, built, min_len)
@@ -461,7 +469,10 @@ def test_parser_storage_bounded_on_long_streams(
     version, cipher = vc
     spec = CIPHER_SPECS[cipher]
     info = CryptoInfo.create(
-        version, cipher, key=bytes(spec.key_size), iv=bytes(spec.iv_size),
+        version,
+        cipher,
+        key=bytes(spec.key_size),
+        iv=bytes(spec.iv_size),
         salt=bytes(spec.salt_size),
     )
     opener = RecordOpener(info)

@@ -24,8 +24,10 @@ from tests.helpers import kernel_scenarios, kernelvm
 
 # The VM run has its own deadlines (boot, then every scenario's time limit):
 # pytest-timeout's default must not cut it short on a loaded machine.
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(
-    kernelvm.DEFAULT_BOOT_TIMEOUT + kernel_scenarios.total_timeout() + 60)]
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.timeout(kernelvm.DEFAULT_BOOT_TIMEOUT + kernel_scenarios.total_timeout() + 60),
+]
 
 KERNELS = kernelvm.find_kernels() or ["none"]
 
@@ -54,8 +56,9 @@ def kernel_results(
     out = workdir / RESULTS_NAME
     argv = kernelvm.python_argv("-m", SCENARIO_MODULE, str(out))
     try:
-        res = kernelvm.run_in_vm(argv, kernel_scenarios.total_timeout(), workdir=workdir,
-                                 kernel=request.param)
+        res = kernelvm.run_in_vm(
+            argv, kernel_scenarios.total_timeout(), workdir=workdir, kernel=request.param
+        )
     except kernelvm.VMError as exc:
         pytest.fail(f"kernel VM run failed: {exc}", pytrace=False)
     if not out.exists():

@@ -103,9 +103,9 @@ def test_round_trip_hash(tcp_pair: Pair, vc: tuple[int, CipherType], size: int) 
     t.join()
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     expected_records = -(-size // 16384)
-    assert crypto_opt(ks, TLS_RX, len(info.pack()))[-8:] == (
-        3 + expected_records
-    ).to_bytes(8, "big")
+    assert crypto_opt(ks, TLS_RX, len(info.pack()))[-8:] == (3 + expected_records).to_bytes(
+        8, "big"
+    )
 
 
 @pytest.mark.parametrize("vc", COMBOS, ids=combo_id)
@@ -430,9 +430,11 @@ def test_tls13_key_update_fragment_pause_and_resume_with_the_live_key(tcp_pair: 
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
     key_update = bytes([24, 0, 0, 1, 0])
-    c.sendall(encrypt_record(info, 0, 22, key_update[:3])
-              + encrypt_record(info, 1, 22, key_update[3:])
-              + encrypt_record(nxt, 0, 23, b"after"))
+    c.sendall(
+        encrypt_record(info, 0, 22, key_update[:3])
+        + encrypt_record(info, 1, 22, key_update[3:])
+        + encrypt_record(nxt, 0, 23, b"after")
+    )
     assert ks.recvmsg(100, CMSG)[0] == key_update[:3]
     assert _errno(lambda: ks.recv(100)) == errno.EKEYEXPIRED
     live = ks.getsockopt(SOL_TLS, TLS_RX, 40)
@@ -444,10 +446,14 @@ def test_tls13_key_update_fragment_pause_and_resume_with_the_live_key(tcp_pair: 
     assert ks.stats["TlsRxRekeyReceived"] == 1 and ks.stats["TlsRxRekeyOk"] == 2
 
 
-@pytest.mark.parametrize(("aad_outer", "delivered"), [(None, False), (23, True)],
-                         ids=["sealed_over_its_header", "sealed_over_23"])
+@pytest.mark.parametrize(
+    ("aad_outer", "delivered"),
+    [(None, False), (23, True)],
+    ids=["sealed_over_its_header", "sealed_over_23"],
+)
 def test_tls13_outer_type_is_authenticated_as_application_data(
-        tcp_pair: Pair, aad_outer: int | None, delivered: bool) -> None:
+    tcp_pair: Pair, aad_outer: int | None, delivered: bool
+) -> None:
     """tls_make_aad: Linux authenticates every TLS 1.3 record with type 23 in
     the AAD.  A record sealed over a handshake-type header (RFC 8446 5.2)
     fails its tag, and the error says which type it carried; one sealed over
@@ -631,8 +637,11 @@ def test_record_size(tcp_pair: Pair, record_size: int) -> None:
     data = os.urandom(5000)
     kc.sendall(data)
     n_rec = -(-5000 // record_size)
-    wire = raw_bytes(s, (n_rec - 1) * record_len(info, record_size)
-                     + record_len(info, 5000 - (n_rec - 1) * record_size))
+    wire = raw_bytes(
+        s,
+        (n_rec - 1) * record_len(info, record_size)
+        + record_len(info, 5000 - (n_rec - 1) * record_size),
+    )
     recs = decrypt_records(info, wire)
     assert len(recs) == n_rec and b"".join(p for _, p in recs) == data
     with pytest.raises(ValueError):
@@ -693,6 +702,7 @@ def test_recv_into_bulk_hash(tcp_pair: Pair, vc: tuple[int, CipherType], bufsize
         seq += 1
     stream += encrypt_record(info, 5 + seq, 23, payload[pos:])
     seq += 1
+
     def write_all() -> None:
         c.sendall(stream)
         c.shutdown(socket.SHUT_WR)
@@ -1058,9 +1068,19 @@ def test_recvmsg_flags_eor_and_ctrunc(tcp_pair: Pair) -> None:
     ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
-    recs = [(23, b"0123456789"), (23, b"abcdef"), (23, b"ghij"), (21, b"\x01\x00"),
-            (23, b"zz"), (21, b"\x01\x00"), (23, b"yy"), (23, b"xxxx"), (22, b"\x04\x00\x00\x00"),
-            (23, b"abcd"), (23, b"efgh")]
+    recs = [
+        (23, b"0123456789"),
+        (23, b"abcdef"),
+        (23, b"ghij"),
+        (21, b"\x01\x00"),
+        (23, b"zz"),
+        (21, b"\x01\x00"),
+        (23, b"yy"),
+        (23, b"xxxx"),
+        (22, b"\x04\x00\x00\x00"),
+        (23, b"abcd"),
+        (23, b"efgh"),
+    ]
     c.sendall(b"".join(encrypt_record(info, i, t, p) for i, (t, p) in enumerate(recs)))
     eor, ctrunc = socket.MSG_EOR, socket.MSG_CTRUNC
 
@@ -1117,9 +1137,12 @@ def test_tls12_handshake_record_starting_with_24_reads_on(tcp_pair: Pair) -> Non
     ks = KTLSSocket(s, backend="sw")
     ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
     ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
-    c.sendall(encrypt_record(info, 0, 22, bytes([24, 0, 0, 1, 0]))
-              + encrypt_record(info, 1, 23, b"after"))
-    assert ks.recvmsg(100, CMSG)[:2] == (bytes([24, 0, 0, 1, 0]),
-                                         [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")])
+    c.sendall(
+        encrypt_record(info, 0, 22, bytes([24, 0, 0, 1, 0])) + encrypt_record(info, 1, 23, b"after")
+    )
+    assert ks.recvmsg(100, CMSG)[:2] == (
+        bytes([24, 0, 0, 1, 0]),
+        [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x16")],
+    )
     assert ks.recvmsg(100, CMSG)[:2] == (b"after", [(SOL_TLS, TLS_GET_RECORD_TYPE, b"\x17")])
     assert _errno(lambda: ks.setsockopt(SOL_TLS, TLS_RX, info.with_seq(2).pack())) == errno.EBUSY

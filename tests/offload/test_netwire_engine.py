@@ -35,19 +35,26 @@ KEY = FlowKey(SRC, 40000, DST, 443)
 STREAMABLE = [c for c in COMBOS if c[1] != CipherType.AES_CCM_128]
 
 
-def frame(seq: int, payload: bytes, *, key: FlowKey = KEY, flags: int = 0x18,
-          needs_csum: bool = True) -> memoryview:
+def frame(
+    seq: int, payload: bytes, *, key: FlowKey = KEY, flags: int = 0x18, needs_csum: bool = True
+) -> memoryview:
     """virtio_net_hdr | IPv4 | TCP | payload, as the TUN hands it over."""
-    vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM if needs_csum else 0, 0, 0, 0,
-                         20 if needs_csum else 0, 16 if needs_csum else 0)
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0x4000, 64, 6, 0,
-                     key.src, key.dst)
+    vnet = VNET_HDR.pack(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM if needs_csum else 0,
+        0,
+        0,
+        0,
+        20 if needs_csum else 0,
+        16 if needs_csum else 0,
+    )
+    ip = struct.pack(
+        ">BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0x4000, 64, 6, 0, key.src, key.dst
+    )
     tcp = struct.pack(">HHIIBBHHH", key.sport, key.dport, seq, 1, 5 << 4, flags, 65535, 0, 0)
     return memoryview(bytearray(vnet + ip + tcp + payload))
 
 
-def framed(info: CryptoInfo, data: bytes, record: int = 16384
-           ) -> tuple[bytearray, int, int, int]:
+def framed(info: CryptoInfo, data: bytes, record: int = 16384) -> tuple[bytearray, int, int, int]:
     """Records framed for the device as DeviceTx frames them: the buffer,
     its first record number, the size of each record but the last, count."""
     sealer = RecordSealer(info)
@@ -101,8 +108,7 @@ class Host:
 
 @pytest.mark.parametrize("combo", STREAMABLE, ids=combo_id)
 @pytest.mark.parametrize("isn", [0x1234, 2**32 - 70000])
-def test_engine_in_order_and_resync_equal_software(combo: tuple[int, CipherType],
-                                                   isn: int) -> None:
+def test_engine_in_order_and_resync_equal_software(combo: tuple[int, CipherType], isn: int) -> None:
     """Frames cut anywhere (mid-header, mid-tag), across the 2^32 wrap; then
     an old frame again (resync from the store): all software TX's bytes."""
     info = random_info(*combo, seq=5)
@@ -180,8 +186,10 @@ def test_make_partial_gives_the_pseudo_header_sum() -> None:
 
 
 def test_parse_ipv6_and_non_tcp() -> None:
-    src6, dst6 = socket.inet_pton(socket.AF_INET6, "fd00::1"), socket.inet_pton(
-        socket.AF_INET6, "fd00::2")
+    src6, dst6 = (
+        socket.inet_pton(socket.AF_INET6, "fd00::1"),
+        socket.inet_pton(socket.AF_INET6, "fd00::2"),
+    )
     ip6 = struct.pack(">IHBB16s16s", 6 << 28, 20 + 4, 6, 64, src6, dst6)
     tcp = struct.pack(">HHIIBBHHH", 1, 2, 42, 0, 5 << 4, 0x18, 1, 0, 0)
     t = parse_tcp(memoryview(bytes(10) + ip6 + tcp + b"abcd"))
@@ -267,9 +275,17 @@ def test_control_errors_never_echo_key_material() -> None:
     nic.egress(frame(10, b"", flags=0x02))
     secret = random_info(*STREAMABLE[0]).pack().hex()
     bad = secret[:-2]  # one byte short: EINVAL from CryptoInfo.unpack
-    answer = nic.handle({"op": "add", "flow": [SRC.hex(), 40000, DST.hex(), 443],
-                         "crypto_info": bad, "start_seq": 11, "store": "/nonexistent"})
+    answer = nic.handle(
+        {
+            "op": "add",
+            "flow": [SRC.hex(), 40000, DST.hex(), 443],
+            "crypto_info": bad,
+            "start_seq": 11,
+            "store": "/nonexistent",
+        }
+    )
     assert "error" in answer and bad[:16] not in str(answer) and secret[:16] not in str(answer)
     assert nic.handle({"op": "add", "flow": "junk"}) == {"error": "bad flow in request"}
     assert nic.handle({"op": "nope", "flow": [SRC.hex(), 1, DST.hex(), 2]}) == {
-        "error": "unknown request"}
+        "error": "unknown request"
+    }
