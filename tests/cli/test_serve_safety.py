@@ -39,6 +39,7 @@ from tests.helpers.peers import (
     sha,
     spawn,
     tlsctl_server,
+    wait_port,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -428,3 +429,40 @@ def test_sigterm_removes_control_sockets(tmp_path: Path, workers: str) -> None:
         recs = stop(srv)
         assert srv.proc.returncode == 0 and len(recs) == 1 and recs[0]["ok"]
     assert os.listdir(ctl) == []
+
+
+def test_serve_whose_log_reader_is_gone_still_ends(tmp_path: Path) -> None:
+    """``serve --json -naccept 1 | consumer`` where the consumer has exited:
+    logging the connection fails (EPIPE).  The upload is still stored whole,
+    and serve ends; before, the connection thread died before taking itself
+    off the live list and serve spun at 100% CPU forever waiting for it."""
+    save = tmp_path / "save"
+    save.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *TLSCTL,
+            "serve",
+            "--json",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-naccept",
+            "1",
+            "--save-dir",
+            str(save),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        wait_port(port, proc)
+        proc.stdout.close()  # the consumer is gone
+        data = os.urandom(300_000)
+        assert upload(port, data)
+        proc.wait(30)  # TimeoutExpired before the fix
+        (stored,) = save.iterdir()
+        assert stored.suffix == ".bin" and sha(stored) == hashlib.sha256(data).hexdigest()
+    finally:
+        proc.kill()
+        proc.wait()

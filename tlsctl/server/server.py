@@ -227,6 +227,12 @@ class Server:
         deadline: float | None = None
         while True:
             with self._lock:
+                # A thread that ended without taking itself off (it cannot,
+                # since its bookkeeping is in a finally; kept as a guard) is
+                # never waited for: join() on it returns at once, and this
+                # loop would spin.
+                for cid in [c for c, t in self._live.items() if t.ident and not t.is_alive()]:
+                    del self._live[cid]
                 live = list(self._live.values())
             if not live:
                 return
@@ -350,10 +356,12 @@ class Server:
                 self.failed += not rec.get("ok")
                 self.interrupted += cut and not rec.get("ok")
                 self.records.append(rec)
-            self._log(rec)
-            with self._lock:
-                self._live.pop(conn_id, None)
-            self._slots.release()
+            try:
+                self._log(rec)  # may raise: e.g. EPIPE once stdout's reader is gone
+            finally:
+                with self._lock:
+                    self._live.pop(conn_id, None)
+                self._slots.release()
 
     def key_update_all(self) -> int:
         """SIGUSR1: every live TLS 1.3 connection sends a KeyUpdate (and
