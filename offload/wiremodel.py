@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from offload.fallback import sw_fallback
+from offload.faultspec import parse_faults
 from offload.netdev import NetDevice, Segment, xmit_each
 from offload.state import DeviceReport
 from offload.tcpseq import Segmenter, SeqSpace
@@ -56,29 +57,7 @@ class FaultSpec:
 
     @classmethod
     def parse(cls, text: str) -> FaultSpec:
-        values: dict[str, float | int] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, sep, raw = part.partition("=")
-            name = name.strip()
-            if not sep:
-                raise ValueError(f"fault {name!r} needs a value (e.g. {name}=0.01)")
-            if name == "seed":
-                try:
-                    values["seed"] = int(raw)
-                except ValueError:
-                    raise ValueError(f"seed must be an integer, not {raw!r}") from None
-                continue
-            if name not in FAULT_KINDS:
-                known = ", ".join((*FAULT_KINDS, "seed"))
-                raise ValueError(f"unknown fault {name!r} (known: {known})")
-            try:
-                p = float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a probability, not {raw!r}") from None
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name}={raw} is not a probability in [0, 1]")
-            values[name] = p
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**parse_faults(text, FAULT_KINDS))  # type: ignore[arg-type]
 
     @property
     def any(self) -> bool:

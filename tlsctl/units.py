@@ -50,12 +50,13 @@ def human_rate(nbytes: int, seconds: float) -> str:
     return f"{rate:.1f} GB/s"  # pragma: no cover
 
 
-def human_size(nbytes: int) -> str:
-    """``2.0 GiB``: binary units, as ``ls -h`` and file sizes are read."""
+def human_size(nbytes: int, small: str = "bytes") -> str:
+    """``2.0 GiB``: binary units, as ``ls -h`` and file sizes are read;
+    below 1 KiB the count and ``small`` (``"B"`` where space is short)."""
     size = float(nbytes)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
+    for unit in ("", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+            return f"{nbytes} {small}" if not unit else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"  # pragma: no cover
 

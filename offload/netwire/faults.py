@@ -26,6 +26,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from offload.faultspec import parse_faults
+
 KINDS = ("drop", "dup", "reorder")
 MODEL_ONLY = {"split": "the kernel segments on a real wire", "redirect": "there is one device"}
 
@@ -49,34 +51,17 @@ class WireFaults:
     def parse(cls, text: str) -> WireFaults:
         """``drop=0.01,dup=0.005,reorder=0.01,delay=1,seed=7``; ValueError
         with one line naming what is wrong."""
-        values: dict[str, float | int] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, sep, raw = (s.strip() for s in part.partition("="))
-            if name in MODEL_ONLY:
-                raise ValueError(
-                    f"fault {name!r} means nothing on a real wire "
-                    f"({MODEL_ONLY[name]}); it exists with --wire model"
-                )
-            if not sep:
-                raise ValueError(f"fault {name!r} needs a value (e.g. {name}=0.01)")
-            if name == "seed":
-                try:
-                    values["seed"] = int(raw)
-                except ValueError:
-                    raise ValueError(f"seed must be an integer, not {raw!r}") from None
-                continue
-            if name not in (*KINDS, "delay"):
-                raise ValueError(f"unknown fault {name!r} (known: {', '.join(KINDS)}, delay, seed)")
-            try:
-                v = float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, not {raw!r}") from None
-            if name == "delay":
-                if not 0.0 <= v <= 1000.0:
-                    raise ValueError(f"delay={raw} is not a delay in milliseconds (0..1000)")
-            elif not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name}={raw} is not a probability in [0, 1]")
-            values[name] = v
+        refused = {
+            name: f"fault {name!r} means nothing on a real wire ({why}); "
+            "it exists with --wire model"
+            for name, why in MODEL_ONLY.items()
+        }
+        values = parse_faults(
+            text,
+            KINDS,
+            refused=refused,
+            limits={"delay": (0.0, 1000.0, "a delay in milliseconds (0..1000)")},
+        )
         return cls(**values)  # type: ignore[arg-type]
 
     def __str__(self) -> str:

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tlsctl.control import PROC_TLS_STAT, default_dir
+from tlsctl.units import human_size
 
 
 def _nonzero(stats: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -104,14 +105,7 @@ def _stats_text(stats: dict[str, Any]) -> list[str]:
 
 
 def _human(n: Any) -> str:
-    if not isinstance(n, int):
-        return _dash(n)
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)  # pragma: no cover
+    return human_size(n, "B") if isinstance(n, int) else _dash(n)
 
 
 def render_rich(

@@ -51,6 +51,28 @@ def dummy_info(version: int, cipher: CipherType, fill: int = 0) -> CryptoInfo:
     )
 
 
+def _keys_then_record(
+    c: socket.socket, s: socket.socket, info: bytes
+) -> tuple[OSError | None, OSError | None, bool]:
+    """``setsockopt(TLS_TX)`` on ``c`` and ``setsockopt(TLS_RX)`` on ``s``
+    with ``info``, each error kept apart; with both keys taken, whether a
+    record sent on ``c`` opens on ``s``.  A send/receive failure raises."""
+    tx_error: OSError | None = None
+    rx_error: OSError | None = None
+    try:
+        c.setsockopt(SOL_TLS, TLS_TX, info)
+    except OSError as exc:
+        tx_error = exc
+    try:
+        s.setsockopt(SOL_TLS, TLS_RX, info)
+    except OSError as exc:
+        rx_error = exc
+    if tx_error is not None or rx_error is not None:
+        return tx_error, rx_error, False
+    c.sendall(_PAYLOAD)
+    return None, None, _recv_exact(s, len(_PAYLOAD)) == _PAYLOAD
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
@@ -104,17 +126,7 @@ def probe_cipher(version: int, cipher: CipherType) -> CipherResult:
         with loopback_pair() as (c, s):
             attach_tls_ulp(c)
             attach_tls_ulp(s)
-            try:
-                c.setsockopt(SOL_TLS, TLS_TX, info)
-            except OSError as exc:
-                tx_error = exc
-            try:
-                s.setsockopt(SOL_TLS, TLS_RX, info)
-            except OSError as exc:
-                rx_error = exc
-            if tx_error is None and rx_error is None:
-                c.sendall(_PAYLOAD)
-                roundtrip = _recv_exact(s, len(_PAYLOAD)) == _PAYLOAD
+            tx_error, rx_error, roundtrip = _keys_then_record(c, s, info)
     except OSError as exc:
         tx_error = tx_error or exc
     return CipherResult(version, cipher, tx_error, rx_error, roundtrip)
@@ -162,17 +174,7 @@ def probe_rekey(cipher: CipherType = CipherType.AES_GCM_128) -> RekeyResult:
             data, _anc, _flags, _addr = s.recvmsg(64, socket.CMSG_SPACE(1))
             if data != _KEY_UPDATE:
                 raise OSError(f"the KeyUpdate record came back as {data!r}")
-            try:
-                c.setsockopt(SOL_TLS, TLS_TX, second)
-            except OSError as exc:
-                tx_error = exc
-            try:
-                s.setsockopt(SOL_TLS, TLS_RX, second)
-            except OSError as exc:
-                rx_error = exc
-            if tx_error is None and rx_error is None:
-                c.sendall(_PAYLOAD)
-                roundtrip = _recv_exact(s, len(_PAYLOAD)) == _PAYLOAD
+            tx_error, rx_error, roundtrip = _keys_then_record(c, s, second)
     except OSError as exc:
         if tx_error is None and rx_error is None:
             return RekeyResult(None, None, False, setup_error=exc)
