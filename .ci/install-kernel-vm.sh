@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what tests/test_kernel_vm.py needs to boot a real kTLS kernel in a VM:
+# Install what tests/offload/test_kernel_vm.py needs to boot a real kTLS kernel in a VM:
 #   apt:  qemu-system-x86 (TCG; KVM does not work on these machines),
 #         linux-image-amd64 (Debian 12: 6.1, CONFIG_TLS=m, CONFIG_TLS_DEVICE=y),
 #         busybox-static (virtme-ng builds its initramfs with it),
@@ -20,9 +20,9 @@
 #   second run (everything present) ................... ~1 s
 #   one VM boot to the first guest command (TCG) ...... 15-20 s idle, up to ~37 s
 #                                                       with another job on the CPUs
-#   pytest tests/test_kernel_vm.py -m kernel (1 boot) . 33 s idle, 52-80 s loaded
+#   pytest tests/offload/test_kernel_vm.py -m kernel (1 boot) . 33 s idle, 52-80 s loaded
 #
-# Gotchas (see tests/kernelvm.py): vng needs a stdin that is open (/dev/null is
+# Gotchas (see tests/helpers/kernelvm.py): vng needs a stdin that is open (/dev/null is
 # fine, closed crashes it), needs no tty; it calls virtme-run via PATH; the
 # guest's root fs is the host's, read-only (its /tmp is a throw-away overlay),
 # so results come back through a --rwdir directory.
@@ -162,7 +162,7 @@ log "kernel: $kernel"
 if [[ "${KTLS_VM_SMOKE:-0}" != "0" ]]; then
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     t0=$SECONDS
-    PATH="$bindir:$PATH" "$PY" "$repo/tests/kernelvm.py" uname -r </dev/null
+    PATH="$bindir:$PATH" "$PY" "$repo/tests/helpers/kernelvm.py" uname -r </dev/null
     log "smoke boot ok in $((SECONDS - t0)) s"
 fi
 log "ok"

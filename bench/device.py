@@ -71,12 +71,22 @@ def _parse_size(text: str) -> int:
 
 
 def _one(
-    mode: str, port: int, path: str, size: int, version: int,
-    faults: str = OOO_FAULTS, mss: int | None = None, count: int | None = None,
+    mode: str,
+    port: int,
+    path: str,
+    size: int,
+    version: int,
+    faults: str = OOO_FAULTS,
+    mss: int | None = None,
+    count: int | None = None,
 ) -> dict[str, float]:
     info = CryptoInfo.create(
-        version, CipherType.AES_GCM_128, key=os.urandom(16), iv=os.urandom(8),
-        salt=os.urandom(4), seq=1,
+        version,
+        CipherType.AES_GCM_128,
+        key=os.urandom(16),
+        iv=os.urandom(8),
+        salt=os.urandom(4),
+        seq=1,
     )
     raw = socket.create_connection(("127.0.0.1", port))
     dev_seconds = 0.0
@@ -96,7 +106,8 @@ def _one(
             path = None
             if mode.startswith("sim-nic"):
                 path = TxPipeline(
-                    create_device("sim-nic"), mss=mss,
+                    create_device("sim-nic"),
+                    mss=mss,
                     faults=FaultSpec.parse(faults) if mode.endswith("ooo") else None,
                 )
             k = KTLSSocket(raw, backend="sw", txpath=path)
@@ -146,8 +157,16 @@ def scaling(version: int, repeat: int, as_json: bool) -> None:
         for _ in range(repeat):
             for mib in SCALING_MIB:
                 runs[mib].append(
-                    _one("sim-nic+ooo", port, f.name, mib << 20, version, SCALING_FAULTS,
-                         SCALING_MSS, count=mib << 20)
+                    _one(
+                        "sim-nic+ooo",
+                        port,
+                        f.name,
+                        mib << 20,
+                        version,
+                        SCALING_FAULTS,
+                        SCALING_MSS,
+                        count=mib << 20,
+                    )
                 )
     proc.join(10)
     rows = [
@@ -156,15 +175,18 @@ def scaling(version: int, repeat: int, as_json: bool) -> None:
             "wall_s_per_mib": statistics.median(r["wall_s"] for r in rs) / mib,
             "cpu_s_per_mib": statistics.median(r["cpu_s"] for r in rs) / mib,
             "device_cpu_s_per_mib": statistics.median(r["device_cpu_s_per_gb"] for r in rs)
-            * (1 << 20) / 1e9,
+            * (1 << 20)
+            / 1e9,
         }
         for mib, rs in runs.items()
     ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"sim-nic --faults {SCALING_FAULTS} --mss {SCALING_MSS}: seconds per MiB "
-          f"(median of {repeat})")
+    print(
+        f"sim-nic --faults {SCALING_FAULTS} --mss {SCALING_MSS}: seconds per MiB "
+        f"(median of {repeat})"
+    )
     print(f"{'MiB':>4} {'wall s/MiB':>11} {'CPU s/MiB':>10} {'dev s/MiB':>10}")
     for row in rows:
         print(
@@ -182,7 +204,8 @@ def main() -> None:
     ap.add_argument("--tls", choices=("1.2", "1.3"), default="1.2")
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
-        "--scaling", action="store_true",
+        "--scaling",
+        action="store_true",
         help="seconds per MiB of reorder=1 --mss 100 at 1, 4 and 16 MiB instead",
     )
     args = ap.parse_args()

@@ -59,8 +59,14 @@ while True:
 
 
 def one(wire: NetnsWire, mode: str, path: str, size: int) -> dict[str, Any]:
-    info = CryptoInfo.create(TLS_1_3_VERSION, CipherType.AES_GCM_128, key=os.urandom(16),
-                             iv=os.urandom(8), salt=os.urandom(4), seq=0)
+    info = CryptoInfo.create(
+        TLS_1_3_VERSION,
+        CipherType.AES_GCM_128,
+        key=os.urandom(16),
+        iv=os.urandom(8),
+        salt=os.urandom(4),
+        seq=0,
+    )
     raw = wire.socket("tx")
     raw.connect((wire.addr("rx"), PORT))
     nic0 = wire.nic_cpu_seconds()
@@ -94,9 +100,15 @@ def one(wire: NetnsWire, mode: str, path: str, size: int) -> dict[str, Any]:
     if got < size:
         raise RuntimeError(f"{mode}: receiver got {got} of {size} bytes")
     gb = size / 1e9
-    return {"mode": mode, "bytes": size, "wire_bytes": got, "seconds": round(wall, 3),
-            "throughput_gbps": round(size * 8 / wall / 1e9, 3),
-            "host_cpu_s_per_gb": round(cpu / gb, 3), "nic_cpu_s_per_gb": round(nic / gb, 3)}
+    return {
+        "mode": mode,
+        "bytes": size,
+        "wire_bytes": got,
+        "seconds": round(wall, 3),
+        "throughput_gbps": round(size * 8 / wall / 1e9, 3),
+        "host_cpu_s_per_gb": round(cpu / gb, 3),
+        "nic_cpu_s_per_gb": round(nic / gb, 3),
+    }
 
 
 def breakdown(size: int = 32 << 20) -> dict[str, float]:
@@ -111,8 +123,14 @@ def breakdown(size: int = 32 << 20) -> dict[str, float]:
     from offload.netwire.tun import VNET_HDR
     from offload.record import RecordSealer
 
-    info = CryptoInfo.create(TLS_1_3_VERSION, CipherType.AES_GCM_128, key=os.urandom(16),
-                             iv=os.urandom(8), salt=os.urandom(4), seq=0)
+    info = CryptoInfo.create(
+        TLS_1_3_VERSION,
+        CipherType.AES_GCM_128,
+        key=os.urandom(16),
+        iv=os.urandom(8),
+        salt=os.urandom(4),
+        seq=0,
+    )
     sealer = RecordSealer(info)
     buf, slots = sealer.layout(size, 16384)
     sealer.frame_slots(buf, 23, slots)
@@ -122,8 +140,19 @@ def breakdown(size: int = 32 << 20) -> dict[str, float]:
         out = []
         for off in range(0, len(buf), 65000):
             body = buf[off : off + 65000]
-            ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40 + len(body), 1, 0x4000, 64, 6, 0,
-                             b"\x0a\0\0\1", b"\x0a\0\0\2")
+            ip = struct.pack(
+                ">BBHHHBBH4s4s",
+                0x45,
+                0,
+                40 + len(body),
+                1,
+                0x4000,
+                64,
+                6,
+                0,
+                b"\x0a\0\0\1",
+                b"\x0a\0\0\2",
+            )
             tcp = struct.pack(">HHIIBBHHH", 1, 2, (isn + off) % 2**32, 1, 5 << 4, 0x18, 1, 0, 0)
             out.append(memoryview(bytearray(VNET_HDR.pack(1, 0, 0, 0, 20, 16) + ip + tcp + body)))
         return out
@@ -173,8 +202,11 @@ def main() -> None:
             tf.write(block)
         tf.write(block[: size % len(block)])
         tf.flush()
-        sink = subprocess.Popen(wire.argv("rx", [sys.executable, "-c", SINK]),
-                                stdout=subprocess.PIPE, start_new_session=True)
+        sink = subprocess.Popen(
+            wire.argv("rx", [sys.executable, "-c", SINK]),
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             assert sink.stdout is not None
             sink.stdout.readline()
@@ -190,8 +222,10 @@ def main() -> None:
         return
     print(f"{'mode':8} {'Gbit/s':>8} {'host s/GB':>10} {'NIC s/GB':>9}")
     for r in rows:
-        print(f"{r['mode']:8} {r['throughput_gbps']:8.3f} {r['host_cpu_s_per_gb']:10.3f} "
-              f"{r['nic_cpu_s_per_gb']:9.3f}")
+        print(
+            f"{r['mode']:8} {r['throughput_gbps']:8.3f} {r['host_cpu_s_per_gb']:10.3f} "
+            f"{r['nic_cpu_s_per_gb']:9.3f}"
+        )
     if parts:
         print("NIC engine, s/GB: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
 

@@ -69,17 +69,39 @@ def run_tlsctl(path: Path, size: int, suites: list[str]) -> dict[str, float]:
     port = _free_port()
     # -naccept 2: the readiness probe above is one (empty) connection.
     srv = subprocess.Popen(
-        [*TLSCTL, "serve", "-accept", f"127.0.0.1:{port}", "--sink", "-naccept", "2",
-         "--offload", "sw", "-quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            *TLSCTL,
+            "serve",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "--sink",
+            "-naccept",
+            "2",
+            "--offload",
+            "sw",
+            "-quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_port(port, srv)
         t0 = time.perf_counter()
         send = subprocess.Popen(
-            [*TLSCTL, "send", str(path), "-connect", f"127.0.0.1:{port}", "-k",
-             "--offload", "sw", "--json", *suites],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [
+                *TLSCTL,
+                "send",
+                str(path),
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-k",
+                "--offload",
+                "sw",
+                "--json",
+                *suites,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         assert send.stdout is not None
         text = send.stdout.read()
@@ -94,9 +116,14 @@ def run_tlsctl(path: Path, size: int, suites: list[str]) -> dict[str, float]:
         if res["bytes"] != size:
             raise RuntimeError(f"tlsctl send moved {res['bytes']} of {size} bytes")
         handshake = res["handshake_ms"] / 1000
-        return {"gbps": size / 1e9 / res["seconds"], "send_peak_rss_mib": rss, "wall": wall,
-                "handshake": handshake, "transfer": res["seconds"],
-                "rest": wall - handshake - res["seconds"]}
+        return {
+            "gbps": size / 1e9 / res["seconds"],
+            "send_peak_rss_mib": rss,
+            "wall": wall,
+            "handshake": handshake,
+            "transfer": res["seconds"],
+            "rest": wall - handshake - res["seconds"],
+        }
     finally:
         srv.terminate()
         srv.wait(30)
@@ -107,18 +134,44 @@ def run_openssl(
 ) -> dict[str, float]:
     port = _free_port()
     srv = subprocess.Popen(
-        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-WWW", "-cert", str(cert),
-         "-key", str(key), "-quiet", "-naccept", "2", *suites],
-        cwd=path.parent, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        [
+            "openssl",
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-WWW",
+            "-cert",
+            str(cert),
+            "-key",
+            str(key),
+            "-quiet",
+            "-naccept",
+            "2",
+            *suites,
+        ],
+        cwd=path.parent,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         _wait_port(port, srv)
         out = subprocess.run(
-            ["curl", "-sS", "-k", "--http1.0", "-o", "/dev/null", "-w",
-             "%{size_download} %{time_appconnect} %{time_total}",
-             f"https://127.0.0.1:{port}/{path.name}"],
-            capture_output=True, text=True, timeout=900, check=True,
+            [
+                "curl",
+                "-sS",
+                "-k",
+                "--http1.0",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download} %{time_appconnect} %{time_total}",
+                f"https://127.0.0.1:{port}/{path.name}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
         )
         got, appconnect, total = out.stdout.split()
         if int(got) != size:
@@ -166,7 +219,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
-        "--ciphersuites", metavar="LIST",
+        "--ciphersuites",
+        metavar="LIST",
         help="TLS 1.3 suites for both pairs (default: what each side negotiates, "
         "TLS_AES_256_GCM_SHA384 with OpenSSL's defaults)",
     )
@@ -187,10 +241,26 @@ def main() -> None:
             f.write(chunk[: size % len(chunk)])
         cert, key = tmp / "cert.pem", tmp / "key.pem"
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-             "-days", "1"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-subj",
+                "/CN=localhost",
+                "-days",
+                "1",
+            ],
+            check=True,
+            capture_output=True,
         )
         for _ in range(args.repeat):
             runs["tlsctl"].append(run_tlsctl(path, size, suites))
@@ -206,19 +276,34 @@ def main() -> None:
         ("tlsctl send peak RSS MiB", rss, "<", 100),
     ]
     if args.json:
-        print(json.dumps({"size": size, "runs": runs, "median_gbps": med, "median_wall_s": wall,
-                          "targets": [{"what": w, "value": v, "op": op, "target": t,
-                                       "pass": _meets(v, op, t)} for w, v, op, t in targets]},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "size": size,
+                    "runs": runs,
+                    "median_gbps": med,
+                    "median_wall_s": wall,
+                    "targets": [
+                        {"what": w, "value": v, "op": op, "target": t, "pass": _meets(v, op, t)}
+                        for w, v, op, t in targets
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     for m, rs in runs.items():
         figures = ", ".join(f"{r['gbps']:.2f}" for r in rs)
         print(f"{m:<8} median {med[m]:.2f} GB/s  (runs: {figures})")
-    parts = {k: statistics.median(r[k] for r in runs["tlsctl"])
-             for k in ("handshake", "transfer", "rest")}
-    print(f"wall (process start to exit, median): tlsctl send {wall['tlsctl']:.2f} s = handshake "
-          f"{parts['handshake']:.3f} + transfer {parts['transfer']:.2f} + start-up/hash/close "
-          f"{parts['rest']:.2f}; curl {wall['openssl']:.2f} s")
+    parts = {
+        k: statistics.median(r[k] for r in runs["tlsctl"])
+        for k in ("handshake", "transfer", "rest")
+    }
+    print(
+        f"wall (process start to exit, median): tlsctl send {wall['tlsctl']:.2f} s = handshake "
+        f"{parts['handshake']:.3f} + transfer {parts['transfer']:.2f} + start-up/hash/close "
+        f"{parts['rest']:.2f}; curl {wall['openssl']:.2f} s"
+    )
     failed = 0
     for what, value, op, target in targets:
         ok = _meets(value, op, target)

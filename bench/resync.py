@@ -55,8 +55,12 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 def run(version: int, cipher: CipherType, rounds: int) -> dict[str, object]:
     spec = CIPHER_SPECS[cipher]
     info = CryptoInfo.create(
-        version, cipher, key=os.urandom(spec.key_size), iv=os.urandom(spec.iv_size),
-        salt=os.urandom(spec.salt_size), seq=1,
+        version,
+        cipher,
+        key=os.urandom(spec.key_size),
+        iv=os.urandom(spec.iv_size),
+        salt=os.urandom(spec.salt_size),
+        seq=1,
     )
     nic = SimNic()
     space = SeqSpace()

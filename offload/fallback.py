@@ -16,9 +16,7 @@ from offload.tcpseq import seq_add, seq_diff
 from offload.uapi import TLS_HEADER_SIZE, CryptoInfo
 
 
-def sw_fallback(
-    info: CryptoInfo, segment: Segment, lookup: RecordLookup, out: memoryview
-) -> bool:
+def sw_fallback(info: CryptoInfo, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
     """The segment's bytes as software TX would have put them on the wire.
 
     ``info`` is the connection's TX crypto_info (key, salt/iv); sequence

@@ -134,9 +134,7 @@ class Driver(Protocol):
 
     def dev_resync(self, ctx: object, tcp_seq: int, record_sn: int) -> None: ...
 
-    def xmit(
-        self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview
-    ) -> bool:
+    def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
         """Write the segment's wire bytes into ``out``; False drops the packet."""
 
 

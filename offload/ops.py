@@ -63,8 +63,9 @@ class TlsOps(Protocol):
 
     def sendfile(self, file: Any, offset: int, count: int | None) -> int: ...
 
-    def recvmsg(self, bufsize: int, ancbufsize: int, flags: int) -> tuple[bytes, AncData, int, Any]:
-        ...
+    def recvmsg(
+        self, bufsize: int, ancbufsize: int, flags: int
+    ) -> tuple[bytes, AncData, int, Any]: ...
 
     def recvmsg_into(
         self, views: list[memoryview], ancbufsize: int, flags: int

@@ -77,9 +77,7 @@ def decode_crypto_info(
     if current is not None and current.version != TLS_1_3_VERSION:
         raise os_error(errno.EBUSY, "TLS 1.2 keys cannot be changed")
     info = CryptoInfo.unpack(data)
-    if current is not None and (
-        current.version != info.version or current.cipher != info.cipher
-    ):
+    if current is not None and (current.version != info.version or current.cipher != info.cipher):
         raise os_error(errno.EINVAL, "a rekey must keep the version and cipher")
     if other is not None and (other.version != info.version or other.cipher != info.cipher):
         raise os_error(errno.EINVAL, "TX and RX must use the same version and cipher")

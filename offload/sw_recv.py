@@ -255,11 +255,7 @@ class SwReceiver:
             if isinstance(rec, int):
                 return rec
             if rec is not None:
-                if (
-                    rx.key_update_pending
-                    and rec is rx.ready[-1]
-                    and rec.content_type == _HANDSHAKE
-                ):
+                if rx.key_update_pending and rec is rx.ready[-1] and rec.content_type == _HANDSHAKE:
                     self._stats.inc("TlsRxRekeyReceived")
                 continue
             if rx.key_update_pending or self.eof:

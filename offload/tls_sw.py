@@ -241,9 +241,7 @@ class SwRx:
         if raw is None:
             return None
         inner = opener.inner_len(raw)
-        direct = (
-            dst is not None and not opener.is13 and raw[0] == _DATA and inner <= len(dst)
-        )
+        direct = dst is not None and not opener.is13 and raw[0] == _DATA and inner <= len(dst)
         if direct:
             assert dst is not None
             ctype, n = opener.open_into(raw, dst)

@@ -164,9 +164,7 @@ class Reassembler:
             return
         h_start = self.next - len(self._hist)
         lo, hi = max(offset, h_start), min(offset + len(data), self.next)
-        if lo < hi and (
-            self._hist[lo - h_start : hi - h_start] != data[lo - offset : hi - offset]
-        ):
+        if lo < hi and (self._hist[lo - h_start : hi - h_start] != data[lo - offset : hi - offset]):
             raise ReassemblyError(
                 f"duplicate at stream offset {lo} carries other bytes than the first copy"
             )
@@ -382,9 +380,7 @@ class TxPipeline:
                 c.dup += 1
                 self._hold(o, s, redirect=False, delay=rng.randint(0, 8))
 
-    def _hold(
-        self, off: int, seg: Segment, redirect: bool, delay: int, lost: bool = False
-    ) -> None:
+    def _hold(self, off: int, seg: Segment, redirect: bool, delay: int, lost: bool = False) -> None:
         self._order += 1
         held = _Held(self._clock + delay, self._order, off, seg, redirect, lost)
         heapq.heappush(self._held, held)
@@ -451,11 +447,7 @@ class TxPipeline:
             if self.tx is not None and isinstance(buf, bytearray):
                 self.tx.recycle(buf)
             return
-        if (
-            isinstance(buf, bytearray)
-            and len(buf) == self.segmenter.mss
-            and len(self._ring) < 64
-        ):
+        if isinstance(buf, bytearray) and len(buf) == self.segmenter.mss and len(self._ring) < 64:
             self._ring.append(buf)
 
     def _delivered(self, data: Chunk) -> None:

@@ -67,13 +67,15 @@ def version_text() -> str:
 
     ok, why = kernel_has_ktls()
     linked = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
-    return "\n".join([
-        f"tlsctl {version('tlsctl')}",
-        f"Python {platform.python_version()}",
-        f"pyOpenSSL {version('pyOpenSSL')} ({linked})",
-        f"cryptography {version('cryptography')} ({backend.openssl_version_text()})",
-        f"kTLS on this host: {'yes' if ok else f'no: {why}; tlsctl doctor says more'}",
-    ])
+    return "\n".join(
+        [
+            f"tlsctl {version('tlsctl')}",
+            f"Python {platform.python_version()}",
+            f"pyOpenSSL {version('pyOpenSSL')} ({linked})",
+            f"cryptography {version('cryptography')} ({backend.openssl_version_text()})",
+            f"kTLS on this host: {'yes' if ok else f'no: {why}; tlsctl doctor says more'}",
+        ]
+    )
 
 
 def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -83,10 +85,15 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_show_version,
-              help="Versions of tlsctl, Python, OpenSSL (as pyOpenSSL and cryptography "
-                   "use it) and whether this host has kTLS, then exit.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Versions of tlsctl, Python, OpenSSL (as pyOpenSSL and cryptography "
+    "use it) and whether this host has kTLS, then exit.",
+)
 def cli() -> None:
     """Kernel-style TLS offload: a Linux-compatible kTLS layer you can watch.
 

@@ -188,8 +188,9 @@ class _EpochCounter:
     def next_seq(self, direction: str) -> int:
         """The sequence number of the first record after the handshake."""
         if not self.ccs_seen or self.after_ccs == 0:
-            raise HandshakeError(f"TLS 1.2 handshake ended without a Finished {direction} "
-                                 "under the new keys")
+            raise HandshakeError(
+                f"TLS 1.2 handshake ended without a Finished {direction} under the new keys"
+            )
         return self.after_ccs
 
 
@@ -242,8 +243,7 @@ class KeylogFile:
     child process inherits it.
     """
 
-    _FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-              | os.O_NONBLOCK)
+    _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
     def __init__(self, path: str, warn: Callable[[str], None] | None = None) -> None:
         self._lock = threading.Lock()
@@ -251,15 +251,18 @@ class KeylogFile:
             fd = os.open(path, self._FLAGS, 0o600)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise HandshakeError(f"refusing key log file {path}: it is a symbolic link; "
-                                     "give the real path") from None
+                raise HandshakeError(
+                    f"refusing key log file {path}: it is a symbolic link; give the real path"
+                ) from None
             raise HandshakeError(f"cannot open key log file {path}: {exc.strerror}") from None
         os.set_blocking(fd, True)
         st = os.fstat(fd)
         exposed = _exposure(st)
         if exposed:
-            (warn or _stderr_line)(f"warning: key log file {path} {exposed}: "
-                                   "whoever can read it can decrypt these sessions")
+            (warn or _stderr_line)(
+                f"warning: key log file {path} {exposed}: "
+                "whoever can read it can decrypt these sessions"
+            )
         self._file = os.fdopen(fd, "ab", buffering=0)
 
     def __call__(self, line: bytes) -> None:
@@ -434,8 +437,7 @@ def run_handshake(
         raise HandshakeError(f"handshake I/O error: {exc.strerror or exc}") from None
     finally:
         sock.settimeout(None)
-    return _result(conn, side, secrets, inbuf, final_records, (tx, rx),
-                   time.monotonic() - start)
+    return _result(conn, side, secrets, inbuf, final_records, (tx, rx), time.monotonic() - start)
 
 
 def _flush_best_effort(sock: socket.socket, conn: SSL.Connection) -> None:
@@ -535,8 +537,7 @@ def _result(
     return res
 
 
-def _set_tls12_seqs(conn: SSL.Connection, res: HandshakeResult, tx_seq: int,
-                    rx_seq: int) -> None:
+def _set_tls12_seqs(conn: SSL.Connection, res: HandshakeResult, tx_seq: int, rx_seq: int) -> None:
     """Sequence numbers and crypto_infos of a TLS 1.2 connection.
 
     ``tx_seq``/``rx_seq``: records under the new keys during the handshake

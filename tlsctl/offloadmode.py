@@ -223,8 +223,9 @@ def nic_path(spec: DeviceSpec) -> TxPipeline:
     from offload.wiremodel import TxPipeline
 
     fallback = create_device(spec.driver, f"{spec.driver}1") if spec.faults is not None else None
-    return TxPipeline(create_device(spec.driver), mss=spec.mss, faults=spec.faults,
-                      fallback_device=fallback)
+    return TxPipeline(
+        create_device(spec.driver), mss=spec.mss, faults=spec.faults, fallback_device=fallback
+    )
 
 
 def layer_offload(k: KTLSSocket) -> Offload:

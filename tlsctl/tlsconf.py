@@ -98,12 +98,16 @@ def _carried(method: int, opts: TlsOptions, layer: str) -> tuple[str, str]:
         except UnsupportedSuiteError:
             continue
         (tls12 if suite.version == TLS_1_2_VERSION else tls13).append(name)
-    for names, option, value in ((tls12, "-cipher", opts.cipher),
-                                 (tls13, "-ciphersuites", opts.ciphersuites)):
+    for names, option, value in (
+        (tls12, "-cipher", opts.cipher),
+        (tls13, "-ciphersuites", opts.ciphersuites),
+    ):
         if not names:
             given = f"{option} {value}" if value else "the default cipher list"
-            raise ConfigError(f"{given}: no cipher suite that --offload {layer} can carry "
-                              f"(kernel TLS has only {_CARRIED} suites)")
+            raise ConfigError(
+                f"{given}: no cipher suite that --offload {layer} can carry "
+                f"(kernel TLS has only {_CARRIED} suites)"
+            )
     return ":".join(tls12), ":".join(tls13)
 
 
@@ -129,8 +133,11 @@ def load_certs(path: str, option: str) -> list[x509.Certificate]:
     except ValueError:
         certs = []
     if not certs:
-        hint = ("it holds a private key: -cert and -key swapped?"
-                if b"PRIVATE KEY-----" in data else "no -----BEGIN CERTIFICATE----- block")
+        hint = (
+            "it holds a private key: -cert and -key swapped?"
+            if b"PRIVATE KEY-----" in data
+            else "no -----BEGIN CERTIFICATE----- block"
+        )
         raise ConfigError(f"{option} {path}: no PEM certificate in it ({hint})")
     return certs
 
@@ -140,9 +147,11 @@ def _load_key(path: str, option: str) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:  # cryptography: "Password was not given but private key is encrypted"
-        raise ConfigError(f"{option} {path}: the private key is encrypted and tlsctl takes "
-                          f"no pass phrase (decrypt it: openssl pkey -in {path} -out "
-                          "plain.key)") from None
+        raise ConfigError(
+            f"{option} {path}: the private key is encrypted and tlsctl takes "
+            f"no pass phrase (decrypt it: openssl pkey -in {path} -out "
+            "plain.key)"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
         if option == "-cert":
             hint = "and no -key given: give the key file with -key"
@@ -152,8 +161,9 @@ def _load_key(path: str, option: str) -> PrivateKey:
             hint = "no -----BEGIN PRIVATE KEY----- block"
         raise ConfigError(f"{option} {path}: no private key in it ({hint})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ConfigError(f"{option} {path}: a {type(key).__name__} key; "
-                          "tlsctl takes RSA or EC keys")
+        raise ConfigError(
+            f"{option} {path}: a {type(key).__name__} key; tlsctl takes RSA or EC keys"
+        )
     return key
 
 
@@ -165,8 +175,9 @@ def _key_kind(key: object) -> str:
     return type(key).__name__.removeprefix("_")
 
 
-def _load_identity(ctx: SSL.Context, cert: x509.Certificate | str,
-                   key: PrivateKey | str | None) -> None:
+def _load_identity(
+    ctx: SSL.Context, cert: x509.Certificate | str, key: PrivateKey | str | None
+) -> None:
     """The certificate (chain) and its key, each failure with its own reason:
     a missing file, no certificate or key in it, an encrypted key, a key
     that belongs to another certificate.  ``key`` None: in the -cert file."""
@@ -187,8 +198,11 @@ def _load_identity(ctx: SSL.Context, cert: x509.Certificate | str,
     if key_obj.public_key().public_bytes(*spki) != cert_pub.public_bytes(*spki):
         cert_where = f"-cert {cert}" if isinstance(cert, str) else "the certificate"
         mine, theirs = _key_kind(key_obj.public_key()), _key_kind(cert_pub)
-        what = (f"a different {mine} key" if mine == theirs
-                else f"the key is {mine}, the certificate's is {theirs}")
+        what = (
+            f"a different {mine} key"
+            if mine == theirs
+            else f"the key is {mine}, the certificate's is {theirs}"
+        )
         raise ConfigError(f"{key_where} does not match {cert_where} ({what})")
     try:
         ctx.use_certificate(chain[0])
@@ -197,8 +211,9 @@ def _load_identity(ctx: SSL.Context, cert: x509.Certificate | str,
         ctx.use_privatekey(key_obj)
         ctx.check_privatekey()
     except SSL.Error as exc:  # e.g. a key OpenSSL refuses for TLS (too small)
-        raise ConfigError(f"{key_where}: OpenSSL refused the certificate or key: "
-                          f"{_openssl_reason(exc)}") from None
+        raise ConfigError(
+            f"{key_where}: OpenSSL refused the certificate or key: {_openssl_reason(exc)}"
+        ) from None
 
 
 def _openssl_reason(exc: SSL.Error) -> str:
@@ -219,8 +234,14 @@ def _trust(ctx: SSL.Context, cafile: str | None) -> str:
     return f"-CAfile {cafile}"
 
 
-def client_context(opts: TlsOptions, *, verify: bool, cert: str | None = None,
-                   key: str | None = None, pin: bytes | None = None) -> SSL.Context:
+def client_context(
+    opts: TlsOptions,
+    *,
+    verify: bool,
+    cert: str | None = None,
+    key: str | None = None,
+    pin: bytes | None = None,
+) -> SSL.Context:
     """A client context; ``verify`` checks the chain against the trust store.
 
     The host name is checked per connection (``run_handshake(verify_host=)``).

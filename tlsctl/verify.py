@@ -102,14 +102,16 @@ class VerifyCallback:
     """The context's verify callback: records the first failure on the
     connection, and with ``pin`` decides by the leaf's fingerprint alone."""
 
-    def __init__(self, trust: str | None = None, pin: bytes | None = None, *,
-                 of_server: bool = True) -> None:
+    def __init__(
+        self, trust: str | None = None, pin: bytes | None = None, *, of_server: bool = True
+    ) -> None:
         self.trust = trust or "the system trust store"
         self.pin = pin
         self.of_server = of_server
 
-    def __call__(self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int,
-                 ok: int) -> bool:
+    def __call__(
+        self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
+    ) -> bool:
         state = _state(conn)
         if state is not None:
             state.trust, state.of_server = self.trust, self.of_server
@@ -138,11 +140,11 @@ def parse_pin(text: str) -> bytes:
     ValueError with a one-line reason."""
     digits = text.strip().rpartition("=")[2].replace(":", "").replace(" ", "")
     if not digits or not set(digits) <= _HEX:
-        raise ValueError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits, "
-                         "colons optional)")
+        raise ValueError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits, colons optional)")
     if len(digits) != 64:
-        raise ValueError(f"{text!r}: a SHA-256 fingerprint has 64 hex digits, "
-                         f"this has {len(digits)}")
+        raise ValueError(
+            f"{text!r}: a SHA-256 fingerprint has 64 hex digits, this has {len(digits)}"
+        )
     return bytes.fromhex(digits)
 
 
@@ -185,31 +187,48 @@ def failure_line(conn: SSL.Connection) -> str | None:
 def describe(failure: VerifyFailure | PinMismatch, state: VerifyState) -> str:
     """Which check failed, on which certificate, and what to do about it."""
     if isinstance(failure, PinMismatch):
-        return (f"--pin-sha256: the server's certificate has SHA-256 {failure.seen}, "
-                f"not the pinned {failure.pinned}")
+        return (
+            f"--pin-sha256: the server's certificate has SHA-256 {failure.seen}, "
+            f"not the pinned {failure.pinned}"
+        )
     n, cert, depth = failure.errnum, failure.cert, failure.depth
     where = f"depth {depth} {_subject(cert)}"
     tag = f"verify error:num={n}:{openssl_reason(n)}"
     target = state.target or "?"
     if n == X509Error.HOSTNAME_MISMATCH:
-        why = (f"no alternative certificate subject name matches target host name "
-               f"'{target}' ({where} is for {_names(cert)}; {tag})")
+        why = (
+            f"no alternative certificate subject name matches target host name "
+            f"'{target}' ({where} is for {_names(cert)}; {tag})"
+        )
     elif n == X509Error.IP_ADDRESS_MISMATCH:
-        why = (f"no alternative certificate subject name matches target host name "
-               f"'{target}' ({where} is for {_names(cert)}: an IP address needs an IP "
-               f"SAN; connect by a name it has or give -servername NAME; {tag})")
+        why = (
+            f"no alternative certificate subject name matches target host name "
+            f"'{target}' ({where} is for {_names(cert)}: an IP address needs an IP "
+            f"SAN; connect by a name it has or give -servername NAME; {tag})"
+        )
     elif n == X509Error.DEPTH_ZERO_SELF_SIGNED_CERT:
-        hint = (": trust it with -CAfile, pin it with --pin-sha256, or skip the check "
-                "with -k" if state.of_server else "")
-        why = (f"self-signed certificate {_subject(cert)} (SHA-256 "
-               f"{sha256_fingerprint(cert)}) is not trusted by {state.trust}{hint} ({tag})")
+        hint = (
+            ": trust it with -CAfile, pin it with --pin-sha256, or skip the check with -k"
+            if state.of_server
+            else ""
+        )
+        why = (
+            f"self-signed certificate {_subject(cert)} (SHA-256 "
+            f"{sha256_fingerprint(cert)}) is not trusted by {state.trust}{hint} ({tag})"
+        )
     elif n == X509Error.SELF_SIGNED_CERT_IN_CHAIN:
-        why = (f"the chain ends in CA {_subject(cert)} (depth {depth}), which is not in "
-               f"{state.trust} ({tag})")
-    elif n in (X509Error.UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
-               X509Error.UNABLE_TO_VERIFY_LEAF_SIGNATURE):
-        why = (f"unknown CA: the issuer {cert.issuer.rfc4514_string()} of {where} is not "
-               f"in {state.trust} ({tag})")
+        why = (
+            f"the chain ends in CA {_subject(cert)} (depth {depth}), which is not in "
+            f"{state.trust} ({tag})"
+        )
+    elif n in (
+        X509Error.UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+        X509Error.UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+    ):
+        why = (
+            f"unknown CA: the issuer {cert.issuer.rfc4514_string()} of {where} is not "
+            f"in {state.trust} ({tag})"
+        )
     elif n == X509Error.CERT_HAS_EXPIRED:
         when = cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC")
         why = f"certificate expired: {where} was valid until {when} ({tag})"

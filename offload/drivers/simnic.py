@@ -27,9 +27,9 @@ The record framing - where the header, explicit nonce, tag sit, how nonce
 and additional data are built - is the layer's own (``offload.framing``),
 as a real NIC implements the same RFC formulas the kernel's software path
 does.  What keeps the NIC honest is that nothing checks it against the
-layer alone: ``tests/test_record.py`` puts published records (RFC 8448) and
-OpenSSL's records through it, and ``tests/test_cli_simnic.py`` has real
-peers (``openssl s_server``, curl) read and hash what it sends.  The
+layer alone: ``tests/offload/test_record.py`` puts published records
+(RFC 8448) and OpenSSL's records through it, and ``tests/cli/test_cli_simnic.py``
+has real peers (``openssl s_server``, curl) read and hash what it sends.  The
 per-segment loops and ``nonce_aad`` take the framing's sizes and ``struct``
 objects and inline the nonce XOR: no helper call per record where the NIC
 had none.
@@ -277,9 +277,7 @@ class SimNic:
         ctx.expected = tcp_seq
         ctx.record_sn = record_sn
 
-    def xmit(
-        self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview
-    ) -> bool:
+    def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
         if not isinstance(ctx, SimNicContext):
             raise TypeError("not a sim-nic context")
         payload = segment.payload

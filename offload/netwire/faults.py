@@ -51,10 +51,17 @@ class WireFaults:
     def parse(cls, text: str) -> WireFaults:
         """``drop=0.01,dup=0.005,reorder=0.01,delay=1,seed=7``; ValueError
         with one line naming what is wrong."""
-        refused = {name: f"fault {name!r} means nothing on a real wire ({why}); "
-                         "it exists with --wire model" for name, why in MODEL_ONLY.items()}
-        values = parse_faults(text, KINDS, refused=refused,
-                              limits={"delay": (0.0, 1000.0, "a delay in milliseconds (0..1000)")})
+        refused = {
+            name: f"fault {name!r} means nothing on a real wire ({why}); "
+            "it exists with --wire model"
+            for name, why in MODEL_ONLY.items()
+        }
+        values = parse_faults(
+            text,
+            KINDS,
+            refused=refused,
+            limits={"delay": (0.0, 1000.0, "a delay in milliseconds (0..1000)")},
+        )
         return cls(**values)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -72,8 +79,9 @@ class FaultStage:
         self._held: list[tuple[float, int, bytes]] = []
         self._order = 0
 
-    def send(self, frame: memoryview, write: Callable[[memoryview | bytes], object],
-             now: float) -> None:
+    def send(
+        self, frame: memoryview, write: Callable[[memoryview | bytes], object], now: float
+    ) -> None:
         """The wire takes ``frame`` (valid during the call only)."""
         s, r, c = self.spec, self.rng, self.counts
         if s.drop and r.random() < s.drop:

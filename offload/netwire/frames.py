@@ -116,10 +116,24 @@ def make_partial(frame: memoryview, t: TcpFrame) -> None:
     s += IPPROTO_TCP + (t.end - t.tcp)
     struct.pack_into(">H", frame, t.tcp + _TCP_CSUM_OFFSET, _fold(s))
     VNET_HDR.pack_into(
-        frame, 0, flags | VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hdr_len, gso_size,
-        t.tcp - VNET_HDR_LEN, _TCP_CSUM_OFFSET,
+        frame,
+        0,
+        flags | VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type,
+        hdr_len,
+        gso_size,
+        t.tcp - VNET_HDR_LEN,
+        _TCP_CSUM_OFFSET,
     )
 
 
-__all__ = ["TCP_ACK", "TCP_FIN", "TCP_RST", "TCP_SYN", "FlowKey", "TcpFrame", "make_partial",
-           "parse_tcp"]
+__all__ = [
+    "TCP_ACK",
+    "TCP_FIN",
+    "TCP_RST",
+    "TCP_SYN",
+    "FlowKey",
+    "TcpFrame",
+    "make_partial",
+    "parse_tcp",
+]

@@ -70,8 +70,9 @@ def unavailable_reason() -> str | None:
 class NetnsWire:
     """Sender and receiver namespaces, and the NIC process between them."""
 
-    def __init__(self, driver: str = "sim-nic", *, faults: str = "",
-                 startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self, driver: str = "sim-nic", *, faults: str = "", startup_timeout: float = 20.0
+    ) -> None:
         """``faults``: a ``offload.netwire.faults.WireFaults`` spec applied
         by the NIC process to frames in both directions (ValueError here if
         it does not parse)."""
@@ -111,10 +112,24 @@ class NetnsWire:
             netns.create(self.ns[side])
             self._made.append(self.ns[side])
         self.nic = subprocess.Popen(
-            [sys.executable, "-m", "offload.netwire.nic", "--tx-ns", self.ns["tx"],
-             "--rx-ns", self.ns["rx"], "--control", self.control, "--driver", self.driver,
-             "--faults", self.faults],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "offload.netwire.nic",
+                "--tx-ns",
+                self.ns["tx"],
+                "--rx-ns",
+                self.ns["rx"],
+                "--control",
+                self.control,
+                "--driver",
+                self.driver,
+                "--faults",
+                self.faults,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         )
         self._wait_ready()

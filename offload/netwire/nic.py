@@ -210,8 +210,9 @@ class Nic:
         return {}
 
 
-def forward(src: int, dst: int, process: Callable[[memoryview], bool],
-            stage: FaultStage | None = None) -> None:
+def forward(
+    src: int, dst: int, process: Callable[[memoryview], bool], stage: FaultStage | None = None
+) -> None:
     """Move frames from one TUN to the other until either goes away (through
     the fault stage, when there is one)."""
     buf = bytearray(MAX_FRAME)

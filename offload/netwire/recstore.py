@@ -93,8 +93,19 @@ class StoreWriter:
         finally:
             os.close(fd)
         self._mv = memoryview(self._map)
-        _HDR.pack_into(self._map, 0, MAGIC, ring_size, entries, isn % SEQ_MOD, 0,
-                       start_offset, 0, 0, start_offset)
+        _HDR.pack_into(
+            self._map,
+            0,
+            MAGIC,
+            ring_size,
+            entries,
+            isn % SEQ_MOD,
+            0,
+            start_offset,
+            0,
+            0,
+            start_offset,
+        )
         self.acked = start_offset
         # The writer's own copy of what it published (never read back from
         # the shared memory): end offset and ring span of each live entry.
@@ -146,8 +157,9 @@ class StoreWriter:
         Waits for acknowledgements while the ring is full."""
         n = len(buf)
         if n > self.ring_size:
-            raise StoreFull(errno.ENOBUFS, f"a {n}-byte buffer cannot fit a {self.ring_size}-byte "
-                            "record ring")
+            raise StoreFull(
+                errno.ENOBUFS, f"a {n}-byte buffer cannot fit a {self.ring_size}-byte record ring"
+            )
         pos = self._place(n)
         while pos is None:
             if self.wait_room is None or not self.wait_room():

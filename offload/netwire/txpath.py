@@ -84,8 +84,11 @@ class RemoteNic:
     def dev_add(self, direction: int, info: CryptoInfo, start_tcp_seq: int) -> object:
         try:
             answer = self.control.call(
-                "add", flow=flow_to_json(self.flow), crypto_info=info.pack().hex(),
-                start_seq=start_tcp_seq, store=self.store.path,
+                "add",
+                flow=flow_to_json(self.flow),
+                crypto_info=info.pack().hex(),
+                start_seq=start_tcp_seq,
+                store=self.store.path,
             )
         except ControlError as exc:
             raise OffloadRefused(str(exc)) from None
@@ -155,12 +158,12 @@ class ShmDeviceTx(DeviceTx):
                 control.close()
 
 
-
 class NetTxPath:
     """Framed records into a real TCP socket; the NIC process encrypts them."""
 
-    def __init__(self, sock: socket.socket, control_path: str, *,
-                 ring_size: int = DEFAULT_RING) -> None:
+    def __init__(
+        self, sock: socket.socket, control_path: str, *, ring_size: int = DEFAULT_RING
+    ) -> None:
         """``ring_size``: the shared record ring; at least two framing
         batches (``DeviceTx.batch_records`` full records), so one can be
         framed while TCP still holds the other unacknowledged."""
@@ -241,7 +244,9 @@ class NetTxPath:
             return None
         stats = {str(k): int(v) for k, v in s["device"].items()}
         return DeviceReport(
-            name="nic0", driver=str(s.get("driver", "")), stats=stats,
+            name="nic0",
+            driver=str(s.get("driver", "")),
+            stats=stats,
             device_seconds=float(s.get("cpu_seconds", 0.0)),
         )
 

@@ -47,7 +47,8 @@ def parse_modes(text: str) -> tuple[str, ...]:
     bad = [m for m in modes if m not in ALL_MODES]
     if bad or not modes:
         raise ValueError(
-            f"unknown mode {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_MODES)}")
+            f"unknown mode {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_MODES)}"
+        )
     return tuple(dict.fromkeys(modes))
 
 
@@ -68,8 +69,11 @@ def skip_reason(mode: str, *, remote: bool, record_size: int) -> str | None:
             return "--record-size needs the user-space layer"
     least = _MIN_RECORD.get(mode, 1)
     if record_size < least:
-        why = ("s_server -max_send_frag takes 512..16384" if mode == "openssl"
-               else "an alert's 2 bytes must fit in one record (RFC 8446 5.1)")
+        why = (
+            "s_server -max_send_frag takes 512..16384"
+            if mode == "openssl"
+            else "an alert's 2 bytes must fit in one record (RFC 8446 5.1)"
+        )
         return f"--record-size {record_size} is below the {least} it needs: {why}"
     if mode == "openssl":
         return _missing_tools()

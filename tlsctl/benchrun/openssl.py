@@ -22,12 +22,31 @@ from tlsctl.benchrun.results import Result
 
 def _commands(job: Job) -> tuple[list[str], list[str]]:
     """The s_server and curl command lines (curl without its URL)."""
-    cmd = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-WWW", "-cert", job.cert_pem,
-           "-key", job.key_pem, "-naccept", "1000000"]
+    cmd = [
+        "openssl",
+        "s_server",
+        "-accept",
+        "127.0.0.1:0",
+        "-WWW",
+        "-cert",
+        job.cert_pem,
+        "-key",
+        job.key_pem,
+        "-naccept",
+        "1000000",
+    ]
     if job.record_size != TLS_MAX_RECORD:
         cmd += ["-max_send_frag", str(job.record_size)]
-    curl = ["curl", "-sS", "-k", "--http1.0", "-o", "/dev/null",
-            "-w", "%{size_download} %{time_appconnect} %{time_total}\\n"]
+    curl = [
+        "curl",
+        "-sS",
+        "-k",
+        "--http1.0",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{time_appconnect} %{time_total}\\n",
+    ]
     if job.opts.tls1_2:
         cmd.append("-tls1_2")
         curl += ["--tlsv1.2", "--tls-max", "1.2"]
@@ -47,8 +66,14 @@ def openssl_www(job: Job) -> Result:
     cmd, curl = _commands(job)
     # stdout to a file: s_server writes per connection, a pipe could fill up.
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
-    srv = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.PIPE, stdout=log,
-                           stderr=subprocess.STDOUT, preexec_fn=child_setup(os.getpid()))
+    srv = subprocess.Popen(
+        cmd,
+        cwd=directory,
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=child_setup(os.getpid()),
+    )
     try:
         port = _accept_port(srv, log)
         url = f"https://127.0.0.1:{port}/{name}"
@@ -59,8 +84,13 @@ def openssl_www(job: Job) -> Result:
             rounds += 1
             c0 = proc_cpu(srv.pid)
             ru0 = children_cpu()
-            out = subprocess.run([*curl, url], capture_output=True, text=True, timeout=600,
-                                 preexec_fn=child_setup(os.getpid()))
+            out = subprocess.run(
+                [*curl, url],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                preexec_fn=child_setup(os.getpid()),
+            )
             if out.returncode != 0:
                 raise BenchError(f"openssl: curl failed: {out.stderr.strip()}")
             cpu += proc_cpu(srv.pid) - c0
@@ -72,8 +102,7 @@ def openssl_www(job: Job) -> Result:
             sent += got
             wire += float(total) - float(appconnect)
         # Wall time is what curl saw after its handshake, summed over fetches.
-        return Result(job.mode, sent, t0, t0 + wire, cpu, receiver_cpu=recv_cpu,
-                      confirmed="count")
+        return Result(job.mode, sent, t0, t0 + wire, cpu, receiver_cpu=recv_cpu, confirmed="count")
     finally:
         srv.kill()
         srv.wait()

@@ -31,8 +31,7 @@ from tlsctl.tlsconf import TlsOptions, server_context
 _BUF = 1 << 20
 
 
-def receiver_main(conn: Any, opts: TlsOptions, cert_pem: str, key_pem: str,
-                  parent: int) -> None:
+def receiver_main(conn: Any, opts: TlsOptions, cert_pem: str, key_pem: str, parent: int) -> None:
     """Listen on a TLS and a plain port (sent to the parent over the pipe
     ``conn``), fork per connection; never returns."""
     detach_signals(parent)

@@ -104,21 +104,24 @@ def summarize(runs: list[ModeRuns]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for r in runs:
         host = _med(r.host)
-        out.append({
-            "mode": r.mode,
-            "throughput_gbps": _med(r.gbps),
-            "throughput_gbps_min": round(min(r.gbps), 4) if r.gbps else None,
-            "throughput_gbps_max": round(max(r.gbps), 4) if r.gbps else None,
-            "host_cpu_s_per_gb": host,
-            "device_cpu_s_per_gb": _med(r.device),
-            "receiver_cpu_s_per_gb": _med(r.receiver),
-            "cpu_vs_tcp": (round(statistics.median(r.host) / tcp_cpu, 3)
-                           if tcp_cpu and r.host else None),
-            "bytes": r.bytes,
-            "repeats": len(r.gbps),
-            "confirmed": r.confirmed,
-            "skipped": r.skipped,
-        })
+        out.append(
+            {
+                "mode": r.mode,
+                "throughput_gbps": _med(r.gbps),
+                "throughput_gbps_min": round(min(r.gbps), 4) if r.gbps else None,
+                "throughput_gbps_max": round(max(r.gbps), 4) if r.gbps else None,
+                "host_cpu_s_per_gb": host,
+                "device_cpu_s_per_gb": _med(r.device),
+                "receiver_cpu_s_per_gb": _med(r.receiver),
+                "cpu_vs_tcp": (
+                    round(statistics.median(r.host) / tcp_cpu, 3) if tcp_cpu and r.host else None
+                ),
+                "bytes": r.bytes,
+                "repeats": len(r.gbps),
+                "confirmed": r.confirmed,
+                "skipped": r.skipped,
+            }
+        )
     return out
 
 
@@ -131,18 +134,22 @@ def headline(rows: list[dict[str, Any]]) -> str:
         sw, nic = by.get("sw"), by.get("sim-nic")
         if sw is None or nic is None or not sw["host_cpu_s_per_gb"]:
             return "no tcp baseline measured: CPU is not compared"
-        return (f"no tcp baseline; sim-nic costs "
-                f"{nic['host_cpu_s_per_gb'] / sw['host_cpu_s_per_gb']:.2f}{TIMES} the host CPU "
-                f"of sw at {nic['throughput_gbps'] / sw['throughput_gbps']:.2f}{TIMES} "
-                "its throughput")
+        return (
+            f"no tcp baseline; sim-nic costs "
+            f"{nic['host_cpu_s_per_gb'] / sw['host_cpu_s_per_gb']:.2f}{TIMES} the host CPU "
+            f"of sw at {nic['throughput_gbps'] / sw['throughput_gbps']:.2f}{TIMES} "
+            "its throughput"
+        )
     parts = []
     for mode in ("userspace", "sw", "sim-nic", "kernel", "openssl"):
         r = by.get(mode)
         if r is None or r["cpu_vs_tcp"] is None:
             continue
         tp = r["throughput_gbps"] / tcp["throughput_gbps"]
-        text = (f"{mode} costs {r['cpu_vs_tcp']:.1f}{TIMES} the CPU of tcp "
-                f"at {tp:.2f}{TIMES} the throughput")
+        text = (
+            f"{mode} costs {r['cpu_vs_tcp']:.1f}{TIMES} the CPU of tcp "
+            f"at {tp:.2f}{TIMES} the throughput"
+        )
         if mode == "sim-nic" and r["device_cpu_s_per_gb"]:
             text += f" (+{r['device_cpu_s_per_gb']:.2f} s/GB on the NIC)"
         parts.append(text)

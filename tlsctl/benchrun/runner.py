@@ -63,8 +63,10 @@ class Bench:
         self._on_progress: Callable[[Progress], None] = lambda _p: None
         self._shield: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         remote = options.remote is not None
-        self.runs = [ModeRuns(m, skip_reason(m, remote=remote, record_size=options.record_size))
-                     for m in options.modes]
+        self.runs = [
+            ModeRuns(m, skip_reason(m, remote=remote, record_size=options.record_size))
+            for m in options.modes
+        ]
 
     def rows(self) -> list[dict[str, Any]]:
         """The results so far, one row per mode (:func:`.results.summarize`)."""
@@ -113,13 +115,20 @@ class Bench:
         pool: Any = None
         try:
             if o.remote is not None:
-                target = Target(o.remote.host, o.remote.port, None, verify=o.remote.verify,
-                                server_name=o.remote.server_name)
+                target = Target(
+                    o.remote.host,
+                    o.remote.port,
+                    None,
+                    verify=o.remote.verify,
+                    server_name=o.remote.server_name,
+                )
             else:
                 parent, child = ctx.Pipe()
-                receiver = ctx.Process(target=receiver_main,
-                                       args=(child, o.tls, cert_pem, key_pem, os.getpid()),
-                                       daemon=True)
+                receiver = ctx.Process(
+                    target=receiver_main,
+                    args=(child, o.tls, cert_pem, key_pem, os.getpid()),
+                    daemon=True,
+                )
                 receiver.start()
                 if not parent.poll(20):
                     raise BenchError("the receiver process did not start")
@@ -131,8 +140,7 @@ class Bench:
             with self._shield():
                 _end(pool, receiver)
 
-    def _rounds(self, pool: Any, target: Target, path: str, cert_pem: str,
-                key_pem: str) -> None:
+    def _rounds(self, pool: Any, target: Target, path: str, cert_pem: str, key_pem: str) -> None:
         o = self.options
         active = [r for r in self.runs if r.skipped is None]
         total = len(active) * o.repeat
@@ -145,9 +153,18 @@ class Bench:
                 done += 1
                 if r.skipped is not None:  # declined in an earlier round
                     continue
-                job = Job(r.mode, target, path, o.size, o.seconds, o.record_size, o.tls,
-                          faults=o.faults if r.mode == "sim-nic" else None,
-                          cert_pem=cert_pem, key_pem=key_pem)
+                job = Job(
+                    r.mode,
+                    target,
+                    path,
+                    o.size,
+                    o.seconds,
+                    o.record_size,
+                    o.tls,
+                    faults=o.faults if r.mode == "sim-nic" else None,
+                    cert_pem=cert_pem,
+                    key_pem=key_pem,
+                )
                 try:
                     results = _streams(pool, job, o.parallel)
                 except ModeUnavailable as exc:
@@ -165,8 +182,9 @@ def _streams(pool: Any, job: Job, parallel: int) -> list[Result]:
     for p in pending:
         while not p.ready():
             if time.monotonic() > deadline:
-                raise BenchError(f"{job.mode}: a sender process did "
-                                 "not finish in time (died or stalled)")
+                raise BenchError(
+                    f"{job.mode}: a sender process did not finish in time (died or stalled)"
+                )
             p.wait(0.1)
         results.append(p.get())
     return results

@@ -116,9 +116,11 @@ def _layer(job: Job, sock: socket.socket) -> KTLSSocket:
 
 def _not_a_sink(job: Job, nbytes: int) -> BenchError:
     t = job.target
-    return BenchError(f"{job.mode}: the server at {format_addr(t.host, t.tls_port)} sent "
-                      f"{nbytes} bytes back: -connect needs a sink ('tlsctl serve --sink'), "
-                      "not a server that answers (--echo, -WWW, s_server)")
+    return BenchError(
+        f"{job.mode}: the server at {format_addr(t.host, t.tls_port)} sent "
+        f"{nbytes} bytes back: -connect needs a sink ('tlsctl serve --sink'), "
+        "not a server that answers (--echo, -WWW, s_server)"
+    )
 
 
 def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> tuple[int, bytes]:
@@ -146,8 +148,9 @@ def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> tuple[i
     if drain.received_before_closing:
         raise _not_a_sink(job, drain.received_before_closing)
     if drain.is_alive():
-        raise BenchError(f"{job.mode}: the server sent no close_notify within "
-                         f"{_REMOTE_CLOSE_WAIT:g} s of ours")
+        raise BenchError(
+            f"{job.mode}: the server sent no close_notify within {_REMOTE_CLOSE_WAIT:g} s of ours"
+        )
     why = drain.verdict()
     if why:
         raise BenchError(f"{job.mode}: the server did not confirm the data: {why}")
@@ -179,16 +182,22 @@ def _ktls(job: Job) -> Result:
     """sw, sim-nic, kernel: the handshake in pyOpenSSL, then the kTLS layer."""
     t = job.target
     sock = _connect(t.host, t.tls_port)
-    res = run_handshake(sock, _client_ctx(job), "client", server_name=t.server_name,
-                        verify_host=t.host if t.verify else None,
-                        exact=job.mode == "kernel" or exact_reads("auto"))
+    res = run_handshake(
+        sock,
+        _client_ctx(job),
+        "client",
+        server_name=t.server_name,
+        verify_host=t.host if t.verify else None,
+        exact=job.mode == "kernel" or exact_reads("auto"),
+    )
     sock.settimeout(None)
     k = install_offload(_layer(job, sock), res)
     chan = KtlsChannel(k, res)
     if job.mode == "sim-nic" and k.tx_conf != "device":
         chan.close()
-        raise ModeUnavailable(f"the NIC declined TLS_TX ({k.offload_refused}); "
-                              "try -tls1_2 or another cipher")
+        raise ModeUnavailable(
+            f"the NIC declined TLS_TX ({k.offload_refused}); try -tls1_2 or another cipher"
+        )
     sent = rounds = 0
     remote = t.tcp_port is None
     try:
@@ -209,8 +218,11 @@ def _ktls(job: Job) -> Result:
         # it (not wall time: with more streams than cores a process waits
         # for a core inside xmit, and that is not the device's work).
         dev = k.device_seconds
-        extra: dict[str, Any] = {"version": res.version_name, "cipher": res.cipher_name,
-                                 "tx_conf": k.tx_conf}
+        extra: dict[str, Any] = {
+            "version": res.version_name,
+            "cipher": res.cipher_name,
+            "tx_conf": k.tx_conf,
+        }
     finally:
         chan.close()
     r = Result(job.mode, sent, t0, t1, cpu1 - cpu0, device_cpu=dev, extra=extra)
@@ -251,8 +263,10 @@ def _confirm(r: Result, data: bytes, peer_closed: bool) -> None:
     elif peer_closed:
         r.confirmed = "close_notify"
     else:
-        raise BenchError(f"{r.mode}: the receiver closed without confirming the data "
-                         "(no close_notify): bytes may have been lost")
+        raise BenchError(
+            f"{r.mode}: the receiver closed without confirming the data "
+            "(no close_notify): bytes may have been lost"
+        )
 
 
 def _userspace(job: Job) -> Result:

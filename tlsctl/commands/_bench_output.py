@@ -49,18 +49,34 @@ def render(rows: list[dict[str, Any]], partial: bool) -> None:
     title = "tlsctl bench" + (" (interrupted: partial results)" if partial else "")
     t = Table(title=title)
     t.add_column("mode", no_wrap=True)
-    for name in ("GB/s", "min-max", "host s/GB", "dev s/GB", "recv s/GB", f"CPU{TIMES}tcp",
-                 "repeats"):
+    for name in (
+        "GB/s",
+        "min-max",
+        "host s/GB",
+        "dev s/GB",
+        "recv s/GB",
+        f"CPU{TIMES}tcp",
+        "repeats",
+    ):
         t.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         if r["skipped"]:
             continue
-        span = (f"{r['throughput_gbps_min']:.2f}-{r['throughput_gbps_max']:.2f}"
-                if r["throughput_gbps_min"] is not None else "-")
-        t.add_row(r["mode"], _fmt(r["throughput_gbps"], ".3f"), span,
-                  _fmt(r["host_cpu_s_per_gb"], ".3f"), _fmt(r["device_cpu_s_per_gb"], ".3f"),
-                  _fmt(r["receiver_cpu_s_per_gb"], ".3f"), _fmt(r["cpu_vs_tcp"], ".2f"),
-                  str(r["repeats"]))
+        span = (
+            f"{r['throughput_gbps_min']:.2f}-{r['throughput_gbps_max']:.2f}"
+            if r["throughput_gbps_min"] is not None
+            else "-"
+        )
+        t.add_row(
+            r["mode"],
+            _fmt(r["throughput_gbps"], ".3f"),
+            span,
+            _fmt(r["host_cpu_s_per_gb"], ".3f"),
+            _fmt(r["device_cpu_s_per_gb"], ".3f"),
+            _fmt(r["receiver_cpu_s_per_gb"], ".3f"),
+            _fmt(r["cpu_vs_tcp"], ".2f"),
+            str(r["repeats"]),
+        )
     con.print(t)
     for r in rows:
         if r["skipped"]:
@@ -69,10 +85,12 @@ def render(rows: list[dict[str, Any]], partial: bool) -> None:
     if ran:
         width = 20
         top_tp = max(r["throughput_gbps"] for r in ran) or 1.0
-        top_cpu = max((r["host_cpu_s_per_gb"] or 0) + (r["device_cpu_s_per_gb"] or 0)
-                      for r in ran) or 1.0
-        chart = Table(title="throughput (GB/s) and CPU per GB (host █, device ▒)",
-                      show_edge=False, box=None)
+        top_cpu = (
+            max((r["host_cpu_s_per_gb"] or 0) + (r["device_cpu_s_per_gb"] or 0) for r in ran) or 1.0
+        )
+        chart = Table(
+            title="throughput (GB/s) and CPU per GB (host █, device ▒)", show_edge=False, box=None
+        )
         chart.add_column("mode", no_wrap=True)
         chart.add_column("throughput", no_wrap=True)
         chart.add_column("CPU s/GB", no_wrap=True)
@@ -81,8 +99,11 @@ def render(rows: list[dict[str, Any]], partial: bool) -> None:
             host = max(0.0, r["host_cpu_s_per_gb"] or 0.0)
             dev = r["device_cpu_s_per_gb"] or 0.0
             cpu_bar = "█" * round(width * host / top_cpu) + "▒" * round(width * dev / top_cpu)
-            chart.add_row(r["mode"], f"[cyan]{tp_bar}[/] {r['throughput_gbps']:.2f}",
-                          f"[magenta]{cpu_bar}[/] {host + dev:.2f}")
+            chart.add_row(
+                r["mode"],
+                f"[cyan]{tp_bar}[/] {r['throughput_gbps']:.2f}",
+                f"[magenta]{cpu_bar}[/] {host + dev:.2f}",
+            )
         con.print(chart)
     con.print(headline(rows))
 
@@ -98,9 +119,14 @@ def progress_bar() -> Iterator[Callable[[Progress], None] | None]:
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar
 
-    with Bar(TextColumn("{task.description}"), BarColumn(),
-             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-             console=Console(stderr=True), transient=True) as bar:
+    with Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("starting", total=None)
 
         def step(p: Progress) -> None:

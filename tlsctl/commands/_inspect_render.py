@@ -49,8 +49,9 @@ def render_text(doc: dict[str, Any], show_stats: bool, where: Path | None = None
         return _empty_note(where) + "\n"
     for p in doc["processes"]:
         conns = p.get("connections", [])
-        out.append(f"pid {p.get('pid')}  started {p.get('started')}  "
-                   f"connections {len(conns)}  {_argv(p)}")
+        out.append(
+            f"pid {p.get('pid')}  started {p.get('started')}  connections {len(conns)}  {_argv(p)}"
+        )
         for c in conns:
             out.extend("  " + line for line in _conn_text(c))
     return "\n".join(out) + "\n"
@@ -107,8 +108,9 @@ def _human(n: Any) -> str:
     return human_size(n, "B") if isinstance(n, int) else _dash(n)
 
 
-def render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200,
-                 where: Path | None = None) -> RenderableType:
+def render_rich(
+    doc: dict[str, Any], show_stats: bool, width: int = 200, where: Path | None = None
+) -> RenderableType:
     """Tables for a terminal: two-line cells (TX over RX); the counters get a
     column of their own on a wide terminal, a table below on a narrow one."""
     if show_stats:
@@ -119,14 +121,18 @@ def render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200,
     parts: list[RenderableType] = []
     for p in doc["processes"]:
         conns = p.get("connections", [])
-        t = Table(title=f"pid {p.get('pid')}  {_argv(p)}", title_justify="left",
-                  title_style="bold",
-                  # The footer names its process: with several processes (and
-                  # counters tables between them) it must not read as the
-                  # next table's header.
-                  caption=f"pid {p.get('pid')}: started {p.get('started')} · "
-                          f"{len(conns)} connection(s)",
-                  caption_justify="left", box=box.SIMPLE_HEAD, expand=False)
+        t = Table(
+            title=f"pid {p.get('pid')}  {_argv(p)}",
+            title_justify="left",
+            title_style="bold",
+            # The footer names its process: with several processes (and
+            # counters tables between them) it must not read as the
+            # next table's header.
+            caption=f"pid {p.get('pid')}: started {p.get('started')} · {len(conns)} connection(s)",
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+            expand=False,
+        )
         t.add_column("id", justify="right")
         t.add_column("label\npeer", no_wrap=True)
         t.add_column("TLS\ncipher", no_wrap=True)
@@ -136,8 +142,9 @@ def render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200,
         t.add_column("bytes sent\nreceived", justify="right", no_wrap=True)
         if inline:
             t.add_column("counters", overflow="fold", min_width=24)
-        below = Table(title=f"counters of pid {p.get('pid')}", title_justify="left",
-                      box=box.SIMPLE_HEAD)
+        below = Table(
+            title=f"counters of pid {p.get('pid')}", title_justify="left", box=box.SIMPLE_HEAD
+        )
         below.add_column("id", justify="right")
         below.add_column("tls_stat / ethtool", overflow="fold")
         for c in conns:
@@ -153,7 +160,8 @@ def render_rich(doc: dict[str, Any], show_stats: bool, width: int = 200,
                 f"{_conf(c.get('tx_conf'))}\n{_conf(c.get('rx_conf'))}",
                 f"{_dash(c.get('tx_rec_seq'))}\n{_dash(c.get('rx_rec_seq'))}",
                 f"{_dash(dev.get('expected_tcp_seq'))}\n{_dash(dev.get('records_in_flight'))}"
-                if dev else "-",
+                if dev
+                else "-",
                 f"{_human(c.get('bytes_sent'))}\n{_human(c.get('bytes_received'))}",
             ]
             if inline:
@@ -185,16 +193,26 @@ def _secrets_table(conns: Iterable[dict[str, Any]]) -> Table | None:
         for d in ("tx", "rx"):
             crypto = c.get(f"{d}_crypto")
             if isinstance(crypto, dict) and crypto.get("key") not in (None, "redacted"):
-                t.add_row(str(c.get("id")), d, crypto.get("key", ""), crypto.get("iv", ""),
-                          crypto.get("salt", ""), str(c.get(f"{d}_crypto_info", "")))
+                t.add_row(
+                    str(c.get("id")),
+                    d,
+                    crypto.get("key", ""),
+                    crypto.get("iv", ""),
+                    crypto.get("salt", ""),
+                    str(c.get(f"{d}_crypto_info", "")),
+                )
                 rows += 1
     return t if rows else None
 
 
 def _stats_table(stats: dict[str, Any]) -> RenderableType:
     proc = stats["proc_net_tls_stat"]
-    t = Table(title=f"TLS counters, summed over {stats['processes']} tlsctl process(es)",
-              title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    t = Table(
+        title=f"TLS counters, summed over {stats['processes']} tlsctl process(es)",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+    )
     t.add_column("counter")
     t.add_column("tlsctl", justify="right")
     if proc is not None:
@@ -209,5 +227,7 @@ def _stats_table(stats: dict[str, Any]) -> RenderableType:
         t.add_row(f"[cyan]{k}[/]", str(v), *(["-"] if proc is not None else []))
     if proc is not None:
         return t
-    return Group(t, Text(f"{PROC_TLS_STAT}: not present (the kernel's tls module is not "
-                         "loaded)", style="dim"))
+    return Group(
+        t,
+        Text(f"{PROC_TLS_STAT}: not present (the kernel's tls module is not loaded)", style="dim"),
+    )

@@ -78,67 +78,130 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
         raise CommandFailed(unavailable, ExitStatus.FAILED)
     key_update_every: int | None = params.pop("key_update_every")
     try:
-        device = device_spec(offload, faults=params.pop("faults"), mss=params.pop("mss"),
-                             key_update_every=key_update_every)
+        device = device_spec(
+            offload,
+            faults=params.pop("faults"),
+            mss=params.pop("mss"),
+            key_update_every=key_update_every,
+        )
     except OffloadOptionError as exc:
         if exc.option is not None:
             raise click.BadParameter(str(exc), param_hint=exc.option) from None
         raise click.UsageError(str(exc)) from None
-    tls = tls_options_for(offload, tls1_2=params.pop("tls1_2"), tls1_3=params.pop("tls1_3"),
-                          cipher=params.pop("cipher"), ciphersuites=params.pop("ciphersuites"),
-                          cafile=params.pop("cafile"))
-    output = Output(quiet=params.pop("quiet"), verbose=params.pop("verbose"),
-                    as_json=params.pop("as_json"))
-    return CommonOptions(tls=tls, offload=offload, device=device,
-                         keylogfile=params.pop("keylogfile") or None,
-                         key_update_every=key_update_every, output=output,
-                         control_socket=params.pop("control_socket"))
+    tls = tls_options_for(
+        offload,
+        tls1_2=params.pop("tls1_2"),
+        tls1_3=params.pop("tls1_3"),
+        cipher=params.pop("cipher"),
+        ciphersuites=params.pop("ciphersuites"),
+        cafile=params.pop("cafile"),
+    )
+    output = Output(
+        quiet=params.pop("quiet"), verbose=params.pop("verbose"), as_json=params.pop("as_json")
+    )
+    return CommonOptions(
+        tls=tls,
+        offload=offload,
+        device=device,
+        keylogfile=params.pop("keylogfile") or None,
+        key_update_every=key_update_every,
+        output=output,
+        control_socket=params.pop("control_socket"),
+    )
 
 
-def tls_options_for(offload: Offload, *, tls1_2: bool = False, tls1_3: bool = False,
-                    cipher: str | None = None, ciphersuites: str | None = None,
-                    cafile: str | None = None) -> TlsOptions:
+def tls_options_for(
+    offload: Offload,
+    *,
+    tls1_2: bool = False,
+    tls1_3: bool = False,
+    cipher: str | None = None,
+    ciphersuites: str | None = None,
+    cafile: str | None = None,
+) -> TlsOptions:
     """The TLS options; with an offload that must take the connection (all but
     ``auto`` and ``none``, which may keep it in pyOpenSSL) the suites are
     limited to what that record layer carries."""
     from tlsctl.tlsconf import TlsOptions
 
-    return TlsOptions(tls1_2=tls1_2, tls1_3=tls1_3, cipher=cipher, ciphersuites=ciphersuites,
-                      cafile=cafile, layer=offload if needs_layer(offload) else None)
+    return TlsOptions(
+        tls1_2=tls1_2,
+        tls1_3=tls1_3,
+        cipher=cipher,
+        ciphersuites=ciphersuites,
+        cafile=cafile,
+        layer=offload if needs_layer(offload) else None,
+    )
 
 
 def _tls_options(f: F) -> F:
     """Version, cipher, CA, keylog, offload and output options."""
     decorators = [
-        click.option("-tls1_2", "--tls1_2", "--tls1.2", "tls1_2", is_flag=True,
-                     help="Only TLS 1.2."),
-        click.option("-tls1_3", "--tls1_3", "--tls1.3", "tls1_3", is_flag=True,
-                     help="Only TLS 1.3."),
-        click.option("-cipher", "--cipher", "cipher", metavar="LIST",
-                     help="TLS 1.2 cipher list (OpenSSL syntax); with --offload "
-                          "sw/kernel/NIC only the suites the layer carries are used."),
-        click.option("-ciphersuites", "--ciphersuites", "ciphersuites", metavar="LIST",
-                     help="TLS 1.3 cipher suites (colon-separated)."),
-        click.option("-CAfile", "--CAfile", "--cafile", "cafile", metavar="PEM",
-                     type=click.Path(dir_okay=False),
-                     help="Trusted CA certificates (instead of the system store)."),
-        click.option("-keylogfile", "--keylogfile", "keylogfile", metavar="FILE",
-                     shell_complete=complete.files,
-                     envvar="SSLKEYLOGFILE", show_envvar=True,
-                     help="Append TLS secrets in NSS key log format (for Wireshark)."),
-        click.option("--offload", type=click.Choice(offload_choices()),
-                     default="auto", show_default=True,
-                     help="Record layer: kernel kTLS where available else software "
-                          "(auto), the software layer (sw), the kernel (kernel), "
-                          "stay in pyOpenSSL (none), or TX through a simulated "
-                          "TLS-offload NIC (sim-nic, or another driver plug-in)."),
-        click.option("--faults", metavar="SPEC",
-                     help="With a NIC: seeded wire faults, e.g. "
-                          "reorder=0.02,split=0.05,dup=0.01,drop=0.01,redirect=0.01,seed=7."),
-        click.option("--mss", type=ByteSize(1, 1 << 20), metavar="BYTES",
-                     help="With a NIC: TCP segment size (default 65536, one TSO segment)."),
-        click.option("-quiet", "--quiet", "-q", "quiet", is_flag=True,
-                     help="Only errors and warnings."),
+        click.option(
+            "-tls1_2", "--tls1_2", "--tls1.2", "tls1_2", is_flag=True, help="Only TLS 1.2."
+        ),
+        click.option(
+            "-tls1_3", "--tls1_3", "--tls1.3", "tls1_3", is_flag=True, help="Only TLS 1.3."
+        ),
+        click.option(
+            "-cipher",
+            "--cipher",
+            "cipher",
+            metavar="LIST",
+            help="TLS 1.2 cipher list (OpenSSL syntax); with --offload "
+            "sw/kernel/NIC only the suites the layer carries are used.",
+        ),
+        click.option(
+            "-ciphersuites",
+            "--ciphersuites",
+            "ciphersuites",
+            metavar="LIST",
+            help="TLS 1.3 cipher suites (colon-separated).",
+        ),
+        click.option(
+            "-CAfile",
+            "--CAfile",
+            "--cafile",
+            "cafile",
+            metavar="PEM",
+            type=click.Path(dir_okay=False),
+            help="Trusted CA certificates (instead of the system store).",
+        ),
+        click.option(
+            "-keylogfile",
+            "--keylogfile",
+            "keylogfile",
+            metavar="FILE",
+            shell_complete=complete.files,
+            envvar="SSLKEYLOGFILE",
+            show_envvar=True,
+            help="Append TLS secrets in NSS key log format (for Wireshark).",
+        ),
+        click.option(
+            "--offload",
+            type=click.Choice(offload_choices()),
+            default="auto",
+            show_default=True,
+            help="Record layer: kernel kTLS where available else software "
+            "(auto), the software layer (sw), the kernel (kernel), "
+            "stay in pyOpenSSL (none), or TX through a simulated "
+            "TLS-offload NIC (sim-nic, or another driver plug-in).",
+        ),
+        click.option(
+            "--faults",
+            metavar="SPEC",
+            help="With a NIC: seeded wire faults, e.g. "
+            "reorder=0.02,split=0.05,dup=0.01,drop=0.01,redirect=0.01,seed=7.",
+        ),
+        click.option(
+            "--mss",
+            type=ByteSize(1, 1 << 20),
+            metavar="BYTES",
+            help="With a NIC: TCP segment size (default 65536, one TSO segment).",
+        ),
+        click.option(
+            "-quiet", "--quiet", "-q", "quiet", is_flag=True, help="Only errors and warnings."
+        ),
         click.option("-v", "--verbose", count=True, help="More detail (repeat for more)."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]
@@ -150,10 +213,12 @@ def _tls_options(f: F) -> F:
 def _control_socket_option(f: F) -> F:
     """``--control-socket PATH`` for commands that serve one (``send``, ``serve``)."""
     return click.option(
-        "--control-socket", "control_socket", metavar="PATH",
+        "--control-socket",
+        "control_socket",
+        metavar="PATH",
         type=click.Path(path_type=Path),
         help="Answer `tlsctl inspect-context` on this Unix socket, or as <pid>.sock in "
-             "this directory (default: $XDG_RUNTIME_DIR/tlsctl/<pid>.sock).",
+        "this directory (default: $XDG_RUNTIME_DIR/tlsctl/<pid>.sock).",
     )(f)
 
 
@@ -187,8 +252,7 @@ class ByteSize(click.ParamType[int]):
         self.minimum = minimum
         self.maximum = maximum
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         try:
             size = parse_size(value, minimum=self.minimum)
         except ValueError as exc:
@@ -204,8 +268,9 @@ class Fingerprint(click.ParamType[bytes]):
 
     name = "FINGERPRINT"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> bytes:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> bytes:
         if isinstance(value, bytes):
             return value
         from tlsctl.verify import parse_pin
@@ -218,7 +283,11 @@ class Fingerprint(click.ParamType[bytes]):
 
 def _key_update_option(f: F) -> F:
     return click.option(
-        "--key-update-every", "key_update_every", type=ByteSize(), metavar="BYTES",
+        "--key-update-every",
+        "key_update_every",
+        type=ByteSize(),
+        metavar="BYTES",
         help="TLS 1.3: send a KeyUpdate (update_not_requested) and switch to the next "
-             "TX key every BYTES of application data sent (K/M/G suffixes). "
-             "Not with a NIC offload (sim-nic) yet: it cannot rekey.")(f)
+        "TX key every BYTES of application data sent (K/M/G suffixes). "
+        "Not with a NIC offload (sim-nic) yet: it cannot rekey.",
+    )(f)

@@ -105,8 +105,12 @@ def progress_bar(total: int | None) -> Iterator[Callable[[int], None]]:
             return Text(f"{human_size(int(task.completed))} sent", style="progress.download")
 
     columns: list[ProgressColumn] = [
-        BarColumn(), TaskProgressColumn(), DownloadColumn(binary_units=True),
-        TransferSpeedColumn(), TimeRemainingColumn()]
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    ]
     if total is None:
         columns = [Sent(), TransferSpeedColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:

@@ -37,40 +37,98 @@ DATA_DIR_ENV = "TLSCTL_BENCH_DIR"
 
 
 @click.command()
-@click.option("--size", type=ByteSize(), default="256M", show_default=True, metavar="SIZE",
-              help="Bytes per stream per transfer (K/M/G suffixes).")
-@click.option("--time", "seconds", type=click.FloatRange(min=0.1), metavar="SECONDS",
-              help="Resend the file on each connection until SECONDS have passed.")
-@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Rounds; modes are interleaved within each round, medians reported.")
-@click.option("--modes", default=",".join(DEFAULT_MODES), show_default=True, metavar="LIST",
-              shell_complete=complete.comma_list(ALL_MODES),
-              help=f"Comma-separated, from: {', '.join(ALL_MODES)}.")
-@click.option("-P", "--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Parallel streams (sender processes) per mode.")
-@click.option("--record-size", type=ByteSize(1, TLS_MAX_RECORD), default=TLS_MAX_RECORD,
-              show_default=True, metavar="BYTES",
-              help="Plaintext bytes per TLS record (K suffix too; a mode that cannot run "
-                   "with it is skipped with the reason: sw/sim-nic need 2, openssl 512, "
-                   "kernel 16K).")
-@click.option("--faults", metavar="SPEC",
-              help="Wire faults for sim-nic, e.g. reorder=0.01,seed=1.")
-@click.option("-connect", "--connect", "connect", metavar="HOST:PORT",
-              help="Send to a running 'tlsctl serve --sink' instead of a loopback receiver.")
+@click.option(
+    "--size",
+    type=ByteSize(),
+    default="256M",
+    show_default=True,
+    metavar="SIZE",
+    help="Bytes per stream per transfer (K/M/G suffixes).",
+)
+@click.option(
+    "--time",
+    "seconds",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Resend the file on each connection until SECONDS have passed.",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Rounds; modes are interleaved within each round, medians reported.",
+)
+@click.option(
+    "--modes",
+    default=",".join(DEFAULT_MODES),
+    show_default=True,
+    metavar="LIST",
+    shell_complete=complete.comma_list(ALL_MODES),
+    help=f"Comma-separated, from: {', '.join(ALL_MODES)}.",
+)
+@click.option(
+    "-P",
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Parallel streams (sender processes) per mode.",
+)
+@click.option(
+    "--record-size",
+    type=ByteSize(1, TLS_MAX_RECORD),
+    default=TLS_MAX_RECORD,
+    show_default=True,
+    metavar="BYTES",
+    help="Plaintext bytes per TLS record (K suffix too; a mode that cannot run "
+    "with it is skipped with the reason: sw/sim-nic need 2, openssl 512, "
+    "kernel 16K).",
+)
+@click.option("--faults", metavar="SPEC", help="Wire faults for sim-nic, e.g. reorder=0.01,seed=1.")
+@click.option(
+    "-connect",
+    "--connect",
+    "connect",
+    metavar="HOST:PORT",
+    help="Send to a running 'tlsctl serve --sink' instead of a loopback receiver.",
+)
 @click.option("-k", "--insecure", is_flag=True, help="With -connect: do not verify the server.")
-@click.option("-CAfile", "--CAfile", "--cafile", "cafile", metavar="PEM",
-              type=click.Path(dir_okay=False, exists=True), help="With -connect: trusted CAs.")
+@click.option(
+    "-CAfile",
+    "--CAfile",
+    "--cafile",
+    "cafile",
+    metavar="PEM",
+    type=click.Path(dir_okay=False, exists=True),
+    help="With -connect: trusted CAs.",
+)
 @click.option("-tls1_2", "--tls1_2", "--tls1.2", "tls1_2", is_flag=True, help="Only TLS 1.2.")
 @click.option("-tls1_3", "--tls1_3", "--tls1.3", "tls1_3", is_flag=True, help="Only TLS 1.3.")
 @click.option("-cipher", "--cipher", "cipher", metavar="LIST", help="TLS 1.2 cipher list.")
-@click.option("-ciphersuites", "--ciphersuites", "ciphersuites", metavar="LIST",
-              help="TLS 1.3 cipher suites.")
+@click.option(
+    "-ciphersuites", "--ciphersuites", "ciphersuites", metavar="LIST", help="TLS 1.3 cipher suites."
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON list, one object per mode.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV, one row per mode.")
-def bench(size: int, seconds: float | None, repeat: int, modes: str, parallel: int,
-          record_size: int, faults: str | None, connect: str | None, insecure: bool,
-          cafile: str | None, tls1_2: bool, tls1_3: bool, cipher: str | None,
-          ciphersuites: str | None, as_json: bool, as_csv: bool) -> None:
+def bench(
+    size: int,
+    seconds: float | None,
+    repeat: int,
+    modes: str,
+    parallel: int,
+    record_size: int,
+    faults: str | None,
+    connect: str | None,
+    insecure: bool,
+    cafile: str | None,
+    tls1_2: bool,
+    tls1_3: bool,
+    cipher: str | None,
+    ciphersuites: str | None,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
     """Measure throughput and CPU per GB of TCP, TLS in user space and offload.
 
     Runs every mode on the same data, interleaved over --repeat rounds,
@@ -116,11 +174,19 @@ def bench(size: int, seconds: float | None, repeat: int, modes: str, parallel: i
         raise click.UsageError("-k and -CAfile go with -connect")
     remote = Remote(*parse_hostport(connect), verify=not insecure) if connect else None
     options = BenchOptions(
-        size=size, modes=mode_list, repeat=repeat, seconds=seconds, parallel=parallel,
-        record_size=record_size, faults=fault_spec, remote=remote,
-        tls=TlsOptions(tls1_2=tls1_2, tls1_3=tls1_3, cipher=cipher,
-                       ciphersuites=ciphersuites, cafile=cafile),
-        data_dir=os.environ.get(DATA_DIR_ENV))
+        size=size,
+        modes=mode_list,
+        repeat=repeat,
+        seconds=seconds,
+        parallel=parallel,
+        record_size=record_size,
+        faults=fault_spec,
+        remote=remote,
+        tls=TlsOptions(
+            tls1_2=tls1_2, tls1_3=tls1_3, cipher=cipher, ciphersuites=ciphersuites, cafile=cafile
+        ),
+        data_dir=os.environ.get(DATA_DIR_ENV),
+    )
     _run(Bench(options), as_json, as_csv)
 
 

@@ -47,11 +47,19 @@ least one version x cipher), 1 when it is not.
 
 
 @click.command(epilog=EPILOG)
-@click.option("--json", "as_json", is_flag=True,
-              help='One JSON object: {"ktls_usable": bool, "checks": {...}}.')
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='One JSON object: {"ktls_usable": bool, "checks": {...}}.',
+)
 @click.option("--no-nics", "no_nics", is_flag=True, help="Skip the NIC offload features.")
-@click.option("--no-libraries", "no_libraries", is_flag=True,
-              help="Skip the OpenSSL and Python ssl checks (they run openssl).")
+@click.option(
+    "--no-libraries",
+    "no_libraries",
+    is_flag=True,
+    help="Skip the OpenSSL and Python ssl checks (they run openssl).",
+)
 def doctor(as_json: bool, no_nics: bool, no_libraries: bool) -> None:
     """Is kTLS usable on this host, and if not, why.
 
@@ -70,13 +78,15 @@ def doctor(as_json: bool, no_nics: bool, no_libraries: bool) -> None:
         _render_text(report)
     if not report.usable:
         first = report.blockers()[0]
-        raise CommandFailed(f"kTLS is not usable here: {first.reason or first.detail}",
-                            ExitStatus.FAILED)
+        raise CommandFailed(
+            f"kTLS is not usable here: {first.reason or first.detail}", ExitStatus.FAILED
+        )
 
 
 def _verdict(report: Report) -> str:
-    return "kTLS usable: " + ("yes" if report.usable else "no") + \
-        f" (Linux {report.kernel_release})"
+    return (
+        "kTLS usable: " + ("yes" if report.usable else "no") + f" (Linux {report.kernel_release})"
+    )
 
 
 def _render_text(report: Report) -> None:

@@ -70,29 +70,60 @@ _SECRET_WARNING = (
 
 
 @click.command(name="inspect-context", epilog=EPILOG)
-@click.option("--json", "as_json", is_flag=True,
-              help='JSON: {"processes": [{"pid": ..., "connections": [...]}]}; with '
-                   "--watch, one such object per line (JSON Lines).")
-@click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=2.0,
-              default=None, metavar="[SECONDS]",
-              help="Refresh every SECONDS (default 2) until Ctrl-C.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='JSON: {"processes": [{"pid": ..., "connections": [...]}]}; with '
+    "--watch, one such object per line (JSON Lines).",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh every SECONDS (default 2) until Ctrl-C.",
+)
 @click.option("--pid", type=int, default=None, help="Only the tlsctl process with this pid.")
-@click.option("--control-socket", "control_socket",
-              type=click.Path(path_type=Path, readable=False),  # we say why, in one line
-              envvar=ENV_VAR, show_envvar=True, metavar="PATH",
-              help="Ask this control socket (or every socket in this directory) "
-                   "instead of the per-user directory.")
-@click.option("--show-secrets", is_flag=True,
-              help="Show keys, IVs, salts and the crypto_info blobs (same user only).")
-@click.option("--stats", "show_stats", is_flag=True,
-              help="Counters summed over all processes, and /proc/net/tls_stat if present.")
-@click.option("--decode", metavar="HEX|FILE",
-              help="Decode a crypto_info blob (hex, or a file of raw bytes or hex; - for "
-                   "stdin) and exit.")
+@click.option(
+    "--control-socket",
+    "control_socket",
+    type=click.Path(path_type=Path, readable=False),  # we say why, in one line
+    envvar=ENV_VAR,
+    show_envvar=True,
+    metavar="PATH",
+    help="Ask this control socket (or every socket in this directory) "
+    "instead of the per-user directory.",
+)
+@click.option(
+    "--show-secrets",
+    is_flag=True,
+    help="Show keys, IVs, salts and the crypto_info blobs (same user only).",
+)
+@click.option(
+    "--stats",
+    "show_stats",
+    is_flag=True,
+    help="Counters summed over all processes, and /proc/net/tls_stat if present.",
+)
+@click.option(
+    "--decode",
+    metavar="HEX|FILE",
+    help="Decode a crypto_info blob (hex, or a file of raw bytes or hex; - for stdin) and exit.",
+)
 @click.option("--proc-tls-stat", default=PROC_TLS_STAT, hidden=True, type=click.Path())
-def inspect_context(as_json: bool, watch: float | None, pid: int | None,
-                    control_socket: Path | None, show_secrets: bool, show_stats: bool,
-                    decode: str | None, proc_tls_stat: str) -> None:
+def inspect_context(
+    as_json: bool,
+    watch: float | None,
+    pid: int | None,
+    control_socket: Path | None,
+    show_secrets: bool,
+    show_stats: bool,
+    decode: str | None,
+    proc_tls_stat: str,
+) -> None:
     """Show the live kTLS context of every running tlsctl process.
 
     Each `tlsctl serve` / `tlsctl send` answers on a control socket private to
@@ -116,16 +147,26 @@ def inspect_context(as_json: bool, watch: float | None, pid: int | None,
     console = Console(highlight=False)
     if show_secrets:
         click.echo(_SECRET_WARNING, err=True)
-    client = ControlClient(control_socket, show_secrets=show_secrets,
-                           warn=lambda m: click.echo(f"warning: {m}", err=True))
+    client = ControlClient(
+        control_socket,
+        show_secrets=show_secrets,
+        warn=lambda m: click.echo(f"warning: {m}", err=True),
+    )
     try:
         _show(console, client, as_json, watch, pid, show_stats, proc_tls_stat)
     except ControlSocketError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _show(console: Console, client: ControlClient, as_json: bool, watch: float | None,
-          pid: int | None, show_stats: bool, proc_tls_stat: str) -> None:
+def _show(
+    console: Console,
+    client: ControlClient,
+    as_json: bool,
+    watch: float | None,
+    pid: int | None,
+    show_stats: bool,
+    proc_tls_stat: str,
+) -> None:
     """One look, or (``--watch``) one per interval until Ctrl-C."""
     where = client.where
     if watch is None:
@@ -141,9 +182,11 @@ def _show(console: Console, client: ControlClient, as_json: bool, watch: float |
                 _print(console, doc, as_json, show_stats, watching=True, where=where)
                 sys.stdout.flush()
         else:
+
             def screen() -> RenderableType:
-                head = Text(f"{time.strftime('%H:%M:%S')}  every {watch:g}s · Ctrl-C quits",
-                            style="dim")
+                head = Text(
+                    f"{time.strftime('%H:%M:%S')}  every {watch:g}s · Ctrl-C quits", style="dim"
+                )
                 return Group(head, render_rich(next(looks), show_stats, console.width, where))
 
             with Live(screen(), console=console, auto_refresh=False) as live:
@@ -153,8 +196,14 @@ def _show(console: Console, client: ControlClient, as_json: bool, watch: float |
         return
 
 
-def _print(console: Console, doc: dict[str, Any], as_json: bool, show_stats: bool,
-           watching: bool = False, where: Path | None = None) -> None:
+def _print(
+    console: Console,
+    doc: dict[str, Any],
+    as_json: bool,
+    show_stats: bool,
+    watching: bool = False,
+    where: Path | None = None,
+) -> None:
     """One look; while watching, JSON is one document per line and text gets a stamp."""
     if as_json:
         click.echo(json.dumps(doc, indent=None if watching else 2))

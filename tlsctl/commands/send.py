@@ -59,32 +59,80 @@ class SendOptions:
 
 @click.command()
 @click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
-@click.option("-connect", "--connect", "connect", metavar="HOST:PORT",
-              help="Server to send to.")
-@click.option("--loopback", is_flag=True,
-              help="Start a server in this process (127.0.0.1, ephemeral certificate, "
-                   "verified) and send to it; it checks the SHA-256 of what arrived.")
-@click.option("--size", default="64M", show_default=True, type=ByteSize(minimum=0),
-              help="With --loopback and no FILE: bytes of random data to send (K/M/G suffixes).")
-@click.option("-servername", "--servername", "servername", metavar="NAME",
-              help="SNI name and the name checked in the certificate (default: HOST).")
-@click.option("-cert", "--cert", "cert", metavar="PEM", type=click.Path(dir_okay=False),
-              help="Client certificate, for servers that ask for one.")
-@click.option("-key", "--key", "key", metavar="PEM", type=click.Path(dir_okay=False),
-              help="Private key of -cert (default: the -cert file).")
-@click.option("-k", "--insecure", is_flag=True,
-              help="Do NOT verify the server certificate (anyone can intercept).")
-@click.option("--pin-sha256", "pin_sha256", type=Fingerprint(), metavar="FINGERPRINT",
-              help="Accept only the server certificate with this SHA-256 fingerprint "
-                   "(as `tlsctl serve` and `send -v` print it; colons optional) instead "
-                   "of the CA and host name checks.")
-@click.option("--timeout", default=30.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Seconds to wait for connect, handshake, and each network step.")
+@click.option("-connect", "--connect", "connect", metavar="HOST:PORT", help="Server to send to.")
+@click.option(
+    "--loopback",
+    is_flag=True,
+    help="Start a server in this process (127.0.0.1, ephemeral certificate, "
+    "verified) and send to it; it checks the SHA-256 of what arrived.",
+)
+@click.option(
+    "--size",
+    default="64M",
+    show_default=True,
+    type=ByteSize(minimum=0),
+    help="With --loopback and no FILE: bytes of random data to send (K/M/G suffixes).",
+)
+@click.option(
+    "-servername",
+    "--servername",
+    "servername",
+    metavar="NAME",
+    help="SNI name and the name checked in the certificate (default: HOST).",
+)
+@click.option(
+    "-cert",
+    "--cert",
+    "cert",
+    metavar="PEM",
+    type=click.Path(dir_okay=False),
+    help="Client certificate, for servers that ask for one.",
+)
+@click.option(
+    "-key",
+    "--key",
+    "key",
+    metavar="PEM",
+    type=click.Path(dir_okay=False),
+    help="Private key of -cert (default: the -cert file).",
+)
+@click.option(
+    "-k",
+    "--insecure",
+    is_flag=True,
+    help="Do NOT verify the server certificate (anyone can intercept).",
+)
+@click.option(
+    "--pin-sha256",
+    "pin_sha256",
+    type=Fingerprint(),
+    metavar="FINGERPRINT",
+    help="Accept only the server certificate with this SHA-256 fingerprint "
+    "(as `tlsctl serve` and `send -v` print it; colons optional) instead "
+    "of the CA and host name checks.",
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds to wait for connect, handshake, and each network step.",
+)
 @common_options
-def send(file: str | None, connect: str | None, loopback: bool, size: int,
-         servername: str | None, cert: str | None, key: str | None, insecure: bool,
-         pin_sha256: bytes | None, timeout: float, common: CommonOptions) -> None:
+def send(
+    file: str | None,
+    connect: str | None,
+    loopback: bool,
+    size: int,
+    servername: str | None,
+    cert: str | None,
+    key: str | None,
+    insecure: bool,
+    pin_sha256: bytes | None,
+    timeout: float,
+    common: CommonOptions,
+) -> None:
     """Send FILE (- for stdin) to a TLS server through the kTLS layer.
 
     Verifies the server certificate against the system trust store (or
@@ -114,18 +162,35 @@ def send(file: str | None, connect: str | None, loopback: bool, size: int,
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
     if pin_sha256 is not None and (insecure or loopback):
-        raise click.UsageError(f"--pin-sha256 goes with -connect and verification "
-                               f"(not with {'-k' if insecure else '--loopback'})")
+        raise click.UsageError(
+            f"--pin-sha256 goes with -connect and verification "
+            f"(not with {'-k' if insecure else '--loopback'})"
+        )
     from tlsctl.transfer import ClientOptions
 
-    client = ClientOptions(servername=servername, cert=cert, key=key, insecure=insecure,
-                           pin_sha256=pin_sha256, timeout=timeout, tls=common.tls,
-                           offload=common.offload, device=common.device,
-                           keylogfile=common.keylogfile,
-                           key_update_every=common.key_update_every)
-    _send(SendOptions(file=file, target=parse_hostport(connect) if connect else None,
-                      size=size, client=client, output=common.output,
-                      control_socket=common.control_socket))
+    client = ClientOptions(
+        servername=servername,
+        cert=cert,
+        key=key,
+        insecure=insecure,
+        pin_sha256=pin_sha256,
+        timeout=timeout,
+        tls=common.tls,
+        offload=common.offload,
+        device=common.device,
+        keylogfile=common.keylogfile,
+        key_update_every=common.key_update_every,
+    )
+    _send(
+        SendOptions(
+            file=file,
+            target=parse_hostport(connect) if connect else None,
+            size=size,
+            client=client,
+            output=common.output,
+            control_socket=common.control_socket,
+        )
+    )
 
 
 def _send(opts: SendOptions) -> None:
@@ -168,18 +233,21 @@ def _hooks(out: Output, registrar: Registrar) -> SendHooks:
     they go to stderr); a progress bar when status lines are shown."""
     from tlsctl.transfer import SendHooks
 
-    return SendHooks(status=info if out.status else quiet_line,
-                     detail=info if out.verbose else quiet_line,
-                     warn=warn,
-                     progress=progress_bar if out.status else None,
-                     registrar=registrar)
+    return SendHooks(
+        status=info if out.status else quiet_line,
+        detail=info if out.verbose else quiet_line,
+        warn=warn,
+        progress=progress_bar if out.status else None,
+        registrar=registrar,
+    )
 
 
 def _fail(message: str, status: ExitStatus, facts: dict[str, Any], out: Output) -> None:
     """The verdict of a failed run: a JSON object with --json, one line on stderr."""
     if out.as_json:
-        emit_json({"ok": False, "error": message, "bytes_sent": facts.pop("bytes_sent", 0),
-                   **facts})
+        emit_json(
+            {"ok": False, "error": message, "bytes_sent": facts.pop("bytes_sent", 0), **facts}
+        )
     raise CommandFailed(message, status)
 
 
@@ -201,8 +269,10 @@ def for_people(result: dict[str, Any]) -> dict[str, Any]:
     for key, value in result.items():
         if key == "bytes_per_second":
             shown["throughput"] = (
-                "n/a" if value is None
-                else f"{human_rate(int(value), 1.0)} ({human_bits(result['bits_per_second'])})")
+                "n/a"
+                if value is None
+                else f"{human_rate(int(value), 1.0)} ({human_bits(result['bits_per_second'])})"
+            )
         elif key == "bits_per_second":
             continue
         elif key == "offload_requested":

@@ -37,8 +37,7 @@ class FileMode(click.ParamType[int]):
 
     name = "MODE"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
@@ -51,55 +50,150 @@ class FileMode(click.ParamType[int]):
 
 
 @click.command()
-@click.option("-accept", "--accept", "accept", default="4433", show_default=True,
-              metavar="[HOST:]PORT", help="Address to listen on (port 0: any free port).")
-@click.option("-cert", "--cert", "cert", metavar="PEM", type=click.Path(dir_okay=False),
-              help="Certificate chain (default: an ephemeral self-signed one).")
-@click.option("-key", "--key", "key", metavar="PEM", type=click.Path(dir_okay=False),
-              help="Private key (default: the -cert file).")
+@click.option(
+    "-accept",
+    "--accept",
+    "accept",
+    default="4433",
+    show_default=True,
+    metavar="[HOST:]PORT",
+    help="Address to listen on (port 0: any free port).",
+)
+@click.option(
+    "-cert",
+    "--cert",
+    "cert",
+    metavar="PEM",
+    type=click.Path(dir_okay=False),
+    help="Certificate chain (default: an ephemeral self-signed one).",
+)
+@click.option(
+    "-key",
+    "--key",
+    "key",
+    metavar="PEM",
+    type=click.Path(dir_okay=False),
+    help="Private key (default: the -cert file).",
+)
 @click.option("--sink", "sink_", is_flag=True, help="Count and discard (the default).")
-@click.option("-o", "--output", "output", metavar="FILE", shell_complete=complete.files,
-              help="Store one connection's stream in FILE, then exit (implies -naccept 1). "
-                   "FILE must not exist: it is never overwritten.")
-@click.option("--save-dir", metavar="DIR", shell_complete=complete.dirs,
-              help="Store each connection in its own new file "
-                   "DIR/conn-<start time>-<tag>-w<worker>-<n>.bin (named in its log line).")
-@click.option("--file-mode", type=FileMode(), default="600", show_default=True,
-              help="Permissions of stored files (exactly: the umask is not applied).")
-@click.option("--partial", type=click.Choice(["keep", "delete"]), default="keep",
-              show_default=True,
-              help="A stream that does not end with the client's close_notify (truncated, "
-                   "failed, cut by our stop) stays in NAME.partial (keep) or is removed.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    metavar="FILE",
+    shell_complete=complete.files,
+    help="Store one connection's stream in FILE, then exit (implies -naccept 1). "
+    "FILE must not exist: it is never overwritten.",
+)
+@click.option(
+    "--save-dir",
+    metavar="DIR",
+    shell_complete=complete.dirs,
+    help="Store each connection in its own new file "
+    "DIR/conn-<start time>-<tag>-w<worker>-<n>.bin (named in its log line).",
+)
+@click.option(
+    "--file-mode",
+    type=FileMode(),
+    default="600",
+    show_default=True,
+    help="Permissions of stored files (exactly: the umask is not applied).",
+)
+@click.option(
+    "--partial",
+    type=click.Choice(["keep", "delete"]),
+    default="keep",
+    show_default=True,
+    help="A stream that does not end with the client's close_notify (truncated, "
+    "failed, cut by our stop) stays in NAME.partial (keep) or is removed.",
+)
 @click.option("--echo", "echo_", is_flag=True, help="Send everything back.")
-@click.option("-WWW", "--WWW", "--www", "www", metavar="DIR", shell_complete=complete.dirs,
-              help="Serve the regular files in DIR over HTTP/1.x (GET, HEAD, keep-alive; "
-                   "symlinks and special files are refused).")
-@click.option("-naccept", "--naccept", type=click.IntRange(min=1), metavar="N",
-              help="Exit after N connections have been handled.")
-@click.option("-verify", "--verify", "verify_depth", type=click.IntRange(min=0), default=0,
-              metavar="DEPTH",
-              help="Ask for a client certificate (verified against -CAfile).")
-@click.option("-Verify", "--Verify", "require_depth", type=click.IntRange(min=0), default=0,
-              metavar="DEPTH",
-              help="Require a client certificate.")
-@click.option("--timeout", default=60.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Seconds a connection may be idle after the handshake.")
-@click.option("--handshake-timeout", default=HANDSHAKE_TIMEOUT, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Seconds a client has to complete the TLS handshake.")
-@click.option("--max-conns", type=click.IntRange(min=1), metavar="N",
-              help="Connections handled at once per process; more wait in the listen "
-                   "backlog (default: from RLIMIT_NOFILE, 2 descriptors per connection).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes accepting on the one listening socket; -naccept counts per "
-                   "worker.")
+@click.option(
+    "-WWW",
+    "--WWW",
+    "--www",
+    "www",
+    metavar="DIR",
+    shell_complete=complete.dirs,
+    help="Serve the regular files in DIR over HTTP/1.x (GET, HEAD, keep-alive; "
+    "symlinks and special files are refused).",
+)
+@click.option(
+    "-naccept",
+    "--naccept",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Exit after N connections have been handled.",
+)
+@click.option(
+    "-verify",
+    "--verify",
+    "verify_depth",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="DEPTH",
+    help="Ask for a client certificate (verified against -CAfile).",
+)
+@click.option(
+    "-Verify",
+    "--Verify",
+    "require_depth",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="DEPTH",
+    help="Require a client certificate.",
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds a connection may be idle after the handshake.",
+)
+@click.option(
+    "--handshake-timeout",
+    default=HANDSHAKE_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds a client has to complete the TLS handshake.",
+)
+@click.option(
+    "--max-conns",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Connections handled at once per process; more wait in the listen "
+    "backlog (default: from RLIMIT_NOFILE, 2 descriptors per connection).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes accepting on the one listening socket; -naccept counts per worker.",
+)
 @common_options
-def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: str | None,
-          save_dir: str | None, file_mode: int, partial: str, echo_: bool, www: str | None,
-          naccept: int | None, verify_depth: int, require_depth: int, timeout: float,
-          handshake_timeout: float, max_conns: int | None, workers: int,
-          common: CommonOptions) -> None:
+def serve(
+    accept: str,
+    cert: str | None,
+    key: str | None,
+    sink_: bool,
+    output: str | None,
+    save_dir: str | None,
+    file_mode: int,
+    partial: str,
+    echo_: bool,
+    www: str | None,
+    naccept: int | None,
+    verify_depth: int,
+    require_depth: int,
+    timeout: float,
+    handshake_timeout: float,
+    max_conns: int | None,
+    workers: int,
+    common: CommonOptions,
+) -> None:
     """Accept TLS connections; move their data through the kTLS layer.
 
     \b
@@ -132,20 +226,41 @@ def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: s
     mode, path = _handler_choice(sink_, output, save_dir, echo_, www)
     host, port = parse_hostport(accept, default_host="::")
     opts = ServeOptions(
-        host=host, port=port, cert=cert, key=key, mode=mode, path=path, file_mode=file_mode,
-        keep_partial=partial == "keep", naccept=1 if output else naccept,
-        verify_depth=verify_depth, require_depth=require_depth, timeout=timeout,
-        handshake_timeout=handshake_timeout, max_conns=max_conns, workers=workers,
-        key_update_every=common.key_update_every, tls=common.tls, offload=common.offload,
-        device=common.device, keylogfile=common.keylogfile)
+        host=host,
+        port=port,
+        cert=cert,
+        key=key,
+        mode=mode,
+        path=path,
+        file_mode=file_mode,
+        keep_partial=partial == "keep",
+        naccept=1 if output else naccept,
+        verify_depth=verify_depth,
+        require_depth=require_depth,
+        timeout=timeout,
+        handshake_timeout=handshake_timeout,
+        max_conns=max_conns,
+        workers=workers,
+        key_update_every=common.key_update_every,
+        tls=common.tls,
+        offload=common.offload,
+        device=common.device,
+        keylogfile=common.keylogfile,
+    )
     out = common.output
     try:
         listening = prepare(opts)
         _announce(listening, out)
-        status = run(listening, ServeHooks(
-            on_record=lambda rec, head: _log(rec, head, out), warn=warn,
-            done=lambda server: _done(server, out), registrar=control,
-            worker_exit=control.stop))
+        status = run(
+            listening,
+            ServeHooks(
+                on_record=lambda rec, head: _log(rec, head, out),
+                warn=warn,
+                done=lambda server: _done(server, out),
+                registrar=control,
+                worker_exit=control.stop,
+            ),
+        )
     except (ConfigError, HandshakeError) as exc:
         raise click.ClickException(str(exc)) from None
     if status is ExitStatus.INCOMPLETE:
@@ -154,11 +269,21 @@ def serve(accept: str, cert: str | None, key: str | None, sink_: bool, output: s
         raise CommandFailed("a worker failed (see the log)", status)
 
 
-def _handler_choice(sink_: bool, output: str | None, save_dir: str | None, echo_: bool,
-                    www: str | None) -> tuple[HandlerMode, str | None]:
+def _handler_choice(
+    sink_: bool, output: str | None, save_dir: str | None, echo_: bool, www: str | None
+) -> tuple[HandlerMode, str | None]:
     """At most one of --sink, -o, --save-dir, --echo, -WWW (default: --sink)."""
-    chosen = [n for n, on in (("--sink", sink_), ("-o", output), ("--save-dir", save_dir),
-                              ("--echo", echo_), ("-WWW", www)) if on]
+    chosen = [
+        n
+        for n, on in (
+            ("--sink", sink_),
+            ("-o", output),
+            ("--save-dir", save_dir),
+            ("--echo", echo_),
+            ("-WWW", www),
+        )
+        if on
+    ]
     if len(chosen) > 1:
         raise click.UsageError(f"choose one of {', '.join(chosen)}")
     if output:
@@ -179,23 +304,40 @@ def _announce(listening: Listening, out: Output) -> None:
     host, port = listening.bound
     workers = opts.workers
     if out.as_json:
-        emit_json({"event": "listening", "host": host, "port": port, "mode": opts.mode,
-                   "offload": opts.offload, "fingerprint": listening.fingerprint,
-                   "workers": workers, "pid": os.getpid(), "max_conns": listening.max_conns,
-                   "handshake_timeout": opts.handshake_timeout, "files": listening.files,
-                   "run": listening.run})
+        emit_json(
+            {
+                "event": "listening",
+                "host": host,
+                "port": port,
+                "mode": opts.mode,
+                "offload": opts.offload,
+                "fingerprint": listening.fingerprint,
+                "workers": workers,
+                "pid": os.getpid(),
+                "max_conns": listening.max_conns,
+                "handshake_timeout": opts.handshake_timeout,
+                "files": listening.files,
+                "run": listening.run,
+            }
+        )
         return
-    info(f"ACCEPT {format_addr(host, port)} ({opts.mode}, offload {opts.offload}, "
-         f"{f'{workers} workers, ' if workers > 1 else ''}"
-         f"up to {listening.max_conns} connections at once{' each' if workers > 1 else ''})",
-         quiet=out.quiet)
+    info(
+        f"ACCEPT {format_addr(host, port)} ({opts.mode}, offload {opts.offload}, "
+        f"{f'{workers} workers, ' if workers > 1 else ''}"
+        f"up to {listening.max_conns} connections at once{' each' if workers > 1 else ''})",
+        quiet=out.quiet,
+    )
     if listening.files:
-        info(f"storing in {listening.files} (NAME.partial until the client's close_notify)",
-             quiet=out.quiet)
+        info(
+            f"storing in {listening.files} (NAME.partial until the client's close_notify)",
+            quiet=out.quiet,
+        )
     if listening.fingerprint:
         what = "ephemeral self-signed certificate" if listening.ephemeral else "certificate"
-        info(f"{what}, SHA-256 fingerprint {listening.fingerprint} "
-             "(for send --pin-sha256)", quiet=out.quiet)
+        info(
+            f"{what}, SHA-256 fingerprint {listening.fingerprint} (for send --pin-sha256)",
+            quiet=out.quiet,
+        )
 
 
 def _done(server: Server, out: Output) -> None:
@@ -217,8 +359,10 @@ def _amounts(rec: dict[str, Any]) -> str:
     got, sent = int(rec.get("bytes_in", 0)), int(rec.get("bytes_out", 0))
     if "bytes_out" not in rec:
         return f"{got} bytes in {seconds:.3f} s ({human_rate(got, seconds)})"
-    return (f"received {got} bytes ({human_rate(got, seconds)}), "
-            f"sent {sent} bytes ({human_rate(sent, seconds)}) in {seconds:.3f} s")
+    return (
+        f"received {got} bytes ({human_rate(got, seconds)}), "
+        f"sent {sent} bytes ({human_rate(sent, seconds)}) in {seconds:.3f} s"
+    )
 
 
 def _log(rec: dict[str, Any], head: str, out: Output) -> None:
@@ -235,8 +379,10 @@ def _log(rec: dict[str, Any], head: str, out: Output) -> None:
             kept = f"; removed {rec['file_removed']}"
         warn(f"{head}: error: {rec.get('error')}{kept}")
         return
-    parts = [f"{head} {rec.get('version')} {rec.get('cipher')} offload {rec.get('offload')}:",
-             _amounts(rec)]
+    parts = [
+        f"{head} {rec.get('version')} {rec.get('cipher')} offload {rec.get('offload')}:",
+        _amounts(rec),
+    ]
     if "sha256" in rec:
         parts.append(f"sha256 {rec['sha256']}")
     if "file" in rec:
@@ -244,8 +390,10 @@ def _log(rec: dict[str, Any], head: str, out: Output) -> None:
     if "http" in rec:
         parts.append(rec["http"])
     if out.verbose and "tx_seq_at_handoff" in rec:
-        parts.append(f"seq at handoff tx={rec['tx_seq_at_handoff']} "
-                     f"rx={rec['rx_seq_at_handoff']}, at end tx={rec.get('tx_seq_at_end')} "
-                     f"rx={rec.get('rx_seq_at_end')}, key updates received "
-                     f"{rec.get('key_updates', 0)} sent {rec.get('key_updates_sent', 0)}")
+        parts.append(
+            f"seq at handoff tx={rec['tx_seq_at_handoff']} "
+            f"rx={rec['rx_seq_at_handoff']}, at end tx={rec.get('tx_seq_at_end')} "
+            f"rx={rec.get('rx_seq_at_end')}, key updates received "
+            f"{rec.get('key_updates', 0)} sent {rec.get('key_updates_sent', 0)}"
+        )
     info(" ".join(parts), quiet=out.quiet)

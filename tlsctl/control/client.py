@@ -121,8 +121,14 @@ class ControlClient:
     :class:`ControlSocketError` naming it.
     """
 
-    def __init__(self, where: Path | None = None, *, show_secrets: bool = False,
-                 timeout: float = 2.0, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        where: Path | None = None,
+        *,
+        show_secrets: bool = False,
+        timeout: float = 2.0,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.where = where
         self.show_secrets = show_secrets
         self.timeout = timeout
@@ -134,11 +140,11 @@ class ControlClient:
         where = self.where
         try:
             explicit = where is not None and not where.is_dir()
-            answers = discover(where, show_secrets=self.show_secrets, pid=pid,
-                               timeout=self.timeout)
+            answers = discover(where, show_secrets=self.show_secrets, pid=pid, timeout=self.timeout)
         except OSError as exc:  # a directory or socket we may not even look at
-            raise ControlSocketError(f"cannot read {exc.filename or where}: "
-                                     f"{exc.strerror or exc}") from None
+            raise ControlSocketError(
+                f"cannot read {exc.filename or where}: {exc.strerror or exc}"
+            ) from None
         for a in answers:
             if a.problem:
                 if explicit:
@@ -149,12 +155,13 @@ class ControlClient:
             gone = not (where.exists() or where.is_symlink())
             raise ControlSocketError(
                 f"no tlsctl process listens on {where}: a stale socket "
-                f"left by a process that ended{' (removed)' if gone else ''}")
-        return [{**a.data, "control_socket": str(a.path)} for a in answers
-                if a.data is not None]
+                f"left by a process that ended{' (removed)' if gone else ''}"
+            )
+        return [{**a.data, "control_socket": str(a.path)} for a in answers if a.data is not None]
 
-    def state(self, pid: int | None = None, *, stats: bool = False,
-              proc_tls_stat: str = PROC_TLS_STAT) -> dict[str, Any]:
+    def state(
+        self, pid: int | None = None, *, stats: bool = False, proc_tls_stat: str = PROC_TLS_STAT
+    ) -> dict[str, Any]:
         """The whole document (``{"processes": [...]}``, plus ``"stats"``:
         :func:`summed_stats`)."""
         processes = self.processes(pid)
@@ -163,16 +170,23 @@ class ControlClient:
             doc["stats"] = summed_stats(processes, proc_tls_stat)
         return doc
 
-    def watch(self, interval: float, pid: int | None = None, *, stats: bool = False,
-              proc_tls_stat: str = PROC_TLS_STAT) -> Iterator[dict[str, Any]]:
+    def watch(
+        self,
+        interval: float,
+        pid: int | None = None,
+        *,
+        stats: bool = False,
+        proc_tls_stat: str = PROC_TLS_STAT,
+    ) -> Iterator[dict[str, Any]]:
         """:meth:`state` now and then every ``interval`` seconds, forever."""
         while True:
             yield self.state(pid, stats=stats, proc_tls_stat=proc_tls_stat)
             time.sleep(interval)
 
 
-def summed_stats(processes: list[dict[str, Any]],
-                 proc_tls_stat: str = PROC_TLS_STAT) -> dict[str, Any]:
+def summed_stats(
+    processes: list[dict[str, Any]], proc_tls_stat: str = PROC_TLS_STAT
+) -> dict[str, Any]:
     """Counters over all processes: the layer's (``/proc/net/tls_stat`` names),
     the NICs' of live connections (ethtool names), and the kernel's own
     file if present (``proc_net_tls_stat``: null otherwise)."""
@@ -189,5 +203,4 @@ def summed_stats(processes: list[dict[str, Any]],
         proc = parse_proc_tls_stat(Path(proc_tls_stat).read_text())
     except OSError:
         proc = None
-    return {"processes": len(processes), "tlsctl": tls, "device": device,
-            "proc_net_tls_stat": proc}
+    return {"processes": len(processes), "tlsctl": tls, "device": device, "proc_net_tls_stat": proc}

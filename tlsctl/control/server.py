@@ -75,8 +75,7 @@ class Registrar(Protocol):
     (:class:`ControlServer` is one): ``register`` lists a connection until
     the returned handle is closed."""
 
-    def register(self, conn: Inspectable, *, label: str,
-                 extra: dict[str, Any]) -> Registration: ...
+    def register(self, conn: Inspectable, *, label: str, extra: dict[str, Any]) -> Registration: ...
 
 
 def state_view(conn: Inspectable, show_secrets: bool) -> dict[str, Any]:
@@ -141,8 +140,12 @@ class ControlServer:
     next ``inspect-context`` as stale.
     """
 
-    def __init__(self, path: Path | None, argv: list[str] | None = None,
-                 warn: Callable[[str], None] = _stderr) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        argv: list[str] | None = None,
+        warn: Callable[[str], None] = _stderr,
+    ) -> None:
         self.path = path
         self._where: Path | None = None  # what start() was given (None: default dir)
         self._inode: tuple[int, int] | None = None
@@ -236,9 +239,7 @@ class ControlServer:
         self._listener = lst
         self.path = final
         self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(
-            target=self._serve, name="tlsctl-control", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name="tlsctl-control", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -314,14 +315,17 @@ class ControlServer:
         if not self.enabled or self.path is None:
             return None
         if self._where is not None and not self._where.is_dir():
-            self._warn(f"warning: control socket {self._where} belongs to process {self.pid}; "
-                  f"process {os.getpid()} has none (give --control-socket a directory)")
+            self._warn(
+                f"warning: control socket {self._where} belongs to process {self.pid}; "
+                f"process {os.getpid()} has none (give --control-socket a directory)"
+            )
             self._child = child = ControlServer(None, self.argv, self._warn)
             return child
         # No lock: the child has only this thread, and the parent's lock may be
         # held forever in the copy fork made.
-        self._child = child = ControlServer.start(self._where, strict=False, argv=self.argv,
-                                                  warn=self._warn)
+        self._child = child = ControlServer.start(
+            self._where, strict=False, argv=self.argv, warn=self._warn
+        )
         return child
 
     def unregister(self, entry_id: int) -> None:

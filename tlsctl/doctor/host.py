@@ -113,8 +113,14 @@ def tls_module(release: str, root: Path = Path("/")) -> ModuleInfo:
     config, source = _kernel_config(release, root)
 
     def info(state: ModuleState, file: str | None = None) -> ModuleInfo:
-        return ModuleInfo(state, str(Path("/lib/modules") / release), file,
-                          config.get("CONFIG_TLS"), config.get("CONFIG_TLS_DEVICE"), source)
+        return ModuleInfo(
+            state,
+            str(Path("/lib/modules") / release),
+            file,
+            config.get("CONFIG_TLS"),
+            config.get("CONFIG_TLS_DEVICE"),
+            source,
+        )
 
     builtin = _listed(moddir / "modules.builtin")
     if builtin is not None or config.get("CONFIG_TLS") == "y":

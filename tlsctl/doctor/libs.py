@@ -38,8 +38,13 @@ class OpenSSLResult:
 
     @property
     def built_with_ktls(self) -> bool:
-        return bool(self.path and self.major is not None and self.major >= 3
-                    and self.ktls_disabled is False and self.ktls_options)
+        return bool(
+            self.path
+            and self.major is not None
+            and self.major >= 3
+            and self.ktls_disabled is False
+            and self.ktls_options
+        )
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,9 @@ class PythonSSLResult:
 
 def _run(argv: list[str]) -> str:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=20,
-                           stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return r.stdout + r.stderr
@@ -83,10 +89,10 @@ def probe_openssl() -> OpenSSLResult:
     if "Disabled" in disabled_out:
         disabled = "KTLS" in {w.strip() for w in disabled_out.splitlines()}
     help_out = _run([path, "s_server", "-help"])
-    options = tuple(o for o in ("-sendfile", "-ktls")
-                    if re.search(rf"^\s*{re.escape(o)}\b", help_out, re.M))
-    return OpenSSLResult(path, first, _libssl_of(path), disabled, options,
-                         int(m[1]) if m else None)
+    options = tuple(
+        o for o in ("-sendfile", "-ktls") if re.search(rf"^\s*{re.escape(o)}\b", help_out, re.M)
+    )
+    return OpenSSLResult(path, first, _libssl_of(path), disabled, options, int(m[1]) if m else None)
 
 
 def _mapped_libssl() -> str:

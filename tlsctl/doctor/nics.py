@@ -57,11 +57,15 @@ def probe_nics(names: list[str] | None = None) -> list[NicResult]:
                 out.append(NicResult(name, False, False, False, False, error=str(exc)))
                 continue
             tx, rx = feats.get(TX_FEATURE), feats.get(RX_FEATURE)
-            out.append(NicResult(
-                name,
-                bool(tx is not None and tx.available), bool(tx is not None and tx.enable),
-                bool(rx is not None and rx.available), bool(rx is not None and rx.enable),
-            ))
+            out.append(
+                NicResult(
+                    name,
+                    bool(tx is not None and tx.available),
+                    bool(tx is not None and tx.enable),
+                    bool(rx is not None and rx.available),
+                    bool(rx is not None and rx.enable),
+                )
+            )
     finally:
         ethtool.close()
     return out

@@ -42,8 +42,13 @@ _PAYLOAD = b"tlsctl doctor probe"
 def dummy_info(version: int, cipher: CipherType, fill: int = 0) -> CryptoInfo:
     """A crypto_info of the right sizes whose key, iv and salt are ``fill``."""
     s = CIPHER_SPECS[cipher]
-    return CryptoInfo.create(version, cipher, key=bytes([fill]) * s.key_size,
-                             iv=bytes([fill]) * s.iv_size, salt=bytes([fill]) * s.salt_size)
+    return CryptoInfo.create(
+        version,
+        cipher,
+        key=bytes([fill]) * s.key_size,
+        iv=bytes([fill]) * s.iv_size,
+        salt=bytes([fill]) * s.salt_size,
+    )
 
 
 def _keys_then_record(
@@ -143,8 +148,12 @@ class RekeyResult:
 
     @property
     def ok(self) -> bool:
-        return (self.setup_error is None and self.tx_error is None and self.rx_error is None
-                and self.roundtrip)
+        return (
+            self.setup_error is None
+            and self.tx_error is None
+            and self.rx_error is None
+            and self.roundtrip
+        )
 
 
 def probe_rekey(cipher: CipherType = CipherType.AES_GCM_128) -> RekeyResult:
@@ -159,8 +168,9 @@ def probe_rekey(cipher: CipherType = CipherType.AES_GCM_128) -> RekeyResult:
             attach_tls_ulp(s)
             c.setsockopt(SOL_TLS, TLS_TX, first)
             s.setsockopt(SOL_TLS, TLS_RX, first)
-            c.sendmsg([_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE,
-                                       bytes([ContentType.HANDSHAKE]))])
+            c.sendmsg(
+                [_KEY_UPDATE], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes([ContentType.HANDSHAKE]))]
+            )
             data, _anc, _flags, _addr = s.recvmsg(64, socket.CMSG_SPACE(1))
             if data != _KEY_UPDATE:
                 raise OSError(f"the KeyUpdate record came back as {data!r}")
@@ -186,8 +196,13 @@ class OptionResult:
         return self.error is None and self.value == self.wanted
 
 
-def _option(name: str, optname: int, fmt: struct.Struct, wanted: int,
-            setup: Callable[[socket.socket, socket.socket], socket.socket]) -> OptionResult:
+def _option(
+    name: str,
+    optname: int,
+    fmt: struct.Struct,
+    wanted: int,
+    setup: Callable[[socket.socket, socket.socket], socket.socket],
+) -> OptionResult:
     default: int | None = None
     try:
         with loopback_pair() as (c, s):

@@ -42,9 +42,16 @@ __all__ = [
     "run",
 ]
 
-_HOME = {"Server": "server", "ServerConfig": "server", "ServeHooks": "serving", "run": "serving",
-         "HandlerMode": "setup", "Listening": "setup", "ServeOptions": "setup",
-         "prepare": "setup"}
+_HOME = {
+    "Server": "server",
+    "ServerConfig": "server",
+    "ServeHooks": "serving",
+    "run": "serving",
+    "HandlerMode": "setup",
+    "Listening": "setup",
+    "ServeOptions": "setup",
+    "prepare": "setup",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -163,8 +163,9 @@ class Store:
         try:
             fd = os.open(name, _CREATE, self.file_mode, dir_fd=self.dir_fd)
         except FileExistsError:
-            raise OSError(errno.EEXIST, "exists (not created by this serve: not overwritten)"
-                          ) from None
+            raise OSError(
+                errno.EEXIST, "exists (not created by this serve: not overwritten)"
+            ) from None
         try:
             os.fchmod(fd, self.file_mode)  # exactly as asked, whatever the umask
             return io.FileIO(fd, "wb")
@@ -182,14 +183,23 @@ class Store:
         with out:
             os.fsync(out.fileno())
         try:
-            os.link(partial, final, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
-                    follow_symlinks=False)
+            os.link(
+                partial,
+                final,
+                src_dir_fd=self.dir_fd,
+                dst_dir_fd=self.dir_fd,
+                follow_symlinks=False,
+            )
         except OSError as exc:
-            why = ("appeared while the upload ran (not overwritten)"
-                   if exc.errno == errno.EEXIST else f"cannot be created: {exc.strerror or exc}")
-            raise HandlerError(f"{self.path(final)} {why}; the complete stream is in "
-                               f"{self.path(partial)}", {**facts, "file": self.path(partial)}
-                               ) from None
+            why = (
+                "appeared while the upload ran (not overwritten)"
+                if exc.errno == errno.EEXIST
+                else f"cannot be created: {exc.strerror or exc}"
+            )
+            raise HandlerError(
+                f"{self.path(final)} {why}; the complete stream is in {self.path(partial)}",
+                {**facts, "file": self.path(partial)},
+            ) from None
         os.unlink(partial, dir_fd=self.dir_fd)
         with contextlib.suppress(OSError):  # the new name survives a crash too
             os.fsync(self.dir_fd)

@@ -24,8 +24,12 @@ class RepeatLimiter:
     ``close()`` at the end reports the rest.
     """
 
-    def __init__(self, emit: Callable[[str], None], window: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        window: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._emit = emit
         self._window = window
         self._clock = clock

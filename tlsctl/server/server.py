@@ -104,11 +104,19 @@ class Server:
     ``inspect-context`` while it lives.
     """
 
-    def __init__(self, listener: socket.socket, ctx: SSL.Context, handler: Handler,
-                 config: ServerConfig, *, keylog: KeylogSink | None = None,
-                 worker: int | None = None, registrar: Registrar | None = None,
-                 on_record: RecordSink = _drop_record,
-                 warn: Callable[[str], None] = _drop) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        ctx: SSL.Context,
+        handler: Handler,
+        config: ServerConfig,
+        *,
+        keylog: KeylogSink | None = None,
+        worker: int | None = None,
+        registrar: Registrar | None = None,
+        on_record: RecordSink = _drop_record,
+        warn: Callable[[str], None] = _drop,
+    ) -> None:
         self.listener = listener
         self.ctx = ctx
         self.handler = handler
@@ -118,8 +126,9 @@ class Server:
         self.registrar = registrar
         self.naccept = config.naccept
         self.timeout = config.timeout
-        self.handshake_timeout = (config.timeout if config.handshake_timeout is None
-                                  else config.handshake_timeout)
+        self.handshake_timeout = (
+            config.timeout if config.handshake_timeout is None else config.handshake_timeout
+        )
         self.max_conns = config.max_conns or default_max_conns()
         self.worker = worker
         self.keylog = keylog
@@ -188,8 +197,9 @@ class Server:
         """One thread for one accepted connection (it releases the slot)."""
         self.accepted += 1
         conn_id = self.accepted
-        t = threading.Thread(target=self._conn, args=(sock, addr, conn_id),
-                             name=f"conn-{conn_id}", daemon=True)
+        t = threading.Thread(
+            target=self._conn, args=(sock, addr, conn_id), name=f"conn-{conn_id}", daemon=True
+        )
         with self._lock:
             self._socks[conn_id] = sock
             self._live[conn_id] = t
@@ -202,8 +212,10 @@ class Server:
                 self.failed += 1
             sock.close()
             self._slots.release()
-            self._log(self._new_record(conn_id, addr) | {"ok": False, "seconds": 0.0,
-                                                         "error": f"not served: {exc}"})
+            self._log(
+                self._new_record(conn_id, addr)
+                | {"ok": False, "seconds": 0.0, "error": f"not served: {exc}"}
+            )
             self.stop.wait(_BACKOFF[1])
 
     def _finish(self) -> None:
@@ -243,8 +255,12 @@ class Server:
                 t.join(max(0.0, end - time.monotonic()))
 
     def _new_record(self, conn_id: int, addr: Any) -> dict[str, Any]:
-        return {"event": "connection", "conn": conn_id, "worker": self.worker or 0,
-                "peer": format_addr(addr[0], addr[1])}
+        return {
+            "event": "connection",
+            "conn": conn_id,
+            "worker": self.worker or 0,
+            "peer": format_addr(addr[0], addr[1]),
+        }
 
     def _conn(self, sock: socket.socket, addr: Any, conn_id: int) -> None:
         rec = self._new_record(conn_id, addr)
@@ -253,16 +269,31 @@ class Server:
         try:
             sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see send.py
-            res = run_handshake(sock, self.ctx, "server", keylog=self.keylog,
-                                timeout=self.handshake_timeout,
-                                exact=exact_reads(self.offload))
+            res = run_handshake(
+                sock,
+                self.ctx,
+                "server",
+                keylog=self.keylog,
+                timeout=self.handshake_timeout,
+                exact=exact_reads(self.offload),
+            )
             rec["handshake_seconds"] = round(time.perf_counter() - start, 6)
             sock.settimeout(self.timeout)
-            chan = establish(sock, res, self.offload,
-                             lambda m: self.warn(f"{self._head(rec)}: {m}"), self.device,
-                             registrar=self.registrar)
-            rec.update(version=res.version_name, cipher=res.cipher_name, offload=chan.offload,
-                       tx_seq_at_handoff=res.tx_seq, rx_seq_at_handoff=res.rx_seq)
+            chan = establish(
+                sock,
+                res,
+                self.offload,
+                lambda m: self.warn(f"{self._head(rec)}: {m}"),
+                self.device,
+                registrar=self.registrar,
+            )
+            rec.update(
+                version=res.version_name,
+                cipher=res.cipher_name,
+                offload=chan.offload,
+                tx_seq_at_handoff=res.tx_seq,
+                rx_seq_at_handoff=res.rx_seq,
+            )
             if isinstance(chan, KtlsChannel) and res.is_tls13:
                 chan.key_update_every = self.key_update_every
                 with self._lock:
@@ -271,14 +302,19 @@ class Server:
             rec.update(self.handler(chan, conn_id))
             if not self.closes_first and not chan.peer_closed:
                 rec["truncated"] = True
-                raise PeerError(f"truncated: the peer closed the connection without "
-                                f"close_notify after {rec.get('bytes_in', 0)} bytes")
+                raise PeerError(
+                    f"truncated: the peer closed the connection without "
+                    f"close_notify after {rec.get('bytes_in', 0)} bytes"
+                )
             self._close(chan, rec)
             if isinstance(chan, KtlsChannel):
                 tx_end, rx_end = chan.live_seqs()
-                rec.update(key_updates=chan.key_updates,
-                           key_updates_sent=chan.key_updates_sent,
-                           tx_seq_at_end=tx_end, rx_seq_at_end=rx_end)
+                rec.update(
+                    key_updates=chan.key_updates,
+                    key_updates_sent=chan.key_updates_sent,
+                    tx_seq_at_end=tx_end,
+                    rx_seq_at_end=rx_end,
+                )
                 rec.update(device_report(chan.k))
             rec["ok"] = True
         except HandlerError as exc:
@@ -297,9 +333,15 @@ class Server:
                 if chan is not None and not self.closes_first:
                     rec["truncated"] = True  # the stream did not end with close_notify
                 if cut:
-                    rec.update(interrupted=True, error="interrupted by server shutdown "
-                               + (f"after {rec.get('bytes_in', 0)} bytes" if chan is not None
-                                  else "during the handshake"))
+                    rec.update(
+                        interrupted=True,
+                        error="interrupted by server shutdown "
+                        + (
+                            f"after {rec.get('bytes_in', 0)} bytes"
+                            if chan is not None
+                            else "during the handshake"
+                        ),
+                    )
             if isinstance(chan, KtlsChannel) and chan.alert_sent is not None:
                 rec["alert_sent"] = chan.alert_sent
             rec["seconds"] = round(time.perf_counter() - start, 6)

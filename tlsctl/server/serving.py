@@ -67,9 +67,17 @@ def run(listening: Listening, hooks: ServeHooks) -> ExitStatus:
         handler = listening.handler
         if isinstance(handler, Store) and worker is not None:
             handler = dataclasses.replace(handler, worker=worker)
-        return Server(listening.listener, listening.ctx, handler, config,
-                      keylog=listening.keylog, worker=worker, registrar=hooks.registrar,
-                      on_record=hooks.on_record, warn=hooks.warn)
+        return Server(
+            listening.listener,
+            listening.ctx,
+            handler,
+            config,
+            keylog=listening.keylog,
+            worker=worker,
+            registrar=hooks.registrar,
+            on_record=hooks.on_record,
+            warn=hooks.warn,
+        )
 
     def serve(server: Server) -> ExitStatus:
         server.serve_forever()
@@ -77,6 +85,7 @@ def run(listening: Listening, hooks: ServeHooks) -> ExitStatus:
         return server.status
 
     if opts.workers > 1:
+
         def prepare(worker: int) -> Callable[[], ExitStatus]:
             server = make_server(worker)
             install_signals(server)
@@ -84,8 +93,9 @@ def run(listening: Listening, hooks: ServeHooks) -> ExitStatus:
 
         # A worker's first registration starts its own control socket
         # (<pid>.sock); os._exit skips atexit, so the worker stops it on the way out.
-        return run_workers(opts.workers, listening.listener, prepare, warn=hooks.warn,
-                           on_exit=hooks.worker_exit)
+        return run_workers(
+            opts.workers, listening.listener, prepare, warn=hooks.warn, on_exit=hooks.worker_exit
+        )
     server = make_server(None)
     install_signals(server)
     return serve(server)

@@ -81,10 +81,16 @@ class ServeOptions:
     keylogfile: str | None = None  # -keylogfile
 
     def server_config(self, max_conns: int) -> ServerConfig:
-        return ServerConfig(offload=self.offload, device=self.device, naccept=self.naccept,
-                            timeout=self.timeout, handshake_timeout=self.handshake_timeout,
-                            max_conns=max_conns, key_update_every=self.key_update_every,
-                            closes_first=self.mode == "www")
+        return ServerConfig(
+            offload=self.offload,
+            device=self.device,
+            naccept=self.naccept,
+            timeout=self.timeout,
+            handshake_timeout=self.handshake_timeout,
+            max_conns=max_conns,
+            key_update_every=self.key_update_every,
+            closes_first=self.mode == "www",
+        )
 
 
 @dataclass
@@ -120,8 +126,9 @@ class Listening:
         return None
 
 
-def make_handler(mode: HandlerMode, path: str | None, file_mode: int,
-                 keep_partial: bool) -> Handler:
+def make_handler(
+    mode: HandlerMode, path: str | None, file_mode: int, keep_partial: bool
+) -> Handler:
     """The function each connection's data goes through."""
     if mode == "output":
         assert path is not None
@@ -129,8 +136,9 @@ def make_handler(mode: HandlerMode, path: str | None, file_mode: int,
     if mode == "save-dir":
         assert path is not None
         fd = open_dir(path, f"--save-dir {path}")
-        return Store(dir_fd=fd, dir_path=path, run=run_id(), file_mode=file_mode,
-                     keep_partial=keep_partial)
+        return Store(
+            dir_fd=fd, dir_path=path, run=run_id(), file_mode=file_mode, keep_partial=keep_partial
+        )
     if mode == "echo":
         return echo
     if mode == "www":
@@ -160,9 +168,13 @@ def prepare(opts: ServeOptions) -> Listening:
         fingerprint = ck.fingerprint
     else:
         cert_src, key_src = opts.cert, opts.key
-    ctx = server_context(opts.tls, cert=cert_src, key=key_src,
-                         verify_client=max(opts.verify_depth, opts.require_depth),
-                         require_client=opts.require_depth > 0)
+    ctx = server_context(
+        opts.tls,
+        cert=cert_src,
+        key=key_src,
+        verify_client=max(opts.verify_depth, opts.require_depth),
+        require_client=opts.require_depth > 0,
+    )
     if fingerprint is None and isinstance(cert_src, str):
         fingerprint = sha256_fingerprint(load_certs(cert_src, "-cert")[0])
     keylog = KeylogFile(opts.keylogfile) if opts.keylogfile else None
@@ -170,9 +182,17 @@ def prepare(opts: ServeOptions) -> Listening:
     files = None
     if isinstance(handler, Store):
         files = handler.path(handler.name or f"conn-{handler.run}-w*-NNNNNN.bin")
-    return Listening(opts, listener, ctx, handler, keylog,
-                     max_conns=opts.max_conns or default_max_conns(),
-                     fingerprint=fingerprint, files=files, ephemeral=opts.cert is None)
+    return Listening(
+        opts,
+        listener,
+        ctx,
+        handler,
+        keylog,
+        max_conns=opts.max_conns or default_max_conns(),
+        fingerprint=fingerprint,
+        files=files,
+        ephemeral=opts.cert is None,
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -197,8 +217,9 @@ def listen(host: str, port: int) -> socket.socket:
         s.listen(_BACKLOG)
     except OSError as exc:
         s.close()
-        raise ConfigError(f"cannot listen on {format_addr(host, port)}: "
-                          f"{exc.strerror or exc}") from None
+        raise ConfigError(
+            f"cannot listen on {format_addr(host, port)}: {exc.strerror or exc}"
+        ) from None
     return s
 
 
@@ -225,8 +246,7 @@ def open_dir(path: str, what: str) -> int:
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             os.close(fd)
-            raise ConfigError(f"{what}: cannot write in {path}: "
-                              f"{exc.strerror or exc}") from None
+            raise ConfigError(f"{what}: cannot write in {path}: {exc.strerror or exc}") from None
         if not os.access(path, os.W_OK | os.X_OK):
             os.close(fd)
             raise ConfigError(f"{what}: cannot write in {path}") from None
@@ -238,18 +258,23 @@ def open_dir(path: str, what: str) -> int:
 def store_for_output(output: str, file_mode: int, keep_partial: bool) -> Store:
     """``-o FILE``: refuse at start-up what would fail (or overwrite) later."""
     if os.path.isdir(output):
-        raise ConfigError(f"-o {output}: is a directory (use --save-dir {output} to store "
-                          f"one file per connection)")
+        raise ConfigError(
+            f"-o {output}: is a directory (use --save-dir {output} to store "
+            f"one file per connection)"
+        )
     parent, name = os.path.split(os.path.abspath(output))
     fd = open_dir(parent, f"-o {output}")
     for taken in (name, name + PARTIAL):
         with contextlib.suppress(FileNotFoundError):
             os.lstat(taken, dir_fd=fd)
             os.close(fd)
-            raise ConfigError(f"-o {output}: {os.path.join(parent, taken)} exists "
-                              f"(not overwritten: remove it or choose another name)")
-    return Store(dir_fd=fd, dir_path=parent, name=name, file_mode=file_mode,
-                 keep_partial=keep_partial)
+            raise ConfigError(
+                f"-o {output}: {os.path.join(parent, taken)} exists "
+                f"(not overwritten: remove it or choose another name)"
+            )
+    return Store(
+        dir_fd=fd, dir_path=parent, name=name, file_mode=file_mode, keep_partial=keep_partial
+    )
 
 
 def run_id() -> str:

@@ -116,8 +116,11 @@ def _reap(pids: dict[int, int], warn: Callable[[str], None]) -> ExitStatus:
         if code == ExitStatus.INCOMPLETE:
             worst = max(worst, ExitStatus.INCOMPLETE, key=_severity)
         elif code != ExitStatus.OK:
-            how = (f"was killed by {signal.Signals(-code).name}" if code < 0
-                   else f"exited with status {code}")
+            how = (
+                f"was killed by {signal.Signals(-code).name}"
+                if code < 0
+                else f"exited with status {code}"
+            )
             warn(f"worker {i} (pid {pid}) {how}")
             worst = ExitStatus.FAILED
     return worst
@@ -127,9 +130,14 @@ def _severity(status: ExitStatus) -> int:
     return {ExitStatus.OK: 0, ExitStatus.INCOMPLETE: 1}.get(status, 2)
 
 
-def _worker(i: int, parent: int, mask: set[int | signal.Signals],
-            prepare: Callable[[int], Callable[[], ExitStatus]],
-            on_exit: Callable[[], None] | None, warn: Callable[[str], None]) -> NoReturn:
+def _worker(
+    i: int,
+    parent: int,
+    mask: set[int | signal.Signals],
+    prepare: Callable[[int], Callable[[], ExitStatus]],
+    on_exit: Callable[[], None] | None,
+    warn: Callable[[str], None],
+) -> NoReturn:
     """The child's whole life: never returns into the parent's code."""
     code = int(ExitStatus.FAILED)
     try:

@@ -185,7 +185,8 @@ class _Conn:
 
     chan: Chan
     h: h11.Connection = field(
-        default_factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD))
+        default_factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    )
     requests: list[dict[str, Any]] = field(default_factory=list)
     bytes_in: int = 0
     bytes_out: int = 0
@@ -227,8 +228,9 @@ class _Conn:
         self.chan.send_all(data, more=more)
         self.bytes_out += len(data)
 
-    def respond_error(self, status: int, method: bytes = b"", target: bytes = b"",
-                      close: bool = True) -> None:
+    def respond_error(
+        self, status: int, method: bytes = b"", target: bytes = b"", close: bool = True
+    ) -> None:
         """A short text response, closing the connection unless ``close`` is
         False (a 403/404 to a good request); nothing if h11 no longer lets us
         start a response (one has begun)."""
@@ -236,22 +238,25 @@ class _Conn:
             return
         phrase = http.HTTPStatus(status).phrase
         body = f"{status} {phrase}\n".encode()
-        headers = [*_common_headers(), (b"Content-Type", b"text/plain; charset=utf-8"),
-                   (b"Content-Length", str(len(body)).encode())]
+        headers = [
+            *_common_headers(),
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", str(len(body)).encode()),
+        ]
         if close:
             headers.append((b"Connection", b"close"))
         if status == 405:
             headers.append((b"Allow", b"GET, HEAD"))
-        out = self.h.send(h11.Response(status_code=status, headers=headers,
-                                       reason=phrase.encode()))
+        out = self.h.send(h11.Response(status_code=status, headers=headers, reason=phrase.encode()))
         if method != b"HEAD":  # HEAD: the same headers, no body
             out += self.h.send(h11.Data(data=body))
         self.send(out + self.h.send(h11.EndOfMessage()))
         self.log(method, target, status, 0)
 
     def log(self, method: bytes, target: bytes, status: int, body: int) -> None:
-        self.requests.append({"method": _text(method, 16), "target": _text(target),
-                              "status": status, "bytes": body})
+        self.requests.append(
+            {"method": _text(method, 16), "target": _text(target), "status": status, "bytes": body}
+        )
 
 
 def _common_headers() -> list[tuple[bytes, bytes]]:
@@ -283,11 +288,16 @@ class Www:
         except h11.RemoteProtocolError as exc:
             if c.eof:
                 chan.close_notify()
-                raise PeerError("peer closed the connection in the middle of an HTTP "
-                                "request") from None
+                raise PeerError(
+                    "peer closed the connection in the middle of an HTTP request"
+                ) from None
             c.respond_error(exc.error_status_hint)
-        return {"bytes_in": c.bytes_in, "bytes_out": c.bytes_out, "requests": c.requests,
-                "http": _summary(c.requests)}
+        return {
+            "bytes_in": c.bytes_in,
+            "bytes_out": c.bytes_out,
+            "requests": c.requests,
+            "http": _summary(c.requests),
+        }
 
     def _serve(self, c: _Conn) -> None:
         """Requests in order until one side wants the connection closed."""
@@ -327,9 +337,12 @@ class Www:
     def _send_file(c: _Conn, f: Opened, method: bytes, target: bytes, last: bool) -> None:
         size = f.st.st_size
         ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
-        headers = [*_common_headers(), (b"Content-Type", ctype.encode()),
-                   (b"Content-Length", str(size).encode()),
-                   (b"Last-Modified", email.utils.formatdate(f.st.st_mtime, usegmt=True).encode())]
+        headers = [
+            *_common_headers(),
+            (b"Content-Type", ctype.encode()),
+            (b"Content-Length", str(size).encode()),
+            (b"Last-Modified", email.utils.formatdate(f.st.st_mtime, usegmt=True).encode()),
+        ]
         if last:
             headers.append((b"Connection", b"close"))
         head = c.h.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
@@ -344,8 +357,9 @@ class Www:
             c.bytes_out += sent
             if sent != size:  # the file shrank: the promised length cannot be kept
                 c.log(method, target, 200, sent)
-                raise LocalError(f"{f.name} changed while being sent ({sent} of {size} "
-                                 "bytes); connection cut")
+                raise LocalError(
+                    f"{f.name} changed while being sent ({sent} of {size} bytes); connection cut"
+                )
         c.h.send(h11.EndOfMessage())
         c.log(method, target, 200, sent)
 
@@ -370,8 +384,12 @@ def _summary(requests: list[dict[str, Any]]) -> str:
     """``GET /a 200, HEAD /b 404`` for the one log line."""
     if not requests:
         return "no request"
-    parts = [f"{r['method']} {r['target']} {r['status']}" if r["method"]
-             else f"(malformed request) {r['status']}" for r in requests[:_LOG_REQUESTS]]
+    parts = [
+        f"{r['method']} {r['target']} {r['status']}"
+        if r["method"]
+        else f"(malformed request) {r['status']}"
+        for r in requests[:_LOG_REQUESTS]
+    ]
     if len(requests) > _LOG_REQUESTS:
         parts.append(f"and {len(requests) - _LOG_REQUESTS} more")
     return ", ".join(parts)

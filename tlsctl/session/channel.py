@@ -166,9 +166,13 @@ class KtlsChannel:
     sender at its next step (``_TX_STEP``), so nothing follows it.
     """
 
-    def __init__(self, k: KTLSSocket, res: HandshakeResult,
-                 key_update_every: int | None = None,
-                 registrar: Registrar | None = None) -> None:
+    def __init__(
+        self,
+        k: KTLSSocket,
+        res: HandshakeResult,
+        key_update_every: int | None = None,
+        registrar: Registrar | None = None,
+    ) -> None:
         self.k = k
         self.res = res
         # Visible to `tlsctl inspect-context` (the command's control server)
@@ -176,11 +180,17 @@ class KtlsChannel:
         self._control: Registration | None = None
         if registrar is not None:
             self._control = registrar.register(
-                k, label=res.side, extra={"cipher_suite": res.cipher_name})
+                k, label=res.side, extra={"cipher_suite": res.cipher_name}
+            )
         # What the layer actually uses: "sw", "kernel", or the NIC driver's name.
         self.offload: Offload = layer_offload(k)
-        self.session = Session(res.side, tls13=res.is_tls13, suite=res.suite,
-                               tx_secret=res.tx_secret, rx_secret=res.rx_secret)
+        self.session = Session(
+            res.side,
+            tls13=res.is_tls13,
+            suite=res.suite,
+            tx_secret=res.tx_secret,
+            rx_secret=res.rx_secret,
+        )
         self.alert_sent: int | None = None  # the fatal alert we sent, if any
         self.alert_received: int | None = None  # the peer's fatal alert, if any
         self.key_update_every = key_update_every
@@ -310,8 +320,9 @@ class KtlsChannel:
             if alert is None:
                 raise PeerError("peer closed the connection while we were sending") from None
             self.alert_received = alert
-            raise PeerError(f"peer sent fatal alert: {alert_name(alert)}",
-                            alert_name(alert)) from None
+            raise PeerError(
+                f"peer sent fatal alert: {alert_name(alert)}", alert_name(alert)
+            ) from None
         except OSError as exc:
             raise _os_error(exc, "send failed") from None
 
@@ -325,16 +336,20 @@ class KtlsChannel:
                 return None
             if not data and not anc:
                 return None
-            if (_record_type(anc) == _ALERT and len(data) == _ALERT_LEN
-                    and data[1] != AlertDescription.CLOSE_NOTIFY):
+            if (
+                _record_type(anc) == _ALERT
+                and len(data) == _ALERT_LEN
+                and data[1] != AlertDescription.CLOSE_NOTIFY
+            ):
                 return data[1]
         return None
 
     def send_key_update(self, request: bool = False) -> None:
         """RFC 8446 4.6.3: our KeyUpdate as a handshake record, then TX rekey."""
         if not self.res.is_tls13:
-            raise LocalError(f"KeyUpdate needs TLS 1.3 (this connection is "
-                             f"{self.res.version_name})")
+            raise LocalError(
+                f"KeyUpdate needs TLS 1.3 (this connection is {self.res.version_name})"
+            )
         with self._tx_lock:
             self._update_wanted = False
             try:
@@ -462,14 +477,17 @@ class KtlsChannel:
             if direction == TLS_TX:
                 # The KeyUpdate is out under the old key: nothing the peer
                 # could read may follow it, not even an alert.
-                why = (f"KeyUpdate failed: {exc.strerror or exc}"
-                       if exc.errno != errno.EBUSY else
-                       "the record layer cannot change TLS 1.3 TX keys "
-                       "(Linux before 6.14 answers EBUSY)")
+                why = (
+                    f"KeyUpdate failed: {exc.strerror or exc}"
+                    if exc.errno != errno.EBUSY
+                    else "the record layer cannot change TLS 1.3 TX keys "
+                    "(Linux before 6.14 answers EBUSY)"
+                )
                 self.session.abort(why, alert=None)
             else:
                 events = self.session.abort(
-                    f"cannot install the next RX key: {exc.strerror or exc}")
+                    f"cannot install the next RX key: {exc.strerror or exc}"
+                )
                 self._perform(events)
             raise self._error() from None
 
@@ -486,7 +504,8 @@ class KtlsChannel:
             self.k.setsockopt(SOL_TLS, TLS_RX, live)
         except OSError as exc:
             events = self.session.abort(
-                f"cannot resume RX after a KeyUpdate fragment: {exc.strerror or exc}")
+                f"cannot resume RX after a KeyUpdate fragment: {exc.strerror or exc}"
+            )
             self._perform(events)
 
     # -- closing --------------------------------------------------------------

@@ -107,15 +107,24 @@ _MAX_BODY_12: dict[tuple[Side, int], int] = {
 # user reads).  The one place a layer error becomes an alert; the subclasses
 # of offload.errors refine it in ``layer_alert``.
 LAYER_ALERTS: dict[int, tuple[AlertDescription, AlertDescription, str]] = {
-    errno.EBADMSG: (AlertDescription.BAD_RECORD_MAC, AlertDescription.BAD_RECORD_MAC,
-                    "record failed authentication (corrupted or forged data)"),
-    errno.EMSGSIZE: (AlertDescription.RECORD_OVERFLOW, AlertDescription.RECORD_OVERFLOW,
-                     "peer sent an oversized record"),
+    errno.EBADMSG: (
+        AlertDescription.BAD_RECORD_MAC,
+        AlertDescription.BAD_RECORD_MAC,
+        "record failed authentication (corrupted or forged data)",
+    ),
+    errno.EMSGSIZE: (
+        AlertDescription.RECORD_OVERFLOW,
+        AlertDescription.RECORD_OVERFLOW,
+        "peer sent an oversized record",
+    ),
     # RFC 8446 5.1 says to ignore legacy_record_version; Linux refuses a
     # record whose version is not 0x0303 (EINVAL, stream aborted) and
     # OpenSSL answers decode_error in TLS 1.3, protocol_version before it.
-    errno.EINVAL: (AlertDescription.PROTOCOL_VERSION, AlertDescription.DECODE_ERROR,
-                   "peer sent a record with a wrong protocol version"),
+    errno.EINVAL: (
+        AlertDescription.PROTOCOL_VERSION,
+        AlertDescription.DECODE_ERROR,
+        "peer sent a record with a wrong protocol version",
+    ),
 }
 
 
@@ -131,16 +140,21 @@ def layer_alert(exc: OSError, tls13: bool) -> tuple[AlertDescription, str] | Non
     """
     if tls13:
         if isinstance(exc, NoContentType):
-            return (AlertDescription.UNEXPECTED_MESSAGE,
-                    "peer sent a TLS 1.3 record with no content type (all-zero plaintext)")
+            return (
+                AlertDescription.UNEXPECTED_MESSAGE,
+                "peer sent a TLS 1.3 record with no content type (all-zero plaintext)",
+            )
         if isinstance(exc, OuterTypeMismatch | ShortRecord) and exc.content_type != _DATA:
-            return (AlertDescription.UNEXPECTED_MESSAGE,
-                    f"peer sent a TLS 1.3 record of outer type {_type_name(exc.content_type)} "
-                    "after the handshake")
+            return (
+                AlertDescription.UNEXPECTED_MESSAGE,
+                f"peer sent a TLS 1.3 record of outer type {_type_name(exc.content_type)} "
+                "after the handshake",
+            )
     elif isinstance(exc, ShortRecord):
-        return (AlertDescription.BAD_RECORD_MAC,
-                f"peer sent a record too short to be protected (type "
-                f"{_type_name(exc.content_type)})")
+        return (
+            AlertDescription.BAD_RECORD_MAC,
+            f"peer sent a record too short to be protected (type {_type_name(exc.content_type)})",
+        )
     entry = LAYER_ALERTS.get(exc.errno or 0)
     if entry is None:
         return None
@@ -183,12 +197,22 @@ class Session:
     (our close_notify or a fatal alert is out), ``failure``.
     """
 
-    def __init__(self, side: Side, *, tls13: bool, suite: Suite | None = None,
-                 tx_secret: bytes = b"", rx_secret: bytes = b"") -> None:
+    def __init__(
+        self,
+        side: Side,
+        *,
+        tls13: bool,
+        suite: Suite | None = None,
+        tx_secret: bytes = b"",
+        rx_secret: bytes = b"",
+    ) -> None:
         self.side: Side = side
         self.tls13 = tls13
-        self._secrets = (TrafficSecrets(suite, tx_secret, rx_secret)
-                         if tls13 and suite is not None and tx_secret and rx_secret else None)
+        self._secrets = (
+            TrafficSecrets(suite, tx_secret, rx_secret)
+            if tls13 and suite is not None and tx_secret and rx_secret
+            else None
+        )
         self.peer_closed = False
         self.peer_canceled = False
         self.tx_closed = False
@@ -206,8 +230,10 @@ class Session:
 
     def __repr__(self) -> str:
         state = "failed" if self.failure else "open"
-        return (f"Session({self.side}, {'TLS 1.3' if self.tls13 else 'TLS 1.2'}, {state}, "
-                f"peer_closed={self.peer_closed}, tx_closed={self.tx_closed})")
+        return (
+            f"Session({self.side}, {'TLS 1.3' if self.tls13 else 'TLS 1.2'}, {state}, "
+            f"peer_closed={self.peer_closed}, tx_closed={self.tx_closed})"
+        )
 
     # -- receiving -------------------------------------------------------
 
@@ -231,16 +257,20 @@ class Session:
             return self._alert(bytes(data))
         if content_type == _HANDSHAKE:
             return self._handshake(bytes(data))
-        return self._violation(AlertDescription.UNEXPECTED_MESSAGE,
-                               f"peer sent a record of unexpected type {_type_name(content_type)}")
+        return self._violation(
+            AlertDescription.UNEXPECTED_MESSAGE,
+            f"peer sent a record of unexpected type {_type_name(content_type)}",
+        )
 
     def receive_eof(self, truncated: bool) -> list[Event]:
         """The peer's FIN.  In the middle of a record it is a broken record
         (OpenSSL: decode_error); at a record boundary without close_notify
         the stream may be truncated, which the caller reports."""
         if truncated and self.failure is None:
-            return self._violation(AlertDescription.DECODE_ERROR,
-                                   "peer closed the connection in the middle of a record")
+            return self._violation(
+                AlertDescription.DECODE_ERROR,
+                "peer closed the connection in the middle of a record",
+            )
         return []
 
     def layer_error(self, exc: OSError) -> list[Event]:
@@ -271,7 +301,8 @@ class Session:
             # answers an empty, split or coalesced one with unexpected_message.
             return self._violation(
                 AlertDescription.UNEXPECTED_MESSAGE,
-                f"malformed alert from peer ({len(data)} bytes, not one 2-byte alert)")
+                f"malformed alert from peer ({len(data)} bytes, not one 2-byte alert)",
+            )
         level, desc = _code(AlertLevel, data[0]), _code(AlertDescription, data[1])
         if desc == AlertDescription.CLOSE_NOTIFY and (self.tls13 or level == AlertLevel.WARNING):
             self.peer_closed = True
@@ -282,7 +313,8 @@ class Session:
             if self._warnings >= MAX_WARNINGS:
                 return self._violation(
                     AlertDescription.UNEXPECTED_MESSAGE,
-                    f"too many warning alerts from peer (last: {alert_name(desc)})")
+                    f"too many warning alerts from peer (last: {alert_name(desc)})",
+                )
         if self.tls13 and canceled:
             self.peer_canceled = True
             return [PeerAlert(level, desc, fatal=False)]
@@ -292,13 +324,16 @@ class Session:
             return [PeerAlert(level, desc, fatal=True)]
         if desc == AlertDescription.NO_RENEGOTIATION:
             # We never ask to renegotiate; OpenSSL answers this one alike.
-            return self._violation(AlertDescription.HANDSHAKE_FAILURE,
-                                   "peer refused a renegotiation we never asked for")
+            return self._violation(
+                AlertDescription.HANDSHAKE_FAILURE,
+                "peer refused a renegotiation we never asked for",
+            )
         if level == AlertLevel.WARNING:
             self.peer_canceled = self.peer_canceled or canceled
             return [PeerAlert(level, desc, fatal=False)]
-        return self._violation(AlertDescription.ILLEGAL_PARAMETER,
-                               f"peer sent an alert with unknown level {level}")
+        return self._violation(
+            AlertDescription.ILLEGAL_PARAMETER, f"peer sent an alert with unknown level {level}"
+        )
 
     # -- handshake messages ------------------------------------------------
 
@@ -306,8 +341,9 @@ class Session:
         """Post-handshake messages, reassembled across records (bounded)."""
         if not data:
             if self.tls13:  # RFC 8446 5.1: no zero-length handshake fragments
-                return self._violation(AlertDescription.UNEXPECTED_MESSAGE,
-                                       "peer sent an empty handshake record")
+                return self._violation(
+                    AlertDescription.UNEXPECTED_MESSAGE, "peer sent an empty handshake record"
+                )
             return []  # TLS 1.2: OpenSSL skips it
         # Mirror of Linux's tls_check_pending_rekey: a TLS 1.3 handshake
         # record whose first byte is KeyUpdate pauses RX after it.
@@ -323,14 +359,17 @@ class Session:
             if limit is None:
                 return events + self._violation(
                     AlertDescription.UNEXPECTED_MESSAGE,
-                    f"unexpected handshake message {handshake_name(mtype)} after the handshake")
+                    f"unexpected handshake message {handshake_name(mtype)} after the handshake",
+                )
             if length > limit:
                 if mtype == HandshakeType.HELLO_REQUEST:
-                    return events + self._violation(AlertDescription.DECODE_ERROR,
-                                                    "HelloRequest with a body")
+                    return events + self._violation(
+                        AlertDescription.DECODE_ERROR, "HelloRequest with a body"
+                    )
                 return events + self._violation(
                     AlertDescription.ILLEGAL_PARAMETER,
-                    f"post-handshake {handshake_name(mtype)} of {length} bytes from peer")
+                    f"post-handshake {handshake_name(mtype)} of {length} bytes from peer",
+                )
             if len(hs) < _HEADER + length:
                 break
             body = bytes(hs[_HEADER : _HEADER + length])
@@ -352,8 +391,9 @@ class Session:
         # TLS 1.2 renegotiation: HelloRequest to a client, ClientHello to a server.
         self.renegotiations_refused += 1
         if self.renegotiations_refused > MAX_WARNINGS:
-            return self._violation(AlertDescription.UNEXPECTED_MESSAGE,
-                                   "peer keeps trying to renegotiate")
+            return self._violation(
+                AlertDescription.UNEXPECTED_MESSAGE, "peer keeps trying to renegotiate"
+            )
         events: list[Event] = [RenegotiationRefused(mtype)]
         if not self.tx_closed:
             events.append(SendAlert(AlertDescription.NO_RENEGOTIATION, AlertLevel.WARNING))
@@ -363,13 +403,15 @@ class Session:
         """RFC 8446 4.6.3, checks in OpenSSL's order (tls_process_key_update)."""
         if not at_record_end:
             # RFC 8446 5.1: a message that precedes a key change ends its record.
-            return self._violation(AlertDescription.UNEXPECTED_MESSAGE,
-                                   "KeyUpdate not at a record boundary")
+            return self._violation(
+                AlertDescription.UNEXPECTED_MESSAGE, "KeyUpdate not at a record boundary"
+            )
         if len(body) != 1:
             return self._violation(AlertDescription.DECODE_ERROR, "malformed KeyUpdate from peer")
         if body[0] > KeyUpdateRequest.UPDATE_REQUESTED:
-            return self._violation(AlertDescription.ILLEGAL_PARAMETER,
-                                   f"KeyUpdate with request_update={body[0]}")
+            return self._violation(
+                AlertDescription.ILLEGAL_PARAMETER, f"KeyUpdate with request_update={body[0]}"
+            )
         if self._secrets is None:
             return self.abort("KeyUpdate without TLS 1.3 traffic secrets")
         requested = body[0] == KeyUpdateRequest.UPDATE_REQUESTED
@@ -423,8 +465,9 @@ class Session:
             return self.close()
         return []
 
-    def abort(self, reason: str,
-              alert: AlertDescription | None = AlertDescription.INTERNAL_ERROR) -> list[Event]:
+    def abort(
+        self, reason: str, alert: AlertDescription | None = AlertDescription.INTERNAL_ERROR
+    ) -> list[Event]:
         """Our side failed (``reason``): a fatal ``alert`` ends the session;
         ``alert`` None when nothing the peer could read may be sent (our
         KeyUpdate is out but our next key did not install)."""
@@ -446,8 +489,10 @@ class Session:
     def _interleaved(self) -> list[Event]:
         # RFC 8446 5.1: a fragmented handshake message must not be interleaved
         # with other record types (TLS 1.2 has no such rule; OpenSSL allows it).
-        return self._violation(AlertDescription.UNEXPECTED_MESSAGE,
-                               "record interleaved with a fragmented handshake message")
+        return self._violation(
+            AlertDescription.UNEXPECTED_MESSAGE,
+            "record interleaved with a fragmented handshake message",
+        )
 
     def _violation(self, alert: AlertDescription, reason: str) -> list[Event]:
         if not self._fail(RemoteProtocolError(reason, alert)):

@@ -28,11 +28,16 @@ if TYPE_CHECKING:
         send_to,
     )
 
-__all__ = ["ClientOptions", "Progress", "SendHooks", "TransferFailed", "send_loopback",
-           "send_to"]
+__all__ = ["ClientOptions", "Progress", "SendHooks", "TransferFailed", "send_loopback", "send_to"]
 
-_HOME = {"ClientOptions": "sender", "Progress": "sender", "SendHooks": "sender",
-         "TransferFailed": "sender", "send_to": "sender", "send_loopback": "loopback"}
+_HOME = {
+    "ClientOptions": "sender",
+    "Progress": "sender",
+    "SendHooks": "sender",
+    "TransferFailed": "sender",
+    "send_to": "sender",
+    "send_loopback": "loopback",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -37,8 +37,10 @@ _TCP_CLOSE = 7  # tcpi_state after a reset (include/net/tcp_states.h)
 _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 _TAIL_MAX = 1 << 16  # bytes kept of what the peer sends after our close_notify
 
-EARLY_CLOSE_NOTIFY = ("the peer sent close_notify before our last byte and close_notify "
-                      "were out (it may not have read them)")
+EARLY_CLOSE_NOTIFY = (
+    "the peer sent close_notify before our last byte and close_notify "
+    "were out (it may not have read them)"
+)
 NO_CLOSE_NOTIFY = "the peer closed the connection without close_notify"
 
 
@@ -113,8 +115,10 @@ def peer_hung_up(sock: socket.socket) -> str | None:
     p.register(sock, _HANGUP)
     if not p.poll(0):
         return None
-    return reset_by_peer(sock) or "the peer closed the connection before our last byte and " \
-                                  "close_notify were out"
+    return (
+        reset_by_peer(sock)
+        or "the peer closed the connection before our last byte and close_notify were out"
+    )
 
 
 def await_tcp_close(sock: socket.socket, timeout: float | None) -> str | None:
@@ -122,20 +126,21 @@ def await_tcp_close(sock: socket.socket, timeout: float | None) -> str | None:
     p = select.poll()
     p.register(sock, _HANGUP)
     if not p.poll(None if timeout is None else int(timeout * 1000)):
-        return (f"the peer sent close_notify but did not close the connection within "
-                f"{timeout:g} s")
+        return f"the peer sent close_notify but did not close the connection within {timeout:g} s"
     why = reset_by_peer(sock)
     if why:
         return f"{why} after its close_notify (it had not read everything)"
     left = unacked(sock)
     if left:
-        return (f"the peer closed the connection before acknowledging our last {left} bytes "
-                "(it did not read our close_notify)")
+        return (
+            f"the peer closed the connection before acknowledging our last {left} bytes "
+            "(it did not read our close_notify)"
+        )
     return None
 
 
 def reset_by_peer(sock: socket.socket) -> str | None:
-    """"the peer reset the connection" if it did (the error, or the state a
+    """ "the peer reset the connection" if it did (the error, or the state a
     reset leaves when a failed send already took the error), else None."""
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:

@@ -38,8 +38,9 @@ def _drop(_msg: str) -> None:
     pass
 
 
-def send_loopback(file: str | None, size: int, opts: ClientOptions, stop: StopSignals,
-                  hooks: SendHooks = NO_HOOKS) -> tuple[dict[str, Any], str]:
+def send_loopback(
+    file: str | None, size: int, opts: ClientOptions, stop: StopSignals, hooks: SendHooks = NO_HOOKS
+) -> tuple[dict[str, Any], str]:
     """``send --loopback``: serve in a thread, send ``file`` (None: ``size``
     random bytes) to it, compare the hashes.
 
@@ -51,8 +52,10 @@ def send_loopback(file: str | None, size: int, opts: ClientOptions, stop: StopSi
     with contextlib.ExitStack() as stack:
         src: str | BinaryIO = file if file is not None else stack.enter_context(random_file(size))
         port, cert, server = stack.enter_context(
-            loopback_server(opts.tls, opts.offload, opts.device, registrar=hooks.registrar,
-                            warn=hooks.warn))
+            loopback_server(
+                opts.tls, opts.offload, opts.device, registrar=hooks.registrar, warn=hooks.warn
+            )
+        )
         to = dataclasses.replace(opts, insecure=False, trust=cert)
         result = send_to(src, "localhost", port, to, stop, hooks)
     rec = server.records[0] if server.records else {}
@@ -66,8 +69,11 @@ def send_loopback(file: str | None, size: int, opts: ClientOptions, stop: StopSi
 
 @contextlib.contextmanager
 def loopback_server(
-    opts: TlsOptions, offload: Offload, device: DeviceSpec | None = None,
-    registrar: Registrar | None = None, warn: Callable[[str], None] = _drop,
+    opts: TlsOptions,
+    offload: Offload,
+    device: DeviceSpec | None = None,
+    registrar: Registrar | None = None,
+    warn: Callable[[str], None] = _drop,
 ) -> Iterator[tuple[int, x509.Certificate, Server]]:
     """Yield (port, the certificate to trust, server) for one connection
     (registered with ``registrar``, the sender's control server).  Only
@@ -87,8 +93,9 @@ def loopback_server(
         if not rec.get("ok"):
             warn(f"{head}: error: {rec.get('error')}")
 
-    server = Server(listener, ctx, hash_sink, config, registrar=registrar,
-                    on_record=on_record, warn=warn)
+    server = Server(
+        listener, ctx, hash_sink, config, registrar=registrar, on_record=on_record, warn=warn
+    )
     thread = threading.Thread(target=server.serve_forever, name="loopback-serve", daemon=True)
     thread.start()
     try:

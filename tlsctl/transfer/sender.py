@@ -185,8 +185,9 @@ def _open(file: str | BinaryIO) -> tuple[BinaryIO, int | None]:
 
 def _context(opts: ClientOptions) -> SSL.Context:
     if opts.trust is None:
-        return client_context(opts.tls, verify=not opts.insecure, cert=opts.cert, key=opts.key,
-                              pin=opts.pin_sha256)
+        return client_context(
+            opts.tls, verify=not opts.insecure, cert=opts.cert, key=opts.key, pin=opts.pin_sha256
+        )
     # --loopback: trust exactly the built-in server's certificate, held in memory.
     ctx = client_context(opts.tls, verify=False)
     store = ctx.get_cert_store()
@@ -197,8 +198,14 @@ def _context(opts: ClientOptions) -> SSL.Context:
     return ctx
 
 
-def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
-            stop: StopSignals, hooks: SendHooks = NO_HOOKS) -> dict[str, Any]:
+def send_to(
+    file: str | BinaryIO,
+    host: str,
+    port: int,
+    opts: ClientOptions,
+    stop: StopSignals,
+    hooks: SendHooks = NO_HOOKS,
+) -> dict[str, Any]:
     """Send ``file`` (a path, ``-`` for stdin, or an open file) to
     ``host:port``; the summary once the peer confirmed every byte.
 
@@ -208,8 +215,10 @@ def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
     :class:`~tlsctl.session.channel.ChannelError` (no transfer).
     """
     if opts.insecure:
-        hooks.warn("warning: -k/--insecure: the server certificate is NOT verified; "
-                   "anyone on the path can read and change this transfer")
+        hooks.warn(
+            "warning: -k/--insecure: the server certificate is NOT verified; "
+            "anyone on the path can read and change this transfer"
+        )
     ctx = _context(opts)
     keylog = KeylogFile(opts.keylogfile) if opts.keylogfile else None
     f, size = _open(file)
@@ -224,25 +233,36 @@ def send_to(file: str | BinaryIO, host: str, port: int, opts: ClientOptions,
         sni = opts.servername or (None if is_ip(host) else host)
         try:
             checked = opts.insecure or opts.pin_sha256 is not None
-            res = run_handshake(sock, ctx, "client", server_name=sni,
-                                verify_host=None if checked else (opts.servername or host),
-                                keylog=keylog, timeout=opts.timeout,
-                                exact=exact_reads(opts.offload))
+            res = run_handshake(
+                sock,
+                ctx,
+                "client",
+                server_name=sni,
+                verify_host=None if checked else (opts.servername or host),
+                keylog=keylog,
+                timeout=opts.timeout,
+                exact=exact_reads(opts.offload),
+            )
             sock.settimeout(opts.timeout)
-            chan = establish(sock, res, opts.offload, hooks.warn, opts.device,
-                             registrar=hooks.registrar)
+            chan = establish(
+                sock, res, opts.offload, hooks.warn, opts.device, registrar=hooks.registrar
+            )
         except BaseException:
             sock.close()
             raise
         try:
             if opts.key_update_every:
                 if not (isinstance(chan, KtlsChannel) and res.is_tls13):
-                    raise LocalError(f"--key-update-every needs TLS 1.3 through the kTLS "
-                                     f"layer (this connection: {res.version_name}, "
-                                     f"offload {chan.offload})")
+                    raise LocalError(
+                        f"--key-update-every needs TLS 1.3 through the kTLS "
+                        f"layer (this connection: {res.version_name}, "
+                        f"offload {chan.offload})"
+                    )
                 chan.key_update_every = opts.key_update_every
-            hooks.status(f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
-                         f"offload {chan.offload}")
+            hooks.status(
+                f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
+                f"offload {chan.offload}"
+            )
             _verbose(res, opts, hooks.detail)
             # A second Ctrl-C while a step is being written: stop at once,
             # and make sure no byte of a half-written record follows.
@@ -266,21 +286,38 @@ def _verbose(res: HandshakeResult, opts: ClientOptions, detail: Callable[[str], 
     to paste into --pin-sha256) and the numbers handed to the layer (never keys)."""
     peer = res.conn.get_peer_certificate(as_cryptography=True)
     if peer is not None:
-        state = ("NOT verified (-k)" if opts.insecure
-                 else "pinned (--pin-sha256)" if opts.pin_sha256 is not None else "verified")
-        detail(f"server certificate: {peer.subject.rfc4514_string()} "
-               f"(issuer {peer.issuer.rfc4514_string()}), {state}, "
-               f"SHA-256 fingerprint {sha256_fingerprint(peer)}")
-    detail(f"handshake {res.seconds * 1000:.1f} ms; record sequence numbers at handoff: "
-         f"tx {res.tx_seq}, rx {res.rx_seq}; {len(res.leftover)} bytes read past the "
-         "handshake handed to the layer")
+        state = (
+            "NOT verified (-k)"
+            if opts.insecure
+            else "pinned (--pin-sha256)"
+            if opts.pin_sha256 is not None
+            else "verified"
+        )
+        detail(
+            f"server certificate: {peer.subject.rfc4514_string()} "
+            f"(issuer {peer.issuer.rfc4514_string()}), {state}, "
+            f"SHA-256 fingerprint {sha256_fingerprint(peer)}"
+        )
+    detail(
+        f"handshake {res.seconds * 1000:.1f} ms; record sequence numbers at handoff: "
+        f"tx {res.tx_seq}, rx {res.rx_seq}; {len(res.leftover)} bytes read past the "
+        "handshake handed to the layer"
+    )
 
 
 class _Transfer:
     """One established connection: send everything, close, judge the close."""
 
-    def __init__(self, chan: Chan, res: HandshakeResult, f: BinaryIO, size: int | None,
-                 offload: Offload, stop: StopSignals, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        chan: Chan,
+        res: HandshakeResult,
+        f: BinaryIO,
+        size: int | None,
+        offload: Offload,
+        stop: StopSignals,
+        progress: Progress | None,
+    ) -> None:
         self.chan, self.res, self.f, self.stop = chan, res, f, stop
         self.offload, self.progress = offload, progress
         self.p = _Sent(size)
@@ -292,9 +329,13 @@ class _Transfer:
         self.hasher: FileHasher | None = None  # a regular file's SHA-256, beside the sending
 
     def facts(self) -> dict[str, Any]:
-        return {"bytes_sent": self.p.sent, "seconds": round(self.p.seconds, 6),
-                "version": self.res.version_name, "cipher": self.res.cipher_name,
-                "offload": self.chan.offload}
+        return {
+            "bytes_sent": self.p.sent,
+            "seconds": round(self.p.seconds, 6),
+            "version": self.res.version_name,
+            "cipher": self.res.cipher_name,
+            "offload": self.chan.offload,
+        }
 
     def run(self) -> dict[str, Any]:
         try:
@@ -322,13 +363,18 @@ class _Transfer:
         except Interrupted as exc:
             self._cancel()
             if self.closed:
-                what = (f"sent {self.p.amount()} and close_notify in {self.p.seconds:.2f} s; "
-                        "the server had not confirmed them yet")
+                what = (
+                    f"sent {self.p.amount()} and close_notify in {self.p.seconds:.2f} s; "
+                    "the server had not confirmed them yet"
+                )
             else:
-                what = (f"sent {self.p.amount()} in {self.p.seconds:.2f} s; the server was "
-                        "sent user_canceled (no close_notify)")
-            raise TransferFailed(f"interrupted by {exc.name}: {what}", exc.status,
-                                 self.facts()) from None
+                what = (
+                    f"sent {self.p.amount()} in {self.p.seconds:.2f} s; the server was "
+                    "sent user_canceled (no close_notify)"
+                )
+            raise TransferFailed(
+                f"interrupted by {exc.name}: {what}", exc.status, self.facts()
+            ) from None
         except ChannelError as exc:
             self._cancel()
             why = str(exc) if isinstance(exc, _PeerStopped) else self._why(exc)
@@ -336,9 +382,12 @@ class _Transfer:
         try:
             return self._summary()
         except Interrupted as exc:
-            raise TransferFailed(f"interrupted by {exc.name} after the server confirmed "
-                                 f"{self.p.amount()} (no summary)", exc.status,
-                                 self.facts()) from None
+            raise TransferFailed(
+                f"interrupted by {exc.name} after the server confirmed "
+                f"{self.p.amount()} (no summary)",
+                exc.status,
+                self.facts(),
+            ) from None
 
     def _why(self, exc: ChannelError) -> str:
         """What the peer did, when a send failed: the reading thread may know
@@ -362,8 +411,11 @@ class _Transfer:
         return reset_by_peer(self.sock) or str(exc)
 
     def _incomplete(self, why: str) -> TransferFailed:
-        return TransferFailed(f"transfer incomplete: sent {self.p.amount()}; {why}",
-                              ExitStatus.INCOMPLETE, self.facts())
+        return TransferFailed(
+            f"transfer incomplete: sent {self.p.amount()}; {why}",
+            ExitStatus.INCOMPLETE,
+            self.facts(),
+        )
 
     def _cancel(self) -> None:
         """Tell the peer we stopped (user_canceled; never a close_notify), unless
@@ -435,8 +487,11 @@ class _Transfer:
         timeout = self.sock.gettimeout()
         if self.drain is not None:
             self.drain.join(None if timeout is None else timeout + 5)
-            why = ("the peer sent no close_notify within --timeout of ours"
-                   if self.drain.is_alive() else self.drain.verdict())
+            why = (
+                "the peer sent no close_notify within --timeout of ours"
+                if self.drain.is_alive()
+                else self.drain.verdict()
+            )
         else:
             why = _await_close(self.chan)
         why = why or await_tcp_close(self.sock, timeout)
@@ -447,8 +502,9 @@ class _Transfer:
         seconds = self.p.seconds
         chan = self.chan
         tx_end, rx_end = chan.live_seqs()  # after close_notify and the peer's records
-        sha256 = (self.hasher.digest(self.p.sent) if self.hasher is not None
-                  else self.p.hash.hexdigest())
+        sha256 = (
+            self.hasher.digest(self.p.sent) if self.hasher is not None else self.p.hash.hexdigest()
+        )
         rate = self.p.sent / seconds if seconds > 0 else None
         out: dict[str, Any] = {
             "ok": True,

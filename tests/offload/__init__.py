@@ -1,0 +1,1 @@
+"""Tests of the offload layer (``offload/``); see ``tests/__init__.py``."""

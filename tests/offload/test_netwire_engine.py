@@ -1,0 +1,291 @@
+"""The real wire's parts without namespaces: the NIC engine fed crafted
+frames, the shared record store, the frame parser, TCP_INFO's bytes_acked.
+
+The NIC engine (``offload.netwire.nic.Nic``) is what runs in the NIC
+process; here it gets frames built by hand so every path is pinned exactly:
+in-order encryption across frame and record edges, resync of an old frame
+from the store, a frame of a freed record dropped (never plaintext), bytes
+before the start marker and flows without a context untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import time
+
+import pytest
+
+from offload.batch import TxBatches
+from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, create_device
+from offload.netwire.frames import FlowKey, make_partial, parse_tcp
+from offload.netwire.nic import Nic
+from offload.netwire.recstore import StoreFull, StoreReader, StoreWriter
+from offload.netwire.tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR
+from offload.netwire.txpath import bytes_acked, outq
+from offload.record import RecordSealer
+from offload.tls_sw import SwTx
+from offload.uapi import CipherType, CryptoInfo
+from tests.conftest import COMBOS, combo_id, random_info
+
+SRC, DST = socket.inet_aton("10.213.0.1"), socket.inet_aton("10.213.0.2")
+KEY = FlowKey(SRC, 40000, DST, 443)
+STREAMABLE = [c for c in COMBOS if c[1] != CipherType.AES_CCM_128]
+
+
+def frame(
+    seq: int, payload: bytes, *, key: FlowKey = KEY, flags: int = 0x18, needs_csum: bool = True
+) -> memoryview:
+    """virtio_net_hdr | IPv4 | TCP | payload, as the TUN hands it over."""
+    vnet = VNET_HDR.pack(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM if needs_csum else 0,
+        0,
+        0,
+        0,
+        20 if needs_csum else 0,
+        16 if needs_csum else 0,
+    )
+    ip = struct.pack(
+        ">BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0x4000, 64, 6, 0, key.src, key.dst
+    )
+    tcp = struct.pack(">HHIIBBHHH", key.sport, key.dport, seq, 1, 5 << 4, flags, 65535, 0, 0)
+    return memoryview(bytearray(vnet + ip + tcp + payload))
+
+
+def framed(info: CryptoInfo, data: bytes, record: int = 16384) -> tuple[bytearray, int, int, int]:
+    """Records framed for the device as DeviceTx frames them: the buffer,
+    its first record number, the size of each record but the last, count."""
+    sealer = RecordSealer(info)
+    batches = TxBatches(sealer, record, batch_records=1 << 20, pool_max=0)
+    buf, slots = batches.lay_out(len(data))
+    is13 = sealer.is13
+    p = 0
+    for slot in slots:
+        k = len(slot) - 1 if is13 else len(slot)
+        slot[:k] = data[p : p + k]
+        p += k
+    first = sealer.seq
+    batches.frame_plaintext(buf, 23, slots)
+    rsize = sealer.sealed_size(0) - int(is13) + len(slots[0])
+    return buf, first, rsize, len(slots)
+
+
+def software(info: CryptoInfo, data: bytes) -> bytes:
+    return b"".join(bytes(b) for b in SwTx(info).frame(23, data, False))
+
+
+class Host:
+    """A host side for the engine: a store with one framed buffer."""
+
+    def __init__(self, info: CryptoInfo, data: bytes, isn: int, lead: int = 0) -> None:
+        self.isn = isn
+        self.lead = lead  # bytes before the start marker (stream offset of the marker)
+        self.store = StoreWriter(isn, lead, ring_size=1 << 22, entries=64)
+        self.reader = StoreReader(self.store.path)
+        self.store.unlink()  # nothing left in /dev/shm whatever happens next
+        buf, first, rsize, nrec = framed(info, data)
+        self.buf = bytes(buf)
+        self.store.append(buf, lead, first, rsize, nrec)
+        self.nic = Nic(create_device("sim-nic"))
+        self.nic.egress(frame((isn - 1) % (1 << 32), b"", flags=0x02))  # the SYN
+        ctx = self.nic.device.driver.dev_add(TLS_OFFLOAD_CTX_DIR_TX, info, (isn + lead) % 2**32)
+        self.nic.flows[KEY].offload = (ctx, self.reader)
+
+    def send(self, off: int, n: int) -> tuple[bool, bytes]:
+        """The framed bytes at stream offset ``off`` (from the marker) as one frame."""
+        f = frame((self.isn + self.lead + off) % (1 << 32), self.buf[off : off + n])
+        ok = self.nic.egress(f)
+        t = parse_tcp(f)
+        assert t is not None
+        return ok, bytes(f[t.payload : t.end])
+
+    def close(self) -> None:
+        self.reader.close()
+        self.store.close()
+
+
+@pytest.mark.parametrize("combo", STREAMABLE, ids=combo_id)
+@pytest.mark.parametrize("isn", [0x1234, 2**32 - 70000])
+def test_engine_in_order_and_resync_equal_software(combo: tuple[int, CipherType], isn: int) -> None:
+    """Frames cut anywhere (mid-header, mid-tag), across the 2^32 wrap; then
+    an old frame again (resync from the store): all software TX's bytes."""
+    info = random_info(*combo, seq=5)
+    data = os.urandom(100_000)
+    want = software(info, data)
+    h = Host(info, data, isn)
+    try:
+        got = bytearray()
+        for cut in (3, 1000, 16384 + 5, 7, 40000, 2, 65536):
+            off = len(got)
+            ok, out = h.send(off, cut)
+            assert ok
+            got += out
+        ok, out = h.send(len(got), len(want) - len(got))
+        got += out
+        assert bytes(got) == want
+        for off, n in ((1000, 20000), (17, 3), (40000, 30000), (0, 65000)):
+            ok, out = h.send(off, n)
+            assert ok and out == want[off : off + n]
+        st = h.nic.device.stats
+        assert st["tx_tls_ooo"] >= 4 and st["tx_tls_dump_bytes"] > 0
+    finally:
+        h.close()
+
+
+def test_engine_drops_a_freed_record_never_plaintext() -> None:
+    info = random_info(*STREAMABLE[0])
+    data = os.urandom(50_000)
+    h = Host(info, data, 777)
+    try:
+        assert h.send(0, len(h.buf))[0]
+        h.store.free(20000)  # TCP acknowledged past the first record
+        before = dict(h.nic.counters)
+        ok, _ = h.send(100, 1000)  # a late retransmission of freed data
+        assert not ok
+        assert h.nic.counters["frames_dropped"] == before["frames_dropped"] + 1
+        assert h.nic.device.stats["tx_tls_drop_no_sync_data"] == 1
+        ok, out = h.send(20000, 1000)  # still held: resynced, encrypted
+        assert ok and out == software(info, data)[20000:21000]
+    finally:
+        h.close()
+
+
+def test_engine_passes_bytes_before_the_marker_and_flows_without_context() -> None:
+    info = random_info(*STREAMABLE[3])
+    data = os.urandom(30_000)
+    h = Host(info, data, 5000, lead=300)
+    try:
+        plain = os.urandom(300)
+        f = frame(5000, plain)  # the handshake's bytes, before the start marker
+        assert h.nic.egress(f)
+        assert bytes(f[-300:]) == plain
+        assert h.nic.device.stats["tx_tls_skip_no_sync_data"] == 1
+        other = FlowKey(SRC, 40001, DST, 443)
+        g = frame(99, plain, key=other)
+        assert h.nic.egress(g) and bytes(g[-300:]) == plain
+        assert h.nic.counters["frames_passed"] >= 2
+    finally:
+        h.close()
+
+
+def test_make_partial_gives_the_pseudo_header_sum() -> None:
+    """A frame with a complete checksum is turned into a partial one (the
+    receiver fills it in): the field holds the folded pseudo-header sum."""
+    f = frame(1, b"x" * 100, needs_csum=False)
+    t = parse_tcp(f)
+    assert t is not None
+    make_partial(f, t)
+    flags, _, _, _, start, off = VNET_HDR.unpack_from(f, 0)
+    assert flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and (start, off) == (20, 16)
+    words = struct.unpack(">4H", SRC + DST)
+    s = sum(words) + 6 + 120
+    s = (s & 0xFFFF) + (s >> 16)
+    assert struct.unpack_from(">H", f, t.tcp + 16)[0] == s
+
+
+def test_parse_ipv6_and_non_tcp() -> None:
+    src6, dst6 = (
+        socket.inet_pton(socket.AF_INET6, "fd00::1"),
+        socket.inet_pton(socket.AF_INET6, "fd00::2"),
+    )
+    ip6 = struct.pack(">IHBB16s16s", 6 << 28, 20 + 4, 6, 64, src6, dst6)
+    tcp = struct.pack(">HHIIBBHHH", 1, 2, 42, 0, 5 << 4, 0x18, 1, 0, 0)
+    t = parse_tcp(memoryview(bytes(10) + ip6 + tcp + b"abcd"))
+    assert t is not None and t.key == FlowKey(src6, 1, dst6, 2) and t.seq == 42
+    assert t.end - t.payload == 4
+    udp = bytearray(frame(1, b"zz"))
+    udp[10 + 9] = 17
+    assert parse_tcp(memoryview(udp)) is None
+
+
+def test_store_file_is_private_and_unlinked() -> None:
+    st = StoreWriter(0, 0, ring_size=1 << 16, entries=4)
+    try:
+        mode = os.stat(st.path, follow_symlinks=False).st_mode
+        assert stat.S_IMODE(mode) == 0o600
+        st.unlink()
+        assert not os.path.exists(st.path)
+    finally:
+        st.close()
+
+
+def test_store_ring_wraps_and_waits_for_acks() -> None:
+    """The ring reuses space only after ``free``; full, it asks for room
+    (``wait_room``) and fails with ENOBUFS once waiting is pointless."""
+    st = StoreWriter(2**32 - 10, 0, ring_size=100_000, entries=8)
+    rd = StoreReader(st.path)
+    try:
+        calls: list[int] = []
+
+        def give_up() -> bool:
+            calls.append(1)
+            return False  # never frees: give up
+
+        st.wait_room = give_up
+        off = 0
+        for _ in range(2):
+            st.append(bytearray(os.urandom(40_000)), off, 0, 40_000, 1)
+            off += 40_000
+        with pytest.raises(StoreFull):
+            st.append(bytearray(40_000), off, 0, 40_000, 1)
+        assert calls == [1]
+        st.free(40_000)
+        assert rd.get_record((2**32 - 10 + 100) % 2**32) is None  # freed
+        rec = rd.get_record((2**32 - 10 + 50_000) % 2**32)  # across the seq wrap
+        assert rec is not None and rec.record_sn == 0 and len(rec.data) == 40_000
+        view = st.append(bytearray(b"\x07" * 40_000), off, 3, 40_000, 1)  # wraps to 0
+        assert view.obj is not None
+        rec = rd.get_record((2**32 - 10 + off + 1) % 2**32)
+        assert rec is not None and bytes(rec.data) == b"\x07" * 40_000 and rec.record_sn == 3
+    finally:
+        rd.close()
+        st.close()
+
+
+def test_bytes_acked_counts_data_acknowledged() -> None:
+    """The offset of tcpi_bytes_acked in struct tcp_info: after the peer
+    took N bytes and everything is acknowledged, it moved by exactly N."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    c = socket.create_connection(srv.getsockname())
+    s, _ = srv.accept()
+    try:
+        base = bytes_acked(c)
+        c.sendall(b"q" * 123_456)
+        got = 0
+        while got < 123_456:
+            got += len(s.recv(1 << 20))
+        for _ in range(1000):
+            if outq(c) == 0:
+                break
+            time.sleep(0.001)
+        assert outq(c) == 0
+        assert bytes_acked(c) - base == 123_456
+    finally:
+        for x in (c, s, srv):
+            x.close()
+
+
+def test_control_errors_never_echo_key_material() -> None:
+    """A bad ``add`` is refused with a text naming the field, not its value."""
+    nic = Nic(create_device("sim-nic"))
+    nic.egress(frame(10, b"", flags=0x02))
+    secret = random_info(*STREAMABLE[0]).pack().hex()
+    bad = secret[:-2]  # one byte short: EINVAL from CryptoInfo.unpack
+    answer = nic.handle(
+        {
+            "op": "add",
+            "flow": [SRC.hex(), 40000, DST.hex(), 443],
+            "crypto_info": bad,
+            "start_seq": 11,
+            "store": "/nonexistent",
+        }
+    )
+    assert "error" in answer and bad[:16] not in str(answer) and secret[:16] not in str(answer)
+    assert nic.handle({"op": "add", "flow": "junk"}) == {"error": "bad flow in request"}
+    assert nic.handle({"op": "nope", "flow": [SRC.hex(), 1, DST.hex(), 2]}) == {
+        "error": "unknown request"
+    }
