@@ -10,17 +10,23 @@ earlier bytes and the tag, when outside) is discarded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from offload.netdev import RecordLookup, Segment
 from offload.record import RecordSealer
 from offload.tcpseq import seq_add, seq_diff
 from offload.uapi import TLS_HEADER_SIZE, CryptoInfo
 
 
-def sw_fallback(info: CryptoInfo, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
+def sw_fallback(
+    key_at: Callable[[int], CryptoInfo], segment: Segment, lookup: RecordLookup, out: memoryview
+) -> bool:
     """The segment's bytes as software TX would have put them on the wire.
 
-    ``info`` is the connection's TX crypto_info (key, salt/iv); sequence
-    numbers and explicit nonces come from the records themselves.  Writes
+    ``key_at(start_seq)`` is the TX crypto_info (key, salt/iv) of the
+    record starting at ``start_seq`` (one key for the connection, unless
+    the device context was rekeyed: ``DeviceTx.key_at``); sequence numbers
+    and explicit nonces come from the records themselves.  Writes
     into ``out``; returns False when a record the segment needs was already
     freed (the kernel drops such a packet too).  Plain data before the start
     marker passes unchanged.
@@ -35,7 +41,7 @@ def sw_fallback(info: CryptoInfo, segment: Segment, lookup: RecordLookup, out: m
         if rec is None:
             return False
         start_in_rec = seq_diff(seq_add(segment.seq, pos), rec.start_seq)
-        sealed = _seal_record(info, rec.record_sn, rec.data)
+        sealed = _seal_record(key_at(rec.start_seq), rec.record_sn, rec.data)
         take = min(len(rec.data) - start_in_rec, n - pos)
         out[pos : pos + take] = sealed[start_in_rec : start_in_rec + take]
         pos += take

@@ -17,7 +17,7 @@ import errno
 from collections.abc import Iterator
 
 from offload.errors import os_error
-from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, RecordInfo
+from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, OffloadRefused, RecordInfo
 from offload.tcpseq import SeqSpace
 from offload.tls_sw import SwTx
 from offload.uapi import TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
@@ -73,6 +73,10 @@ class DeviceTx(SwTx):
         self._nrec: list[int] = []
         self._views: list[memoryview] = []
         self._head = 0
+        self._epochs: list[tuple[int, CryptoInfo]] = [(start_offset, info)]
+        """Each key still needed and the stream offset of its first record:
+        a retransmission of an old-key record needs the old key until TCP
+        has acknowledged every record under it (the software fallback too)."""
         self._over = self.sealer.prot.prepend_size + self.sealer.tag_size
 
     # -- framing (overrides of SwTx's sealing steps) ----------------------
@@ -116,7 +120,34 @@ class DeviceTx(SwTx):
         self.batches.give_back(buf)
 
     def rekey(self, info: CryptoInfo) -> None:
-        raise os_error(errno.EOPNOTSUPP, "rekey of a device-offloaded TX context")
+        """TLS 1.3 KeyUpdate on a device context: records framed from now on
+        (the open MSG_MORE record included) are sealed by the NIC under
+        ``info``; those framed before keep the old key.
+
+        Linux has no answer here: no upstream driver can rekey, and
+        ``tls_set_device_offload`` refuses the update.  A driver without
+        ``dev_rekey`` gets the same refusal (EOPNOTSUPP, nothing changed);
+        sim-nic implements it (``offload.drivers.simnic``).
+        """
+        dev_rekey = getattr(self.device.driver, "dev_rekey", None)
+        if dev_rekey is None:
+            raise os_error(errno.EOPNOTSUPP, "rekey of a device-offloaded TX context")
+        start = self.next_offset
+        try:
+            dev_rekey(self.ctx, info, self.space.seq(start))
+        except OffloadRefused as exc:
+            raise os_error(errno.EOPNOTSUPP, f"the device refused the rekey: {exc}") from None
+        super().rekey(info)
+        self._epochs.append((start, info))
+
+    def key_at(self, tcp_seq: int) -> CryptoInfo:
+        """The key of the record starting at ``tcp_seq`` (software fallback)."""
+        off = self._stream_offset(tcp_seq)
+        epochs = self._epochs
+        for start, info in reversed(epochs):
+            if start <= off:
+                return info
+        return epochs[0][1]
 
     def _register(self, buf: bytearray, content_type: int, slots: list[memoryview]) -> None:
         first_sn = self.sealer.seq
@@ -183,6 +214,13 @@ class DeviceTx(SwTx):
         if offset <= self.acked:
             return
         self.acked = offset
+        epochs = self._epochs
+        if len(epochs) > 1 and epochs[1][0] <= offset:
+            while len(epochs) > 1 and epochs[1][0] <= offset:
+                del epochs[0]
+            done = getattr(self.device.driver, "dev_rekey_done", None)
+            if done is not None:
+                done(self.ctx, self.space.seq(epochs[0][0]))
         ends, views = self._ends, self._views
         h = self._head
         while h < len(ends) and ends[h] <= offset:

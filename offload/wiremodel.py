@@ -416,7 +416,7 @@ class TxPipeline:
         out = self._ring_slot(n)
         if redirect and self.fallback_device is not None:
             t0 = time.thread_time()
-            ok = sw_fallback(tx.info, seg, tx, memoryview(out))
+            ok = sw_fallback(tx.key_at, seg, tx, memoryview(out))
             self.fallback_seconds += time.thread_time() - t0
             if ok:
                 st = self.fallback_device.stats

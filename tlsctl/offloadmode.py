@@ -163,19 +163,19 @@ def device_spec(
 
     Refused here, before any connection (``send``, ``serve`` and ``bench``
     all call this at start-up): ``faults``/``mss`` without a NIC, a fault
-    spec that does not parse, and ``key_update_every`` with a NIC: a
-    NIC-offloaded TX context cannot be rekeyed yet (``DeviceTx.rekey`` is
-    EOPNOTSUPP; upstream device offload has no rekey either), so a transfer
-    would fail right after its first KeyUpdate went out.
+    spec that does not parse, and ``key_update_every`` with a NIC whose
+    driver cannot rekey a device context (no ``dev_rekey``: upstream
+    device offload has none), where a transfer would fail right after its
+    first KeyUpdate went out.  sim-nic rekeys (``offload.drivers.simnic``).
     """
     if not is_nic(offload):
         if faults or mss:
             raise OffloadOptionError("--faults and --mss need a NIC offload (--offload sim-nic)")
         return None
-    if key_update_every:
+    if key_update_every and not _driver_rekeys(offload):
         raise OffloadOptionError(
-            f"--key-update-every cannot be used with --offload {offload}: a NIC-offloaded "
-            "TX context cannot be rekeyed yet (use --offload sw or kernel)"
+            f"--key-update-every cannot be used with --offload {offload}: its driver cannot "
+            "rekey a device TX context (use --offload sw or kernel)"
         )
     try:
         from offload.wiremodel import FaultSpec
@@ -184,6 +184,17 @@ def device_spec(
     except ValueError as exc:
         raise OffloadOptionError(str(exc), option="--faults") from None
     return DeviceSpec(offload, faults=spec, mss=mss)
+
+
+def _driver_rekeys(offload: Offload) -> bool:
+    """Does the NIC driver named ``offload`` implement ``dev_rekey``?  A
+    driver that does not load answers no here; ``open_layer`` says why."""
+    from offload.netdev import create_device
+
+    try:
+        return callable(getattr(create_device(offload).driver, "dev_rekey", None))
+    except LookupError:
+        return False
 
 
 def open_layer(

@@ -23,6 +23,16 @@ no streaming form here and is refused at ``dev_add``, so the layer falls
 back to software TX for it.  Upstream NICs offload TLS 1.2 only; this one
 does TLS 1.3 too (nonce = IV xor record number, AAD = record header).
 
+Device rekey (TLS 1.3 KeyUpdate), which no upstream NIC has: ``dev_rekey``
+gives the context its next key and the TCP sequence number of the first
+record sealed under it.  The NIC keeps every key whose records may still be
+retransmitted, each with the sequence number where it begins: in order it
+switches key at that record edge; a retransmission resyncs with the key of
+the epoch the looked-up record starts in, so an old-key record goes out
+under the old key, byte for byte what it was the first time.  The host says
+when every record under the old keys is acknowledged (``dev_rekey_done``),
+and only then does the NIC forget them.
+
 The record framing - where the header, explicit nonce, tag sit, how nonce
 and additional data are built - is the layer's own (``offload.framing``),
 as a real NIC implements the same RFC formulas the kernel's software path
@@ -38,6 +48,7 @@ had none.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -156,19 +167,50 @@ class _ChachaStream:
         return b""
 
 
+class _Key:
+    """One key epoch: the key material and where its first record starts."""
+
+    __slots__ = ("aes", "first_sn", "key", "oneshot", "salt", "start", "static_iv")
+
+    def __init__(self, info: CryptoInfo, start_tcp_seq: int) -> None:
+        self.start = start_tcp_seq
+        self.first_sn = info.seq
+        self.key = info.key
+        chacha = info.cipher == CipherType.CHACHA20_POLY1305
+        self.aes = None if chacha else algorithms.AES(info.key)
+        prot = ProtInfo.from_info(info)
+        self.salt = prot.salt
+        self.static_iv = prot.static_iv
+        self.oneshot: Any = ChaCha20Poly1305(info.key) if chacha else AESGCM(info.key)
+
+
+_NOWHERE = -1
+"""``expected`` that no 32-bit sequence number equals: the next segment resyncs."""
+
+
 class SimNicContext:
-    """One offloaded TX connection's state inside the NIC (no record data)."""
+    """One offloaded TX connection's state inside the NIC (no record data).
+
+    The key fields (``key``, ``aes``, ``salt``, ``static_iv``, ``oneshot``)
+    are those of ``keys[k]``, the epoch the NIC is in; ``boundary`` is where
+    the next epoch starts (None when ``keys[k]`` is the newest), checked
+    once per segment so the fast path pays one attribute read for rekeys.
+    """
 
     __slots__ = (
         "aes",
         "body_left",
+        "boundary",
         "cipher",
         "expected",
         "explicit_size",
         "hdr",
         "hlen",
+        "k",
         "key",
+        "keys",
         "oneshot",
+        "pending",
         "phase",
         "record_sn",
         "salt",
@@ -182,21 +224,72 @@ class SimNicContext:
     def __init__(self, info: CryptoInfo, start_tcp_seq: int) -> None:
         self.version = info.version
         self.cipher = info.cipher
-        self.key = info.key
-        self.aes = algorithms.AES(info.key) if info.cipher != CipherType.CHACHA20_POLY1305 else None
         prot = ProtInfo.from_info(info)
-        self.salt = prot.salt
-        self.static_iv = prot.static_iv
         self.explicit_size = prot.explicit_size
         self.hlen = prot.prepend_size
-        self.oneshot: Any = (
-            ChaCha20Poly1305(info.key)
-            if info.cipher == CipherType.CHACHA20_POLY1305
-            else AESGCM(info.key)
-        )
+        self.keys = [_Key(info, start_tcp_seq)]
+        self.pending: deque[_Key | int] = deque()
+        """Queued rekey requests (a key) and releases (where the kept epoch starts)."""
+        self.use(0)
         self.expected = start_tcp_seq
         self.record_sn = info.seq
         self.reset()
+
+    def use(self, i: int) -> None:
+        """Encrypt with epoch ``i``'s key from here on."""
+        key = self.keys[i]
+        self.k = i
+        self.key = key.key
+        self.aes = key.aes
+        self.salt = key.salt
+        self.static_iv = key.static_iv
+        self.oneshot = key.oneshot
+        self.boundary = self.keys[i + 1].start if i + 1 < len(self.keys) else None
+
+    def epoch_of(self, record_start: int) -> int:
+        """The epoch a record starting at ``record_start`` was sealed in:
+        the newest whose first record is not after it (serial arithmetic:
+        every epoch still held lies within TCP's window of the record)."""
+        keys = self.keys
+        for i in range(len(keys) - 1, 0, -1):
+            if not seq_before(record_start, keys[i].start):
+                return i
+        return 0
+
+    def take_pending(self) -> None:
+        """Apply the queued ``dev_rekey``/``dev_rekey_done`` requests."""
+        while self.pending:
+            req = self.pending.popleft()
+            if isinstance(req, _Key):
+                self.keys.append(req)
+                if self.k == len(self.keys) - 2:
+                    self.boundary = req.start
+            else:
+                self._forget_before(req)
+
+    def _forget_before(self, start: int) -> None:
+        starts = [key.start for key in self.keys]
+        if start not in starts or starts.index(start) == 0:
+            return
+        j = starts.index(start)
+        k = self.k
+        self.keys = self.keys[j:]
+        if k >= j:
+            self.use(k - j)
+        else:
+            # The NIC's state is in a key now gone (it replayed an old record
+            # that was acknowledged since): the next segment must resync.
+            self.reset()
+            self.use(0)
+            self.expected = _NOWHERE
+
+    def next_epoch(self) -> None:
+        """The record edge at ``boundary`` is reached: the next key, its
+        records numbered from its own rec_seq."""
+        if self.phase != _HEADER or self.hdr or self.stream is not None:
+            raise RuntimeError("sim-nic: a key boundary inside a record")
+        self.use(self.k + 1)
+        self.record_sn = self.keys[self.k].first_sn
 
     def reset(self) -> None:
         """At a record boundary, nothing in flight."""
@@ -274,12 +367,38 @@ class SimNic:
         if not isinstance(ctx, SimNicContext):
             raise TypeError("not a sim-nic context")
         ctx.reset()
+        ctx.use(ctx.epoch_of(tcp_seq))
         ctx.expected = tcp_seq
         ctx.record_sn = record_sn
+
+    def dev_rekey(self, ctx: object, info: CryptoInfo, start_tcp_seq: int) -> None:
+        """The next key, for records from ``start_tcp_seq`` on (a record edge).
+
+        Not a Linux op (no upstream driver rekeys a device context): the
+        layer calls it from ``setsockopt(TLS_TX)`` on a TLS 1.3 device
+        context.  Old keys stay until ``dev_rekey_done``.  Both are queued
+        and taken in by the transmit path before its next segment, so a
+        NIC whose requests arrive on another thread (the real wire's NIC
+        process) never changes a context under a segment in flight; the
+        host writes no record under the new key before this returns."""
+        if not isinstance(ctx, SimNicContext):
+            raise TypeError("not a sim-nic context")
+        if info.version != ctx.version or info.cipher != ctx.cipher:
+            raise OffloadRefused("a rekey must keep the version and cipher")
+        ctx.pending.append(_Key(info, start_tcp_seq))
+
+    def dev_rekey_done(self, ctx: object, start_tcp_seq: int) -> None:
+        """Every record before the epoch starting at ``start_tcp_seq`` is
+        acknowledged: the keys before it may go."""
+        if not isinstance(ctx, SimNicContext):
+            raise TypeError("not a sim-nic context")
+        ctx.pending.append(start_tcp_seq)
 
     def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
         if not isinstance(ctx, SimNicContext):
             raise TypeError("not a sim-nic context")
+        if ctx.pending:
+            ctx.take_pending()
         payload = segment.payload
         n = len(payload)
         if n == 0:
@@ -288,6 +407,24 @@ class SimNic:
         # (xmit_in_place): bytes that stay as they are need no copy then.
         inplace = out is payload
         seq = segment.seq
+        if not self._xmit(ctx, seq, payload, out, inplace, lookup):
+            return False
+        ctx.expected = (seq + n) & _SEQ_MASK
+        self.stats.inc_pair("tx_tls_encrypted_packets", 1, "tx_tls_encrypted_bytes", n)
+        return True
+
+    def _xmit(
+        self,
+        ctx: SimNicContext,
+        seq: int,
+        payload: memoryview,
+        out: memoryview,
+        inplace: bool,
+        lookup: RecordLookup,
+    ) -> bool:
+        """``xmit`` but the packet counters: resync if needed, then encrypt,
+        switching key at every epoch boundary inside the segment."""
+        n = len(payload)
         if seq != ctx.expected:
             stats = self.stats
             if lookup.before_start_marker(seq, n):
@@ -304,17 +441,32 @@ class SimNic:
                 return False
             stats.inc("tx_tls_ooo")
             ctx.reset()
+            if len(ctx.keys) > 1:
+                ctx.use(ctx.epoch_of(rec.start_seq))
             ctx.record_sn = rec.record_sn
             prefix = seq_diff(seq, rec.start_seq)
             if prefix:
                 stats.inc_pair("tx_tls_dump_packets", 1, "tx_tls_dump_bytes", prefix)
                 self._walk(ctx, rec.data[:prefix], None, False)
             stats.inc("tx_tls_resync_bytes", n)
+        b = ctx.boundary
+        while b is not None and seq_before(b, (seq + n) & _SEQ_MASK):
+            # A key change inside (or at the start of) the segment: the part
+            # before it under the old key, then the next epoch's.
+            cut = seq_diff(b, seq)
+            if cut > 0:
+                self._piece(ctx, payload[:cut], out[:cut], inplace)
+                payload, out, seq, n = payload[cut:], out[cut:], b, n - cut
+            ctx.next_epoch()
+            b = ctx.boundary
+        self._piece(ctx, payload, out, inplace)
+        return True
+
+    def _piece(
+        self, ctx: SimNicContext, payload: memoryview, out: memoryview, inplace: bool
+    ) -> None:
         if not (inplace and self._inorder_inplace(ctx, payload)):
             self._walk(ctx, payload, out, inplace)
-        ctx.expected = (seq + n) & _SEQ_MASK
-        self.stats.inc_pair("tx_tls_encrypted_packets", 1, "tx_tls_encrypted_bytes", n)
-        return True
 
     def xmit_burst(
         self, ctx: object, seq: int, data: memoryview, mss: int, lookup: RecordLookup
@@ -331,10 +483,12 @@ class SimNic:
         n = len(data)
         packets = fast = 0
         sent = 0
+        if ctx.pending:
+            ctx.take_pending()
         while sent < n:
             payload = data[sent : sent + mss]
             s = (seq + sent) & _SEQ_MASK
-            if s != ctx.expected:
+            if s != ctx.expected or ctx.boundary is not None:
                 if not self.xmit(ctx, Segment(s, payload), lookup, payload):
                     break
             else:

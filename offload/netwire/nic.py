@@ -164,6 +164,8 @@ class Nic:
             return self._del(key)
         if op == "lose":
             return self._lose(key, req)
+        if op in ("rekey", "rekey_done"):
+            return self._rekey(key, op, req)
         return {"error": "unknown request"}
 
     def _add(self, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +187,32 @@ class Nic:
             return {"error": f"offload refused: {exc}"}
         flow.offload = (ctx, store)
         return {"driver": self.device.driver.name}
+
+    def _rekey(self, key: FlowKey, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        """``dev_rekey`` / ``dev_rekey_done`` on the flow's context (device
+        rekey, sim-nic's own op: see ``offload.drivers.simnic``)."""
+        flow = self.flows.get(key)
+        if flow is None or flow.offload is None:
+            return {"error": "the flow has no TX context"}
+        driver = self.device.driver
+        call = getattr(driver, "dev_" + op, None)
+        if call is None:
+            return {"error": f"{driver.name} cannot rekey a device context"}
+        try:
+            start = int(req["start_seq"]) % SEQ_MOD
+            if op == "rekey":
+                info = CryptoInfo.unpack(bytes.fromhex(str(req["crypto_info"])))
+        except (KeyError, ValueError):
+            return {"error": f"bad {op} request (crypto_info or start_seq)"}
+        ctx = flow.offload[0]
+        try:
+            if op == "rekey":
+                call(ctx, info, start)
+            else:
+                call(ctx, start)
+        except OffloadRefused as exc:
+            return {"error": f"rekey refused: {exc}"}
+        return {}
 
     def _lose(self, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
         """Lose these offloaded data frames of the flow (1 = the first) after

@@ -103,6 +103,22 @@ class RemoteNic:
     def dev_resync(self, ctx: object, tcp_seq: int, record_sn: int) -> None:
         """TX resync is the NIC's own business here (it reads the store)."""
 
+    def dev_rekey(self, ctx: object, info: CryptoInfo, start_tcp_seq: int) -> None:
+        """The NIC's next key (``SimNic.dev_rekey``); answered before the
+        host writes any record under it, so no frame can overtake it."""
+        try:
+            self.control.call(
+                "rekey",
+                flow=flow_to_json(self.flow),
+                crypto_info=info.pack().hex(),
+                start_seq=start_tcp_seq,
+            )
+        except ControlError as exc:
+            raise OffloadRefused(str(exc)) from None
+
+    def dev_rekey_done(self, ctx: object, start_tcp_seq: int) -> None:
+        self.control.call("rekey_done", flow=flow_to_json(self.flow), start_seq=start_tcp_seq)
+
     def xmit(self, ctx: object, segment: Segment, lookup: RecordLookup, out: memoryview) -> bool:
         raise RuntimeError("the NIC runs in its own process: frames reach it through TCP")
 

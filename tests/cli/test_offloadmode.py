@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from importlib.metadata import EntryPoint
 
 import pytest
 
+from offload import netdev as netdev_mod
 from offload.ktls_socket import KTLSSocket
 from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_3_VERSION, TLS_TX, CipherType
 from offload.wiremodel import FaultSpec
@@ -77,7 +79,6 @@ def test_device_spec() -> None:
         ("sw", {"faults": "drop=0.1"}, None, "--faults and --mss need a NIC offload"),
         ("kernel", {"mss": 1000}, None, "--faults and --mss need a NIC offload"),
         ("sim-nic", {"faults": "bogus=1"}, "--faults", "unknown fault 'bogus'"),
-        ("sim-nic", {"key_update_every": 1 << 20}, None, "cannot be rekeyed yet"),
     ],
 )
 def test_device_spec_refusals(
@@ -86,6 +87,20 @@ def test_device_spec_refusals(
     with pytest.raises(OffloadOptionError, match=text) as err:
         device_spec(offload, **kw)  # type: ignore[arg-type]
     assert err.value.option == option
+
+
+def test_key_update_every_with_a_nic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sim-nic rekeys its device context, so ``--key-update-every`` goes with
+    it; a driver without ``dev_rekey`` (as every upstream one) is refused
+    at start-up, naming both options."""
+    assert device_spec("sim-nic", key_update_every=1 << 20) == DeviceSpec("sim-nic")
+    group = netdev_mod.DRIVER_GROUP
+    plain = EntryPoint("no-rekey-nic", "tests.offload.test_device_rekey:_NoRekey", group)
+    monkeypatch.setattr(netdev_mod, "entry_points", lambda group: [plain])
+    with pytest.raises(OffloadOptionError, match="cannot rekey a device TX context") as err:
+        device_spec("no-rekey-nic", key_update_every=1 << 20)
+    assert "--key-update-every" in str(err.value) and "--offload no-rekey-nic" in str(err.value)
+    assert device_spec("no-rekey-nic") == DeviceSpec("no-rekey-nic")
 
 
 def _install_tx(k: KTLSSocket) -> None:

@@ -191,6 +191,46 @@ def test_simnic_on_the_real_wire_to_openssl(
     assert not _shm_files()
 
 
+@needs_wire
+@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"])
+def test_device_rekey_with_real_retransmissions(
+    wire: NetnsWire, pki: Pki, tmp_path: Path, suite: str
+) -> None:
+    """Issue 13 item 4 on the real wire: a KeyUpdate every 128 KiB with the
+    device context in the NIC process, and frames lost after the NIC around
+    the key changes so the kernel retransmits records of keys already
+    replaced.  The NIC keeps each old key until the host (reading
+    tcpi_bytes_acked) says every record under it is acknowledged: s_server
+    authenticates every record under the right key (hash equal), nothing
+    is dropped for want of a record, and at the end the NIC holds one key."""
+    size = 2 << 20
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(size))
+    out = tmp_path / "out"
+    before = nic_stats(wire)
+    with out.open("wb") as f, s_server_in_rx(wire, pki, "1.3", suite, f, port=4446) as srv:
+        sock, res = connect_tls(wire, "1.3", suite, port=4446)
+        lose_frames(wire, sock, [2, 3, 5, 6, 9, 10, 14, 15, 20, 21])
+        chan, path = offload_channel(wire, sock, res)
+        chan.key_update_every = 128 << 10
+        with src.open("rb") as fh:
+            chan.send_file(fh, 0, size)
+        tx = path.tx
+        assert tx is not None
+        updates = chan.key_updates_sent
+        chan.close_notify()
+        chan.close()
+        srv.wait(20)
+        assert len(tx._epochs) == 1  # the host let go of every old key
+    assert sha(out) == sha(src)
+    assert updates == size // (128 << 10) - 1
+    after = nic_stats(wire)
+    moved = {k: after["device"][k] - before["device"][k] for k in after["device"]}
+    assert after["nic"]["frames_lost"] - before["nic"]["frames_lost"] == 10
+    assert moved["tx_tls_ooo"] >= 1 and moved["tx_tls_drop_no_sync_data"] == 0
+    assert moved["tx_tls_ctx"] == 1 and moved["tx_tls_del"] == 1
+
+
 def _software_stream(res_info: CryptoInfo | None, data: bytes) -> bytes:
     """What software TX (``SwTx``) sends for ``data`` with the same keys:
     the bytes the NIC must put on the wire for the same sequence range."""

@@ -967,25 +967,6 @@ def test_tx_rekey_with_a_full_queue_does_not_wait_for_the_peer(tcp_pair: Pair) -
     assert recv_exact(ks, 5) == b"after"
 
 
-def test_tx_rekey_of_a_device_context_still_refused(tcp_pair: Pair) -> None:
-    """A device TX context cannot rekey (EOPNOTSUPP, as before), and the
-    refusal has no effect: the open MSG_MORE record is not pushed under the
-    old key first (before the fix rec_seq read back one record further)."""
-    from offload.netdev import create_device
-    from offload.wiremodel import TxPipeline
-
-    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
-    c, _s = tcp_pair()
-    kc = KTLSSocket(c, backend="sw", txpath=TxPipeline(create_device("sim-nic")))
-    kc.setsockopt(SOL_TCP, TCP_ULP, b"tls")
-    kc.setsockopt(SOL_TLS, TLS_TX, info.pack())
-    assert kc.tx_conf == "device"
-    kc.send(b"open", socket.MSG_MORE)
-    new = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
-    assert _errno(lambda: kc.setsockopt(SOL_TLS, TLS_TX, new.pack())) == errno.EOPNOTSUPP
-    assert kc.getsockopt(SOL_TLS, TLS_TX, 40) == info.pack()  # nothing changed
-
-
 @pytest.mark.parametrize("key_update_between", [False, True])
 def test_open_msg_more_record_is_sealed_under_the_key_in_force_when_it_closes(
     tcp_pair: Pair, key_update_between: bool

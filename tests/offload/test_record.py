@@ -423,7 +423,7 @@ def test_known_records_through_the_sim_nic_and_the_fallback(name: str) -> None:
             piece = bytearray(hi - lo)
             assert dev.driver.xmit(tx.ctx, seg, tx, memoryview(piece))
             assert bytes(piece) == want[lo:hi]
-            assert sw_fallback(run[0].info, seg, tx, memoryview(piece))
+            assert sw_fallback(tx.key_at, seg, tx, memoryview(piece))
             assert bytes(piece) == want[lo:hi]
         assert dev.stats["tx_tls_ooo"] > 0
 
