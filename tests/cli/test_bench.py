@@ -54,7 +54,7 @@ def test_json_schema_and_every_mode_moves_its_bytes() -> None:
     for r in rows:
         if r["mode"] == "kernel" and not kernel_has_ktls()[0]:
             assert r["skipped"] and "kTLS" in r["skipped"]
-            assert r["repeats"] == 0 and r["throughput_gbps"] is None
+            assert r["repeats"] == 0 and r["bytes_per_second"] is None
             continue
         if r["mode"] == "openssl" and not have_openssl:
             assert r["skipped"]
@@ -63,7 +63,7 @@ def test_json_schema_and_every_mode_moves_its_bytes() -> None:
         # The receiver's own byte count matched what the sender sent (else exit 1).
         assert r["confirmed"] == "count"
         assert r["bytes"] == 2 * SIZE and r["repeats"] == 2
-        assert r["throughput_gbps_min"] <= r["throughput_gbps"] <= r["throughput_gbps_max"]
+        assert r["bytes_per_second_min"] <= r["bytes_per_second"] <= r["bytes_per_second_max"]
         assert r["host_cpu_s_per_gb"] is not None
     assert by["tcp"]["cpu_vs_tcp"] == 1.0
     assert by["sim-nic"]["device_cpu_s_per_gb"] > 0
@@ -101,7 +101,7 @@ def test_csv_parallel_record_size_and_tls12() -> None:
     for r in rows:
         assert int(r["bytes"]) == 2 * SIZE  # two streams
         assert r["confirmed"] == "count" and r["skipped"] == ""
-        float(r["throughput_gbps"])
+        float(r["bytes_per_second"])
 
 
 def test_time_option_resends_until_time_is_up() -> None:
@@ -119,8 +119,8 @@ def test_table_and_headline() -> None:
     if not kernel_has_ktls()[0]:
         assert "kernel: skipped" in out.stdout
     rows = [
-        {"mode": "tcp", "throughput_gbps": 2.0, "cpu_vs_tcp": 1.0, "device_cpu_s_per_gb": 0.0},
-        {"mode": "sw", "throughput_gbps": 1.0, "cpu_vs_tcp": 3.8, "device_cpu_s_per_gb": 0.0},
+        {"mode": "tcp", "bytes_per_second": 2.0, "cpu_vs_tcp": 1.0, "device_cpu_s_per_gb": 0.0},
+        {"mode": "sw", "bytes_per_second": 1.0, "cpu_vs_tcp": 3.8, "device_cpu_s_per_gb": 0.0},
     ]
     x = "\N{MULTIPLICATION SIGN}"
     assert headline(rows) == f"sw costs 3.8{x} the CPU of tcp at 0.50{x} the throughput"
