@@ -43,6 +43,7 @@ _REMOTE_CLOSE_WAIT = 60.0  # seconds a remote server has to answer our close_not
 def run_job(job: Job, stream: int = 1) -> Result:
     """Run one stream; exceptions become :class:`BenchError` with one line."""
     clock = clock_for(job.interval, job.seconds, job.round_no, stream)
+    remote = job.target.tcp_port is None  # errors are about -connect's server
     try:
         if job.reverse:
             from tlsctl.benchrun.reverse import receive
@@ -55,10 +56,12 @@ def run_job(job: Job, stream: int = 1) -> Result:
         if job.mode == "userspace":
             return _userspace(job, clock)
         return _ktls(job, clock)
-    except BenchError:
+    except BenchError as exc:
+        if exc.option is None and remote:
+            exc.option = "-connect"
         raise
     except HandshakeError as exc:  # already one line: which check failed, and why
-        raise BenchError(f"{job.mode}: {exc}") from None
+        raise BenchError(f"{job.mode}: {exc}", "-connect" if remote else None) from None
     except Exception as exc:  # anything else still has to reach the parent as a line
         raise BenchError(f"{job.mode}: {type(exc).__name__}: {exc}") from None
 

@@ -42,8 +42,17 @@ class BenchWire:
     the NIC process are gone when it exits, however the run ends)."""
 
     def __init__(self, faults: str = "") -> None:
+        from pyroute2 import config
+
         from offload.netwire.netns import NetnsWire  # pyroute2: only when asked for
 
+        # pyroute2 makes namespace sockets in forked children of this process
+        # and ends them with SIGTERM.  A fork keeps the command's SIGTERM
+        # handler (tlsctl.signals: raise Interrupted), so the child would not
+        # die but unwind *this* process's stack: remove the run's directory,
+        # tear the wire down, print partial results.  This setting has the
+        # child take the default SIGTERM first.
+        config.disable_mp_signal = True
         self.wire = NetnsWire("sim-nic", faults=faults)
 
     def __enter__(self) -> BenchWire:
