@@ -432,6 +432,10 @@ def test_library_run_reports_progress_and_prints_nothing(
         ({"repeat": 0}, "repeat"),
         ({"record_size": 16385}, "record size"),
         ({"modes": ("sw",), "faults": "reorder=0.1"}, "sim-nic"),
+        ({"interval": 0.0}, "interval"),
+        ({"wire": "copper"}, "wire must be one of model, netns"),
+        ({"wire_faults": "drop=0.1"}, "netns wire"),
+        ({"reverse": True, "wire": "netns"}, "loopback only"),
     ],
 )
 def test_library_options_are_checked(kw: dict[str, Any], text: str) -> None:
