@@ -93,7 +93,8 @@ def _option_of(exc: click.UsageError) -> str | None:
     type=click.FloatRange(min=0.05),
     metavar="SECONDS",
     help="Report every SECONDS: interval, bytes, bitrate per stream (as iperf3 "
-    "-i), in --json an 'intervals' array per row.",
+    "-i), in --json an 'intervals' array per row (null for openssl: curl "
+    "fetches whole files).",
 )
 @click.option(
     "-R",
