@@ -219,7 +219,10 @@ def bench(
     against a receiver process it starts itself (or a remote
     'tlsctl serve --sink' with -connect, like iperf3).  Host CPU is the
     sender's CPU minus the simulated NIC's (device CPU); the receiver's CPU
-    is shown apart.  Ctrl-C prints what was measured so far, exit status 130.
+    is shown apart.  With -R the sender is the bench's server; with --wire
+    netns the NIC is a process of its own and device CPU is its CPU, beside
+    the host's, not subtracted (read from /proc in 10 ms ticks: use --size
+    64M or more).  Ctrl-C prints what was measured so far, exit status 130.
 
     \b
     --json: a list, one object per mode, with the keys
