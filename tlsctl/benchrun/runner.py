@@ -110,12 +110,15 @@ class Bench:
         tmp = tempfile.mkdtemp(prefix="tlsctl-bench-", dir=self.options.data_dir)
         try:
             if self.options.wire == "netns" and any(r.skipped is None for r in self.runs):
-                with BenchWire(self.options.wire_faults) as wire:
-                    self._wire = wire
-                    try:
-                        self._run_in(tmp)
-                    finally:
-                        self._wire = None
+                # Built before the processes that live in its namespaces;
+                # torn down after them, shielded like the rest of the tear-down.
+                self._wire = BenchWire(self.options.wire_faults).__enter__()
+                try:
+                    self._run_in(tmp)
+                finally:
+                    wire, self._wire = self._wire, None
+                    with self._shield():
+                        wire.close()
             else:
                 self._run_in(tmp)
         finally:

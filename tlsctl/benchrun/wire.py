@@ -67,6 +67,10 @@ class BenchWire:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the NIC process, remove the namespaces (idempotent)."""
         self.wire.close()
 
     def namespace(self, side: Side) -> str:
