@@ -124,7 +124,7 @@ def _one(
         raise RuntimeError(f"{mode}: receiver got {got} of {size} bytes")
     gb = size / 1e9
     return {
-        "throughput_gbps": gb / wall,
+        "bytes_per_second": size / wall,
         "host_cpu_s_per_gb": (cpu - dev_seconds) / gb,
         "device_cpu_s_per_gb": dev_seconds / gb,
         "wire_bytes": got,
@@ -234,7 +234,7 @@ def main() -> None:
                 "bytes": size,
                 **{
                     k: statistics.median(r[k] for r in rs)
-                    for k in ("throughput_gbps", "host_cpu_s_per_gb", "device_cpu_s_per_gb")
+                    for k in ("bytes_per_second", "host_cpu_s_per_gb", "device_cpu_s_per_gb")
                 },
             }
         )
@@ -246,20 +246,20 @@ def main() -> None:
     for s in summary:
         rel = s["host_cpu_s_per_gb"] / base["tcp"]["host_cpu_s_per_gb"]
         print(
-            f"{s['mode']:<12} {s['throughput_gbps']:>6.2f} {s['host_cpu_s_per_gb']:>10.3f} "
+            f"{s['mode']:<12} {s['bytes_per_second'] / 1e9:>6.2f} {s['host_cpu_s_per_gb']:>10.3f} "
             f"{s['device_cpu_s_per_gb']:>9.3f} {rel:>10.2f}"
         )
     sw, nic, ooo = base["sw"], base["sim-nic"], base["sim-nic+ooo"]
     print(
-        f"sim-nic/sw throughput {nic['throughput_gbps'] / sw['throughput_gbps']:.2f}x; "
-        f"1% reorder/fast path {ooo['throughput_gbps'] / nic['throughput_gbps']:.2f}x"
+        f"sim-nic/sw throughput {nic['bytes_per_second'] / sw['bytes_per_second']:.2f}x; "
+        f"1% reorder/fast path {ooo['bytes_per_second'] / nic['bytes_per_second']:.2f}x"
     )
     # Ratios within each round as well: the modes of one round ran seconds
     # apart, so a machine that changes speed between rounds skews these less.
     pairs = (("sim-nic/sw", "sim-nic", "sw"), ("reorder/fast", "sim-nic+ooo", "sim-nic"))
     for name, num, den in pairs:
         per = sorted(
-            a["throughput_gbps"] / b["throughput_gbps"]
+            a["bytes_per_second"] / b["bytes_per_second"]
             for a, b in zip(results[num], results[den], strict=True)
         )
         mid = statistics.median(per)

@@ -1,18 +1,18 @@
 """The real wire, measured: plain TCP vs software TX vs sim-nic over one path.
 
-Every mode sends the same file from the sender namespace to a receiver
-process in the receiver namespace that drains raw bytes (the same receive
-work for all), through the same NIC process (``offload.netwire``):
+The rows are ``tlsctl bench --wire netns``'s (``tlsctl.benchrun``, whose
+``wire`` module holds what this script used to do itself): every mode sends
+the same file from the sender namespace to the bench's receiver in the
+receiver namespace, through the same NIC process (``offload.netwire``):
 
 * ``tcp``     - plain TCP, ``readinto`` + ``sendall`` (the forwarder only:
                 the flow has no TLS context);
-* ``sw``      - ``KTLSSocket.sendfile``, software TX (TLS_CONF_SW);
-* ``sim-nic`` - ``KTLSSocket.sendfile`` through ``NetTxPath``: records framed
-                by the host, encrypted by the NIC process.
+* ``sw``      - the layer's software TX (TLS_CONF_SW);
+* ``sim-nic`` - records framed by the host, encrypted by the NIC process.
 
-Sender CPU is this process's CPU time (the receiver is another process);
-NIC CPU is the NIC process's own (user + system, from /proc), reported
-beside it, not added.  Interleaved over ``--repeat`` rounds.
+Host CPU is the senders' CPU time; NIC CPU is the NIC process's own (user +
+system, from /proc), reported beside it, not added.  Interleaved over
+``--repeat`` rounds, medians.
 
 ``--breakdown`` adds where the NIC's time goes per GB, measured on the NIC
 engine in this process with 64 KiB frames of framed records (no TUN): the
@@ -30,85 +30,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
-from offload import KTLSSocket
-from offload.netwire.netns import NetnsWire
-from offload.netwire.txpath import NetTxPath
-from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_3_VERSION, TLS_TX, CipherType, CryptoInfo
+from offload.netwire.netns import unavailable_reason
+from offload.uapi import TLS_1_3_VERSION, CipherType, CryptoInfo
+from tlsctl.units import parse_size
 
 MODES = ("tcp", "sw", "sim-nic")
-PORT = 5001
-SINK = f"""
-import socket, sys
-ls = socket.socket(); ls.bind(("0.0.0.0", {PORT})); ls.listen(8)
-print("ready", flush=True)
-buf = bytearray(1 << 20)
-while True:
-    c, _ = ls.accept()
-    total = 0
-    while n := c.recv_into(buf):
-        total += n
-    c.sendall(total.to_bytes(8, "big")); c.close()
-"""
 
 
-def one(wire: NetnsWire, mode: str, path: str, size: int) -> dict[str, Any]:
-    info = CryptoInfo.create(
-        TLS_1_3_VERSION,
-        CipherType.AES_GCM_128,
-        key=os.urandom(16),
-        iv=os.urandom(8),
-        salt=os.urandom(4),
-        seq=0,
-    )
-    raw = wire.socket("tx")
-    raw.connect((wire.addr("rx"), PORT))
-    nic0 = wire.nic_cpu_seconds()
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    with open(path, "rb") as f:
-        if mode == "tcp":
-            buf = bytearray(1 << 20)
-            view = memoryview(buf)
-            while n := f.readinto(buf):
-                raw.sendall(view[:n])
-            raw.shutdown(socket.SHUT_WR)
-            k = None
-        else:
-            txpath = NetTxPath(raw, wire.control) if mode == "sim-nic" else None
-            k = KTLSSocket(raw, backend="sw", txpath=txpath)
-            k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
-            k.setsockopt(SOL_TLS, TLS_TX, info.pack())
-            if mode == "sim-nic" and k.offload_refused:
-                raise RuntimeError(f"NIC refused: {k.offload_refused}")
-            k.sendfile(f, 0, size)
-            k.shutdown(socket.SHUT_WR)
-        got = int.from_bytes(raw.recv(8), "big")
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    nic = wire.nic_cpu_seconds() - nic0
-    if k is not None:
-        k.close()
-    else:
-        raw.close()
-    if got < size:
-        raise RuntimeError(f"{mode}: receiver got {got} of {size} bytes")
-    gb = size / 1e9
-    return {
-        "mode": mode,
-        "bytes": size,
-        "wire_bytes": got,
-        "seconds": round(wall, 3),
-        "throughput_gbps": round(size * 8 / wall / 1e9, 3),
-        "host_cpu_s_per_gb": round(cpu / gb, 3),
-        "nic_cpu_s_per_gb": round(nic / gb, 3),
-    }
+def rows(size: int, repeat: int) -> list[dict[str, Any]]:
+    """``tlsctl bench --wire netns --modes tcp,sw,sim-nic`` as a library call."""
+    from tlsctl.benchrun import Bench, BenchOptions
+
+    return Bench(BenchOptions(size=size, modes=MODES, repeat=repeat, wire="netns")).run()
 
 
 def breakdown(size: int = 32 << 20) -> dict[str, float]:
@@ -193,38 +130,19 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--breakdown", action="store_true")
     a = ap.parse_args()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = int(a.size[:-1]) * mult[a.size[-1]] if a.size[-1] in mult else int(a.size)
-    rows: list[dict[str, Any]] = []
-    with tempfile.NamedTemporaryFile(prefix="tlsctl-bench-") as tf, NetnsWire() as wire:
-        block = os.urandom(1 << 20)
-        for _ in range(size // len(block)):
-            tf.write(block)
-        tf.write(block[: size % len(block)])
-        tf.flush()
-        sink = subprocess.Popen(
-            wire.argv("rx", [sys.executable, "-c", SINK]),
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
-            assert sink.stdout is not None
-            sink.stdout.readline()
-            for _ in range(a.repeat):
-                for mode in MODES:
-                    rows.append(one(wire, mode, tf.name, size))
-        finally:
-            sink.kill()
-            sink.wait()
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(reason)
+    measured = rows(parse_size(a.size, minimum=1), a.repeat)
     parts = breakdown() if a.breakdown else None
     if a.json:
-        print(json.dumps({"rows": rows, "nic_breakdown_s_per_gb": parts}, indent=1))
+        print(json.dumps({"rows": measured, "nic_breakdown_s_per_gb": parts}, indent=1))
         return
     print(f"{'mode':8} {'Gbit/s':>8} {'host s/GB':>10} {'NIC s/GB':>9}")
-    for r in rows:
+    for r in measured:
         print(
-            f"{r['mode']:8} {r['throughput_gbps']:8.3f} {r['host_cpu_s_per_gb']:10.3f} "
-            f"{r['nic_cpu_s_per_gb']:9.3f}"
+            f"{r['mode']:8} {r['bits_per_second'] / 1e9:8.3f} {r['host_cpu_s_per_gb']:10.3f} "
+            f"{r['device_cpu_s_per_gb']:9.3f}"
         )
     if parts:
         print("NIC engine, s/GB: " + ", ".join(f"{k} {v}" for k, v in parts.items()))

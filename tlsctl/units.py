@@ -69,3 +69,39 @@ def human_bits(bits_per_second: float) -> str:
             return f"{rate:.1f} {unit}"
         rate /= 1000
     return f"{rate:.1f} Gbit/s"  # pragma: no cover
+
+
+RATE_FORMATS = "kmgtKMGT"
+"""``bench --format`` letters, as iperf3's ``-f``: lower case bits per second
+(decimal: k = 1000 bit/s), upper case bytes per second (binary, as iperf3's
+KBytes are: K = 1024 B/s)."""
+_BIT_UNITS = {
+    "k": ("kbit/s", 1e3),
+    "m": ("Mbit/s", 1e6),
+    "g": ("Gbit/s", 1e9),
+    "t": ("Tbit/s", 1e12),
+}
+_BYTE_UNITS = {"K": ("KiB/s", 1 << 10), "M": ("MiB/s", 1 << 20), "G": ("GiB/s", 1 << 30)}
+_BYTE_UNITS["T"] = ("TiB/s", 1 << 40)
+
+
+def rate_unit(fmt: str | None, bytes_per_second: float = 0.0) -> tuple[str, float]:
+    """(label, bytes per second in one unit) for ``--format`` ``fmt``; None:
+    bits per second in the unit that suits ``bytes_per_second`` (iperf3's
+    default, adaptive bits).  ValueError for a letter iperf3 does not know."""
+    if fmt is None:
+        bits = bytes_per_second * 8
+        fmt = "t" if bits >= 1e12 else "g" if bits >= 1e9 else "m" if bits >= 1e6 else "k"
+    if fmt in _BIT_UNITS:
+        label, per = _BIT_UNITS[fmt]
+        return label, per / 8
+    if fmt in _BYTE_UNITS:
+        label, nbytes = _BYTE_UNITS[fmt]
+        return label, float(nbytes)
+    raise ValueError(f"{fmt!r} is not a format: choose one of {', '.join(RATE_FORMATS)}")
+
+
+def format_rate(bytes_per_second: float, fmt: str | None = None) -> str:
+    """``9.42 Gbit/s`` (``fmt`` None), ``1.10 GiB/s`` (``fmt`` "G")."""
+    label, per = rate_unit(fmt, bytes_per_second)
+    return f"{bytes_per_second / per:.2f} {label}"

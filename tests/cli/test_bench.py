@@ -20,6 +20,7 @@ from tests.helpers import kernelvm
 from tests.helpers.peers import TLSCTL, tlsctl_server
 from tlsctl.benchrun import SCHEMA, BenchError, headline, parse_modes
 from tlsctl.benchrun.report import read_report
+from tlsctl.benchrun.results import CSV_FIELDS
 from tlsctl.units import parse_size
 
 SIZE = 4 << 20
@@ -54,7 +55,7 @@ def test_json_schema_and_every_mode_moves_its_bytes() -> None:
     for r in rows:
         if r["mode"] == "kernel" and not kernel_has_ktls()[0]:
             assert r["skipped"] and "kTLS" in r["skipped"]
-            assert r["repeats"] == 0 and r["throughput_gbps"] is None
+            assert r["repeats"] == 0 and r["bytes_per_second"] is None
             continue
         if r["mode"] == "openssl" and not have_openssl:
             assert r["skipped"]
@@ -63,7 +64,7 @@ def test_json_schema_and_every_mode_moves_its_bytes() -> None:
         # The receiver's own byte count matched what the sender sent (else exit 1).
         assert r["confirmed"] == "count"
         assert r["bytes"] == 2 * SIZE and r["repeats"] == 2
-        assert r["throughput_gbps_min"] <= r["throughput_gbps"] <= r["throughput_gbps_max"]
+        assert r["bytes_per_second_min"] <= r["bytes_per_second"] <= r["bytes_per_second_max"]
         assert r["host_cpu_s_per_gb"] is not None
     assert by["tcp"]["cpu_vs_tcp"] == 1.0
     assert by["sim-nic"]["device_cpu_s_per_gb"] > 0
@@ -96,12 +97,12 @@ def test_csv_parallel_record_size_and_tls12() -> None:
     )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    assert list(rows[0]) == list(SCHEMA)
+    assert list(rows[0]) == list(CSV_FIELDS)
     assert [r["mode"] for r in rows] == ["tcp", "sw", "sim-nic", "userspace"]
     for r in rows:
         assert int(r["bytes"]) == 2 * SIZE  # two streams
         assert r["confirmed"] == "count" and r["skipped"] == ""
-        float(r["throughput_gbps"])
+        float(r["bytes_per_second"])
 
 
 def test_time_option_resends_until_time_is_up() -> None:
@@ -119,8 +120,8 @@ def test_table_and_headline() -> None:
     if not kernel_has_ktls()[0]:
         assert "kernel: skipped" in out.stdout
     rows = [
-        {"mode": "tcp", "throughput_gbps": 2.0, "cpu_vs_tcp": 1.0, "device_cpu_s_per_gb": 0.0},
-        {"mode": "sw", "throughput_gbps": 1.0, "cpu_vs_tcp": 3.8, "device_cpu_s_per_gb": 0.0},
+        {"mode": "tcp", "bytes_per_second": 2.0, "cpu_vs_tcp": 1.0, "device_cpu_s_per_gb": 0.0},
+        {"mode": "sw", "bytes_per_second": 1.0, "cpu_vs_tcp": 3.8, "device_cpu_s_per_gb": 0.0},
     ]
     x = "\N{MULTIPLICATION SIGN}"
     assert headline(rows) == f"sw costs 3.8{x} the CPU of tcp at 0.50{x} the throughput"
@@ -350,7 +351,9 @@ def test_short_count_from_the_receiver_fails_loudly(tmp_path: Any) -> None:
     lst.close()
     assert out.returncode == 1
     assert f"sw: receiver got {(1 << 20) - 1} of {1 << 20} bytes" in out.stderr
-    assert out.stdout == ""
+    # --json: no rows (nothing unconfirmed is reported), the error as JSON instead
+    err = json.loads(out.stdout)["error"]
+    assert err["message"] == f"sw: receiver got {(1 << 20) - 1} of {1 << 20} bytes"
 
 
 VM_BENCH_SECONDS = 240.0
@@ -429,6 +432,10 @@ def test_library_run_reports_progress_and_prints_nothing(
         ({"repeat": 0}, "repeat"),
         ({"record_size": 16385}, "record size"),
         ({"modes": ("sw",), "faults": "reorder=0.1"}, "sim-nic"),
+        ({"interval": 0.0}, "interval"),
+        ({"wire": "copper"}, "wire must be one of model, netns"),
+        ({"wire_faults": "drop=0.1"}, "netns wire"),
+        ({"reverse": True, "wire": "netns"}, "loopback only"),
     ],
 )
 def test_library_options_are_checked(kw: dict[str, Any], text: str) -> None:

@@ -57,10 +57,29 @@ def _missing_tools() -> str | None:
     return f"{' and '.join(missing)} not found" if missing else None
 
 
-def skip_reason(mode: str, *, remote: bool, record_size: int) -> str | None:
+NETNS_MODES = ("tcp", "tcp-sendfile", "userspace", "sw", "sim-nic", "kernel")
+"""Modes that run over the real wire (``--wire netns``): not openssl, whose
+s_server and curl the bench does not place in namespaces."""
+
+
+def skip_reason(
+    mode: str,
+    *,
+    remote: bool,
+    record_size: int,
+    wire: str = "model",
+    reverse: bool = False,
+) -> str | None:
     """Why ``mode`` cannot run with these settings on this host, or None."""
     if remote and mode in LOOPBACK_ONLY:
         return "needs the bench's own receiver (loopback only)"
+    if wire == "netns" and mode not in NETNS_MODES:
+        return "runs on loopback only (--wire model): s_server and curl are not put in namespaces"
+    if reverse and mode == "openssl":
+        return (
+            "-R: openssl s_server -WWW cannot take an upload; the openssl mode "
+            "already measures the server sending (run it without -R)"
+        )
     if mode == "kernel":
         ok, why = kernel_has_ktls()
         if not ok:

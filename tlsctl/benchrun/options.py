@@ -15,6 +15,9 @@ from tlsctl.addresses import is_ip
 from tlsctl.benchrun.modes import ALL_MODES, DEFAULT_MODES, TLS_MAX_RECORD
 from tlsctl.tlsconf import TlsOptions
 
+WIRES = ("model", "netns")
+"""``--wire``: the in-process wire model on loopback, or the real wire."""
+
 
 @dataclass(frozen=True)
 class Remote:
@@ -53,6 +56,15 @@ class BenchOptions:
     data_dir: str | None = None
     """Where the run's temporary directory (data file, certificate) is made
     (None: the system's temporary directory)."""
+    interval: float | None = None
+    """Interval reports every this many seconds (``-i``; None: none)."""
+    reverse: bool = False
+    """``-R``: the bench's server sends, its client receives."""
+    wire: str = "model"
+    """``model``: loopback, sim-nic behind the in-process wire model;
+    ``netns``: every mode over the real wire (:mod:`.wire`)."""
+    wire_faults: str = ""
+    """With ``wire="netns"``: the NIC process's frame faults (both directions)."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in ALL_MODES]
@@ -72,3 +84,18 @@ class BenchOptions:
             raise ValueError("faults apply to the sim-nic mode only")
         if self.tls.tls1_2 and self.tls.tls1_3:
             raise ValueError("TLS 1.2 only and TLS 1.3 only exclude each other")
+        if self.interval is not None and self.interval <= 0:
+            raise ValueError("interval must be positive")
+        if self.wire not in WIRES:
+            raise ValueError(f"wire must be one of {', '.join(WIRES)}")
+        if self.wire == "netns" and self.faults is not None:
+            raise ValueError("with the netns wire, faults are the wire's (wire_faults)")
+        if self.wire_faults and self.wire != "netns":
+            raise ValueError("wire_faults need the netns wire")
+        if self.remote is not None and (self.reverse or self.wire != "model"):
+            raise ValueError(
+                "a remote 'serve --sink' only receives on its own wire: "
+                "no reverse, no netns wire with it"
+            )
+        if self.reverse and self.wire != "model":
+            raise ValueError("reverse runs on loopback only (not over the netns wire)")

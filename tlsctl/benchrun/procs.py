@@ -51,10 +51,17 @@ def detach_signals(parent: int) -> None:
     die_with_parent(parent)
 
 
-def worker_init(parent: int) -> None:
+def worker_init(parent: int, live: Any = None, netns: str | None = None) -> None:
     """Pool initializer of the senders (see :func:`detach_signals`); the tools
-    a sender starts die with it (:func:`child_setup`)."""
+    a sender starts die with it (:func:`child_setup`).  ``live``: the queue
+    interval reports go to (``-i``); ``netns``: the namespace the sender
+    lives in (``--wire netns``: the sender side of the real wire)."""
+    from tlsctl.benchrun.intervals import set_live
+    from tlsctl.benchrun.wire import enter_namespace
+
     detach_signals(parent)
+    set_live(live)
+    enter_namespace(netns)
 
 
 def child_setup(parent: int) -> Callable[[], None]:

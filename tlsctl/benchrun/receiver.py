@@ -31,14 +31,27 @@ from tlsctl.tlsconf import TlsOptions, server_context
 _BUF = 1 << 20
 
 
-def receiver_main(conn: Any, opts: TlsOptions, cert_pem: str, key_pem: str, parent: int) -> None:
-    """Listen on a TLS and a plain port (sent to the parent over the pipe
-    ``conn``), fork per connection; never returns."""
+def receiver_main(
+    conn: Any,
+    opts: TlsOptions,
+    cert_pem: str,
+    key_pem: str,
+    parent: int,
+    *,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+) -> None:
+    """Listen on a TLS and a plain port of ``host`` (sent to the parent over
+    the pipe ``conn``), fork per connection; never returns.  ``netns``: the
+    namespace to listen in (``--wire netns``: the receiver side)."""
+    from tlsctl.benchrun.wire import enter_namespace
+
     detach_signals(parent)
+    enter_namespace(netns)
     me = os.getpid()
     ctx = server_context(opts, cert=cert_pem, key=key_pem)
-    tls_l = socket.create_server(("127.0.0.1", 0), backlog=128)
-    tcp_l = socket.create_server(("127.0.0.1", 0), backlog=128)
+    tls_l = socket.create_server((host, 0), backlog=128)
+    tcp_l = socket.create_server((host, 0), backlog=128)
     conn.send((tls_l.getsockname()[1], tcp_l.getsockname()[1]))
     conn.close()
     sel = selectors.DefaultSelector()

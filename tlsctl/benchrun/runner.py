@@ -30,13 +30,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tlsctl.benchrun.errors import BenchError, ModeUnavailable
+from tlsctl.benchrun.intervals import Interval
 from tlsctl.benchrun.job import Job, Target
 from tlsctl.benchrun.modes import skip_reason
 from tlsctl.benchrun.options import BenchOptions
 from tlsctl.benchrun.procs import worker_init
 from tlsctl.benchrun.receiver import receiver_main
 from tlsctl.benchrun.results import ModeRuns, Result, summarize
+from tlsctl.benchrun.reverse import ReverseResults, reverse_server_main
 from tlsctl.benchrun.senders import run_job
+from tlsctl.benchrun.wire import BenchWire, counters_delta
 from tlsctl.certs import ephemeral_server_cert
 
 
@@ -61,10 +64,23 @@ class Bench:
     def __init__(self, options: BenchOptions) -> None:
         self.options = options
         self._on_progress: Callable[[Progress], None] = lambda _p: None
+        self._on_interval: Callable[[str, Interval], None] | None = None
         self._shield: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+        self._wire: BenchWire | None = None
+        self._reverse: ReverseResults | None = None
+        self._live: Any = None
         remote = options.remote is not None
         self.runs = [
-            ModeRuns(m, skip_reason(m, remote=remote, record_size=options.record_size))
+            ModeRuns(
+                m,
+                skip_reason(
+                    m,
+                    remote=remote,
+                    record_size=options.record_size,
+                    wire=options.wire,
+                    reverse=options.reverse,
+                ),
+            )
             for m in options.modes
         ]
 
@@ -76,20 +92,35 @@ class Bench:
         self,
         *,
         on_progress: Callable[[Progress], None] | None = None,
+        on_interval: Callable[[str, Interval], None] | None = None,
         shield: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> list[dict[str, Any]]:
         """Run every round; :class:`BenchError` when a transfer fails or is not
         confirmed (``ConfigError`` for unusable TLS options).
 
-        ``on_progress`` is called before each transfer; ``shield`` wraps the
-        tear-down (``StopSignals.shielded``: signals noted, never raised there).
+        ``on_progress`` is called before each transfer; ``on_interval`` (mode,
+        interval) as each ``-i`` interval ends, while the transfer runs;
+        ``shield`` wraps the tear-down (``StopSignals.shielded``: signals
+        noted, never raised there).
         """
         if on_progress is not None:
             self._on_progress = on_progress
+        self._on_interval = on_interval
         self._shield = shield
         tmp = tempfile.mkdtemp(prefix="tlsctl-bench-", dir=self.options.data_dir)
         try:
-            self._run_in(tmp)
+            if self.options.wire == "netns" and any(r.skipped is None for r in self.runs):
+                # Built before the processes that live in its namespaces;
+                # torn down after them, shielded like the rest of the tear-down.
+                self._wire = BenchWire(self.options.wire_faults).__enter__()
+                try:
+                    self._run_in(tmp)
+                finally:
+                    wire, self._wire = self._wire, None
+                    with self._shield():
+                        wire.close()
+            else:
+                self._run_in(tmp)
         finally:
             with self._shield():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -113,8 +144,26 @@ class Bench:
         path = _make_file(tmp, o.size)
         receiver: Any = None
         pool: Any = None
+        wire = self._wire
+        live = ctx.SimpleQueue() if o.interval is not None else None
+        self._live = live
         try:
-            if o.remote is not None:
+            if o.reverse:
+                parent, child = ctx.Pipe()
+                results = ctx.SimpleQueue()
+                template = self._job("tcp", Target("127.0.0.1", 0, 0), path, cert_pem, key_pem, 1)
+                receiver = ctx.Process(
+                    target=reverse_server_main,
+                    args=(child, template, results, os.getpid()),
+                    daemon=True,
+                )
+                receiver.start()
+                if not parent.poll(20):
+                    raise BenchError("the reverse server process did not start")
+                ports: dict[str, int] = parent.recv()
+                self._reverse = ReverseResults(results, ports)
+                target = Target("127.0.0.1", 0, 0)
+            elif o.remote is not None:
                 target = Target(
                     o.remote.host,
                     o.remote.port,
@@ -124,17 +173,26 @@ class Bench:
                 )
             else:
                 parent, child = ctx.Pipe()
+                host = wire.addr("rx") if wire is not None else "127.0.0.1"
                 receiver = ctx.Process(
                     target=receiver_main,
                     args=(child, o.tls, cert_pem, key_pem, os.getpid()),
+                    kwargs={
+                        "host": host,
+                        "netns": wire.namespace("rx") if wire is not None else None,
+                    },
                     daemon=True,
                 )
                 receiver.start()
                 if not parent.poll(20):
                     raise BenchError("the receiver process did not start")
                 tls_port, tcp_port = parent.recv()
-                target = Target("127.0.0.1", tls_port, tcp_port)
-            pool = ctx.Pool(o.parallel, initializer=worker_init, initargs=(os.getpid(),))
+                target = Target(host, tls_port, tcp_port)
+            pool = ctx.Pool(
+                o.parallel,
+                initializer=worker_init,
+                initargs=(os.getpid(), live, wire.namespace("tx") if wire is not None else None),
+            )
             self._rounds(pool, target, path, cert_pem, key_pem)
         finally:
             with self._shield():
@@ -153,41 +211,80 @@ class Bench:
                 done += 1
                 if r.skipped is not None:  # declined in an earlier round
                     continue
-                job = Job(
-                    r.mode,
-                    target,
-                    path,
-                    o.size,
-                    o.seconds,
-                    o.record_size,
-                    o.tls,
-                    faults=o.faults if r.mode == "sim-nic" else None,
-                    cert_pem=cert_pem,
-                    key_pem=key_pem,
-                )
+                job = self._job(r.mode, target, path, cert_pem, key_pem, rnd + 1)
+                wire = self._wire
+                nic0 = wire.nic_cpu() if wire is not None else None
+                c0 = wire.counters() if wire is not None and r.mode == "sim-nic" else None
                 try:
-                    results = _streams(pool, job, o.parallel)
+                    results = self._streams(pool, job)
                 except ModeUnavailable as exc:
                     # Like kernel without kTLS: say why, measure the rest.
                     r.skipped = str(exc)
                     continue
-                r.add(results)
+                if wire is None or nic0 is None:
+                    r.add(results)
+                    continue
+                c1 = wire.counters() if c0 is not None else None
+                delta = counters_delta(c0, c1) if c0 is not None and c1 is not None else None
+                r.add(results, nic_cpu=wire.nic_cpu() - nic0, counters=delta)
 
+    def _job(
+        self, mode: str, target: Target, path: str, cert_pem: str, key_pem: str, round_no: int
+    ) -> Job:
+        o = self.options
+        if self._reverse is not None and mode in self._reverse.ports:
+            target = Target(target.host, self._reverse.ports[mode], self._reverse.ports[mode])
+        return Job(
+            mode,
+            target,
+            path,
+            o.size,
+            o.seconds,
+            o.record_size,
+            o.tls,
+            faults=o.faults if mode == "sim-nic" else None,
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            interval=o.interval,
+            round_no=round_no,
+            nic_control=self._wire.control if self._wire is not None else None,
+            reverse=o.reverse,
+        )
 
-def _streams(pool: Any, job: Job, parallel: int) -> list[Result]:
-    """``parallel`` streams of ``job`` at once; each must finish in time."""
-    pending = [pool.apply_async(run_job, (job,)) for _ in range(parallel)]
-    results = []
-    deadline = time.monotonic() + _job_timeout(job.size, job.seconds)
-    for p in pending:
-        while not p.ready():
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"{job.mode}: a sender process did not finish in time (died or stalled)"
-                )
-            p.wait(0.1)
-        results.append(p.get())
-    return results
+    def _streams(self, pool: Any, job: Job) -> list[Result]:
+        """``parallel`` streams of ``job`` at once; each must finish in time.
+        Interval lines are handed on as they come; with ``-R`` each stream's
+        result is the client's joined with its server's."""
+        parallel = self.options.parallel
+        pending = [pool.apply_async(run_job, (job, i + 1)) for i in range(parallel)]
+        results = []
+        deadline = time.monotonic() + _job_timeout(job.size, job.seconds)
+        for p in pending:
+            while not p.ready():
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"{job.mode}: a sender process did not finish in time (died or stalled)"
+                    )
+                p.wait(0.1)
+                self._pass_intervals(job.mode)
+            try:
+                results.append(p.get())
+            except BenchError:
+                better = self._reverse.failure(2.0) if self._reverse is not None else None
+                if better is None:
+                    raise
+                raise better from None
+        self._pass_intervals(job.mode)
+        if self._reverse is not None:
+            results = [self._reverse.join(r, deadline) for r in results]
+        return results
+
+    def _pass_intervals(self, mode: str) -> None:
+        q = self._live
+        while q is not None and not q.empty():
+            iv = q.get()
+            if self._on_interval is not None:
+                self._on_interval(mode, iv)
 
 
 def _make_file(directory: str, size: int) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import select
 import socket
 import time
+from io import BufferedReader
 from typing import Any, BinaryIO
 
 from OpenSSL import SSL
@@ -19,9 +20,11 @@ from OpenSSL import SSL
 from offload.ktls_socket import KTLSSocket
 from tlsctl.addresses import format_addr
 from tlsctl.benchrun.errors import BenchError, ModeUnavailable
-from tlsctl.benchrun.job import Job, more
+from tlsctl.benchrun.intervals import IntervalClock, clock_for
+from tlsctl.benchrun.job import Job
 from tlsctl.benchrun.modes import TLS_MAX_RECORD
 from tlsctl.benchrun.openssl import openssl_www
+from tlsctl.benchrun.pump import pump_ranges, pump_reads
 from tlsctl.benchrun.report import REPORT_SIZE, read_report
 from tlsctl.benchrun.results import Result
 from tlsctl.handshake import HandshakeError, install_offload, run_handshake, set_verify_host
@@ -37,25 +40,33 @@ _REMOTE_USERSPACE_STEP = 64 << 10  # userspace to a remote: a look after each 64
 _REMOTE_CLOSE_WAIT = 60.0  # seconds a remote server has to answer our close_notify
 
 
-def run_job(job: Job) -> Result:
+def run_job(job: Job, stream: int = 1) -> Result:
     """Run one stream; exceptions become :class:`BenchError` with one line."""
+    clock = clock_for(job.interval, job.seconds, job.round_no, stream)
+    remote = job.target.tcp_port is None  # errors are about -connect's server
     try:
+        if job.reverse:
+            from tlsctl.benchrun.reverse import receive
+
+            return receive(job, clock)
         if job.mode == "openssl":
             return openssl_www(job)
         if job.mode in ("tcp", "tcp-sendfile"):
-            return _tcp(job)
+            return _tcp(job, clock)
         if job.mode == "userspace":
-            return _userspace(job)
-        return _ktls(job)
-    except BenchError:
+            return _userspace(job, clock)
+        return _ktls(job, clock)
+    except BenchError as exc:
+        if exc.option is None and remote:
+            exc.option = "-connect"
         raise
     except HandshakeError as exc:  # already one line: which check failed, and why
-        raise BenchError(f"{job.mode}: {exc}") from None
+        raise BenchError(f"{job.mode}: {exc}", "-connect" if remote else None) from None
     except Exception as exc:  # anything else still has to reach the parent as a line
         raise BenchError(f"{job.mode}: {type(exc).__name__}: {exc}") from None
 
 
-def _connect(host: str, port: int) -> socket.socket:
+def connect(host: str, port: int) -> socket.socket:
     try:
         sock = socket.create_connection((host, port), timeout=30)
     except OSError as exc:
@@ -64,33 +75,48 @@ def _connect(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _tcp(job: Job) -> Result:
+def _connect_to(job: Job, port: int) -> socket.socket:
+    """To the target; over the real wire the NIC must see the SYN (it learns
+    the flow's sequence numbers from it), as it does: this process lives in
+    the sender namespace (:func:`tlsctl.benchrun.procs.worker_init`)."""
+    return connect(job.target.host, port)
+
+
+def _tcp(job: Job, clock: IntervalClock) -> Result:
     if job.target.tcp_port is None:
         raise BenchError(f"{job.mode}: needs the bench's own receiver")
-    sock = _connect(job.target.host, job.target.tcp_port)
+    sock = _connect_to(job, job.target.tcp_port)
     sock.settimeout(None)
-    sent = rounds = 0
     with sock, open(job.path, "rb") as f:
-        cpu0, t0 = time.process_time(), time.monotonic()
-        buf = bytearray(BUF)
-        view = memoryview(buf)
-        while more(job, t0, rounds):
-            rounds += 1
-            if job.mode == "tcp-sendfile":
-                sent += sock.sendfile(f, 0, job.size)
-                continue
-            f.seek(0)
-            while n := f.readinto(buf):
-                sock.sendall(view[:n])
-                sent += n
+        cpu0, t0 = time.process_time(), clock.start()
+        sent = tcp_pump(job, sock, f, t0, clock)
+        intervals = clock.finish()
         sock.shutdown(socket.SHUT_WR)
-        data = _recv_exact(sock, REPORT_SIZE)
+        data = recv_exact(sock, REPORT_SIZE)
         t1, cpu1 = time.monotonic(), time.process_time()
     _got, rcpu = read_report(data, job.mode, sent)
-    return Result(job.mode, sent, t0, t1, cpu1 - cpu0, receiver_cpu=rcpu, confirmed="count")
+    return Result(
+        job.mode,
+        sent,
+        t0,
+        t1,
+        cpu1 - cpu0,
+        receiver_cpu=rcpu,
+        confirmed="count",
+        intervals=intervals,
+    )
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def tcp_pump(
+    job: Job, sock: socket.socket, f: BufferedReader, t0: float, clock: IntervalClock
+) -> int:
+    """tcp (readinto + sendall) or tcp-sendfile (the kernel's sendfile)."""
+    if job.mode == "tcp-sendfile":
+        return pump_ranges(job, f, t0, clock, lambda f, pos, n: sock.sendfile(f, pos, n))
+    return pump_reads(job, f, t0, clock, BUF, sock.sendall)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
     out = b""
     while len(out) < n:
         chunk = sock.recv(n - len(out))
@@ -104,13 +130,19 @@ def _client_ctx(job: Job) -> SSL.Context:
     return client_context(job.opts, verify=job.target.verify)
 
 
-def _layer(job: Job, sock: socket.socket) -> KTLSSocket:
+def layer_for(job: Job, sock: socket.socket) -> KTLSSocket:
     """The record layer for ``job.mode``, keys not yet installed: the NIC
     built as ``--offload sim-nic`` builds it (:func:`tlsctl.offloadmode.open_layer`)."""
     offload = job.mode if job.mode in ("sim-nic", "kernel") else "sw"
-    device = DeviceSpec(offload, faults=job.faults) if offload == "sim-nic" else None
     if job.record_size != TLS_MAX_RECORD and offload == "kernel":
         raise BenchError("kernel: --record-size needs the user-space layer")
+    if offload == "sim-nic" and job.nic_control is not None:
+        from offload.netwire.txpath import NetTxPath
+
+        # The real wire: records framed here, encrypted by the NIC process.
+        path = NetTxPath(sock, job.nic_control)
+        return KTLSSocket(sock, backend="sw", txpath=path, record_size=job.record_size)
+    device = DeviceSpec(offload, faults=job.faults) if offload == "sim-nic" else None
     return open_layer(sock, offload, device, record_size=job.record_size)
 
 
@@ -123,7 +155,9 @@ def _not_a_sink(job: Job, nbytes: int) -> BenchError:
     )
 
 
-def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> tuple[int, bytes]:
+def _send_remote(
+    job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, clock: IntervalClock
+) -> tuple[int, bytes]:
     """The file (once, or until ``--time`` is up) to a remote server, in
     steps; between them, has the server answered?  A sink never sends
     application data before our close_notify; an echo server does at once
@@ -136,7 +170,8 @@ def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> tuple[i
     drain = Drain(chan)
     drain.start()
     try:
-        sent = _send_steps(job, chan, f, t0, drain)
+        sent = _send_steps(job, chan, f, t0, drain, clock)
+        clock.finish()
         drain.closing = True
         chan.close_notify()
         drain.join(_REMOTE_CLOSE_WAIT)
@@ -157,31 +192,28 @@ def _send_remote(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float) -> tuple[i
     return sent, bytes(drain.tail)
 
 
-def _send_steps(job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, drain: Drain) -> int:
-    sent = rounds = 0
-    while more(job, t0, rounds):
-        rounds += 1
-        pos = 0
-        while pos < job.size:
-            if drain.received_before_closing:
-                raise _not_a_sink(job, drain.received_before_closing)
-            why = drain.stopped_early()
-            if why:
-                raise BenchError(f"{job.mode}: {why}")
-            n = chan.send_file(f, pos, min(_REMOTE_STEP, job.size - pos))
-            if n == 0:
-                break
-            pos += n
-        sent += pos
+def _send_steps(
+    job: Job, chan: KtlsChannel, f: BinaryIO, t0: float, drain: Drain, clock: IntervalClock
+) -> int:
+
+    def send_range(f: BinaryIO, pos: int, n: int) -> int:
+        if drain.received_before_closing:
+            raise _not_a_sink(job, drain.received_before_closing)
+        why = drain.stopped_early()
+        if why:
+            raise BenchError(f"{job.mode}: {why}")
+        return chan.send_file(f, pos, n)
+
+    sent = pump_ranges(job, f, t0, clock, send_range, _REMOTE_STEP)
     if drain.received_before_closing:
         raise _not_a_sink(job, drain.received_before_closing)
     return sent
 
 
-def _ktls(job: Job) -> Result:
+def _ktls(job: Job, clock: IntervalClock) -> Result:
     """sw, sim-nic, kernel: the handshake in pyOpenSSL, then the kTLS layer."""
     t = job.target
-    sock = _connect(t.host, t.tls_port)
+    sock = _connect_to(job, t.tls_port)
     res = run_handshake(
         sock,
         _client_ctx(job),
@@ -191,25 +223,24 @@ def _ktls(job: Job) -> Result:
         exact=job.mode == "kernel" or exact_reads("auto"),
     )
     sock.settimeout(None)
-    k = install_offload(_layer(job, sock), res)
+    k = install_offload(layer_for(job, sock), res)
     chan = KtlsChannel(k, res)
     if job.mode == "sim-nic" and k.tx_conf != "device":
         chan.close()
         raise ModeUnavailable(
             f"the NIC declined TLS_TX ({k.offload_refused}); try -tls1_2 or another cipher"
         )
-    sent = rounds = 0
+    sent = 0
     remote = t.tcp_port is None
     try:
         with open(job.path, "rb") as f:
-            cpu0, t0 = time.process_time(), time.monotonic()
+            cpu0, t0 = time.process_time(), clock.start()
             data = b""
             if remote:
-                sent, data = _send_remote(job, chan, f, t0)
+                sent, data = _send_remote(job, chan, f, t0, clock)
             else:
-                while more(job, t0, rounds):
-                    rounds += 1
-                    sent += chan.send_file(f, 0, job.size)
+                sent = pump_ranges(job, f, t0, clock, chan.send_file)
+                clock.finish()
                 chan.close_notify()
                 while d := chan.recv(1 << 16):
                     data += d
@@ -218,6 +249,7 @@ def _ktls(job: Job) -> Result:
         # it (not wall time: with more streams than cores a process waits
         # for a core inside xmit, and that is not the device's work).
         dev = k.device_seconds
+        state = k.device_state() if job.mode == "sim-nic" else None
         extra: dict[str, Any] = {
             "version": res.version_name,
             "cipher": res.cipher_name,
@@ -225,7 +257,17 @@ def _ktls(job: Job) -> Result:
         }
     finally:
         chan.close()
-    r = Result(job.mode, sent, t0, t1, cpu1 - cpu0, device_cpu=dev, extra=extra)
+    r = Result(
+        job.mode,
+        sent,
+        t0,
+        t1,
+        cpu1 - cpu0,
+        device_cpu=dev,
+        extra=extra,
+        intervals=clock.finish(),
+        device_counters=dict(state.report.stats) if state is not None else None,
+    )
     _confirm(r, data, chan.peer_closed)
     return r
 
@@ -269,10 +311,10 @@ def _confirm(r: Result, data: bytes, peer_closed: bool) -> None:
         )
 
 
-def _userspace(job: Job) -> Result:
+def _userspace(job: Job, clock: IntervalClock) -> Result:
     """pyOpenSSL's own record layer on the socket: read, then SSL_write."""
     t = job.target
-    sock = _connect(t.host, t.tls_port)
+    sock = _connect_to(job, t.tls_port)
     sock.settimeout(None)
     conn = SSL.Connection(_client_ctx(job), sock)
     state = VerifyState(target=t.host if t.verify else None)
@@ -289,24 +331,21 @@ def _userspace(job: Job) -> Result:
         why = failure_line(conn) or f"TLS handshake failed: {_ssl_error_text(exc)}"
         raise BenchError(f"userspace: {why}") from None
     remote = t.tcp_port is None
-    step = BUF if job.record_size == TLS_MAX_RECORD else job.record_size
+    each = BUF if job.record_size == TLS_MAX_RECORD else job.record_size
     if remote:  # look at whether the server answered between writes (see _answered)
-        step = min(step, _REMOTE_USERSPACE_STEP)
-    sent = rounds = 0
+        each = min(each, _REMOTE_USERSPACE_STEP)
     peer_closed = False
     data = b""
+
+    def write(chunk: memoryview) -> None:
+        if remote:
+            _answered(job, conn, sock)
+        conn.sendall(chunk)
+
     with sock, open(job.path, "rb") as f:
-        cpu0, t0 = time.process_time(), time.monotonic()
-        buf = bytearray(step)
-        view = memoryview(buf)
-        while more(job, t0, rounds):
-            rounds += 1
-            f.seek(0)
-            while n := f.readinto(buf):
-                if remote:
-                    _answered(job, conn, sock)
-                conn.sendall(view[:n])
-                sent += n
+        cpu0, t0 = time.process_time(), clock.start()
+        sent = pump_reads(job, f, t0, clock, each, write)
+        intervals = clock.finish()
         conn.shutdown()
         while True:
             try:
@@ -317,6 +356,6 @@ def _userspace(job: Job) -> Result:
             except SSL.SysCallError:
                 break
         t1, cpu1 = time.monotonic(), time.process_time()
-    r = Result(job.mode, sent, t0, t1, cpu1 - cpu0)
+    r = Result(job.mode, sent, t0, t1, cpu1 - cpu0, intervals=intervals)
     _confirm(r, data, peer_closed)
     return r

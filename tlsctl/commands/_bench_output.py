@@ -13,23 +13,57 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tlsctl.benchrun import SCHEMA, Progress, headline
-from tlsctl.benchrun.results import TIMES
+from tlsctl.benchrun import Progress, headline
+from tlsctl.benchrun.intervals import Interval
+from tlsctl.benchrun.results import CSV_FIELDS, TIMES
+from tlsctl.units import human_size, rate_unit
 
 
-def emit(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, partial: bool) -> None:
+def emit(
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    as_csv: bool,
+    partial: bool,
+    rate_format: str | None = None,
+) -> None:
     """The rows on stdout: JSON, CSV, or the table, chart and headline."""
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     elif as_csv:
         _write_csv(rows)
     else:
-        render(rows, partial)
+        render(rows, partial, rate_format)
     sys.stdout.flush()
 
 
+def emit_error(message: str, option: str | None) -> None:
+    """``--json`` and an error: the error as a JSON object on stdout, where
+    the rows would have been (the one line on stderr is the caller's)."""
+    sys.stdout.write(json.dumps({"error": {"message": message, "option": option}}) + "\n")
+    sys.stdout.flush()
+
+
+def interval_printer(rate_format: str | None) -> Callable[[str, Interval], None]:
+    """Prints one line per ``-i`` interval as it ends, iperf3's columns:
+    which stream, the interval, the bytes, the bitrate."""
+
+    def show(mode: str, iv: Interval) -> None:
+        span = iv.end - iv.start
+        rate = iv.bytes / span if span > 0 else 0.0
+        label, per = rate_unit(rate_format, rate)
+        sys.stdout.write(
+            f"[{mode} r{iv.round} s{iv.stream}] {iv.start:6.2f}-{iv.end:6.2f} sec  "
+            f"{human_size(iv.bytes, 'B'):>10}  {rate / per:8.2f} {label}\n"
+        )
+        sys.stdout.flush()
+
+    return show
+
+
 def _write_csv(rows: list[dict[str, Any]]) -> None:
-    w = csv.DictWriter(sys.stdout, fieldnames=list(SCHEMA), lineterminator="\n")
+    w = csv.DictWriter(
+        sys.stdout, fieldnames=list(CSV_FIELDS), lineterminator="\n", extrasaction="ignore"
+    )
     w.writeheader()
     for r in rows:
         w.writerow({k: "" if v is None else v for k, v in r.items()})
@@ -39,8 +73,10 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def render(rows: list[dict[str, Any]], partial: bool) -> None:
-    """Rich table, bar chart and headline on stdout."""
+def render(rows: list[dict[str, Any]], partial: bool, rate_format: str | None = None) -> None:
+    """Rich table, bar chart and headline on stdout; rates in ``rate_format``
+    (``--format``; None: bits per second in the unit that suits the fastest
+    mode, one unit for the whole table)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -49,8 +85,10 @@ def render(rows: list[dict[str, Any]], partial: bool) -> None:
     title = "tlsctl bench" + (" (interrupted: partial results)" if partial else "")
     t = Table(title=title)
     t.add_column("mode", no_wrap=True)
+    fastest = max((r["bytes_per_second"] or 0.0 for r in rows), default=0.0)
+    unit, per = rate_unit(rate_format, fastest)
     for name in (
-        "GB/s",
+        unit,
         "min-max",
         "host s/GB",
         "dev s/GB",
@@ -63,13 +101,13 @@ def render(rows: list[dict[str, Any]], partial: bool) -> None:
         if r["skipped"]:
             continue
         span = (
-            f"{r['throughput_gbps_min']:.2f}-{r['throughput_gbps_max']:.2f}"
-            if r["throughput_gbps_min"] is not None
+            f"{r['bytes_per_second_min'] / per:.2f}-{r['bytes_per_second_max'] / per:.2f}"
+            if r["bytes_per_second_min"] is not None
             else "-"
         )
         t.add_row(
             r["mode"],
-            _fmt(r["throughput_gbps"], ".3f"),
+            _fmt(r["bytes_per_second"] and r["bytes_per_second"] / per, ".3f"),
             span,
             _fmt(r["host_cpu_s_per_gb"], ".3f"),
             _fmt(r["device_cpu_s_per_gb"], ".3f"),
@@ -81,27 +119,29 @@ def render(rows: list[dict[str, Any]], partial: bool) -> None:
     for r in rows:
         if r["skipped"]:
             con.print(f"{r['mode']}: skipped: {r['skipped']}", highlight=False)
-    ran = [r for r in rows if r["throughput_gbps"] is not None]
+    ran = [r for r in rows if r["bytes_per_second"] is not None]
     if ran:
         width = 20
-        top_tp = max(r["throughput_gbps"] for r in ran) or 1.0
+        top_tp = max(r["bytes_per_second"] for r in ran) or 1.0
         top_cpu = (
             max((r["host_cpu_s_per_gb"] or 0) + (r["device_cpu_s_per_gb"] or 0) for r in ran) or 1.0
         )
         chart = Table(
-            title="throughput (GB/s) and CPU per GB (host █, device ▒)", show_edge=False, box=None
+            title=f"throughput ({unit}) and CPU per GB (host █, device ▒)",
+            show_edge=False,
+            box=None,
         )
         chart.add_column("mode", no_wrap=True)
         chart.add_column("throughput", no_wrap=True)
         chart.add_column("CPU s/GB", no_wrap=True)
         for r in ran:
-            tp_bar = "█" * max(1, round(width * r["throughput_gbps"] / top_tp))
+            tp_bar = "█" * max(1, round(width * r["bytes_per_second"] / top_tp))
             host = max(0.0, r["host_cpu_s_per_gb"] or 0.0)
             dev = r["device_cpu_s_per_gb"] or 0.0
             cpu_bar = "█" * round(width * host / top_cpu) + "▒" * round(width * dev / top_cpu)
             chart.add_row(
                 r["mode"],
-                f"[cyan]{tp_bar}[/] {r['throughput_gbps']:.2f}",
+                f"[cyan]{tp_bar}[/] {r['bytes_per_second'] / per:.2f}",
                 f"[magenta]{cpu_bar}[/] {host + dev:.2f}",
             )
         con.print(chart)
