@@ -189,7 +189,7 @@ def test_send_loopback_netns_256mib() -> None:
 
 
 @needs_wire
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_send_loopback_netns_under_faults(seed: int) -> None:
     """Drop, reorder and duplicate on real frames both ways: the kernel
     retransmits, the NIC resyncs, every byte arrives (hash equal)."""
