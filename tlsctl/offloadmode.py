@@ -269,13 +269,13 @@ def open_layer(
     return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=path, record_size=record_size)
 
 
-def nic_path(spec: DeviceSpec) -> TxPipeline | NetTxPath:
+def nic_path(spec: DeviceSpec) -> TxPipeline:
     """The TX path of a NIC mode: a fresh device (its own counters) behind
     the wire model, and with faults a second device without the context
     for redirected segments.  ``LookupError`` when the driver does not load.
 
-    With ``spec.control`` (a real wire) the host side of the NIC process
-    instead: framed records into the kernel's TCP, encrypted by the NIC."""
+    Not for a real wire's spec (``control``): its TX path is bound to the
+    connection's socket, so :func:`open_layer` makes it (ValueError here)."""
     if spec.control is not None:
         raise ValueError("a real wire's TX path needs its socket: use open_layer")
     from offload.netdev import create_device

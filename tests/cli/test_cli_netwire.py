@@ -22,18 +22,30 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from offload.netwire.netns import unavailable_reason
+from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_3_VERSION, TLS_TX, CipherType
+from tests.conftest import random_info
 from tests.helpers.netwire_helpers import SUITES, s_server_args
 from tests.helpers.peers import Pki, make_pki, run_tlsctl, sha, spawn
 from tests.helpers.peers import _readline as readline
 from tlsctl.cli import main
+from tlsctl.offloadmode import (
+    DeviceSpec,
+    OffloadOptionError,
+    device_spec,
+    layer_offload,
+    nic_path,
+    open_layer,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -388,3 +400,30 @@ def test_netns_without_root_is_one_line(
     assert why in err and err.count("\n") == 1
     assert main(["serve", "--wire", "netns", "-accept", "0"]) == 1
     assert why in capsys.readouterr().err
+
+
+def test_device_spec_for_the_real_wire(
+    tcp_pair: Callable[[], tuple[socket.socket, socket.socket]], tmp_path: Path
+) -> None:
+    """``device_spec(wire="netns")``: the real wire's faults (any offload),
+    no --mss; ``open_layer`` with a NIC control socket puts TX on NetTxPath
+    (here the NIC is not there: refused, software TX, the reason kept)."""
+    with pytest.raises(OffloadOptionError) as ei:
+        device_spec("sim-nic", faults="split=0.1", wire="netns")
+    assert ei.value.option == "--faults"
+    with pytest.raises(OffloadOptionError) as ei:
+        device_spec("sim-nic", mss=1000, wire="netns")
+    assert ei.value.option == "--mss"
+    assert device_spec("sw", faults="drop=0.1,seed=3", wire="netns") is None
+    assert device_spec("sim-nic", faults="drop=0.1", wire="netns") == DeviceSpec("sim-nic")
+    with pytest.raises(ValueError, match="open_layer"):
+        nic_path(DeviceSpec("sim-nic", control="/x"))
+    control = str(tmp_path / "no-nic")
+    k = open_layer(tcp_pair()[0], "sim-nic", DeviceSpec("sim-nic", control=control))
+    k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    k.setsockopt(SOL_TLS, TLS_TX, random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128).pack())
+    assert k.offload_refused is not None and f"cannot reach the NIC at {control}" in (
+        k.offload_refused
+    )
+    assert layer_offload(k) == "sw"
+    k.close()
