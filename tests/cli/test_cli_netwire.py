@@ -427,3 +427,39 @@ def test_device_spec_for_the_real_wire(
     )
     assert layer_offload(k) == "sw"
     k.close()
+
+
+@needs_wire
+def test_send_netns_waits_for_a_receiver_started_by_hand(
+    pki: Pki, data: dict[int, Path], tmp_path: Path
+) -> None:
+    """Without --exec-peer: send names the peer namespace on stderr and waits;
+    a receiver started there with ``ip netns exec`` gets every byte."""
+    src = data[1 << 20]
+    out = tmp_path / "got"
+    version, suite = SUITES[5]
+    cmd = [
+        sys.executable, "-m", "tlsctl.cli", "send", str(src), "-connect", f"{PEER}:{PORT}",
+        "--wire", "netns", "--offload", "sim-nic", "-CAfile", str(pki.ca), "-servername",
+        "localhost", "--json",
+    ]  # fmt: skip
+    with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as sender:
+        assert sender.stderr is not None
+        line = sender.stderr.readline().decode()
+        m = re.search(r"ip netns exec (\S+) COMMAND", line)
+        assert m is not None, line
+        with (
+            out.open("wb") as f,
+            spawn(
+                ["ip", "netns", "exec", m.group(1), *s_server_args(pki, version, suite, PORT)],
+                stdin=subprocess.PIPE,
+                stdout=f,
+                stderr=subprocess.DEVNULL,
+            ) as receiver,
+        ):
+            stdout, stderr = sender.communicate(timeout=60)
+            assert sender.returncode == 0, stderr.decode()
+            receiver.wait(20)
+    s = json.loads(stdout)
+    assert s["sha256"] == sha(src) == sha(out) and "peer_status" not in s
+    _check_wire_summary(s, src.stat().st_size)
