@@ -28,20 +28,23 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from offload.netdev import load_drivers
 from offload.uapi import TLS_MAX_PAYLOAD_SIZE
 
 if TYPE_CHECKING:  # the record layer loads when a connection needs it, not for --help
     from offload.ktls_socket import Backend, KTLSSocket
+    from offload.netwire.txpath import NetTxPath
     from offload.wiremodel import FaultSpec, TxPipeline
 
 __all__ = [
     "BASE_OFFLOADS",
+    "WIRES",
     "DeviceSpec",
     "Offload",
     "OffloadOptionError",
+    "Wire",
     "device_report",
     "device_spec",
     "exact_reads",
@@ -58,6 +61,11 @@ __all__ = [
 
 Offload: TypeAlias = str
 """``auto``, ``sw``, ``kernel``, ``none`` or a NIC driver name (``sim-nic``)."""
+
+Wire = Literal["model", "netns"]
+"""``--wire``: the in-process wire model (the default) or the real wire
+(two network namespaces and the NIC in its own process)."""
+WIRES: tuple[Wire, ...] = ("model", "netns")
 
 BASE_OFFLOADS: tuple[Offload, ...] = ("auto", "sw", "kernel", "none")
 """The modes that are not a NIC driver."""
@@ -145,11 +153,17 @@ class DeviceSpec:
     ``faults``: seeded wire faults (reorder, split, ...); with them a second
     device without the context stands by for redirected segments.
     ``mss``: the virtual TCP segment size (default: one TSO segment).
+    ``control``: the control socket of a real wire's NIC process
+    (``--wire netns``, :mod:`tlsctl.realwire`): TX then goes into the
+    kernel's TCP through ``offload.netwire.txpath.NetTxPath`` and the NIC
+    process encrypts, instead of the in-process wire model (``faults`` and
+    ``mss`` are the model's; the real wire's faults are its NIC's).
     """
 
     driver: str
     faults: FaultSpec | None = None
     mss: int | None = None
+    control: str | None = None
 
 
 def device_spec(
@@ -158,6 +172,7 @@ def device_spec(
     faults: str | None = None,
     mss: int | None = None,
     key_update_every: int | None = None,
+    wire: Wire = "model",
 ) -> DeviceSpec | None:
     """The NIC settings for ``offload`` (None for a mode without a NIC).
 
@@ -167,7 +182,16 @@ def device_spec(
     driver cannot rekey a device context (no ``dev_rekey``: upstream
     device offload has none), where a transfer would fail right after its
     first KeyUpdate went out.  sim-nic rekeys (``offload.drivers.simnic``).
+
+    ``wire="netns"`` (the real wire): the faults are the real wire's
+    (``offload.netwire.faults.WireFaults``: a kind that means nothing on
+    real frames is refused naming ``--faults``), they act on every frame
+    whatever the offload, and ``mss`` is refused: the kernel segments.
+    The spec returned has no ``control`` yet: the wire is built when the
+    command runs (:mod:`tlsctl.realwire`).
     """
+    if wire == "netns":
+        return _netns_device_spec(offload, faults, mss, key_update_every)
     if not is_nic(offload):
         if faults or mss:
             raise OffloadOptionError("--faults and --mss need a NIC offload (--offload sim-nic)")
@@ -184,6 +208,30 @@ def device_spec(
     except ValueError as exc:
         raise OffloadOptionError(str(exc), option="--faults") from None
     return DeviceSpec(offload, faults=spec, mss=mss)
+
+
+def _netns_device_spec(
+    offload: Offload, faults: str | None, mss: int | None, key_update_every: int | None
+) -> DeviceSpec | None:
+    if mss:
+        raise OffloadOptionError(
+            "--mss means nothing with --wire netns: the kernel's TCP segments", option="--mss"
+        )
+    if faults:
+        from offload.netwire.faults import WireFaults
+
+        try:
+            WireFaults.parse(faults)
+        except ValueError as exc:
+            raise OffloadOptionError(str(exc), option="--faults") from None
+    if not is_nic(offload):
+        return None
+    if key_update_every and not _driver_rekeys(offload):
+        raise OffloadOptionError(
+            f"--key-update-every cannot be used with --offload {offload}: its driver cannot "
+            "rekey a device TX context (use --offload sw or kernel)"
+        )
+    return DeviceSpec(offload)
 
 
 def _driver_rekeys(offload: Offload) -> bool:
@@ -223,13 +271,24 @@ def open_layer(
         raise ValueError(f"a {spec.driver} device spec for --offload {offload}")
     from offload.ktls_socket import KTLSSocket
 
-    return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=nic_path(spec), record_size=record_size)
+    if spec.control is not None:
+        from offload.netwire.txpath import NetTxPath
+
+        path: TxPipeline | NetTxPath = NetTxPath(sock, spec.control)
+    else:
+        path = nic_path(spec)
+    return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=path, record_size=record_size)
 
 
 def nic_path(spec: DeviceSpec) -> TxPipeline:
     """The TX path of a NIC mode: a fresh device (its own counters) behind
     the wire model, and with faults a second device without the context
-    for redirected segments.  ``LookupError`` when the driver does not load."""
+    for redirected segments.  ``LookupError`` when the driver does not load.
+
+    Not for a real wire's spec (``control``): its TX path is bound to the
+    connection's socket, so :func:`open_layer` makes it (ValueError here)."""
+    if spec.control is not None:
+        raise ValueError("a real wire's TX path needs its socket: use open_layer")
     from offload.netdev import create_device
     from offload.wiremodel import TxPipeline
 

@@ -51,6 +51,9 @@ _BYTES_ACKED_AT = 120
 """``tcpi_bytes_acked`` in ``struct tcp_info`` (include/uapi/linux/tcp.h):
 8 bytes of u8 fields, 24 u32 fields, then pacing_rate and max_pacing_rate."""
 _OUTQ = struct.Struct("i")
+TCP_CLOSE = 7
+"""``tcpi_state`` (the first byte of ``struct tcp_info``) of a connection
+that is gone (reset): nothing it sent will be acknowledged any more."""
 QUIESCE_TIMEOUT = 10.0
 CLOSE_LINGER = 10.0
 _POLL = 0.0005
@@ -60,6 +63,11 @@ def bytes_acked(sock: socket.socket) -> int:
     """``TCP_INFO.tcpi_bytes_acked``: bytes TCP has seen acknowledged."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
     return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0])
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """``TCP_INFO.tcpi_state`` (``TCP_ESTABLISHED`` 1 ... ``TCP_CLOSE`` 7)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)[0]
 
 
 def outq(sock: socket.socket) -> int:
@@ -282,9 +290,17 @@ class NetTxPath:
         return acked
 
     def _linger(self) -> None:
+        """Until TCP acknowledged everything, at most ``CLOSE_LINGER`` s; at
+        once when the connection is gone (the peer reset it: a client that
+        closed before our close_notify reached it, which then never is)."""
         tx = self.tx
         deadline = time.monotonic() + CLOSE_LINGER
         while tx is not None and self.poll_acks() < tx.next_offset:
+            try:
+                if tcp_state(self.sock) == TCP_CLOSE:
+                    return
+            except OSError:
+                return
             if time.monotonic() > deadline:
                 return
             time.sleep(_POLL * 4)
@@ -300,4 +316,4 @@ class NetTxPath:
         return False
 
 
-__all__ = ["NetTxPath", "RemoteNic", "ShmDeviceTx", "bytes_acked", "outq"]
+__all__ = ["NetTxPath", "RemoteNic", "ShmDeviceTx", "bytes_acked", "outq", "tcp_state"]

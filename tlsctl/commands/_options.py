@@ -25,9 +25,11 @@ from tlsctl.commands import _complete as complete
 from tlsctl.commands._output import Output
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.offloadmode import (
+    WIRES,
     DeviceSpec,
     Offload,
     OffloadOptionError,
+    Wire,
     device_spec,
     needs_layer,
     offload_choices,
@@ -37,6 +39,7 @@ from tlsctl.units import parse_size
 
 if TYPE_CHECKING:  # loaded when a command runs, not for --help
     from tlsctl.control import ControlServer
+    from tlsctl.realwire import WireSpec
     from tlsctl.tlsconf import TlsOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +56,7 @@ class CommonOptions:
     key_update_every: int | None
     output: Output
     control_socket: Path | None
+    wire: WireSpec | None = None  # --wire netns (None: the in-process wire model)
 
 
 def common_options(f: F) -> F:
@@ -77,13 +81,17 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
     if unavailable:  # the host lacks it: not a usage error, a local failure (status 1)
         raise CommandFailed(unavailable, ExitStatus.FAILED)
     key_update_every: int | None = params.pop("key_update_every")
+    wire: Wire = params.pop("wire")
+    faults = params.pop("faults")
     try:
         device = device_spec(
             offload,
-            faults=params.pop("faults"),
+            faults=faults,
             mss=params.pop("mss"),
             key_update_every=key_update_every,
+            wire=wire,
         )
+        real_wire = _wire_from(wire, faults, params.pop("pcap"))
     except OffloadOptionError as exc:
         if exc.option is not None:
             raise click.BadParameter(str(exc), param_hint=exc.option) from None
@@ -107,7 +115,37 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
         key_update_every=key_update_every,
         output=output,
         control_socket=params.pop("control_socket"),
+        wire=real_wire,
     )
+
+
+def _wire_from(wire: Wire, faults: str | None, pcap: str | None) -> WireSpec | None:
+    """``--wire``/``--pcap``, checked before anything runs: the real wire
+    without root or /dev/net/tun, and a ``--pcap`` file that exists or
+    tools that are missing, are one line and status 1 here."""
+    from tlsctl.realwire import unavailable_reason as wire_unavailable
+    from tlsctl.realwire import wire_spec
+
+    spec = wire_spec(wire, faults=faults, pcap=pcap)
+    if spec is None:
+        return None
+    reason = wire_unavailable()
+    if reason:
+        raise CommandFailed(reason, ExitStatus.FAILED)
+    if spec.pcap:
+        import os
+
+        from tlsctl.pcapture import check_target, tools_missing
+        from tlsctl.tlsconf import ConfigError
+
+        missing = tools_missing()
+        if missing:
+            raise CommandFailed(missing, ExitStatus.FAILED)
+        try:
+            os.close(check_target(spec.pcap)[0])
+        except ConfigError as exc:
+            raise CommandFailed(str(exc), ExitStatus.FAILED) from None
+    return spec
 
 
 def tls_options_for(
@@ -188,16 +226,34 @@ def _tls_options(f: F) -> F:
             "TLS-offload NIC (sim-nic, or another driver plug-in).",
         ),
         click.option(
+            "--wire",
+            type=click.Choice(WIRES),
+            default="model",
+            show_default=True,
+            help="Where a NIC meets TCP: the in-process wire model (model), or a real "
+            "wire (netns: two network namespaces, the kernel's TCP, the NIC in its own "
+            "process; needs root and /dev/net/tun).",
+        ),
+        click.option(
             "--faults",
             metavar="SPEC",
-            help="With a NIC: seeded wire faults, e.g. "
-            "reorder=0.02,split=0.05,dup=0.01,drop=0.01,redirect=0.01,seed=7.",
+            help="Seeded wire faults. --wire model (with a NIC): "
+            "reorder=0.02,split=0.05,dup=0.01,drop=0.01,redirect=0.01,seed=7; "
+            "--wire netns (real frames, both ways): drop,dup,reorder,delay=MS,seed.",
         ),
         click.option(
             "--mss",
             type=ByteSize(1, 1 << 20),
             metavar="BYTES",
-            help="With a NIC: TCP segment size (default 65536, one TSO segment).",
+            help="With a NIC on --wire model: TCP segment size (default 65536, one TSO segment).",
+        ),
+        click.option(
+            "--pcap",
+            metavar="FILE",
+            shell_complete=complete.files,
+            help="With --wire netns: capture the peer side of the wire (after the NIC) "
+            "into FILE, pcapng with the session's secrets embedded (tshark -r FILE "
+            "decrypts it); FILE must not exist. Needs dumpcap and editcap.",
         ),
         click.option(
             "-quiet", "--quiet", "-q", "quiet", is_flag=True, help="Only errors and warnings."

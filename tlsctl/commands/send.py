@@ -38,6 +38,7 @@ from tlsctl.exitcodes import CommandFailed, ExitStatus
 
 if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
     from tlsctl.control import Registrar
+    from tlsctl.realwire import WireSpec
     from tlsctl.transfer import ClientOptions, SendHooks
 
 
@@ -55,6 +56,8 @@ class SendOptions:
     client: ClientOptions
     output: Output
     control_socket: Path | None
+    wire: WireSpec | None = None
+    exec_peer: str | None = None
 
 
 @click.command()
@@ -119,6 +122,14 @@ class SendOptions:
     metavar="SECONDS",
     help="Seconds to wait for connect, handshake, and each network step.",
 )
+@click.option(
+    "--exec-peer",
+    "exec_peer",
+    metavar="COMMAND",
+    help="With --wire netns and -connect: run COMMAND (a shell command line) in the "
+    "peer namespace, e.g. the receiver (openssl s_server, tlsctl serve); the transfer "
+    "starts once it listens on -connect's port.",
+)
 @common_options
 def send(
     file: str | None,
@@ -131,6 +142,7 @@ def send(
     insecure: bool,
     pin_sha256: bytes | None,
     timeout: float,
+    exec_peer: str | None,
     common: CommonOptions,
 ) -> None:
     """Send FILE (- for stdin) to a TLS server through the kTLS layer.
@@ -156,6 +168,9 @@ def send(
       tlsctl send --loopback --offload sim-nic --faults reorder=0.05,drop=0.05,seed=7
       tlsctl send big.iso -connect localhost:4433 -tls1_3 --key-update-every 1M
       producer | tlsctl send - -connect localhost:4433   # sent as it arrives
+      tlsctl send --loopback --wire netns --offload sim-nic   # the NIC on a real wire
+      tlsctl send f.bin -connect 10.213.0.2:4433 --wire netns --offload sim-nic -k \\
+        --exec-peer 'openssl s_server -quiet -naccept 1 -cert c.pem -key k.pem > got'
     """
     if loopback == bool(connect):
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
@@ -166,6 +181,18 @@ def send(
             f"--pin-sha256 goes with -connect and verification "
             f"(not with {'-k' if insecure else '--loopback'})"
         )
+    target = parse_hostport(connect) if connect else None
+    if exec_peer and (common.wire is None or target is None):
+        raise click.UsageError("--exec-peer goes with --wire netns and -connect")
+    if common.wire is not None and target is not None:
+        from offload.netwire.netns import ADDRS
+
+        if target[0] != ADDRS["rx"]:
+            raise click.BadParameter(
+                f"with --wire netns the receiver is in the peer namespace, at "
+                f"{ADDRS['rx']} (-connect {ADDRS['rx']}:{target[1]})",
+                param_hint="-connect",
+            )
     from tlsctl.transfer import ClientOptions
 
     client = ClientOptions(
@@ -184,17 +211,20 @@ def send(
     _send(
         SendOptions(
             file=file,
-            target=parse_hostport(connect) if connect else None,
+            target=target,
             size=size,
             client=client,
             output=common.output,
             control_socket=common.control_socket,
+            wire=common.wire,
+            exec_peer=exec_peer,
         )
     )
 
 
 def _send(opts: SendOptions) -> None:
     from tlsctl.handshake import HandshakeError
+    from tlsctl.realwire import WireUnavailable
     from tlsctl.session.channel import ChannelError
     from tlsctl.signals import Interrupted, StopSignals
     from tlsctl.tlsconf import ConfigError
@@ -206,7 +236,23 @@ def _send(opts: SendOptions) -> None:
         control = start_control_server(opts.control_socket)
         try:
             hooks = _hooks(out, control)
-            if opts.target is None:
+            if opts.wire is not None:
+                from tlsctl.transfer.netwire import send_on_wire
+
+                result, where = send_on_wire(
+                    opts.file,
+                    opts.size,
+                    opts.target,
+                    opts.client,
+                    stop,
+                    opts.wire,
+                    hooks,
+                    exec_peer=opts.exec_peer,
+                )
+                _report(result, where, out)
+                if not result.get("match", True):
+                    raise CommandFailed(result["error"], ExitStatus.INCOMPLETE)
+            elif opts.target is None:
                 from tlsctl.transfer import send_loopback  # with a server in it
 
                 result, target = send_loopback(opts.file, opts.size, opts.client, stop, hooks)
@@ -221,7 +267,7 @@ def _send(opts: SendOptions) -> None:
             _fail(str(exc), exc.status, exc.facts, out)
         except Interrupted as exc:  # before the transfer started (or a second signal)
             _fail(f"interrupted by {exc.name}", exc.status, {}, out)
-        except (ConfigError, HandshakeError, ChannelError) as exc:
+        except (ConfigError, HandshakeError, ChannelError, WireUnavailable) as exc:
             _fail(str(exc), ExitStatus.FAILED, {}, out)
         finally:
             with stop.critical(check=False):

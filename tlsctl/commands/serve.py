@@ -29,7 +29,8 @@ from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.server import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
-    from tlsctl.server import HandlerMode, Listening, Server
+    from tlsctl.realwire import WireSpec
+    from tlsctl.server import HandlerMode, Listening, ServeHooks, ServeOptions, Server
 
 
 class FileMode(click.ParamType[int]):
@@ -202,6 +203,7 @@ def serve(
       tlsctl serve -accept 4433 -cert c.pem -key k.pem --save-dir ./in
       tlsctl serve -accept 8443 -WWW ./public   # curl -k https://localhost:8443/f
       tlsctl serve --echo -tls1_3 &  kill -USR1 $!   # KeyUpdate on every live connection
+      tlsctl serve --wire netns --offload sim-nic -WWW ./public  # behind the NIC on a real wire
 
     SIGUSR1: every live TLS 1.3 connection sends a KeyUpdate (update_not_requested)
     and switches to its next TX key before the next record it sends.
@@ -215,6 +217,7 @@ def serve(
     (cannot listen, bad certificate, a worker died); 2 bad options.
     """
     from tlsctl.handshake import HandshakeError
+    from tlsctl.realwire import WireUnavailable
     from tlsctl.server import ServeHooks, ServeOptions, prepare, run
     from tlsctl.tlsconf import ConfigError
 
@@ -248,25 +251,65 @@ def serve(
         keylogfile=common.keylogfile,
     )
     out = common.output
+    hooks = ServeHooks(
+        on_record=lambda rec, head: _log(rec, head, out),
+        warn=warn,
+        done=lambda server: _done(server, out),
+        registrar=control,
+        worker_exit=control.stop,
+    )
     try:
-        listening = prepare(opts)
-        _announce(listening, out)
-        status = run(
-            listening,
-            ServeHooks(
-                on_record=lambda rec, head: _log(rec, head, out),
-                warn=warn,
-                done=lambda server: _done(server, out),
-                registrar=control,
-                worker_exit=control.stop,
-            ),
-        )
-    except (ConfigError, HandshakeError) as exc:
+        if common.wire is not None:
+            if workers > 1:
+                raise click.UsageError("--wire netns serves from one process (no --workers)")
+            status = _serve_on_wire(opts, common.wire, hooks, out)
+        else:
+            listening = prepare(opts)
+            _announce(listening, out)
+            status = run(listening, hooks)
+    except (ConfigError, HandshakeError, WireUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     if status is ExitStatus.INCOMPLETE:
         raise CommandFailed("not every connection ended cleanly (see the log)", status)
     if status is not ExitStatus.OK:
         raise CommandFailed("a worker failed (see the log)", status)
+
+
+def _serve_on_wire(
+    opts: ServeOptions, spec: WireSpec, hooks: ServeHooks, out: Output
+) -> ExitStatus:
+    """``--wire netns``: listen in the host namespace behind the NIC, tell
+    where clients go, serve, then the wire's summary (and the capture)."""
+    from tlsctl.server import run
+    from tlsctl.server.netwire import serve_wire
+
+    with serve_wire(opts, spec) as wired:
+        _announce(wired.listening, out, wired.facts())
+        status = run(wired.listening, hooks)
+        _wire_done(wired.finish(), out)
+    return status
+
+
+def _wire_done(summary: dict[str, Any], out: Output) -> None:
+    """The real wire's summary: a JSON object with --json, else one line
+    (CPU apart, then the NIC's and its driver's counters)."""
+    if out.as_json:
+        emit_json(summary)
+        return
+    counters = {**summary.get("nic_counters", {}), **summary.get("device_counters", {})}
+    line = (
+        f"wire: host CPU {summary['host_cpu_seconds']:.3f} s, NIC CPU "
+        f"{summary['nic_cpu_seconds']:.3f} s ({summary.get('nic_driver')}); "
+        + ", ".join(f"{k} {v}" for k, v in counters.items())
+    )
+    if summary.get("faults_injected"):
+        line += "; faults " + ", ".join(f"{k} {v}" for k, v in summary["faults_injected"].items())
+    info(line, quiet=out.quiet)
+    if summary.get("pcap"):
+        info(
+            f"capture: {summary['pcap']} ({summary['pcap_bytes']} bytes, secrets embedded)",
+            quiet=out.quiet,
+        )
 
 
 def _handler_choice(
@@ -297,15 +340,17 @@ def _handler_choice(
     return "sink", None
 
 
-def _announce(listening: Listening, out: Output) -> None:
+def _announce(listening: Listening, out: Output, wire: dict[str, Any] | None = None) -> None:
     """The listening line (a JSON object with --json), where files go, and
-    the certificate's SHA-256 fingerprint (to pin it with ``send --pin-sha256``)."""
+    the certificate's SHA-256 fingerprint (to pin it with ``send --pin-sha256``);
+    on a real wire (``wire``: its facts) where the clients go."""
     opts = listening.opts
     host, port = listening.bound
     workers = opts.workers
     if out.as_json:
         emit_json(
-            {
+            (wire or {})
+            | {
                 "event": "listening",
                 "host": host,
                 "port": port,
@@ -321,6 +366,14 @@ def _announce(listening: Listening, out: Output) -> None:
             }
         )
         return
+    if wire is not None:
+        info(
+            f"real wire: this server is in namespace {wire['host_netns']} "
+            f"({wire['host_addr']}) behind the NIC (pid {wire['nic_pid']}); clients go in "
+            f"namespace {wire['peer_netns']}: ip netns exec {wire['peer_netns']} COMMAND, "
+            f"to {wire['host_addr']}:{port}",
+            quiet=out.quiet,
+        )
     info(
         f"ACCEPT {format_addr(host, port)} ({opts.mode}, offload {opts.offload}, "
         f"{f'{workers} workers, ' if workers > 1 else ''}"

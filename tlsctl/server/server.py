@@ -91,6 +91,9 @@ class ServerConfig:
     max_conns: int | None = None
     key_update_every: int | None = None
     closes_first: bool = False
+    count_cpu: bool = False
+    """Record each connection thread's CPU time (``host_cpu_seconds``): on
+    the real wire (``--wire netns``) host and NIC CPU are reported apart."""
 
 
 class Server:
@@ -265,6 +268,7 @@ class Server:
     def _conn(self, sock: socket.socket, addr: Any, conn_id: int) -> None:
         rec = self._new_record(conn_id, addr)
         start = time.perf_counter()
+        cpu0 = time.thread_time()
         chan: KtlsChannel | OpenSSLChannel | None = None
         try:
             sock.setblocking(True)
@@ -352,6 +356,8 @@ class Server:
                     sock.close()
             except OSError:
                 pass
+            if self.config.count_cpu:
+                rec["host_cpu_seconds"] = round(time.thread_time() - cpu0, 6)
             with self._lock:
                 self.failed += not rec.get("ok")
                 self.interrupted += cut and not rec.get("ok")

@@ -24,7 +24,7 @@ from OpenSSL import SSL
 
 from tlsctl.addresses import format_addr
 from tlsctl.certs import PrivateKey, ephemeral_server_cert, sha256_fingerprint
-from tlsctl.handshake import KeylogFile
+from tlsctl.handshake import KeylogFile, KeylogSink
 from tlsctl.offloadmode import DeviceSpec, Offload
 from tlsctl.server.handlers import PARTIAL, Handler, Store, echo, sink
 from tlsctl.server.limits import HANDSHAKE_TIMEOUT, default_max_conns
@@ -79,6 +79,7 @@ class ServeOptions:
     offload: Offload = "auto"
     device: DeviceSpec | None = None
     keylogfile: str | None = None  # -keylogfile
+    count_cpu: bool = False  # each connection's CPU time in its record (--wire netns)
 
     def server_config(self, max_conns: int) -> ServerConfig:
         return ServerConfig(
@@ -90,6 +91,7 @@ class ServeOptions:
             max_conns=max_conns,
             key_update_every=self.key_update_every,
             closes_first=self.mode == "www",
+            count_cpu=self.count_cpu,
         )
 
 
@@ -107,7 +109,7 @@ class Listening:
     listener: socket.socket
     ctx: SSL.Context
     handler: Handler
-    keylog: KeylogFile | None
+    keylog: KeylogSink | None
     max_conns: int
     fingerprint: str | None = None
     files: str | None = None

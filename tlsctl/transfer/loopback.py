@@ -39,7 +39,12 @@ def _drop(_msg: str) -> None:
 
 
 def send_loopback(
-    file: str | None, size: int, opts: ClientOptions, stop: StopSignals, hooks: SendHooks = NO_HOOKS
+    file: str | None,
+    size: int,
+    opts: ClientOptions,
+    stop: StopSignals,
+    hooks: SendHooks = NO_HOOKS,
+    listener: socket.socket | None = None,
 ) -> tuple[dict[str, Any], str]:
     """``send --loopback``: serve in a thread, send ``file`` (None: ``size``
     random bytes) to it, compare the hashes.
@@ -48,23 +53,42 @@ def send_loopback(
     and ``match``; when the hashes differ, ``ok`` is False and ``error``
     says why.  Second: the target, for the summary's title.  Raises what
     :func:`~tlsctl.transfer.sender.send_to` raises.
+
+    ``listener``: an unbound socket for the server (``--wire netns``: made
+    in the peer namespace, bound to its address there; ``hooks.connect``
+    reaches it); the summary then has the server's CPU time too
+    (``server_cpu_seconds``).
     """
     with contextlib.ExitStack() as stack:
         src: str | BinaryIO = file if file is not None else stack.enter_context(random_file(size))
         port, cert, server = stack.enter_context(
             loopback_server(
-                opts.tls, opts.offload, opts.device, registrar=hooks.registrar, warn=hooks.warn
+                opts.tls,
+                opts.offload,
+                opts.device,
+                registrar=hooks.registrar,
+                warn=hooks.warn,
+                listener=listener,
             )
         )
         to = dataclasses.replace(opts, insecure=False, trust=cert)
-        result = send_to(src, "localhost", port, to, stop, hooks)
+        if listener is None:
+            host = "127.0.0.1"
+            result = send_to(src, "localhost", port, to, stop, hooks)
+        else:
+            host = str(listener.getsockname()[0])
+            # The ephemeral certificate names localhost, wherever the server listens.
+            to = dataclasses.replace(to, servername="localhost")
+            result = send_to(src, host, port, to, stop, hooks)
     rec = server.records[0] if server.records else {}
     result["server_sha256"] = rec.get("sha256")
     result["server_offload"] = rec.get("offload")
+    if "host_cpu_seconds" in rec:
+        result["server_cpu_seconds"] = rec["host_cpu_seconds"]
     result["match"] = rec.get("sha256") == result["sha256"]
     if not result["match"]:
         result.update(ok=False, error=rec.get("error") or "the server received different bytes")
-    return result, f"built-in server on 127.0.0.1:{port}"
+    return result, f"built-in server on {host}:{port}"
 
 
 @contextlib.contextmanager
@@ -74,20 +98,28 @@ def loopback_server(
     device: DeviceSpec | None = None,
     registrar: Registrar | None = None,
     warn: Callable[[str], None] = _drop,
+    listener: socket.socket | None = None,
 ) -> Iterator[tuple[int, x509.Certificate, Server]]:
     """Yield (port, the certificate to trust, server) for one connection
     (registered with ``registrar``, the sender's control server).  Only
     the server's problems are told (``warn``), its connection's failure
-    included; what it received is in ``server.records``."""
+    included; what it received is in ``server.records``.
+
+    ``listener``: an unbound TCP socket to listen on (``--wire netns``:
+    one made in the peer namespace, bound to its address), instead of
+    127.0.0.1; then the record also has the connection thread's CPU time
+    (``host_cpu_seconds``), so the sender's can be told apart from it."""
     ck = ephemeral_server_cert()
     ctx = server_context(dataclasses.replace(opts, cafile=None), cert=ck.cert, key=ck.key)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    count_cpu = listener is not None
+    if listener is None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     port = int(listener.getsockname()[1])
     # The built-in receiver decrypts in software; a NIC offload is the sender's.
     server_offload = receiver_offload(offload)
-    config = ServerConfig(offload=server_offload, naccept=1, timeout=60)
+    config = ServerConfig(offload=server_offload, naccept=1, timeout=60, count_cpu=count_cpu)
 
     def on_record(rec: dict[str, Any], head: str) -> None:
         if not rec.get("ok"):

@@ -44,7 +44,7 @@ from tlsctl.addresses import is_ip
 from tlsctl.certs import sha256_fingerprint
 from tlsctl.control import Registrar
 from tlsctl.exitcodes import ExitStatus
-from tlsctl.handshake import HandshakeResult, KeylogFile, run_handshake
+from tlsctl.handshake import HandshakeResult, KeylogFile, KeylogSink, run_handshake
 from tlsctl.offloadmode import DeviceSpec, Offload, device_report, exact_reads
 from tlsctl.session.channel import (
     ChannelError,
@@ -82,6 +82,10 @@ after each step (``send`` shows a progress bar on a terminal; the context
 ends it)."""
 
 
+Connector = Callable[[tuple[str, int], float], socket.socket]
+"""``(host, port), timeout`` -> a connected TCP socket (``socket.create_connection``)."""
+
+
 def _drop(_msg: str) -> None:
     pass
 
@@ -117,7 +121,11 @@ class SendHooks:
     ``status``: one line once connected; ``detail``: who the peer is and
     the numbers handed to the layer (``-v``; never keys); ``warn``: shown
     whatever the verbosity; ``progress``: see :data:`Progress`;
-    ``registrar``: lists the kTLS connection (the command's control server).
+    ``registrar``: lists the kTLS connection (the command's control server);
+    ``connect``: makes the TCP connection (``socket.create_connection``;
+    ``--wire netns`` lends one that connects from the host namespace);
+    ``keylog``: also gets the session's key log lines (``--pcap`` embeds
+    them in the capture), beside ``-keylogfile``.
     """
 
     status: Callable[[str], None] = _drop
@@ -125,6 +133,8 @@ class SendHooks:
     warn: Callable[[str], None] = _drop
     progress: Progress | None = None
     registrar: Registrar | None = None
+    connect: Connector = socket.create_connection
+    keylog: KeylogSink | None = None
 
 
 NO_HOOKS = SendHooks()
@@ -220,11 +230,11 @@ def send_to(
             "anyone on the path can read and change this transfer"
         )
     ctx = _context(opts)
-    keylog = KeylogFile(opts.keylogfile) if opts.keylogfile else None
+    keylog = _keylog_sink(KeylogFile(opts.keylogfile) if opts.keylogfile else None, hooks.keylog)
     f, size = _open(file)
     try:
         try:
-            sock = socket.create_connection((host, port), timeout=opts.timeout)
+            sock = hooks.connect((host, port), opts.timeout)
         except OSError as exc:
             raise ChannelError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         # Records are written whole; without NODELAY a small final record
@@ -275,6 +285,19 @@ def send_to(
     finally:
         if f is not sys.stdin.buffer and isinstance(file, str):
             f.close()
+
+
+def _keylog_sink(*sinks: KeylogSink | None) -> KeylogSink | None:
+    """One sink feeding every given one (None when there is none)."""
+    given = [s for s in sinks if s is not None]
+    if len(given) <= 1:
+        return given[0] if given else None
+
+    def tee(line: bytes) -> None:
+        for sink in given:
+            sink(line)
+
+    return tee
 
 
 def _raw(chan: Chan) -> socket.socket:
