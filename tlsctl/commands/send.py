@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tlsctl.addresses import is_ip
 from tlsctl.commands._options import (
     ByteSize,
     CommonOptions,
+    DialectCommand,
     Fingerprint,
     common_options,
     parse_hostport,
@@ -57,9 +59,18 @@ class SendOptions:
     control_socket: Path | None
 
 
-@click.command()
+@click.command(cls=DialectCommand)
 @click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("-connect", "--connect", "connect", metavar="HOST:PORT", help="Server to send to.")
+@click.option(
+    "-port",
+    "--port",
+    "port",
+    type=click.IntRange(1, 65535),
+    metavar="N",
+    help="The server's port, with -connect HOST (no port) or alone for localhost:N "
+    "(s_client's -port).",
+)
 @click.option(
     "--loopback",
     is_flag=True,
@@ -123,6 +134,7 @@ class SendOptions:
 def send(
     file: str | None,
     connect: str | None,
+    port: int | None,
     loopback: bool,
     size: int,
     servername: str | None,
@@ -157,8 +169,11 @@ def send(
       tlsctl send big.iso -connect localhost:4433 -tls1_3 --key-update-every 1M
       producer | tlsctl send - -connect localhost:4433   # sent as it arrives
     """
-    if loopback == bool(connect):
+    target = _target(connect, port, loopback)
+    if loopback == bool(target):
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
+    if insecure and common.verify_return_error:
+        raise click.UsageError("-verify_return_error and -k: one checks, the other does not")
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
     if pin_sha256 is not None and (insecure or loopback):
@@ -184,13 +199,28 @@ def send(
     _send(
         SendOptions(
             file=file,
-            target=parse_hostport(connect) if connect else None,
+            target=target,
             size=size,
             client=client,
             output=common.output,
             control_socket=common.control_socket,
         )
     )
+
+
+def _target(connect: str | None, port: int | None, loopback: bool) -> tuple[str, int] | None:
+    """-connect HOST:PORT, or -port N with -connect HOST or alone (localhost,
+    as s_client's default host)."""
+    if port is None:
+        return parse_hostport(connect) if connect else None
+    if loopback:
+        raise click.UsageError("-port goes with -connect, not --loopback")
+    if connect is None:
+        return "localhost", port
+    bare = connect.strip("[]")
+    if is_ip(bare) or ":" not in connect:
+        return bare, port
+    raise click.UsageError(f"-connect {connect} has a port already: drop -port {port}")
 
 
 def _send(opts: SendOptions) -> None:

@@ -20,6 +20,7 @@ from tlsctl.addresses import format_addr
 from tlsctl.commands import _complete as complete
 from tlsctl.commands._options import (
     CommonOptions,
+    DialectCommand,
     common_options,
     parse_hostport,
     start_control_server,
@@ -49,15 +50,23 @@ class FileMode(click.ParamType[int]):
         return mode
 
 
-@click.command()
+@click.command(cls=DialectCommand)
 @click.option(
     "-accept",
     "--accept",
     "accept",
-    default="4433",
-    show_default=True,
+    show_default="4433",
     metavar="[HOST:]PORT",
     help="Address to listen on (port 0: any free port).",
+)
+@click.option(
+    "-port",
+    "--port",
+    "port",
+    type=click.IntRange(0, 65535),
+    metavar="N",
+    help="Port to listen on, on every address (s_server's -port; -accept HOST:PORT "
+    "for one address).",
 )
 @click.option(
     "-cert",
@@ -175,7 +184,8 @@ class FileMode(click.ParamType[int]):
 )
 @common_options
 def serve(
-    accept: str,
+    accept: str | None,
+    port: int | None,
     cert: str | None,
     key: str | None,
     sink_: bool,
@@ -224,7 +234,9 @@ def serve(
     if output and workers > 1:
         raise click.UsageError("-o FILE stores one connection; it takes no --workers")
     mode, path = _handler_choice(sink_, output, save_dir, echo_, www)
-    host, port = parse_hostport(accept, default_host="::")
+    if accept is not None and port is not None:
+        raise click.UsageError("give -accept [HOST:]PORT or -port N, not both")
+    host, port = ("::", port) if port is not None else parse_hostport(accept or "4433", "::")
     opts = ServeOptions(
         host=host,
         port=port,
