@@ -34,12 +34,16 @@ from tlsctl.commands._output import (
     info,
     progress_bar,
     quiet_line,
+    raw_write,
     warn,
 )
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 
 if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
+    from collections.abc import Callable
+
     from tlsctl.control import Registrar
+    from tlsctl.handshake import HandshakeResult
     from tlsctl.transfer import ClientOptions, SendHooks
 
 
@@ -57,6 +61,8 @@ class SendOptions:
     client: ClientOptions
     output: Output
     control_socket: Path | None
+    showcerts: bool = False  # -showcerts
+    brief: bool = False  # -brief
 
 
 @click.command(cls=DialectCommand)
@@ -130,6 +136,14 @@ class SendOptions:
     metavar="SECONDS",
     help="Seconds to wait for connect, handshake, and each network step.",
 )
+@click.option(
+    "-showcerts",
+    "--showcerts",
+    "showcerts",
+    is_flag=True,
+    help="Print the server's certificate chain in PEM on stdout, as s_client does "
+    "(with --json: the JSON's peer_certificates).",
+)
 @common_options
 def send(
     file: str | None,
@@ -143,6 +157,7 @@ def send(
     insecure: bool,
     pin_sha256: bytes | None,
     timeout: float,
+    showcerts: bool,
     common: CommonOptions,
 ) -> None:
     """Send FILE (- for stdin) to a TLS server through the kTLS layer.
@@ -204,6 +219,8 @@ def send(
             client=client,
             output=common.output,
             control_socket=common.control_socket,
+            showcerts=showcerts,
+            brief=common.trace.brief,
         )
     )
 
@@ -235,7 +252,8 @@ def _send(opts: SendOptions) -> None:
         # For inspect-context: every kTLS connection of this process registers with it.
         control = start_control_server(opts.control_socket)
         try:
-            hooks = _hooks(out, control)
+            seen: dict[str, Any] = {}
+            hooks = _hooks(opts, control, seen)
             if opts.target is None:
                 from tlsctl.transfer import send_loopback  # with a server in it
 
@@ -246,7 +264,7 @@ def _send(opts: SendOptions) -> None:
             else:
                 host, port = opts.target
                 result = send_to(opts.file or "-", host, port, opts.client, stop, hooks)
-                _report(result, f"{host}:{port}", out)
+                _report({**result, **seen}, f"{host}:{port}", out)
         except TransferFailed as exc:
             _fail(str(exc), exc.status, exc.facts, out)
         except Interrupted as exc:  # before the transfer started (or a second signal)
@@ -258,18 +276,47 @@ def _send(opts: SendOptions) -> None:
                 control.stop()
 
 
-def _hooks(out: Output, registrar: Registrar) -> SendHooks:
-    """Status lines unless -quiet/--json; details with -v (even with --json:
-    they go to stderr); a progress bar when status lines are shown."""
+def _hooks(opts: SendOptions, registrar: Registrar, seen: dict[str, Any]) -> SendHooks:
+    """Status lines unless -quiet/--json/-brief; details with -v (even with
+    --json: they go to stderr); a progress bar when status lines are shown;
+    -brief and -showcerts once connected (``seen``: what --json adds)."""
     from tlsctl.transfer import SendHooks
 
+    out = opts.output
     return SendHooks(
-        status=info if out.status else quiet_line,
+        status=info if out.status and not opts.brief else quiet_line,
         detail=info if out.verbose else quiet_line,
         warn=warn,
         progress=progress_bar if out.status else None,
         registrar=registrar,
+        connected=_connected(opts, seen) if opts.showcerts or opts.brief else None,
     )
+
+
+def _connected(opts: SendOptions, seen: dict[str, Any]) -> Callable[[HandshakeResult, str], None]:
+    """-brief's block on stderr and -showcerts' chain on stdout (s_client's
+    streams), or the chain into --json's object."""
+
+    def connected(res: HandshakeResult, offload: str) -> None:
+        from tlsctl import peerinfo
+
+        if opts.brief:
+            c = opts.client
+            verification = (
+                "NOT verified (-k)"
+                if c.insecure
+                else "OK (pinned, --pin-sha256)"
+                if c.pin_sha256 is not None
+                else "OK"
+            )
+            warn(peerinfo.brief_lines(res, verification, offload).rstrip("\n"))
+        if opts.showcerts:
+            if opts.output.as_json:
+                seen["peer_certificates"] = peerinfo.chain_pems(res)
+            else:
+                raw_write(err=False)(peerinfo.showcerts_text(res))
+
+    return connected
 
 
 def _fail(message: str, status: ExitStatus, facts: dict[str, Any], out: Output) -> None:

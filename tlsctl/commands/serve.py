@@ -118,9 +118,16 @@ class FileMode(click.ParamType[int]):
 )
 @click.option("--echo", "echo_", is_flag=True, help="Send everything back.")
 @click.option(
+    "-www",
+    "--www",
+    "status_page",
+    is_flag=True,
+    help="Answer every HTTP GET with a status page about its connection (s_server's "
+    "-www): protocol, cipher, ALPN, offload, TX/RX sequence numbers, counters.",
+)
+@click.option(
     "-WWW",
     "--WWW",
-    "--www",
     "www",
     metavar="DIR",
     shell_complete=complete.dirs,
@@ -194,6 +201,7 @@ def serve(
     file_mode: int,
     partial: str,
     echo_: bool,
+    status_page: bool,
     www: str | None,
     naccept: int | None,
     verify_depth: int,
@@ -233,7 +241,7 @@ def serve(
         raise click.UsageError("-o FILE stores one connection; use --save-dir DIR for more")
     if output and workers > 1:
         raise click.UsageError("-o FILE stores one connection; it takes no --workers")
-    mode, path = _handler_choice(sink_, output, save_dir, echo_, www)
+    mode, path = _handler_choice(sink_, output, save_dir, echo_, www, status_page)
     if accept is not None and port is not None:
         raise click.UsageError("give -accept [HOST:]PORT or -port N, not both")
     host, port = ("::", port) if port is not None else parse_hostport(accept or "4433", "::")
@@ -282,9 +290,14 @@ def serve(
 
 
 def _handler_choice(
-    sink_: bool, output: str | None, save_dir: str | None, echo_: bool, www: str | None
+    sink_: bool,
+    output: str | None,
+    save_dir: str | None,
+    echo_: bool,
+    www: str | None,
+    status_page: bool = False,
 ) -> tuple[HandlerMode, str | None]:
-    """At most one of --sink, -o, --save-dir, --echo, -WWW (default: --sink)."""
+    """At most one of --sink, -o, --save-dir, --echo, -WWW, -www (default: --sink)."""
     chosen = [
         n
         for n, on in (
@@ -293,6 +306,7 @@ def _handler_choice(
             ("--save-dir", save_dir),
             ("--echo", echo_),
             ("-WWW", www),
+            ("-www", status_page),
         )
         if on
     ]
@@ -306,6 +320,8 @@ def _handler_choice(
         return "echo", None
     if www:
         return "www", www
+    if status_page:
+        return "status", None
     return "sink", None
 
 
@@ -391,8 +407,9 @@ def _log(rec: dict[str, Any], head: str, out: Output) -> None:
             kept = f"; removed {rec['file_removed']}"
         warn(f"{head}: error: {rec.get('error')}{kept}")
         return
+    alpn = f" ALPN {rec['alpn']}" if "alpn" in rec else ""
     parts = [
-        f"{head} {rec.get('version')} {rec.get('cipher')} offload {rec.get('offload')}:",
+        f"{head} {rec.get('version')} {rec.get('cipher')}{alpn} offload {rec.get('offload')}:",
         _amounts(rec),
     ]
     if "sha256" in rec:

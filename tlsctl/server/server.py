@@ -294,6 +294,8 @@ class Server:
                 tx_seq_at_handoff=res.tx_seq,
                 rx_seq_at_handoff=res.rx_seq,
             )
+            if res.alpn:
+                rec["alpn"] = res.alpn
             if isinstance(chan, KtlsChannel) and res.is_tls13:
                 chan.key_update_every = self.key_update_every
                 with self._lock:
