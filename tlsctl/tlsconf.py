@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -92,18 +91,22 @@ def _set_ciphers(ctx: SSL.Context, cipher: str | None, ciphersuites: str | None)
 def _set_alpn(ctx: SSL.Context, method: int, alpn: tuple[str, ...]) -> None:
     """-alpn: a client offers the list; a server picks the first of its own
     list the client offered (``SSL_select_next_proto``'s server preference, as
-    ``s_server -alpn``) and, with nothing in common, goes on without ALPN
-    (s_server's ``SSL_TLSEXT_ERR_NOACK``)."""
+    ``s_server -alpn``).  With nothing in common the server ends the
+    handshake with no_application_protocol (RFC 7301 3.2: SHALL; s_server
+    does the same): the callback's exception makes pyOpenSSL answer
+    ``SSL_TLSEXT_ERR_ALERT_FATAL``, for which OpenSSL sends that alert.  A
+    client that offered no ALPN at all is served without it."""
     protos = [p.encode() for p in alpn]
     if method == SSL.TLS_CLIENT_METHOD:
         ctx.set_alpn_protos(protos)
         return
 
-    def select(_conn: SSL.Connection, offered: list[bytes]) -> Any:  # bytes or the "none" marker
+    def select(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
         for p in protos:
             if p in offered:
                 return p
-        return SSL.NO_OVERLAPPING_PROTOCOLS
+        theirs = ",".join(o.decode(errors="replace") for o in offered)
+        raise SSL.Error([("", "", f"no -alpn protocol in common with the client's {theirs}")])
 
     ctx.set_alpn_select_callback(select)
 
