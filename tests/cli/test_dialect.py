@@ -404,3 +404,32 @@ def test_short_flags_still_combine() -> None:
     r = run_tlsctl("send", "--loopback", "--size", "1K", "-vv", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ok"] is True
+
+
+def test_serve_brief_per_connection(pki: Pki, data: Path) -> None:
+    """serve -brief: s_server's block for each connection, on stderr, labelled;
+    with -Verify the client's certificate (Python's ssl presents it)."""
+    args = ["-brief", "-naccept", "1", "-alpn", "h2", "-Verify", "1", "-CAfile", str(pki.ca)]
+    with tlsctl_server(*args) as srv:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # serve's ephemeral cert
+        ctx.load_cert_chain(str(pki.cert), str(pki.key))
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as raw:
+            tls = ctx.wrap_socket(raw)
+            tls.sendall(data.read_bytes())
+            tls.unwrap()
+        (rec,) = srv.records()
+    err = srv.stderr()
+    assert rec["ok"], rec
+    label = f"[1] {rec['peer']}"
+    for line in (
+        "CONNECTION ESTABLISHED",
+        f"Protocol version: {rec['version']}",
+        f"Ciphersuite: {rec['cipher']}",
+        "Peer certificate: CN = localhost",
+        "Verification: OK",
+        "ALPN protocol: h2",
+        f"Offload: {rec['offload']}",
+    ):
+        assert f"{label} {line}\n" in err, (line, err)

@@ -339,8 +339,8 @@ def _tls_options(f: F) -> F:
             "--brief",
             "brief",
             is_flag=True,
-            help="s_client's short summary once connected (protocol, cipher, peer "
-            "certificate, verification, ALPN) on stderr.",
+            help="s_client's/s_server's short summary once connected (protocol, cipher, "
+            "peer certificate, verification, ALPN, offload) on stderr.",
         ),
         click.option(
             "-keylogfile",

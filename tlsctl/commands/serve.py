@@ -30,6 +30,7 @@ from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.server import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
+    from tlsctl.handshake import HandshakeResult
     from tlsctl.server import HandlerMode, Listening, Server
 
 
@@ -279,6 +280,7 @@ def serve(
                 done=lambda server: _done(server, out),
                 registrar=control,
                 worker_exit=control.stop,
+                connected=_brief if common.trace.brief else None,
             ),
         )
     except (ConfigError, HandshakeError) as exc:
@@ -287,6 +289,17 @@ def serve(
         raise CommandFailed("not every connection ended cleanly (see the log)", status)
     if status is not ExitStatus.OK:
         raise CommandFailed("a worker failed (see the log)", status)
+
+
+def _brief(res: HandshakeResult, offload: str, head: str) -> None:
+    """-brief: s_server's short block per connection on stderr, each line
+    with the connection's label (connections run at once)."""
+    from tlsctl.peerinfo import brief_lines
+
+    peer = res.conn.get_peer_certificate()
+    verification = "OK" if peer is not None else "no client certificate"
+    block = brief_lines(res, verification, offload).rstrip("\n").splitlines()
+    warn("\n".join(f"{head} {line}" for line in block))
 
 
 def _handler_choice(
