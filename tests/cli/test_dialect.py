@@ -278,6 +278,24 @@ def test_msg_real_handshake_and_records_after_handoff(
     assert f"<<< {v}, Alert [length 0002], warning close_notify" in lines
 
 
+def test_msg_shows_our_key_updates(pki: Pki, data: Path, tmp_path: Path) -> None:
+    """TLS 1.3 KeyUpdates the layer sends after the handoff are shown as
+    handshake messages (their content is encrypted on the wire); s_server
+    takes them and gets every byte."""
+    got = tmp_path / "got.bin"
+    with got.open("wb") as out, openssl_server(pki.cert, pki.key, out) as (proc, port):
+        r = _send(
+            port, data, "-CAfile", str(pki.ca), "-msg", "-tls1_3", "--key-update-every", "16K"
+        )
+        proc.wait(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sha(got) == sha(data)
+    updates = [line for line in _msg_lines(r.stdout) if line.endswith("KeyUpdate")]
+    assert len(updates) == 3  # after 16, 32 and 48 KiB of the 50 000 bytes
+    assert all(u == ">>> TLS 1.3, Handshake [length 0005], KeyUpdate" for u in updates)
+    assert "\n    18 00 00 01 00\n" in r.stdout  # key_update, length 1, update_not_requested
+
+
 def test_debug_hexdump_and_state_lines(pki: Pki, data: Path, tmp_path: Path) -> None:
     with (
         (tmp_path / "o").open("wb") as out,
@@ -398,6 +416,16 @@ def test_unknown_single_dash_option_named_whole(argv: list[str], word: str) -> N
     assert r.returncode == 2
     assert f"no such option '{word}'" in r.stderr
     assert "No such option: -" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"), [(["bench", "-port", "5"], "-port"), (["inspect-context", "-xyz"], "-xyz")]
+)
+def test_unknown_single_dash_other_commands(argv: list[str], word: str) -> None:
+    """Commands without their own check: the whole word from click's "-p"."""
+    r = run_tlsctl(*argv)
+    assert r.returncode == 2
+    assert f"no such option '{word}'" in r.stderr
 
 
 def test_short_flags_still_combine() -> None:
