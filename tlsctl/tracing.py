@@ -277,6 +277,8 @@ class TapSocket(socket.socket):
         return self._seen_out(b"".join(bufs), n)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        if not self.shown:
+            return super().sendfile(file, offset, count)
         return self._sendfile_use_send(file, offset, count)  # type: ignore[attr-defined,no-any-return]
 
     def recv(self, n: int, flags: int = 0) -> bytes:

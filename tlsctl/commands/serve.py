@@ -56,9 +56,8 @@ class FileMode(click.ParamType[int]):
     "-accept",
     "--accept",
     "accept",
-    show_default="4433",
     metavar="[HOST:]PORT",
-    help="Address to listen on (port 0: any free port).",
+    help="Address to listen on (default: 4433 on every address; port 0: any free port).",
 )
 @click.option(
     "-port",
