@@ -95,6 +95,9 @@ class DialectCommand(click.Command):
 
 
 def _check_single_dash(params: Sequence[click.Parameter], args: Sequence[str]) -> None:
+    """UsageError for the first single-dash word in option position that is
+    none of ``params``' names: the value after an option that takes one is
+    skipped, and everything after ``--``."""
     takes_value: dict[str, bool] = {}
     for p in params:
         if isinstance(p, click.Option):
