@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="tlsctl", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
+    except click.NoSuchOption as exc:
+        whole = _whole_spelling(exc.option_name, sys.argv[1:] if argv is None else argv)
+        shown = click.UsageError(f"no such option '{whole}'", ctx=exc.ctx) if whole else exc
+        shown.show()
+        return shown.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -118,6 +123,20 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("Aborted.", err=True)
         return 130
     return 0
+
+
+def _whole_spelling(short: str, argv: list[str]) -> str | None:
+    """The single-dash word click cut down to ``short`` (``-port`` read as
+    ``-p`` ``ort``), for commands that do not check their own spellings
+    (``send`` and ``serve`` do: :class:`tlsctl.commands._options.DialectCommand`)."""
+    if len(short) != 2 or short.startswith("--"):
+        return None
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg.startswith(short) and len(arg) > 2 and not arg.startswith("--"):
+            return arg.split("=", 1)[0]
+    return None
 
 
 def run() -> None:

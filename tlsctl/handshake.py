@@ -74,6 +74,7 @@ from offload.uapi import (
     ContentType,
     CryptoInfo,
 )
+from tlsctl.tracing import tracer_of
 from tlsctl.verify import VerifyState, failure_line
 
 __all__ = [
@@ -315,6 +316,7 @@ class HandshakeResult:
     rx_info: CryptoInfo | None = None
     tx_secret: bytes = field(default=b"")
     rx_secret: bytes = field(default=b"")
+    alpn: str | None = None  # the protocol -alpn negotiated, if any
 
     def __repr__(self) -> str:
         return (
@@ -403,6 +405,7 @@ def run_handshake(
     else:
         conn.set_accept_state()
     inbuf = RecordBuffer()
+    tracer = tracer_of(ctx)  # -debug: the bytes on the wire
     final_records: list[tuple[int, int]] = []
     tx, rx = _EpochCounter(), _EpochCounter()
     try:
@@ -421,6 +424,8 @@ def run_handshake(
             if out:
                 tx.written(out)
                 sock.sendall(out)
+                if tracer is not None:
+                    tracer.wire(True, out)
             if done:
                 final_records = split_records(out)
                 break
@@ -432,6 +437,8 @@ def run_handshake(
                 inbuf.feed(chunk)
                 rec = inbuf.next_record()
             rx.record(rec[0])
+            if tracer is not None:
+                tracer.wire(False, rec)
             conn.bio_write(rec)
     except OSError as exc:
         raise HandshakeError(f"handshake I/O error: {exc.strerror or exc}") from None
@@ -512,6 +519,7 @@ def _result(
         leftover=bytes(inbuf.data),
         plaintext=plaintext,
         seconds=seconds,
+        alpn=conn.get_alpn_proto_negotiated().decode(errors="replace") or None,
     )
     if version_name == "TLSv1.3":
         # Client: its Finished went under the handshake keys and the server's

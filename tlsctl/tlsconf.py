@@ -13,6 +13,7 @@ client sends handshake_failure, as ``openssl s_server`` does.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -25,6 +26,7 @@ from offload.keys import UnsupportedSuiteError, suite_from_openssl_name
 from offload.uapi import TLS_1_2_VERSION
 from tlsctl.certs import PrivateKey
 from tlsctl.handshake import install_keylog
+from tlsctl.tracing import Tracer
 from tlsctl.verify import VerifyCallback
 
 _CARRIED = "AES-128/256-GCM, AES-128-CCM and ChaCha20-Poly1305"
@@ -43,6 +45,9 @@ class TlsOptions:
     cipher: str | None = None  # -cipher: TLS 1.2 cipher list
     ciphersuites: str | None = None  # -ciphersuites: TLS 1.3 suites
     cafile: str | None = None  # -CAfile
+    capath: str | None = None  # -CApath: a hashed directory (openssl rehash)
+    alpn: tuple[str, ...] = ()  # -alpn: protocols, in preference order
+    trace: Tracer | None = None  # -msg, -debug, -state (tlsctl.tracing)
     # --offload whose record layer must carry the suite (sw, kernel, a NIC
     # driver); None when pyOpenSSL may keep the connection (auto, none).
     layer: str | None = None
@@ -65,7 +70,11 @@ def _base(opts: TlsOptions, method: int) -> SSL.Context:
         _set_ciphers(ctx, tls12, tls13)
     # Renegotiation would change keys behind the record layer's back.
     ctx.set_options(SSL.OP_NO_RENEGOTIATION)
+    if opts.alpn:
+        _set_alpn(ctx, method, opts.alpn)
     install_keylog(ctx)
+    if opts.trace is not None:
+        opts.trace.install(ctx)
     return ctx
 
 
@@ -77,6 +86,29 @@ def _set_ciphers(ctx: SSL.Context, cipher: str | None, ciphersuites: str | None)
             ctx.set_tls13_ciphersuites(ciphersuites.encode())
     except SSL.Error:
         raise ConfigError("no usable cipher in -cipher/-ciphersuites") from None
+
+
+def _set_alpn(ctx: SSL.Context, method: int, alpn: tuple[str, ...]) -> None:
+    """-alpn: a client offers the list; a server picks the first of its own
+    list the client offered (``SSL_select_next_proto``'s server preference, as
+    ``s_server -alpn``).  With nothing in common the server ends the
+    handshake with no_application_protocol (RFC 7301 3.2: SHALL; s_server
+    does the same): the callback's exception makes pyOpenSSL answer
+    ``SSL_TLSEXT_ERR_ALERT_FATAL``, for which OpenSSL sends that alert.  A
+    client that offered no ALPN at all is served without it."""
+    protos = [p.encode() for p in alpn]
+    if method == SSL.TLS_CLIENT_METHOD:
+        ctx.set_alpn_protos(protos)
+        return
+
+    def select(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        for p in protos:
+            if p in offered:
+                return p
+        theirs = ",".join(o.decode(errors="replace") for o in offered)
+        raise SSL.Error([("", "", f"no -alpn protocol in common with the client's {theirs}")])
+
+    ctx.set_alpn_select_callback(select)
 
 
 def _carried(method: int, opts: TlsOptions, layer: str) -> tuple[str, str]:
@@ -221,17 +253,35 @@ def _openssl_reason(exc: SSL.Error) -> str:
     return "; ".join(str(i[-1]) for i in items if isinstance(i, tuple) and i) or "unknown"
 
 
-def _trust(ctx: SSL.Context, cafile: str | None) -> str:
-    """Load -CAfile (or the system store); the words for where trust comes from."""
-    if not cafile:
+def _trust(ctx: SSL.Context, cafile: str | None, capath: str | None = None) -> str:
+    """Load -CAfile and -CApath (or the system store); the words for where
+    trust comes from.  -CApath is a directory of ``HASH.N`` links (``openssl
+    rehash``): OpenSSL looks a CA up there by its subject hash when it needs
+    one, so a directory that was never rehashed verifies nothing; it is
+    checked here to exist and be readable, its contents only at use."""
+    if not cafile and not capath:
         ctx.set_default_verify_paths()
         return "the system trust store"
-    load_certs(cafile, "-CAfile")
-    try:
-        ctx.load_verify_locations(cafile)
-    except SSL.Error as exc:
-        raise ConfigError(f"-CAfile {cafile}: {_openssl_reason(exc)}") from None
-    return f"-CAfile {cafile}"
+    where: list[str] = []
+    if cafile:
+        load_certs(cafile, "-CAfile")
+        try:
+            ctx.load_verify_locations(cafile)
+        except SSL.Error as exc:
+            raise ConfigError(f"-CAfile {cafile}: {_openssl_reason(exc)}") from None
+        where.append(f"-CAfile {cafile}")
+    if capath:
+        if not os.path.isdir(capath):
+            what = "not a directory" if os.path.exists(capath) else "no such directory"
+            raise ConfigError(f"-CApath {capath}: {what}")
+        if not os.access(capath, os.R_OK | os.X_OK):
+            raise ConfigError(f"-CApath {capath}: cannot read the directory")
+        try:
+            ctx.load_verify_locations(None, capath)
+        except SSL.Error as exc:
+            raise ConfigError(f"-CApath {capath}: {_openssl_reason(exc)}") from None
+        where.append(f"-CApath {capath}")
+    return " and ".join(where)
 
 
 def client_context(
@@ -256,7 +306,7 @@ def client_context(
     if pin is not None:
         ctx.set_verify(SSL.VERIFY_PEER, VerifyCallback(pin=pin))
     elif verify:
-        ctx.set_verify(SSL.VERIFY_PEER, VerifyCallback(_trust(ctx, opts.cafile)))
+        ctx.set_verify(SSL.VERIFY_PEER, VerifyCallback(_trust(ctx, opts.cafile, opts.capath)))
     else:
         ctx.set_verify(SSL.VERIFY_NONE)
     return ctx
@@ -279,7 +329,7 @@ def server_context(
         if require_client:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify_depth(verify_client)
-        trust = _trust(ctx, opts.cafile)
+        trust = _trust(ctx, opts.cafile, opts.capath)
         if opts.cafile:
             ctx.load_client_ca(opts.cafile.encode())
         ctx.set_verify(mode, VerifyCallback(trust, of_server=False))

@@ -12,8 +12,9 @@ to the command parsed, as one frozen :class:`CommonOptions`; usage errors
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # loaded when a command runs, not for --help
     from tlsctl.control import ControlServer
     from tlsctl.realwire import WireSpec
     from tlsctl.tlsconf import TlsOptions
+    from tlsctl.tracing import Tracer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +58,75 @@ class CommonOptions:
     key_update_every: int | None
     output: Output
     control_socket: Path | None
+    trace: Trace
+    verify_return_error: bool  # the default (see the option): only checked against -k
     wire: WireSpec | None = None  # --wire netns (None: the in-process wire model)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """``-msg``, ``-state``, ``-debug`` and ``-brief``, parsed (with what ``-vv``
+    and ``-vvv`` add: :func:`_trace_from`)."""
+
+    msg: bool = False  # -msg: record and handshake message headers (stdout, as s_client)
+    state: bool = False  # -state: handshake state lines (stderr, as s_client)
+    debug: bool = False  # -debug: -msg plus a hex dump of every record
+    brief: bool = False  # -brief: s_client's short connection summary
+
+    @property
+    def records(self) -> bool:
+        """Are records traced (-msg or -debug)?"""
+        return self.msg or self.debug
+
+
+class DialectCommand(click.Command):
+    """A command that names a single-dash spelling it does not know whole.
+
+    click reads ``-port`` as ``-p`` followed by ``ort`` and says "No such
+    option: -p"; someone typing OpenSSL's dialect wants to hear which of
+    *their* words is not known: "no such option '-port'".  Combined short
+    flags (``-vv``, ``-kv``) and a short option with its value attached
+    (``-ofile``) stay click's.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            _check_single_dash(self.get_params(ctx), args)
+        except click.UsageError as exc:
+            exc.ctx = ctx
+            raise
+        return super().parse_args(ctx, args)
+
+
+def _check_single_dash(params: Sequence[click.Parameter], args: Sequence[str]) -> None:
+    """UsageError for the first single-dash word in option position that is
+    none of ``params``' names: the value after an option that takes one is
+    skipped, and everything after ``--``."""
+    takes_value: dict[str, bool] = {}
+    for p in params:
+        if isinstance(p, click.Option):
+            for name in (*p.opts, *p.secondary_opts):
+                takes_value[name] = not (p.is_flag or p.count)
+    short_flags = {n[1] for n, v in takes_value.items() if len(n) == 2 and n[0] == "-" and not v}
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--":
+            return
+        if not arg.startswith("-") or arg.startswith("--") or len(arg) <= 2:
+            skip = takes_value.get(arg, False)
+            continue
+        name = arg.split("=", 1)[0]
+        if name in takes_value:
+            skip = takes_value[name] and "=" not in arg
+            continue
+        if set(arg[1:]) <= short_flags or takes_value.get(arg[:2], False):
+            continue  # -vv, -kv; -oFILE
+        near = difflib.get_close_matches(name, [n for n in takes_value if len(n) > 2], n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise click.UsageError(f"no such option '{arg}'{hint}")
 
 
 def common_options(f: F) -> F:
@@ -96,6 +166,7 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
         if exc.option is not None:
             raise click.BadParameter(str(exc), param_hint=exc.option) from None
         raise click.UsageError(str(exc)) from None
+    trace = _trace_from(params, int(params["verbose"]))
     tls = tls_options_for(
         offload,
         tls1_2=params.pop("tls1_2"),
@@ -103,6 +174,9 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
         cipher=params.pop("cipher"),
         ciphersuites=params.pop("ciphersuites"),
         cafile=params.pop("cafile"),
+        capath=params.pop("capath"),
+        alpn=_alpn_list(params.pop("alpn")),
+        tracer=_tracer(trace, params["as_json"]),
     )
     output = Output(
         quiet=params.pop("quiet"), verbose=params.pop("verbose"), as_json=params.pop("as_json")
@@ -116,6 +190,8 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
         output=output,
         control_socket=params.pop("control_socket"),
         wire=real_wire,
+        trace=trace,
+        verify_return_error=params.pop("verify_return_error"),
     )
 
 
@@ -148,6 +224,44 @@ def _wire_from(wire: Wire, faults: str | None, pcap: str | None) -> WireSpec | N
     return spec
 
 
+def _trace_from(params: dict[str, Any], verbose: int) -> Trace:
+    """-msg/-state/-debug/-brief; ``-vv`` adds -state, ``-vvv`` -msg."""
+    return Trace(
+        msg=params.pop("msg") or verbose >= 3,
+        state=params.pop("state") or verbose >= 2,
+        debug=params.pop("debug"),
+        brief=params.pop("brief"),
+    )
+
+
+def _tracer(trace: Trace, as_json: bool) -> Tracer | None:
+    """The tracer for -msg/-debug/-state, or None.  -msg lines go to stdout
+    as s_client's do (stderr with --json: stdout is the JSON's), -state lines
+    to stderr (s_client's bio_err)."""
+    if not (trace.records or trace.state):
+        return None
+    from tlsctl.commands._output import raw_write
+    from tlsctl.tracing import Tracer
+
+    msg = raw_write(err=as_json) if trace.records else None
+    return Tracer(msg, raw_write(err=True) if trace.state else None, hex=trace.debug)
+
+
+def _alpn_list(value: str | None) -> tuple[str, ...]:
+    """``-alpn h2,http/1.1``: protocol names, in preference order (RFC 7301:
+    each 1 to 255 bytes)."""
+    if value is None:
+        return ()
+    names = tuple(n.strip() for n in value.split(","))
+    for n in names:
+        if not 1 <= len(n.encode()) <= 255:
+            raise click.BadParameter(
+                f"{value!r}: each protocol name is 1 to 255 bytes (comma-separated)",
+                param_hint="-alpn",
+            )
+    return names
+
+
 def tls_options_for(
     offload: Offload,
     *,
@@ -156,6 +270,9 @@ def tls_options_for(
     cipher: str | None = None,
     ciphersuites: str | None = None,
     cafile: str | None = None,
+    capath: str | None = None,
+    alpn: tuple[str, ...] = (),
+    tracer: Tracer | None = None,
 ) -> TlsOptions:
     """The TLS options; with an offload that must take the connection (all but
     ``auto`` and ``none``, which may keep it in pyOpenSSL) the suites are
@@ -168,6 +285,9 @@ def tls_options_for(
         cipher=cipher,
         ciphersuites=ciphersuites,
         cafile=cafile,
+        capath=capath,
+        alpn=alpn,
+        trace=tracer,
         layer=offload if needs_layer(offload) else None,
     )
 
@@ -204,6 +324,64 @@ def _tls_options(f: F) -> F:
             metavar="PEM",
             type=click.Path(dir_okay=False),
             help="Trusted CA certificates (instead of the system store).",
+        ),
+        click.option(
+            "-CApath",
+            "--CApath",
+            "--capath",
+            "capath",
+            metavar="DIR",
+            type=click.Path(file_okay=False),
+            shell_complete=complete.dirs,
+            help="Trusted CA certificates in a hashed directory (`openssl rehash DIR`); "
+            "with -CAfile, both are trusted.",
+        ),
+        click.option(
+            "-verify_return_error",
+            "--verify_return_error",
+            "verify_return_error",
+            is_flag=True,
+            help="Abort the handshake when verification fails. Always so in tlsctl "
+            "(s_client goes on by default); accepted for OpenSSL command lines.",
+        ),
+        click.option(
+            "-alpn",
+            "--alpn",
+            "alpn",
+            metavar="LIST",
+            help="ALPN protocols, comma-separated in preference order (e.g. h2,http/1.1); "
+            "the negotiated one is in the summary, the log and --json.",
+        ),
+        click.option(
+            "-msg",
+            "--msg",
+            "msg",
+            is_flag=True,
+            help="Print the handshake messages and the record headers, both directions "
+            "(>>> sent, <<< received), as s_client does; after the handoff the records "
+            "the layer writes and reads. On stdout (stderr with --json).",
+        ),
+        click.option(
+            "-debug",
+            "--debug",
+            "debug",
+            is_flag=True,
+            help="-msg plus a hex dump of every record on the wire.",
+        ),
+        click.option(
+            "-state",
+            "--state",
+            "state",
+            is_flag=True,
+            help="Print the handshake states (SSL_connect:... / SSL_accept:...) on stderr.",
+        ),
+        click.option(
+            "-brief",
+            "--brief",
+            "brief",
+            is_flag=True,
+            help="s_client's/s_server's short summary once connected (protocol, cipher, "
+            "peer certificate, verification, ALPN, offload) on stderr.",
         ),
         click.option(
             "-keylogfile",
@@ -258,7 +436,13 @@ def _tls_options(f: F) -> F:
         click.option(
             "-quiet", "--quiet", "-q", "quiet", is_flag=True, help="Only errors and warnings."
         ),
-        click.option("-v", "--verbose", count=True, help="More detail (repeat for more)."),
+        click.option(
+            "-v",
+            "--verbose",
+            count=True,
+            help="-v: the peer certificate, its SHA-256 and the sequence numbers at "
+            "handoff; -vv: also -state; -vvv: also -msg.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]
     for d in reversed(decorators):

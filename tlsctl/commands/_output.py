@@ -27,6 +27,7 @@ __all__ = [
     "info",
     "progress_bar",
     "quiet_line",
+    "raw_write",
     "warn",
 ]
 
@@ -54,6 +55,19 @@ def info(msg: str, *, quiet: bool = False) -> None:
     if not quiet:
         with _lock:
             click.echo(msg, err=True)
+
+
+def raw_write(*, err: bool) -> Callable[[str], None]:
+    """A writer of whole blocks of lines to stderr or stdout, flushed, never
+    interleaved with another thread's block (-msg, -state)."""
+    stream = sys.stderr if err else sys.stdout
+
+    def write(text: str) -> None:
+        with _lock:
+            stream.write(text)
+            stream.flush()
+
+    return write
 
 
 def warn(msg: str) -> None:

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tlsctl.addresses import is_ip
 from tlsctl.commands._options import (
     ByteSize,
     CommonOptions,
+    DialectCommand,
     Fingerprint,
     common_options,
     parse_hostport,
@@ -32,13 +34,17 @@ from tlsctl.commands._output import (
     info,
     progress_bar,
     quiet_line,
+    raw_write,
     warn,
 )
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 
 if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
+    from collections.abc import Callable
+
     from tlsctl.control import Registrar
     from tlsctl.realwire import WireSpec
+    from tlsctl.handshake import HandshakeResult
     from tlsctl.transfer import ClientOptions, SendHooks
 
 
@@ -58,11 +64,22 @@ class SendOptions:
     control_socket: Path | None
     wire: WireSpec | None = None
     exec_peer: str | None = None
+    showcerts: bool = False  # -showcerts
+    brief: bool = False  # -brief
 
 
-@click.command()
+@click.command(cls=DialectCommand)
 @click.argument("file", required=False, type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("-connect", "--connect", "connect", metavar="HOST:PORT", help="Server to send to.")
+@click.option(
+    "-port",
+    "--port",
+    "port",
+    type=click.IntRange(1, 65535),
+    metavar="N",
+    help="The server's port, with -connect HOST (no port) or alone for localhost:N "
+    "(s_client's -port).",
+)
 @click.option(
     "--loopback",
     is_flag=True,
@@ -130,10 +147,19 @@ class SendOptions:
     "peer namespace, e.g. the receiver (openssl s_server, tlsctl serve); the transfer "
     "starts once it listens on -connect's port.",
 )
+@click.option(
+    "-showcerts",
+    "--showcerts",
+    "showcerts",
+    is_flag=True,
+    help="Print the server's certificate chain in PEM on stdout, as s_client does "
+    "(with --json: the JSON's peer_certificates).",
+)
 @common_options
 def send(
     file: str | None,
     connect: str | None,
+    port: int | None,
     loopback: bool,
     size: int,
     servername: str | None,
@@ -143,6 +169,7 @@ def send(
     pin_sha256: bytes | None,
     timeout: float,
     exec_peer: str | None,
+    showcerts: bool,
     common: CommonOptions,
 ) -> None:
     """Send FILE (- for stdin) to a TLS server through the kTLS layer.
@@ -172,8 +199,11 @@ def send(
       tlsctl send f.bin -connect 10.213.0.2:4433 --wire netns --offload sim-nic -k \\
         --exec-peer 'openssl s_server -quiet -naccept 1 -cert c.pem -key k.pem > got'
     """
-    if loopback == bool(connect):
+    target = _target(connect, port, loopback)
+    if loopback == bool(target):
         raise click.UsageError("give exactly one of -connect HOST:PORT and --loopback")
+    if insecure and common.verify_return_error:
+        raise click.UsageError("-verify_return_error and -k: one checks, the other does not")
     if file is None and not loopback:
         raise click.UsageError("missing FILE (use - for stdin)")
     if pin_sha256 is not None and (insecure or loopback):
@@ -218,8 +248,25 @@ def send(
             control_socket=common.control_socket,
             wire=common.wire,
             exec_peer=exec_peer,
+            showcerts=showcerts,
+            brief=common.trace.brief,
         )
     )
+
+
+def _target(connect: str | None, port: int | None, loopback: bool) -> tuple[str, int] | None:
+    """-connect HOST:PORT, or -port N with -connect HOST or alone (localhost,
+    as s_client's default host)."""
+    if port is None:
+        return parse_hostport(connect) if connect else None
+    if loopback:
+        raise click.UsageError("-port goes with -connect, not --loopback")
+    if connect is None:
+        return "localhost", port
+    bare = connect.strip("[]")
+    if is_ip(bare) or ":" not in connect:
+        return bare, port
+    raise click.UsageError(f"-connect {connect} has a port already: drop -port {port}")
 
 
 def _send(opts: SendOptions) -> None:
@@ -235,7 +282,8 @@ def _send(opts: SendOptions) -> None:
         # For inspect-context: every kTLS connection of this process registers with it.
         control = start_control_server(opts.control_socket)
         try:
-            hooks = _hooks(out, control)
+            seen: dict[str, Any] = {}
+            hooks = _hooks(opts, control, seen)
             if opts.wire is not None:
                 from tlsctl.transfer.netwire import send_on_wire
 
@@ -249,7 +297,7 @@ def _send(opts: SendOptions) -> None:
                     hooks,
                     exec_peer=opts.exec_peer,
                 )
-                _report(result, where, out)
+                _report({**result, **seen}, where, out)
                 if not result.get("match", True):
                     raise CommandFailed(result["error"], ExitStatus.INCOMPLETE)
             elif opts.target is None:
@@ -262,7 +310,7 @@ def _send(opts: SendOptions) -> None:
             else:
                 host, port = opts.target
                 result = send_to(opts.file or "-", host, port, opts.client, stop, hooks)
-                _report(result, f"{host}:{port}", out)
+                _report({**result, **seen}, f"{host}:{port}", out)
         except TransferFailed as exc:
             _fail(str(exc), exc.status, exc.facts, out)
         except Interrupted as exc:  # before the transfer started (or a second signal)
@@ -274,18 +322,47 @@ def _send(opts: SendOptions) -> None:
                 control.stop()
 
 
-def _hooks(out: Output, registrar: Registrar) -> SendHooks:
-    """Status lines unless -quiet/--json; details with -v (even with --json:
-    they go to stderr); a progress bar when status lines are shown."""
+def _hooks(opts: SendOptions, registrar: Registrar, seen: dict[str, Any]) -> SendHooks:
+    """Status lines unless -quiet/--json/-brief; details with -v (even with
+    --json: they go to stderr); a progress bar when status lines are shown;
+    -brief and -showcerts once connected (``seen``: what --json adds)."""
     from tlsctl.transfer import SendHooks
 
+    out = opts.output
     return SendHooks(
-        status=info if out.status else quiet_line,
+        status=info if out.status and not opts.brief else quiet_line,
         detail=info if out.verbose else quiet_line,
         warn=warn,
         progress=progress_bar if out.status else None,
         registrar=registrar,
+        connected=_connected(opts, seen) if opts.showcerts or opts.brief else None,
     )
+
+
+def _connected(opts: SendOptions, seen: dict[str, Any]) -> Callable[[HandshakeResult, str], None]:
+    """-brief's block on stderr and -showcerts' chain on stdout (s_client's
+    streams), or the chain into --json's object."""
+
+    def connected(res: HandshakeResult, offload: str) -> None:
+        from tlsctl import peerinfo
+
+        if opts.brief:
+            c = opts.client
+            verification = (
+                "NOT verified (-k)"
+                if c.insecure
+                else "OK (pinned, --pin-sha256)"
+                if c.pin_sha256 is not None
+                else "OK"
+            )
+            warn(peerinfo.brief_lines(res, verification, offload).rstrip("\n"))
+        if opts.showcerts:
+            if opts.output.as_json:
+                seen["peer_certificates"] = peerinfo.chain_pems(res)
+            else:
+                raw_write(err=False)(peerinfo.showcerts_text(res))
+
+    return connected
 
 
 def _fail(message: str, status: ExitStatus, facts: dict[str, Any], out: Output) -> None:

@@ -20,6 +20,7 @@ from tlsctl.addresses import format_addr
 from tlsctl.commands import _complete as complete
 from tlsctl.commands._options import (
     CommonOptions,
+    DialectCommand,
     common_options,
     parse_hostport,
     start_control_server,
@@ -31,6 +32,7 @@ from tlsctl.server import HANDSHAKE_TIMEOUT
 if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
     from tlsctl.realwire import WireSpec
     from tlsctl.server import HandlerMode, Listening, ServeHooks, ServeOptions, Server
+    from tlsctl.handshake import HandshakeResult
 
 
 class FileMode(click.ParamType[int]):
@@ -50,15 +52,22 @@ class FileMode(click.ParamType[int]):
         return mode
 
 
-@click.command()
+@click.command(cls=DialectCommand)
 @click.option(
     "-accept",
     "--accept",
     "accept",
-    default="4433",
-    show_default=True,
     metavar="[HOST:]PORT",
-    help="Address to listen on (port 0: any free port).",
+    help="Address to listen on (default: 4433 on every address; port 0: any free port).",
+)
+@click.option(
+    "-port",
+    "--port",
+    "port",
+    type=click.IntRange(0, 65535),
+    metavar="N",
+    help="Port to listen on, on every address (s_server's -port; -accept HOST:PORT "
+    "for one address).",
 )
 @click.option(
     "-cert",
@@ -110,9 +119,16 @@ class FileMode(click.ParamType[int]):
 )
 @click.option("--echo", "echo_", is_flag=True, help="Send everything back.")
 @click.option(
+    "-www",
+    "--www",
+    "status_page",
+    is_flag=True,
+    help="Answer every HTTP GET with a status page about its connection (s_server's "
+    "-www): protocol, cipher, ALPN, offload, TX/RX sequence numbers, counters.",
+)
+@click.option(
     "-WWW",
     "--WWW",
-    "--www",
     "www",
     metavar="DIR",
     shell_complete=complete.dirs,
@@ -176,7 +192,8 @@ class FileMode(click.ParamType[int]):
 )
 @common_options
 def serve(
-    accept: str,
+    accept: str | None,
+    port: int | None,
     cert: str | None,
     key: str | None,
     sink_: bool,
@@ -185,6 +202,7 @@ def serve(
     file_mode: int,
     partial: str,
     echo_: bool,
+    status_page: bool,
     www: str | None,
     naccept: int | None,
     verify_depth: int,
@@ -226,8 +244,10 @@ def serve(
         raise click.UsageError("-o FILE stores one connection; use --save-dir DIR for more")
     if output and workers > 1:
         raise click.UsageError("-o FILE stores one connection; it takes no --workers")
-    mode, path = _handler_choice(sink_, output, save_dir, echo_, www)
-    host, port = parse_hostport(accept, default_host="::")
+    mode, path = _handler_choice(sink_, output, save_dir, echo_, www, status_page)
+    if accept is not None and port is not None:
+        raise click.UsageError("give -accept [HOST:]PORT or -port N, not both")
+    host, port = ("::", port) if port is not None else parse_hostport(accept or "4433", "::")
     opts = ServeOptions(
         host=host,
         port=port,
@@ -257,6 +277,7 @@ def serve(
         done=lambda server: _done(server, out),
         registrar=control,
         worker_exit=control.stop,
+        connected=_brief if common.trace.brief else None,
     )
     try:
         if common.wire is not None:
@@ -312,10 +333,26 @@ def _wire_done(summary: dict[str, Any], out: Output) -> None:
         )
 
 
+def _brief(res: HandshakeResult, offload: str, head: str) -> None:
+    """-brief: s_server's short block per connection on stderr, each line
+    with the connection's label (connections run at once)."""
+    from tlsctl.peerinfo import brief_lines
+
+    peer = res.conn.get_peer_certificate()
+    verification = "OK" if peer is not None else "no client certificate"
+    block = brief_lines(res, verification, offload).rstrip("\n").splitlines()
+    warn("\n".join(f"{head} {line}" for line in block))
+
+
 def _handler_choice(
-    sink_: bool, output: str | None, save_dir: str | None, echo_: bool, www: str | None
+    sink_: bool,
+    output: str | None,
+    save_dir: str | None,
+    echo_: bool,
+    www: str | None,
+    status_page: bool = False,
 ) -> tuple[HandlerMode, str | None]:
-    """At most one of --sink, -o, --save-dir, --echo, -WWW (default: --sink)."""
+    """At most one of --sink, -o, --save-dir, --echo, -WWW, -www (default: --sink)."""
     chosen = [
         n
         for n, on in (
@@ -324,6 +361,7 @@ def _handler_choice(
             ("--save-dir", save_dir),
             ("--echo", echo_),
             ("-WWW", www),
+            ("-www", status_page),
         )
         if on
     ]
@@ -337,6 +375,8 @@ def _handler_choice(
         return "echo", None
     if www:
         return "www", www
+    if status_page:
+        return "status", None
     return "sink", None
 
 
@@ -432,8 +472,9 @@ def _log(rec: dict[str, Any], head: str, out: Output) -> None:
             kept = f"; removed {rec['file_removed']}"
         warn(f"{head}: error: {rec.get('error')}{kept}")
         return
+    alpn = f" ALPN {rec['alpn']}" if "alpn" in rec else ""
     parts = [
-        f"{head} {rec.get('version')} {rec.get('cipher')} offload {rec.get('offload')}:",
+        f"{head} {rec.get('version')} {rec.get('cipher')}{alpn} offload {rec.get('offload')}:",
         _amounts(rec),
     ]
     if "sha256" in rec:

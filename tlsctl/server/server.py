@@ -40,7 +40,7 @@ from OpenSSL import SSL
 from tlsctl.addresses import format_addr
 from tlsctl.control import Registrar
 from tlsctl.exitcodes import ExitStatus
-from tlsctl.handshake import HandshakeError, KeylogSink, run_handshake
+from tlsctl.handshake import HandshakeError, HandshakeResult, KeylogSink, run_handshake
 from tlsctl.offloadmode import DeviceSpec, Offload, device_report, exact_reads
 from tlsctl.server.handlers import Handler, HandlerError
 from tlsctl.server.limits import default_max_conns
@@ -119,6 +119,7 @@ class Server:
         registrar: Registrar | None = None,
         on_record: RecordSink = _drop_record,
         warn: Callable[[str], None] = _drop,
+        connected: Callable[[HandshakeResult, str, str], None] | None = None,
     ) -> None:
         self.listener = listener
         self.ctx = ctx
@@ -139,6 +140,7 @@ class Server:
         self.key_update_every = config.key_update_every
         self.on_record = on_record
         self.warn = warn
+        self.connected = connected  # -brief: told once each connection is handed off
         self.stop = threading.Event()
         self.accepted = 0
         self.failed = 0
@@ -298,6 +300,10 @@ class Server:
                 tx_seq_at_handoff=res.tx_seq,
                 rx_seq_at_handoff=res.rx_seq,
             )
+            if res.alpn:
+                rec["alpn"] = res.alpn
+            if self.connected is not None:
+                self.connected(res, chan.offload, self._head(rec))
             if isinstance(chan, KtlsChannel) and res.is_tls13:
                 chan.key_update_every = self.key_update_every
                 with self._lock:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from tlsctl.control import Registrar
 from tlsctl.exitcodes import ExitStatus
+from tlsctl.handshake import HandshakeResult
 from tlsctl.server.handlers import Store
 from tlsctl.server.server import RecordSink, Server
 from tlsctl.server.setup import Listening
@@ -54,6 +55,9 @@ class ServeHooks:
     done: Callable[[Server], None] = _drop
     registrar: Registrar | None = None
     worker_exit: Callable[[], None] | None = None
+    connected: Callable[[HandshakeResult, str, str], None] | None = None
+    """Once a connection is on its record layer: the handshake, the offload
+    in use and the log line's label (``-brief``)."""
 
 
 def run(listening: Listening, hooks: ServeHooks) -> ExitStatus:
@@ -77,6 +81,7 @@ def run(listening: Listening, hooks: ServeHooks) -> ExitStatus:
             registrar=hooks.registrar,
             on_record=hooks.on_record,
             warn=hooks.warn,
+            connected=hooks.connected,
         )
 
     def serve(server: Server) -> ExitStatus:

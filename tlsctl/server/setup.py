@@ -29,7 +29,7 @@ from tlsctl.offloadmode import DeviceSpec, Offload
 from tlsctl.server.handlers import PARTIAL, Handler, Store, echo, sink
 from tlsctl.server.limits import HANDSHAKE_TIMEOUT, default_max_conns
 from tlsctl.server.server import ServerConfig
-from tlsctl.server.www import Www
+from tlsctl.server.www import StatusPage, Www
 from tlsctl.tlsconf import ConfigError, TlsOptions, load_certs, server_context
 
 __all__ = [
@@ -45,9 +45,9 @@ __all__ = [
 
 _BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
-HandlerMode = Literal["sink", "output", "save-dir", "echo", "www"]
+HandlerMode = Literal["sink", "output", "save-dir", "echo", "www", "status"]
 """What each connection's data is for: ``--sink`` (the default), ``-o
-FILE``, ``--save-dir DIR``, ``--echo``, ``-WWW DIR``."""
+FILE``, ``--save-dir DIR``, ``--echo``, ``-WWW DIR``, ``-www`` (status page)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class ServeOptions:
             handshake_timeout=self.handshake_timeout,
             max_conns=max_conns,
             key_update_every=self.key_update_every,
-            closes_first=self.mode == "www",
+            closes_first=self.mode in ("www", "status"),
             count_cpu=self.count_cpu,
         )
 
@@ -152,6 +152,8 @@ def make_handler(
         if not os.access(path, os.R_OK | os.X_OK):
             raise ConfigError(f"-WWW {path}: cannot read the directory")
         return Www(path)
+    if mode == "status":
+        return StatusPage()
     return sink
 
 

@@ -393,3 +393,102 @@ def _summary(requests: list[dict[str, Any]]) -> str:
     if len(requests) > _LOG_REQUESTS:
         parts.append(f"and {len(requests) - _LOG_REQUESTS} more")
     return ", ".join(parts)
+
+
+class StatusPage(Www):
+    """``serve -www``: OpenSSL's status page, not files (that is ``-WWW``).
+
+    ``s_server -www`` answers a GET with an HTML page about the connection
+    it came on (protocol, cipher, session); this one adds what the kTLS
+    layer knows: the offload in use, the record sequence numbers at the
+    handoff and now (read back with ``getsockopt``, as Linux offers them),
+    the bytes and control records this connection has seen and the layer's
+    ``tls_stat`` counters (and a NIC's).  GET and HEAD, any path, keep-alive
+    as for ``-WWW``; the page is made when the request is answered, so the
+    TX number is that of the record that carries it.
+    """
+
+    def __init__(self) -> None:  # no directory: the page is made, not read
+        self.root = ""
+        self.root_fd = -1
+
+    def _request(self, c: _Conn, req: h11.Request, last: bool) -> None:
+        method, target = bytes(req.method), bytes(req.target)
+        if req.http_version not in (b"1.0", b"1.1"):
+            c.respond_error(505, method, target)
+            return
+        if method not in _ALLOWED:
+            c.respond_error(405 if method in _KNOWN else 501, method, target)
+            return
+        if not _discard_body(c):
+            c.respond_error(413, method, target)
+            return
+        body = status_html(c).encode()
+        headers = [
+            *_common_headers(),
+            (b"Content-Type", b"text/html; charset=utf-8"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Cache-Control", b"no-store"),
+        ]
+        if last:
+            headers.append((b"Connection", b"close"))
+        out = c.h.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+        if method != b"HEAD":
+            out += c.h.send(h11.Data(data=body))
+        c.send(out + c.h.send(h11.EndOfMessage()))
+        c.log(method, target, 200, 0 if method == b"HEAD" else len(body))
+
+
+def status_facts(c: _Conn) -> dict[str, Any]:
+    """What the page shows, as ``name: value`` (the page is these, escaped)."""
+    from OpenSSL._util import lib  # SSL_session_reused: no pyOpenSSL wrapper
+
+    from tlsctl.offloadmode import device_report
+    from tlsctl.peerinfo import oneline
+    from tlsctl.session.channel import KtlsChannel
+
+    chan, res = c.chan, c.chan.res
+    conn = res.conn
+    peer = conn.get_peer_certificate(as_cryptography=True)
+    facts: dict[str, Any] = {
+        "Protocol": res.version_name,
+        "Cipher": res.cipher_name,
+        "ALPN protocol": res.alpn or "none",
+        "Session": "reused" if lib.SSL_session_reused(conn._ssl) else "new",
+        "Client certificate": oneline(peer.subject) if peer is not None else "none",
+        "Offload": chan.offload,
+        "TX sequence number at handoff": res.tx_seq,
+        "RX sequence number at handoff": res.rx_seq,
+    }
+    if isinstance(chan, KtlsChannel):
+        tx, rx = chan.live_seqs()
+        facts["TX sequence number now (this page's record)"] = tx
+        facts["RX sequence number now (next record)"] = rx
+        facts["Key updates sent"] = chan.key_updates_sent
+        facts["Key updates received"] = chan.key_updates
+        facts["Session tickets ignored"] = chan.tickets
+    facts["Bytes received on this connection"] = c.bytes_in
+    facts["Bytes sent on this connection (before this page)"] = c.bytes_out
+    facts["Requests before this one"] = len(c.requests)
+    if isinstance(chan, KtlsChannel):
+        facts["Layer counters (tls_stat)"] = {n: v for n, v in chan.k.stats.items() if v}
+        facts.update(device_report(chan.k))
+    return facts
+
+
+def status_html(c: _Conn) -> str:
+    """The page: ``s_server -www``'s ``<pre>`` of lines, one fact a line."""
+    import html
+
+    lines = []
+    for name, value in status_facts(c).items():
+        if isinstance(value, dict):
+            lines.append(f"{name}:")
+            lines += [f"    {k}: {v}" for k, v in value.items()] or ["    (none)"]
+        else:
+            lines.append(f"{name}: {value}")
+    text = html.escape("\n".join(lines))
+    return (
+        "<html><head><title>tlsctl serve -www</title></head><body>\n"
+        f"<pre>\ntlsctl serve -www: this connection\n\n{text}\n</pre>\n</body></html>\n"
+    )

@@ -56,6 +56,7 @@ from tlsctl.session import (
     Session,
     alert_name,
 )
+from tlsctl.tracing import TapSocket, tracer_of
 
 __all__ = [
     "Channel",
@@ -199,6 +200,7 @@ class KtlsChannel:
         self._tx_lock = threading.RLock()
         self._left = memoryview(b"")  # plaintext read past a small caller buffer
         self._tx_cut = False  # a send did not finish: never close_notify after it
+        self._trace = tracer_of(res.conn.get_context())  # -msg: control records' content
 
     # -- what the session counts ---------------------------------------------
 
@@ -374,6 +376,8 @@ class KtlsChannel:
             raise _os_error(exc, "cannot send close_notify") from None
 
     def _send_control(self, content_type: int, data: bytes) -> None:
+        if self._trace is not None:
+            self._trace.inner(True, self.res.version_name, content_type, data)
         self.k.sendmsg([data], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes((content_type,)))])
 
     # -- receiving ----------------------------------------------------------
@@ -429,6 +433,8 @@ class KtlsChannel:
                 events = self.session.receive_eof(self.k.rx_truncated)
                 self._perform(events)
                 return 0
+            if ctype != _DATA and self._trace is not None:
+                self._trace.inner(False, self.res.version_name, ctype, bytes(buf[:n]))
             events = self.session.receive_record(ctype, buf[:n])
             if events or self.session.failure is not None:
                 self._perform(events)
@@ -734,14 +740,23 @@ def establish(
             warn(f"warning: {reason}; the connection stays in pyOpenSSL (--offload none)")
             return OpenSSLChannel(sock, res)
         raise LocalError(f"--offload {offload}: {reason}")
+    tracer = tracer_of(res.conn.get_context())
+    tap = TapSocket(sock, tracer) if tracer is not None and tracer.msg is not None else None
     try:
-        k = install_offload(open_layer(sock, offload, device), res)
+        k = install_offload(open_layer(tap or sock, offload, device), res)
+        if tap is not None and k.backend == "kernel":
+            tap.shown = False  # the kernel frames the records: plaintext passes here
+            warn("-msg: the kernel frames the records after the handoff; not shown")
         if is_nic(offload) and k.offload_refused:
             warn(f"warning: {offload} declined TLS_TX ({k.offload_refused}); software TX")
-    except LookupError as exc:
-        raise LocalError(str(exc).strip("'\"")) from None
-    except HandshakeError as exc:
-        raise LocalError(str(exc)) from None
-    except OSError as exc:
-        raise _os_error(exc, "cannot install the keys") from None
+    except BaseException as exc:
+        if tap is not None:
+            tap.release()
+        if isinstance(exc, LookupError):
+            raise LocalError(str(exc).strip("'\"")) from None
+        if isinstance(exc, HandshakeError):
+            raise LocalError(str(exc)) from None
+        if isinstance(exc, OSError):
+            raise _os_error(exc, "cannot install the keys") from None
+        raise
     return KtlsChannel(k, res, registrar=registrar)

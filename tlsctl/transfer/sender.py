@@ -135,6 +135,9 @@ class SendHooks:
     registrar: Registrar | None = None
     connect: Connector = socket.create_connection
     keylog: KeylogSink | None = None
+    connected: Callable[[HandshakeResult, str], None] | None = None
+    """Once the layer has the connection: the handshake and the offload in
+    use (``-brief``, ``-showcerts``)."""
 
 
 NO_HOOKS = SendHooks()
@@ -271,9 +274,11 @@ def send_to(
                 chan.key_update_every = opts.key_update_every
             hooks.status(
                 f"connected to {host}:{port}: {res.version_name} {res.cipher_name}, "
-                f"offload {chan.offload}"
+                f"offload {chan.offload}{f', ALPN {res.alpn}' if res.alpn else ''}"
             )
             _verbose(res, opts, hooks.detail)
+            if hooks.connected is not None:
+                hooks.connected(res, chan.offload)
             # A second Ctrl-C while a step is being written: stop at once,
             # and make sure no byte of a half-written record follows.
             stop.abandon = lambda: _raw(chan).shutdown(socket.SHUT_RDWR)
@@ -543,6 +548,7 @@ class _Transfer:
             "offload": chan.offload,  # what ran
             "offload_requested": self.offload,  # what was asked (auto picks)
             "handshake_ms": round(self.res.seconds * 1000, 2),
+            **({"alpn": self.res.alpn} if self.res.alpn else {}),
             "tx_seq_at_handoff": self.res.tx_seq,
             "rx_seq_at_handoff": self.res.rx_seq,
             "tx_seq_at_end": tx_end,
