@@ -43,8 +43,8 @@ if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
     from collections.abc import Callable
 
     from tlsctl.control import Registrar
-    from tlsctl.realwire import WireSpec
     from tlsctl.handshake import HandshakeResult
+    from tlsctl.realwire import WireSpec
     from tlsctl.transfer import ClientOptions, SendHooks
 
 

@@ -30,9 +30,9 @@ from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.server import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
+    from tlsctl.handshake import HandshakeResult
     from tlsctl.realwire import WireSpec
     from tlsctl.server import HandlerMode, Listening, ServeHooks, ServeOptions, Server
-    from tlsctl.handshake import HandshakeResult
 
 
 class FileMode(click.ParamType[int]):
