@@ -271,6 +271,36 @@ def test_a_protocol_violation_is_the_peers_and_names_no_alert_of_its() -> None:
         server.close()
 
 
+def test_no_warning_alert_after_our_close_notify() -> None:
+    """The reading thread's session asks for no_renegotiation (a HelloRequest
+    came while our side was open); the sending thread's close_notify goes
+    out before the warning is performed.  Nothing may follow close_notify:
+    the peer reads close_notify and then EOF, not the warning (before the
+    fix, 1 run in 4 of ``test_hostile_server[hello_request_ignored]``)."""
+    client, server = _pair("1.2")
+    try:
+        events = client.session.receive_record(
+            ContentType.HANDSHAKE, memoryview(b"\x00\x00\x00\x00")
+        )
+        assert any(
+            getattr(ev, "description", None) == AlertDescription.NO_RENEGOTIATION for ev in events
+        )
+        client.close_notify()
+        client._perform(events)
+        client.k.sock.shutdown(socket.SHUT_WR)
+        got = []
+        while True:
+            buf = bytearray(64)
+            n, anc, _flags, _addr = server.k.recvmsg_into([buf], socket.CMSG_SPACE(1))
+            if not n:
+                break
+            got.append((anc[0][2][0] if anc else ContentType.APPLICATION_DATA, bytes(buf[:n])))
+        assert got == [(ContentType.ALERT, bytes((AlertLevel.WARNING, 0)))]
+    finally:
+        client.close()
+        server.close()
+
+
 @pytest.mark.parametrize("client_offload", ["sw", "none"])
 def test_a_read_that_times_out_is_a_channel_timeout(client_offload: str) -> None:
     """Nothing to read within the socket timeout: ChannelTimeout from both

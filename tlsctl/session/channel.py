@@ -469,8 +469,15 @@ class KtlsChannel:
             raise self._error()
 
     def _send_alert(self, ev: SendAlert) -> None:
-        """Best effort: the peer learns why we stop, if it still listens."""
+        """Best effort: the peer learns why we stop, if it still listens.
+
+        A warning the reading thread's session asked for while our side was
+        open is dropped when the sending thread closed it in between (its
+        close_notify is out: nothing may follow it, RFC 8446 6.1); the
+        check is under the TX lock every close takes."""
         with contextlib.suppress(OSError), self._tx_lock:
+            if not ev.closes_tx and self.session.tx_closed:
+                return
             self._send_control(_ALERT, ev.record)
             if ev.level == AlertLevel.FATAL:
                 self.alert_sent = int(ev.description)

@@ -91,6 +91,17 @@ class SendAlert:
         """The alert record's plaintext: level, description."""
         return bytes((self.level, self.description))
 
+    @property
+    def closes_tx(self) -> bool:
+        """Does this alert close our direction (a fatal alert, close_notify,
+        user_canceled)?  The session closes it when it asks for one; any
+        other alert (a warning such as no_renegotiation) is asked for while
+        our side is open and must not go out if it closed meanwhile."""
+        return self.level == AlertLevel.FATAL or self.description in (
+            AlertDescription.CLOSE_NOTIFY,
+            AlertDescription.USER_CANCELED,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SendRecord:
