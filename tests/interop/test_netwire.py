@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -416,15 +417,26 @@ def test_small_ring_waits_for_acks(wire: NetnsWire, pki: Pki, tmp_path: Path) ->
 
         path.tx.store.wait_room = counted_wait
         start = path.tx.store.acked
-        with src.open("rb") as fh:
-            chan.send_file(fh, 0, 8 << 20)
+        # The receiver stops reading for a second: its window closes, the
+        # sender's queue fills past the ring and the host must wait for
+        # acknowledgements (without the pause, a fast reader on an idle
+        # machine may acknowledge every record before the ring fills).
+        os.kill(srv.pid, signal.SIGSTOP)
+        resume = threading.Timer(1.0, os.kill, (srv.pid, signal.SIGCONT))
+        resume.start()
+        try:
+            with src.open("rb") as fh:
+                chan.send_file(fh, 0, 8 << 20)
+        finally:
+            resume.join()
+            os.kill(srv.pid, signal.SIGCONT)
         chan.close_notify()
         chan.close()
         srv.wait(30)
     assert sha(out) == sha(src)
     with pytest.raises(ValueError, match="at least"):
         NetTxPath(sock, wire.control, ring_size=300_000)
-    # The ring was full at least once (how often depends on ACK timing), and
+    # The ring was full at least once (while the receiver was stopped), and
     # 8 MiB went through a ring of 2.2 MB: it wrapped at least three times.
     assert waits
     assert path.tx.store.acked - start >= 8 << 20 > 3 * 2_200_000
