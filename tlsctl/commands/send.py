@@ -211,7 +211,6 @@ def send(
             f"--pin-sha256 goes with -connect and verification "
             f"(not with {'-k' if insecure else '--loopback'})"
         )
-    target = parse_hostport(connect) if connect else None
     if exec_peer and (common.wire is None or target is None):
         raise click.UsageError("--exec-peer goes with --wire netns and -connect")
     if common.wire is not None and target is not None:
