@@ -54,6 +54,7 @@ def breakdown(size: int = 32 << 20) -> dict[str, float]:
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+    from offload.batch import TxBatches
     from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, create_device
     from offload.netwire.nic import Nic
     from offload.netwire.recstore import StoreReader, StoreWriter
@@ -69,8 +70,9 @@ def breakdown(size: int = 32 << 20) -> dict[str, float]:
         seq=0,
     )
     sealer = RecordSealer(info)
-    buf, slots = sealer.layout(size, 16384)
-    sealer.frame_slots(buf, 23, slots)
+    batches = TxBatches(sealer, 16384, size // 16384, 1)
+    buf, slots = batches.lay_out(size)
+    batches.frame_plaintext(buf, 23, slots)
     isn = 1000
 
     def frames() -> list[memoryview]:
