@@ -196,11 +196,7 @@ def device_spec(
         if faults or mss:
             raise OffloadOptionError("--faults and --mss need a NIC offload (--offload sim-nic)")
         return None
-    if key_update_every and not _driver_rekeys(offload):
-        raise OffloadOptionError(
-            f"--key-update-every cannot be used with --offload {offload}: its driver cannot "
-            "rekey a device TX context (use --offload sw or kernel)"
-        )
+    _check_rekey(offload, key_update_every)
     try:
         from offload.wiremodel import FaultSpec
 
@@ -226,23 +222,26 @@ def _netns_device_spec(
             raise OffloadOptionError(str(exc), option="--faults") from None
     if not is_nic(offload):
         return None
-    if key_update_every and not _driver_rekeys(offload):
+    _check_rekey(offload, key_update_every)
+    return DeviceSpec(offload)
+
+
+def _check_rekey(offload: Offload, key_update_every: int | None) -> None:
+    """``--key-update-every`` with a NIC whose driver has no ``dev_rekey``
+    (a driver that does not load counts as none; ``open_layer`` says why)."""
+    if not key_update_every:
+        return
+    from offload.netdev import create_device
+
+    try:
+        rekeys = callable(getattr(create_device(offload).driver, "dev_rekey", None))
+    except LookupError:
+        rekeys = False
+    if not rekeys:
         raise OffloadOptionError(
             f"--key-update-every cannot be used with --offload {offload}: its driver cannot "
             "rekey a device TX context (use --offload sw or kernel)"
         )
-    return DeviceSpec(offload)
-
-
-def _driver_rekeys(offload: Offload) -> bool:
-    """Does the NIC driver named ``offload`` implement ``dev_rekey``?  A
-    driver that does not load answers no here; ``open_layer`` says why."""
-    from offload.netdev import create_device
-
-    try:
-        return callable(getattr(create_device(offload).driver, "dev_rekey", None))
-    except LookupError:
-        return False
 
 
 def open_layer(

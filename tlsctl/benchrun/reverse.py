@@ -27,6 +27,7 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -209,19 +210,12 @@ def receive(job: Job, clock: IntervalClock) -> Result:
 
     sock = connect(job.target.host, job.target.tls_port)
     port = sock.getsockname()[1]
-    buf = bytearray(_BUF)
-    view = memoryview(buf)
-    total = 0
+    view = memoryview(bytearray(_BUF))
     if job.mode in ("tcp", "tcp-sendfile"):
         sock.settimeout(None)
         with sock:
-            cpu0, t0 = time.process_time(), clock.start()
-            while n := sock.recv_into(buf):
-                total += n
-                clock.add(n)
-            intervals = clock.finish()
-            t1, cpu1 = time.monotonic(), time.process_time()
-            sock.sendall(make_report(total, cpu1 - cpu0))
+            total, t0, t1, cpu, intervals = _count(sock.recv_into, view, clock)
+            sock.sendall(make_report(total, cpu))
     else:
         res = run_handshake(
             sock,
@@ -232,21 +226,29 @@ def receive(job: Job, clock: IntervalClock) -> Result:
         sock.settimeout(None)
         chan: KtlsChannel | OpenSSLChannel = establish(sock, res, "auto", lambda _m: None)
         try:
-            cpu0, t0 = time.process_time(), clock.start()
-            while n := chan.recv_into(view):
-                total += n
-                clock.add(n)
-            intervals = clock.finish()
-            t1, cpu1 = time.monotonic(), time.process_time()
+            total, t0, t1, cpu, intervals = _count(chan.recv_into, view, clock)
             if not chan.peer_closed:
                 raise BenchError(
                     f"{job.mode}: the server closed without close_notify after {total} bytes"
                 )
-            chan.send_all(make_report(total, cpu1 - cpu0))
+            chan.send_all(make_report(total, cpu))
             chan.close_notify()
         finally:
             chan.close()
-    return Result(job.mode, total, t0, t1, cpu1 - cpu0, extra={"port": port}, intervals=intervals)
+    return Result(job.mode, total, t0, t1, cpu, extra={"port": port}, intervals=intervals)
+
+
+def _count(
+    recv_into: Callable[[memoryview], int], view: memoryview, clock: IntervalClock
+) -> tuple[int, float, float, float, list[dict[str, Any]] | None]:
+    """Read to EOF, counting: (bytes, start, end, CPU seconds, intervals)."""
+    total = 0
+    cpu0, t0 = time.process_time(), clock.start()
+    while n := recv_into(view):
+        total += n
+        clock.add(n)
+    intervals = clock.finish()
+    return total, t0, time.monotonic(), time.process_time() - cpu0, intervals
 
 
 class ReverseResults:

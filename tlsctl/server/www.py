@@ -314,14 +314,7 @@ class Www:
 
     def _request(self, c: _Conn, req: h11.Request, last: bool) -> None:
         method, target = bytes(req.method), bytes(req.target)
-        if req.http_version not in (b"1.0", b"1.1"):
-            c.respond_error(505, method, target)
-            return
-        if method not in _ALLOWED:
-            c.respond_error(405 if method in _KNOWN else 501, method, target)
-            return
-        if not _discard_body(c):
-            c.respond_error(413, method, target)
+        if _refused(c, req, method, target):
             return
         try:
             opened = open_under(self.root_fd, split_target(target))
@@ -362,6 +355,20 @@ class Www:
                 )
         c.h.send(h11.EndOfMessage())
         c.log(method, target, 200, sent)
+
+
+def _refused(c: _Conn, req: h11.Request, method: bytes, target: bytes) -> bool:
+    """Answer what neither handler serves (HTTP version, method, a body
+    too big to discard) with its error status; True when it did."""
+    if req.http_version not in (b"1.0", b"1.1"):
+        c.respond_error(505, method, target)
+    elif method not in _ALLOWED:
+        c.respond_error(405 if method in _KNOWN else 501, method, target)
+    elif not _discard_body(c):
+        c.respond_error(413, method, target)
+    else:
+        return False
+    return True
 
 
 def _discard_body(c: _Conn) -> bool:
@@ -414,14 +421,7 @@ class StatusPage(Www):
 
     def _request(self, c: _Conn, req: h11.Request, last: bool) -> None:
         method, target = bytes(req.method), bytes(req.target)
-        if req.http_version not in (b"1.0", b"1.1"):
-            c.respond_error(505, method, target)
-            return
-        if method not in _ALLOWED:
-            c.respond_error(405 if method in _KNOWN else 501, method, target)
-            return
-        if not _discard_body(c):
-            c.respond_error(413, method, target)
+        if _refused(c, req, method, target):
             return
         body = status_html(c).encode()
         headers = [
