@@ -38,6 +38,32 @@ built-in ones are registered there exactly like third-party plug-ins.  A
 plug-in that fails to load is reported by :func:`load_drivers` and skipped,
 never fatal.
 
+Receive offload (``TLS_OFFLOAD_CTX_DIR_RX``, mlx5 on ConnectX-6 Dx) uses
+the same three ops and one receive hook:
+
+* ``dev_add(TLS_OFFLOAD_CTX_DIR_RX, crypto_info, start_tcp_seq)`` - the
+  device should decrypt from the record starting at ``start_tcp_seq``,
+  numbered ``crypto_info``'s rec_seq (Linux passes ``copied_seq``);
+* ``rx(ctx, segment, host)`` - a received TCP segment goes through the NIC:
+  the driver either decrypts and authenticates *every* record byte in it,
+  writing the plaintext over ``segment.payload``, and returns True (the
+  skb's ``decrypted`` mark), or leaves the payload exactly as it came off
+  the wire and returns False - tls-offload.rst: "either all records in the
+  packet had been handled successfully and authenticated or the packet has
+  to be passed to the host's stack as it was on the wire".  ``host`` is
+  the stack side a driver may call to get back in sync
+  (:class:`RxResyncHost`: ``tls_offload_rx_resync_request`` and mlx5's
+  ``..._async_request_start/_end``);
+* ``dev_resync(ctx, tcp_seq, record_sn)`` on an RX context - the stack
+  says which record starts at ``tcp_seq`` (``tls_dev_resync`` with
+  ``TLS_OFFLOAD_CTX_DIR_RX``: the answer to a request, or a
+  CORE_NEXT_HINT hint); ``rx_sync_type(ctx)`` says which of the three
+  resync schemes the driver chose for the context (Linux: the driver sets
+  ``tls_offload_ctx_rx->resync_type`` in ``tls_dev_add``).
+
+The context handle knows its direction, so ``dev_del``/``dev_resync``
+carry no ``dir`` argument as Linux's do.
+
 There is no Linux equivalent of loading drivers by name from Python, of
 course: that part is this package's own.
 """
@@ -46,6 +72,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
 
@@ -72,7 +99,34 @@ DEVICE_STAT_NAMES: tuple[str, ...] = (
     # Not mlx5 names: what this package's software fallback and faults did.
     "tx_tls_sw_fallback_packets",
     "tx_tls_sw_fallback_bytes",
+    # Receive offload (mlx5 names; what each means here: offload.drivers.simnic_rx).
+    "rx_tls_decrypted_packets",
+    "rx_tls_decrypted_bytes",
+    "rx_tls_ctx",
+    "rx_tls_del",
+    "rx_tls_err",
+    "rx_tls_resync_req_pkt",
+    "rx_tls_resync_req_start",
+    "rx_tls_resync_req_end",
+    "rx_tls_resync_req_skip",
+    "rx_tls_resync_res_ok",
+    "rx_tls_resync_res_retry",
+    "rx_tls_resync_res_skip",
 )
+RX_STAT_NAMES: tuple[str, ...] = tuple(n for n in DEVICE_STAT_NAMES if n.startswith("rx_"))
+
+
+class RxSyncType(IntEnum):
+    """``enum tls_offload_sync_type`` (include/net/tls.h), values as in Linux."""
+
+    DRIVER_REQ = 0
+    """The NIC scans for a header and asks the stack to confirm its record number."""
+    CORE_NEXT_HINT = 1
+    """The stack tells the NIC where the next record starts, after two
+    fully encrypted records, backing off up to every 128."""
+    DRIVER_REQ_ASYNC = 2
+    """mlx5: the request is opened (start) and closed (end) asynchronously;
+    the stack logs the headers it parses in between."""
 
 
 class OffloadRefused(Exception):
@@ -119,6 +173,24 @@ class Segment:
 
     def __len__(self) -> int:
         return len(self.payload)
+
+
+class RxResyncHost(Protocol):
+    """What an RX driver may call on the stack (include/net/tls.h helpers).
+
+    Sequence numbers are those of the record's first byte (Linux's DRIVER_REQ
+    request carries the header's last byte; ``tls_device_rx_resync_new_rec``
+    adds ``TLS_HEADER_SIZE - 1`` to compare: the same information)."""
+
+    def resync_request(self, tcp_seq: int) -> None:
+        """``tls_offload_rx_resync_request``: a record seems to start at ``tcp_seq``."""
+
+    def resync_async_start(self, tcp_seq: int, length: int) -> None:
+        """``tls_offload_rx_resync_async_request_start``: a header lies in
+        ``[tcp_seq, tcp_seq + length)``; log the records parsed there."""
+
+    def resync_async_end(self, tcp_seq: int) -> None:
+        """``tls_offload_rx_resync_async_request_end``: it is the one at ``tcp_seq``."""
 
 
 @runtime_checkable

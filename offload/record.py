@@ -352,6 +352,20 @@ class RecordOpener(_Direction):
                 self.explicit = (self.explicit + nrec) & SEQ_MASK
         return nrec, off, padded
 
+    def accept_decrypted(self, record: memoryview) -> tuple[int, memoryview]:
+        """A record a NIC already decrypted and authenticated (RX device
+        offload, ``tls_device_decrypted``): (content type, plaintext), a
+        view into ``record``, with the state advanced as ``open`` does.
+
+        The header, explicit nonce and tag are as on the wire; the body is
+        plaintext.  TLS 1.3 finds its inner type (EBADMSG when there is none).
+        """
+        ctype, _version, length = HEADER.unpack_from(record)
+        body = record[
+            TLS_HEADER_SIZE + self.explicit_size : TLS_HEADER_SIZE + length - self.tag_size
+        ]
+        return self._finish(ctype, body)
+
     def _unwrap(self, record: Buffer) -> tuple[int, bytes, memoryview, bytes | memoryview]:
         """Header checks, then (outer type, nonce, body past any explicit nonce, AAD)."""
         mv = memoryview(record)

@@ -249,11 +249,7 @@ class SwRx:
         else:
             ctype, plain = opener.open(raw)
         if opener.is13:
-            if inner - 1 != len(plain):
-                self.padding_seen += 1
-            if ctype == ContentType.HANDSHAKE and plain[:1] == _KEYUPDATE:
-                self.key_update_pending = True
-                self.key_updates_received += 1
+            self._note13(ctype, plain, inner)
         if direct:
             if ctype == _DATA:
                 return len(plain)
@@ -261,6 +257,15 @@ class SwRx:
         rec = RxRecord(ctype, plain)
         self.ready.append(rec)
         return rec
+
+    def _note13(self, ctype: int, plain: memoryview, inner: int) -> None:
+        """A TLS 1.3 record was opened: count its padding; a KeyUpdate
+        stops decryption at this record boundary (``key_update_pending``)."""
+        if inner - 1 != len(plain):
+            self.padding_seen += 1
+        if ctype == ContentType.HANDSHAKE and plain[:1] == _KEYUPDATE:
+            self.key_update_pending = True
+            self.key_updates_received += 1
 
     def _scratch_for(self, room: int) -> memoryview:
         """Scratch space for a TLS 1.3 run whose plaintext fits ``room``

@@ -103,9 +103,17 @@ class Reassembler:
     HISTORY = 1 << 20
 
     def __init__(
-        self, start: int, deliver: Callable[[Chunk], None], check_dups: bool = True
+        self,
+        start: int,
+        deliver: Callable[[Chunk], None],
+        check_dups: bool = True,
+        strict: bool = True,
     ) -> None:
         self.next = start
+        self._strict = strict
+        """Two waiting copies of the same bytes that differ are a driver bug
+        on TX; on RX (``offload.rxwire``) one may come decrypted and the
+        other as on the wire, and TCP keeps either."""
         self._deliver = deliver
         self._ooo: dict[int, Chunk] = {}
         self._ooo_heap: list[int] = []  # the keys of _ooo, smallest first
@@ -127,7 +135,7 @@ class Reassembler:
             old = self._ooo.get(offset)
             if old is not None:
                 common = min(len(old), len(data))
-                if old[:common] != data[:common]:
+                if self._strict and old[:common] != data[:common]:
                     raise ReassemblyError(f"duplicate at stream offset {offset} differs")
                 if len(old) >= len(data):
                     return

@@ -50,7 +50,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -58,14 +58,20 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from offload.framing import AAD12, RECORD_VERSION, ProtInfo
 from offload.netdev import (
+    TLS_OFFLOAD_CTX_DIR_RX,
     TLS_OFFLOAD_CTX_DIR_TX,
     DeviceStats,
     OffloadRefused,
     RecordLookup,
+    RxResyncHost,
+    RxSyncType,
     Segment,
 )
 from offload.tcpseq import seq_before, seq_diff
 from offload.uapi import TLS_1_3_VERSION, TLS_HEADER_SIZE, CipherType, CryptoInfo
+
+if TYPE_CHECKING:
+    from offload.drivers.simnic_rx import SimNicRxContext
 
 _HDR = TLS_HEADER_SIZE
 _TAG = 16  # every cipher the NIC takes (``SimNic.supported``) has a 16-byte tag
@@ -348,22 +354,55 @@ class SimNic:
         {CipherType.AES_GCM_128, CipherType.AES_GCM_256, CipherType.CHACHA20_POLY1305}
     )
 
-    def __init__(self) -> None:
-        self.stats = DeviceStats()
+    def __init__(self, rx_resync: RxSyncType = RxSyncType.DRIVER_REQ) -> None:
+        # The receive half lives in its own module (it imports this one).
+        from offload.drivers.simnic_rx import SimNicRx
 
-    def dev_add(self, direction: int, info: CryptoInfo, start_tcp_seq: int) -> SimNicContext:
-        if direction != TLS_OFFLOAD_CTX_DIR_TX:
-            raise OffloadRefused("sim-nic offloads TX only")
+        self.stats = DeviceStats()
+        self.rx_engine = SimNicRx(self.stats)
+        self.rx_resync = rx_resync
+        """The resync scheme the next RX context gets (set it per context)."""
+
+    def dev_add(self, direction: int, info: CryptoInfo, start_tcp_seq: int) -> object:
+        if direction not in (TLS_OFFLOAD_CTX_DIR_TX, TLS_OFFLOAD_CTX_DIR_RX):
+            raise OffloadRefused(f"sim-nic: unknown direction {direction}")
         if info.cipher not in self.supported:
             raise OffloadRefused(f"sim-nic cannot stream {info.cipher.name}")
+        if direction == TLS_OFFLOAD_CTX_DIR_RX:
+            return self.rx_engine.dev_add(info, start_tcp_seq, self.rx_resync)
         self.stats.inc("tx_tls_ctx")
         return SimNicContext(info, start_tcp_seq)
 
     def dev_del(self, ctx: object) -> None:
+        from offload.drivers.simnic_rx import SimNicRxContext
+
+        if isinstance(ctx, SimNicRxContext):
+            self.rx_engine.dev_del(ctx)
+            return
         self.stats.inc("tx_tls_del")
+
+    def rx(self, ctx: object, segment: Segment, host: RxResyncHost) -> bool:
+        """A received segment (``offload.drivers.simnic_rx``)."""
+        return self.rx_engine.rx(self._rx_ctx(ctx), segment, host)
+
+    def rx_sync_type(self, ctx: object) -> RxSyncType:
+        return self._rx_ctx(ctx).sync_type
+
+    @staticmethod
+    def _rx_ctx(ctx: object) -> SimNicRxContext:
+        from offload.drivers.simnic_rx import SimNicRxContext
+
+        if not isinstance(ctx, SimNicRxContext):
+            raise TypeError("not a sim-nic RX context")
+        return ctx
 
     def dev_resync(self, ctx: object, tcp_seq: int, record_sn: int) -> None:
         """The record starting at ``tcp_seq`` has number ``record_sn``."""
+        from offload.drivers.simnic_rx import SimNicRxContext
+
+        if isinstance(ctx, SimNicRxContext):
+            self.rx_engine.dev_resync(ctx, tcp_seq, record_sn)
+            return
         if not isinstance(ctx, SimNicContext):
             raise TypeError("not a sim-nic context")
         ctx.reset()

@@ -1,0 +1,103 @@
+"""The in-process RX wire: received bytes -> segments -> faults -> NIC -> host.
+
+Linux has no such module: this is the test bench in front of receive
+offload, the mirror of ``offload.wiremodel.TxPipeline`` (whose segmenter,
+seeded fault schedule, hold/release queue and reassembler it reuses by
+subclassing).  The bytes the host's real socket received are given TCP
+sequence numbers (by stream offset, wrapping at 2^32), cut into segments
+and put through the faults - reorder, split, duplicate, and ``drop``: the
+segment is lost *before* the NIC and reaches it only later, as TCP's
+retransmission, out of order.  Each segment that arrives is copied into
+its own RX buffer (the NIC writes plaintext over it, so a duplicate keeps
+the wire's bytes) and handed to the driver's ``rx``; its mark (the device
+context generation, 0 for "as on the wire") travels with the buffer
+through reassembly, and the host (``offload.tls_device_rx.DeviceRx``)
+gets the bytes in TCP order with the mark of the packet each came in -
+TCP keeps the first copy of any byte, whichever it was.
+
+``redirect`` has no meaning on RX here (there is no second device), so it
+is never drawn.  ``receive`` runs a buffer through and ``drain`` (the
+retransmission timer) delivers whatever the faults still hold.
+"""
+
+from __future__ import annotations
+
+import time
+
+from offload.netdev import NetDevice, RxSyncType, Segment
+from offload.stats import TlsStats
+from offload.tcpseq import SeqSpace
+from offload.tls_device_rx import DeviceRx
+from offload.uapi import CryptoInfo
+from offload.wiremodel import MAX_WINDOW, FaultSpec, Reassembler, TxPipeline
+
+
+class _RxBuf(bytearray):
+    """A received packet's buffer, with the mark the NIC gave it."""
+
+    mark = 0
+
+
+class RxWire(TxPipeline):
+    """Socket bytes through faults and the NIC to the RX record layer."""
+
+    def __init__(
+        self,
+        device: NetDevice,
+        *,
+        space: SeqSpace | None = None,
+        mss: int | None = None,
+        faults: FaultSpec | None = None,
+        window: int = MAX_WINDOW,
+        sync_type: RxSyncType = RxSyncType.DRIVER_REQ,
+    ) -> None:
+        super().__init__(device, space=space, mss=mss, faults=faults, window=window)
+        self.sync_type = sync_type
+        self.reasm = Reassembler(0, self._delivered, check_dups=False, strict=False)
+        self.rx: DeviceRx | None = None
+        self._started = False
+
+    def offload_rx(self, info: CryptoInfo, stats: TlsStats) -> DeviceRx:
+        """``tls_set_device_offload_rx``: the RX device context for TLS_RX
+        (raises ``offload.netdev.OffloadRefused`` when the driver declines)."""
+        rx = DeviceRx(info, self.device, self.space, stats, self.sync_type)
+        self.rx = rx
+        return rx
+
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes the socket received, in order, onto the wire."""
+        rx = self.rx
+        if rx is None:
+            raise RuntimeError("RX wire without an RX context")
+        if not self._started:
+            # The first byte through the wire follows whatever was read
+            # before (the handshake library's read-ahead, injected).
+            self._started = True
+            self.offset = self.reasm.next = rx.fed
+        self._send(data)
+
+    def _xmit(self, off: int, seg: Segment, redirect: bool, lost: bool = False) -> None:
+        self._clock += 1
+        if lost:
+            return  # lost before the NIC: the retransmission is already held
+        buf = _RxBuf(seg.payload)
+        rx = self.rx
+        if rx is not None and rx.ctx is not None:
+            driver = self.device.driver
+            t0 = time.thread_time()
+            if driver.rx(rx.ctx, Segment(seg.seq, memoryview(buf)), rx.resync):  # type: ignore[attr-defined]
+                buf.mark = rx.generation
+            self.device_seconds += time.thread_time() - t0
+        self.reasm.receive(off, memoryview(buf))
+
+    def _delivered(self, data: bytes | bytearray | memoryview) -> None:
+        rx = self.rx
+        if rx is None:
+            return
+        mv = memoryview(data)
+        owner = mv.obj
+        mark = owner.mark if isinstance(owner, _RxBuf) else 0
+        rx.deliver(self.reasm.next - len(mv), mv, mark)
+
+
+__all__ = ["RxWire"]
