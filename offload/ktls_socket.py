@@ -42,6 +42,7 @@ from offload.record import Buffer
 from offload.state import CryptoState, DeviceState, RxState, SocketState, TlsConf
 from offload.stats import GLOBAL, TlsStats
 from offload.sw_ops import SwOps
+from offload.tls_device_rx import RxPath
 from offload.txpath import TxPath
 from offload.uapi import (
     SOL_TCP,
@@ -68,6 +69,9 @@ class KTLSSocket:
     (software backend only); without it records go straight to the socket.
     ``record_size``: the largest plaintext per TX record (software backend;
     Linux 6.x has no equivalent before TLS_TX_MAX_PAYLOAD_LEN).
+    ``rxpath``: where received bytes go before the record layer - a
+    simulated NIC that TLS_RX offers the context to
+    (``offload.rxwire.RxWire``, software backend only).
     """
 
     def __init__(
@@ -78,12 +82,13 @@ class KTLSSocket:
         oob_records: bool = True,
         txpath: TxPath | None = None,
         record_size: int = TLS_MAX_PAYLOAD_SIZE,
+        rxpath: RxPath | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}")
         if not 1 <= record_size <= TLS_MAX_PAYLOAD_SIZE:
             raise ValueError("record_size must be 1..16384 bytes of plaintext")
-        if txpath is not None and backend == "kernel":
+        if (txpath is not None or rxpath is not None) and backend == "kernel":
             raise ValueError("a simulated device needs the sw backend")
         self.record_size = record_size
         self.oob_records = oob_records
@@ -93,7 +98,12 @@ class KTLSSocket:
         self._closed = False
         # Until the ULP attaches: the sw ops with no key, bytes in the clear.
         self._ops: TlsOps = SwOps(
-            sock, self.stats, path=txpath, record_size=record_size, oob_records=oob_records
+            sock,
+            self.stats,
+            path=txpath,
+            record_size=record_size,
+            oob_records=oob_records,
+            rxpath=rxpath,
         )
         self.backend: Literal["sw", "kernel"] | None = None
 

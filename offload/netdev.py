@@ -210,6 +210,18 @@ class Driver(Protocol):
         """Write the segment's wire bytes into ``out``; False drops the packet."""
 
 
+@runtime_checkable
+class RxDriver(Protocol):
+    """A driver that also offloads RX (``dev_add`` accepts TLS_OFFLOAD_CTX_DIR_RX)."""
+
+    def rx(self, ctx: object, segment: Segment, host: RxResyncHost) -> bool:
+        """Decrypt the segment in place and return True, or leave it as it
+        came off the wire and return False."""
+
+    def rx_sync_type(self, ctx: object) -> RxSyncType:
+        """The resync scheme the driver chose for the context."""
+
+
 def xmit_each(
     driver: Driver, ctx: object, seq: int, data: memoryview, mss: int, lookup: RecordLookup
 ) -> int:

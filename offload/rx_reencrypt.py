@@ -26,13 +26,14 @@ from offload.uapi import TLS_HEADER_SIZE, CipherType, CryptoInfo
 
 def reencrypt(
     record: memoryview, info: CryptoInfo, record_sn: int, ranges: list[tuple[int, int]]
-) -> None:
+) -> int:
     """Re-encrypt ``record[a:b]`` for each ``(a, b)`` in ``ranges`` in place.
 
     ``record`` is the whole record, header included; ``ranges`` are offsets
     into it, clipped here to the protected body (header, explicit nonce
     and tag are never changed by a NIC).  ``info``/``record_sn`` name the
-    key and record number the NIC decrypted with.
+    key and record number the NIC decrypted with.  Returns the number of
+    bytes re-encrypted.
     """
     prot = ProtInfo.from_info(info)
     body_at = prot.prepend_size
@@ -40,7 +41,7 @@ def reencrypt(
     spans = [(max(a, body_at), min(b, body_end)) for a, b in ranges]
     spans = [(a, b) for a, b in spans if a < b]
     if not spans:
-        return
+        return 0
     nonce = prot.nonce(record_sn, record[TLS_HEADER_SIZE:body_at])
     if info.cipher == CipherType.CHACHA20_POLY1305:
         enc = Cipher(algorithms.ChaCha20(info.key, b"\1\0\0\0" + nonce), None).encryptor()
@@ -49,6 +50,7 @@ def reencrypt(
     stream = enc.update(bytes(record[body_at:body_end]))
     for a, b in spans:
         record[a:b] = stream[a - body_at : b - body_at]
+    return sum(b - a for a, b in spans)
 
 
 __all__ = ["reencrypt"]

@@ -23,8 +23,10 @@ retransmission timer) delivers whatever the faults still hold.
 from __future__ import annotations
 
 import time
+from typing import cast
 
-from offload.netdev import NetDevice, RxSyncType, Segment
+from offload.netdev import NetDevice, RxDriver, RxSyncType, Segment
+from offload.record import Buffer
 from offload.stats import TlsStats
 from offload.tcpseq import SeqSpace
 from offload.tls_device_rx import DeviceRx
@@ -76,19 +78,28 @@ class RxWire(TxPipeline):
             self.offset = self.reasm.next = rx.fed
         self._send(data)
 
-    def _xmit(self, off: int, seg: Segment, redirect: bool, lost: bool = False) -> None:
-        self._clock += 1
-        if lost:
-            return  # lost before the NIC: the retransmission is already held
-        buf = _RxBuf(seg.payload)
+    def arrive(self, offset: int, payload: Buffer, *, reaches_host: bool = True) -> bool:
+        """One segment of the received stream (at stream ``offset``) reaches
+        the NIC, then the host unless ``reaches_host`` is False (dropped
+        after the NIC, a full RX ring: TCP gets it again later).  For tests
+        that script the arrival order; returns the NIC's mark."""
+        self._started = True
+        buf = _RxBuf(payload)
         rx = self.rx
         if rx is not None and rx.ctx is not None:
-            driver = self.device.driver
+            driver = cast(RxDriver, self.device.driver)
             t0 = time.thread_time()
-            if driver.rx(rx.ctx, Segment(seg.seq, memoryview(buf)), rx.resync):  # type: ignore[attr-defined]
+            if driver.rx(rx.ctx, Segment(self.space.seq(offset), memoryview(buf)), rx.resync):
                 buf.mark = rx.generation
             self.device_seconds += time.thread_time() - t0
-        self.reasm.receive(off, memoryview(buf))
+        if reaches_host:
+            self.reasm.receive(offset, memoryview(buf))
+        return bool(buf.mark)
+
+    def _xmit(self, off: int, seg: Segment, redirect: bool, lost: bool = False) -> None:
+        self._clock += 1
+        if not lost:  # a lost copy never reached the NIC: its retransmission is held
+            self.arrive(off, seg.payload)
 
     def _delivered(self, data: bytes | bytearray | memoryview) -> None:
         rx = self.rx

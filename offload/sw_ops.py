@@ -20,6 +20,7 @@ from offload.state import DeviceState, RxState, TlsConf
 from offload.stats import TlsStats
 from offload.sw_recv import SwReceiver
 from offload.sw_send import SwSender
+from offload.tls_device_rx import RxPath
 from offload.txpath import TxPath
 from offload.uapi import (
     TLS_RX,
@@ -43,11 +44,12 @@ class SwOps:
         path: TxPath | None,
         record_size: int,
         oob_records: bool,
+        rxpath: RxPath | None = None,
     ) -> None:
         self._sock = sock
         self._stats = stats
         self.sender = SwSender(sock, stats, path, record_size, oob_records)
-        self.receiver = SwReceiver(sock, stats)
+        self.receiver = SwReceiver(sock, stats, rxpath)
 
     # -- state --------------------------------------------------------------------
 

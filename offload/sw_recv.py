@@ -17,11 +17,13 @@ import socket
 import threading
 
 from offload.errors import StreamAbort, os_error
+from offload.netdev import OffloadRefused
 from offload.record import Buffer
 from offload.sockopt import DATA
 from offload.sockwait import may_block, ready
 from offload.state import RxState, TlsConf
 from offload.stats import TlsStats
+from offload.tls_device_rx import DeviceRx, RxPath
 from offload.tls_sw import RxRecord, SwRx
 from offload.uapi import SOL_TLS, TLS_GET_RECORD_TYPE, ContentType, CryptoInfo
 
@@ -37,9 +39,13 @@ _HANDSHAKE = int(ContentType.HANDSHAKE)
 class SwReceiver:
     """One connection's RX in this process."""
 
-    def __init__(self, sock: socket.socket, stats: TlsStats) -> None:
+    def __init__(self, sock: socket.socket, stats: TlsStats, rxpath: RxPath | None = None) -> None:
         self._sock = sock
         self._stats = stats
+        self.rxpath = rxpath
+        """A simulated NIC in front of RX (``offload.tls_device_rx``), or None."""
+        self.offload_refused = ""
+        """Why the device declined TLS_RX (empty if it did not)."""
         self.lock = threading.RLock()
         self.rx: SwRx | None = None
         self.conf = TlsConf.BASE
@@ -70,6 +76,17 @@ class SwReceiver:
             if self.rx is not None:
                 self.rx.rekey(info)
                 return
+            if self.rxpath is not None:
+                try:
+                    self.rx = self.rxpath.offload_rx(info, self._stats)
+                except OffloadRefused as exc:
+                    self.offload_refused = str(exc)
+                else:
+                    # tls_set_device_offload_rx: TLS_HW, counted as a device context.
+                    self.conf = TlsConf.DEVICE
+                    self._stats.inc("TlsRxDevice")
+                    self._stats.inc("TlsCurrRxDevice")
+                    return
             self.rx = SwRx(info)
             self.conf = TlsConf.SW
             self._stats.inc("TlsRxSw")
@@ -103,6 +120,10 @@ class SwReceiver:
     def close(self) -> None:
         if self.conf is TlsConf.SW:
             self._stats.inc("TlsCurrRxSw", -1)
+        elif self.conf is TlsConf.DEVICE:
+            self._stats.inc("TlsCurrRxDevice", -1)
+            if isinstance(self.rx, DeviceRx):
+                self.rx.close()
         self.conf = TlsConf.BASE
 
     def inject_plaintext(self, data: Buffer, content_type: int) -> None:
@@ -291,6 +312,8 @@ class SwReceiver:
     def _fill(self, rx: SwRx, block: bool) -> bool:
         """Read more ciphertext, straight into the parser's buffer; False
         when nothing could be read now."""
+        if self.conf is TlsConf.DEVICE and self.rxpath is not None:
+            return self._fill_device(self.rxpath, block)
         try:
             if not block and not ready(self._sock, select.POLLIN):
                 return False
@@ -301,6 +324,27 @@ class SwReceiver:
             self.eof = True
             return False
         rx.parser.commit(n)
+        return True
+
+    def _fill_device(self, path: RxPath, block: bool) -> bool:
+        """Read ciphertext and put it through the NIC's RX path, which
+        delivers it (marked where the NIC decrypted) to the record layer.
+
+        Each read is drained through the path at once (its retransmission
+        timer fires before the next read): faults reorder within a read,
+        and the reader never waits on bytes the wire holds back."""
+        try:
+            if not block and not ready(self._sock, select.POLLIN):
+                return False
+            buf = bytearray(READ_CHUNK)
+            n = self._sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return False
+        if not n:
+            self.eof = True
+            return False
+        path.receive(memoryview(buf)[:n])
+        path.drain()
         return True
 
 

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import Protocol
 
 from offload.errors import os_error
 from offload.netdev import TLS_OFFLOAD_CTX_DIR_RX, NetDevice, RxSyncType
 from offload.record import Buffer
 from offload.rx_reencrypt import reencrypt
 from offload.rx_resync import RecordWalk, RxResync
+from offload.state import DeviceReport
 from offload.stats import TlsStats
 from offload.tcpseq import SeqSpace
 from offload.tls_sw import RxRecord, SwRx
@@ -248,8 +250,7 @@ class DeviceRx(SwRx):
         context that decrypted it."""
         for a, b, g in covered:
             gen = self._gens[g]
-            reencrypt(raw, gen.info, gen.number_of(index), [(a, b)])
-            self.reencrypted_bytes += b - a
+            self.reencrypted_bytes += reencrypt(raw, gen.info, gen.number_of(index), [(a, b)])
 
     def _prune(self, upto: int) -> None:
         marks = self._marks
@@ -260,4 +261,26 @@ class DeviceRx(SwRx):
             del marks[:i]
 
 
-__all__ = ["DeviceRx"]
+class RxPath(Protocol):
+    """Where received bytes go on their way to the RX record layer (the
+    mirror of ``offload.txpath.TxPath``): the in-process RX wire
+    (``offload.rxwire.RxWire``) is one; the socket never imports it."""
+
+    def offload_rx(self, info: CryptoInfo, stats: TlsStats) -> DeviceRx:
+        """``tls_set_device_offload_rx``; raises ``OffloadRefused``."""
+        ...
+
+    def receive(self, data: memoryview) -> None:
+        """Bytes the TCP socket received, in order."""
+        ...
+
+    def drain(self) -> object:
+        """Deliver whatever the path still holds."""
+        ...
+
+    def report(self) -> DeviceReport | None:
+        """The device's counters and the faults injected."""
+        ...
+
+
+__all__ = ["DeviceRx", "RxPath"]

@@ -1,0 +1,537 @@
+"""RX device offload: the sim-nic RX engine, the host's DeviceRx, the RX wire.
+
+The reference for every check is the software receiver: for the same
+ciphertext stream, what the host reads through NIC -> reassembly ->
+DeviceRx must be exactly what ``SwRx`` alone decrypts, and each record is
+counted once - taken as the NIC decrypted it, repaired (re-encrypted and
+decrypted in software), or decrypted in software.  Records come from the
+layer's software TX, and from OpenSSL (``tests/vectors/openssl_records.json``,
+sealed by a real ``s_client``) and a live ``openssl s_client`` through a
+kTLS socket whose RX goes through the NIC.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from offload import KTLSSocket
+from offload.drivers.simnic import SimNic
+from offload.drivers.simnic_rx import RESCAN_RECORDS
+from offload.netdev import (
+    RX_STAT_NAMES,
+    TLS_OFFLOAD_CTX_DIR_RX,
+    NetDevice,
+    RxSyncType,
+    Segment,
+    create_device,
+)
+from offload.rxwire import RxWire
+from offload.stats import TlsStats
+from offload.tcpseq import SEQ_MOD, SeqSpace
+from offload.tls_device_rx import DeviceRx
+from offload.tls_sw import SwRx, SwTx
+from offload.uapi import (
+    SOL_TCP,
+    SOL_TLS,
+    TCP_ULP,
+    TLS_1_2_VERSION,
+    TLS_1_3_VERSION,
+    TLS_RX,
+    CipherType,
+    ContentType,
+    CryptoInfo,
+)
+from offload.wiremodel import FaultSpec
+from tests.conftest import random_info
+from tests.helpers.wire import split_records
+
+DATA = int(ContentType.APPLICATION_DATA)
+HANDSHAKE = int(ContentType.HANDSHAKE)
+KEY_UPDATE = bytes.fromhex("1800000100")  # KeyUpdate, update_not_requested
+GCM_CHACHA = [CipherType.AES_GCM_128, CipherType.AES_GCM_256, CipherType.CHACHA20_POLY1305]
+VERSIONS = [TLS_1_2_VERSION, TLS_1_3_VERSION]
+NEAR_WRAP = SEQ_MOD - 2500
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+
+Rec = tuple[int, bytes]
+
+
+def _seal(info: CryptoInfo, records: list[Rec]) -> bytes:
+    """The ciphertext stream of ``records`` (type, plaintext), one record each."""
+    tx = SwTx(info)
+    return b"".join(bytes(b) for ctype, data in records for b in tx.frame(ctype, data, False))
+
+
+def _data_records(sizes: list[int]) -> list[Rec]:
+    return [(DATA, os.urandom(n)) for n in sizes]
+
+
+def _rx(
+    info: CryptoInfo,
+    sync: RxSyncType = RxSyncType.DRIVER_REQ,
+    *,
+    isn: int = NEAR_WRAP,
+    mss: int = 1000,
+    faults: str | None = None,
+) -> tuple[RxWire, DeviceRx, NetDevice]:
+    dev = NetDevice("nic0", SimNic())
+    spec = FaultSpec.parse(faults) if faults else None
+    wire = RxWire(dev, space=SeqSpace(isn), mss=mss, faults=spec, sync_type=sync)
+    return wire, wire.offload_rx(info, TlsStats()), dev
+
+
+def _read(rx: SwRx, out: list[Rec]) -> None:
+    """Every record decryptable now, onto ``out`` (type, plaintext)."""
+    while (rec := rx.decrypt_next()) is not None:
+        assert not isinstance(rec, int)
+        out.append((rec.content_type, bytes(rec.data)))
+        rx.ready.clear()
+
+
+def _software(info: CryptoInfo, stream: bytes, next_keys: Iterator[CryptoInfo]) -> list[Rec]:
+    """What the software receiver alone reads from ``stream``."""
+    sw = SwRx(info)
+    sw.feed(stream)
+    out: list[Rec] = []
+    while True:
+        _read(sw, out)
+        if not sw.key_update_pending:
+            return out
+        sw.rekey(next(next_keys))
+
+
+def _script(
+    wire: RxWire, rx: DeviceRx, stream: bytes, cuts: list[int], order: list[tuple[int, bool]]
+) -> list[Rec]:
+    """Segments ``stream[cuts[i]:cuts[i+1]]`` reach the NIC in ``order``
+    ((index, reaches the host)); the host reads after each one."""
+    bounds = [*cuts, len(stream)]
+    out: list[Rec] = []
+    for i, to_host in order:
+        a, b = bounds[i], bounds[i + 1]
+        wire.arrive(a, stream[a:b], reaches_host=to_host)
+        _read(rx, out)
+    return out
+
+
+def _counted(rx: DeviceRx) -> int:
+    return rx.records_device + rx.records_partial + rx.records_sw
+
+
+# -- in order: the NIC decrypts everything ----------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("cipher", GCM_CHACHA, ids=lambda c: c.name)
+def test_fully_decrypted_records_taken_as_they_are(version: int, cipher: CipherType) -> None:
+    """In order, across segment edges and the 2^32 wrap: every record
+    comes marked decrypted and is taken without software crypto."""
+    info = random_info(version, cipher, seq=7)
+    recs = _data_records([3000, 1, 4000, 2500])
+    stream = _seal(info, recs)
+    wire, rx, dev = _rx(info)
+    cuts = list(range(0, len(stream), 1000))
+    got = _script(wire, rx, stream, cuts, [(i, True) for i in range(len(cuts))])
+    assert got == recs
+    assert rx.records_device == len(recs) and rx.records_partial == rx.records_sw == 0
+    assert dev.stats["rx_tls_decrypted_packets"] == len(cuts)
+    assert dev.stats["rx_tls_decrypted_bytes"] == len(stream)
+    assert rx.opener.seq == 7 + len(recs)  # getsockopt(TLS_RX) sees the records read
+
+
+# -- partly decrypted records: repaired, decrypted in software once -----------------
+
+
+def _lost_after_nic(version: int, which: str) -> tuple[list[Rec], list[Rec], DeviceRx, int]:
+    info = random_info(version, CipherType.AES_GCM_128, seq=1)
+    recs = _data_records([2900, 2000])
+    stream = _seal(info, recs)
+    first = split_records(stream)[0]
+    tag_at = len(first) - 16
+    if which == "tag":
+        cuts = [0, 1000, 2000, tag_at, len(first)]
+        lost = 3  # the segment holding exactly the tag
+    else:
+        cuts = [0, 1000, 2000, len(first)]
+        lost = 0 if which == "beginning" else 1
+    order = [(i, i != lost) for i in range(len(cuts))] + [(lost, True)]
+    wire, rx, _dev = _rx(info)
+    got = _script(wire, rx, stream, cuts, order)
+    # The body bytes of the first record that came decrypted (all but the
+    # lost segment's) are what had to be re-encrypted.
+    hlen = 5 + (8 if version == TLS_1_2_VERSION else 0)
+    bounds = [*cuts, len(stream)]
+    body = set(range(hlen, tag_at))
+    dropped = set(range(bounds[lost], bounds[lost + 1]))
+    return got, recs, rx, len(body - dropped)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("which", ["beginning", "middle", "tag"])
+def test_partly_decrypted_record_is_reencrypted_and_decrypted_once(
+    version: int, which: str
+) -> None:
+    """A segment the NIC decrypted never reached the host; its
+    retransmission passes the NIC untouched (a duplicate to it): the
+    record arrives part plaintext, part ciphertext, and is repaired."""
+    got, recs, rx, reencrypted = _lost_after_nic(version, which)
+    assert got == recs
+    assert rx.records_partial == 1 and rx.records_device == 1 and rx.records_sw == 0
+    assert rx.reencrypted_bytes == reencrypted > 0
+
+
+def test_never_decrypted_record_goes_to_software() -> None:
+    """The NIC lost sync before the first record and nobody resynced it
+    (CORE_NEXT_HINT waits for the stack): everything in software."""
+    info = random_info(TLS_1_3_VERSION, CipherType.CHACHA20_POLY1305)
+    recs = _data_records([1500, 1500])
+    stream = _seal(info, recs)
+    wire, rx, dev = _rx(info, RxSyncType.CORE_NEXT_HINT)
+    cuts = [0, 700, 1400, 2100, 2800]
+    got = _script(wire, rx, stream, cuts, [(1, True), (2, True), (3, True), (4, True), (0, True)])
+    assert got == recs
+    assert rx.records_sw == 2 and rx.records_device == rx.records_partial == 0
+    assert dev.stats["rx_tls_decrypted_packets"] == 0
+
+
+# -- a bad tag ----------------------------------------------------------------------
+
+
+class _NoHost:
+    """An RxResyncHost that ignores every request."""
+
+    def resync_request(self, tcp_seq: int) -> None: ...
+
+    def resync_async_start(self, tcp_seq: int, length: int) -> None: ...
+
+    def resync_async_end(self, tcp_seq: int) -> None: ...
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("cipher", GCM_CHACHA, ids=lambda c: c.name)
+def test_bad_tag_packet_left_as_on_the_wire(version: int, cipher: CipherType) -> None:
+    """The packet holding a failing tag reaches the host byte for byte as
+    it came; earlier packets of the record were decrypted (as on mlx5)."""
+    info = random_info(version, cipher)
+    stream = bytearray(_seal(info, _data_records([3000])))
+    stream[-1] ^= 1
+    nic = SimNic()
+    ctx = nic.dev_add(TLS_OFFLOAD_CTX_DIR_RX, info, 100)
+    marks = []
+    for a in range(0, len(stream), 1000):
+        wire_bytes = bytes(stream[a : a + 1000])
+        buf = bytearray(wire_bytes)
+        marks.append(nic.rx(ctx, Segment(100 + a, memoryview(buf)), _NoHost()))
+        if not marks[-1]:
+            assert buf == wire_bytes
+    assert marks == [True, True, True, False]
+    assert nic.stats["rx_tls_err"] == 1
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_bad_tag_reported_as_ebadmsg_like_software(version: int) -> None:
+    info = random_info(version, CipherType.AES_GCM_256)
+    recs = _data_records([100, 3000, 100])
+    stream = bytearray(_seal(info, recs))
+    second = split_records(bytes(stream))[1]
+    at = len(split_records(bytes(stream))[0]) + len(second) - 1
+    stream[at] ^= 0x80
+    wire, rx, dev = _rx(info)
+    out: list[Rec] = []
+    with pytest.raises(OSError) as exc:
+        wire.receive(bytes(stream))
+        _read(rx, out)
+    assert exc.value.errno == errno.EBADMSG
+    assert out == recs[:1]
+    assert dev.stats["rx_tls_err"] == 1
+    assert rx.records_partial == 1  # its first packets came decrypted: repaired, then refused
+    sw = SwRx(info)
+    sw.feed(bytes(stream))
+    with pytest.raises(OSError) as sw_exc:
+        _read(sw, [])
+    assert sw_exc.value.errno == errno.EBADMSG
+
+
+# -- losing sync and getting it back --------------------------------------------------
+
+
+@pytest.mark.parametrize("sync", list(RxSyncType), ids=lambda s: s.name)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_resync_after_loss(sync: RxSyncType, version: int) -> None:
+    """A lost segment holding a record header: the NIC loses the record
+    boundaries, the scheme brings it back, and later records are decrypted
+    by the NIC again."""
+    info = random_info(version, CipherType.AES_GCM_128, seq=3)
+    recs = _data_records([900] * 40)
+    stream = _seal(info, recs)
+    wire, rx, dev = _rx(info, sync)
+    cuts = list(range(0, len(stream), 700))
+    lost = 8  # its retransmission comes 3 segments later
+    order = [(i, True) for i in range(len(cuts)) if i != lost]
+    order.insert(lost + 3, (lost, True))
+    got = _script(wire, rx, stream, cuts, order)
+    assert got == recs
+    assert _counted(rx) == len(recs)
+    assert dev.stats["rx_tls_resync_res_ok"] >= 1
+    assert rx.stats["TlsRxDeviceResync"] >= 1
+    assert rx.records_device >= 25, (rx.records_device, rx.records_partial, rx.records_sw)
+    if sync == RxSyncType.CORE_NEXT_HINT:
+        assert dev.stats["rx_tls_resync_req_pkt"] == 0
+    else:
+        assert dev.stats["rx_tls_resync_req_pkt"] >= 1
+    if sync == RxSyncType.DRIVER_REQ_ASYNC:
+        assert dev.stats["rx_tls_resync_req_start"] >= 1
+        assert dev.stats["rx_tls_resync_req_end"] >= 1
+
+
+@pytest.mark.parametrize("sync", [RxSyncType.DRIVER_REQ, RxSyncType.DRIVER_REQ_ASYNC])
+@pytest.mark.parametrize("converging", [False, True])
+def test_false_header_never_confirmed_never_decrypts(sync: RxSyncType, converging: bool) -> None:
+    """TLS 1.2 AES-GCM carries an 8-byte explicit nonce the sender chooses:
+    here it reads ``17 03 03 <len>``, a header in every record 5 bytes
+    after the real one.  The NIC scanning from inside a record latches onto
+    it and asks; the stack parsed no record there and never answers.  A
+    non-converging length breaks the chain at once; a converging one
+    (pointing at the next real header, the documented pathological case)
+    is dropped after RESCAN_RECORDS.  Either way nothing is decrypted
+    wrongly and a real header is confirmed later."""
+    size = 171  # records of 200 bytes: 5 + 8 + 171 + 16
+    length = 200 - 10 if converging else 0x40
+    iv = bytes([0x17, 3, 3]) + length.to_bytes(2, "big") + bytes(3)
+    info = CryptoInfo.create(
+        TLS_1_2_VERSION, CipherType.AES_GCM_128, key=os.urandom(16), iv=iv, salt=os.urandom(4)
+    )
+    recs = _data_records([size] * 80)
+    stream = _seal(info, recs)
+    wire, rx, dev = _rx(info, sync)
+    asked: list[int] = []
+    if sync == RxSyncType.DRIVER_REQ:
+        real = rx.resync.resync_request
+
+        def spy(seq: int) -> None:
+            asked.append(seq)
+            real(seq)
+
+        rx.resync.resync_request = spy  # type: ignore[method-assign,assignment]
+    # Packets start 2 bytes into a record after the loss: the false header
+    # (offset 5) comes before the next real one.
+    cuts = [0, 400, 602, *range(602 + 333, len(stream), 333)]
+    order = [(i, True) for i in range(len(cuts)) if i != 1]
+    order.insert(4, (1, True))
+    got = _script(wire, rx, stream, cuts, order)
+    assert got == recs
+    assert dev.stats["rx_tls_resync_req_skip"] >= 1
+    assert dev.stats["rx_tls_resync_res_ok"] >= 1
+    assert rx.records_device > 0
+    if sync == RxSyncType.DRIVER_REQ:
+        space = wire.space
+        false_seqs = {space.seq(600 + 5)}
+        assert false_seqs & set(asked)
+    if converging:
+        assert dev.stats["rx_tls_resync_req_skip"] >= 1 and RESCAN_RECORDS < 80
+
+
+# -- TLS 1.3 KeyUpdate on RX -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync", list(RxSyncType), ids=lambda s: s.name)
+@pytest.mark.parametrize("faults", [None, "drop=0.05,reorder=0.05,seed=4"])
+def test_key_update_stops_the_nic_context(sync: RxSyncType, faults: str | None) -> None:
+    """The NIC stops at the handshake record it decrypted; the host sees a
+    KeyUpdate, deletes the context and adds one with the next key when it
+    is installed; records under the new key are decrypted by the NIC again."""
+    info1 = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=2)
+    info2 = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    before = _data_records([1200] * 6)
+    after = _data_records([1200] * 24)
+    stream = _seal(info1, [*before, (HANDSHAKE, KEY_UPDATE)]) + _seal(info2, after)
+    wire, rx, dev = _rx(info1, sync, mss=500, faults=faults)
+    got: list[Rec] = []
+    for a in range(0, len(stream), 1500):
+        wire.receive(stream[a : a + 1500])
+        _read(rx, got)
+        if rx.key_update_pending:
+            assert rx.ctx is None  # deleted at once
+            rx.rekey(info2)
+            _read(rx, got)
+    wire.drain()
+    _read(rx, got)
+    assert got == [*before, (HANDSHAKE, KEY_UPDATE), *after]
+    assert dev.stats["rx_tls_ctx"] == 2 and dev.stats["rx_tls_del"] == 1
+    assert rx.generation == 2
+    if faults is None:
+        assert dev.stats["rx_tls_err"] == 0  # no record under the new key tried with the old
+        assert rx.records_device >= 20  # the first records after the new key may be missed
+
+
+# -- records from OpenSSL ------------------------------------------------------------
+
+
+def _openssl_cases() -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = json.loads((VECTORS / "openssl_records.json").read_text())[
+        "cases"
+    ]
+    return [c for c in cases if c["cipher"] != "AES_CCM_128"]
+
+
+@pytest.mark.parametrize("case", _openssl_cases(), ids=lambda c: c["name"])
+@pytest.mark.parametrize("sync", list(RxSyncType), ids=lambda s: s.name)
+def test_openssl_records_through_the_nic(case: dict[str, Any], sync: RxSyncType) -> None:
+    """Records ``openssl s_client`` sealed (padded ones too) decrypted by
+    the NIC, on a faulty wire across the 2^32 wrap: the plaintexts it sent."""
+    version = TLS_1_2_VERSION if case["version"] == "1.2" else TLS_1_3_VERSION
+    rows = case["records"]
+    info = CryptoInfo.create(
+        version,
+        CipherType[case["cipher"]],
+        key=bytes.fromhex(case["key"]),
+        salt=bytes.fromhex(case["salt"]),
+        iv=bytes.fromhex(case["iv"]),
+        seq=rows[0]["seq"],
+    )
+    stream = b"".join(bytes.fromhex(r["record"]) for r in rows)
+    want = [(r["type"], bytes.fromhex(r["plaintext"])) for r in rows]
+    for faults in (None, "reorder=0.1,drop=0.1,dup=0.1,split=0.1,seed=9"):
+        for mss in (64, 700):
+            wire, rx, _dev = _rx(info, sync, isn=SEQ_MOD - 900, mss=mss, faults=faults)
+            got: list[Rec] = []
+            wire.receive(stream)
+            wire.drain()
+            _read(rx, got)
+            assert got == want, (faults, mss)
+            assert _counted(rx) == len(rows)
+            if faults is None:
+                assert rx.records_device == len(rows)
+
+
+# -- the property ------------------------------------------------------------------------
+
+
+@st.composite
+def _scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    version = draw(st.sampled_from(VERSIONS))
+    return {
+        "version": version,
+        "cipher": draw(st.sampled_from(GCM_CHACHA)),
+        "sizes": draw(st.lists(st.integers(0, 5000), min_size=1, max_size=25)),
+        "mss": draw(st.integers(20, 4000)),
+        "chunk": draw(st.integers(1, 20000)),
+        "isn": draw(
+            st.one_of(st.integers(SEQ_MOD - 30000, SEQ_MOD - 1), st.integers(0, 2**32 - 1))
+        ),
+        "faults": {
+            k: draw(st.sampled_from([0.0, 0.02, 0.1, 0.3]))
+            for k in ("reorder", "split", "dup", "drop")
+        },
+        "seed": draw(st.integers(0, 2**16)),
+        "sync": draw(st.sampled_from(list(RxSyncType))),
+        "key_update": version == TLS_1_3_VERSION and draw(st.booleans()),
+    }
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_scenarios())
+def test_property_any_segmentation_and_faults_equal_software(sc: dict[str, Any]) -> None:
+    info = random_info(sc["version"], sc["cipher"], seq=5)
+    recs = _data_records(sc["sizes"])
+    stream = _seal(info, recs)
+    keys = [info]
+    if sc["key_update"]:
+        info2 = random_info(sc["version"], sc["cipher"])
+        more = _data_records(sc["sizes"][::-1])
+        stream = _seal(info, [*recs, (HANDSHAKE, KEY_UPDATE)]) + _seal(info2, more)
+        keys.append(info2)
+    faults = ",".join(f"{k}={v}" for k, v in sc["faults"].items()) + f",seed={sc['seed']}"
+    want = _software(info, stream, iter(keys[1:]))
+    wire, rx, dev = _rx(info, sc["sync"], isn=sc["isn"], mss=sc["mss"], faults=faults)
+    got: list[Rec] = []
+    next_keys = iter(keys[1:])
+    step = sc["chunk"]
+    for a in range(0, len(stream), step):
+        wire.receive(stream[a : a + step])
+        _read(rx, got)
+        if rx.key_update_pending:
+            rx.rekey(next(next_keys))
+            _read(rx, got)
+    wire.drain()
+    _read(rx, got)
+    if rx.key_update_pending:
+        rx.rekey(next(next_keys))
+        _read(rx, got)
+    assert got == want
+    assert _counted(rx) == len(want)
+    st_ = dev.stats
+    assert st_["rx_tls_decrypted_bytes"] <= len(stream) + wire.counts.dup * sc["mss"]
+    answers = st_["rx_tls_resync_res_ok"] + st_["rx_tls_resync_res_skip"]
+    assert answers <= rx.stats["TlsRxDeviceResync"] + st_["rx_tls_resync_res_ok"]
+    assert rx.parser.buffered == 0
+
+
+# -- through a kTLS socket -----------------------------------------------------------
+
+
+def test_socket_rx_offload_round_trip_with_faults(tcp_pair: Any) -> None:
+    """A kTLS socket whose RX goes through sim-nic on a faulty wire reads
+    what the peer sent; the /proc/net/tls_stat and ethtool counters move."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128, seq=1)
+    c, s = tcp_pair()
+    dev = create_device("sim-nic")
+    wire = RxWire(dev, mss=1448, faults=FaultSpec.parse("drop=0.02,reorder=0.02,seed=5"))
+    ks = KTLSSocket(s, backend="sw", rxpath=wire)
+    kc = KTLSSocket(c, backend="sw")
+    for k in (kc, ks):
+        k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    kc.setsockopt(SOL_TLS, 1, info.pack())
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    assert ks.rx_conf == "device"
+    assert ks.stats["TlsRxDevice"] == 1 and ks.stats["TlsCurrRxDevice"] == 1
+    data = os.urandom(2_000_003)
+    t = threading.Thread(target=kc.sendall, args=(data,))
+    t.start()
+    got = bytearray()
+    while len(got) < len(data):
+        chunk = ks.recv(1 << 20)
+        assert chunk
+        got += chunk
+    t.join()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert dev.stats["rx_tls_decrypted_bytes"] > 0
+    assert dev.stats["rx_tls_resync_res_ok"] > 0
+    ks.close()
+    kc.close()
+    assert ks.stats["TlsCurrRxDevice"] == 0
+    assert dev.stats["rx_tls_del"] == 1
+    assert set(RX_STAT_NAMES) <= set(dev.stats)
+
+
+def test_socket_rx_offload_bad_tag_is_ebadmsg(tcp_pair: Any) -> None:
+    """A record with a bad tag: EBADMSG from recv, sticky, TlsDecryptError
+    counted - as the software path reports it."""
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    stream = bytearray(_seal(info, _data_records([5000, 5000])))
+    stream[-3] ^= 1
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw", rxpath=RxWire(create_device("sim-nic"), mss=1448))
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    c.sendall(stream)
+    first = ks.recv(1 << 20)
+    assert len(first) == 5000
+    for _ in range(2):
+        with pytest.raises(OSError) as exc:
+            ks.recv(1 << 20)
+        assert exc.value.errno == errno.EBADMSG
+    assert ks.stats["TlsDecryptError"] == 1
+    ks.close()
+    c.close()
