@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +33,12 @@ from offload.netdev import (
     RX_STAT_NAMES,
     TLS_OFFLOAD_CTX_DIR_RX,
     NetDevice,
+    OffloadRefused,
+    RxDriver,
     RxSyncType,
     Segment,
     create_device,
+    load_drivers,
 )
 from offload.rxwire import RxWire
 from offload.stats import TlsStats
@@ -54,7 +58,10 @@ from offload.uapi import (
 )
 from offload.wiremodel import FaultSpec
 from tests.conftest import random_info
+from tests.helpers.peers import make_pki, openssl_client
 from tests.helpers.wire import split_records
+from tlsctl.handshake import install_keylog, install_offload, run_handshake
+from tlsctl.tlsconf import TlsOptions, server_context
 
 DATA = int(ContentType.APPLICATION_DATA)
 HANDSHAKE = int(ContentType.HANDSHAKE)
@@ -535,3 +542,113 @@ def test_socket_rx_offload_bad_tag_is_ebadmsg(tcp_pair: Any) -> None:
     assert ks.stats["TlsDecryptError"] == 1
     ks.close()
     c.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "cipher_args"),
+    [
+        ("-tls1_2", ["-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"]),
+        ("-tls1_3", ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]),
+        ("-tls1_3", ["-ciphersuites", "TLS_AES_256_GCM_SHA384"]),
+    ],
+)
+def test_openssl_s_client_sends_through_rx_offload(
+    tmp_path: Path, version: str, cipher_args: list[str]
+) -> None:
+    """A live ``openssl s_client`` sends a file to a kTLS socket whose RX
+    goes through sim-nic on a faulty wire: the bytes read hash equal."""
+    pki = make_pki(tmp_path)
+    data = os.urandom(3_000_001)
+    src = tmp_path / "in"
+    src.write_bytes(data)
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        port = lsock.getsockname()[1]
+        done: dict[str, Any] = {}
+        client = threading.Thread(
+            target=lambda: done.update(cp=openssl_client(port, src, version, *cipher_args))
+        )
+        client.start()
+        lsock.settimeout(20)
+        conn, _ = lsock.accept()
+    conn.settimeout(20)
+    ctx = server_context(TlsOptions(), cert=str(pki.cert), key=str(pki.key))
+    install_keylog(ctx)
+    res = run_handshake(conn, ctx, "server")
+    dev = create_device("sim-nic")
+    faults = FaultSpec.parse("drop=0.01,reorder=0.01,dup=0.01,split=0.01,seed=3")
+    k = install_offload(KTLSSocket(conn, backend="sw", rxpath=RxWire(dev, faults=faults)), res)
+    assert k.rx_conf == "device"
+    got = bytearray()
+    while True:
+        chunk, anc, _flags, _addr = k.recvmsg(1 << 20, socket.CMSG_SPACE(1))
+        ctype = anc[0][2][0] if anc else DATA
+        if not chunk or ctype == int(ContentType.ALERT):
+            break
+        if ctype == DATA:
+            got += chunk
+    client.join(30)
+    k.close()
+    assert done["cp"].returncode == 0, done["cp"].stderr
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert dev.stats["rx_tls_decrypted_bytes"] > len(data) // 2
+    assert k.stats["TlsRxDevice"] == 1
+
+
+# -- driver conformance, RX: every registered driver that takes RX contexts -------------
+
+DRIVERS, _LOAD_ERRORS = load_drivers()
+RX_DRIVERS = sorted(name for name, make in DRIVERS.items() if isinstance(make(), RxDriver))
+
+
+def test_simnic_is_an_rx_driver() -> None:
+    assert "sim-nic" in RX_DRIVERS
+
+
+@pytest.mark.parametrize("name", RX_DRIVERS)
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("cipher", list(CipherType), ids=lambda c: c.name)
+def test_conformance_rx_matches_software_rx(name: str, version: int, cipher: CipherType) -> None:
+    """Whatever an RX driver decides per packet, the host reads what the
+    software receiver reads; a driver may refuse a context (the layer then
+    receives in software: see the next test)."""
+    info = random_info(version, cipher, seq=9)
+    try:
+        DRIVERS[name]().dev_add(TLS_OFFLOAD_CTX_DIR_RX, info, 0)
+    except OffloadRefused:
+        return
+    recs = _data_records([1, 5000, 16384, 300, 7000])
+    stream = _seal(info, recs)
+    for sync in RxSyncType:
+        for faults in (None, "reorder=0.1,split=0.1,dup=0.1,drop=0.1,seed=1"):
+            dev = NetDevice("nic0", DRIVERS[name]())
+            spec = FaultSpec.parse(faults) if faults else None
+            wire = RxWire(dev, space=SeqSpace(NEAR_WRAP), mss=1448, faults=spec, sync_type=sync)
+            rx = wire.offload_rx(info, TlsStats())
+            got: list[Rec] = []
+            for a in range(0, len(stream), 9000):
+                wire.receive(stream[a : a + 9000])
+                _read(rx, got)
+            wire.drain()
+            _read(rx, got)
+            assert got == recs, (sync, faults)
+            assert _counted(rx) == len(recs)
+            rx.close()
+            assert dev.stats["rx_tls_ctx"] == dev.stats["rx_tls_del"] == 1
+
+
+def test_refused_rx_context_falls_back_to_software(tcp_pair: Any) -> None:
+    """sim-nic cannot stream AES-CCM: TLS_RX is then received in software
+    (rx_conf sw, TlsRxSw counted, the refusal said), as Linux falls back
+    when tls_set_device_offload_rx fails."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_CCM_128)
+    c, s = tcp_pair()
+    ks = KTLSSocket(s, backend="sw", rxpath=RxWire(create_device("sim-nic")))
+    ks.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    ks.setsockopt(SOL_TLS, TLS_RX, info.pack())
+    assert ks.rx_conf == "sw"
+    assert ks.stats["TlsRxSw"] == 1 and ks.stats["TlsRxDevice"] == 0
+    c.sendall(_seal(info, [(DATA, b"hello")]))
+    assert ks.recv(100) == b"hello"
+    ks.close()
