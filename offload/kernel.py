@@ -123,6 +123,9 @@ class KernelOps:
     def device_state(self) -> DeviceState | None:
         return None
 
+    def rx_device_report(self) -> dict[str, int | str] | None:
+        return None
+
     def device_seconds(self) -> float:
         return 0.0
 

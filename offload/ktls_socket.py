@@ -203,6 +203,12 @@ class KTLSSocket:
         DEVICE only): what ``ethtool -S`` would show for this connection."""
         return self._ops.device_state()
 
+    def rx_device_report(self) -> dict[str, int | str] | None:
+        """What the RX device context did (RX conf DEVICE only): its resync
+        scheme, records taken decrypted / repaired / decrypted in software,
+        bytes re-encrypted (the NIC's own counters are in ``device_state``)."""
+        return self._ops.rx_device_report()
+
     def state(self, show_secrets: bool = False) -> SocketState:
         """The live state, as ``ss -i`` / tls_stat / ``ethtool -S`` would
         show it.  Keys and IVs are left out unless ``show_secrets``."""

@@ -20,7 +20,7 @@ from offload.state import DeviceState, RxState, TlsConf
 from offload.stats import TlsStats
 from offload.sw_recv import SwReceiver
 from offload.sw_send import SwSender
-from offload.tls_device_rx import RxPath
+from offload.tls_device_rx import DeviceRx, RxPath
 from offload.txpath import TxPath
 from offload.uapi import (
     TLS_RX,
@@ -93,6 +93,18 @@ class SwOps:
 
     def device_state(self) -> DeviceState | None:
         return self.sender.device_state()
+
+    def rx_device_report(self) -> dict[str, int | str] | None:
+        """The RX context's facts, and the faults its wire injected
+        (``rx_fault_<kind>``, non-zero ones)."""
+        rx = self.receiver.rx
+        if not isinstance(rx, DeviceRx):
+            return None
+        out = rx.report()
+        path = self.receiver.rxpath.report() if self.receiver.rxpath is not None else None
+        if path is not None:
+            out.update({f"rx_fault_{k}": v for k, v in path.faults_injected.items() if v})
+        return out
 
     def device_seconds(self) -> float:
         report = self.sender.path.report()

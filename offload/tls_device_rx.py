@@ -139,6 +139,17 @@ class DeviceRx(SwRx):
     def close(self) -> None:
         self._del_context()
 
+    def report(self) -> dict[str, int | str]:
+        """Per-connection RX offload facts (names are this package's own)."""
+        return {
+            "rx_resync": self.sync_type.name,
+            "rx_records_device": self.records_device,
+            "rx_records_partial": self.records_partial,
+            "rx_records_sw": self.records_sw,
+            "rx_reencrypted_bytes": self.reencrypted_bytes,
+            "rx_device_contexts": self._gen,
+        }
+
     def rekey(self, info: CryptoInfo) -> None:
         """The next RX key after a KeyUpdate: software and a new device context."""
         super().rekey(info)

@@ -13,8 +13,11 @@ library behind them say *offload* for this choice, with these values:
 ``none``
     pyOpenSSL keeps the connection (no handoff at all).
 ``<driver>``
-    any NIC driver plug-in (``sim-nic`` built in): ``sw`` for RX, TX framed
-    by the layer and encrypted by the simulated NIC behind the wire model.
+    any NIC driver plug-in (``sim-nic`` built in): TX framed by the layer
+    and encrypted by the simulated NIC behind the wire model; on that wire
+    RX goes through the same NIC too when its driver offloads RX (it
+    decrypts, the layer checks its marks: ``offload.tls_device_rx``),
+    resynced the way ``--rx-resync`` says.
 
 This module is also the one place that turns a mode into a record layer
 (:func:`open_layer`) and reads back what the layer chose
@@ -35,11 +38,14 @@ from offload.uapi import TLS_MAX_PAYLOAD_SIZE
 
 if TYPE_CHECKING:  # the record layer loads when a connection needs it, not for --help
     from offload.ktls_socket import Backend, KTLSSocket
+    from offload.netdev import NetDevice
     from offload.netwire.txpath import NetTxPath
+    from offload.rxwire import RxWire
     from offload.wiremodel import FaultSpec, TxPipeline
 
 __all__ = [
     "BASE_OFFLOADS",
+    "RX_RESYNC",
     "WIRES",
     "DeviceSpec",
     "Offload",
@@ -53,6 +59,7 @@ __all__ = [
     "needs_layer",
     "nic_drivers",
     "nic_path",
+    "nic_rx_path",
     "offload_choices",
     "open_layer",
     "receiver_offload",
@@ -74,6 +81,14 @@ BASE_OFFLOADS: tuple[Offload, ...] = ("auto", "sw", "kernel", "none")
 # uses _NIC_BACKEND with a device on its TX path.
 _BACKENDS: dict[Offload, Backend] = {"auto": "auto", "sw": "sw", "kernel": "kernel"}
 _NIC_BACKEND: Backend = "sw"
+
+
+RX_RESYNC: dict[str, str] = {
+    "driver": "DRIVER_REQ",
+    "core": "CORE_NEXT_HINT",
+    "async": "DRIVER_REQ_ASYNC",
+}
+"""``--rx-resync`` values and the ``offload.netdev.RxSyncType`` each names."""
 
 
 class OffloadOptionError(ValueError):
@@ -109,8 +124,9 @@ def needs_layer(offload: Offload) -> bool:
 
 
 def receiver_offload(offload: Offload) -> Offload:
-    """The mode of a built-in receiver for a sender in ``offload``: a NIC
-    offloads TX only, so the receiving side of a NIC mode is ``sw``."""
+    """The mode of a built-in receiver for a sender in ``offload``: the
+    receiving side of a NIC mode is ``sw`` (the sender's NIC is the one
+    being measured; ``serve --offload sim-nic`` offloads its own RX)."""
     return "sw" if is_nic(offload) else offload
 
 
@@ -164,6 +180,8 @@ class DeviceSpec:
     faults: FaultSpec | None = None
     mss: int | None = None
     control: str | None = None
+    rx_resync: str = "driver"
+    """How the NIC's RX context gets back in sync (a key of ``RX_RESYNC``)."""
 
 
 def device_spec(
@@ -173,6 +191,7 @@ def device_spec(
     mss: int | None = None,
     key_update_every: int | None = None,
     wire: Wire = "model",
+    rx_resync: str | None = None,
 ) -> DeviceSpec | None:
     """The NIC settings for ``offload`` (None for a mode without a NIC).
 
@@ -190,6 +209,16 @@ def device_spec(
     The spec returned has no ``control`` yet: the wire is built when the
     command runs (:mod:`tlsctl.realwire`).
     """
+    if rx_resync is not None and rx_resync not in RX_RESYNC:
+        raise OffloadOptionError(
+            f"--rx-resync must be one of {', '.join(RX_RESYNC)}", option="--rx-resync"
+        )
+    if rx_resync and (wire == "netns" or not is_nic(offload)):
+        raise OffloadOptionError(
+            "--rx-resync needs a NIC offload on the in-process wire "
+            "(--offload sim-nic --wire model): the real wire's NIC does not decrypt RX yet",
+            option="--rx-resync",
+        )
     if wire == "netns":
         return _netns_device_spec(offload, faults, mss, key_update_every)
     if not is_nic(offload):
@@ -203,7 +232,7 @@ def device_spec(
         spec = FaultSpec.parse(faults) if faults else None
     except ValueError as exc:
         raise OffloadOptionError(str(exc), option="--faults") from None
-    return DeviceSpec(offload, faults=spec, mss=mss)
+    return DeviceSpec(offload, faults=spec, mss=mss, rx_resync=rx_resync or "driver")
 
 
 def _netns_device_spec(
@@ -274,9 +303,30 @@ def open_layer(
         from offload.netwire.txpath import NetTxPath
 
         path: TxPipeline | NetTxPath = NetTxPath(sock, spec.control)
-    else:
-        path = nic_path(spec)
-    return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=path, record_size=record_size)
+        return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=path, record_size=record_size)
+    tx = nic_path(spec)
+    return KTLSSocket(
+        sock,
+        backend=_NIC_BACKEND,
+        txpath=tx,
+        rxpath=nic_rx_path(spec, tx.device),
+        record_size=record_size,
+    )
+
+
+def nic_rx_path(spec: DeviceSpec, device: NetDevice) -> RxWire | None:
+    """The RX path of a NIC mode on the wire model: received bytes through
+    the same device (one set of ethtool counters for both directions) with
+    the spec's faults and segment size; None when the driver offloads TX
+    only (RX is then the software layer's, as before)."""
+    from offload.netdev import RxDriver, RxSyncType
+    from offload.rxwire import RxWire
+
+    if not isinstance(device.driver, RxDriver):
+        return None
+    return RxWire(
+        device, mss=spec.mss, faults=spec.faults, sync_type=RxSyncType[RX_RESYNC[spec.rx_resync]]
+    )
 
 
 def nic_path(spec: DeviceSpec) -> TxPipeline:
@@ -309,9 +359,10 @@ def device_report(k: KTLSSocket) -> dict[str, Any]:
     """What the NIC did for this connection: counters (ethtool names, zeros
     left out), device CPU time, and the faults that made it take slow paths.
     Empty without a NIC (or when it declined the context)."""
+    rx = k.rx_device_report()
     dev = k.device_state()
     if dev is None:
-        return {}
+        return {"rx_offload": rx} if rx else {}
     r = dev.report
     out: dict[str, Any] = {
         "device_cpu_seconds": round(r.device_seconds, 6),
@@ -322,4 +373,6 @@ def device_report(k: KTLSSocket) -> dict[str, Any]:
         out["faults_injected"] = {n: v for n, v in r.faults_injected.items() if v}
     if r.fallback_stats is not None:
         out["fallback_device_counters"] = {n: v for n, v in r.fallback_stats.items() if v}
+    if rx:
+        out["rx_offload"] = rx
     return out

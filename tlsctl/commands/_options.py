@@ -26,6 +26,7 @@ from tlsctl.commands import _complete as complete
 from tlsctl.commands._output import Output
 from tlsctl.exitcodes import CommandFailed, ExitStatus
 from tlsctl.offloadmode import (
+    RX_RESYNC,
     WIRES,
     DeviceSpec,
     Offload,
@@ -160,6 +161,7 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
             mss=params.pop("mss"),
             key_update_every=key_update_every,
             wire=wire,
+            rx_resync=params.pop("rx_resync"),
         )
         real_wire = _wire_from(wire, faults, params.pop("pcap"))
     except OffloadOptionError as exc:
@@ -424,6 +426,14 @@ def _tls_options(f: F) -> F:
             type=ByteSize(1, 1 << 20),
             metavar="BYTES",
             help="With a NIC on --wire model: TCP segment size (default 65536, one TSO segment).",
+        ),
+        click.option(
+            "--rx-resync",
+            type=click.Choice(list(RX_RESYNC)),
+            help="With a NIC on --wire model, which also decrypts what it receives: how it "
+            "gets back in sync after a lost or reordered segment - it finds a header and "
+            "asks (driver, the default), the stack hints the next record (core), or "
+            "mlx5's asynchronous request (async).",
         ),
         click.option(
             "--pcap",

@@ -483,6 +483,12 @@ def _log(rec: dict[str, Any], head: str, out: Output) -> None:
         parts.append(f"-> {rec['file']}")
     if "http" in rec:
         parts.append(rec["http"])
+    rx = rec.get("rx_offload")
+    if rx:
+        parts.append(
+            f"NIC RX ({rx['rx_resync']}): records decrypted {rx['rx_records_device']}, "
+            f"repaired {rx['rx_records_partial']}, software {rx['rx_records_sw']}"
+        )
     if out.verbose and "tx_seq_at_handoff" in rec:
         parts.append(
             f"seq at handoff tx={rec['tx_seq_at_handoff']} "
