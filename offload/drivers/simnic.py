@@ -1,4 +1,8 @@
-"""``sim-nic``: a simulated TLS TX offload NIC (mlx5-like, TLS 1.2 and 1.3).
+"""``sim-nic``: a simulated TLS offload NIC (mlx5-like, TLS 1.2 and 1.3).
+
+This module is its transmit side; what it does with received segments
+(``TLS_OFFLOAD_CTX_DIR_RX``: decrypt in place, the three resync schemes)
+is ``offload.drivers.simnic_rx``, reached through the same ``SimNic``.
 
 Per context the NIC holds only what hardware holds: the key, the salt/IV,
 the TCP sequence number it expects next, and the state of the record it is
