@@ -32,6 +32,7 @@ from offload.uapi import (
     SOL_TLS,
     TLS_1_3_VERSION,
     TLS_MAX_PAYLOAD_SIZE,
+    TLS_MIN_RECORD_SIZE_LIM,
     TLS_SET_RECORD_TYPE,
     ContentType,
     CryptoInfo,
@@ -153,11 +154,6 @@ def check_no_pad_get(version: int | None) -> None:
     """Reading ``TLS_RX_EXPECT_NO_PAD`` on anything but TLS 1.3: EINVAL."""
     if version != TLS_1_3_VERSION:
         raise os_error(errno.EINVAL, "TLS_RX_EXPECT_NO_PAD needs TLS 1.3")
-
-
-TLS_MIN_RECORD_SIZE_LIM = 64
-"""RFC 8449's smallest record_size_limit; TLS 1.3 counts its content-type
-byte in the limit, so its least payload is one less."""
 
 
 def decode_max_payload(data: bytes, version: int | None) -> int:
