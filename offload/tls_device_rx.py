@@ -36,12 +36,13 @@ put back exactly.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from dataclasses import dataclass
 from typing import Protocol
 
 from offload.errors import os_error
-from offload.netdev import TLS_OFFLOAD_CTX_DIR_RX, NetDevice, RxSyncType
+from offload.netdev import TLS_OFFLOAD_CTX_DIR_RX, NetDevice, OffloadRefused, RxSyncType
 from offload.record import Buffer
 from offload.rx_reencrypt import reencrypt
 from offload.rx_resync import RecordWalk, RxResync
@@ -156,7 +157,9 @@ class DeviceRx(SwRx):
         if self._rekey_at is not None:
             offset, index = self._rekey_at
             self._rekey_at = None
-            self._add_context(info, offset, index)
+            # A refusal leaves the rest of the connection to software RX.
+            with contextlib.suppress(OffloadRefused):
+                self._add_context(info, offset, index)
 
     # -- bytes arriving ---------------------------------------------------------------
 

@@ -701,3 +701,33 @@ def test_key_update_while_out_of_sync_repairs_with_the_old_contexts_key() -> Non
         if dev.stats["rx_tls_err"] and rx.records_partial:
             repaired_after_err += 1
     assert repaired_after_err >= 1
+
+
+class _OneRxContext(SimNic):
+    """A NIC with room for one RX context: it refuses the next."""
+
+    def dev_add(self, direction: int, info: CryptoInfo, start_tcp_seq: int) -> object:
+        if direction == TLS_OFFLOAD_CTX_DIR_RX and self.stats["rx_tls_ctx"]:
+            raise OffloadRefused("no room for another RX context")
+        return super().dev_add(direction, info, start_tcp_seq)
+
+
+def test_key_update_on_a_nic_that_refuses_the_new_context() -> None:
+    """The new key's context refused: the rest is received in software."""
+    info1 = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    info2 = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128)
+    before, after = _data_records([1000] * 3), _data_records([1000] * 3)
+    stream = _seal(info1, [*before, (HANDSHAKE, KEY_UPDATE)]) + _seal(info2, after)
+    dev = NetDevice("nic0", _OneRxContext())
+    wire = RxWire(dev, mss=500)
+    rx = wire.offload_rx(info1, TlsStats())
+    got: list[Rec] = []
+    wire.receive(stream)
+    _read(rx, got)
+    assert rx.key_update_pending and rx.ctx is None
+    rx.rekey(info2)
+    _read(rx, got)
+    assert got == [*before, (HANDSHAKE, KEY_UPDATE), *after]
+    # The KeyUpdate shares its packet with the next record, which the NIC
+    # (stopped at the key change) did not handle: that packet came unmarked.
+    assert rx.generation == 0 and rx.records_device == 3 and rx.records_sw == 4
