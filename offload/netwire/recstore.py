@@ -114,6 +114,7 @@ class StoreWriter:
         self._head = 0  # index into the lists of the oldest live entry
         self._base = 0  # entry number of list index 0
         self._pos = 0  # where the next buffer goes in the ring
+        self._reserved: tuple[int, memoryview] | None = None  # (position, view)
         self.wait_room: Callable[[], bool] | None = None
         """Called while the store is full: polls TCP for acknowledgements
         (frees via ``free``); returns False once waiting is pointless."""
@@ -149,13 +150,47 @@ class StoreWriter:
             return 0 if n <= lo else None
         return pos if pos + n <= lo else None
 
+    def reserve(self, n: int) -> memoryview:
+        """Ring space for the next ``n``-byte buffer, writable, not yet
+        published: the host frames its records straight into it (no copy
+        into the ring afterwards), then ``append``s it.  Waits for
+        acknowledgements while the ring is full.  A reservation that is
+        never appended is simply reused by the next one."""
+        pos = self._room(n)
+        ring = self._ring_at + pos
+        view = self._mv[ring : ring + n]
+        self._reserved = (pos, view)
+        return view
+
     def append(
-        self, buf: bytearray, start: int, first_sn: int, rsize: int, nrec: int
+        self, buf: bytearray | memoryview, start: int, first_sn: int, rsize: int, nrec: int
     ) -> memoryview:
         """Publish a framed buffer covering stream offsets ``[start, start +
         len(buf))``; returns its place in the ring (what TCP should send).
-        Waits for acknowledgements while the ring is full."""
+        ``buf`` is either the last ``reserve``d view (framed in place) or
+        a buffer of the host's, copied in (waiting for room if need be)."""
         n = len(buf)
+        reserved, self._reserved = self._reserved, None
+        ring_view: memoryview | None = None
+        if reserved is not None and buf is reserved[1]:
+            pos = reserved[0]
+            ring_view = reserved[1]
+        else:
+            pos = self._room(n)
+        ring = self._ring_at + pos
+        if ring_view is None:
+            self._mv[ring : ring + n] = buf
+        number = self._base + len(self._ends)
+        slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size
+        ENTRY.pack_into(self._map, slot, start, start + n, first_sn, rsize, nrec, pos)
+        self._ends.append(start + n)
+        self._spans.append((pos, pos + n))
+        self._pos = pos + n
+        _U64.pack_into(self._map, _OFF_TAIL, number + 1)  # publish last
+        return ring_view if ring_view is not None else self._mv[ring : ring + n]
+
+    def _room(self, n: int) -> int:
+        """A ring position for ``n`` contiguous bytes, waiting for room."""
         if n > self.ring_size:
             raise StoreFull(
                 errno.ENOBUFS, f"a {n}-byte buffer cannot fit a {self.ring_size}-byte record ring"
@@ -165,16 +200,7 @@ class StoreWriter:
             if self.wait_room is None or not self.wait_room():
                 raise StoreFull(errno.ENOBUFS, "record store full: TCP acknowledges nothing")
             pos = self._place(n)
-        ring = self._ring_at + pos
-        self._mv[ring : ring + n] = buf
-        number = self._base + len(self._ends)
-        slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size
-        ENTRY.pack_into(self._map, slot, start, start + n, first_sn, rsize, nrec, pos)
-        self._ends.append(start + n)
-        self._spans.append((pos, pos + n))
-        self._pos = pos + n
-        _U64.pack_into(self._map, _OFF_TAIL, number + 1)  # publish last
-        return self._mv[ring : ring + n]
+        return pos
 
     def free(self, acked: int) -> None:
         """TCP acknowledged every byte before stream offset ``acked``:

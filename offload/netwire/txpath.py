@@ -35,6 +35,7 @@ import termios
 import time
 from collections.abc import Callable, Sequence
 
+from offload.batch import RecordBuf
 from offload.netdev import DeviceStats, NetDevice, OffloadRefused, RecordLookup, Segment
 from offload.netwire.control import ControlClient, ControlError, flow_of, flow_to_json
 from offload.netwire.frames import FlowKey
@@ -149,13 +150,22 @@ class ShmDeviceTx(DeviceTx):
         store: StoreWriter,
     ) -> None:
         self.store = store
-        self.last: tuple[bytearray, memoryview] | None = None
+        self.last: tuple[RecordBuf, memoryview] | None = None
         """The buffer framed last and its place in the ring."""
         self.linger: Callable[[], None] = lambda: None
         """Waits for the last acknowledgement (set by the TX path)."""
         super().__init__(info, device, space, start_offset, max_payload)
 
-    def _register(self, buf: bytearray, content_type: int, slots: list[memoryview]) -> None:
+    def lay_out(self, total: int) -> tuple[RecordBuf, list[memoryview]]:
+        """sendfile's batch laid out in the shared ring itself: the file is
+        read into the ring and framed there, so the record store costs no
+        copy (the NIC reads the records where TCP sends them from)."""
+        nrec = max(1, -(-total // self.max_payload))
+        self._check_space(nrec)
+        region = self.store.reserve(self.batches.buffer_size(total))
+        return region, self.batches.lay_out_in(total, region)
+
+    def _register(self, buf: RecordBuf, content_type: int, slots: list[memoryview]) -> None:
         super()._register(buf, content_type, slots)
         view = self.store.append(
             buf, self._starts[-1], self._sns[-1], self._rsize[-1], self._nrec[-1]
@@ -240,7 +250,7 @@ class NetTxPath:
         tx.linger = self._linger
         return tx
 
-    def transmit(self, buf: bytearray) -> Sequence[Chunk]:
+    def transmit(self, buf: RecordBuf) -> Sequence[Chunk]:
         self.offset += len(buf)
         tx = self.tx
         if tx is None or tx.last is None or tx.last[0] is not buf:
@@ -254,7 +264,7 @@ class NetTxPath:
     def drain(self) -> Sequence[Chunk]:
         return ()
 
-    def written(self, buf: bytearray) -> None:
+    def written(self, buf: RecordBuf) -> None:
         """Nothing to reuse: TCP is fed from the shared ring."""
 
     def report(self) -> DeviceReport | None:
