@@ -43,7 +43,9 @@ from offload.uapi import TLS_HEADER_SIZE, TLS_MAX_PAYLOAD_SIZE
 RecordBuf: TypeAlias = bytearray | memoryview
 """A record batch's memory: a pooled buffer, or (the real wire) a place in
 the shared record ring the host frames into directly."""
-_Layout: TypeAlias = tuple[bytearray, int, tuple[memoryview, ...]]
+_Layout: TypeAlias = tuple[RecordBuf, int, tuple[memoryview, ...]]
+# What frame_plaintext left in a buffer: the buffer, content type, plaintext total.
+_Framed: TypeAlias = tuple[RecordBuf, int, int]
 # Per TLS 1.3 record: inner type offset, inner plaintext, header (AAD), body.
 _Views13: TypeAlias = tuple[tuple[int, memoryview, memoryview, memoryview], ...]
 
@@ -58,6 +60,10 @@ class TxBatches:
     pool and the caches belong to the old key's layout).
     """
 
+    regions_max = 16
+    """Ring regions whose layout is remembered (a ring of a few batches
+    recurs at a handful of places; older entries go first)."""
+
     def __init__(
         self, sealer: RecordSealer, max_payload: int, batch_records: int, pool_max: int
     ) -> None:
@@ -70,7 +76,10 @@ class TxBatches:
         self._pool_max = pool_max
         self._laid: _Layout | None = None  # the last pooled buffer laid out
         self._views: tuple[_Layout, _Views13] | None = None  # for that layout (see _views13)
-        self._framed: tuple[RecordBuf, int, int] | None = None  # headers written in place
+        self._framed: _Framed | None = None  # headers written in place
+        self._regions: dict[int, tuple[_Layout, _Framed | None]] = {}
+        """Per ring region (``lay_out_in``, keyed by the view's id, the view
+        kept alive by its entry): its layout and what framing left there."""
 
     # -- buffers ------------------------------------------------------------
 
@@ -122,9 +131,24 @@ class TxBatches:
         """``lay_out`` in memory that is not ours (``region``, exactly
         ``buffer_size(total)`` bytes: a place in the real wire's shared
         record ring, which the host then frames in place)."""
+        cached = self._regions.get(id(region))
+        if cached is not None and cached[0][0] is region and cached[0][1] == total:
+            # The ring hands out the same view for the same place (full
+            # batches recur at the same ring positions): its slots are still
+            # right, and so are the headers framing left in it.
+            self._laid, self._framed = cached
+            return list(cached[0][2])
         if len(region) != self.buffer_size(total):
             raise ValueError("region is not the batch's size")
-        return self._slots(region, self._record_sizes(total))
+        slots = self._slots(region, self._record_sizes(total))
+        layout: _Layout = (region, total, tuple(slots))
+        self._laid, self._framed = layout, None
+        regions = self._regions
+        regions.pop(id(region), None)
+        regions[id(region)] = (layout, None)
+        if len(regions) > self.regions_max:
+            del regions[next(iter(regions))]
+        return slots
 
     def buffer_size(self, total: int) -> int:
         """Bytes of the buffer ``lay_out`` gives for ``total`` plaintext bytes."""
@@ -373,9 +397,16 @@ class TxBatches:
                 o += 5 + n + tag
         if laid and cached is not None:
             self._framed = (out, content_type, cached[1])
+            self._note_region(out)
         elif self._framed is not None and self._framed[0] is out:
             self._framed = None
         sealer.advance(n_rec)
+
+    def _note_region(self, out: RecordBuf) -> None:
+        """Remember what framing left in ring region ``out`` (if it is one)."""
+        entry = self._regions.get(id(out))
+        if entry is not None and entry[0][0] is out:
+            self._regions[id(out)] = (entry[0], self._framed)
 
     def _reframe(self, out: RecordBuf, content_type: int, slots: list[memoryview]) -> bool:
         """``frame_plaintext`` for a buffer whose headers are already in place.

@@ -5,10 +5,13 @@ acknowledged all of it, and a driver meeting a retransmitted frame reads the
 record's earlier bytes straight from host memory (mlx5 posts them as DUMP
 work).  Here the host and the NIC are two processes, so the store lives in a
 shared memory file (``/dev/shm``, created ``O_EXCL|O_NOFOLLOW`` mode 0600 and
-unlinked as soon as the NIC has mapped it): the host writes each framing
-buffer into a ring once, TCP is fed from that very ring, and the NIC maps
-the file read-only and reads a record's bytes only when it resyncs.  It
-keeps no copy.
+unlinked as soon as the NIC has mapped it): sendfile reads file data
+straight into ring space (``reserve``) and frames it there, other sends
+copy their framed buffer in once, TCP is fed from that very ring, and the
+NIC maps the file read-only and reads a record's bytes only when it
+resyncs.  It keeps no copy.  A full batch keeps coming back to the same
+few ring places, so ``reserve`` hands out the same view for the same place
+and the host's framing leaves the headers it wrote there in place.
 
 Layout (little-endian, offsets in bytes)::
 
@@ -115,6 +118,12 @@ class StoreWriter:
         self._base = 0  # entry number of list index 0
         self._pos = 0  # where the next buffer goes in the ring
         self._reserved: tuple[int, memoryview] | None = None  # (position, view)
+        self._regions: dict[int, memoryview] = {}
+        """One view per ring position handed out by ``reserve``: the same
+        object for the same place and size, so the host's framing can tell
+        a region whose headers it already wrote (``TxBatches.lay_out_in``).
+        A view is dropped (a new one made next time) once other bytes are
+        written over any part of it."""
         self.wait_room: Callable[[], bool] | None = None
         """Called while the store is full: polls TCP for acknowledgements
         (frees via ``free``); returns False once waiting is pointless."""
@@ -128,6 +137,8 @@ class StoreWriter:
         """Unmap now, or (chunks still queued for TCP point into the ring)
         when the last view goes."""
         self.unlink()
+        self._regions.clear()
+        self._reserved = None
         with contextlib.suppress(BufferError):
             self._mv.release()
             self._map.close()
@@ -157,10 +168,19 @@ class StoreWriter:
         acknowledgements while the ring is full.  A reservation that is
         never appended is simply reused by the next one."""
         pos = self._room(n)
-        ring = self._ring_at + pos
-        view = self._mv[ring : ring + n]
+        view = self._regions.get(pos)
+        if view is None or len(view) != n:
+            self._overwritten(pos, n)
+            ring = self._ring_at + pos
+            view = self._regions[pos] = self._mv[ring : ring + n]
         self._reserved = (pos, view)
         return view
+
+    def _overwritten(self, pos: int, n: int) -> None:
+        """Ring bytes ``[pos, pos + n)`` get other contents: forget the
+        region views over any of them."""
+        for p in [p for p, v in self._regions.items() if p < pos + n and pos < p + len(v)]:
+            del self._regions[p]
 
     def append(
         self, buf: bytearray | memoryview, start: int, first_sn: int, rsize: int, nrec: int
@@ -179,6 +199,7 @@ class StoreWriter:
             pos = self._room(n)
         ring = self._ring_at + pos
         if ring_view is None:
+            self._overwritten(pos, n)
             self._mv[ring : ring + n] = buf
         number = self._base + len(self._ends)
         slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size

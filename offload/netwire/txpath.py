@@ -18,12 +18,14 @@ does:
    crypto_info, start sequence number, the store); a refusal is
    ``OffloadRefused`` and the layer falls back to software TX.
 
-Framed records (plaintext, tag space reserved) are then copied once into
-the store's ring and TCP is fed from the ring itself.  Records are freed
-when ``TCP_INFO.tcpi_bytes_acked`` (the userspace view of the kernel's
-``clean_acked``) says TCP has them acknowledged; the store waits for that
-when full.  At close the context stays until everything is acknowledged
-(a retransmission may still need it), then goes (``tls_dev_del``).
+Framed records (plaintext, tag space reserved) are then laid in the
+store's ring - sendfile reads the file straight into it and frames there,
+other sends are copied in once - and TCP is fed from the ring itself.
+Records are freed when ``TCP_INFO.tcpi_bytes_acked`` (the userspace view of
+the kernel's ``clean_acked``) says TCP has them acknowledged; the store
+waits for that when full.  At close the context stays until everything is
+acknowledged (a retransmission may still need it), then goes
+(``tls_dev_del``).
 """
 
 from __future__ import annotations
@@ -135,9 +137,11 @@ class RemoteNic:
 class ShmDeviceTx(DeviceTx):
     """``DeviceTx`` whose record store is the shared ring.
 
-    Framing is DeviceTx's own; each framed buffer is then copied into the
-    ring, and the store's view replaces the buffer in DeviceTx's record list,
-    so the framing buffer is free for the next batch at once.
+    Framing is DeviceTx's own.  sendfile's batches are laid out and framed
+    in ring space (``lay_out``); any other framed buffer is copied into the
+    ring.  Either way the store's view replaces the buffer in DeviceTx's
+    record list, so a framing buffer of ours is free for the next batch at
+    once.
     """
 
     def __init__(
