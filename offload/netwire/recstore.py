@@ -56,9 +56,12 @@ HEADER_SIZE = 64
 ENTRY = struct.Struct("<QQQIIQ")
 _U64 = struct.Struct("<Q")
 _OFF_HEAD, _OFF_TAIL, _OFF_ACKED = 40, 48, 56
-DEFAULT_RING = 8 << 20
-"""Twice the largest send buffer TCP autotunes to here (tcp_wmem max 4 MiB):
-the ring holds what TCP has not acknowledged, plus the batch being framed."""
+DEFAULT_RING = 17 << 20
+"""Four framing batches of 4 MiB of payload (``NetTxPath.batch_records``,
+records with their headers and tags: a little over 16 MiB): the ring holds
+what TCP has not acknowledged (its send buffer autotunes to 4 MiB here,
+tcp_wmem max), plus the batch being framed, plus the room lost when a
+batch does not fit before the ring's end."""
 DEFAULT_ENTRIES = 8192
 SHM_DIR = "/dev/shm"
 
