@@ -19,7 +19,8 @@ import time
 import pytest
 
 from offload.batch import TxBatches
-from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, create_device
+from offload.drivers.simnic import SimNic
+from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, create_device
 from offload.netwire.frames import FlowKey, make_partial, parse_tcp
 from offload.netwire.nic import Nic
 from offload.netwire.recstore import StoreFull, StoreReader, StoreWriter
@@ -76,10 +77,18 @@ def software(info: CryptoInfo, data: bytes) -> bytes:
     return b"".join(bytes(b) for b in SwTx(info).frame(23, data, False))
 
 
+class _NoBurst(SimNic):
+    """sim-nic as a driver without ``xmit_burst`` (``xmit`` per frame)."""
+
+    xmit_burst = None  # type: ignore[assignment]
+
+
 class Host:
     """A host side for the engine: a store with one framed buffer."""
 
-    def __init__(self, info: CryptoInfo, data: bytes, isn: int, lead: int = 0) -> None:
+    def __init__(
+        self, info: CryptoInfo, data: bytes, isn: int, lead: int = 0, burst: bool = True
+    ) -> None:
         self.isn = isn
         self.lead = lead  # bytes before the start marker (stream offset of the marker)
         self.store = StoreWriter(isn, lead, ring_size=1 << 22, entries=64)
@@ -88,7 +97,9 @@ class Host:
         buf, first, rsize, nrec = framed(info, data)
         self.buf = bytes(buf)
         self.store.append(buf, lead, first, rsize, nrec)
-        self.nic = Nic(create_device("sim-nic"))
+        # The NIC hands each frame to the driver's xmit_burst, or to xmit
+        # for a driver without one (the same bytes either way).
+        self.nic = Nic(create_device("sim-nic") if burst else NetDevice("nic0", _NoBurst()))
         self.nic.egress(frame((isn - 1) % (1 << 32), b"", flags=0x02))  # the SYN
         ctx = self.nic.device.driver.dev_add(TLS_OFFLOAD_CTX_DIR_TX, info, (isn + lead) % 2**32)
         self.nic.flows[KEY].offload = (ctx, self.reader)
@@ -108,13 +119,16 @@ class Host:
 
 @pytest.mark.parametrize("combo", STREAMABLE, ids=combo_id)
 @pytest.mark.parametrize("isn", [0x1234, 2**32 - 70000])
-def test_engine_in_order_and_resync_equal_software(combo: tuple[int, CipherType], isn: int) -> None:
+@pytest.mark.parametrize("burst", [True, False], ids=["xmit_burst", "xmit"])
+def test_engine_in_order_and_resync_equal_software(
+    combo: tuple[int, CipherType], isn: int, burst: bool
+) -> None:
     """Frames cut anywhere (mid-header, mid-tag), across the 2^32 wrap; then
     an old frame again (resync from the store): all software TX's bytes."""
     info = random_info(*combo, seq=5)
     data = os.urandom(100_000)
     want = software(info, data)
-    h = Host(info, data, isn)
+    h = Host(info, data, isn, burst=burst)
     try:
         got = bytearray()
         for cut in (3, 1000, 16384 + 5, 7, 40000, 2, 65536):
@@ -134,10 +148,11 @@ def test_engine_in_order_and_resync_equal_software(combo: tuple[int, CipherType]
         h.close()
 
 
-def test_engine_drops_a_freed_record_never_plaintext() -> None:
+@pytest.mark.parametrize("burst", [True, False], ids=["xmit_burst", "xmit"])
+def test_engine_drops_a_freed_record_never_plaintext(burst: bool) -> None:
     info = random_info(*STREAMABLE[0])
     data = os.urandom(50_000)
-    h = Host(info, data, 777)
+    h = Host(info, data, 777, burst=burst)
     try:
         assert h.send(0, len(h.buf))[0]
         h.store.free(20000)  # TCP acknowledged past the first record
