@@ -25,6 +25,7 @@ from offload.uapi import (
     TLS_RX,
     TLS_RX_EXPECT_NO_PAD,
     TLS_TX,
+    TLS_TX_MAX_PAYLOAD_LEN,
     TLS_TX_ZEROCOPY_RO,
     CryptoInfo,
 )
@@ -107,6 +108,8 @@ class SwOps:
         elif optname == TLS_RX_EXPECT_NO_PAD:
             rx_set = self.receiver.rx is not None
             self.receiver.set_no_pad(sockopt.decode_no_pad(data, self._version(), rx_set))
+        elif optname == TLS_TX_MAX_PAYLOAD_LEN:
+            self.sender.set_max_payload(data, self._version())
         else:
             raise sockopt.unknown_option(optname)
 
@@ -120,6 +123,8 @@ class SwOps:
         elif optname == TLS_RX_EXPECT_NO_PAD:
             sockopt.check_no_pad_get(self._version())
             raw = sockopt.encode_int(int(self.receiver.no_pad), n)
+        elif optname == TLS_TX_MAX_PAYLOAD_LEN:
+            raw = sockopt.encode_u16(self.sender.record_size, n)
         else:
             raise sockopt.unknown_option(optname)
         return sockopt.as_getsockopt_result(raw, buflen)

@@ -20,7 +20,7 @@ from offload.batch import RecordBuf
 from offload.errors import os_error
 from offload.netdev import OffloadRefused
 from offload.record import Buffer
-from offload.sockopt import DATA, decode_send
+from offload.sockopt import DATA, decode_max_payload, decode_send
 from offload.sockwait import may_block
 from offload.state import DeviceState, TlsConf
 from offload.stats import TlsStats
@@ -92,6 +92,21 @@ class SwSender:
                 self._install(info)
                 return
             self.tx.rekey(info)
+
+    def set_max_payload(self, data: bytes, version: int | None) -> None:
+        """``TLS_TX_MAX_PAYLOAD_LEN`` (Linux 6.19+): later records carry at
+        most this much plaintext, control records too.  EBUSY while a
+        MSG_MORE record is open (Linux checks that first: the open record
+        was sized under the old limit); allowed before TLS_TX, which then
+        starts with it.  Records already sealed keep their size.
+        """
+        with self.queue.lock:
+            if self.tx is not None and self.tx.open_record:
+                raise os_error(errno.EBUSY, "a MSG_MORE record is open")
+            value = decode_max_payload(data, version)
+            self.record_size = value
+            if self.tx is not None:
+                self.tx.set_max_payload(value)
 
     def _install(self, info: CryptoInfo) -> None:
         """Offer the context to the device (tls_set_device_offload), else SW."""

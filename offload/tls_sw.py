@@ -60,6 +60,14 @@ class SwTx:
         self.sealer = RecordSealer(info)
         self.batches = TxBatches(self.sealer, self.max_payload, self.batch_records, self.pool_max)
 
+    def set_max_payload(self, max_payload: int) -> None:
+        """Records framed from now on carry at most ``max_payload`` bytes
+        (``TLS_TX_MAX_PAYLOAD_LEN``; the caller has checked that no record
+        is open).  Pooled buffers of the old size are dropped with the old
+        batcher."""
+        self.max_payload = max_payload
+        self.batches = TxBatches(self.sealer, max_payload, self.batch_records, self.pool_max)
+
     def recycle(self, buf: RecordBuf) -> None:
         """Take back a fully written batch buffer for reuse (bounded pool)."""
         self.batches.give_back(buf)

@@ -29,6 +29,9 @@ TLS_RX = 2
 TLS_TX_ZEROCOPY_RO = 3
 TLS_RX_EXPECT_NO_PAD = 4
 TLS_TX_MAX_PAYLOAD_LEN = 5  # u16, 64..2^14 (Linux 6.19+; RFC 8449 record_size_limit)
+TLS_MIN_RECORD_SIZE_LIM = 64
+"""RFC 8449's least record_size_limit, TLS_TX_MAX_PAYLOAD_LEN's floor; TLS 1.3
+counts its content-type byte in the limit, so its least payload is 63."""
 
 # cmsg types at level SOL_TLS (one byte of payload: the record type)
 TLS_SET_RECORD_TYPE = 1

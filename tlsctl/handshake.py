@@ -71,6 +71,7 @@ from offload.uapi import (
     TLS_1_2_VERSION,
     TLS_RX,
     TLS_TX,
+    TLS_TX_MAX_PAYLOAD_LEN,
     ContentType,
     CryptoInfo,
 )
@@ -564,9 +565,15 @@ def _set_tls12_seqs(conn: SSL.Connection, res: HandshakeResult, tx_seq: int, rx_
     res.rx_info = crypto_info_tls12(keys, suite, peer, rx_seq)
 
 
-def install_offload(k: KTLSSocket, res: HandshakeResult) -> KTLSSocket:
+def install_offload(
+    k: KTLSSocket, res: HandshakeResult, max_payload: int | None = None
+) -> KTLSSocket:
     """Attach the ``tls`` ULP to the layer ``k``, install TLS_TX and TLS_RX,
     hand over leftovers; returns ``k``.
+
+    ``max_payload`` (-max_send_frag) is set as ``TLS_TX_MAX_PAYLOAD_LEN``
+    between the ULP and TLS_TX, so the first record already follows it; a
+    kernel before 6.19 has no such option and the handoff fails with why.
 
     The order is Linux's (ULP, TX, RX) and ciphertext read past the
     handshake is injected after RX is set, so the first ``recv`` decrypts
@@ -577,6 +584,8 @@ def install_offload(k: KTLSSocket, res: HandshakeResult) -> KTLSSocket:
     if res.tx_info is None or res.rx_info is None:
         raise HandshakeError(res.unsupported_reason or "no keys to offload")
     k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
+    if max_payload is not None:
+        _set_max_payload(k, max_payload)
     k.setsockopt(SOL_TLS, TLS_TX, res.tx_info.pack())
     k.setsockopt(SOL_TLS, TLS_RX, res.rx_info.pack())
     if res.leftover:
@@ -589,3 +598,15 @@ def install_offload(k: KTLSSocket, res: HandshakeResult) -> KTLSSocket:
     if res.plaintext:
         k.inject_rx_plaintext(res.plaintext)
     return k
+
+
+def _set_max_payload(k: KTLSSocket, value: int) -> None:
+    try:
+        k.setsockopt(SOL_TLS, TLS_TX_MAX_PAYLOAD_LEN, value.to_bytes(2, "little"))
+    except OSError as exc:
+        if exc.errno == errno.ENOPROTOOPT:
+            raise HandshakeError(
+                f"-max_send_frag: the kernel {os.uname().release} has no "
+                "TLS_TX_MAX_PAYLOAD_LEN (Linux 6.19+); use --offload sw"
+            ) from None
+        raise HandshakeError(f"-max_send_frag {value}: {os.strerror(exc.errno or 0)}") from None

@@ -47,6 +47,7 @@ class TlsOptions:
     cafile: str | None = None  # -CAfile
     capath: str | None = None  # -CApath: a hashed directory (openssl rehash)
     alpn: tuple[str, ...] = ()  # -alpn: protocols, in preference order
+    max_send_frag: int | None = None  # -max_send_frag: TLS_TX_MAX_PAYLOAD_LEN after the handoff
     trace: Tracer | None = None  # -msg, -debug, -state (tlsctl.tracing)
     # --offload whose record layer must carry the suite (sw, kernel, a NIC
     # driver); None when pyOpenSSL may keep the connection (auto, none).
@@ -73,9 +74,24 @@ def _base(opts: TlsOptions, method: int) -> SSL.Context:
     if opts.alpn:
         _set_alpn(ctx, method, opts.alpn)
     install_keylog(ctx)
+    if opts.max_send_frag is not None:
+        setattr(ctx, _MAX_SEND_FRAG, opts.max_send_frag)
     if opts.trace is not None:
         opts.trace.install(ctx)
     return ctx
+
+
+_MAX_SEND_FRAG = "_tlsctl_max_send_frag"
+
+
+def max_send_frag_of(ctx: SSL.Context) -> int | None:
+    """-max_send_frag as given to the context the connection was made with.
+
+    It travels on the context, as the tracer does, because the layer is
+    opened per connection (``session.channel.establish``) from what the
+    handshake left, and pyOpenSSL has no call for OpenSSL's own limit."""
+    found = getattr(ctx, _MAX_SEND_FRAG, None)
+    return found if isinstance(found, int) else None
 
 
 def _set_ciphers(ctx: SSL.Context, cipher: str | None, ciphersuites: str | None) -> None:

@@ -44,6 +44,7 @@ from tests.helpers import finished_fragments as _fragments
 from tests.helpers import kernel_cli_scenarios as _cli
 from tests.helpers import kernel_edge_scenarios as _edges
 from tests.helpers import kernel_layer_scenarios as _layer
+from tests.helpers import kernel_payload_scenarios as _payload
 
 # ---------------------------------------------------------------------------
 # Registry
@@ -472,6 +473,9 @@ _fragments.register(scenario)
 
 # Issue 16: the edges where the layer was held against Linux 7.x.
 _edges.register(scenario)
+
+# Linux 6.19+: TLS_TX_MAX_PAYLOAD_LEN.
+_payload.register(scenario)
 
 # The CLI on the real kernel: send/serve --offload kernel, hashes checked.
 _cli.register(scenario)

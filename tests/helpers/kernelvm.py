@@ -24,6 +24,9 @@ How a run works (``run_in_vm``):
   ``rc`` file (command timeout; the guest also wraps the command in
   ``timeout``).  On a time-out the whole vng/qemu process group is killed and
   :class:`VMError` carries the tail of the console log.
+* A guest whose kernel panics while booting (seen under TCG on a loaded
+  machine, before any of our code ran) is killed as soon as the console
+  shows it and booted once more.
 
 Gotchas found while setting this up:
 
@@ -79,16 +82,31 @@ DEFAULT_MEMORY = "2G"
 
 _POLL_INTERVAL = 0.25
 _CONSOLE_TAIL_LINES = 60
+_PANIC = "Kernel panic"
+_PANIC_CHECK_INTERVAL = 2.0
 
 
 class VMError(RuntimeError):
     """The VM did not boot, or did not report the command's result in time."""
 
-    def __init__(self, message: str, console: str = "") -> None:
+    def __init__(self, message: str, console: str = "", guest_started: bool = True) -> None:
         tail = "\n".join(console.splitlines()[-_CONSOLE_TAIL_LINES:])
         full = message if not tail else f"{message}\n--- VM console (last lines) ---\n{tail}"
         super().__init__(full)
         self.console = console
+        self.guest_started = guest_started
+
+    @property
+    def boot_panic(self) -> bool:
+        """The emulated kernel panicked before our script ran.
+
+        Seen under QEMU TCG on a loaded 2-core machine (``Oops: int3`` in
+        ``sched_clock_cpu``, then ``Kernel panic - not syncing``): the guest
+        never reached user space, so nothing of the test ran and a second
+        boot is a fair retry.  A panic after the script started is never
+        retried: it may be what the test provoked.
+        """
+        return not self.guest_started and _PANIC in self.console
 
 
 class VMUnavailable(VMError):
@@ -292,6 +310,10 @@ def _guest_env(extra: Mapping[str, str] | None, cwd: Path) -> dict[str, str]:
     return env
 
 
+BOOT_ATTEMPTS = 2
+"""Boots tried when the emulated kernel panics before the command starts."""
+
+
 def run_in_vm(
     argv: Sequence[str],
     timeout: float,
@@ -305,6 +327,10 @@ def run_in_vm(
     kernel: str | None = None,
 ) -> VMResult:
     """Boot the kTLS VM once, run ``modprobe tls`` and then ``argv`` in it.
+
+    A guest kernel that panics before the command starts (an emulation
+    fault, see :attr:`VMError.boot_panic`) is booted once more, as a fresh
+    VM; any other failure is raised at once.
 
     ``argv[0]`` must be an absolute path or a command on the guest's system
     PATH (use ``sys.executable`` for Python; :func:`python_argv` helps).
@@ -322,6 +348,45 @@ def run_in_vm(
     :class:`VMUnavailable` when the VM can't be booted here, and
     :class:`VMError` when the VM does not boot or report back in time.
     """
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        try:
+            return _run_in_vm_once(
+                argv,
+                timeout,
+                workdir=workdir,
+                cwd=cwd,
+                env=env,
+                memory=memory,
+                cpus=cpus,
+                boot_timeout=boot_timeout,
+                kernel=kernel,
+            )
+        except VMUnavailable:
+            raise
+        except VMError as exc:
+            if attempt == BOOT_ATTEMPTS or not exc.boot_panic:
+                raise
+            print(
+                f"kernelvm: the guest kernel panicked while booting (attempt {attempt}); "
+                "booting it again",
+                file=sys.stderr,
+            )
+    raise AssertionError("unreachable")
+
+
+def _run_in_vm_once(
+    argv: Sequence[str],
+    timeout: float,
+    *,
+    workdir: str | os.PathLike[str] | None,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    memory: str,
+    cpus: int | None,
+    boot_timeout: float,
+    kernel: str | None,
+) -> VMResult:
+    """One boot of :func:`run_in_vm`."""
     ok, reason = vm_available()
     if not ok:
         raise VMUnavailable(reason)
@@ -387,6 +452,7 @@ def run_in_vm(
             try:
                 deadline = t0 + boot_timeout
                 phase = "boot"
+                next_panic_check = t0
                 while True:
                     if boot_seconds is None and (wdir / "started").exists():
                         boot_seconds = time.monotonic() - t0
@@ -397,6 +463,18 @@ def run_in_vm(
                         deadline = time.monotonic() + SHUTDOWN_GRACE
                     if proc.poll() is not None:
                         break
+                    if phase == "boot" and time.monotonic() >= next_panic_check:
+                        next_panic_check = time.monotonic() + _PANIC_CHECK_INTERVAL
+                        if _PANIC in _read(console_path):
+                            # qemu sits on a panicked guest until the boot
+                            # timeout: stop now so a retry is cheap.
+                            _kill_group(proc)
+                            raise VMError(
+                                f"the guest kernel panicked while booting (kernel {image}); "
+                                f"console log: {console_path}",
+                                _read(console_path),
+                                guest_started=False,
+                            )
                     if time.monotonic() > deadline:
                         _kill_group(proc)
                         if phase == "shutdown":
@@ -409,6 +487,7 @@ def run_in_vm(
                         raise VMError(
                             f"{what} (kernel {image}); console log: {console_path}",
                             _read(console_path),
+                            guest_started=boot_seconds is not None,
                         )
                     time.sleep(_POLL_INTERVAL)
             finally:
@@ -425,6 +504,7 @@ def run_in_vm(
                 f" (kernel {image}); modprobe: {_read(wdir / 'modprobe.out').strip()!r}; "
                 f"stderr: {_read(wdir / 'stderr')[-2000:]!r}; console log: {console_path}",
                 console_text,
+                guest_started=started,
             )
         mp = _read(wdir / "modprobe.rc").strip()
         return VMResult(

@@ -10,34 +10,24 @@ processes is read here too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import selectors
 import signal
+import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_LIBC: Any = None
-
-
-def load_libc() -> None:
-    """Load libc now, so :func:`die_with_parent` is safe between fork and exec."""
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-
-        _LIBC = ctypes.CDLL(None, use_errno=True)
+from tlsctl import pdeath
+from tlsctl.pdeath import load_libc
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
-    """Get ``sig`` when the process that started this one ends (Linux
-    ``prctl(PR_SET_PDEATHSIG)``), however it ends, SIGKILL included; if it
-    already has, send ``sig`` now.  Safe between fork and exec (``preexec_fn``)
-    once :func:`load_libc` ran before the fork.
-    """
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    if os.getppid() != parent:
+    """Get ``sig`` when the process that started this one ends
+    (:mod:`tlsctl.pdeath`); if it already has, send ``sig`` now.  Safe
+    between fork and exec once :func:`load_libc` ran before the fork."""
+    if not pdeath.die_with_parent(parent, sig):
         os.kill(os.getpid(), sig)
 
 
@@ -74,6 +64,48 @@ def child_setup(parent: int) -> Callable[[], None]:
         die_with_parent(parent, signal.SIGKILL)
 
     return setup
+
+
+def fork_per_connection(
+    listeners: dict[socket.socket, str],
+    serve: Callable[[str, socket.socket, Any], None],
+) -> NoReturn:
+    """Accept on every listener and fork a child per connection, forever.
+
+    The child dies with this process (SIGKILL: a bench that is gone has no
+    use for half a transfer), closes the listeners and runs
+    ``serve(tag, sock, addr)`` with the listener's tag; it exits 0 when that
+    returns, 1 when it raises (what went wrong is ``serve``'s to report).
+    Finished children are reaped between accepts.  The loopback receiver
+    and ``-R``'s sending server are both this loop.
+    """
+    me = os.getpid()
+    sel = selectors.DefaultSelector()
+    for lst, tag in listeners.items():
+        sel.register(lst, selectors.EVENT_READ, tag)
+    while True:
+        for key, _ in sel.select(0.5):
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            try:
+                sock, addr = ready.accept()
+            except OSError:
+                continue
+            if os.fork() == 0:
+                code = 0
+                try:
+                    die_with_parent(me, signal.SIGKILL)
+                    for other in listeners:
+                        other.close()
+                    serve(key.data, sock, addr)
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            sock.close()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
 
 
 def proc_cpu(pid: int) -> float:

@@ -10,17 +10,13 @@ whatever ends the bench.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import selectors
-import signal
 import socket
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from OpenSSL import SSL
 
-from tlsctl.benchrun.procs import detach_signals, die_with_parent
+from tlsctl.benchrun.procs import detach_signals, fork_per_connection
 from tlsctl.benchrun.report import make_report
 from tlsctl.handshake import run_handshake
 from tlsctl.offloadmode import exact_reads
@@ -40,7 +36,7 @@ def receiver_main(
     *,
     host: str = "127.0.0.1",
     netns: str | None = None,
-) -> None:
+) -> NoReturn:
     """Listen on a TLS and a plain port of ``host`` (sent to the parent over
     the pipe ``conn``), fork per connection; never returns.  ``netns``: the
     namespace to listen in (``--wire netns``: the receiver side)."""
@@ -48,42 +44,20 @@ def receiver_main(
 
     detach_signals(parent)
     enter_namespace(netns)
-    me = os.getpid()
     ctx = server_context(opts, cert=cert_pem, key=key_pem)
     tls_l = socket.create_server((host, 0), backlog=128)
     tcp_l = socket.create_server((host, 0), backlog=128)
     conn.send((tls_l.getsockname()[1], tcp_l.getsockname()[1]))
     conn.close()
-    sel = selectors.DefaultSelector()
-    sel.register(tls_l, selectors.EVENT_READ, "tls")
-    sel.register(tcp_l, selectors.EVENT_READ, "tcp")
-    while True:
-        for key, _ in sel.select(0.5):
-            lst = key.fileobj
-            assert isinstance(lst, socket.socket)
-            try:
-                sock, _addr = lst.accept()
-            except OSError:
-                continue
-            if os.fork() == 0:
-                code = 0
-                try:
-                    die_with_parent(me, signal.SIGKILL)
-                    tls_l.close()
-                    tcp_l.close()
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    if key.data == "tcp":
-                        _recv_tcp(sock)
-                    else:
-                        _recv_tls(sock, ctx)
-                except BaseException:
-                    code = 1
-                finally:
-                    os._exit(code)
-            sock.close()
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
+
+    def serve(tag: str, sock: socket.socket, _addr: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tag == "tcp":
+            _recv_tcp(sock)
+        else:
+            _recv_tls(sock, ctx)
+
+    fork_per_connection({tls_l: "tls", tcp_l: "tcp"}, serve)
 
 
 def _recv_tcp(sock: socket.socket) -> None:

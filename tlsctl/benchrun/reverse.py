@@ -22,13 +22,10 @@ remote ``serve --sink``, which only receives.
 from __future__ import annotations
 
 import contextlib
-import os
-import selectors
-import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from OpenSSL import SSL
 
@@ -36,7 +33,7 @@ from tlsctl.benchrun.errors import BenchError, ModeUnavailable
 from tlsctl.benchrun.intervals import IntervalClock
 from tlsctl.benchrun.job import Job
 from tlsctl.benchrun.modes import TLS_MAX_RECORD
-from tlsctl.benchrun.procs import detach_signals, die_with_parent
+from tlsctl.benchrun.procs import detach_signals, fork_per_connection
 from tlsctl.benchrun.pump import pump_ranges, pump_reads
 from tlsctl.benchrun.report import REPORT_SIZE, make_report, read_report
 from tlsctl.benchrun.results import Result
@@ -54,52 +51,33 @@ _FAILED = "failed"
 # -- the server (sends) ---------------------------------------------------------
 
 
-def reverse_server_main(conn: Any, template: Job, results: Any, parent: int) -> None:
+def reverse_server_main(conn: Any, template: Job, results: Any, parent: int) -> NoReturn:
     """Listen on one loopback port per mode (the ports go to the parent over
     ``conn``), fork per connection; each child puts ``(client port, Result
     or (kind, message))`` on ``results``.  Never returns."""
     detach_signals(parent)
-    me = os.getpid()
-    sel = selectors.DefaultSelector()
-    listeners = []
+    listeners: dict[socket.socket, str] = {}
     ports: dict[str, int] = {}
     for mode in REVERSE_MODES:
         new = socket.create_server(("127.0.0.1", 0), backlog=128)
-        listeners.append(new)
+        listeners[new] = mode
         ports[mode] = new.getsockname()[1]
-        sel.register(new, selectors.EVENT_READ, mode)
     conn.send(ports)
     conn.close()
-    while True:
-        for key, _ in sel.select(0.5):
-            lst = key.fileobj
-            assert isinstance(lst, socket.socket)
-            try:
-                sock, addr = lst.accept()
-            except OSError:
-                continue
-            if os.fork() == 0:
-                code = 0
-                try:
-                    die_with_parent(me, signal.SIGKILL)
-                    for other in listeners:
-                        other.close()
-                    job = _job_for(template, key.data)
-                    results.put((addr[1], _serve(job, sock)))
-                except ModeUnavailable as exc:
-                    results.put((addr[1], (_UNAVAILABLE, str(exc))))
-                except BenchError as exc:
-                    results.put((addr[1], (_FAILED, str(exc))))
-                except BaseException as exc:
-                    code = 1
-                    with contextlib.suppress(BaseException):
-                        results.put((addr[1], (_FAILED, f"{type(exc).__name__}: {exc}")))
-                finally:
-                    os._exit(code)
-            sock.close()
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
+
+    def serve(mode: str, sock: socket.socket, addr: Any) -> None:
+        try:
+            results.put((addr[1], _serve(_job_for(template, mode), sock)))
+        except ModeUnavailable as exc:
+            results.put((addr[1], (_UNAVAILABLE, str(exc))))
+        except BenchError as exc:
+            results.put((addr[1], (_FAILED, str(exc))))
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                results.put((addr[1], (_FAILED, f"{type(exc).__name__}: {exc}")))
+            raise
+
+    fork_per_connection(listeners, serve)
 
 
 def _job_for(template: Job, mode: str) -> Job:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from offload.uapi import TLS_MAX_PAYLOAD_SIZE, TLS_MIN_RECORD_SIZE_LIM
 from tlsctl import addresses
 from tlsctl.commands import _complete as complete
 from tlsctl.commands._output import Output
@@ -177,6 +178,7 @@ def _common_from(params: dict[str, Any]) -> CommonOptions:
         capath=params.pop("capath"),
         alpn=_alpn_list(params.pop("alpn")),
         tracer=_tracer(trace, params["as_json"]),
+        max_send_frag=_max_send_frag(params.pop("max_send_frag"), offload),
     )
     output = Output(
         quiet=params.pop("quiet"), verbose=params.pop("verbose"), as_json=params.pop("as_json")
@@ -273,6 +275,7 @@ def tls_options_for(
     capath: str | None = None,
     alpn: tuple[str, ...] = (),
     tracer: Tracer | None = None,
+    max_send_frag: int | None = None,
 ) -> TlsOptions:
     """The TLS options; with an offload that must take the connection (all but
     ``auto`` and ``none``, which may keep it in pyOpenSSL) the suites are
@@ -289,7 +292,19 @@ def tls_options_for(
         alpn=alpn,
         trace=tracer,
         layer=offload if needs_layer(offload) else None,
+        max_send_frag=max_send_frag,
     )
+
+
+def _max_send_frag(value: int | None, offload: str) -> int | None:
+    """-max_send_frag is the layer's TLS_TX_MAX_PAYLOAD_LEN: pyOpenSSL
+    cannot set OpenSSL's own limit, so ``--offload none`` cannot have it."""
+    if value is not None and offload == "none":
+        raise click.BadParameter(
+            "needs a kTLS record layer; --offload none keeps the connection in pyOpenSSL",
+            param_hint="-max_send_frag",
+        )
+    return value
 
 
 def _tls_options(f: F) -> F:
@@ -351,6 +366,16 @@ def _tls_options(f: F) -> F:
             metavar="LIST",
             help="ALPN protocols, comma-separated in preference order (e.g. h2,http/1.1); "
             "the negotiated one is in the summary, the log and --json.",
+        ),
+        click.option(
+            "-max_send_frag",
+            "--max_send_frag",
+            "max_send_frag",
+            type=click.IntRange(TLS_MIN_RECORD_SIZE_LIM, TLS_MAX_PAYLOAD_SIZE),
+            metavar="BYTES",
+            help="Largest plaintext per record sent after the handoff (setsockopt "
+            "TLS_TX_MAX_PAYLOAD_LEN; the kernel needs Linux 6.19+). Needs a kTLS "
+            "record layer (not --offload none).",
         ),
         click.option(
             "-msg",

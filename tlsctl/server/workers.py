@@ -28,7 +28,6 @@ a worker killed by a signal counts as FAILED.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -38,10 +37,10 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from tlsctl.exitcodes import ExitStatus
+from tlsctl.pdeath import die_with_parent
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 _STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _REAP_POLL = 0.1  # seconds; see run_workers
 
 
@@ -141,8 +140,7 @@ def _worker(
     """The child's whole life: never returns into the parent's code."""
     code = int(ExitStatus.FAILED)
     try:
-        die_with_parent(signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
+        if not die_with_parent(parent, signal.SIGTERM):  # the parent died before prctl
             os._exit(code)
         serve = prepare(i)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -159,12 +157,3 @@ def _worker(
             with contextlib.suppress(Exception):
                 on_exit()
         os._exit(code)
-
-
-def die_with_parent(sig: int) -> None:
-    """``prctl(PR_SET_PDEATHSIG, sig)``: the kernel sends ``sig`` to this
-    process when the thread that forked it (the parent's main thread) exits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")

@@ -56,6 +56,7 @@ from tlsctl.session import (
     Session,
     alert_name,
 )
+from tlsctl.tlsconf import max_send_frag_of
 from tlsctl.tracing import TapSocket, tracer_of
 
 __all__ = [
@@ -739,18 +740,21 @@ def establish(
     is an error instead.  A kTLS connection is registered with
     ``registrar`` (the command's control server) while it lives.
     """
+    max_payload = max_send_frag_of(res.conn.get_context())
     if offload == "none":
         return OpenSSLChannel(sock, res)
     if res.tx_info is None or res.rx_info is None:
         reason = res.unsupported_reason or f"{res.cipher_name} cannot be offloaded"
         if offload == "auto":
             warn(f"warning: {reason}; the connection stays in pyOpenSSL (--offload none)")
+            if max_payload is not None:
+                warn("warning: -max_send_frag applies to the kTLS layer only; not applied")
             return OpenSSLChannel(sock, res)
         raise LocalError(f"--offload {offload}: {reason}")
     tracer = tracer_of(res.conn.get_context())
     tap = TapSocket(sock, tracer) if tracer is not None and tracer.msg is not None else None
     try:
-        k = install_offload(open_layer(tap or sock, offload, device), res)
+        k = install_offload(open_layer(tap or sock, offload, device), res, max_payload)
         if tap is not None and k.backend == "kernel":
             tap.shown = False  # the kernel frames the records: plaintext passes here
             warn("-msg: the kernel frames the records after the handoff; not shown")
