@@ -4,7 +4,8 @@ With the kernel backend a :class:`~offload.ktls_socket.KTLSSocket` forwards
 ``setsockopt``/``getsockopt``/``sendmsg``/``recvmsg`` to the real socket and
 ``sendfile`` to ``os.sendfile`` (zero copy through the kernel):
 :class:`KernelOps`.  :func:`kernel_has_ktls` answers the one question that
-needs a probe: does this kernel have kTLS?
+needs a probe: does this kernel have kTLS?  (:func:`kernel_has_max_payload`:
+and ``TLS_TX_MAX_PAYLOAD_LEN``, for ``bench --record-size``.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from offload.loopback import attach_tls_ulp, loopback_pair
 from offload.record import Buffer
 from offload.sockopt import oob_as_cmsg
 from offload.state import DeviceState, RxState, TlsConf
-from offload.uapi import SOL_TLS, TLS_RX, TLS_TX, CryptoInfo
+from offload.uapi import (
+    SOL_TLS,
+    TLS_MAX_PAYLOAD_SIZE,
+    TLS_RX,
+    TLS_TX,
+    TLS_TX_MAX_PAYLOAD_LEN,
+    CryptoInfo,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,6 +51,27 @@ def kernel_has_ktls() -> tuple[bool, str]:
         return True, ""
     except OSError as exc:
         return False, f"cannot probe kTLS: {exc.strerror}"
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_has_max_payload() -> tuple[bool, str]:
+    """(True, "") when this kernel takes ``TLS_TX_MAX_PAYLOAD_LEN`` (Linux
+    6.19+), else (False, reason): the option set on a loopback socket with
+    the ULP attached, before any key, as the layer allows too."""
+    ok, why = kernel_has_ktls()
+    if not ok:
+        return ok, why
+    try:
+        with loopback_pair() as (c, _):
+            attach_tls_ulp(c)
+            c.setsockopt(
+                SOL_TLS, TLS_TX_MAX_PAYLOAD_LEN, TLS_MAX_PAYLOAD_SIZE.to_bytes(2, "little")
+            )
+    except OSError as exc:
+        if exc.errno == errno.ENOPROTOOPT:
+            return False, "the kernel has no TLS_TX_MAX_PAYLOAD_LEN (Linux 6.19+)"
+        return False, f"TLS_TX_MAX_PAYLOAD_LEN: {exc.strerror}"
+    return True, ""
 
 
 class KernelOps:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import shutil
 
-from offload.kernel import kernel_has_ktls
+from offload.kernel import kernel_has_ktls, kernel_has_max_payload
+from offload.uapi import TLS_MIN_RECORD_SIZE_LIM
 
 ALL_MODES = ("tcp", "tcp-sendfile", "userspace", "sw", "sim-nic", "kernel", "openssl")
 DEFAULT_MODES = ("tcp", "userspace", "sw", "sim-nic", "kernel", "openssl")
@@ -85,7 +86,14 @@ def skip_reason(
         if not ok:
             return f"no kernel kTLS here: {why}" if why else "no kernel kTLS here"
         if record_size != TLS_MAX_RECORD:
-            return "--record-size needs the user-space layer"
+            ok, why = kernel_has_max_payload()
+            if not ok:
+                return f"--record-size: {why}"
+            if record_size < TLS_MIN_RECORD_SIZE_LIM:
+                return (
+                    f"--record-size {record_size} is below the {TLS_MIN_RECORD_SIZE_LIM} "
+                    "TLS_TX_MAX_PAYLOAD_LEN takes"
+                )
     least = _MIN_RECORD.get(mode, 1)
     if record_size < least:
         why = (

@@ -135,13 +135,13 @@ def _serve_userspace(
 
 def _serve_ktls(job: Job, sock: socket.socket, ctx: SSL.Context, clock: IntervalClock) -> Result:
     """sw, sim-nic, kernel: the server's TX through this layer."""
-    from tlsctl.benchrun.senders import layer_for
+    from tlsctl.benchrun.senders import kernel_max_payload, layer_for
 
     res = run_handshake(
         sock, ctx, "server", exact=job.mode == "kernel" or exact_reads("auto"), timeout=30
     )
     sock.settimeout(600)
-    k = install_offload(layer_for(job, sock), res)
+    k = install_offload(layer_for(job, sock), res, kernel_max_payload(job))
     chan = KtlsChannel(k, res)
     try:
         if job.mode == "sim-nic" and k.tx_conf != "device":

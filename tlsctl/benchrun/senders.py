@@ -134,8 +134,6 @@ def layer_for(job: Job, sock: socket.socket) -> KTLSSocket:
     """The record layer for ``job.mode``, keys not yet installed: the NIC
     built as ``--offload sim-nic`` builds it (:func:`tlsctl.offloadmode.open_layer`)."""
     offload = job.mode if job.mode in ("sim-nic", "kernel") else "sw"
-    if job.record_size != TLS_MAX_RECORD and offload == "kernel":
-        raise BenchError("kernel: --record-size needs the user-space layer")
     if offload == "sim-nic" and job.nic_control is not None:
         from offload.netwire.txpath import NetTxPath
 
@@ -144,6 +142,15 @@ def layer_for(job: Job, sock: socket.socket) -> KTLSSocket:
         return KTLSSocket(sock, backend="sw", txpath=path, record_size=job.record_size)
     device = DeviceSpec(offload, faults=job.faults) if offload == "sim-nic" else None
     return open_layer(sock, offload, device, record_size=job.record_size)
+
+
+def kernel_max_payload(job: Job) -> int | None:
+    """--record-size for the kernel mode: TLS_TX_MAX_PAYLOAD_LEN (Linux 6.19+;
+    ``modes.skip_reason`` skipped the mode where the kernel has not got it).
+    The layer's modes take it as ``record_size`` instead."""
+    if job.mode == "kernel" and job.record_size != TLS_MAX_RECORD:
+        return job.record_size
+    return None
 
 
 def _not_a_sink(job: Job, nbytes: int) -> BenchError:
@@ -225,7 +232,7 @@ def _ktls(job: Job, clock: IntervalClock) -> Result:
         exact=job.mode == "kernel" or exact_reads("auto"),
     )
     sock.settimeout(None)
-    k = install_offload(layer_for(job, sock), res)
+    k = install_offload(layer_for(job, sock), res, kernel_max_payload(job))
     chan = KtlsChannel(k, res)
     if job.mode == "sim-nic" and k.tx_conf != "device":
         chan.close()
