@@ -40,7 +40,12 @@ from offload.record import RecordSealer
 from offload.uapi import TLS_HEADER_SIZE, TLS_MAX_PAYLOAD_SIZE
 
 # A pooled buffer, the plaintext total it was laid out for, and its records' slots.
-_Layout: TypeAlias = tuple[bytearray, int, tuple[memoryview, ...]]
+RecordBuf: TypeAlias = bytearray | memoryview
+"""A record batch's memory: a pooled buffer, or (the real wire) a place in
+the shared record ring the host frames into directly."""
+_Layout: TypeAlias = tuple[RecordBuf, int, tuple[memoryview, ...]]
+# What frame_plaintext left in a buffer: the buffer, content type, plaintext total.
+_Framed: TypeAlias = tuple[RecordBuf, int, int]
 # Per TLS 1.3 record: inner type offset, inner plaintext, header (AAD), body.
 _Views13: TypeAlias = tuple[tuple[int, memoryview, memoryview, memoryview], ...]
 
@@ -55,6 +60,10 @@ class TxBatches:
     pool and the caches belong to the old key's layout).
     """
 
+    regions_max = 16
+    """Ring regions whose layout is remembered (a ring of a few batches
+    recurs at a handful of places; older entries go first)."""
+
     def __init__(
         self, sealer: RecordSealer, max_payload: int, batch_records: int, pool_max: int
     ) -> None:
@@ -67,7 +76,10 @@ class TxBatches:
         self._pool_max = pool_max
         self._laid: _Layout | None = None  # the last pooled buffer laid out
         self._views: tuple[_Layout, _Views13] | None = None  # for that layout (see _views13)
-        self._framed: tuple[bytearray, int, int] | None = None  # headers written in place
+        self._framed: _Framed | None = None  # headers written in place
+        self._regions: dict[int, tuple[_Layout, _Framed | None]] = {}
+        """Per ring region (``lay_out_in``, keyed by the view's id, the view
+        kept alive by its entry): its layout and what framing left there."""
 
     # -- buffers ------------------------------------------------------------
 
@@ -79,13 +91,18 @@ class TxBatches:
             buf = self._pool.pop()
         return self.lay_out(total, buf)
 
-    def wants(self, buf: bytearray) -> bool:
-        """Whether ``give_back`` would keep ``buf`` (a full batch, room in the pool)."""
-        return len(buf) == self.full_size and len(self._pool) < self._pool_max
+    def wants(self, buf: RecordBuf) -> bool:
+        """Whether ``give_back`` would keep ``buf`` (a full batch, room in the
+        pool; never ring memory, which is not this object's to reuse)."""
+        return (
+            isinstance(buf, bytearray)
+            and len(buf) == self.full_size
+            and len(self._pool) < self._pool_max
+        )
 
-    def give_back(self, buf: bytearray) -> None:
+    def give_back(self, buf: RecordBuf) -> None:
         """Take back a fully written batch buffer for reuse (bounded pool)."""
-        if self.wants(buf):
+        if isinstance(buf, bytearray) and self.wants(buf):
             self._pool.append(buf)
 
     def lay_out(
@@ -97,33 +114,70 @@ class TxBatches:
         (``os.preadv``) so file data is never copied before it is sealed.
         ``buf`` is reused when it has exactly the needed size.
         """
-        max_payload = self.max_payload
-        if max_payload < 1 or max_payload > TLS_MAX_PAYLOAD_SIZE:
-            raise os_error(errno.EINVAL, "record payload size must be 1..16384")
         cached = self._laid
         if cached is not None and buf is cached[0] and total == cached[1]:
             # The same pooled buffer laid out the same way again (every full
             # batch of a bulk send): its slot views are still right.
             return buf, list(cached[2])
+        sizes = self._record_sizes(total)
+        size = self.buffer_size(total)
+        out = buf if buf is not None and len(buf) == size else bytearray(size)
+        slots = self._slots(memoryview(out), sizes)
+        if out is buf:
+            self._laid = (out, total, tuple(slots))
+        return out, slots
+
+    def lay_out_in(self, total: int, region: memoryview) -> list[memoryview]:
+        """``lay_out`` in memory that is not ours (``region``, exactly
+        ``buffer_size(total)`` bytes: a place in the real wire's shared
+        record ring, which the host then frames in place)."""
+        cached = self._regions.get(id(region))
+        if cached is not None and cached[0][0] is region and cached[0][1] == total:
+            # The ring hands out the same view for the same place (full
+            # batches recur at the same ring positions): its slots are still
+            # right, and so are the headers framing left in it.
+            self._laid, self._framed = cached
+            return list(cached[0][2])
+        if len(region) != self.buffer_size(total):
+            raise ValueError("region is not the batch's size")
+        slots = self._slots(region, self._record_sizes(total))
+        layout: _Layout = (region, total, tuple(slots))
+        self._laid, self._framed = layout, None
+        regions = self._regions
+        regions.pop(id(region), None)
+        regions[id(region)] = (layout, None)
+        if len(regions) > self.regions_max:
+            del regions[next(iter(regions))]
+        return slots
+
+    def buffer_size(self, total: int) -> int:
+        """Bytes of the buffer ``lay_out`` gives for ``total`` plaintext bytes."""
+        sizes = self._record_sizes(total)
+        sealer = self.sealer
+        per = sealer.prot.prepend_size + sealer.tag_size + int(sealer.is13)
+        return sum(sizes) + len(sizes) * per
+
+    def _record_sizes(self, total: int) -> list[int]:
+        max_payload = self.max_payload
+        if max_payload < 1 or max_payload > TLS_MAX_PAYLOAD_SIZE:
+            raise os_error(errno.EINVAL, "record payload size must be 1..16384")
         sizes = [max_payload] * (total // max_payload)
         if total % max_payload or total == 0:
             sizes.append(total % max_payload)
+        return sizes
+
+    def _slots(self, mv: memoryview, sizes: list[int]) -> list[memoryview]:
         sealer = self.sealer
         over = sealer.prot.prepend_size
         inner_extra = int(sealer.is13)
-        size = sum(sizes) + len(sizes) * (over + sealer.tag_size + inner_extra)
-        out = buf if buf is not None and len(buf) == size else bytearray(size)
-        mv = memoryview(out)
         slots = []
         o = 0
         for n in sizes:
             slots.append(mv[o + over : o + over + n + inner_extra])
             o += over + n + inner_extra + sealer.tag_size
-        if out is buf:
-            self._laid = (out, total, tuple(slots))
-        return out, slots
+        return slots
 
-    def _is_laid(self, out: bytearray, slots: list[memoryview]) -> bool:
+    def _is_laid(self, out: RecordBuf, slots: list[memoryview]) -> bool:
         """Whether ``slots`` are the cached layout of the pooled buffer
         ``out`` (``lay_out`` handed them out again): whatever was written in
         ``out`` outside the slots since then is still there."""
@@ -288,7 +342,7 @@ class TxBatches:
 
     # -- device TX: frame, the NIC seals ----------------------------------------
 
-    def frame_plaintext(self, out: bytearray, content_type: int, slots: list[memoryview]) -> None:
+    def frame_plaintext(self, out: RecordBuf, content_type: int, slots: list[memoryview]) -> None:
         """Frame records laid out by ``lay_out`` *without* encrypting them.
 
         The device path: headers, explicit nonces and TLS 1.3 inner types are
@@ -343,11 +397,18 @@ class TxBatches:
                 o += 5 + n + tag
         if laid and cached is not None:
             self._framed = (out, content_type, cached[1])
+            self._note_region(out)
         elif self._framed is not None and self._framed[0] is out:
             self._framed = None
         sealer.advance(n_rec)
 
-    def _reframe(self, out: bytearray, content_type: int, slots: list[memoryview]) -> bool:
+    def _note_region(self, out: RecordBuf) -> None:
+        """Remember what framing left in ring region ``out`` (if it is one)."""
+        entry = self._regions.get(id(out))
+        if entry is not None and entry[0][0] is out:
+            self._regions[id(out)] = (entry[0], self._framed)
+
+    def _reframe(self, out: RecordBuf, content_type: int, slots: list[memoryview]) -> bool:
         """``frame_plaintext`` for a buffer whose headers are already in place.
 
         Records of one size sit at a fixed stride ``r``, so byte ``j`` of

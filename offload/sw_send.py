@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from offload.batch import RecordBuf
 from offload.errors import os_error
 from offload.netdev import OffloadRefused
 from offload.record import Buffer
@@ -303,7 +304,7 @@ def _slot_payloads(slots: Sequence[memoryview], is13: bool) -> list[memoryview]:
 
 
 def _shrink(
-    tx: SwTx, buf: bytearray, slots: list[memoryview], got: int
+    tx: SwTx, buf: RecordBuf, slots: list[memoryview], got: int
 ) -> tuple[bytearray, list[memoryview]]:
     """Re-lay a short read (EOF inside the chunk) into a right-sized buffer."""
     new_buf, new_slots = tx.batches.lay_out(got)

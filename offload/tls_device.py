@@ -16,6 +16,7 @@ import bisect
 import errno
 from collections.abc import Iterator
 
+from offload.batch import RecordBuf
 from offload.errors import os_error
 from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, OffloadRefused, RecordInfo
 from offload.tcpseq import SeqSpace
@@ -100,11 +101,11 @@ class DeviceTx(SwTx):
             self._register(buf, content_type, slots)
             yield buf
 
-    def push_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
+    def push_slots(self, buf: RecordBuf, slots: list[memoryview]) -> None:
         """sendfile: the slots hold file data; frame them (the NIC seals)."""
         self._register(buf, _DATA, slots)
 
-    def recycle(self, buf: bytearray) -> None:
+    def recycle(self, buf: RecordBuf) -> None:
         """The wire delivered ``buf`` whole (in place) and the socket wrote it.
 
         Reused for the next batch only when no record in it is still held:
@@ -149,7 +150,7 @@ class DeviceTx(SwTx):
                 return info
         return epochs[0][1]
 
-    def _register(self, buf: bytearray, content_type: int, slots: list[memoryview]) -> None:
+    def _register(self, buf: RecordBuf, content_type: int, slots: list[memoryview]) -> None:
         first_sn = self.sealer.seq
         self.batches.frame_plaintext(buf, content_type, slots)
         base = self.next_offset

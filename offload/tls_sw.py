@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from offload.batch import TxBatches
+from offload.batch import RecordBuf, TxBatches
 from offload.errors import abort_error, os_error
 from offload.record import Buffer, RecordOpener, RecordParser, RecordSealer
 from offload.uapi import TLS_MAX_PAYLOAD_SIZE, ContentType, CryptoInfo
@@ -68,7 +68,7 @@ class SwTx:
         self.max_payload = max_payload
         self.batches = TxBatches(self.sealer, max_payload, self.batch_records, self.pool_max)
 
-    def recycle(self, buf: bytearray) -> None:
+    def recycle(self, buf: RecordBuf) -> None:
         """Take back a fully written batch buffer for reuse (bounded pool)."""
         self.batches.give_back(buf)
 
@@ -144,7 +144,7 @@ class SwTx:
             yield self.batches.seal_from(content_type, chunk)
             self.records += nrec
 
-    def lay_out(self, total: int) -> tuple[bytearray, list[memoryview]]:
+    def lay_out(self, total: int) -> tuple[RecordBuf, list[memoryview]]:
         """A record buffer and its plaintext slots for ``total`` bytes (sendfile).
 
         The sequence space is checked first (EBADMSG when it is used up, as
@@ -154,10 +154,12 @@ class SwTx:
         self._check_space(nrec)
         return self.batches.take(total)
 
-    def push_slots(self, buf: bytearray, slots: list[memoryview]) -> None:
+    def push_slots(self, buf: RecordBuf, slots: list[memoryview]) -> None:
         """The slots of a ``lay_out`` buffer are filled: make them data
         records ready for the socket - sealed in place here, framed for the
         NIC in device TX (both are ``tls_push_record`` in Linux)."""
+        if not isinstance(buf, bytearray):  # this class's lay_out gives no other
+            raise TypeError("software TX seals its own record buffers only")
         self.batches.seal(buf, _DATA, slots)
         self.records += len(slots)
 

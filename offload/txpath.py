@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeAlias
 
+from offload.batch import RecordBuf
 from offload.state import DeviceReport
 from offload.tls_device import DeviceTx
 from offload.tls_sw import SwTx
@@ -39,7 +40,7 @@ class TxPath(Protocol):
         ``offload.netdev.OffloadRefused`` when the driver declines."""
         ...
 
-    def transmit(self, buf: bytearray) -> Sequence[Chunk]:
+    def transmit(self, buf: RecordBuf) -> Sequence[Chunk]:
         """A framed (or sealed, or plain) buffer enters the path: the chunks
         now ready for the socket, in stream order (maybe none yet)."""
         ...
@@ -48,7 +49,7 @@ class TxPath(Protocol):
         """Everything the path still holds, ready for the socket."""
         ...
 
-    def written(self, buf: bytearray) -> None:
+    def written(self, buf: RecordBuf) -> None:
         """The socket took a whole chunk whose memory is ``buf`` (the
         chunk's underlying buffer): it may be reused."""
         ...
@@ -72,13 +73,13 @@ class DirectPath:
     def offload(self, info: CryptoInfo, record_size: int) -> DeviceTx | None:
         return None
 
-    def transmit(self, buf: bytearray) -> Sequence[Chunk]:
+    def transmit(self, buf: RecordBuf) -> Sequence[Chunk]:
         return (buf,)
 
     def drain(self) -> Sequence[Chunk]:
         return ()
 
-    def written(self, buf: bytearray) -> None:
+    def written(self, buf: RecordBuf) -> None:
         if self.tx is not None:
             self.tx.recycle(buf)
 

@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Iterable
 from itertools import islice
 
+from offload.batch import RecordBuf
 from offload.sockwait import ready
 from offload.txpath import Chunk, TxPath
 
@@ -92,7 +93,7 @@ class TxQueue:
 
     def push_all(
         self,
-        bufs: Iterable[bytearray],
+        bufs: Iterable[RecordBuf],
         block: bool,
         *,
         drain: bool = True,

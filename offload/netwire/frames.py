@@ -57,27 +57,37 @@ class TcpFrame:
     """Offset just past the payload (the IP packet's end)."""
 
 
+_IP4 = struct.Struct(">BxHxxHxB2x4s4s")
+"""IPv4 header fields the parser needs in one call: version/IHL, total
+length, flags/fragment offset, protocol, source, destination."""
+_TCP = struct.Struct(">HHI4xBB")
+"""TCP header: ports, sequence number, data offset byte, flags."""
+_U16 = struct.Struct(">H")
+_new_tuple = tuple.__new__
+
+
 def parse_tcp(frame: memoryview) -> TcpFrame | None:
     """The TCP view of a frame (starting with its virtio header), or None
-    for anything the NIC does not look into."""
+    for anything the NIC does not look into.
+
+    Once per frame in the NIC process: the IPv4 and TCP headers are read
+    with one ``struct`` call each, and the flow key is built without the
+    named tuple's Python-level constructor."""
     ip = VNET_HDR_LEN
     n = len(frame)
     if n < ip + 20:
         return None
     ver = frame[ip] >> 4
     if ver == 4:
-        ihl = (frame[ip] & 0x0F) * 4
-        if frame[ip + 9] != IPPROTO_TCP or ihl < 20:
+        vihl, total, frag, proto, src, dst = _IP4.unpack_from(frame, ip)
+        ihl = (vihl & 0x0F) * 4
+        if proto != IPPROTO_TCP or ihl < 20 or frag & 0x3FFF:  # MF or a fragment offset
             return None
-        if struct.unpack_from(">H", frame, ip + 6)[0] & 0x3FFF:  # MF or a fragment offset
-            return None
-        total = struct.unpack_from(">H", frame, ip + 2)[0]
-        src, dst = bytes(frame[ip + 12 : ip + 16]), bytes(frame[ip + 16 : ip + 20])
         tcp = ip + ihl
     elif ver == 6:
         if n < ip + 40 or frame[ip + 6] != IPPROTO_TCP:
             return None
-        total = 40 + struct.unpack_from(">H", frame, ip + 4)[0]
+        total = 40 + _U16.unpack_from(frame, ip + 4)[0]
         src, dst = bytes(frame[ip + 8 : ip + 24]), bytes(frame[ip + 24 : ip + 40])
         tcp = ip + 40
     else:
@@ -85,13 +95,13 @@ def parse_tcp(frame: memoryview) -> TcpFrame | None:
     end = min(n, ip + total)
     if end < tcp + 20:
         return None
-    sport, dport, seq = struct.unpack_from(">HHI", frame, tcp)
-    doff = (frame[tcp + 12] >> 4) * 4
-    flags = frame[tcp + 13]
+    sport, dport, seq, doff, flags = _TCP.unpack_from(frame, tcp)
+    doff = (doff >> 4) * 4
     payload = tcp + doff
     if doff < 20 or payload > end:
         return None
-    return TcpFrame(FlowKey(src, sport, dst, dport), seq, flags, tcp, payload, end)
+    key: FlowKey = _new_tuple(FlowKey, (src, sport, dst, dport))
+    return TcpFrame(key, seq, flags, tcp, payload, end)
 
 
 def _fold(s: int) -> int:
@@ -108,9 +118,9 @@ def make_partial(frame: memoryview, t: TcpFrame) -> None:
     and the field gets the pseudo-header sum, exactly what the kernel's
     ``tcp_v4_send_check``/``tcp_v6_send_check`` leave for a NIC.
     """
-    flags, gso_type, hdr_len, gso_size, _, _ = VNET_HDR.unpack_from(frame, 0)
-    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+    if frame[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:  # every TSO frame: nothing to do
         return
+    flags, gso_type, hdr_len, gso_size, _, _ = VNET_HDR.unpack_from(frame, 0)
     addrs = t.key.src + t.key.dst
     s = sum(struct.unpack(f">{len(addrs) // 2}H", addrs))
     s += IPPROTO_TCP + (t.end - t.tcp)

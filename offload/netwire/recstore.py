@@ -5,10 +5,13 @@ acknowledged all of it, and a driver meeting a retransmitted frame reads the
 record's earlier bytes straight from host memory (mlx5 posts them as DUMP
 work).  Here the host and the NIC are two processes, so the store lives in a
 shared memory file (``/dev/shm``, created ``O_EXCL|O_NOFOLLOW`` mode 0600 and
-unlinked as soon as the NIC has mapped it): the host writes each framing
-buffer into a ring once, TCP is fed from that very ring, and the NIC maps
-the file read-only and reads a record's bytes only when it resyncs.  It
-keeps no copy.
+unlinked as soon as the NIC has mapped it): sendfile reads file data
+straight into ring space (``reserve``) and frames it there, other sends
+copy their framed buffer in once, TCP is fed from that very ring, and the
+NIC maps the file read-only and reads a record's bytes only when it
+resyncs.  It keeps no copy.  A full batch keeps coming back to the same
+few ring places, so ``reserve`` hands out the same view for the same place
+and the host's framing leaves the headers it wrote there in place.
 
 Layout (little-endian, offsets in bytes)::
 
@@ -53,9 +56,12 @@ HEADER_SIZE = 64
 ENTRY = struct.Struct("<QQQIIQ")
 _U64 = struct.Struct("<Q")
 _OFF_HEAD, _OFF_TAIL, _OFF_ACKED = 40, 48, 56
-DEFAULT_RING = 8 << 20
-"""Twice the largest send buffer TCP autotunes to here (tcp_wmem max 4 MiB):
-the ring holds what TCP has not acknowledged, plus the batch being framed."""
+DEFAULT_RING = 17 << 20
+"""Four framing batches of 4 MiB of payload (``NetTxPath.batch_records``,
+records with their headers and tags: a little over 16 MiB): the ring holds
+what TCP has not acknowledged (its send buffer autotunes to 4 MiB here,
+tcp_wmem max), plus the batch being framed, plus the room lost when a
+batch does not fit before the ring's end."""
 DEFAULT_ENTRIES = 8192
 SHM_DIR = "/dev/shm"
 
@@ -114,6 +120,13 @@ class StoreWriter:
         self._head = 0  # index into the lists of the oldest live entry
         self._base = 0  # entry number of list index 0
         self._pos = 0  # where the next buffer goes in the ring
+        self._reserved: tuple[int, memoryview] | None = None  # (position, view)
+        self._regions: dict[int, memoryview] = {}
+        """One view per ring position handed out by ``reserve``: the same
+        object for the same place and size, so the host's framing can tell
+        a region whose headers it already wrote (``TxBatches.lay_out_in``).
+        A view is dropped (a new one made next time) once other bytes are
+        written over any part of it."""
         self.wait_room: Callable[[], bool] | None = None
         """Called while the store is full: polls TCP for acknowledgements
         (frees via ``free``); returns False once waiting is pointless."""
@@ -127,6 +140,8 @@ class StoreWriter:
         """Unmap now, or (chunks still queued for TCP point into the ring)
         when the last view goes."""
         self.unlink()
+        self._regions.clear()
+        self._reserved = None
         with contextlib.suppress(BufferError):
             self._mv.release()
             self._map.close()
@@ -149,13 +164,57 @@ class StoreWriter:
             return 0 if n <= lo else None
         return pos if pos + n <= lo else None
 
+    def reserve(self, n: int) -> memoryview:
+        """Ring space for the next ``n``-byte buffer, writable, not yet
+        published: the host frames its records straight into it (no copy
+        into the ring afterwards), then ``append``s it.  Waits for
+        acknowledgements while the ring is full.  A reservation that is
+        never appended is simply reused by the next one."""
+        pos = self._room(n)
+        view = self._regions.get(pos)
+        if view is None or len(view) != n:
+            self._overwritten(pos, n)
+            ring = self._ring_at + pos
+            view = self._regions[pos] = self._mv[ring : ring + n]
+        self._reserved = (pos, view)
+        return view
+
+    def _overwritten(self, pos: int, n: int) -> None:
+        """Ring bytes ``[pos, pos + n)`` get other contents: forget the
+        region views over any of them."""
+        for p in [p for p, v in self._regions.items() if p < pos + n and pos < p + len(v)]:
+            del self._regions[p]
+
     def append(
-        self, buf: bytearray, start: int, first_sn: int, rsize: int, nrec: int
+        self, buf: bytearray | memoryview, start: int, first_sn: int, rsize: int, nrec: int
     ) -> memoryview:
         """Publish a framed buffer covering stream offsets ``[start, start +
         len(buf))``; returns its place in the ring (what TCP should send).
-        Waits for acknowledgements while the ring is full."""
+        ``buf`` is either the last ``reserve``d view (framed in place) or
+        a buffer of the host's, copied in (waiting for room if need be)."""
         n = len(buf)
+        reserved, self._reserved = self._reserved, None
+        ring_view: memoryview | None = None
+        if reserved is not None and buf is reserved[1]:
+            pos = reserved[0]
+            ring_view = reserved[1]
+        else:
+            pos = self._room(n)
+        ring = self._ring_at + pos
+        if ring_view is None:
+            self._overwritten(pos, n)
+            self._mv[ring : ring + n] = buf
+        number = self._base + len(self._ends)
+        slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size
+        ENTRY.pack_into(self._map, slot, start, start + n, first_sn, rsize, nrec, pos)
+        self._ends.append(start + n)
+        self._spans.append((pos, pos + n))
+        self._pos = pos + n
+        _U64.pack_into(self._map, _OFF_TAIL, number + 1)  # publish last
+        return ring_view if ring_view is not None else self._mv[ring : ring + n]
+
+    def _room(self, n: int) -> int:
+        """A ring position for ``n`` contiguous bytes, waiting for room."""
         if n > self.ring_size:
             raise StoreFull(
                 errno.ENOBUFS, f"a {n}-byte buffer cannot fit a {self.ring_size}-byte record ring"
@@ -165,16 +224,7 @@ class StoreWriter:
             if self.wait_room is None or not self.wait_room():
                 raise StoreFull(errno.ENOBUFS, "record store full: TCP acknowledges nothing")
             pos = self._place(n)
-        ring = self._ring_at + pos
-        self._mv[ring : ring + n] = buf
-        number = self._base + len(self._ends)
-        slot = HEADER_SIZE + (number % self.capacity) * ENTRY.size
-        ENTRY.pack_into(self._map, slot, start, start + n, first_sn, rsize, nrec, pos)
-        self._ends.append(start + n)
-        self._spans.append((pos, pos + n))
-        self._pos = pos + n
-        _U64.pack_into(self._map, _OFF_TAIL, number + 1)  # publish last
-        return self._mv[ring : ring + n]
+        return pos
 
     def free(self, acked: int) -> None:
         """TCP acknowledged every byte before stream offset ``acked``:

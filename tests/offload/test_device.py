@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from offload import KTLSSocket
 from offload import netdev as netdev_mod
+from offload.batch import RecordBuf
 from offload.drivers.simnic import SimNic, SimNicContext
 from offload.netdev import (
     TLS_OFFLOAD_CTX_DIR_RX,
@@ -251,7 +252,7 @@ def test_in_place_fast_path_with_recycled_buffers_equals_software(
     sw = SwTx(info)
     ref = bytearray()
     want = tx.batch_records * tx.max_payload
-    buffers: list[bytearray] = []
+    buffers: list[RecordBuf] = []
     for i in range(6):
         data = os.urandom(want if i != 3 else want - 5)  # one short batch in between
         buf, slots = tx.lay_out(len(data))

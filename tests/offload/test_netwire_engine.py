@@ -19,7 +19,8 @@ import time
 import pytest
 
 from offload.batch import TxBatches
-from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, create_device
+from offload.drivers.simnic import SimNic
+from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, create_device
 from offload.netwire.frames import FlowKey, make_partial, parse_tcp
 from offload.netwire.nic import Nic
 from offload.netwire.recstore import StoreFull, StoreReader, StoreWriter
@@ -76,10 +77,18 @@ def software(info: CryptoInfo, data: bytes) -> bytes:
     return b"".join(bytes(b) for b in SwTx(info).frame(23, data, False))
 
 
+class _NoBurst(SimNic):
+    """sim-nic as a driver without ``xmit_burst`` (``xmit`` per frame)."""
+
+    xmit_burst = None  # type: ignore[assignment]
+
+
 class Host:
     """A host side for the engine: a store with one framed buffer."""
 
-    def __init__(self, info: CryptoInfo, data: bytes, isn: int, lead: int = 0) -> None:
+    def __init__(
+        self, info: CryptoInfo, data: bytes, isn: int, lead: int = 0, burst: bool = True
+    ) -> None:
         self.isn = isn
         self.lead = lead  # bytes before the start marker (stream offset of the marker)
         self.store = StoreWriter(isn, lead, ring_size=1 << 22, entries=64)
@@ -88,7 +97,9 @@ class Host:
         buf, first, rsize, nrec = framed(info, data)
         self.buf = bytes(buf)
         self.store.append(buf, lead, first, rsize, nrec)
-        self.nic = Nic(create_device("sim-nic"))
+        # The NIC hands each frame to the driver's xmit_burst, or to xmit
+        # for a driver without one (the same bytes either way).
+        self.nic = Nic(create_device("sim-nic") if burst else NetDevice("nic0", _NoBurst()))
         self.nic.egress(frame((isn - 1) % (1 << 32), b"", flags=0x02))  # the SYN
         ctx = self.nic.device.driver.dev_add(TLS_OFFLOAD_CTX_DIR_TX, info, (isn + lead) % 2**32)
         self.nic.flows[KEY].offload = (ctx, self.reader)
@@ -108,13 +119,16 @@ class Host:
 
 @pytest.mark.parametrize("combo", STREAMABLE, ids=combo_id)
 @pytest.mark.parametrize("isn", [0x1234, 2**32 - 70000])
-def test_engine_in_order_and_resync_equal_software(combo: tuple[int, CipherType], isn: int) -> None:
+@pytest.mark.parametrize("burst", [True, False], ids=["xmit_burst", "xmit"])
+def test_engine_in_order_and_resync_equal_software(
+    combo: tuple[int, CipherType], isn: int, burst: bool
+) -> None:
     """Frames cut anywhere (mid-header, mid-tag), across the 2^32 wrap; then
     an old frame again (resync from the store): all software TX's bytes."""
     info = random_info(*combo, seq=5)
     data = os.urandom(100_000)
     want = software(info, data)
-    h = Host(info, data, isn)
+    h = Host(info, data, isn, burst=burst)
     try:
         got = bytearray()
         for cut in (3, 1000, 16384 + 5, 7, 40000, 2, 65536):
@@ -134,10 +148,11 @@ def test_engine_in_order_and_resync_equal_software(combo: tuple[int, CipherType]
         h.close()
 
 
-def test_engine_drops_a_freed_record_never_plaintext() -> None:
+@pytest.mark.parametrize("burst", [True, False], ids=["xmit_burst", "xmit"])
+def test_engine_drops_a_freed_record_never_plaintext(burst: bool) -> None:
     info = random_info(*STREAMABLE[0])
     data = os.urandom(50_000)
-    h = Host(info, data, 777)
+    h = Host(info, data, 777, burst=burst)
     try:
         assert h.send(0, len(h.buf))[0]
         h.store.free(20000)  # TCP acknowledged past the first record
@@ -289,3 +304,84 @@ def test_control_errors_never_echo_key_material() -> None:
     assert nic.handle({"op": "nope", "flow": [SRC.hex(), 1, DST.hex(), 2]}) == {
         "error": "unknown request"
     }
+
+
+@pytest.mark.parametrize("combo", STREAMABLE, ids=combo_id)
+def test_ring_regions_keep_their_framing_and_match_fresh_framing(
+    combo: tuple[int, CipherType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendfile frames straight into the shared ring; full batches recur at
+    the same ring places, so their headers are left there and only what
+    varies is rewritten (``_reframe``).  Whatever lands in between - a
+    short batch copied in over a region, a batch of another size, another
+    content type - every batch's ring bytes equal framing from scratch
+    (but the tag space, which the NIC fills)."""
+    reframed: list[int] = []
+    real_reframe = TxBatches._reframe
+
+    def counting(self: TxBatches, out: bytearray, ct: int, slots: list[memoryview]) -> bool:
+        done = real_reframe(self, out, ct, slots)
+        reframed.append(int(done))
+        return done
+
+    monkeypatch.setattr(TxBatches, "_reframe", counting)
+    info = random_info(*combo, seq=3)
+    record, per_batch = 1000, 8
+    sealer, ref_sealer = RecordSealer(info), RecordSealer(info)
+    batches = TxBatches(sealer, record, per_batch, pool_max=0)
+    full = batches.buffer_size(record * per_batch)
+    st = StoreWriter(0x7000, 0, ring_size=full * 4 + full // 2, entries=16)
+    st.unlink()
+    is13 = sealer.is13
+    off = prev_end = 0
+    try:
+        # (plaintext bytes, into the ring?, content type) for each batch
+        plan = [(record * per_batch, True, 23)] * 5
+        plan += [(2500, False, 23), (record * per_batch, True, 23), (5500, True, 23)]
+        plan += [(record * per_batch, True, 23)] * 4 + [(record * per_batch, True, 21)]
+        plan += [(record * per_batch, True, 23)] * 5
+        for total, ring, ct in plan:
+            data = os.urandom(total)
+            first = sealer.seq
+            buf: bytearray | memoryview
+            if ring:
+                region = st.reserve(batches.buffer_size(total))
+                buf, slots = region, batches.lay_out_in(total, region)
+            else:
+                buf, slots = batches.lay_out(total)
+            p = 0
+            for slot in slots:
+                k = len(slot) - int(is13)
+                slot[:k] = data[p : p + k]
+                p += k
+            batches.frame_plaintext(buf, ct, slots)
+            rsize = len(slots[0]) + sealer.sealed_size(0) - int(is13)
+            view = st.append(buf, off, first, rsize, len(slots))
+            ref = TxBatches(ref_sealer, record, per_batch, pool_max=0)
+            ref_buf, ref_slots = ref.lay_out(total)
+            p = 0
+            for slot in ref_slots:
+                k = len(slot) - int(is13)
+                slot[:k] = data[p : p + k]
+                p += k
+            ref.frame_plaintext(ref_buf, ct, ref_slots)
+            assert _untagged(view) == _untagged(ref_buf)
+            st.free(prev_end)  # the batch before this one is acknowledged
+            prev_end = off
+            off += len(view)
+        assert st.reserve(full) is st.reserve(full)  # one view per ring place
+        assert sum(reframed) >= 4  # recurring places were not framed from scratch
+    finally:
+        st.close()
+
+
+def _untagged(buf: bytearray | memoryview) -> bytes:
+    """Framed records with their tag space zeroed (what is there before the
+    NIC writes the tag is whatever the memory held)."""
+    out = bytearray(buf)
+    o = 0
+    while o < len(out):
+        end = o + 5 + int.from_bytes(out[o + 3 : o + 5], "big")
+        out[end - 16 : end] = bytes(16)
+        o = end
+    return bytes(out)

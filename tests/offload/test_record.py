@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from offload.batch import TxBatches
+from offload.batch import RecordBuf, TxBatches
 from offload.drivers.simnic import SimNic
 from offload.errors import NoContentType, OuterTypeMismatch
 from offload.fallback import sw_fallback
@@ -642,7 +642,7 @@ def test_device_framing_across_the_explicit_nonce_wrap() -> None:
     tx = DeviceTx(info, dev, space, 0)
     sw = SwTx(info)
     full = tx.batch_records * tx.max_payload
-    seen: list[bytearray] = []
+    seen: list[RecordBuf] = []
     for _ in range(4):
         data = os.urandom(full)
         at = tx.next_offset
