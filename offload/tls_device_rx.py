@@ -132,6 +132,8 @@ class DeviceRx(SwRx):
 
     def _on_record(self, offset: int, rec_len: int, index: int, next_in: bool) -> None:
         """A record header arrived (strparser time): resync bookkeeping."""
+        if not self.resync.listening:
+            return
         gen = self._gens.get(self._gen)
         if self.ctx is None or gen is None or index < gen.first_index:
             return
