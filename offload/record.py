@@ -366,6 +366,64 @@ class RecordOpener(_Direction):
         ]
         return self._finish(ctype, body)
 
+    def take_decrypted_into(
+        self, parser: RecordParser, dst: memoryview, covered: int
+    ) -> tuple[int, int]:
+        """Copy the run of whole data records a NIC decrypted into ``dst``.
+
+        The bulk form of ``accept_decrypted`` (RX device offload): the first
+        ``covered`` bytes of ``parser.pending()`` came in packets marked
+        decrypted, so the records lying wholly inside them hold plaintext
+        whose tags the NIC checked.  Their plaintexts are copied back to
+        back into ``dst`` - the one copy from the receive buffer to the
+        reader's - and (records, bytes written) returned.  As
+        ``open_data_into`` it stops, consuming nothing more, at the first
+        record that is not application data, malformed, incomplete, ends
+        past ``covered``, does not fit what is left of ``dst``, is the last
+        before the sequence number wraps, or (TLS 1.3) carries padding or
+        no application-data inner type: ``accept_decrypted`` and the
+        parser's checks then deal with it one record at a time.
+        """
+        mv = parser.pending()[:covered]
+        unpack = HEADER.unpack_from
+        tag, ex, is13 = self.tag_size, self.explicit_size, self.is13
+        max_len, min_len = parser.max_len, parser.min_len
+        seq = self.seq
+        room = len(dst)
+        end = len(mv)
+        pos = off = nrec = 0
+        while end - pos >= TLS_HEADER_SIZE:
+            ctype, version, length = unpack(mv, pos)
+            body_at = pos + TLS_HEADER_SIZE + ex
+            nxt = pos + TLS_HEADER_SIZE + length
+            if (
+                ctype != APPDATA
+                or version != RECORD_VERSION
+                or length > max_len
+                or length < min_len
+                or nxt > end
+                or seq == SEQ_MASK
+            ):
+                break
+            n = length - ex - tag
+            if is13:
+                n -= 1  # the inner type; padding (a zero there) is the slow path's
+                if n < 0 or mv[body_at + n] != APPDATA:
+                    break
+            if n > room - off:
+                break
+            dst[off : off + n] = mv[body_at : body_at + n]
+            off += n
+            pos = nxt
+            seq += 1
+            nrec += 1
+        if nrec:
+            parser.consume(pos)
+            self.seq = seq
+            if ex:
+                self.explicit = (self.explicit + nrec) & SEQ_MASK
+        return nrec, off
+
     def _unwrap(self, record: Buffer) -> tuple[int, bytes, memoryview, bytes | memoryview]:
         """Header checks, then (outer type, nonce, body past any explicit nonce, AAD)."""
         mv = memoryview(record)

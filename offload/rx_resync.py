@@ -71,6 +71,12 @@ class RxResync:
         self.decrypted_failed = 0
         self.decrypted_tgt = NH_START_IVAL
 
+    @property
+    def listening(self) -> bool:
+        """Whether ``new_record`` may act on the next record header: a hint
+        due, or a request open.  When not, the caller may skip the call."""
+        return self.nh_do_now or self.req_seq is not None or self.async_req is not None
+
     # -- what the driver calls --------------------------------------------------
 
     def resync_request(self, tcp_seq: int) -> None:
@@ -182,19 +188,24 @@ class RecordWalk:
 
     def delivered(self, offset: int, data: memoryview | bytes) -> None:
         """``data`` arrived in order at stream ``offset`` (== the previous end)."""
-        end = offset + len(data)
+        n = len(data)
+        end = offset + n
         self.end = end
         hdr = self._hdr
+        unpack = HEADER.unpack_from
         while not self.dead and self.next_off < end:
-            need = TLS_HEADER_SIZE - len(hdr)
             p = self.next_off + len(hdr) - offset
             if p < 0:  # bytes before this delivery were never seen: give up
                 self.dead = True
                 return
-            hdr += data[p : p + need]
-            if len(hdr) < TLS_HEADER_SIZE:
-                return
-            _ctype, version, length = HEADER.unpack_from(hdr)
+            if not hdr and p + TLS_HEADER_SIZE <= n:
+                # The whole header in this delivery (the common case): no copy.
+                _ctype, version, length = unpack(data, p)
+            else:
+                hdr += data[p : p + TLS_HEADER_SIZE - len(hdr)]
+                if len(hdr) < TLS_HEADER_SIZE:
+                    return
+                _ctype, version, length = unpack(hdr)
             if version != RECORD_VERSION or length > self.max_len:
                 self.dead = True
                 return

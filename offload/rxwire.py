@@ -78,6 +78,54 @@ class RxWire(TxPipeline):
             self.offset = self.reasm.next = rx.fed
         self._send(data)
 
+    @property
+    def in_place(self) -> bool:
+        """A fault-free wire holding nothing: each segment reaches the NIC in
+        order and then the host, so the NIC may work in the host's buffer."""
+        return (
+            not self.faults.any
+            and self.rx is not None
+            and (not self._started or self.reasm.next == self.rx.fed)
+            and not self.reasm.pending
+            and not self._held
+        )
+
+    def receive_in_place(self, data: memoryview) -> None:
+        """``receive`` on the fault-free wire, in the host's buffer.
+
+        ``data`` is what the socket just read into ``DeviceRx.read_space``.
+        Segment by segment, as ``receive`` would send them, the NIC
+        decrypts in place (it writes over a packet only when all of it went
+        well, and there is no second copy to keep: no duplicates without
+        faults) and the segment is handed to the host with its mark - the
+        same calls in the same order as the general path, without the copy
+        into an RX buffer and the copy into the parser (the mirror of the TX
+        wire's ``_send_in_place``)."""
+        rx = self.rx
+        if rx is None:
+            raise RuntimeError("RX wire without an RX context")
+        if not self._started:
+            self._started = True
+            self.offset = self.reasm.next = rx.fed
+        offset = self.offset
+        n = len(data)
+        self.offset += n
+        self.reasm.next += n
+        mss = self.segmenter.mss
+        driver = cast(RxDriver, self.device.driver)
+        seq_of = self.space.seq
+        for i in range(0, n, mss):
+            seg = data[i : i + mss]
+            self._clock += 1
+            mark = 0
+            ctx = rx.ctx
+            if ctx is not None:
+                t0 = time.thread_time()
+                if driver.rx(ctx, Segment(seq_of(offset + i), seg), rx.resync):
+                    mark = rx.generation
+                self.device_seconds += time.thread_time() - t0
+            rx.delivered_in_place(seg, mark)
+
     def arrive(self, offset: int, payload: Buffer, *, reaches_host: bool = True) -> bool:
         """One segment of the received stream (at stream ``offset``) reaches
         the NIC, then the host unless ``reaches_host`` is False (dropped

@@ -53,6 +53,7 @@ class SwReceiver:
         self.eof = False  # the peer's FIN was read
         self._state = RxState.OK  # OK, ERROR, ABORTED or DEAD (the rest is derived)
         self._error: OSError | None = None
+        self._readbuf: bytearray | None = None  # reused by reads through a faulty RX wire
 
     # -- configuration ----------------------------------------------------------
 
@@ -313,7 +314,7 @@ class SwReceiver:
         """Read more ciphertext, straight into the parser's buffer; False
         when nothing could be read now."""
         if self.conf is TlsConf.DEVICE and self.rxpath is not None:
-            return self._fill_device(self.rxpath, block)
+            return self._fill_device(self.rxpath, rx, block)
         try:
             if not block and not ready(self._sock, select.POLLIN):
                 return False
@@ -326,24 +327,36 @@ class SwReceiver:
         rx.parser.commit(n)
         return True
 
-    def _fill_device(self, path: RxPath, block: bool) -> bool:
+    def _fill_device(self, path: RxPath, rx: SwRx, block: bool) -> bool:
         """Read ciphertext and put it through the NIC's RX path, which
         delivers it (marked where the NIC decrypted) to the record layer.
 
         Each read is drained through the path at once (its retransmission
         timer fires before the next read): faults reorder within a read,
-        and the reader never waits on bytes the wire holds back."""
+        and the reader never waits on bytes the wire holds back.  When the
+        path can (a fault-free wire, nothing held) the socket reads
+        straight into the record parser's buffer and the NIC works there
+        in place, as the software path reads: no copy, no fresh buffer."""
+        drx = rx if isinstance(rx, DeviceRx) and path.in_place else None
         try:
             if not block and not ready(self._sock, select.POLLIN):
                 return False
-            buf = bytearray(READ_CHUNK)
-            n = self._sock.recv_into(buf)
+            if drx is not None:
+                view = drx.read_space(READ_CHUNK)
+            else:
+                if self._readbuf is None:
+                    self._readbuf = bytearray(READ_CHUNK)
+                view = memoryview(self._readbuf)
+            n = self._sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
             return False
         if not n:
             self.eof = True
             return False
-        path.receive(memoryview(buf)[:n])
+        if drx is not None:
+            path.receive_in_place(view[:n])
+        else:
+            path.receive(view[:n])  # the wire copies what it keeps
         path.drain()
         return True
 

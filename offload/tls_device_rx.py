@@ -132,6 +132,8 @@ class DeviceRx(SwRx):
 
     def _on_record(self, offset: int, rec_len: int, index: int, next_in: bool) -> None:
         """A record header arrived (strparser time): resync bookkeeping."""
+        if not self.resync.listening:
+            return
         gen = self._gens.get(self._gen)
         if self.ctx is None or gen is None or index < gen.first_index:
             return
@@ -186,15 +188,46 @@ class DeviceRx(SwRx):
         self.fed = end
         self.walk.delivered(offset, data)
 
+    def read_space(self, want: int) -> memoryview:
+        """Room for ``want`` bytes straight in the record parser's buffer, for
+        an RX path that lets the NIC work there in place (``delivered_in_place``)."""
+        return self.parser.write_space(want)
+
+    def delivered_in_place(self, data: memoryview, mark: int) -> None:
+        """The next ``len(data)`` bytes of the last ``read_space`` view reached
+        the host in order, with their packet's mark: ``deliver`` without the
+        copy into the parser (they are there already)."""
+        n = len(data)
+        if not n:
+            return
+        offset = self.fed
+        self.parser.commit(n)
+        end = offset + n
+        if mark:
+            marks = self._marks
+            if marks and marks[-1][1] == offset and marks[-1][2] == mark:
+                marks[-1] = (marks[-1][0], end, mark)
+            else:
+                marks.append((offset, end, mark))
+        self.fed = end
+        self.walk.delivered(offset, data)
+
     # -- records --------------------------------------------------------------------
 
     def decrypt_next(self, dst: memoryview | None = None) -> RxRecord | int | None:
         """One record: taken as decrypted, repaired, or decrypted in software.
 
-        ``dst`` is not used: records are handled one at a time (the
+        With ``dst`` (a reader's buffer, nothing queued ahead of it) a run
+        of whole data records the current context decrypted is copied
+        straight into it and the bytes written are returned
+        (``_take_decrypted``); anything else goes one record at a time (the
         software path's bulk run would not see the marks)."""
         if self.key_update_pending or self.opener.exhausted:
             return super().decrypt_next(None)
+        if dst is not None and self._marks and self.ctx is not None:
+            taken = self._take_decrypted(dst)
+            if taken is not None:
+                return taken
         head = self.parser.peek_header()
         if head is None:
             return None
@@ -245,6 +278,28 @@ class DeviceRx(SwRx):
                 self.resync.resume()
         return rec
 
+    def _take_decrypted(self, dst: memoryview) -> int | None:
+        """The fast path: whole data records inside the first marked range,
+        when the current context decrypted it, copied into ``dst``.
+
+        Per record this is exactly what the one-record path does for a
+        record whose every byte was marked (``records_device``, the state
+        advanced, ``record_read(decrypted)`` - which only sets the
+        CORE_NEXT_HINT reset, so once per run is the same); None when no
+        such record is at the front."""
+        start = self.fed - self.parser.buffered
+        a, b, g = self._marks[0]
+        if g != self._gen or not a <= start < b:
+            return None
+        nrec, written = self.opener.take_decrypted_into(self.parser, dst, b - start)
+        if not nrec:
+            return None
+        self.index += nrec
+        self.records_device += nrec
+        self.resync.record_read(True, False, 0, 0, True)
+        self._prune(self.fed - self.parser.buffered)
+        return written
+
     def _covered(self, start: int, end: int) -> list[tuple[int, int, int]] | None:
         """The marked parts of ``[start, end)`` (record offsets), or None when
         there are none."""
@@ -286,6 +341,16 @@ class RxPath(Protocol):
 
     def receive(self, data: memoryview) -> None:
         """Bytes the TCP socket received, in order."""
+        ...
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the next read may go straight into the record layer's
+        buffer and through the NIC there (``receive_in_place``)."""
+        ...
+
+    def receive_in_place(self, data: memoryview) -> None:
+        """``receive`` for bytes read into ``DeviceRx.read_space``."""
         ...
 
     def drain(self) -> object:
