@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.peers import Pki, make_pki, openssl_server, run_tlsctl, sha
+from tests.cli.test_cli_send_serve import send_to_s_server
+from tests.helpers.peers import Pki, make_pki, run_tlsctl, sha
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,28 +49,13 @@ def test_openssl_reads_records_of_the_limit(
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(SIZE))
     msgfile = tmp_path / "msg.txt"
-    out_path = tmp_path / "out.bin"
-    with (
-        out_path.open("wb") as out,
-        openssl_server(pki.cert, pki.key, out, "-msg", "-msgfile", str(msgfile)) as (proc, port),
-    ):
-        r = run_tlsctl(
-            "send",
-            str(src),
-            "-connect",
-            f"127.0.0.1:{port}",
-            "-CAfile",
-            str(pki.ca),
-            "-servername",
-            "localhost",
-            version,
-            "--offload",
-            offload,
-            "-max_send_frag",
-            str(LIMIT),
-        )
-        assert r.returncode == 0, r.stderr
-        proc.wait(10)
+    _summary, out_path = send_to_s_server(
+        pki,
+        tmp_path,
+        src,
+        ["-msg", "-msgfile", str(msgfile)],
+        [version, "--offload", offload, "-max_send_frag", str(LIMIT)],
+    )
     assert sha(out_path) == sha(src)
     over = 16 + (1 if version == "-tls1_3" else 8)
     lengths = [n - over for n in _received_record_lengths(msgfile)]
