@@ -233,6 +233,7 @@ class KTLSSocket:
             rx=None if rx is None else CryptoState.of(rx, show_secrets),
             device=self.device_state(),
             offload_refused=self.offload_refused,
+            rx_offload=self.rx_device_report(),
         )
 
     def describe(self, show_secrets: bool = False) -> dict[str, Any]:

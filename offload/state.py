@@ -145,6 +145,9 @@ class SocketState:
     rx: CryptoState | None = None
     device: DeviceState | None = None
     offload_refused: str = ""
+    rx_offload: dict[str, int | str] | None = None
+    """RX conf DEVICE: the resync scheme and the records the NIC decrypted,
+    the host repaired or software decrypted (``KTLSSocket.rx_device_report``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``describe()`` dictionary: the keys tlsctl's control socket
@@ -172,6 +175,8 @@ class SocketState:
             out["device"] = self.device.to_json()
         if self.offload_refused:
             out["offload_refused"] = self.offload_refused
+        if self.rx_offload is not None:
+            out["rx_offload"] = dict(self.rx_offload)
         return out
 
 

@@ -788,10 +788,22 @@ def test_decode_bad_blob(blob: str, message: str) -> None:
 
 
 def test_live_serve_and_send_seen_by_inspect_context(env: dict[str, str], tmp_path: Path) -> None:
-    """The real commands: ``serve --sink`` and a slow ``send -`` (stdin fed by
-    the test); inspect-context sees both ends, and their rec_seq advances."""
+    """The real commands: ``serve --sink --offload sim-nic`` (RX through the
+    NIC) and a slow ``send -`` (stdin fed by the test); inspect-context sees
+    both ends, their rec_seq advances, and the server's RX offload counts."""
     srv = subprocess.Popen(
-        [TLSCTL, "serve", "--json", "-accept", "127.0.0.1:0", "--sink", "-naccept", "1"],
+        [
+            TLSCTL,
+            "serve",
+            "--json",
+            "-accept",
+            "127.0.0.1:0",
+            "--sink",
+            "-naccept",
+            "1",
+            "--offload",
+            "sim-nic",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -853,6 +865,13 @@ def test_live_serve_and_send_seen_by_inspect_context(env: dict[str, str], tmp_pa
         assert moved > client1["device"]["stats"]["tx_tls_encrypted_bytes"]
         assert client2["tx_crypto"]["key"] == "redacted"
         assert second["server"]["rx_crypto_info"] == "redacted"
+        rx1, rx2 = first["server"]["rx_offload"], second["server"]["rx_offload"]
+        assert second["server"]["rx_conf"] == "device"
+        assert rx2["rx_resync"] == "DRIVER_REQ"
+        assert rx2["rx_records_device"] > rx1["rx_records_device"] > 0
+        text = tlsctl("inspect-context", env=env)
+        assert text.returncode == 0, text.stderr
+        assert "rx_offload rx_resync DRIVER_REQ" in text.stdout, text.stdout
         snd.stdin.close()
         assert snd.wait(30) == 0, snd.stderr.read() if snd.stderr else ""
         srv.wait(30)

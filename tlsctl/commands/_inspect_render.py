@@ -79,6 +79,9 @@ def _conn_text(c: dict[str, Any]) -> list[str]:
         lines.append("  tls_stat " + " ".join(f"{k} {v}" for k, v in tls))
     if dev and _nonzero(dev.get("stats")):
         lines.append("  ethtool " + " ".join(f"{k} {v}" for k, v in _nonzero(dev.get("stats"))))
+    rx_offload = c.get("rx_offload")
+    if rx_offload:
+        lines.append("  rx_offload " + " ".join(f"{k} {v}" for k, v in rx_offload.items()))
     for d in ("tx", "rx"):
         crypto = c.get(f"{d}_crypto")
         if isinstance(crypto, dict):
@@ -151,6 +154,7 @@ def render_rich(
             dev = c.get("device") or {}
             counters = [f"{k} {v}" for k, v in _nonzero(c.get("stats"))]
             counters += [f"[cyan]{k}[/] {v}" for k, v in _nonzero(dev.get("stats"))]
+            counters += [f"[magenta]{k}[/] {v}" for k, v in (c.get("rx_offload") or {}).items()]
             if "error" in c:
                 counters.insert(0, f"[red]{c['error']}[/]")
             row = [
