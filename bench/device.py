@@ -42,6 +42,7 @@ from offload import KTLSSocket
 from offload.netdev import create_device
 from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_2_VERSION, TLS_TX, CipherType, CryptoInfo
 from offload.wiremodel import FaultSpec, TxPipeline
+from tlsctl.units import parse_size
 
 MODES = ("tcp", "tcp-sendfile", "sw", "sim-nic", "sim-nic+ooo")
 OOO_FAULTS = "reorder=0.01,seed=1"
@@ -62,12 +63,6 @@ def _sink(port_q: Any, rounds: int) -> None:
                 while n := c.recv_into(buf):
                     total += n
                 c.sendall(total.to_bytes(8, "big"))
-
-
-def _parse_size(text: str) -> int:
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().rstrip("B")
-    return int(float(t[:-1]) * mult[t[-1]]) if t[-1] in mult else int(t)
 
 
 def _one(
@@ -209,7 +204,7 @@ def main() -> None:
         help="seconds per MiB of reorder=1 --mss 100 at 1, 4 and 16 MiB instead",
     )
     args = ap.parse_args()
-    size = _parse_size(args.size)
+    size = parse_size(args.size, minimum=1)
     version = TLS_1_2_VERSION if args.tls == "1.2" else 0x0304
     if args.scaling:
         scaling(version, args.repeat, args.json)

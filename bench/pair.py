@@ -37,13 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tlsctl.units import parse_size
+
 TLSCTL = [sys.executable, "-m", "tlsctl"]
-
-
-def _parse_size(text: str) -> int:
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().rstrip("B")
-    return int(float(t[:-1]) * mult[t[-1]]) if t[-1] in mult else int(t)
 
 
 def _free_port() -> int:
@@ -228,7 +224,7 @@ def main() -> None:
     for tool in ("openssl", "curl"):
         if shutil.which(tool) is None:
             sys.exit(f"pair.py: {tool} not found")
-    size = _parse_size(args.size)
+    size = parse_size(args.size, minimum=1)
     suites = ["-ciphersuites", args.ciphersuites] if args.ciphersuites else []
     runs: dict[str, list[dict[str, float]]] = {"tlsctl": [], "openssl": [], "tcp": []}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:

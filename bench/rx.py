@@ -57,16 +57,11 @@ from offload.uapi import (
     CryptoInfo,
 )
 from offload.wiremodel import FaultSpec
+from tlsctl.units import parse_size
 
 MODES = ("tcp", "sw", "sim-nic", "sim-nic+drop")
 DROP_FAULTS = "drop=0.01,seed=1"
 READ_BUF = 1 << 20
-
-
-def _parse_size(text: str) -> int:
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().rstrip("B")
-    return int(float(t[:-1]) * mult[t[-1]]) if t[-1] in mult else int(t)
 
 
 def _sender(port_q: Any, path: str, rounds: int) -> None:
@@ -200,7 +195,7 @@ def main() -> None:
     ap.add_argument("--profile", choices=MODES, help="cProfile one round of MODE instead")
     ap.add_argument("--top", type=int, default=25, help="rows of the profile")
     args = ap.parse_args()
-    size = _parse_size(args.size)
+    size = parse_size(args.size, minimum=1)
     versions = {
         "1.2": [TLS_1_2_VERSION],
         "1.3": [TLS_1_3_VERSION],

@@ -178,7 +178,12 @@ class DeviceRx(SwRx):
         if not n:
             return
         self.parser.feed(data)
-        end = offset + n
+        self._arrived(offset, data, mark)
+
+    def _arrived(self, offset: int, data: memoryview, mark: int) -> None:
+        """Bytes now in the parser at ``offset``: extend or add their mark
+        range, advance ``fed``, and let the record walk see them."""
+        end = offset + len(data)
         if mark:
             marks = self._marks
             if marks and marks[-1][1] == offset and marks[-1][2] == mark:
@@ -200,17 +205,8 @@ class DeviceRx(SwRx):
         n = len(data)
         if not n:
             return
-        offset = self.fed
         self.parser.commit(n)
-        end = offset + n
-        if mark:
-            marks = self._marks
-            if marks and marks[-1][1] == offset and marks[-1][2] == mark:
-                marks[-1] = (marks[-1][0], end, mark)
-            else:
-                marks.append((offset, end, mark))
-        self.fed = end
-        self.walk.delivered(offset, data)
+        self._arrived(self.fed, data, mark)
 
     # -- records --------------------------------------------------------------------
 

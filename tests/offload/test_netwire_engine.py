@@ -349,21 +349,13 @@ def test_ring_regions_keep_their_framing_and_match_fresh_framing(
                 buf, slots = region, batches.lay_out_in(total, region)
             else:
                 buf, slots = batches.lay_out(total)
-            p = 0
-            for slot in slots:
-                k = len(slot) - int(is13)
-                slot[:k] = data[p : p + k]
-                p += k
+            _fill(slots, data, is13)
             batches.frame_plaintext(buf, ct, slots)
             rsize = len(slots[0]) + sealer.sealed_size(0) - int(is13)
             view = st.append(buf, off, first, rsize, len(slots))
             ref = TxBatches(ref_sealer, record, per_batch, pool_max=0)
             ref_buf, ref_slots = ref.lay_out(total)
-            p = 0
-            for slot in ref_slots:
-                k = len(slot) - int(is13)
-                slot[:k] = data[p : p + k]
-                p += k
+            _fill(ref_slots, data, is13)
             ref.frame_plaintext(ref_buf, ct, ref_slots)
             assert _untagged(view) == _untagged(ref_buf)
             st.free(prev_end)  # the batch before this one is acknowledged
@@ -373,6 +365,16 @@ def test_ring_regions_keep_their_framing_and_match_fresh_framing(
         assert sum(reframed) >= 4  # recurring places were not framed from scratch
     finally:
         st.close()
+
+
+def _fill(slots: list[memoryview], data: bytes, is13: bool) -> None:
+    """Copy ``data`` into the records' plaintext slots (a TLS 1.3 slot ends
+    with the inner-type byte, which framing writes)."""
+    p = 0
+    for slot in slots:
+        k = len(slot) - int(is13)
+        slot[:k] = data[p : p + k]
+        p += k
 
 
 def _untagged(buf: bytearray | memoryview) -> bytes:
