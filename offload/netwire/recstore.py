@@ -158,11 +158,13 @@ class StoreWriter:
             return 0 if n <= self.ring_size else None
         lo = self._spans[self._head][0]  # oldest live byte
         pos = self._pos
-        if pos >= lo:  # live region is [lo, pos): free at the end, then the start
+        if pos > lo:  # live region is [lo, pos): free at the end, then the start
             if pos + n <= self.ring_size:
                 return pos
             return 0 if n <= lo else None
-        return pos if pos + n <= lo else None
+        # Wrapped: live is [lo, end) and [0, pos); pos == lo is a ring full
+        # all the way round (no free byte), not an empty one.
+        return pos if pos < lo and pos + n <= lo else None
 
     def reserve(self, n: int) -> memoryview:
         """Ring space for the next ``n``-byte buffer, writable, not yet

@@ -259,6 +259,32 @@ def test_store_ring_wraps_and_waits_for_acks() -> None:
         st.close()
 
 
+def test_store_ring_full_all_the_way_round_waits() -> None:
+    """A ring wrapped so that its newest buffer ends exactly where the
+    oldest live one starts is full, not empty: the next buffer waits for
+    acknowledgements instead of being written over unacknowledged records
+    (which a resync, or the NIC's read-ahead of a cut record, then read)."""
+    st = StoreWriter(500, 0, ring_size=100_000, entries=8)
+    rd = StoreReader(st.path)
+    st.unlink()
+    try:
+        st.wait_room = lambda: False  # nothing will be acknowledged: give up
+        b = os.urandom(40_000)
+        st.append(bytearray(40_000), 0, 0, 40_000, 1)  # ring [0, 40000)
+        st.append(bytearray(b), 40_000, 1, 40_000, 1)  # ring [40000, 80000)
+        st.free(40_000)
+        st.append(bytearray(40_000), 80_000, 2, 40_000, 1)  # wraps: ring [0, 40000)
+        with pytest.raises(StoreFull):
+            st.append(bytearray(b"\xee" * 10_000), 120_000, 3, 10_000, 1)
+        rec = rd.get_record(500 + 40_000)
+        assert rec is not None and bytes(rec.data) == b  # untouched
+        st.free(80_000)
+        st.append(bytearray(10_000), 120_000, 3, 10_000, 1)  # room now
+    finally:
+        rd.close()
+        st.close()
+
+
 def test_bytes_acked_counts_data_acknowledged() -> None:
     """The offset of tcpi_bytes_acked in struct tcp_info: after the peer
     took N bytes and everything is acknowledged, it moved by exactly N."""
