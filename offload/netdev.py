@@ -164,6 +164,25 @@ class RecordLookup(Protocol):
         """True when the whole range was sent before offload began (plain data)."""
 
 
+class RecordReader(Protocol):
+    """A ``RecordLookup`` a driver may also read ahead of the frame in hand.
+
+    Not a Linux interface: no upstream driver reads past the packet it
+    transmits.  A NIC can, though (it DMA-reads host memory anyway), and
+    the real wire's record store offers it (``offload.netwire.recstore``)
+    so sim-nic seals a record cut by a frame's edge in one AEAD call and
+    carries the ciphertext of its tail to the next frame, instead of a
+    streaming AEAD context per frame.  Drivers test for it (``getattr``);
+    a lookup without it (the in-process wire's ``DeviceTx``) keeps the
+    streaming path.
+    """
+
+    def read_record(self, tcp_seq: int, length: int, use: Callable[[memoryview], bool]) -> bool:
+        """``use`` the record starting at ``tcp_seq`` (``length`` bytes, as
+        framed) in place; True when it was held throughout and ``use``
+        returned True (anything else: throw ``use``'s work away)."""
+
+
 @dataclass
 class Segment:
     """One TCP segment: 32-bit sequence number and payload (plaintext records)."""

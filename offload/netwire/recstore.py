@@ -63,6 +63,7 @@ what TCP has not acknowledged (its send buffer autotunes to 4 MiB here,
 tcp_wmem max), plus the batch being framed, plus the room lost when a
 batch does not fit before the ring's end."""
 DEFAULT_ENTRIES = 8192
+_HALF = SEQ_MOD // 2
 SHM_DIR = "/dev/shm"
 
 
@@ -268,8 +269,14 @@ class StoreReader:
         self.start_offset = start
         self._ring_at = _layout(ring, cap)[0]
         self.freed_during_copy = 0
+        self._mv = memoryview(self._map)
+        self._cur: tuple[int, int, int, int, int, int] | None = None
+        """The entry ``read_record`` found last: number, start, end, record
+        size, record count, ring address (the next cut record is nearly
+        always in it: no search)."""
 
     def close(self) -> None:
+        self._mv.release()
         self._map.close()
 
     def _u64(self, at: int) -> int:
@@ -285,21 +292,25 @@ class StoreReader:
         start, end, sn, rsize, nrec, pos = ENTRY.unpack_from(self._map, slot)
         return start, end, sn, rsize, nrec, pos
 
-    def get_record(self, tcp_seq: int) -> RecordInfo | None:
-        acked = self._u64(_OFF_ACKED)
-        head, tail = self._u64(_OFF_HEAD), self._u64(_OFF_TAIL)
-        off = self._offset(tcp_seq, acked)
-        if off < acked or off < self.start_offset or head >= tail:
-            return None
-
-        lo_i, hi_i = head, tail  # the last entry starting at or before off
+    def _find(self, off: int, head: int, tail: int) -> int:
+        """The live entry starting at or before stream offset ``off`` (the
+        last such; whether it holds ``off`` is the caller's check)."""
+        lo_i, hi_i = head, tail
         while hi_i - lo_i > 1:
             mid = (lo_i + hi_i) // 2
             if self._entry(mid)[0] <= off:
                 lo_i = mid
             else:
                 hi_i = mid
-        i = lo_i
+        return lo_i
+
+    def get_record(self, tcp_seq: int) -> RecordInfo | None:
+        acked = self._u64(_OFF_ACKED)
+        head, tail = self._u64(_OFF_HEAD), self._u64(_OFF_TAIL)
+        off = self._offset(tcp_seq, acked)
+        if off < acked or off < self.start_offset or head >= tail:
+            return None
+        i = self._find(off, head, tail)
         start, end, first_sn, rsize, nrec, pos = self._entry(i)
         if not start <= off < end:
             return None
@@ -312,6 +323,46 @@ class StoreReader:
             self.freed_during_copy += 1
             return None
         return RecordInfo((self.isn + start + lo) % SEQ_MOD, first_sn + k, memoryview(data))
+
+    def read_record(self, tcp_seq: int, length: int, use: Callable[[memoryview], bool]) -> bool:
+        """``use`` the record that starts at ``tcp_seq`` and is ``length``
+        bytes long where it lies in host memory (a DMA read, no copy).
+
+        The in-order fast path's read (``offload.netdev.RecordReader``):
+        sim-nic seals a record cut by a frame's edge in one call from here
+        instead of streaming it across frames.  True when such a record is
+        held, ``use`` returned True, and the record was still held after
+        ``use`` returned; False otherwise (not a record edge, not held, or
+        freed while ``use`` ran: whatever ``use`` made of the bytes may be
+        torn and must be thrown away).  ``use`` must not keep the view.
+        """
+        m = self._map
+        acked = _U64.unpack_from(m, _OFF_ACKED)[0]
+        d = (tcp_seq - self.isn - acked) % SEQ_MOD  # _offset, inlined (once per frame)
+        off = acked + (d - SEQ_MOD if d >= _HALF else d)
+        cur = self._cur
+        if cur is None or not cur[1] <= off < cur[2]:
+            head, tail = _U64.unpack_from(m, _OFF_HEAD)[0], _U64.unpack_from(m, _OFF_TAIL)[0]
+            if off < acked or off < self.start_offset or head >= tail:
+                return False
+            i = self._find(off, head, tail)
+            start, end, _, rsize, nrec, pos = self._entry(i)
+            if not start <= off < end:
+                return False
+            cur = self._cur = (i, start, end, rsize, nrec, self._ring_at + pos)
+        number, start, end, rsize, nrec, at = cur
+        lo = off - start
+        k = lo // rsize
+        if k >= nrec or k * rsize != lo:  # not where one of its records starts
+            return False
+        hi = lo + rsize if k < nrec - 1 else end - start
+        if hi - lo != length or _U64.unpack_from(m, _OFF_HEAD)[0] > number:
+            return False
+        ok = use(self._mv[at + lo : at + hi])
+        if _U64.unpack_from(m, _OFF_HEAD)[0] > number:  # freed (maybe reused) meanwhile
+            self.freed_during_copy += 1
+            return False
+        return ok
 
     def before_start_marker(self, tcp_seq: int, length: int) -> bool:
         off = self._offset(tcp_seq, self._u64(_OFF_ACKED))

@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -413,3 +414,153 @@ def _untagged(buf: bytearray | memoryview) -> bytes:
         out[end - 16 : end] = bytes(16)
         o = end
     return bytes(out)
+
+
+class _Reads:
+    """Counts the store's read-ahead (``read_record``) and what it answered,
+    optionally freeing the whole store while the driver uses the bytes (a
+    record acknowledged and its ring space reused mid-DMA)."""
+
+    def __init__(self, h: Host, tear: bool = False) -> None:
+        self.answers: list[bool] = []
+        real = h.reader.read_record
+
+        def read(tcp_seq: int, length: int, use: Callable[[memoryview], bool]) -> bool:
+            def using(view: memoryview) -> bool:
+                ok = use(view)
+                if tear:
+                    h.store.free(h.lead + len(h.buf))
+                return ok
+
+            got = real(tcp_seq, length, using)
+            self.answers.append(got)
+            return got
+
+        h.reader.read_record = read  # type: ignore[method-assign]
+
+
+CUT_FRAME = 20_000
+"""Frames of this size cut every record of ~16 KiB in its body."""
+
+
+@pytest.mark.parametrize("combo", STREAMABLE, ids=combo_id)
+@pytest.mark.parametrize("burst", [True, False], ids=["xmit_burst", "xmit"])
+def test_cut_record_sealed_whole_from_the_store_equals_software(
+    combo: tuple[int, CipherType], burst: bool
+) -> None:
+    """A record cut by a frame's edge is sealed in one call from the host's
+    store; its ciphertext goes out across two (or three) frames, byte for
+    byte software TX's, and the NIC took the store read for every cut."""
+    info = random_info(*combo, seq=9)
+    data = os.urandom(100_000)
+    want = software(info, data)
+    h = Host(info, data, 2**32 - 30_000, burst=burst)  # the 2^32 wrap inside
+    reads = _Reads(h)
+    try:
+        got = bytearray()
+        for off in range(0, len(want), CUT_FRAME):
+            ok, out = h.send(off, min(CUT_FRAME, len(want) - off))
+            assert ok and out == want[off : off + len(out)]
+            got += out
+        assert bytes(got) == want
+        cuts = len(want) // CUT_FRAME  # every frame but the last ends mid-record
+        assert reads.answers == [True] * cuts
+        st = h.nic.device.stats
+        assert st["tx_tls_ooo"] == 0 and st["tx_tls_dump_packets"] == 0
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("combo", STREAMABLE, ids=combo_id)
+@pytest.mark.parametrize(
+    "order",
+    [
+        (0, 1, 1, 2, 3, 4),  # the frame after a cut retransmitted at once
+        (0, 0, 1, 2, 3, 4),  # the frame with the cut record's start again
+        (0, 2, 1, 3, 4),  # the frame after a cut overtaken (reordered)
+        (0, 2, 3, 4, 1),  # ... lost past the NIC, retransmitted last
+        (0, 1, 2, 1, 3, 4, 0),  # retransmissions after the cut was finished
+    ],
+    ids=["retx-next", "retx-cut", "reordered", "lost-next", "late-retx"],
+)
+def test_frame_after_a_cut_record_out_of_order_equals_software(
+    combo: tuple[int, CipherType], order: tuple[int, ...]
+) -> None:
+    """The ciphertext carried for the next in-order frame is never used for
+    another one: a frame out of order resyncs from the store (DUMP work
+    from the record's start) and every frame equals software TX's bytes."""
+    info = random_info(*combo, seq=2)
+    data = os.urandom(90_000)
+    want = software(info, data)
+    h = Host(info, data, 0x1234)
+    try:
+        expected, ooo = 0, []
+        for i in order:
+            off = i * CUT_FRAME
+            ok, out = h.send(off, min(CUT_FRAME, len(want) - off))
+            assert ok and out == want[off : off + len(out)], f"frame {i}"
+            if off != expected:
+                ooo.append(i)
+            expected = off + len(out)
+        st = h.nic.device.stats
+        assert st["tx_tls_ooo"] == len(ooo)
+        # Every frame but the first starts inside a record: DUMP work to rebuild.
+        assert st["tx_tls_dump_packets"] == len([i for i in ooo if i])
+    finally:
+        h.close()
+
+
+def test_cut_record_freed_before_or_during_the_read_streams_from_the_frame() -> None:
+    """The store no longer holds the cut record (acknowledged, freed) or
+    frees it while the NIC reads (the ring space maybe reused): what was
+    sealed from it is thrown away, the record streams from the frame's own
+    bytes as without a store, still software TX's bytes; a retransmission
+    of the freed records is dropped, never sent in plaintext."""
+    info = random_info(*STREAMABLE[1], seq=4)
+    data = os.urandom(60_000)
+    want = software(info, data)
+    h = Host(info, data, 99)
+    reads = _Reads(h, tear=True)
+    try:
+        ok, out = h.send(0, CUT_FRAME)  # freed while the NIC read: torn
+        assert ok and out == want[:CUT_FRAME]
+        assert reads.answers == [False] and h.reader.freed_during_copy == 1
+        ok, out = h.send(CUT_FRAME, CUT_FRAME)  # freed already: not read at all
+        assert ok and out == want[CUT_FRAME : 2 * CUT_FRAME]
+        assert reads.answers == [False, False] and h.reader.freed_during_copy == 1
+        ok, out = h.send(2 * CUT_FRAME, len(want) - 2 * CUT_FRAME)
+        assert ok and out == want[2 * CUT_FRAME :]
+        ok, out = h.send(CUT_FRAME, 100)
+        assert not ok and h.nic.counters["frames_dropped"] == 1
+        assert h.nic.device.stats["tx_tls_drop_no_sync_data"] == 1
+    finally:
+        h.close()
+
+
+def test_store_read_ahead_checks_record_edges_and_liveness() -> None:
+    """``read_record`` answers only for a record that starts at the given
+    sequence number with the given length, and only while it is held."""
+    info = random_info(*STREAMABLE[0])
+    data = os.urandom(40_000)
+    h = Host(info, data, 2**32 - 5)
+    try:
+        buf = h.buf
+        r0 = 5 + int.from_bytes(buf[3:5], "big")  # the first record's size
+        seen: list[bytes] = []
+
+        def use(view: memoryview) -> bool:
+            seen.append(bytes(view))
+            return True
+
+        rd = h.reader
+        seq = (h.isn + r0) % 2**32
+        assert rd.read_record(seq, r0, use) and seen == [buf[r0 : 2 * r0]]
+        assert not rd.read_record((seq + 1) % 2**32, r0, use)  # not a record's start
+        assert not rd.read_record(seq, r0 + 1, use)  # not its length
+        last = (len(buf) // r0) * r0
+        assert rd.read_record((h.isn + last) % 2**32, len(buf) - last, use)  # the short last one
+        assert not rd.read_record(seq, r0, lambda v: False)  # use said no
+        h.store.free(len(buf))
+        assert not rd.read_record(seq, r0, use) and len(seen) == 2
+    finally:
+        h.close()
