@@ -276,8 +276,13 @@ class StoreReader:
         always in it: no search)."""
 
     def close(self) -> None:
+        """Unmap; a ``read_record`` in flight on the NIC's egress thread (the
+        context deleted under it by the control thread) keeps the mapping
+        until its view goes, and later reads answer False."""
+        self._cur = None
         self._mv.release()
-        self._map.close()
+        with contextlib.suppress(BufferError):
+            self._map.close()
 
     def _u64(self, at: int) -> int:
         return int(_U64.unpack_from(self._map, at)[0])
@@ -336,33 +341,36 @@ class StoreReader:
         freed while ``use`` ran: whatever ``use`` made of the bytes may be
         torn and must be thrown away).  ``use`` must not keep the view.
         """
-        m = self._map
-        acked = _U64.unpack_from(m, _OFF_ACKED)[0]
-        d = (tcp_seq - self.isn - acked) % SEQ_MOD  # _offset, inlined (once per frame)
-        off = acked + (d - SEQ_MOD if d >= _HALF else d)
-        cur = self._cur
-        if cur is None or not cur[1] <= off < cur[2]:
-            head, tail = _U64.unpack_from(m, _OFF_HEAD)[0], _U64.unpack_from(m, _OFF_TAIL)[0]
-            if off < acked or off < self.start_offset or head >= tail:
+        try:
+            m = self._map
+            acked = _U64.unpack_from(m, _OFF_ACKED)[0]
+            d = (tcp_seq - self.isn - acked) % SEQ_MOD  # _offset, inlined (once per frame)
+            off = acked + (d - SEQ_MOD if d >= _HALF else d)
+            cur = self._cur
+            if cur is None or not cur[1] <= off < cur[2]:
+                head, tail = _U64.unpack_from(m, _OFF_HEAD)[0], _U64.unpack_from(m, _OFF_TAIL)[0]
+                if off < acked or off < self.start_offset or head >= tail:
+                    return False
+                i = self._find(off, head, tail)
+                start, end, _, rsize, nrec, pos = self._entry(i)
+                if not start <= off < end:
+                    return False
+                cur = self._cur = (i, start, end, rsize, nrec, self._ring_at + pos)
+            number, start, end, rsize, nrec, at = cur
+            lo = off - start
+            k = lo // rsize
+            if k >= nrec or k * rsize != lo:  # not where one of its records starts
                 return False
-            i = self._find(off, head, tail)
-            start, end, _, rsize, nrec, pos = self._entry(i)
-            if not start <= off < end:
+            hi = lo + rsize if k < nrec - 1 else end - start
+            if hi - lo != length or _U64.unpack_from(m, _OFF_HEAD)[0] > number:
                 return False
-            cur = self._cur = (i, start, end, rsize, nrec, self._ring_at + pos)
-        number, start, end, rsize, nrec, at = cur
-        lo = off - start
-        k = lo // rsize
-        if k >= nrec or k * rsize != lo:  # not where one of its records starts
+            ok = use(self._mv[at + lo : at + hi])
+            if _U64.unpack_from(m, _OFF_HEAD)[0] > number:  # freed (maybe reused) meanwhile
+                self.freed_during_copy += 1
+                return False
+            return ok
+        except ValueError:  # closed (the context deleted meanwhile): nothing to read
             return False
-        hi = lo + rsize if k < nrec - 1 else end - start
-        if hi - lo != length or _U64.unpack_from(m, _OFF_HEAD)[0] > number:
-            return False
-        ok = use(self._mv[at + lo : at + hi])
-        if _U64.unpack_from(m, _OFF_HEAD)[0] > number:  # freed (maybe reused) meanwhile
-            self.freed_during_copy += 1
-            return False
-        return ok
 
     def before_start_marker(self, tcp_seq: int, length: int) -> bool:
         off = self._offset(tcp_seq, self._u64(_OFF_ACKED))

@@ -564,3 +564,29 @@ def test_store_read_ahead_checks_record_edges_and_liveness() -> None:
         assert not rd.read_record(seq, r0, use) and len(seen) == 2
     finally:
         h.close()
+
+
+def test_store_closed_under_a_read_ahead_answers_false_never_raises() -> None:
+    """The control thread deletes the context (closes the store) while the
+    egress thread reads ahead: the read in flight finishes on the mapping
+    it holds, every later read answers False (the driver streams from the
+    frame), and nothing raises on either thread."""
+    info = random_info(*STREAMABLE[0])
+    data = os.urandom(40_000)
+    h = Host(info, data, 7)
+    try:
+        rd = h.reader
+        r0 = 5 + int.from_bytes(h.buf[3:5], "big")
+        seq = (h.isn + r0) % 2**32
+        seen: list[bytes] = []
+
+        def closing(view: memoryview) -> bool:
+            rd.close()  # the mapping stays while this view is alive
+            seen.append(bytes(view))
+            return True
+
+        assert rd.read_record(seq, r0, closing) and seen == [h.buf[r0 : 2 * r0]]
+        assert not rd.read_record(seq, r0, lambda v: True)
+        assert not rd.read_record((seq + r0) % 2**32, r0, lambda v: True)
+    finally:
+        h.close()
