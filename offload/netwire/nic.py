@@ -46,6 +46,7 @@ from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, OffloadRefused, Se
 from offload.netwire.control import MAX_MESSAGE, flow_from_json
 from offload.netwire.faults import FaultStage, WireFaults
 from offload.netwire.frames import TCP_SYN, FlowKey, make_partial, parse_tcp
+from offload.netwire.nic_rx import NicRx, forward_rx
 from offload.netwire.recstore import StoreReader
 from offload.netwire.tun import MAX_FRAME, open_tun
 from offload.tcpseq import SEQ_MOD
@@ -93,8 +94,11 @@ class Nic:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stages: dict[str, FaultStage] = field(default_factory=dict)
     """The fault stage of each direction ("out", "back"), if any."""
+    rx: NicRx = field(init=False)
+    """The receive direction's offload engine (``offload.netwire.nic_rx``)."""
 
     def __post_init__(self) -> None:
+        self.rx = NicRx(self.device)
         driver = self.device.driver
         burst = getattr(driver, "xmit_burst", None)
         if burst is not None:
@@ -150,9 +154,10 @@ class Nic:
         return True
 
     def back(self, frame: memoryview) -> bool:
+        """A frame from the peer towards the host: through the RX engine."""
         self.counters["frames_back"] += 1
         self.counters["bytes_back"] += len(frame)
-        return True
+        return self.rx.ingress(frame)
 
     # -- control requests -------------------------------------------------------
 
@@ -166,11 +171,14 @@ class Nic:
                 "driver": self.device.driver.name,
                 "cpu_seconds": t.user + t.system,
                 "faults": {d: dict(st.counts) for d, st in self.stages.items()},
+                "rx_nic": dict(self.rx.counters),
             }
         try:
             key = flow_from_json(req.get("flow"))
         except (ValueError, TypeError):
             return {"error": "bad flow in request"}
+        if req.get("direction") == "rx":  # the peer -> host direction: nic_rx
+            return self.rx.handle(str(op), key, req)
         if op == "flow":
             flow = self.flows.get(key)
             if flow is None:
@@ -380,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         stage = FaultStage(faults, name) if faults.any else None
         if stage is not None:
             nic.stages[name] = stage
-        threading.Thread(target=forward, args=(src, dst, fn, stage), daemon=True).start()
+        # Towards the host the faults act before the NIC (its RX engine
+        # meets the peer's retransmissions); away from it, after.
+        loop = forward_rx if name == "back" else forward
+        threading.Thread(target=loop, args=(src, dst, fn, stage), daemon=True).start()
     print("ready", flush=True)
     while not stop.wait(3600):
         pass
