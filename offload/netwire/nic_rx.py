@@ -88,6 +88,13 @@ RING_MARGIN = 8
 """Ring entries kept free beyond a frame's marks: the driver's resync calls
 (at most two per packet) never find the ring full."""
 
+RESCAN_RECORDS = 512
+"""Records a DRIVER_REQ candidate is followed unconfirmed on this wire (the
+in-process NIC gives up after ``simnic_rx.RESCAN_RECORDS``): the stack's
+confirmation comes when the host's record walk meets the header, which
+here is when the host has *read* that far - behind the NIC by whatever
+its socket queue holds - plus a control round trip."""
+
 RX_NIC_COUNTERS = (
     "rx_frames",  # peer -> host frames of flows with an RX ring
     "rx_frames_decrypted",  # ... the engine decrypted (new bytes)
@@ -295,6 +302,8 @@ class NicRx:
             if fl.ring is None:
                 ring.close()
             return {"error": f"offload refused: {exc}"}
+        if hasattr(ctx, "rescan_records"):
+            ctx.rescan_records = RESCAN_RECORDS
         fl.ring, fl.ctx, fl.gen = ring, ctx, gen
         fl.host = _RingHost(ring, gen)
         return {"driver": self.device.driver.name}

@@ -40,6 +40,7 @@ import bisect
 import contextlib
 import errno
 import fcntl
+import select
 import socket
 import struct
 import termios
@@ -60,8 +61,10 @@ from offload.netwire.control import ControlClient, ControlError, flow_of, flow_t
 from offload.netwire.frames import FlowKey
 from offload.netwire.rxring import RingKind, RingReader
 from offload.netwire.txpath import TCP_INFO_LEN
+from offload.sockwait import ready
 from offload.state import DeviceReport
 from offload.stats import TlsStats
+from offload.sw_recv import READ_CHUNK
 from offload.tcpseq import SEQ_MOD, SeqSpace
 from offload.tls_device_rx import DeviceRx
 from offload.uapi import CryptoInfo
@@ -71,6 +74,8 @@ _BYTES_RECEIVED_AT = 128
 """``tcpi_bytes_received`` in ``struct tcp_info``: right after ``tcpi_bytes_acked``."""
 _INQ = struct.Struct("i")
 _MARK = int(RingKind.MARK)
+CATCH_UP_LIMIT = 16 << 20
+"""Bytes read ahead of the reader at most while the stack owes the NIC an answer."""
 
 
 def bytes_received(sock: socket.socket) -> int:
@@ -306,6 +311,34 @@ class NetRxPath:
             raise RuntimeError("RX path without an RX context")
         if not self._armed:
             self._arm(rx)
+        self._marked(rx, data, in_place)
+        if rx.resync.listening and rx.ctx is not None:
+            self._catch_up(rx)
+
+    def _catch_up(self, rx: DeviceRx) -> None:
+        """The stack owes the NIC an answer (a request open, a hint due):
+        read what the socket holds *now* into the record parser, so the
+        record walk meets the headers as they arrive - Linux's strparser
+        parses them when data reaches the socket (softirq), not when the
+        reader asks, and the NIC's candidate or hint is only good that long.
+        No extra copy: those bytes are read into the parser's buffer, where
+        the next reads find them.  Bounded by ``CATCH_UP_LIMIT``."""
+        total = 0
+        while rx.resync.listening and total < CATCH_UP_LIMIT:
+            try:
+                if not ready(self.sock, select.POLLIN):
+                    return
+                view = rx.read_space(READ_CHUNK)
+                n = self.sock.recv_into(view, READ_CHUNK)
+            except OSError:
+                return  # the reader's own next read reports it
+            if not n:
+                return  # EOF: the reader's next read sees it too
+            self._marked(rx, view[:n], True)
+            total += n
+
+    def _marked(self, rx: DeviceRx, data: memoryview, in_place: bool) -> None:
+        """Deliver ``data`` (the next bytes of the stream) in pieces by mark."""
         self._take_ring(rx)
         start = rx.fed
         end = start + len(data)
