@@ -221,8 +221,10 @@ def device_spec(
             "--rx-resync needs a NIC offload (--offload sim-nic)", option="--rx-resync"
         )
     if wire == "netns":
-        spec = _netns_device_spec(offload, faults, mss, key_update_every)
-        return None if spec is None else replace(spec, rx_resync=rx_resync or "driver")
+        netns_spec = _netns_device_spec(offload, faults, mss, key_update_every)
+        if netns_spec is None:
+            return None
+        return replace(netns_spec, rx_resync=rx_resync or "driver")
     if not is_nic(offload):
         if faults or mss:
             raise OffloadOptionError("--faults and --mss need a NIC offload (--offload sim-nic)")

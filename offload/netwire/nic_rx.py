@@ -262,8 +262,13 @@ class NicRx:
         if op == "flow":
             fl = self.flows.get(key)
             if fl is None:
-                return {"isn": None, "rcv_nxt": None}
-            return {"isn": fl.isn, "rcv_nxt": None if fl.high is None else fl.high & _MASK}
+                return {"isn": None, "rcv_nxt": None, "gen": 0, "ctx": False}
+            return {
+                "isn": fl.isn,
+                "rcv_nxt": None if fl.high is None else fl.high & _MASK,
+                "gen": fl.gen,
+                "ctx": fl.ctx is not None,
+            }
         with self.lock:
             if op == "add":
                 return self._add(key, req)
