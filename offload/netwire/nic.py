@@ -6,8 +6,10 @@ in the sender's namespace and ``nic0`` in the receiver's, then forwards
 frames both ways, one thread per direction (through seeded faults,
 ``offload.netwire.faults``, when ``--faults`` is given): what the sender's kernel hands
 it (GSO frames up to 64 KiB, see ``offload.netwire.tun``) goes out on the
-receiver's TUN, and the receiver's ACKs come back.  Its CPU time is its
-own, as a NIC's is.
+receiver's TUN, and the receiver's ACKs (and data) come back, through the
+RX offload engine (``offload.netwire.nic_rx``: the host's received bytes
+decrypted by sequence number, marks in a ring beside them).  Its CPU
+time is its own, as a NIC's is.
 
 Frames from the sender of a flow with a TLS TX context go through the
 driver exactly as the in-process wire hands them (``Driver.xmit`` with
