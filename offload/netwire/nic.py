@@ -163,7 +163,9 @@ class Nic:
 
     # -- control requests -------------------------------------------------------
 
-    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, req: dict[str, Any], owner: int = 0) -> dict[str, Any]:
+        """One control request; ``owner`` names the host connection it came
+        on (RX state it adds goes when that connection does)."""
         op = req.get("op")
         if op == "stats":
             t = os.times()
@@ -180,7 +182,7 @@ class Nic:
         except (ValueError, TypeError):
             return {"error": "bad flow in request"}
         if req.get("direction") == "rx":  # the peer -> host direction: nic_rx
-            return self.rx.handle(str(op), key, req)
+            return self.rx.handle(str(op), key, req, owner)
         if op == "flow":
             flow = self.flows.get(key)
             if flow is None:
@@ -319,6 +321,13 @@ def serve_control(nic: Nic, path: str) -> socket.socket:
     srv.listen(64)
 
     def conn_loop(conn: socket.socket) -> None:
+        try:
+            serve_conn(conn)
+        finally:
+            with nic.lock:  # a host gone without ``close``: its RX state goes too
+                nic.rx.disconnected(id(conn))
+
+    def serve_conn(conn: socket.socket) -> None:
         with conn:
             while True:
                 try:
@@ -335,7 +344,7 @@ def serve_control(nic: Nic, path: str) -> socket.socket:
                     answer: dict[str, Any] = {"error": "not a JSON object"}
                 else:
                     with nic.lock:
-                        answer = nic.handle(req)
+                        answer = nic.handle(req, id(conn))
                 with contextlib.suppress(OSError):
                     conn.send(json.dumps(answer).encode())
 

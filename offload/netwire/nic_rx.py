@@ -137,6 +137,8 @@ class RxFlow:
     """Unwrapped start of each kept decrypted range (sorted)."""
     kept: list[tuple[bytes, int]] = field(default_factory=list)
     """Each kept range's plaintext and generation."""
+    owner: int = 0
+    """The control connection that added the RX context."""
 
     def pos(self, seq: int) -> int:
         """The unwrapped position of ``seq``, near ``high`` (serial arithmetic)."""
@@ -258,7 +260,7 @@ class NicRx:
 
     # -- control requests (the caller holds the NIC's control lock) -------------------
 
-    def handle(self, op: str, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, op: str, key: FlowKey, req: dict[str, Any], owner: int = 0) -> dict[str, Any]:
         if op == "flow":
             fl = self.flows.get(key)
             if fl is None:
@@ -271,7 +273,7 @@ class NicRx:
             }
         with self.lock:
             if op == "add":
-                return self._add(key, req)
+                return self._add(key, req, owner)
             if op == "del":
                 return self._del(key)
             if op == "resync":
@@ -280,7 +282,7 @@ class NicRx:
                 return self._close(key)
         return {"error": "unknown RX request"}
 
-    def _add(self, key: FlowKey, req: dict[str, Any]) -> dict[str, Any]:
+    def _add(self, key: FlowKey, req: dict[str, Any], owner: int) -> dict[str, Any]:
         """``tls_dev_add`` for ``TLS_OFFLOAD_CTX_DIR_RX``: the context, the
         scheme, the generation its marks carry, the ring (first add only)."""
         fl = self.flows.get(key)
@@ -309,7 +311,7 @@ class NicRx:
             return {"error": f"offload refused: {exc}"}
         if hasattr(ctx, "rescan_records"):
             ctx.rescan_records = RESCAN_RECORDS
-        fl.ring, fl.ctx, fl.gen = ring, ctx, gen
+        fl.ring, fl.ctx, fl.gen, fl.owner = ring, ctx, gen, owner
         fl.host = _RingHost(ring, gen)
         return {"driver": self.device.driver.name}
 
@@ -341,6 +343,14 @@ class NicRx:
         if fl is not None and fl.ring is not None:
             fl.ring.close()
         return {}
+
+    def disconnected(self, owner: int) -> None:
+        """The host connection ``owner`` closed: the RX state it added goes."""
+        with self.lock:
+            for key in [
+                k for k, fl in self.flows.items() if fl.ring is not None and fl.owner == owner
+            ]:
+                self._close(key)
 
 
 def forward_rx(

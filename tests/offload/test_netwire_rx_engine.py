@@ -301,3 +301,18 @@ def test_rx_requests_name_the_field_not_the_key() -> None:
     assert "crypto_info" in bad["error"] and "zz" not in bad["error"]
     unknown = nic.handle("add", FlowKey(PEER, 1, HOST, 2), {})
     assert "not seen" in unknown["error"]
+
+
+def test_rx_state_goes_with_the_host_connection() -> None:
+    """A host that vanished without ``close`` (its control connection
+    closed): the NIC drops the flow's context, ring and kept bytes."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    _plain, wire = stream(info, 2)
+    b = Bench(info, RxSyncType.DRIVER_REQ, "first")
+    b.arrive(0, wire[:SEG], read=False)
+    assert b.nic.flows[KEY].kept and b.nic.device.stats.snapshot()["rx_tls_del"] == 0
+    b.nic.disconnected(owner=1)  # another host connection: nothing happens
+    assert b.nic.flows[KEY].ring is not None
+    b.nic.disconnected(owner=0)
+    assert KEY not in b.nic.flows
+    assert b.nic.device.stats.snapshot()["rx_tls_del"] == 1
