@@ -61,6 +61,7 @@ from __future__ import annotations
 import bisect
 import os
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -184,7 +185,8 @@ class NicRx:
 
     def _frame(self, fl: RxFlow, frame: memoryview, t: TcpFrame, n: int) -> bool:
         ring = fl.ring
-        assert ring is not None
+        if ring is None:  # closed since ``ingress`` looked
+            return True
         c = self.counters
         c["rx_frames"] += 1
         self._forget(fl, ring)
@@ -341,7 +343,10 @@ class NicRx:
         self._del(key)
         fl = self.flows.pop(key, None)
         if fl is not None and fl.ring is not None:
-            fl.ring.close()
+            ring, fl.ring = fl.ring, None
+            ring.close()
+            fl.starts.clear()
+            fl.kept.clear()
         return {}
 
     def disconnected(self, owner: int) -> None:
@@ -364,11 +369,24 @@ def forward_rx(
     readv = os.readv
     oswrite = os.write
 
+    def nic(frame: memoryview) -> bool:
+        """``process``, and a frame it fails on is dropped (the peer sends it
+        again), never the forwarding thread with it."""
+        try:
+            return process(frame)
+        except Exception as exc:  # a NIC bug: say so once, keep forwarding
+            if not failed:
+                failed.append(exc)
+                print(f"nic: RX engine failed on a frame: {exc!r}", file=sys.stderr, flush=True)
+            return False
+
+    failed: list[Exception] = []
+
     def through_nic(frame: memoryview | bytes) -> None:
         # Behind the fault stage every copy is the wire's own: the NIC
         # writes plaintext over a copy, never over one a duplicate shares.
         view = memoryview(bytearray(frame))
-        if process(view):
+        if nic(view):
             try:  # noqa: SIM105 - per frame
                 oswrite(dst, view)
             except OSError:
@@ -381,7 +399,7 @@ def forward_rx(
             except OSError:
                 return
             frame = mv[:n]
-            if process(frame):
+            if nic(frame):
                 try:  # noqa: SIM105
                     oswrite(dst, frame)
                 except OSError:
