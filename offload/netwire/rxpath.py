@@ -21,10 +21,10 @@ first byte TLS_RX covers, the resync scheme, the ring).  Linux passes
 + 1 + ``TCP_INFO.tcpi_bytes_received`` - ``SIOCINQ``.  Ciphertext the
 handshake library read ahead is given to the layer only after TLS_RX
 (``inject_rx``), so the first byte TLS_RX covers lies that far *before*
-``copied_seq``: at the first read the path learns how much (``DeviceRx.fed``)
-and, if any, moves the context back to it (``del`` + ``add`` at the right
-sequence number, same generation: the context before it could not have
-decrypted anything, its record numbers were off).
+``copied_seq``: as it is fed the path learns how much (``NetDeviceRx``)
+and moves the context back to it (``del`` + ``add`` at the right sequence
+number, same generation: the context before it could not have decrypted
+anything, its record numbers were off).
 
 The driver's calls on the stack (DRIVER_REQ's request, ASYNC start/end)
 come through the ring and go to ``DeviceRx.resync`` before the bytes read
@@ -61,6 +61,7 @@ from offload.netwire.control import ControlClient, ControlError, flow_of, flow_t
 from offload.netwire.frames import FlowKey
 from offload.netwire.rxring import RingKind, RingReader
 from offload.netwire.txpath import TCP_INFO_LEN
+from offload.record import Buffer
 from offload.sockwait import ready
 from offload.state import DeviceReport
 from offload.stats import TlsStats
@@ -188,6 +189,18 @@ class RemoteRxNic:
         raise RuntimeError("an RX-only device")
 
 
+class NetDeviceRx(DeviceRx):
+    """``DeviceRx`` that tells its path about ciphertext fed before the
+    first read (``inject_rx``), which lies before ``copied_seq``."""
+
+    path: NetRxPath | None = None
+
+    def feed(self, data: Buffer) -> None:
+        super().feed(data)
+        if self.path is not None:
+            self.path.reanchor(self)
+
+
 class NetRxPath:
     """Bytes from a real TCP socket, with the NIC's marks from the ring."""
 
@@ -204,6 +217,8 @@ class NetRxPath:
         self.nic: RemoteRxNic | None = None
         self._ring: RingReader | None = None
         self._armed = False
+        self._anchored = 0
+        """Bytes fed ahead that offset 0 was already moved back for."""
         self._marks: list[tuple[int, int, int]] = []
         """(start, end, generation) by stream offset, sorted by start."""
 
@@ -223,7 +238,8 @@ class NetRxPath:
             space = SeqSpace(copied_seq(self.sock, int(str(seen["isn"]))))
             ring = RingReader()
             nic = RemoteRxNic(control, flow, ring)
-            rx = DeviceRx(info, NetDevice("nic0", nic), space, stats, self.sync_type)
+            rx = NetDeviceRx(info, NetDevice("nic0", nic), space, stats, self.sync_type)
+            rx.path = self
         except ControlError as exc:
             self._cleanup(control, ring)
             raise OffloadRefused(str(exc)) from None
@@ -263,17 +279,25 @@ class NetRxPath:
 
     # -- marks --------------------------------------------------------------------
 
-    def _arm(self, rx: DeviceRx) -> None:
-        """First read: bytes fed before it (read ahead by the handshake) lie
-        before ``copied_seq``: move offset 0 (and the context) back to them."""
-        self._armed = True
-        ahead = rx.fed
+    def reanchor(self, rx: DeviceRx) -> None:
+        """Bytes fed before the first read (read ahead by the handshake) lie
+        before ``copied_seq``: move offset 0, and the NIC's context, back by
+        as many.  Called as they are fed (``NetDeviceRx.feed``), so the
+        context is right within moments of TLS_RX, and at the first read."""
+        if self._armed:
+            return
+        ahead = rx.fed - self._anchored
         if ahead and self.nic is not None:
+            self._anchored = rx.fed
             rx.space.isn = (rx.space.isn - ahead) % SEQ_MOD
             if rx.ctx is not None:
                 # Refused: no context on the NIC, the records go through software.
                 with contextlib.suppress(ControlError, OffloadRefused):
                     self.nic.restart(rx.space.seq(0))
+
+    def _arm(self, rx: DeviceRx) -> None:
+        self.reanchor(rx)
+        self._armed = True
 
     def _take_ring(self, rx: DeviceRx) -> None:
         """Entries the NIC wrote: marks kept by stream range, resync calls

@@ -96,8 +96,25 @@ def serve_rx(
     return conn, wire, stderr.decode()
 
 
-def check(conn: dict[str, Any], wire: dict[str, Any], src: Path, dest: Path, scheme: str) -> None:
-    """Hash, records counted once, the NIC's RX counters, CPU apart."""
+def check(
+    conn: dict[str, Any],
+    wire: dict[str, Any],
+    src: Path,
+    dest: Path,
+    scheme: str,
+    decrypts: bool = True,
+) -> None:
+    """Hash, records counted once, the NIC's RX counters, CPU apart.
+
+    ``decrypts``: the NIC must have decrypted records.  Fault-free (or
+    nearly) and with a scheme where the NIC asks (driver, async) that is
+    structural, not luck: before TLS_RX the peer can send no more than the
+    host's initial receive window (it grows only as the host reads), so
+    the rest reaches the NIC with the context there; the NIC finds a
+    header and asks, and the host's answer comes within its socket queue,
+    less than the records the NIC follows a candidate for
+    (``offload.netwire.nic_rx.RESCAN_RECORDS``).  CORE_NEXT_HINT's hint
+    must beat the NIC to the record it names, which is luck on this wire."""
     assert conn["ok"] and conn["offload"] == "sim-nic"
     assert conn["sha256"] == sha(dest) == sha(src)
     rx = conn["rx_offload"]
@@ -106,7 +123,7 @@ def check(conn: dict[str, Any], wire: dict[str, Any], src: Path, dest: Path, sch
     assert records == conn["rx_seq_at_end"] - conn["rx_seq_at_handoff"]
     dev = wire["device_counters"]
     assert dev["rx_tls_ctx"] >= 1 and dev["rx_tls_del"] == dev["rx_tls_ctx"]
-    if src.stat().st_size >= 1 << 20:
+    if decrypts and scheme != "core" and src.stat().st_size >= 1 << 20:
         assert rx["rx_records_device"] > 0
         assert dev["rx_tls_decrypted_packets"] > 0
         assert dev["rx_tls_decrypted_bytes"] > 0
@@ -118,11 +135,10 @@ def check(conn: dict[str, Any], wire: dict[str, Any], src: Path, dest: Path, sch
 def test_s_client_to_serve_netns_rx_offload(
     pki: Pki, data: dict[int, Path], tmp_path: Path, version: str, suite: str
 ) -> None:
-    """Every version x cipher, 3 MiB, fault-free: the NIC decrypts nearly all."""
+    """Every version x cipher, 3 MiB, fault-free: the NIC decrypts."""
     src, dest = data[3 << 20], tmp_path / "got.bin"
     conn, wire, _ = serve_rx(pki, src, dest, s_client(version, suite))
     check(conn, wire, src, dest, "driver")
-    assert conn["rx_offload"]["rx_records_device"] > conn["rx_offload"]["rx_records_sw"]
 
 
 @needs_wire
@@ -164,10 +180,14 @@ def test_serve_netns_rx_offload_under_faults(
     conn, wire, _ = serve_rx(
         pki, src, dest, s_client(version, suite), "--rx-resync", scheme, "--faults", spec
     )
-    check(conn, wire, src, dest, scheme)
+    check(conn, wire, src, dest, scheme, decrypts=faults == MIXED)
     assert wire["faults"] == spec
     if faults != MIXED:
         assert wire["faults_injected"]["back_drop"] > 0
+    if scheme == "core":  # the stack hinted, whether or not in time
+        dev = wire["device_counters"]
+        hints = ("rx_tls_resync_res_ok", "rx_tls_resync_res_retry", "rx_tls_resync_res_skip")
+        assert sum(dev.get(n, 0) for n in hints) > 0
 
 
 @needs_wire

@@ -216,7 +216,8 @@ def check(r: dict[str, Any], src: Path, sync: RxSyncType = RxSyncType.DRIVER_REQ
     total = rx["rx_records_device"] + rx["rx_records_partial"] + rx["rx_records_sw"]
     if r["records"] is not None:
         assert total == r["records"]
-    if r["bytes"] > 1 << 20:
+    if r["bytes"] > 1 << 20 and sync != RxSyncType.CORE_NEXT_HINT:
+        # (structural, see tests/cli/test_cli_netwire_rx.py's check)
         assert rx["rx_records_device"] > 0
         assert r["device"]["rx_tls_decrypted_packets"] > 0
         assert r["device"]["rx_tls_ctx"] >= 1
@@ -237,7 +238,6 @@ def test_s_client_to_rx_offload_fault_free(
     r = receive(wire, pki, s_client_peer(wire, src, version, suite))
     check(r, src)
     check_counters(r)
-    assert r["rx"]["rx_records_device"] > r["rx"]["rx_records_sw"]
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))

@@ -24,11 +24,12 @@ from typing import Any, cast
 import pytest
 
 from offload.drivers.simnic import SimNic
+from offload.drivers.simnic_rx import SimNicRxContext
 from offload.netdev import NetDevice, RxSyncType
 from offload.netwire.control import ControlClient, flow_to_json
 from offload.netwire.frames import TCP_SYN, FlowKey, parse_tcp
 from offload.netwire.nic_rx import NicRx
-from offload.netwire.rxpath import NetRxPath, RemoteRxNic
+from offload.netwire.rxpath import NetDeviceRx, NetRxPath, RemoteRxNic
 from offload.netwire.rxring import RingReader
 from offload.stats import TlsStats
 from offload.tcpseq import SEQ_MOD, SeqSpace
@@ -316,3 +317,46 @@ def test_rx_state_goes_with_the_host_connection() -> None:
     b.nic.disconnected(owner=0)
     assert KEY not in b.nic.flows
     assert b.nic.device.stats.snapshot()["rx_tls_del"] == 1
+
+
+def test_read_ahead_moves_the_context_back_at_once() -> None:
+    """Ciphertext the handshake read ahead (fed after TLS_RX) lies before
+    ``copied_seq``: as it is fed, offset 0 and the NIC's context move back
+    to it (the context before could not decrypt: wrong record numbers),
+    and the rest of the stream, through the NIC, reads right."""
+    info = random_info(TLS_1_2_VERSION, CipherType.AES_GCM_128)
+    plain, wire = stream(info, 8)
+    ahead = 3 * 2900 + 100  # three records and a bit of the fourth
+    nic = NicRx(NetDevice("nic0", SimNic()))
+    nic.ingress(frame(ISN, b"", key=KEY, flags=TCP_SYN))
+    nic.ingress(frame(ISN + 1, wire[:ahead], key=KEY))  # before TLS_RX
+    ring = RingReader(entries=256)
+    rnic = RemoteRxNic(cast(ControlClient, LocalControl(nic)), KEY, ring)
+    a, b = socket.socketpair()
+    path = NetRxPath(a, "", RxSyncType.DRIVER_REQ)
+    copied = SeqSpace((ISN + 1 + ahead) % SEQ_MOD)  # what offload_rx computes
+    rx = NetDeviceRx(info, NetDevice("nic0", rnic), copied, TlsStats(), RxSyncType.DRIVER_REQ)
+    rx.path = path
+    path.rx, path.nic, path._ring = rx, rnic, ring
+    assert cast(SimNicRxContext, nic.flows[KEY].ctx).expected == copied.seq(0)
+    rx.feed(wire[:ahead])
+    assert rx.space.seq(0) == (ISN + 1) % SEQ_MOD
+    assert cast(SimNicRxContext, nic.flows[KEY].ctx).expected == (ISN + 1) % SEQ_MOD
+    assert nic.device.stats.snapshot()["rx_tls_ctx"] == 2  # the context, moved
+    got = bytearray()
+    for o in range(ahead, len(wire), 1000):
+        f = frame((ISN + 1 + o) % SEQ_MOD, wire[o : o + 1000], key=KEY)
+        assert nic.ingress(f)
+        t = parse_tcp(f)
+        assert t is not None
+        path.receive(f[t.payload : t.end])
+        while rx.decrypt_next() is not None:
+            pass
+        while rx.ready:
+            got += bytes(rx.ready.popleft().data)
+    assert bytes(got) == plain
+    r = rx.report()
+    assert int(r["rx_records_device"]) > 0  # back in sync (DRIVER_REQ) after the gap
+    assert r["rx_records_device"] + r["rx_records_partial"] + r["rx_records_sw"] == 8  # type: ignore[operator]
+    a.close()
+    b.close()
