@@ -14,8 +14,9 @@ library behind them say *offload* for this choice, with these values:
     pyOpenSSL keeps the connection (no handoff at all).
 ``<driver>``
     any NIC driver plug-in (``sim-nic`` built in): TX framed by the layer
-    and encrypted by the simulated NIC behind the wire model; on that wire
-    RX goes through the same NIC too when its driver offloads RX (it
+    and encrypted by the simulated NIC behind the wire model (or, with
+    ``--wire netns``, by the NIC process under the kernel's TCP); on either
+    wire RX goes through the same NIC too when its driver offloads RX (it
     decrypts, the layer checks its marks: ``offload.tls_device_rx``),
     resynced the way ``--rx-resync`` says.
 
@@ -30,7 +31,7 @@ plumbing (the ``TxPath`` it is given) are named here and nowhere else in
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from offload.netdev import load_drivers
@@ -172,8 +173,10 @@ class DeviceSpec:
     ``control``: the control socket of a real wire's NIC process
     (``--wire netns``, :mod:`tlsctl.realwire`): TX then goes into the
     kernel's TCP through ``offload.netwire.txpath.NetTxPath`` and the NIC
-    process encrypts, instead of the in-process wire model (``faults`` and
-    ``mss`` are the model's; the real wire's faults are its NIC's).
+    process encrypts, and RX comes from the kernel's TCP through
+    ``offload.netwire.rxpath.NetRxPath`` with the NIC process's marks,
+    instead of the in-process wire model (``faults`` and ``mss`` are the
+    model's; the real wire's faults are its NIC's).
     """
 
     driver: str
@@ -213,14 +216,15 @@ def device_spec(
         raise OffloadOptionError(
             f"--rx-resync must be one of {', '.join(RX_RESYNC)}", option="--rx-resync"
         )
-    if rx_resync and (wire == "netns" or not is_nic(offload)):
+    if rx_resync and not is_nic(offload):
         raise OffloadOptionError(
-            "--rx-resync needs a NIC offload on the in-process wire "
-            "(--offload sim-nic --wire model): the real wire's NIC does not decrypt RX yet",
-            option="--rx-resync",
+            "--rx-resync needs a NIC offload (--offload sim-nic)", option="--rx-resync"
         )
     if wire == "netns":
-        return _netns_device_spec(offload, faults, mss, key_update_every)
+        netns_spec = _netns_device_spec(offload, faults, mss, key_update_every)
+        if netns_spec is None:
+            return None
+        return replace(netns_spec, rx_resync=rx_resync or "driver")
     if not is_nic(offload):
         if faults or mss:
             raise OffloadOptionError("--faults and --mss need a NIC offload (--offload sim-nic)")
@@ -300,10 +304,19 @@ def open_layer(
     from offload.ktls_socket import KTLSSocket
 
     if spec.control is not None:
+        from offload.netdev import RxSyncType
+        from offload.netwire.rxpath import NetRxPath
         from offload.netwire.txpath import NetTxPath
 
         path: TxPipeline | NetTxPath = NetTxPath(sock, spec.control)
-        return KTLSSocket(sock, backend=_NIC_BACKEND, txpath=path, record_size=record_size)
+        sync = RxSyncType[RX_RESYNC[spec.rx_resync]]
+        return KTLSSocket(
+            sock,
+            backend=_NIC_BACKEND,
+            txpath=path,
+            rxpath=NetRxPath(sock, spec.control, sync),
+            record_size=record_size,
+        )
     tx = nic_path(spec)
     return KTLSSocket(
         sock,

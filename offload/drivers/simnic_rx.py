@@ -158,6 +158,9 @@ class SimNicRxContext:
         self.record_sn = info.seq
         self.candidate: int | None = None
         self.since = 0  # records completed since the candidate
+        self.rescan_records = RESCAN_RECORDS
+        """How long a candidate is followed unconfirmed (the real wire's NIC
+        waits longer: its stack answers across a process boundary)."""
         self.async_end_due = False
         self.hint: tuple[int, int] | None = None
         self.reset_record()
@@ -378,7 +381,7 @@ class SimNicRx:
             ctx.record_sn += 1
         else:
             ctx.since += 1
-            if ctx.since > RESCAN_RECORDS:
+            if ctx.since > ctx.rescan_records:
                 self._lose_tracking(ctx)
                 return True
         ctx.reset_record()

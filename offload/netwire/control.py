@@ -23,6 +23,22 @@ Requests (answers):
 * ``lose`` {flow, frames} - lose those offloaded data frames after the NIC
   (a test bench hook: the sender's TCP retransmits them).
 * ``stats`` - the NIC's own counters, its driver's counters, its CPU time.
+
+With ``"direction": "rx"`` the flow is the peer -> host direction and the
+requests are RX offload's (``offload.netwire.nic_rx``):
+
+* ``flow`` - {isn, rcv_nxt, gen, ctx}: the peer's ISN from its SYN, the
+  next sequence number after what the NIC forwarded, the generation of the
+  RX context and whether one is installed;
+* ``add`` {flow, crypto_info, start_seq, sync, gen, ring} - ``tls_dev_add``
+  for ``TLS_OFFLOAD_CTX_DIR_RX``: the resync scheme (``RxSyncType`` name),
+  the generation its marks carry, the mark ring (``offload.netwire.rxring``)
+  on the first add;
+* ``del`` {flow} - ``tls_dev_del`` (what the context decrypted is still
+  kept, for later copies of those bytes);
+* ``resync`` {flow, seq, sn, gen} - ``tls_dev_resync``: the stack's answer
+  to a request, or CORE_NEXT_HINT's hint;
+* ``close`` {flow} - the host's socket is gone: context, ring, kept bytes.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 ``sch_netem`` is not in this kernel, so the NIC process itself loses,
 duplicates, reorders and delays frames on their way out - in both
-directions (a lost ACK is a fault too).  Faults act *after* the NIC: a
-frame the NIC encrypted and the wire then lost is retransmitted by the
-sender's kernel, and that retransmission reaches the NIC out of order and
-takes the resync path, exactly as on real hardware.
+directions (a lost ACK is a fault too).  Away from the host the faults act
+*after* the NIC: a frame the NIC encrypted and the wire then lost is
+retransmitted by the sender's kernel, and that retransmission reaches the
+NIC out of order and takes the resync path, exactly as on real hardware.
+Towards the host they act *before* it (``offload.netwire.nic_rx.
+forward_rx``): the wire loses, duplicates and reorders what the peer sent,
+and the peer kernel's retransmissions then meet the NIC's RX engine.
 
 The spec uses the in-process wire model's syntax (``offload.wiremodel.
 FaultSpec``): ``drop=0.01,reorder=0.01,dup=0.005,delay=2,seed=N`` -

@@ -6,8 +6,10 @@ in the sender's namespace and ``nic0`` in the receiver's, then forwards
 frames both ways, one thread per direction (through seeded faults,
 ``offload.netwire.faults``, when ``--faults`` is given): what the sender's kernel hands
 it (GSO frames up to 64 KiB, see ``offload.netwire.tun``) goes out on the
-receiver's TUN, and the receiver's ACKs come back.  Its CPU time is its
-own, as a NIC's is.
+receiver's TUN, and the receiver's ACKs (and data) come back, through the
+RX offload engine (``offload.netwire.nic_rx``: the host's received bytes
+decrypted by sequence number, marks in a ring beside them).  Its CPU
+time is its own, as a NIC's is.
 
 Frames from the sender of a flow with a TLS TX context go through the
 driver exactly as the in-process wire hands them (``Driver.xmit`` with
@@ -46,6 +48,7 @@ from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, OffloadRefused, Se
 from offload.netwire.control import MAX_MESSAGE, flow_from_json
 from offload.netwire.faults import FaultStage, WireFaults
 from offload.netwire.frames import TCP_SYN, FlowKey, make_partial, parse_tcp
+from offload.netwire.nic_rx import NicRx, forward_rx
 from offload.netwire.recstore import StoreReader
 from offload.netwire.tun import MAX_FRAME, open_tun
 from offload.tcpseq import SEQ_MOD
@@ -93,8 +96,11 @@ class Nic:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stages: dict[str, FaultStage] = field(default_factory=dict)
     """The fault stage of each direction ("out", "back"), if any."""
+    rx: NicRx = field(init=False)
+    """The receive direction's offload engine (``offload.netwire.nic_rx``)."""
 
     def __post_init__(self) -> None:
+        self.rx = NicRx(self.device)
         driver = self.device.driver
         burst = getattr(driver, "xmit_burst", None)
         if burst is not None:
@@ -150,13 +156,16 @@ class Nic:
         return True
 
     def back(self, frame: memoryview) -> bool:
+        """A frame from the peer towards the host: through the RX engine."""
         self.counters["frames_back"] += 1
         self.counters["bytes_back"] += len(frame)
-        return True
+        return self.rx.ingress(frame)
 
     # -- control requests -------------------------------------------------------
 
-    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, req: dict[str, Any], owner: int = 0) -> dict[str, Any]:
+        """One control request; ``owner`` names the host connection it came
+        on (RX state it adds goes when that connection does)."""
         op = req.get("op")
         if op == "stats":
             t = os.times()
@@ -166,11 +175,14 @@ class Nic:
                 "driver": self.device.driver.name,
                 "cpu_seconds": t.user + t.system,
                 "faults": {d: dict(st.counts) for d, st in self.stages.items()},
+                "rx_nic": dict(self.rx.counters),
             }
         try:
             key = flow_from_json(req.get("flow"))
         except (ValueError, TypeError):
             return {"error": "bad flow in request"}
+        if req.get("direction") == "rx":  # the peer -> host direction: nic_rx
+            return self.rx.handle(str(op), key, req, owner)
         if op == "flow":
             flow = self.flows.get(key)
             if flow is None:
@@ -309,6 +321,13 @@ def serve_control(nic: Nic, path: str) -> socket.socket:
     srv.listen(64)
 
     def conn_loop(conn: socket.socket) -> None:
+        try:
+            serve_conn(conn)
+        finally:
+            with nic.lock:  # a host gone without ``close``: its RX state goes too
+                nic.rx.disconnected(id(conn))
+
+    def serve_conn(conn: socket.socket) -> None:
         with conn:
             while True:
                 try:
@@ -325,7 +344,7 @@ def serve_control(nic: Nic, path: str) -> socket.socket:
                     answer: dict[str, Any] = {"error": "not a JSON object"}
                 else:
                     with nic.lock:
-                        answer = nic.handle(req)
+                        answer = nic.handle(req, id(conn))
                 with contextlib.suppress(OSError):
                     conn.send(json.dumps(answer).encode())
 
@@ -380,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         stage = FaultStage(faults, name) if faults.any else None
         if stage is not None:
             nic.stages[name] = stage
-        threading.Thread(target=forward, args=(src, dst, fn, stage), daemon=True).start()
+        # Towards the host the faults act before the NIC (its RX engine
+        # meets the peer's retransmissions); away from it, after.
+        loop = forward_rx if name == "back" else forward
+        threading.Thread(target=loop, args=(src, dst, fn, stage), daemon=True).start()
     print("ready", flush=True)
     while not stop.wait(3600):
         pass

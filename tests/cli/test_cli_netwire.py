@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from offload.netwire.netns import unavailable_reason
-from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_3_VERSION, TLS_TX, CipherType
+from offload.uapi import SOL_TCP, SOL_TLS, TCP_ULP, TLS_1_3_VERSION, TLS_RX, TLS_TX, CipherType
 from tests.conftest import random_info
 from tests.helpers.netwire_helpers import SUITES, s_server_args
 from tests.helpers.peers import Pki, make_pki, run_tlsctl, sha, spawn
@@ -426,6 +426,9 @@ def test_device_spec_for_the_real_wire(
         k.offload_refused
     )
     assert layer_offload(k) == "sw"
+    # RX too: NetRxPath, refused the same way (software RX, no device context).
+    k.setsockopt(SOL_TLS, TLS_RX, random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128).pack())
+    assert k.rx_device_report() is None
     k.close()
 
 

@@ -455,7 +455,7 @@ def _tls_options(f: F) -> F:
         click.option(
             "--rx-resync",
             type=click.Choice(list(RX_RESYNC)),
-            help="With a NIC on --wire model, which also decrypts what it receives: how it "
+            help="With a NIC (either wire), which also decrypts what it receives: how it "
             "gets back in sync after a lost or reordered segment - it finds a header and "
             "asks (driver, the default), the stack hints the next record (core), or "
             "mlx5's asynchronous request (async).",
