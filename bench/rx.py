@@ -36,13 +36,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import multiprocessing as mp
 import os
 import pstats
 import statistics
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from offload.uapi import TLS_1_2_VERSION, TLS_1_3_VERSION
@@ -52,24 +48,6 @@ from tlsctl.units import parse_size
 
 MODES = ("tcp", "sw", "sim-nic", "sim-nic+drop")
 DROP_FAULTS = "drop=0.01,seed=1"
-
-
-@contextmanager
-def sealed_sender(version: int, size: int) -> Iterator[tuple[int, rxbench.RxStream]]:
-    """A sealed stream of ``size`` bytes and a sender replaying it: (port, stream)."""
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
-        stream = rxbench.RxStream(rxbench.stream_info(version), size)
-        path = os.path.join(tmp, "stream.tls")
-        rxbench.seal_stream(path, stream.info, size)
-        ctx = mp.get_context("fork")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=rxbench.sender_main, args=(child, path, os.getpid()), daemon=True)
-        proc.start()
-        try:
-            yield int(parent.recv()), stream
-        finally:
-            proc.terminate()
-            proc.join(10)
 
 
 def _receive(mode: str, port: int, stream: rxbench.RxStream) -> dict[str, float]:
@@ -87,7 +65,7 @@ def _receive(mode: str, port: int, stream: rxbench.RxStream) -> dict[str, float]
 def run(size: int, versions: list[int], repeat: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for version in versions:
-        with sealed_sender(version, size) as (port, stream):
+        with rxbench.sealed_sender(version, size) as (port, stream):
             runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
             for _ in range(repeat):
                 for m in MODES:
@@ -114,7 +92,7 @@ def run(size: int, versions: list[int], repeat: int) -> list[dict[str, Any]]:
 
 
 def profile(mode: str, size: int, version: int, top: int) -> None:
-    with sealed_sender(version, size) as (port, stream):
+    with rxbench.sealed_sender(version, size) as (port, stream):
         prof = cProfile.Profile()
         prof.enable()
         _receive(mode, port, stream)

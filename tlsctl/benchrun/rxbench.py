@@ -27,9 +27,13 @@ Used by :class:`tlsctl.benchrun.Bench` (``direction="rx"``) and by
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -127,11 +131,43 @@ def sender_main(conn: Any, path: str, parent: int) -> NoReturn:
     fork_per_connection({ls: "rx"}, send)
 
 
-def receive(mode: str, port: int, stream: RxStream, faults: FaultSpec | None = None) -> Result:
+@contextmanager
+def sealed_sender(
+    version: int, size: int, sync_type: RxSyncType = RxSyncType.DRIVER_REQ
+) -> Iterator[tuple[int, RxStream]]:
+    """For scripts (``bench/rx.py``, ``bench/rx_resync.py``): a sealed
+    AES-128-GCM stream of ``size`` bytes in a temporary directory
+    (``$BENCH_DIR`` or the system's) and a sender process replaying it:
+    ``(port, stream)``; the sender is ended on the way out."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        stream = RxStream(stream_info(version), size, sync_type)
+        path = os.path.join(tmp, "stream.tls")
+        seal_stream(path, stream.info, size)
+        ctx = mp.get_context("fork")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=sender_main, args=(child, path, os.getpid()), daemon=True)
+        proc.start()
+        try:
+            if not parent.poll(20):
+                raise BenchError("the RX sender process did not start")
+            yield int(parent.recv()), stream
+        finally:
+            proc.terminate()
+            proc.join(10)
+
+
+def receive(
+    mode: str,
+    port: int,
+    stream: RxStream,
+    faults: FaultSpec | None = None,
+    mss: int | None = None,
+) -> Result:
     """One transfer received as ``mode``: the Result's ``cpu`` is the
     receiver's process CPU, ``device_cpu`` the NIC's ``rx`` time within it,
     ``receiver_cpu`` the host's part (the difference); ``extra`` has the
-    host's record counts and the faults injected (sim-nic)."""
+    host's record counts and the faults injected (sim-nic).  ``mss``: the
+    RX wire's segment size (None: its TSO-sized default)."""
     raw = socket.create_connection(("127.0.0.1", port))
     buf = bytearray(READ_BUF)
     wire: RxWire | None = None
@@ -145,7 +181,9 @@ def receive(mode: str, port: int, stream: RxStream, faults: FaultSpec | None = N
                 total += n
         else:
             if mode == "sim-nic":
-                wire = RxWire(create_device("sim-nic"), faults=faults, sync_type=stream.sync_type)
+                wire = RxWire(
+                    create_device("sim-nic"), mss=mss, faults=faults, sync_type=stream.sync_type
+                )
             elif mode != "sw":
                 raise BenchError(f"{mode}: no RX mode of that name")
             k = KTLSSocket(raw, backend="sw", rxpath=wire)
@@ -214,6 +252,7 @@ __all__ = [
     "RxStream",
     "receive",
     "seal_stream",
+    "sealed_sender",
     "sender_main",
     "stream_for",
     "stream_info",
