@@ -148,7 +148,9 @@ class SimNicRxContext:
         self.sync_type = sync_type
         self.hlen = self.prot.prepend_size
         self.tag_size = self.prot.tag_size
-        self.types = _TYPES13 if self.prot.is13 else _TYPES12
+        self.is13 = self.prot.is13
+        self.types = _TYPES13 if self.is13 else _TYPES12
+        self.scratch = bytearray()  # where a packet is decrypted before it is written back
         self.max_len = self.prot.max_body_len()
         self.min_len = self.prot.min_body_len()
         self.expected = start_tcp_seq
@@ -226,7 +228,9 @@ class SimNicRx:
             if not seq_before(ctx.expected, (seq + n) & _SEQ_MASK):
                 return False  # wholly before what the NIC expects: a duplicate
             self._lose_tracking(ctx)
-        out = bytearray(n)
+        if len(ctx.scratch) < n:
+            ctx.scratch = bytearray(n)
+        out = memoryview(ctx.scratch)[:n]
         handled, ok = True, True
         start = 0
         if not ctx.tracking:
@@ -339,9 +343,15 @@ class SimNicRx:
                 else:
                     plain = ctx.stream.update(piece)
                     out[pos : pos + take] = plain
-                    nz = plain.rstrip(b"\0")
-                    if nz:
-                        ctx.last_nz = nz[-1]
+                    if ctx.is13 and plain:
+                        # The last byte is the inner type unless padding
+                        # follows: only then look further back (no copy).
+                        last = plain[-1]
+                        if not last:
+                            nz = plain.rstrip(b"\0")
+                            last = nz[-1] if nz else 0
+                        if last:
+                            ctx.last_nz = last
                 pos += take
                 ctx.body_left -= take
                 if ctx.body_left == 0:
