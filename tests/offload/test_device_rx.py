@@ -446,6 +446,42 @@ def test_bad_tag_packet_left_as_on_the_wire(version: int, cipher: CipherType) ->
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("cipher", GCM_CHACHA, ids=lambda c: c.name)
+def test_bad_tag_in_a_packet_holding_whole_records(version: int, cipher: CipherType) -> None:
+    """Records wholly inside one packet (opened in one pass): a packet whose
+    records all check out is decrypted and marked; the one holding a failing
+    tag - even after a good record - is left byte for byte as it came, the
+    NIC stops until resync, and the host reports EBADMSG after the good
+    records, as software does."""
+    info = random_info(version, cipher, seq=2)
+    recs = _data_records([700, 3000, 500, 1200])
+    stream = bytearray(_seal(info, recs))
+    lens = [len(r) for r in split_records(bytes(stream))]
+    stream[sum(lens[:3]) - 1] ^= 1  # the third record's last tag byte
+    cut = lens[0] + lens[1] - 40  # packet 1: record 0 and most of record 1
+    nic = SimNic()
+    ctx = nic.dev_add(TLS_OFFLOAD_CTX_DIR_RX, info, 7)
+    first = bytearray(stream[: lens[0]])
+    assert nic.rx(ctx, Segment(7, memoryview(first)), _NoHost())
+    assert bytes(first) != bytes(stream[: lens[0]])  # decrypted in place
+    rest = bytes(stream[lens[0] :])  # record 1 and the bad record 2, whole
+    buf = bytearray(rest)
+    assert not nic.rx(ctx, Segment(7 + lens[0], memoryview(buf)), _NoHost())
+    assert buf == rest
+    assert nic.stats["rx_tls_err"] == 1
+    assert nic.stats["rx_tls_decrypted_packets"] == 1
+    # Through the RX wire and the host: software's answer.
+    wire, rx, dev = _rx(info, mss=cut)
+    out: list[Rec] = []
+    with pytest.raises(OSError) as exc:
+        wire.receive(bytes(stream))
+        _read(rx, out)
+    assert exc.value.errno == errno.EBADMSG
+    assert out == recs[:2]
+    assert dev.stats["rx_tls_err"] == 1
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_bad_tag_reported_as_ebadmsg_like_software(version: int) -> None:
     info = random_info(version, CipherType.AES_GCM_256)
     recs = _data_records([100, 3000, 100])
