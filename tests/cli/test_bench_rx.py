@@ -159,3 +159,16 @@ def test_rx_library_options_are_checked(kw: dict[str, Any], text: str) -> None:
 
     with pytest.raises(ValueError, match=text):
         BenchOptions(size=1, **kw)
+
+
+def test_least_squares_fit() -> None:
+    """The fit bench/resync.py and bench/rx_resync.py share: an exact line
+    comes back exactly; noise lowers r^2; x that do not vary are refused."""
+    from tlsctl.benchrun.fit import least_squares
+
+    a, b, r2 = least_squares([0, 1, 2, 3], [5, 7, 9, 11])
+    assert (a, b, r2) == pytest.approx((5.0, 2.0, 1.0))
+    a, b, r2 = least_squares([0, 1, 2, 3], [0, 2, 1, 3])
+    assert b == pytest.approx(0.8) and a == pytest.approx(0.3) and 0 < r2 < 1
+    with pytest.raises(ValueError, match="two different x"):
+        least_squares([1, 1], [2, 3])
