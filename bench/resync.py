@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 from offload.drivers.simnic import SimNic
@@ -30,6 +29,7 @@ from offload.tcpseq import SeqSpace
 from offload.tls_device import DeviceTx
 from offload.tls_sw import SwTx
 from offload.uapi import CIPHER_SPECS, TLS_1_2_VERSION, TLS_1_3_VERSION, CipherType, CryptoInfo
+from tlsctl.benchrun.fit import least_squares
 
 CIPHERS = {
     "aes128": CipherType.AES_GCM_128,
@@ -38,18 +38,6 @@ CIPHERS = {
 }
 PACKET = 1448
 PREFIXES = (0, 1024, 2048, 4096, 6144, 8192, 10240, 12288, 14336)
-
-
-def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
-    """Least squares y = a + b x: (a, b, r^2)."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    b = sxy / sxx
-    a = my - b * mx
-    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
-    ss_tot = sum((y - my) ** 2 for y in ys)
-    return a, b, 1 - ss_res / ss_tot if ss_tot else 1.0
 
 
 def run(version: int, cipher: CipherType, rounds: int) -> dict[str, object]:
@@ -99,7 +87,7 @@ def run(version: int, cipher: CipherType, rounds: int) -> dict[str, object]:
     # A packet at a record's start re-feeds nothing; any other pays a DUMP
     # pass (a fixed part) and then its bytes: the slope is fitted over those.
     fed = [r for r in rows if r["prefix"]]
-    a, b, r2 = _fit([r["prefix"] for r in fed], [r["us_per_resync"] for r in fed])
+    a, b, r2 = least_squares([r["prefix"] for r in fed], [r["us_per_resync"] for r in fed])
     return {
         "version": "1.3" if version == TLS_1_3_VERSION else "1.2",
         "cipher": cipher.name,

@@ -14,6 +14,10 @@ and its CPU time is what is measured:
 * ``sim-nic+drop`` - the same with ``drop=0.01``: 1% of the segments lost
                      before the NIC, arriving later as retransmissions.
 
+The measuring code is ``tlsctl.benchrun.rxbench`` (``tlsctl bench
+--direction rx`` runs it too); this script adds the dropping mode beside
+the others, both TLS versions in one run, and a profiler.
+
 Host CPU is the receiver's process CPU minus the time inside the NIC's
 ``rx`` calls (what hardware would do), metered the way the TX wire meters
 ``device_seconds`` and reported beside it, not added.  Figures are per GB
@@ -32,129 +36,40 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import multiprocessing as mp
 import os
 import pstats
-import socket
 import statistics
-import tempfile
-import time
 from typing import Any
 
-from offload import KTLSSocket
-from offload.netdev import create_device
-from offload.rxwire import RxWire
-from offload.tls_sw import SwTx
-from offload.uapi import (
-    SOL_TCP,
-    SOL_TLS,
-    TCP_ULP,
-    TLS_1_2_VERSION,
-    TLS_1_3_VERSION,
-    TLS_RX,
-    CipherType,
-    ContentType,
-    CryptoInfo,
-)
+from offload.uapi import TLS_1_2_VERSION, TLS_1_3_VERSION
 from offload.wiremodel import FaultSpec
+from tlsctl.benchrun import rxbench
 from tlsctl.units import parse_size
 
 MODES = ("tcp", "sw", "sim-nic", "sim-nic+drop")
 DROP_FAULTS = "drop=0.01,seed=1"
-READ_BUF = 1 << 20
 
 
-def _sender(port_q: Any, path: str, rounds: int) -> None:
-    """Accept ``rounds`` connections; send the whole file on each."""
-    with socket.socket() as ls:
-        ls.bind(("127.0.0.1", 0))
-        ls.listen(8)
-        port_q.put(ls.getsockname()[1])
-        for _ in range(rounds):
-            c, _ = ls.accept()
-            with c, open(path, "rb") as f:
-                c.sendfile(f)
-                c.shutdown(socket.SHUT_WR)
-                c.recv(1)  # the receiver closes when it has read everything
-
-
-def _info(version: int) -> CryptoInfo:
-    return CryptoInfo.create(
-        version,
-        CipherType.AES_GCM_128,
-        key=bytes(range(16)),
-        iv=bytes(range(8)),
-        salt=bytes(range(4)),
-        seq=1,
-    )
-
-
-def _seal_stream(f: Any, version: int, size: int) -> None:
-    """Write ``size`` bytes of plaintext as sealed records (software TX)."""
-    tx = SwTx(_info(version))
-    chunk = os.urandom(1 << 20)
-    left = size
-    while left:
-        piece = chunk[: min(left, len(chunk))]
-        for buf in tx.frame(int(ContentType.APPLICATION_DATA), piece, False):
-            f.write(buf)
-        left -= len(piece)
-    f.flush()
-
-
-def _receive(mode: str, port: int, version: int, size: int) -> dict[str, float]:
-    raw = socket.create_connection(("127.0.0.1", port))
-    buf = bytearray(READ_BUF)
-    wire: RxWire | None = None
-    total = 0
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    if mode == "tcp":
-        while n := raw.recv_into(buf):
-            total += n
-    else:
-        if mode.startswith("sim-nic"):
-            faults = FaultSpec.parse(DROP_FAULTS) if mode.endswith("drop") else None
-            wire = RxWire(create_device("sim-nic"), faults=faults)
-        k = KTLSSocket(raw, backend="sw", rxpath=wire)
-        k.setsockopt(SOL_TCP, TCP_ULP, b"tls")
-        k.setsockopt(SOL_TLS, TLS_RX, _info(version).pack())
-        while n := k.recv_into(buf):
-            total += n
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    raw.close()
-    expect = size if mode != "tcp" else total
-    if total != expect or total < size:
-        raise RuntimeError(f"{mode}: received {total} bytes, expected {size}")
-    dev = wire.device_seconds if wire is not None else 0.0
-    gb = size / 1e9
+def _receive(mode: str, port: int, stream: rxbench.RxStream) -> dict[str, float]:
+    faults = FaultSpec.parse(DROP_FAULTS) if mode.endswith("+drop") else None
+    res = rxbench.receive(mode.removesuffix("+drop"), port, stream, faults)
+    gb, wall = stream.size / 1e9, res.end - res.start
     return {
-        "host_cpu_s_per_gb": (cpu - dev) / gb,
-        "device_cpu_s_per_gb": dev / gb,
-        "bytes_per_second": size / wall,
+        "host_cpu_s_per_gb": (res.cpu - res.device_cpu) / gb,
+        "device_cpu_s_per_gb": res.device_cpu / gb,
+        "bytes_per_second": stream.size / wall,
         "wall_s": wall,
     }
-
-
-def _start_sender(path: str, rounds: int) -> tuple[Any, int]:
-    q: Any = mp.Queue()
-    proc = mp.Process(target=_sender, args=(q, path, rounds), daemon=True)
-    proc.start()
-    return proc, int(q.get(timeout=10))
 
 
 def run(size: int, versions: list[int], repeat: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for version in versions:
-        with tempfile.NamedTemporaryFile(dir=os.environ.get("BENCH_DIR")) as f:
-            _seal_stream(f, version, size)
-            proc, port = _start_sender(f.name, repeat * len(MODES))
+        with rxbench.sealed_sender(version, size) as (port, stream):
             runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
             for _ in range(repeat):
                 for m in MODES:
-                    runs[m].append(_receive(m, port, version, size))
-            proc.join(10)
+                    runs[m].append(_receive(m, port, stream))
         tcp = statistics.median(r["host_cpu_s_per_gb"] for r in runs["tcp"])
         for m in MODES:
             host = statistics.median(r["host_cpu_s_per_gb"] for r in runs[m])
@@ -163,6 +78,8 @@ def run(size: int, versions: list[int], repeat: int) -> list[dict[str, Any]]:
                     "tls": "1.2" if version == TLS_1_2_VERSION else "1.3",
                     "mode": m,
                     "host_cpu_s_per_gb": host,
+                    "host_cpu_s_per_gb_min": min(r["host_cpu_s_per_gb"] for r in runs[m]),
+                    "host_cpu_s_per_gb_max": max(r["host_cpu_s_per_gb"] for r in runs[m]),
                     "device_cpu_s_per_gb": statistics.median(
                         r["device_cpu_s_per_gb"] for r in runs[m]
                     ),
@@ -175,14 +92,11 @@ def run(size: int, versions: list[int], repeat: int) -> list[dict[str, Any]]:
 
 
 def profile(mode: str, size: int, version: int, top: int) -> None:
-    with tempfile.NamedTemporaryFile(dir=os.environ.get("BENCH_DIR")) as f:
-        _seal_stream(f, version, size)
-        proc, port = _start_sender(f.name, 1)
+    with rxbench.sealed_sender(version, size) as (port, stream):
         prof = cProfile.Profile()
         prof.enable()
-        _receive(mode, port, version, size)
+        _receive(mode, port, stream)
         prof.disable()
-        proc.join(10)
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
@@ -213,10 +127,14 @@ def main() -> None:
         f"RX, AES-128-GCM, {size >> 20} MiB over loopback, median of {args.repeat} "
         f"(host CPU excludes the NIC's rx; ratio is host CPU / TCP's)"
     )
-    print(f"{'TLS':<4} {'mode':<13} {'host s/GB':>10} {'NIC s/GB':>9} {'x TCP':>6} {'MB/s':>8}")
+    print(
+        f"{'TLS':<4} {'mode':<13} {'host s/GB':>10} {'(min-max)':>13} {'NIC s/GB':>9} "
+        f"{'x TCP':>6} {'MB/s':>8}"
+    )
     for r in rows:
+        span = f"{r['host_cpu_s_per_gb_min']:.3f}-{r['host_cpu_s_per_gb_max']:.3f}"
         print(
-            f"{r['tls']:<4} {r['mode']:<13} {r['host_cpu_s_per_gb']:>10.3f} "
+            f"{r['tls']:<4} {r['mode']:<13} {r['host_cpu_s_per_gb']:>10.3f} {span:>13} "
             f"{r['device_cpu_s_per_gb']:>9.3f} {r['host_vs_tcp']:>6.2f} {r['mb_per_second']:>8.1f}"
         )
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

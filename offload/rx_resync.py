@@ -186,8 +186,18 @@ class RecordWalk:
         self.dead = False
         self._hdr = bytearray()
 
-    def delivered(self, offset: int, data: memoryview | bytes) -> None:
-        """``data`` arrived in order at stream ``offset`` (== the previous end)."""
+    def jump(self, offset: int, index: int) -> None:
+        """The reader took whole records the walk has not seen, up to stream
+        ``offset``, where record ``index`` starts: go on from there (nothing
+        when the walk is there or ahead already)."""
+        if not self.dead and self.next_off < offset:
+            self.next_off, self.index = offset, index
+            self._hdr.clear()
+
+    def delivered(self, offset: int, data: memoryview | bytes, announce: bool = True) -> None:
+        """``data`` arrived in order at stream ``offset`` (== the previous end);
+        ``announce=False`` follows the headers without calling ``on_record``
+        (catching up with bytes nobody listened for)."""
         n = len(data)
         end = offset + n
         self.end = end
@@ -214,7 +224,8 @@ class RecordWalk:
             hdr.clear()
             self.next_off = start + rec_len
             self.index += 1
-            self.on_record(start, rec_len, self.index - 1, end > start + rec_len)
+            if announce:
+                self.on_record(start, rec_len, self.index - 1, end > start + rec_len)
 
 
 __all__ = ["ASYNC_LOGMAX", "NH_MAX_IVAL", "NH_START_IVAL", "RecordWalk", "RxResync"]

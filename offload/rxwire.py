@@ -98,9 +98,19 @@ class RxWire(TxPipeline):
         decrypts in place (it writes over a packet only when all of it went
         well, and there is no second copy to keep: no duplicates without
         faults) and the segment is handed to the host with its mark - the
-        same calls in the same order as the general path, without the copy
-        into an RX buffer and the copy into the parser (the mirror of the TX
-        wire's ``_send_in_place``)."""
+        same NIC calls in the same order as the general path, without the
+        copy into an RX buffer and the copy into the parser (the mirror of
+        the TX wire's ``_send_in_place``).
+
+        Consecutive segments with the same mark reach the host as one
+        delivery (one mark range, one record walk call), and the NIC's CPU
+        is metered per run of them, not per segment.  That is the general
+        path's outcome exactly while the stack is not listening for record
+        headers (``RxResync.listening``: no request open, no hint due): the
+        host's walk then only follows headers, and a request the NIC opens
+        names a sequence number in the segment it is looking at, never in
+        one before it.  Once the stack listens, each segment reaches the
+        host before the NIC sees the next, as on the general path."""
         rx = self.rx
         if rx is None:
             raise RuntimeError("RX wire without an RX context")
@@ -112,19 +122,43 @@ class RxWire(TxPipeline):
         self.offset += n
         self.reasm.next += n
         mss = self.segmenter.mss
+        self._clock += -(-n // mss)
+        ctx = rx.ctx
+        if ctx is None:  # no context (refused after a KeyUpdate): nothing marks
+            rx.delivered_in_place(data, 0)
+            return
         driver = cast(RxDriver, self.device.driver)
         seq_of = self.space.seq
+        resync = rx.resync
+        gen = rx.generation
+        clock = time.thread_time
+        nic = 0.0
+        start = 0  # data[start:i] went through the NIC with mark ``run``, not yet delivered
+        run = -1
+        t0 = clock()
         for i in range(0, n, mss):
             seg = data[i : i + mss]
-            self._clock += 1
-            mark = 0
-            ctx = rx.ctx
-            if ctx is not None:
-                t0 = time.thread_time()
-                if driver.rx(ctx, Segment(seq_of(offset + i), seg), rx.resync):
-                    mark = rx.generation
-                self.device_seconds += time.thread_time() - t0
-            rx.delivered_in_place(seg, mark)
+            mark = gen if driver.rx(ctx, Segment(seq_of(offset + i), seg), resync) else 0
+            if mark != run or resync.listening:
+                if i > start:
+                    t1 = clock()
+                    nic += t1 - t0
+                    rx.delivered_in_place(data[start:i], run)
+                    t0 = clock()
+                start, run = i, mark
+                if resync.listening:
+                    # The stack acts on record headers now: this segment
+                    # reaches it before the NIC sees the next, as on the
+                    # general path.
+                    t1 = clock()
+                    nic += t1 - t0
+                    rx.delivered_in_place(seg, mark)
+                    t0 = clock()
+                    start, run = i + len(seg), -1
+        t1 = clock()
+        self.device_seconds += nic + (t1 - t0)
+        if start < n:
+            rx.delivered_in_place(data[start:], run)
 
     def arrive(self, offset: int, payload: Buffer, *, reaches_host: bool = True) -> bool:
         """One segment of the received stream (at stream ``offset``) reaches

@@ -98,6 +98,7 @@ class DeviceRx(SwRx):
         self.ctx: object | None = None
         self.resync = RxResync(sync_type, self._dev_resync)
         self.walk = RecordWalk(self.parser.max_len, self._on_record)
+        self._walked = 0  # stream offset up to which the walk has seen the bytes
         self._rekey_at: tuple[int, int] | None = None  # (offset, index) after a KeyUpdate
         self._add_context(info, 0, 0)
 
@@ -191,7 +192,26 @@ class DeviceRx(SwRx):
             else:
                 marks.append((offset, end, mark))
         self.fed = end
-        self.walk.delivered(offset, data)
+        if self.resync.listening:
+            if self._walked < offset:
+                self._catch_up(offset)
+            self.walk.delivered(offset, data)
+            self._walked = end
+
+    def _catch_up(self, upto: int) -> None:
+        """The walk skipped bytes delivered while nobody listened for record
+        headers (``_on_record`` would have ignored every one of them): follow
+        their headers now, silently, up to ``upto`` - from where the reader
+        is when it took records the walk never saw.  The bytes not yet read
+        are all still in the parser."""
+        walk = self.walk
+        start = self.fed - self.parser.buffered  # the reader's next record starts here
+        walk.jump(start, self.index)
+        frm = max(self._walked, start)
+        if frm < upto:
+            pending = self.parser.pending()
+            walk.delivered(frm, pending[frm - start : upto - start], announce=False)
+        self._walked = upto
 
     def read_space(self, want: int) -> memoryview:
         """Room for ``want`` bytes straight in the record parser's buffer, for
@@ -238,7 +258,7 @@ class DeviceRx(SwRx):
         encrypted = not covered
         decrypted = covered is not None and sum(b - a for a, b, _ in covered) == end - start
         if self.ctx is not None and gen is not None:
-            next_in = self.walk.end > end
+            next_in = self.fed > end
             self.resync.record_read(
                 decrypted,
                 encrypted,

@@ -66,6 +66,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from offload.drivers.simnic import _ChachaStream
 from offload.framing import HEADER, RECORD_VERSION, ProtInfo
@@ -148,7 +149,10 @@ class SimNicRxContext:
         self.sync_type = sync_type
         self.hlen = self.prot.prepend_size
         self.tag_size = self.prot.tag_size
-        self.types = _TYPES13 if self.prot.is13 else _TYPES12
+        self.is13 = self.prot.is13
+        self.types = _TYPES13 if self.is13 else _TYPES12
+        self.scratch = bytearray()  # where a packet is decrypted before it is written back
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None  # made at the first whole record
         self.max_len = self.prot.max_body_len()
         self.min_len = self.prot.min_body_len()
         self.expected = start_tcp_seq
@@ -176,12 +180,34 @@ class SimNicRxContext:
 
     def open_stream(self) -> _Open:
         """The running AEAD of the record whose header is ``hdr``."""
-        prot, sn, hdr = self.prot, self.record_sn, bytes(self.hdr)
-        nonce = prot.nonce(sn, hdr[TLS_HEADER_SIZE : self.hlen])
-        aad = prot.aad(sn, hdr[0], self.body_left)
+        nonce, aad = self._nonce_aad()
         if self.info.cipher == CipherType.CHACHA20_POLY1305:
             return _ChachaOpen(self.info.key, nonce, aad)
         return _GcmOpen(self.info.key, nonce, aad)
+
+    def open_whole(self, sealed: memoryview, out: memoryview) -> bool:
+        """The record whose header is ``hdr``, body and tag all in ``sealed``
+        (one packet holds the rest of it): its plaintext into ``out`` in one
+        pass, False when the tag fails (``out`` then holds nothing of use).
+        The same AEAD as ``open_stream`` fed the same bytes, in one call."""
+        if self._aead is None:
+            key = self.info.key
+            self._aead = (
+                ChaCha20Poly1305(key)
+                if self.info.cipher == CipherType.CHACHA20_POLY1305
+                else AESGCM(key)
+            )
+        nonce, aad = self._nonce_aad()
+        try:
+            self._aead.decrypt_into(nonce, sealed, aad, out)
+        except InvalidTag:
+            return False
+        return True
+
+    def _nonce_aad(self) -> tuple[bytes, bytes]:
+        prot, sn, hdr = self.prot, self.record_sn, bytes(self.hdr)
+        nonce = prot.nonce(sn, hdr[TLS_HEADER_SIZE : self.hlen])
+        return nonce, prot.aad(sn, hdr[0], self.body_left)
 
 
 class SimNicRx:
@@ -229,7 +255,9 @@ class SimNicRx:
             if not seq_before(ctx.expected, (seq + n) & _SEQ_MASK):
                 return False  # wholly before what the NIC expects: a duplicate
             self._lose_tracking(ctx)
-        out = bytearray(n)
+        if len(ctx.scratch) < n:
+            ctx.scratch = bytearray(n)
+        out = memoryview(ctx.scratch)[:n]
         handled, ok = True, True
         start = 0
         if not ctx.tracking:
@@ -332,6 +360,26 @@ class SimNicRx:
                     return False, True
                 ctx.body_left = length - (ctx.hlen - TLS_HEADER_SIZE) - ctx.tag_size
                 ctx.tag_left = ctx.tag_size
+                body_end = pos + ctx.body_left
+                if live and body_end + ctx.tag_size <= n:
+                    # The rest of the record is in this packet: open it in one
+                    # pass (what the streaming path below does, in one call).
+                    end = body_end + ctx.tag_size
+                    ok = ctx.open_whole(data[pos:end], out[pos:body_end])
+                    out[body_end:end] = data[body_end:end]
+                    if ok and ctx.is13 and body_end > pos:
+                        last = out[body_end - 1]
+                        if not last:
+                            nz = bytes(out[pos:body_end]).rstrip(b"\0")
+                            last = nz[-1] if nz else 0
+                        if last:
+                            ctx.last_nz = last
+                    pos = end
+                    if not self._finish_record(ctx, ok, True):
+                        return False, False
+                    if not ctx.tracking:  # paused, or a candidate chain dropped
+                        return handled and pos == n, True
+                    continue
                 ctx.stream = ctx.open_stream() if live else None
                 ctx.phase = _BODY if ctx.body_left else _TAG
             elif ctx.phase == _BODY:
@@ -342,9 +390,15 @@ class SimNicRx:
                 else:
                     plain = ctx.stream.update(piece)
                     out[pos : pos + take] = plain
-                    nz = plain.rstrip(b"\0")
-                    if nz:
-                        ctx.last_nz = nz[-1]
+                    if ctx.is13 and plain:
+                        # The last byte is the inner type unless padding
+                        # follows: only then look further back (no copy).
+                        last = plain[-1]
+                        if not last:
+                            nz = plain.rstrip(b"\0")
+                            last = nz[-1] if nz else 0
+                        if last:
+                            ctx.last_nz = last
                 pos += take
                 ctx.body_left -= take
                 if ctx.body_left == 0:
@@ -366,8 +420,14 @@ class SimNicRx:
     def _end_record(self, ctx: SimNicRxContext) -> bool:
         """The record's tag is in: check it; False when it failed."""
         stream = ctx.stream
-        if stream is not None:
-            if not stream.verify(bytes(ctx.tagbuf)):
+        ok = stream is None or stream.verify(bytes(ctx.tagbuf))
+        return self._finish_record(ctx, ok, stream is not None)
+
+    def _finish_record(self, ctx: SimNicRxContext, ok: bool, decrypted: bool) -> bool:
+        """A record ended: its tag checked (``ok``) if the NIC was
+        ``decrypted`` it; False when the tag failed."""
+        if decrypted:
+            if not ok:
                 self.stats.inc("rx_tls_err")
                 self._lose_tracking(ctx)
                 return False

@@ -270,6 +270,92 @@ def test_in_place_path_counts_as_the_general_path(version: int, sync: RxSyncType
         assert results[0][3]["TlsRxDeviceResync"] > 0
 
 
+@st.composite
+def _in_place_cases(draw: st.DrawFn) -> dict[str, Any]:
+    version = draw(st.sampled_from(VERSIONS))
+    n = draw(st.integers(1, 40))
+    return {
+        "version": version,
+        "sizes": draw(st.lists(st.integers(0, 16384), min_size=n, max_size=n)),
+        "tickets": [] if version == TLS_1_2_VERSION else draw(st.lists(st.integers(0, n - 1))),
+        "bad": draw(st.one_of(st.none(), st.integers(0, n - 1))),
+        "mss": draw(st.sampled_from([100, 536, 1448, 9000, 65483])),
+        "reads": draw(st.lists(st.integers(1, 300000), min_size=1, max_size=40)),
+        "sync": draw(st.sampled_from(list(RxSyncType))),
+    }
+
+
+def _run_reads(
+    info: CryptoInfo,
+    sync: RxSyncType,
+    mss: int,
+    stream: bytes,
+    cuts: list[int],
+    in_place: bool,
+) -> tuple[Any, ...]:
+    """Every read through the in-place or the general path, the host reading
+    after each; what it read (and the error that stopped it) and every count."""
+    wire, rx, dev = _rx(info, sync, mss=mss)
+    got: list[Rec] = []
+    dst = memoryview(bytearray(1 << 16))
+    err = None
+    for a, b in itertools.pairwise(cuts):
+        if in_place:
+            assert wire.in_place
+            space = rx.read_space(b - a)
+            space[: b - a] = stream[a:b]
+            wire.receive_in_place(space[: b - a])
+        else:
+            wire.receive(memoryview(stream[a:b]))
+            wire.drain()
+        try:
+            _read_all(rx, got, dst)
+        except OSError as exc:
+            err = exc.errno
+            break
+    return (
+        _coalesce(got),
+        err,
+        (rx.records_device, rx.records_partial, rx.records_sw, rx.reencrypted_bytes),
+        dev.stats.snapshot(),
+        rx.stats.snapshot(),
+        rx.opener.seq,
+        rx.fed,
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_in_place_cases())
+def test_property_in_place_path_is_the_general_path(case: dict[str, Any]) -> None:
+    """Any records, tickets (TLS 1.3: the NIC stops, the stack hints it on),
+    a bad tag (the NIC loses track on a fault-free wire and asks for resync:
+    the stack listens mid-read), any MSS and reads: the in-place path (runs
+    of same-mark segments delivered at once while the stack does not listen)
+    ends exactly where the general path (one delivery per segment) does."""
+    info = random_info(case["version"], CipherType.AES_GCM_128, seq=7)
+    recs: list[Rec] = [(DATA, os.urandom(n)) for n in case["sizes"]]
+    for i in case["tickets"]:
+        recs[i] = (HANDSHAKE, bytes.fromhex("0400000100"))
+    stream = bytearray(_seal(info, recs))
+    lens = [len(r) for r in split_records(bytes(stream))]  # empty data records: none sealed
+    bad = None if case["bad"] is None or not lens else case["bad"] % len(lens)
+    if bad is not None:
+        stream[sum(lens[: bad + 1]) - 1] ^= 0x01  # the last tag byte
+    cuts = [0]
+    for r in itertools.cycle(case["reads"]):
+        if cuts[-1] >= len(stream):
+            break
+        cuts.append(min(len(stream), cuts[-1] + r))
+    data = bytes(stream)
+    args = (info, case["sync"], case["mss"], data, cuts)
+    fast, general = _run_reads(*args, in_place=True), _run_reads(*args, in_place=False)
+    assert fast == general
+    if bad is None:
+        want = _software(info, data, iter(()))  # (an empty data record is never sealed)
+        assert fast[0] == _coalesce(want)
+        assert sum(fast[2][:3]) == len(want)
+
+
 # -- partly decrypted records: repaired, decrypted in software once -----------------
 
 
@@ -357,6 +443,42 @@ def test_bad_tag_packet_left_as_on_the_wire(version: int, cipher: CipherType) ->
             assert buf == wire_bytes
     assert marks == [True, True, True, False]
     assert nic.stats["rx_tls_err"] == 1
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("cipher", GCM_CHACHA, ids=lambda c: c.name)
+def test_bad_tag_in_a_packet_holding_whole_records(version: int, cipher: CipherType) -> None:
+    """Records wholly inside one packet (opened in one pass): a packet whose
+    records all check out is decrypted and marked; the one holding a failing
+    tag - even after a good record - is left byte for byte as it came, the
+    NIC stops until resync, and the host reports EBADMSG after the good
+    records, as software does."""
+    info = random_info(version, cipher, seq=2)
+    recs = _data_records([700, 3000, 500, 1200])
+    stream = bytearray(_seal(info, recs))
+    lens = [len(r) for r in split_records(bytes(stream))]
+    stream[sum(lens[:3]) - 1] ^= 1  # the third record's last tag byte
+    cut = lens[0] + lens[1] - 40  # packet 1: record 0 and most of record 1
+    nic = SimNic()
+    ctx = nic.dev_add(TLS_OFFLOAD_CTX_DIR_RX, info, 7)
+    first = bytearray(stream[: lens[0]])
+    assert nic.rx(ctx, Segment(7, memoryview(first)), _NoHost())
+    assert bytes(first) != bytes(stream[: lens[0]])  # decrypted in place
+    rest = bytes(stream[lens[0] :])  # record 1 and the bad record 2, whole
+    buf = bytearray(rest)
+    assert not nic.rx(ctx, Segment(7 + lens[0], memoryview(buf)), _NoHost())
+    assert buf == rest
+    assert nic.stats["rx_tls_err"] == 1
+    assert nic.stats["rx_tls_decrypted_packets"] == 1
+    # Through the RX wire and the host: software's answer.
+    wire, rx, dev = _rx(info, mss=cut)
+    out: list[Rec] = []
+    with pytest.raises(OSError) as exc:
+        wire.receive(bytes(stream))
+        _read(rx, out)
+    assert exc.value.errno == errno.EBADMSG
+    assert out == recs[:2]
+    assert dev.stats["rx_tls_err"] == 1
 
 
 @pytest.mark.parametrize("version", VERSIONS)

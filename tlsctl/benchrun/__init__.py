@@ -17,6 +17,7 @@ Modules, one concern each:
 - :mod:`.senders`: the tcp, userspace and kTLS-layer senders.
 - :mod:`.openssl`: the ``openssl s_server -WWW`` + curl reference mode.
 - :mod:`.receiver`: the loopback receiver process.
+- :mod:`.rxbench`: ``direction="rx"``: the receiving host measured.
 - :mod:`.report`: the receiver's byte-count report.
 - :mod:`.procs`: child processes that end with the bench; their CPU time.
 - :mod:`.results`: per-stream results, per-mode aggregates, the JSON rows.

@@ -58,6 +58,10 @@ def _missing_tools() -> str | None:
     return f"{' and '.join(missing)} not found" if missing else None
 
 
+RX_MODES = ("tcp", "sw", "sim-nic")
+"""Modes ``--direction rx`` measures (:mod:`.rxbench`): the receiving host as
+plain TCP, this layer in software, this layer with the sim-nic decrypting."""
+
 NETNS_MODES = ("tcp", "tcp-sendfile", "userspace", "sw", "sim-nic", "kernel")
 """Modes that run over the real wire (``--wire netns``): not openssl, whose
 s_server and curl the bench does not place in namespaces."""
@@ -70,8 +74,15 @@ def skip_reason(
     record_size: int,
     wire: str = "model",
     reverse: bool = False,
+    direction: str = "tx",
 ) -> str | None:
     """Why ``mode`` cannot run with these settings on this host, or None."""
+    if direction == "rx":
+        # The replayed stream holds data records only (no alert to fit):
+        # every record size runs.
+        if mode not in RX_MODES:
+            return f"no receiver measured for {mode} (--direction rx: {', '.join(RX_MODES)})"
+        return None
     if remote and mode in LOOPBACK_ONLY:
         return "needs the bench's own receiver (loopback only)"
     if wire == "netns" and mode not in NETNS_MODES:

@@ -17,6 +17,9 @@ from tlsctl.tlsconf import TlsOptions
 
 WIRES = ("model", "netns")
 """``--wire``: the in-process wire model on loopback, or the real wire."""
+DIRECTIONS = ("tx", "rx")
+"""``--direction``: measure the sending host (tx) or the receiving host (rx,
+:mod:`tlsctl.benchrun.rxbench`)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,11 @@ class BenchOptions:
     ``netns``: every mode over the real wire (:mod:`.wire`)."""
     wire_faults: str = ""
     """With ``wire="netns"``: the NIC process's frame faults (both directions)."""
+    direction: str = "tx"
+    """``tx``: the senders' CPU is the host's; ``rx``: the receiver's is
+    (loopback, the in-process RX wire; :mod:`.rxbench`)."""
+    rx_resync: str = "driver"
+    """With ``direction="rx"``: the sim-nic's RX resync scheme (driver|core|async)."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in ALL_MODES]
@@ -99,3 +107,19 @@ class BenchOptions:
             )
         if self.reverse and self.wire != "model":
             raise ValueError("reverse runs on loopback only (not over the netns wire)")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
+        if self.rx_resync not in ("driver", "core", "async"):
+            raise ValueError("rx_resync must be one of driver, core, async")
+        if self.direction == "rx" and (
+            self.reverse
+            or self.remote is not None
+            or self.wire != "model"
+            or self.seconds is not None
+            or self.interval is not None
+            or self.parallel != 1
+        ):
+            raise ValueError(
+                "the rx direction runs one loopback stream on the model wire: "
+                "no reverse, remote, netns wire, time bound, intervals or parallel streams"
+            )

@@ -15,15 +15,18 @@ The rows (``tlsctl bench --json``; stable) are a list with one object per
 mode, in the order run::
 
   {"mode": str,                          # one of the modes
+   "direction": str,                     # "tx": host = the sender; "rx": host = the receiver
    "bytes_per_second": float | null,     # median over repeats
    "bytes_per_second_min": float | null,
    "bytes_per_second_max": float | null,
    "bits_per_second": float | null,      # the same three, times 8
    "bits_per_second_min": float | null,
    "bits_per_second_max": float | null,
-   "host_cpu_s_per_gb": float | null,    # sender CPU (minus device CPU in-process), median
+   "host_cpu_s_per_gb": float | null,    # tx: sender CPU (minus device CPU in-process);
+                                         # rx: receiver CPU minus the NIC's rx; median
    "device_cpu_s_per_gb": float | null,  # the NIC: its driver, or its process (netns)
-   "receiver_cpu_s_per_gb": float | null,  # receiver process (null: remote)
+   "receiver_cpu_s_per_gb": float | null,  # tx: receiver process (null: remote);
+                                         # rx: the receiving host's, = host_cpu_s_per_gb
    "cpu_vs_tcp": float | null,           # host_cpu_s_per_gb / tcp's (null without tcp)
    "bytes": int,                         # plaintext bytes moved, all repeats and streams
    "repeats": int,                       # repeats completed
@@ -48,6 +51,7 @@ TIMES = "\N{MULTIPLICATION SIGN}"
 
 SCHEMA: dict[str, tuple[type, ...]] = {
     "mode": (str,),
+    "direction": (str,),
     "bytes_per_second": (float, type(None)),
     "bytes_per_second_min": (float, type(None)),
     "bytes_per_second_max": (float, type(None)),
@@ -93,6 +97,7 @@ class ModeRuns:
 
     mode: str
     skipped: str | None = None
+    direction: str = "tx"
     bytes: int = 0
     rates: list[float] = field(default_factory=list)  # bytes per second, per repeat
     host: list[float] = field(default_factory=list)
@@ -162,6 +167,7 @@ def summarize(runs: list[ModeRuns]) -> list[dict[str, Any]]:
         out.append(
             {
                 "mode": r.mode,
+                "direction": r.direction,
                 "bytes_per_second": _rate(med),
                 "bytes_per_second_min": _rate(lo),
                 "bytes_per_second_max": _rate(hi),
@@ -213,4 +219,7 @@ def headline(rows: list[dict[str, Any]]) -> str:
         if mode == "sim-nic" and r["device_cpu_s_per_gb"]:
             text += f" (+{r['device_cpu_s_per_gb']:.2f} s/GB on the NIC)"
         parts.append(text)
-    return "; ".join(parts) if parts else "only tcp measured"
+    text = "; ".join(parts) if parts else "only tcp measured"
+    if any(r.get("direction") == "rx" for r in rows):
+        text = "receiving host: " + text
+    return text

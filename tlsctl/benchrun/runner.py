@@ -29,6 +29,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from tlsctl.benchrun import rxbench
 from tlsctl.benchrun.errors import BenchError, ModeUnavailable
 from tlsctl.benchrun.intervals import Interval
 from tlsctl.benchrun.job import Job, Target
@@ -68,6 +69,7 @@ class Bench:
         self._shield: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         self._wire: BenchWire | None = None
         self._reverse: ReverseResults | None = None
+        self._rx: rxbench.RxStream | None = None
         self._live: Any = None
         remote = options.remote is not None
         self.runs = [
@@ -79,7 +81,9 @@ class Bench:
                     record_size=options.record_size,
                     wire=options.wire,
                     reverse=options.reverse,
+                    direction=options.direction,
                 ),
+                direction=options.direction,
             )
             for m in options.modes
         ]
@@ -135,6 +139,9 @@ class Bench:
         """
         o = self.options
         ctx = mp.get_context("fork")
+        if o.direction == "rx":
+            self._run_rx(ctx, tmp)
+            return
         ck = ephemeral_server_cert()
         cert_pem, key_pem = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         with open(cert_pem, "wb") as f:
@@ -198,6 +205,30 @@ class Bench:
             with self._shield():
                 _end(pool, receiver)
 
+    def _run_rx(self, ctx: Any, tmp: str) -> None:
+        """``direction="rx"``: the sealed stream, its sender, one receiving
+        worker; the same rounds (:mod:`.rxbench`)."""
+        o = self.options
+        self._rx = rxbench.stream_for(o.tls, o.size, o.rx_resync)
+        path = os.path.join(tmp, "bench.tls")
+        rxbench.seal_stream(path, self._rx.info, o.size, o.record_size)
+        sender: Any = None
+        pool: Any = None
+        try:
+            parent, child = ctx.Pipe()
+            sender = ctx.Process(
+                target=rxbench.sender_main, args=(child, path, os.getpid()), daemon=True
+            )
+            sender.start()
+            if not parent.poll(20):
+                raise BenchError("the RX sender process did not start")
+            port = int(parent.recv())
+            pool = ctx.Pool(1, initializer=worker_init, initargs=(os.getpid(),))
+            self._rounds(pool, Target("127.0.0.1", port, port), path, "", "")
+        finally:
+            with self._shield():
+                _end(pool, sender)
+
     def _rounds(self, pool: Any, target: Target, path: str, cert_pem: str, key_pem: str) -> None:
         o = self.options
         active = [r for r in self.runs if r.skipped is None]
@@ -256,7 +287,11 @@ class Bench:
         Interval lines are handed on as they come; with ``-R`` each stream's
         result is the client's joined with its server's."""
         parallel = self.options.parallel
-        pending = [pool.apply_async(run_job, (job, i + 1)) for i in range(parallel)]
+        if self._rx is not None:  # the receiver is measured: one stream
+            args = (job.mode, job.target.tls_port, self._rx, job.faults)
+            pending = [pool.apply_async(rxbench.receive, args)]
+        else:
+            pending = [pool.apply_async(run_job, (job, i + 1)) for i in range(parallel)]
         results = []
         deadline = time.monotonic() + _job_timeout(job.size, job.seconds)
         for p in pending:

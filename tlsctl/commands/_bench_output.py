@@ -82,7 +82,12 @@ def render(rows: list[dict[str, Any]], partial: bool, rate_format: str | None = 
 
     # Piped: wide enough for the table rather than rich's 80 columns.
     con = Console() if sys.stdout.isatty() else Console(width=110)
-    title = "tlsctl bench" + (" (interrupted: partial results)" if partial else "")
+    rx = any(r.get("direction") == "rx" for r in rows)
+    title = (
+        "tlsctl bench"
+        + (" --direction rx (host = the receiver)" if rx else "")
+        + (" (interrupted: partial results)" if partial else "")
+    )
     t = Table(title=title)
     t.add_column("mode", no_wrap=True)
     fastest = max((r["bytes_per_second"] or 0.0 for r in rows), default=0.0)

@@ -26,7 +26,8 @@ from tlsctl.benchrun import (
     Remote,
     parse_modes,
 )
-from tlsctl.benchrun.options import WIRES
+from tlsctl.benchrun.modes import RX_MODES
+from tlsctl.benchrun.options import DIRECTIONS, WIRES
 from tlsctl.commands import _complete as complete
 from tlsctl.commands._bench_output import emit, emit_error, interval_printer, progress_bar
 from tlsctl.commands._options import ByteSize, parse_hostport
@@ -123,6 +124,23 @@ def _option_of(exc: click.UsageError) -> str | None:
     "process; root and /dev/net/tun).",
 )
 @click.option(
+    "--direction",
+    type=click.Choice(DIRECTIONS),
+    default="tx",
+    show_default=True,
+    help="tx: the sending host's CPU (the senders'); rx: the receiving host's "
+    "CPU for tcp, sw and sim-nic (the NIC decrypting; --faults apply to it), "
+    "one loopback stream of pre-sealed records on the model wire.",
+)
+@click.option(
+    "--rx-resync",
+    type=click.Choice(("driver", "core", "async")),
+    default="driver",
+    show_default=True,
+    help="With --direction rx: the sim-nic's RX resync scheme (DRIVER_REQ, "
+    "CORE_NEXT_HINT, DRIVER_REQ_ASYNC).",
+)
+@click.option(
     "--repeat",
     type=click.IntRange(min=1),
     default=5,
@@ -131,11 +149,10 @@ def _option_of(exc: click.UsageError) -> str | None:
 )
 @click.option(
     "--modes",
-    default=",".join(DEFAULT_MODES),
-    show_default=True,
     metavar="LIST",
     shell_complete=complete.comma_list(ALL_MODES),
-    help=f"Comma-separated, from: {', '.join(ALL_MODES)}.",
+    help=f"Comma-separated, from: {', '.join(ALL_MODES)}.  [default: "
+    f"{','.join(DEFAULT_MODES)}; with --direction rx: {','.join(RX_MODES)}]",
 )
 @click.option(
     "-P",
@@ -198,8 +215,10 @@ def bench(
     reverse: bool,
     rate_format: str | None,
     wire: str,
+    direction: str,
+    rx_resync: str,
     repeat: int,
-    modes: str,
+    modes: str | None,
     parallel: int,
     record_size: int,
     faults: str | None,
@@ -219,14 +238,17 @@ def bench(
     against a receiver process it starts itself (or a remote
     'tlsctl serve --sink' with -connect, like iperf3).  Host CPU is the
     sender's CPU minus the simulated NIC's (device CPU); the receiver's CPU
-    is shown apart.  With -R the sender is the bench's server; with --wire
+    is shown apart.  With --direction rx the host is the receiver: its CPU
+    minus the sim-nic's RX decryption (device CPU, beside it), for tcp, sw
+    and sim-nic.  With -R the sender is the bench's server; with --wire
     netns the NIC is a process of its own and device CPU is its CPU, beside
     the host's, not subtracted (read from /proc in 10 ms ticks: use --size
     64M or more).  Ctrl-C prints what was measured so far, exit status 130.
 
     \b
     --json: a list, one object per mode, with the keys
-      mode; bytes_per_second, bits_per_second (numbers: bytes and bits per
+      mode; direction ("tx" or "rx": whose CPU host_cpu_s_per_gb is);
+      bytes_per_second, bits_per_second (numbers: bytes and bits per
       second, median over repeats) and their _min/_max; host_cpu_s_per_gb,
       device_cpu_s_per_gb, receiver_cpu_s_per_gb (CPU seconds per GB,
       1 GB = 10^9 bytes), cpu_vs_tcp (numbers or null); bytes, repeats
@@ -244,6 +266,8 @@ def bench(
       tlsctl bench --size 8M --json --modes tcp,sw
       tlsctl bench -t 5 -i 1 --size 16M --repeat 1 --modes tcp,sw,sim-nic
       tlsctl bench -R --size 64M --modes tcp,sw,sim-nic -f M
+      tlsctl bench --direction rx --size 128M --modes tcp,sw,sim-nic --repeat 3
+      tlsctl bench --direction rx --modes tcp,sim-nic --faults drop=0.01,seed=1
       sudo tlsctl bench --wire netns --size 256M --modes tcp,sw,sim-nic
       tlsctl serve -accept 4433 --sink &       # then, from this or another host:
       tlsctl bench -connect localhost:4433 -k --size 64M --modes sw,sim-nic
@@ -252,7 +276,7 @@ def bench(
         options = _options(
             size, seconds, interval, reverse, wire, repeat, modes, parallel, record_size,
             faults, connect, insecure, cafile, tls1_2, tls1_3, cipher, ciphersuites,
-            as_json, as_csv,
+            as_json, as_csv, direction, rx_resync,
         )  # fmt: skip
     except click.UsageError as exc:
         if as_json:
@@ -276,7 +300,7 @@ def _options(
     reverse: bool,
     wire: str,
     repeat: int,
-    modes: str,
+    modes: str | None,
     parallel: int,
     record_size: int,
     faults: str | None,
@@ -289,9 +313,13 @@ def _options(
     ciphersuites: str | None,
     as_json: bool,
     as_csv: bool,
+    direction: str = "tx",
+    rx_resync: str = "driver",
 ) -> BenchOptions:
     """The options as a :class:`BenchOptions`; usage errors naming the option."""
     try:
+        if modes is None:
+            modes = ",".join(RX_MODES if direction == "rx" else DEFAULT_MODES)
         mode_list = parse_modes(modes)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--modes") from None
@@ -331,6 +359,22 @@ def _options(
             "-R runs on loopback only (the NIC offloads the sender namespace's TX)",
             param_hint="-R",
         )
+    if direction == "rx":
+        for given, name in (
+            (reverse, "-R"),
+            (connect, "-connect"),
+            (wire != "model", "--wire"),
+            (seconds is not None, "--time"),
+            (interval is not None, "--interval"),
+            (parallel != 1, "--parallel"),
+        ):
+            if given:
+                raise click.BadParameter(
+                    "--direction rx measures one loopback stream on the model wire",
+                    param_hint=name,
+                )
+    elif rx_resync != "driver":
+        raise click.UsageError("--rx-resync goes with --direction rx")
     remote = Remote(*parse_hostport(connect), verify=not insecure) if connect else None
     return BenchOptions(
         size=size,
@@ -349,6 +393,8 @@ def _options(
         reverse=reverse,
         wire=wire,
         wire_faults=wire_faults,
+        direction=direction,
+        rx_resync=rx_resync,
     )
 
 
