@@ -22,6 +22,7 @@ from tlsctl.control import Inspectable, Registration
 from tlsctl.signals import StopSignals
 from tlsctl.tlsconf import TlsOptions
 from tlsctl.transfer import ClientOptions, SendHooks, TransferFailed, send_to
+from tlsctl.transfer.filehash import start_early
 from tlsctl.transfer.loopback import send_loopback
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,3 +145,34 @@ def test_send_loopback_of_a_file(tmp_path: Path) -> None:
     assert result["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert result["offload"] == "sim-nic" and result["server_offload"] == "sw"
     assert result["device_counters"]["tx_tls_encrypted_bytes"] > 0
+
+
+def test_send_to_uses_the_hasher_it_is_given(pki: Pki, tmp_path: Path) -> None:
+    """A hash started by the caller (``send`` starts it before the handshake)
+    is the one reported, and is left running for the caller to stop."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom((2 << 20) + 5))
+    opts = ClientOptions(tls=TlsOptions(cafile=str(pki.ca)), offload="sw", timeout=20)
+    started = start_early(str(src))
+    assert started is not None
+    f, hasher = started
+    digests: list[int] = []
+    real_digest = hasher.digest
+
+    def digest(sent: int) -> str:
+        digests.append(sent)
+        return real_digest(sent)
+
+    hasher.digest = digest  # type: ignore[method-assign]
+    with (
+        f,
+        (tmp_path / "got.bin").open("wb") as out,
+        openssl_server(pki.cert, pki.key, out) as (proc, port),
+        StopSignals() as stop,
+    ):
+        result = send_to(f, "localhost", port, opts, stop, hasher=hasher)
+        proc.wait(10)
+        assert not f.closed  # the caller's file
+    assert digests == [(2 << 20) + 5]
+    assert result["sha256"] == sha(tmp_path / "got.bin") == sha(src)
+    hasher.stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the library is loaded when the command runs, not for --help
     from tlsctl.handshake import HandshakeResult
     from tlsctl.realwire import WireSpec
     from tlsctl.transfer import ClientOptions, SendHooks
+    from tlsctl.transfer.filehash import FileHasher
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class SendOptions:
     exec_peer: str | None = None
     showcerts: bool = False  # -showcerts
     brief: bool = False  # -brief
+    hasher: FileHasher | None = None  # already hashing ``opened`` (start_early)
+    opened: BinaryIO | None = None  # FILE, opened before the TLS stack was loaded
 
 
 @click.command(cls=DialectCommand)
@@ -222,35 +225,54 @@ def send(
                 f"{ADDRS['rx']} (-connect {ADDRS['rx']}:{target[1]})",
                 param_hint="-connect",
             )
-    from tlsctl.transfer import ClientOptions
+    # The file's SHA-256 starts now, on the other core, while the TLS stack
+    # loads and the handshake runs (tlsctl.transfer.filehash).
+    early = _start_hash(file) if target is not None and common.wire is None else None
+    try:
+        from tlsctl.transfer import ClientOptions
 
-    client = ClientOptions(
-        servername=servername,
-        cert=cert,
-        key=key,
-        insecure=insecure,
-        pin_sha256=pin_sha256,
-        timeout=timeout,
-        tls=common.tls,
-        offload=common.offload,
-        device=common.device,
-        keylogfile=common.keylogfile,
-        key_update_every=common.key_update_every,
-    )
-    _send(
-        SendOptions(
-            file=file,
-            target=target,
-            size=size,
-            client=client,
-            output=common.output,
-            control_socket=common.control_socket,
-            wire=common.wire,
-            exec_peer=exec_peer,
-            showcerts=showcerts,
-            brief=common.trace.brief,
+        client = ClientOptions(
+            servername=servername,
+            cert=cert,
+            key=key,
+            insecure=insecure,
+            pin_sha256=pin_sha256,
+            timeout=timeout,
+            tls=common.tls,
+            offload=common.offload,
+            device=common.device,
+            keylogfile=common.keylogfile,
+            key_update_every=common.key_update_every,
         )
-    )
+        _send(
+            SendOptions(
+                file=file,
+                target=target,
+                size=size,
+                client=client,
+                output=common.output,
+                control_socket=common.control_socket,
+                wire=common.wire,
+                exec_peer=exec_peer,
+                showcerts=showcerts,
+                brief=common.trace.brief,
+                opened=early[0] if early is not None else None,
+                hasher=early[1] if early is not None else None,
+            )
+        )
+    finally:
+        if early is not None:
+            early[1].stop()
+            early[0].close()
+
+
+def _start_hash(file: str | None) -> tuple[BinaryIO, FileHasher] | None:
+    """A regular FILE opened and being hashed (None for stdin and the rest)."""
+    if file is None or file == "-":
+        return None
+    from tlsctl.transfer.filehash import start_early  # the standard library only
+
+    return start_early(file)
 
 
 def _target(connect: str | None, port: int | None, loopback: bool) -> tuple[str, int] | None:
@@ -308,7 +330,15 @@ def _send(opts: SendOptions) -> None:
                     raise CommandFailed(result["error"], ExitStatus.INCOMPLETE)
             else:
                 host, port = opts.target
-                result = send_to(opts.file or "-", host, port, opts.client, stop, hooks)
+                result = send_to(
+                    opts.opened or opts.file or "-",
+                    host,
+                    port,
+                    opts.client,
+                    stop,
+                    hooks,
+                    hasher=opts.hasher,
+                )
                 _report({**result, **seen}, f"{host}:{port}", out)
         except TransferFailed as exc:
             _fail(str(exc), exc.status, exc.facts, out)

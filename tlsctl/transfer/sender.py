@@ -218,9 +218,16 @@ def send_to(
     opts: ClientOptions,
     stop: StopSignals,
     hooks: SendHooks = NO_HOOKS,
+    hasher: FileHasher | None = None,
 ) -> dict[str, Any]:
     """Send ``file`` (a path, ``-`` for stdin, or an open file) to
     ``host:port``; the summary once the peer confirmed every byte.
+
+    ``hasher``: a :class:`~tlsctl.transfer.filehash.FileHasher` already
+    hashing the open regular file ``file`` (``send`` starts one before it
+    loads the TLS stack: :func:`~tlsctl.transfer.filehash.start_early`);
+    without it a regular file is hashed from the start of the transfer.
+    The caller keeps it (and stops it).
 
     Raises :class:`TransferFailed` (the transfer started and was not
     confirmed, or was interrupted), :class:`~tlsctl.signals.Interrupted`
@@ -282,7 +289,7 @@ def send_to(
             # A second Ctrl-C while a step is being written: stop at once,
             # and make sure no byte of a half-written record follows.
             stop.abandon = lambda: _raw(chan).shutdown(socket.SHUT_RDWR)
-            return _Transfer(chan, res, f, size, opts.offload, stop, hooks.progress).run()
+            return _Transfer(chan, res, f, size, opts.offload, stop, hooks.progress, hasher).run()
         finally:
             stop.abandon = None
             with stop.critical(check=False):
@@ -345,6 +352,7 @@ class _Transfer:
         offload: Offload,
         stop: StopSignals,
         progress: Progress | None,
+        hasher: FileHasher | None = None,
     ) -> None:
         self.chan, self.res, self.f, self.stop = chan, res, f, stop
         self.offload, self.progress = offload, progress
@@ -354,6 +362,7 @@ class _Transfer:
         # the OpenSSL fallback's Connection is not thread-safe: it reads after.
         self.drain = Drain(chan) if isinstance(chan, KtlsChannel) else None
         self.closed = False  # our close_notify is out
+        self.given_hasher = hasher  # started by the caller (before the handshake)
         self.hasher: FileHasher | None = None  # a regular file's SHA-256, beside the sending
 
     def facts(self) -> dict[str, Any]:
@@ -369,7 +378,7 @@ class _Transfer:
         try:
             return self._run()
         finally:
-            if self.hasher is not None:
+            if self.hasher is not None and self.hasher is not self.given_hasher:
                 self.hasher.stop()
 
     def _run(self) -> dict[str, Any]:
@@ -468,7 +477,12 @@ class _Transfer:
         """sendfile in steps of whole records, progress reported after each."""
         size = self.p.size
         assert size is not None
-        self.hasher = FileHasher(self.f.fileno(), size)
+        given = self.given_hasher
+        self.hasher = (
+            given
+            if given is not None and given.fd == self.f.fileno()
+            else FileHasher(self.f.fileno(), size)
+        )
         with self.progress(size) if self.progress else contextlib.nullcontext(None) as update:
             while self.p.sent < size:
                 self._peer_check()
