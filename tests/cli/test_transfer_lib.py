@@ -176,3 +176,58 @@ def test_send_to_uses_the_hasher_it_is_given(pki: Pki, tmp_path: Path) -> None:
     assert digests == [(2 << 20) + 5]
     assert result["sha256"] == sha(tmp_path / "got.bin") == sha(src)
     hasher.stop()
+
+
+# --- the reading thread when the sender closes under it -------------------------------
+
+
+class _TornDown:
+    """A channel whose reader blocks until the test lets it go, then fails
+    the way a layer torn down under a read does (not a ChannelError)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.closed = False
+        self.peer_closed = False
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def recv_into(self, _buf: memoryview) -> int:
+        self.reading.set()
+        self.release.wait(10)
+        raise ValueError("operation on a closed record layer")
+
+
+@pytest.mark.parametrize("closed_first", [True, False])
+def test_drain_thread_quiet_when_the_sender_closed_under_it(closed_first: bool) -> None:
+    """``send``'s reading thread (``confirm.Drain``) may be inside a read when
+    the sender gives up (a send timed out, the peer reset) and closes the
+    channel: whatever the torn-down layer raises then is not the peer's doing
+    and must not print a traceback beside send's one error line (it did,
+    now and then, in ``test_server_that_stops_reading``).  An exception while
+    the channel is still open is a bug and still reaches the thread's hook."""
+    import threading
+    from typing import cast
+
+    from tlsctl.session.channel import KtlsChannel
+    from tlsctl.transfer.confirm import Drain
+
+    chan = _TornDown()
+    seen: list[BaseException | None] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: seen.append(args.exc_value)
+    try:
+        drain = Drain(cast(KtlsChannel, chan))
+        drain.start()
+        assert chan.reading.wait(10)
+        chan.closed = closed_first
+        chan.release.set()
+        drain.join(10)
+    finally:
+        threading.excepthook = old_hook
+    assert not drain.is_alive()
+    if closed_first:
+        assert seen == []
+    else:
+        assert len(seen) == 1 and isinstance(seen[0], ValueError)

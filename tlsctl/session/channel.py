@@ -201,6 +201,7 @@ class KtlsChannel:
         self._tx_lock = threading.RLock()
         self._left = memoryview(b"")  # plaintext read past a small caller buffer
         self._tx_cut = False  # a send did not finish: never close_notify after it
+        self.closed = False  # close() began: a reader in another thread may meet a torn-down layer
         self._trace = tracer_of(res.conn.get_context())  # -msg: control records' content
 
     # -- what the session counts ---------------------------------------------
@@ -534,6 +535,7 @@ class KtlsChannel:
         abandons a transfer without an error says so with user_canceled
         (the session's ``cancel``) before closing.
         """
+        self.closed = True
         with contextlib.suppress(OSError):
             with self._tx_lock:
                 events = [] if self._tx_cut else self.session.finish()

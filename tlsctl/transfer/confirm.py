@@ -68,6 +68,18 @@ class Drain(threading.Thread):
         self.error: ChannelError | None = None
 
     def run(self) -> None:
+        try:
+            self._drain()
+        except Exception:
+            # The sender gave up (a send failed or timed out) and closed the
+            # channel while this thread was still reading: the layer is torn
+            # down under the read, and whatever that raises says nothing
+            # about the peer (the verdict is already made).  Before the
+            # close, a failure here is a bug and is raised.
+            if not self.chan.closed:
+                raise
+
+    def _drain(self) -> None:
         buf = memoryview(bytearray(1 << 16))
         while True:
             try:
