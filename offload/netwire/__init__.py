@@ -8,7 +8,8 @@ segmentation, retransmission and acknowledgement, in a process of its own.
 * ``netns``    - the namespaces, links and the NIC process (``NetnsWire``);
 * ``tun``      - TUN devices with virtio headers (GSO frames up to 64 KiB);
 * ``frames``   - the NIC's parser (flow, sequence number, payload);
-* ``nic``      - the NIC process: forwarding, flows, the driver, control;
+* ``nic``      - the NIC process: flows, the driver, control;
+* ``forwarding`` - its loop moving frames between the TUNs (faults before or after the NIC);
 * ``nic_rx``   - the NIC process's receive direction: RX offload (decrypt, mark);
 * ``faults``   - seeded drop/dup/reorder/delay on real frames (after the NIC
   away from the host, before it towards the host);

@@ -32,13 +32,10 @@ import contextlib
 import ctypes
 import json
 import os
-import select
 import signal
 import socket
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +44,11 @@ from pyroute2 import netns
 from offload.netdev import TLS_OFFLOAD_CTX_DIR_TX, NetDevice, OffloadRefused, Segment, create_device
 from offload.netwire.control import MAX_MESSAGE, flow_from_json
 from offload.netwire.faults import FaultStage, WireFaults
+from offload.netwire.forwarding import forward
 from offload.netwire.frames import TCP_SYN, FlowKey, make_partial, parse_tcp
 from offload.netwire.nic_rx import NicRx, forward_rx
 from offload.netwire.recstore import StoreReader
-from offload.netwire.tun import MAX_FRAME, open_tun
+from offload.netwire.tun import open_tun
 from offload.tcpseq import SEQ_MOD
 from offload.uapi import CryptoInfo
 
@@ -266,52 +264,6 @@ class Nic:
             self.device.driver.dev_del(ctx)
             store.close()
         return {}
-
-
-def forward(
-    src: int, dst: int, process: Callable[[memoryview], bool], stage: FaultStage | None = None
-) -> None:
-    """Move frames from one TUN to the other until either goes away (through
-    the fault stage, when there is one)."""
-    buf = bytearray(MAX_FRAME)
-    mv = memoryview(buf)
-    iov = [buf]
-    readv = os.readv
-    oswrite = os.write
-
-    def write(frame: memoryview | bytes) -> None:
-        try:  # noqa: SIM105 - per frame: no context manager in the hot loop
-            oswrite(dst, frame)
-        except OSError:
-            pass  # the receiving namespace may be down for a moment; a NIC drops too
-
-    if stage is None:
-        while True:  # once per frame: the write inlined
-            try:
-                n = readv(src, iov)
-            except OSError:
-                return
-            frame = mv[:n]
-            if process(frame):
-                try:  # noqa: SIM105
-                    oswrite(dst, frame)
-                except OSError:
-                    pass
-    poller = select.poll()
-    poller.register(src, select.POLLIN)
-    clock = time.monotonic
-    wait: float | None = None
-    while True:
-        ready = poller.poll(None if wait is None else max(0, int(wait * 1000) + 1))
-        if ready:
-            try:
-                n = readv(src, iov)
-            except OSError:
-                return
-            frame = mv[:n]
-            if process(frame):
-                stage.send(frame, write, clock())
-        wait = stage.release(write, clock())
 
 
 def serve_control(nic: Nic, path: str) -> socket.socket:

@@ -59,11 +59,8 @@ Linux has no such process: it stands in for the ConnectX's RX path.
 from __future__ import annotations
 
 import bisect
-import os
-import select
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,9 +74,9 @@ from offload.netdev import (
     Segment,
 )
 from offload.netwire.faults import FaultStage
+from offload.netwire.forwarding import forward
 from offload.netwire.frames import TCP_SYN, FlowKey, TcpFrame, make_partial, parse_tcp
 from offload.netwire.rxring import RingKind, RingWriter
-from offload.netwire.tun import MAX_FRAME
 from offload.tcpseq import seq_diff
 from offload.uapi import CryptoInfo
 
@@ -362,16 +359,12 @@ def forward_rx(
     src: int, dst: int, process: Callable[[memoryview], bool], stage: FaultStage | None
 ) -> None:
     """Move frames from the peer's TUN to the host's: the faults first (what
-    the wire does before the NIC), then the NIC (``process``), then the TUN."""
-    buf = bytearray(MAX_FRAME)
-    mv = memoryview(buf)
-    iov = [buf]
-    readv = os.readv
-    oswrite = os.write
+    the wire does before the NIC), then the NIC (``process``), then the TUN.
+    A frame the RX engine fails on is dropped (the peer sends it again),
+    never the forwarding thread with it."""
+    failed: list[Exception] = []
 
     def nic(frame: memoryview) -> bool:
-        """``process``, and a frame it fails on is dropped (the peer sends it
-        again), never the forwarding thread with it."""
         try:
             return process(frame)
         except Exception as exc:  # a NIC bug: say so once, keep forwarding
@@ -380,43 +373,7 @@ def forward_rx(
                 print(f"nic: RX engine failed on a frame: {exc!r}", file=sys.stderr, flush=True)
             return False
 
-    failed: list[Exception] = []
-
-    def through_nic(frame: memoryview | bytes) -> None:
-        # Behind the fault stage every copy is the wire's own: the NIC
-        # writes plaintext over a copy, never over one a duplicate shares.
-        view = memoryview(bytearray(frame))
-        if nic(view):
-            try:  # noqa: SIM105 - per frame
-                oswrite(dst, view)
-            except OSError:
-                pass
-
-    if stage is None:
-        while True:  # once per frame: the NIC works in the read buffer
-            try:
-                n = readv(src, iov)
-            except OSError:
-                return
-            frame = mv[:n]
-            if nic(frame):
-                try:  # noqa: SIM105
-                    oswrite(dst, frame)
-                except OSError:
-                    pass
-    poller = select.poll()
-    poller.register(src, select.POLLIN)
-    clock = time.monotonic
-    wait: float | None = None
-    while True:
-        ready = poller.poll(None if wait is None else max(0, int(wait * 1000) + 1))
-        if ready:
-            try:
-                n = readv(src, iov)
-            except OSError:
-                return
-            stage.send(mv[:n], through_nic, clock())
-        wait = stage.release(through_nic, clock())
+    forward(src, dst, nic, stage, faults_first=True)
 
 
 __all__ = ["RX_NIC_COUNTERS", "NicRx", "RxFlow", "forward_rx"]
