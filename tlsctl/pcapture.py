@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -142,6 +143,17 @@ class _Nameless:
             self.temp = None
 
 
+_DROPPED = re.compile(r"Packets received/dropped on interface .*?: (\d+)/(\d+)")
+
+
+def dropped_packets(stats: str) -> int | None:
+    """The packets dumpcap says it missed, from the statistics it prints on
+    stderr when it stops (``Packets received/dropped on interface 'nic0':
+    R/D ...``); None when the line is not there."""
+    found = _DROPPED.findall(stats)
+    return sum(int(d) for _r, d in found) if found else None
+
+
 class Capture:
     """``dumpcap`` on the peer side's link of ``wire`` while the block runs;
     :meth:`finish` injects ``keylog``'s secrets and names the file."""
@@ -155,9 +167,13 @@ class Capture:
         self.dir_fd, self.name = check_target(path)
         self.raw = _Nameless(self.dir_fd, self.name)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.dropped: int | None = None
+        """Packets the capture missed (dumpcap's own count at the end), None if unknown."""
         from tlsctl.realwire import PEER_SIDE
 
-        cmd = ["dumpcap", "-q", "-n", "-i", "nic0", "-f", "tcp", "-w", "-"]
+        # -B: a kernel buffer of 64 MiB (2 MiB by default): 64 KiB GSO frames
+        # at Gbit/s fill 2 MiB in milliseconds when dumpcap waits for a core.
+        cmd = ["dumpcap", "-q", "-n", "-B", "64", "-i", "nic0", "-f", "tcp", "-w", "-"]
         try:
             self.proc = subprocess.Popen(
                 wire.argv(PEER_SIDE, cmd),
@@ -203,6 +219,7 @@ class Capture:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         if proc.stderr is not None:
+            self.dropped = dropped_packets(proc.stderr.read().decode(errors="replace"))
             proc.stderr.close()
 
     def finish(self) -> int:

@@ -267,6 +267,7 @@ def test_send_pcap_decrypts_with_tshark(pki: Pki, data: dict[int, Path], tmp_pat
     assert sha(out) == sha(src)
     assert s["pcap"] == str(pcap) and s["pcap_bytes"] == pcap.stat().st_size
     assert pcap.stat().st_mode & 0o777 == 0o600
+    assert s["pcap_dropped"] == 0  # else the file cannot hold the whole stream
     want = hashlib.sha256(src.read_bytes()).hexdigest()
     assert want in [hashlib.sha256(d).hexdigest() for d in _tshark_follow(pcap)]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cap")] == []
@@ -313,6 +314,7 @@ def test_serve_netns_behind_the_nic_to_curl_with_pcap(tmp_path: Path) -> None:
     assert wire["device_counters"]["tx_tls_encrypted_bytes"] >= len(body)
     assert wire["nic_cpu_seconds"] >= 0 and wire["host_cpu_seconds"] >= 0
     assert wire["pcap_bytes"] == pcap.stat().st_size
+    assert wire["pcap_dropped"] == 0  # else the file cannot hold the whole stream
     served = _tshark_follow(pcap)
     assert any(d.endswith(body) and b"HTTP/1.1 200" in d[:200] for d in served)
 
@@ -466,3 +468,36 @@ def test_send_netns_waits_for_a_receiver_started_by_hand(
     s = json.loads(stdout)
     assert s["sha256"] == sha(src) == sha(out) and "peer_status" not in s
     _check_wire_summary(s, src.stat().st_size)
+
+
+def test_capture_reads_the_packets_dumpcap_missed() -> None:
+    """``--pcap`` reports what dumpcap says it dropped when it stops (its
+    statistics on stderr, as dumpcap 4.x prints them even with ``-q``), so a
+    capture that misses packets says so instead of looking complete (a
+    tshark follow of such a file gave a different stream, once, under load)."""
+    from tlsctl.pcapture import dropped_packets
+
+    quiet = (
+        "File: -\nPackets captured: 812\nPackets received/dropped on interface 'nic0': "
+        "812/37 (pcap:37/dumpcap:0/flushed:0/ps_ifdrop:0) (95.6%)\n"
+    )
+    assert dropped_packets(quiet) == 37
+    clean = quiet.replace("812/37 (pcap:37", "812/0 (pcap:0")
+    assert dropped_packets(clean) == 0
+    assert dropped_packets("dumpcap: killed\n") is None
+
+
+@needs_tshark
+def test_dumpcap_prints_the_statistics_the_capture_reads() -> None:
+    """The line :func:`dropped_packets` reads is dumpcap's own: a one-second
+    capture on loopback, ``-q`` as the capture runs it."""
+    from tlsctl.pcapture import dropped_packets
+
+    r = subprocess.run(
+        ["dumpcap", "-q", "-n", "-i", "lo", "-f", "tcp", "-a", "duration:1", "-w", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert dropped_packets(r.stderr) == 0, r.stderr

@@ -331,6 +331,11 @@ def _wire_done(summary: dict[str, Any], out: Output) -> None:
             f"capture: {summary['pcap']} ({summary['pcap_bytes']} bytes, secrets embedded)",
             quiet=out.quiet,
         )
+        if summary.get("pcap_dropped"):
+            warn(
+                f"warning: --pcap: the capture missed {summary['pcap_dropped']} packets "
+                "(dumpcap could not keep up): it does not hold the whole stream"
+            )
 
 
 def _brief(res: HandshakeResult, offload: str, head: str) -> None:

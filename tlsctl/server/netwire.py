@@ -46,6 +46,7 @@ class WiredServer:
         if self.capture is not None:
             out["pcap"] = self.capture.path
             out["pcap_bytes"] = self.capture.finish()
+            out["pcap_dropped"] = self.capture.dropped  # > 0: the file misses packets
             self.capture = None
         return out
 

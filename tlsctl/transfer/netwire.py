@@ -131,4 +131,10 @@ def send_on_wire(
         if capture is not None:
             result["pcap"] = spec.pcap
             result["pcap_bytes"] = capture.finish()
+            result["pcap_dropped"] = capture.dropped
+            if capture.dropped:
+                hooks.warn(
+                    f"warning: --pcap: the capture missed {capture.dropped} packets "
+                    "(dumpcap could not keep up): it does not hold the whole stream"
+                )
         return result, where
