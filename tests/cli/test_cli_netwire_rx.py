@@ -124,7 +124,7 @@ def check(
     dev = wire["device_counters"]
     assert dev["rx_tls_ctx"] >= 1 and dev["rx_tls_del"] == dev["rx_tls_ctx"]
     if decrypts and scheme != "core" and src.stat().st_size >= 1 << 20:
-        assert rx["rx_records_device"] > 0
+        assert rx["rx_records_device"] > 0, (rx, dev, wire.get("faults_injected"))
         assert dev["rx_tls_decrypted_packets"] > 0
         assert dev["rx_tls_decrypted_bytes"] > 0
     assert wire["host_cpu_seconds"] >= 0 and wire["nic_cpu_seconds"] >= 0
