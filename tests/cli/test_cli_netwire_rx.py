@@ -172,7 +172,16 @@ def test_serve_netns_rx_offload_under_faults(
 ) -> None:
     """The faults act on frames before the NIC (the peer kernel's
     retransmissions reach its RX engine): every byte right, each record
-    counted once, faults injected towards the host."""
+    counted once, faults injected towards the host.
+
+    Whether the NIC decrypts anything here is luck, not structure: 3 MiB
+    crosses in about 50 GSO frames of up to 64 KiB, the mixed faults hit
+    one every few frames, and each drop or reorder costs the NIC its
+    tracking and a resync of a frame or two (seen once in about 20 runs
+    under load: six resyncs, one confirmed, no whole frame decrypted in
+    between).  The fault-free tests require decryption, where it is
+    structural; the seeded soak in ``tests/interop/test_netwire_rx.py``
+    shows the NIC decrypting under faults across seeds."""
     version, suite = SUITES[list(SCHEMES).index(scheme) + 3 * (faults == MIXED)]
     src = data[3 << 20] if faults == MIXED else data[1 << 20]
     dest = tmp_path / "got.bin"
@@ -180,7 +189,7 @@ def test_serve_netns_rx_offload_under_faults(
     conn, wire, _ = serve_rx(
         pki, src, dest, s_client(version, suite), "--rx-resync", scheme, "--faults", spec
     )
-    check(conn, wire, src, dest, scheme, decrypts=faults == MIXED)
+    check(conn, wire, src, dest, scheme, decrypts=False)
     assert wire["faults"] == spec
     if faults != MIXED:
         assert wire["faults_injected"]["back_drop"] > 0
