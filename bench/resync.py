@@ -28,7 +28,7 @@ from offload.netdev import NetDevice, Segment
 from offload.tcpseq import SeqSpace
 from offload.tls_device import DeviceTx
 from offload.tls_sw import SwTx
-from offload.uapi import CIPHER_SPECS, TLS_1_2_VERSION, TLS_1_3_VERSION, CipherType, CryptoInfo
+from offload.uapi import TLS_1_2_VERSION, TLS_1_3_VERSION, CipherType, CryptoInfo
 from tlsctl.benchrun.fit import least_squares
 
 CIPHERS = {
@@ -41,15 +41,7 @@ PREFIXES = (0, 1024, 2048, 4096, 6144, 8192, 10240, 12288, 14336)
 
 
 def run(version: int, cipher: CipherType, rounds: int) -> dict[str, object]:
-    spec = CIPHER_SPECS[cipher]
-    info = CryptoInfo.create(
-        version,
-        cipher,
-        key=os.urandom(spec.key_size),
-        iv=os.urandom(spec.iv_size),
-        salt=os.urandom(spec.salt_size),
-        seq=1,
-    )
+    info = CryptoInfo.random(version, cipher, seq=1)
     nic = SimNic()
     space = SeqSpace()
     tx = DeviceTx(info, NetDevice("nic0", nic), space, 0)

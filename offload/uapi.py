@@ -11,7 +11,9 @@ rec_seq`` as plain byte arrays with no padding).  ``unpack`` validates the way
 from __future__ import annotations
 
 import errno
+import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
@@ -203,6 +205,27 @@ class CryptoInfo:
         """Build the right subclass for ``cipher``."""
         cls = INFO_TYPES[int(cipher)]
         return cls(version, iv, key, salt, seq.to_bytes(cls.spec.rec_seq_size, "big"))
+
+    @staticmethod
+    def random(
+        version: int,
+        cipher: CipherType,
+        *,
+        seq: int = 0,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ) -> CryptoInfo:
+        """Fresh random key, IV and salt (drawn in that order) for a stream no
+        handshake made: benchmarks and tests.  ``randbytes`` lets a seeded
+        test draw them from its own ``random.Random``."""
+        spec = CIPHER_SPECS[cipher]
+        return CryptoInfo.create(
+            version,
+            cipher,
+            key=randbytes(spec.key_size),
+            iv=randbytes(spec.iv_size),
+            salt=randbytes(spec.salt_size),
+            seq=seq,
+        )
 
 
 @dataclass(frozen=True, repr=False)

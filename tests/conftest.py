@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from offload.uapi import CIPHER_SPECS, TLS_1_2_VERSION, TLS_1_3_VERSION, CipherType, CryptoInfo
+from offload.uapi import TLS_1_2_VERSION, TLS_1_3_VERSION, CipherType, CryptoInfo
 
 VERSIONS = [TLS_1_2_VERSION, TLS_1_3_VERSION]
 CIPHERS = list(CipherType)
@@ -22,15 +21,7 @@ def combo_id(vc: tuple[int, CipherType]) -> str:
 
 
 def random_info(version: int, cipher: CipherType, seq: int = 0) -> CryptoInfo:
-    spec = CIPHER_SPECS[cipher]
-    return CryptoInfo.create(
-        version,
-        cipher,
-        key=os.urandom(spec.key_size),
-        iv=os.urandom(spec.iv_size),
-        salt=os.urandom(spec.salt_size),
-        seq=seq,
-    )
+    return CryptoInfo.random(version, cipher, seq=seq)
 
 
 @pytest.fixture

@@ -35,7 +35,6 @@ from offload.rxwire import RxWire
 from offload.tcpseq import SEQ_MOD, SeqSpace
 from offload.tls_sw import SwTx
 from offload.uapi import (
-    CIPHER_SPECS,
     SOL_TCP,
     SOL_TLS,
     TCP_ULP,
@@ -58,15 +57,7 @@ SOAK: dict[str, list[dict[str, Any]]] = {s.name: [] for s in SCHEMES}
 
 
 def _info(rng: random.Random, version: int, cipher: CipherType) -> CryptoInfo:
-    spec = CIPHER_SPECS[cipher]
-    return CryptoInfo.create(
-        version,
-        cipher,
-        key=rng.randbytes(spec.key_size),
-        iv=rng.randbytes(spec.iv_size),
-        salt=rng.randbytes(spec.salt_size),
-        seq=rng.randrange(1, 1000),
-    )
+    return CryptoInfo.random(version, cipher, seq=rng.randrange(1, 1000), randbytes=rng.randbytes)
 
 
 def _sizes(rng: random.Random) -> list[int]:

@@ -44,7 +44,6 @@ from offload.netdev import RxSyncType, create_device
 from offload.rxwire import RxWire
 from offload.tls_sw import SwTx
 from offload.uapi import (
-    CIPHER_SPECS,
     SOL_TCP,
     SOL_TLS,
     TCP_ULP,
@@ -84,15 +83,7 @@ class RxStream:
 def stream_info(version: int, cipher: CipherType = CipherType.AES_GCM_128) -> CryptoInfo:
     """Fresh random keys for one sealed stream (the first record is seq 1, as
     after a handshake)."""
-    spec = CIPHER_SPECS[cipher]
-    return CryptoInfo.create(
-        version,
-        cipher,
-        key=os.urandom(spec.key_size),
-        iv=os.urandom(spec.iv_size),
-        salt=os.urandom(spec.salt_size),
-        seq=1,
-    )
+    return CryptoInfo.random(version, cipher, seq=1)
 
 
 def seal_stream(path: str, info: CryptoInfo, size: int, record_size: int = 16384) -> None:
