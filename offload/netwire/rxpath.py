@@ -385,7 +385,12 @@ class NetRxPath:
             a = max(a, cur)
             if a > cur:
                 pieces.append((cur, a, 0))
-            pieces.append((a, b, g))
+            if pieces and pieces[-1][1] == a and pieces[-1][2] == g:
+                # the next frame under the same mark: one delivery for the run
+                # (as the in-process wire delivers same-mark segments)
+                pieces[-1] = (pieces[-1][0], b, g)
+            else:
+                pieces.append((a, b, g))
             cur = b
         if cur < end:
             pieces.append((cur, end, 0))
