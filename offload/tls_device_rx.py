@@ -170,20 +170,26 @@ class DeviceRx(SwRx):
         """Bytes that never went through the NIC (read before TLS_RX)."""
         self.deliver(self.fed, memoryview(data), 0)
 
-    def deliver(self, offset: int, data: memoryview, mark: int) -> None:
+    def deliver(self, offset: int, data: memoryview, mark: int, *, quiet: bool = False) -> None:
         """In-order bytes at stream ``offset`` with their packet's mark (a
-        generation, 0 for a packet that came as it was on the wire)."""
+        generation, 0 for a packet that came as it was on the wire).
+
+        ``quiet``: bytes that reached the host while the stack did not
+        listen for record headers, delivered late (a wire that batches its
+        NIC work, ``offload.rxwire.RxWire._flush``): the walk does not see
+        them now either, and catches up silently when it next listens."""
         if offset != self.fed:
             raise ValueError(f"RX bytes out of order: {offset} after {self.fed}")
         n = len(data)
         if not n:
             return
         self.parser.feed(data)
-        self._arrived(offset, data, mark)
+        self._arrived(offset, data, mark, quiet)
 
-    def _arrived(self, offset: int, data: memoryview, mark: int) -> None:
+    def _arrived(self, offset: int, data: memoryview, mark: int, quiet: bool = False) -> None:
         """Bytes now in the parser at ``offset``: extend or add their mark
-        range, advance ``fed``, and let the record walk see them."""
+        range, advance ``fed``, and let the record walk see them (unless
+        ``quiet``: see ``deliver``)."""
         end = offset + len(data)
         if mark:
             marks = self._marks
@@ -192,7 +198,7 @@ class DeviceRx(SwRx):
             else:
                 marks.append((offset, end, mark))
         self.fed = end
-        if self.resync.listening:
+        if self.resync.listening and not quiet:
             if self._walked < offset:
                 self._catch_up(offset)
             self.walk.delivered(offset, data)
