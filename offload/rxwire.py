@@ -51,15 +51,19 @@ class _RxBuf(bytearray):
 
 
 class _Arrival:
-    """A segment queued for the NIC (``RxWire._flush``): its buffer, and the
-    host deliveries its reaching the reassembler released."""
+    """A segment queued for the NIC (``RxWire._flush``): the segment the NIC
+    sees, what carries its mark (its own RX buffer, or itself when the NIC
+    works in the received bytes), and the host deliveries (stream offset,
+    bytes, what carries their mark) its arrival released."""
 
-    __slots__ = ("buf", "deliveries", "offset")
+    __slots__ = ("deliveries", "holder", "mark", "offset", "segment")
 
-    def __init__(self, offset: int, buf: _RxBuf) -> None:
+    def __init__(self, offset: int, segment: Segment, holder: _RxBuf | None) -> None:
         self.offset = offset
-        self.buf = buf
-        self.deliveries: list[tuple[int, memoryview]] = []
+        self.segment = segment
+        self.mark = 0
+        self.holder: _RxBuf | _Arrival = holder if holder is not None else self
+        self.deliveries: list[tuple[int, memoryview, _RxBuf | _Arrival]] = []
 
 
 class RxWire(TxPipeline):
@@ -231,6 +235,80 @@ class RxWire(TxPipeline):
         if not lost:  # a lost copy never reached the NIC: its retransmission is held
             self._queue(off, seg.payload)
 
+    def _faulty(self, off: int, seg: Segment) -> None:
+        """``TxPipeline._faulty`` with a short way for the common segment: one
+        the faults leave alone (drawn as there, in the same order: no split,
+        not lost, not held, no copy), in order, with nothing waiting in the
+        reassembler, in a writable buffer.  It is the one copy of its bytes
+        on the wire, so the NIC may work in the received bytes themselves
+        (as on the in-place path) and the host gets them straight after:
+        no RX buffer, no reassembly - what the reassembler would do with it
+        (deliver it at once) done directly."""
+        rx = self.rx
+        payload = seg.payload
+        n = len(payload)
+        if (
+            not self.batch_nic
+            or rx is None
+            or rx.ctx is None
+            or self.fallback_device is not None
+            or payload.readonly
+        ):
+            super()._faulty(off, seg)
+            return
+        f, rng = self.faults, self.rng
+        if n > 1 and rng.random() < f.split:
+            self._split(off, seg, rng.randrange(1, n))
+            return
+        lost = rng.random() < f.drop
+        reorder = rng.random() < f.reorder
+        reasm = self.reasm
+        if lost or reorder or off != reasm.next or reasm.pending:
+            self._act(off, seg, lost, reorder)
+            return
+        if rng.random() < f.dup:  # sent, and a second copy held
+            self._xmit(off, seg, False)
+            self.counts.dup += 1
+            self._hold(off, seg, redirect=False, delay=rng.randint(0, 8))
+            return
+        self._clock += 1
+        self._started = True
+        reasm.next += n
+        arrival = _Arrival(off, seg, None)
+        arrival.deliveries.append((off, payload, arrival))
+        self._arrivals.append(arrival)
+
+    def _split(self, off: int, seg: Segment, cut: int) -> None:
+        """The rest of ``TxPipeline._faulty`` for a segment split at ``cut``
+        (drawn already): each piece's faults drawn and acted on in turn."""
+        self.counts.split += 1
+        rng, f = self.rng, self.faults
+        for o, s in (
+            (off, Segment(seg.seq, seg.payload[:cut])),
+            (off + cut, Segment(self.space.seq(off + cut), seg.payload[cut:])),
+        ):
+            lost = rng.random() < f.drop
+            reorder = rng.random() < f.reorder
+            self._act(o, s, lost, reorder)
+
+    def _act(self, off: int, seg: Segment, lost: bool, reorder: bool) -> None:
+        """The rest of ``TxPipeline._faulty`` for one piece whose loss and
+        reordering are drawn: the same actions and draws in the same order
+        (RX has no redirect: there is no second device)."""
+        c, rng = self.counts, self.rng
+        if reorder:
+            c.reorder += 1
+            self._hold(off, seg, False, rng.randint(1, 4), lost=lost)
+        else:
+            self._xmit(off, seg, False, lost=lost)
+        if lost:
+            c.drop += 1
+            c.retransmit += 1
+            self._hold(off, seg, redirect=False, delay=rng.randint(1, 6))
+        if rng.random() < self.faults.dup:
+            c.dup += 1
+            self._hold(off, seg, redirect=False, delay=rng.randint(0, 8))
+
     def _queue(self, off: int, payload: Buffer) -> None:
         """A segment reaches the reassembler now and the NIC at the next
         ``_flush`` (``arrive`` at once without batching or a context)."""
@@ -239,11 +317,12 @@ class RxWire(TxPipeline):
             self.arrive(off, payload)
             return
         self._started = True
-        arrival = _Arrival(off, _RxBuf(payload))
+        buf = _RxBuf(payload)
+        arrival = _Arrival(off, Segment(self.space.seq(off), memoryview(buf)), buf)
         self._arrivals.append(arrival)
         self._batching = arrival
         try:
-            self.reasm.receive(off, memoryview(arrival.buf))
+            self.reasm.receive(off, memoryview(buf))
         finally:
             self._batching = None
 
@@ -272,33 +351,34 @@ class RxWire(TxPipeline):
             return
         ctx = rx.ctx
         driver = cast(RxDriver, self.device.driver)
-        seq_of = self.space.seq
         resync = rx.resync
         gen = rx.generation
         clock = time.thread_time
-        waiting: list[tuple[int, memoryview]] = []
+        waiting: list[tuple[memoryview, _RxBuf | _Arrival]] = []  # delivered unheard, not yet given
+        at = rx.fed  # where the waiting bytes start
+        listening = resync.listening
         nic = 0.0
         t0 = clock()
         for a in arrivals:
-            was = resync.listening
-            if ctx is not None and driver.rx(
-                ctx, Segment(seq_of(a.offset), memoryview(a.buf)), resync
-            ):
-                a.buf.mark = gen
-            if not (was or resync.listening):
-                waiting += a.deliveries
+            if ctx is not None and driver.rx(ctx, a.segment, resync):
+                a.holder.mark = gen
+            if not (listening or resync.listening):
+                for _off, mv, holder in a.deliveries:
+                    waiting.append((mv, holder))
                 continue
             t1 = clock()
             nic += t1 - t0
-            for off, mv in waiting:
-                rx.deliver(off, mv, cast(_RxBuf, mv.obj).mark, quiet=True)
-            waiting = []
-            for off, mv in a.deliveries:
-                rx.deliver(off, mv, cast(_RxBuf, mv.obj).mark)
+            if waiting:
+                rx.deliver_unheard(at, [(mv, h.mark) for mv, h in waiting])
+                waiting = []
+            for off, mv, holder in a.deliveries:
+                rx.deliver(off, mv, holder.mark)
+            at = rx.fed
+            listening = resync.listening
             t0 = clock()
         self.device_seconds += nic + (clock() - t0)
-        for off, mv in waiting:
-            rx.deliver(off, mv, cast(_RxBuf, mv.obj).mark)
+        if waiting:
+            rx.deliver_unheard(at, [(mv, h.mark) for mv, h in waiting])
 
     def _delivered(self, data: bytes | bytearray | memoryview) -> None:
         rx = self.rx
@@ -306,10 +386,10 @@ class RxWire(TxPipeline):
             return
         mv = memoryview(data)
         offset = self.reasm.next - len(mv)
-        if self._batching is not None:
-            self._batching.deliveries.append((offset, mv))
-            return
         owner = mv.obj
+        if self._batching is not None:
+            self._batching.deliveries.append((offset, mv, cast(_RxBuf, owner)))
+            return
         mark = owner.mark if isinstance(owner, _RxBuf) else 0
         rx.deliver(offset, mv, mark)
 

@@ -723,7 +723,10 @@ def test_property_any_segmentation_and_faults_equal_software(sc: dict[str, Any])
 def _faulty_run(sc: dict[str, Any], stream: bytes, keys: list[CryptoInfo], batch: bool) -> Any:
     """``stream`` through a faulty wire in ``sc["chunk"]`` reads, the host
     reading after each: what it read and every count, with the NIC's work
-    batched per read (``RxWire._flush``) or one arrival at a time."""
+    batched per read (``RxWire._flush``) or one arrival at a time.  Reads
+    in writable buffers (``sc["writable"]``, as the socket's) let the
+    segments the faults leave alone skip the RX buffer and the reassembler
+    (``RxWire._faulty``)."""
     wire, rx, dev = _rx(keys[0], sc["sync"], isn=sc["isn"], mss=sc["mss"], faults=sc["faults"])
     wire.batch_nic = batch
     got: list[Rec] = []
@@ -732,7 +735,8 @@ def _faulty_run(sc: dict[str, Any], stream: bytes, keys: list[CryptoInfo], batch
         if a < 0:
             wire.drain()
         else:
-            wire.receive(stream[a : a + sc["chunk"]])
+            piece = stream[a : a + sc["chunk"]]
+            wire.receive(bytearray(piece) if sc["writable"] else piece)
         _read(rx, got)
         if rx.key_update_pending:
             rx.rekey(next(next_keys))
@@ -763,6 +767,7 @@ def _batch_cases(draw: st.DrawFn) -> dict[str, Any]:
         "sync": draw(st.sampled_from(list(RxSyncType))),
         "key_update": version == TLS_1_3_VERSION and draw(st.booleans()),
         "false_header": draw(st.booleans()),
+        "writable": draw(st.booleans()),
     }
 
 
@@ -770,10 +775,12 @@ def _batch_cases(draw: st.DrawFn) -> dict[str, Any]:
 @given(_batch_cases())
 def test_property_batched_nic_is_one_arrival_at_a_time(sc: dict[str, Any]) -> None:
     """Any faults (loss always: the NIC asks for resync mid-read), any
-    scheme, a KeyUpdate, records holding false headers: the general path
-    with the NIC's work batched per read (deliveries waiting while the stack
-    does not listen, made quietly when a segment makes it listen) reads the
-    same bytes and ends with every count equal to one arrival at a time."""
+    scheme, a KeyUpdate, records holding false headers, reads in read-only
+    or writable buffers: the general path with the NIC's work batched per
+    read (deliveries waiting while the stack does not listen, made quietly
+    when a segment makes it listen; segments no fault touched worked on in
+    the received bytes) reads the same bytes and ends with every count, and
+    the faults injected, equal to one arrival at a time."""
     info = random_info(sc["version"], CipherType.AES_GCM_128, seq=3)
     fake = bytes([DATA, 3, 3, 0, 40]) * 30  # plaintext that looks like record headers
     recs = [
