@@ -51,16 +51,17 @@ class _RxBuf(bytearray):
 
 
 class _Arrival:
-    """A segment queued for the NIC (``RxWire._flush``): the segment the NIC
-    sees, what carries its mark (its own RX buffer, or itself when the NIC
-    works in the received bytes), and the host deliveries (stream offset,
-    bytes, what carries their mark) its arrival released."""
+    """A segment queued for the NIC (``RxWire._flush``): where it starts and
+    the bytes the NIC sees, what carries its mark (its own RX buffer, or
+    itself when the NIC works in the received bytes), and the host
+    deliveries (stream offset, bytes, what carries their mark) its arrival
+    released."""
 
-    __slots__ = ("deliveries", "holder", "mark", "offset", "segment")
+    __slots__ = ("deliveries", "holder", "mark", "offset", "payload")
 
-    def __init__(self, offset: int, segment: Segment, holder: _RxBuf | None) -> None:
+    def __init__(self, offset: int, payload: memoryview, holder: _RxBuf | None) -> None:
         self.offset = offset
-        self.segment = segment
+        self.payload = payload
         self.mark = 0
         self.holder: _RxBuf | _Arrival = holder if holder is not None else self
         self.deliveries: list[tuple[int, memoryview, _RxBuf | _Arrival]] = []
@@ -235,48 +236,69 @@ class RxWire(TxPipeline):
         if not lost:  # a lost copy never reached the NIC: its retransmission is held
             self._queue(off, seg.payload)
 
-    def _faulty(self, off: int, seg: Segment) -> None:
-        """``TxPipeline._faulty`` with a short way for the common segment: one
-        the faults leave alone (drawn as there, in the same order: no split,
-        not lost, not held, no copy), in order, with nothing waiting in the
-        reassembler, in a writable buffer.  It is the one copy of its bytes
-        on the wire, so the NIC may work in the received bytes themselves
-        (as on the in-place path) and the host gets them straight after:
-        no RX buffer, no reassembly - what the reassembler would do with it
-        (deliver it at once) done directly."""
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        """``TxPipeline._send`` on a faulty wire, with a short way for the
+        common segment: one the faults leave alone (drawn as
+        ``TxPipeline._faulty`` draws, in the same order: no split, not lost,
+        not held, no copy), in order with nothing waiting in the
+        reassembler, in a writable buffer (the socket's).  It is the one copy
+        of its bytes on the wire, so the NIC may work in the received bytes
+        themselves (as on the in-place path) and the host gets them straight
+        after: no RX buffer, no reassembly - what the reassembler would do
+        with it (deliver it at once) done directly.  The loop is
+        ``TxPipeline._send``'s and ``_faulty``'s, inlined: at MSS 1448 the
+        per-segment Python is most of the host's cost under loss."""
+        mv = memoryview(data)
         rx = self.rx
-        payload = seg.payload
-        n = len(payload)
         if (
-            not self.batch_nic
+            not self.faults.any
+            or not self.batch_nic
             or rx is None
             or rx.ctx is None
             or self.fallback_device is not None
-            or payload.readonly
+            or mv.readonly
         ):
-            super()._faulty(off, seg)
+            super()._send(data)
             return
-        f, rng = self.faults, self.rng
-        if n > 1 and rng.random() < f.split:
-            self._split(off, seg, rng.randrange(1, n))
-            return
-        lost = rng.random() < f.drop
-        reorder = rng.random() < f.reorder
-        reasm = self.reasm
-        if lost or reorder or off != reasm.next or reasm.pending:
-            self._act(off, seg, lost, reorder)
-            return
-        if rng.random() < f.dup:  # sent, and a second copy held
-            self._xmit(off, seg, False)
-            self.counts.dup += 1
-            self._hold(off, seg, redirect=False, delay=rng.randint(0, 8))
-            return
-        self._clock += 1
+        offset = self.offset
+        n = len(mv)
+        self.offset += n
         self._started = True
-        reasm.next += n
-        arrival = _Arrival(off, seg, None)
-        arrival.deliveries.append((off, payload, arrival))
-        self._arrivals.append(arrival)
+        mss = self.segmenter.mss
+        seq_of = self.space.seq
+        f = self.faults
+        p_split, p_drop, p_reorder, p_dup = f.split, f.drop, f.reorder, f.dup
+        rnd = self.rng.random
+        reasm = self.reasm
+        held = self._held
+        arrivals = self._arrivals
+        window = self.window
+        for i in range(0, n, mss):
+            off = offset + i
+            payload = mv[i : i + mss]
+            ln = len(payload)
+            if ln > 1 and rnd() < p_split:
+                self._split(off, Segment(seq_of(off), payload), self.rng.randrange(1, ln))
+            else:
+                lost = rnd() < p_drop
+                reorder = rnd() < p_reorder
+                if lost or reorder or off != reasm.next or reasm.pending:
+                    self._act(off, Segment(seq_of(off), payload), lost, reorder)
+                elif rnd() < p_dup:  # sent, and a second copy held
+                    seg = Segment(seq_of(off), payload)
+                    self._xmit(off, seg, False)
+                    self.counts.dup += 1
+                    self._hold(off, seg, redirect=False, delay=self.rng.randint(0, 8))
+                else:
+                    self._clock += 1
+                    reasm.next += ln
+                    arrival = _Arrival(off, payload, None)
+                    arrival.deliveries.append((off, payload, arrival))
+                    arrivals.append(arrival)
+            if held and held[0].due <= self._clock:
+                self._release(due_only=True)
+            if off + ln - reasm.next > window:
+                self._release_window(off + ln)
 
     def _split(self, off: int, seg: Segment, cut: int) -> None:
         """The rest of ``TxPipeline._faulty`` for a segment split at ``cut``
@@ -318,7 +340,7 @@ class RxWire(TxPipeline):
             return
         self._started = True
         buf = _RxBuf(payload)
-        arrival = _Arrival(off, Segment(self.space.seq(off), memoryview(buf)), buf)
+        arrival = _Arrival(off, memoryview(buf), buf)
         self._arrivals.append(arrival)
         self._batching = arrival
         try:
@@ -359,8 +381,9 @@ class RxWire(TxPipeline):
         listening = resync.listening
         nic = 0.0
         t0 = clock()
+        seq_of = self.space.seq
         for a in arrivals:
-            if ctx is not None and driver.rx(ctx, a.segment, resync):
+            if ctx is not None and driver.rx(ctx, Segment(seq_of(a.offset), a.payload), resync):
                 a.holder.mark = gen
             if not (listening or resync.listening):
                 for _off, mv, holder in a.deliveries:
