@@ -362,6 +362,11 @@ class Server:
                     sock.close()
             except OSError:
                 pass
+            if rec.get("ok") and isinstance(chan, KtlsChannel):
+                # Again after the close: its tls_dev_del is in the NIC's
+                # counters now (tx_tls_del, rx_tls_del), as ethtool -S shows
+                # them once the connection is gone.
+                rec.update(device_report(chan.k))
             if self.config.count_cpu:
                 rec["host_cpu_seconds"] = round(time.thread_time() - cpu0, 6)
             with self._lock:
