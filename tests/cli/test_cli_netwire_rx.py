@@ -259,3 +259,52 @@ def test_rx_resync_on_the_real_wire_is_accepted() -> None:
     assert spec == DeviceSpec("sim-nic", rx_resync="async")
     r = run_tlsctl("serve", "--wire", "netns", "--offload", "sw", "--rx-resync", "core")
     assert r.returncode == 2 and "--rx-resync" in r.stderr and "Traceback" not in r.stderr
+
+
+def _serve_exec_peer(*args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """``serve --wire netns --offload sim-nic --json ... --exec-peer CMD``
+    run to its end (no -naccept: the peer's exit ends it); its JSON lines."""
+    cmd = [
+        sys.executable, "-m", "tlsctl.cli", "serve", "-accept", "0", "--wire", "netns",
+        "--offload", "sim-nic", "--json", *args,
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    return r, [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+
+
+@needs_wire
+def test_serve_exec_peer_runs_the_client_and_ends_with_it(
+    data: dict[int, Path], tmp_path: Path
+) -> None:
+    """Two ``s_client`` runs one after the other from the peer namespace,
+    told where to go by ``$TLSCTL_CONNECT``: both served (RX through the
+    NIC), and the server ends by itself when the command has exited."""
+    src = data[1 << 20]
+    one = f"openssl s_client -quiet -no_ign_eof -nocommands -connect $TLSCTL_CONNECT < {src}"
+    r, events = _serve_exec_peer("--save-dir", str(tmp_path), "--exec-peer", f"{one} && {one}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    conns = [e for e in events if e.get("event") == "connection"]
+    assert len(conns) == 2 and all(c["ok"] for c in conns), conns
+    for c in conns:
+        assert c["sha256"] == sha(src) == sha(Path(c["file"]))
+        assert c["rx_offload"]["rx_records_device"] > 0
+    wire = next(e for e in events if e.get("event") == "wire")
+    assert wire["peer_status"] == 0
+    assert wire["device_counters"]["rx_tls_ctx"] == wire["device_counters"]["rx_tls_del"] == 2
+
+
+@needs_wire
+def test_serve_exec_peer_failing_is_the_runs_failure() -> None:
+    """A client that fails (here: never connects) is the run's failure even
+    though the server saw nothing wrong: exit 3, one line saying so."""
+    r, events = _serve_exec_peer("--sink", "--exec-peer", "exit 7")
+    assert r.returncode == 3, r.stderr
+    err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+    assert err == ["Error: --exec-peer 'exit 7' exited with status 7"], r.stderr
+    assert "Traceback" not in r.stderr
+    assert next(e for e in events if e.get("event") == "wire")["peer_status"] == 7
+
+
+def test_serve_exec_peer_needs_the_real_wire() -> None:
+    r = run_tlsctl("serve", "--sink", "--exec-peer", "true")
+    assert r.returncode == 2 and "--exec-peer goes with --wire netns" in r.stderr

@@ -142,6 +142,9 @@ class Server:
         self.warn = warn
         self.connected = connected  # -brief: told once each connection is handed off
         self.stop = threading.Event()
+        self.enough = threading.Event()
+        """Stop accepting, as ``naccept`` does: the connections being
+        served end by themselves (``stop`` cuts them after a grace)."""
         self.accepted = 0
         self.failed = 0
         self.interrupted = 0  # cut by our own stop
@@ -174,6 +177,8 @@ class Server:
             while not self.stop.is_set():
                 self.log_limited.flush()
                 if self.naccept is not None and self.accepted >= self.naccept:
+                    break
+                if self.enough.is_set():
                     break
                 if not self._slots.acquire(timeout=_POLL):
                     continue
