@@ -27,7 +27,8 @@ stack listens for record headers, when each arrival's bytes reach it
 before the NIC sees the next segment, as one arrival at a time would.
 The outcome is exactly ``arrive`` per segment (see ``_flush``); what goes
 is two ``thread_time`` calls per segment (about 2 of the ~9 us per MSS-1448
-segment this path cost).
+segment this path cost), and for a segment no fault touches the RX buffer
+copy and the reassembler too (``_send``).
 """
 
 from __future__ import annotations
@@ -358,8 +359,8 @@ class RxWire(TxPipeline):
         sees (parser, marks).  So while the stack does not listen, the NIC
         runs on one arrival after another under one clock, and the
         deliveries wait.  When a segment makes the stack listen (the NIC
-        asked for resync), the deliveries that waited are made *quietly*
-        (``DeviceRx.deliver(quiet=True)``: as they were made, when nobody
+        asked for resync), the deliveries that waited are made *unheard*
+        (``DeviceRx.deliver_unheard``: as they were made, when nobody
         listened), then that segment's own, listened to; while the stack
         listens each arrival's deliveries follow its NIC call at once.  The
         reassembler's bookkeeping ran as each segment came (its next byte
@@ -376,7 +377,7 @@ class RxWire(TxPipeline):
         resync = rx.resync
         gen = rx.generation
         clock = time.thread_time
-        waiting: list[tuple[memoryview, _RxBuf | _Arrival]] = []  # delivered unheard, not yet given
+        waiting: list[tuple[memoryview, _RxBuf | _Arrival]] = []  # made unheard, not yet given
         at = rx.fed  # where the waiting bytes start
         listening = resync.listening
         nic = 0.0

@@ -170,28 +170,26 @@ class DeviceRx(SwRx):
         """Bytes that never went through the NIC (read before TLS_RX)."""
         self.deliver(self.fed, memoryview(data), 0)
 
-    def deliver(self, offset: int, data: memoryview, mark: int, *, quiet: bool = False) -> None:
+    def deliver(self, offset: int, data: memoryview, mark: int) -> None:
         """In-order bytes at stream ``offset`` with their packet's mark (a
-        generation, 0 for a packet that came as it was on the wire).
-
-        ``quiet``: bytes that reached the host while the stack did not
-        listen for record headers, delivered late (a wire that batches its
-        NIC work, ``offload.rxwire.RxWire._flush``): the walk does not see
-        them now either, and catches up silently when it next listens."""
+        generation, 0 for a packet that came as it was on the wire)."""
         if offset != self.fed:
             raise ValueError(f"RX bytes out of order: {offset} after {self.fed}")
         n = len(data)
         if not n:
             return
         self.parser.feed(data)
-        self._arrived(offset, data, mark, quiet)
+        self._arrived(offset, data, mark)
 
     def deliver_unheard(self, offset: int, pieces: list[tuple[memoryview, int]]) -> None:
-        """``deliver(quiet=True)`` for a run of in-order pieces (each with its
-        packet's mark) starting at stream ``offset``: one copy into the
-        parser per piece, one mark range per run of equal marks, and no
-        record walk (nobody listened when they came).  What a wire batching
-        its NIC work hands over at once (``offload.rxwire.RxWire._flush``)."""
+        """``deliver`` for a run of in-order pieces (each with its packet's
+        mark) starting at stream ``offset`` that reached the host while the
+        stack did not listen for record headers, handed over late by a wire
+        that batches its NIC work (``offload.rxwire.RxWire._flush``): one
+        copy into the parser per piece, one mark range per run of equal
+        marks, and no record walk, even if the stack listens by now (it did
+        not when they came; the walk catches up silently when it next
+        looks, as after any bytes nobody listened for)."""
         if offset != self.fed:
             raise ValueError(f"RX bytes out of order: {offset} after {self.fed}")
         total = 0
@@ -217,10 +215,9 @@ class DeviceRx(SwRx):
         self.parser.commit(total)
         self.fed = offset + total
 
-    def _arrived(self, offset: int, data: memoryview, mark: int, quiet: bool = False) -> None:
+    def _arrived(self, offset: int, data: memoryview, mark: int) -> None:
         """Bytes now in the parser at ``offset``: extend or add their mark
-        range, advance ``fed``, and let the record walk see them (unless
-        ``quiet``: see ``deliver``)."""
+        range, advance ``fed``, and let the record walk see them."""
         end = offset + len(data)
         if mark:
             marks = self._marks
@@ -229,7 +226,7 @@ class DeviceRx(SwRx):
             else:
                 marks.append((offset, end, mark))
         self.fed = end
-        if self.resync.listening and not quiet:
+        if self.resync.listening:
             if self._walked < offset:
                 self._catch_up(offset)
             self.walk.delivered(offset, data)

@@ -777,7 +777,7 @@ def test_property_batched_nic_is_one_arrival_at_a_time(sc: dict[str, Any]) -> No
     """Any faults (loss always: the NIC asks for resync mid-read), any
     scheme, a KeyUpdate, records holding false headers, reads in read-only
     or writable buffers: the general path with the NIC's work batched per
-    read (deliveries waiting while the stack does not listen, made quietly
+    read (deliveries waiting while the stack does not listen, made unheard
     when a segment makes it listen; segments no fault touched worked on in
     the received bytes) reads the same bytes and ends with every count, and
     the faults injected, equal to one arrival at a time."""
@@ -831,8 +831,8 @@ def test_batched_nic_late_deliveries_are_not_listened_to() -> None:
     and asks about the header at its start.  One arrival at a time, the
     host got the first copy while nobody listened, so that request is never
     answered; batched, that delivery waited until the request was open and
-    must still not be listened to (``deliver(quiet=True)``: without it the
-    request is answered at once).  Then the rest in order: every byte, and
+    must still not be listened to (``DeviceRx.deliver_unheard``: through
+    ``deliver`` the request is answered at once).  Then the rest in order: every byte, and
     every count as one arrival at a time."""
     assert _late_delivery_run(batch=True) == _late_delivery_run(batch=False)
 
