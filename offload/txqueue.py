@@ -30,6 +30,13 @@ would write them again, tearing a record on the wire.  So:
 Whatever exception arrives, and wherever, the queue holds exactly the bytes
 TCP has not taken.  (``sendmsg`` interrupted before writing anything fails
 with EINTR inside CPython, which then runs the handler: nothing to apply.)
+A chunk whose bytes lie in a file (``offload.splice.FileChunk``: the real
+wire's record ring) is spliced instead of copied: ``splice(file -> pipe)``,
+its count recorded the same way (``map(os.splice, ...)``), moves it into the
+socket's pipe, whose bytes count as TCP's from then on; the pipe is emptied
+into the socket before anything else is written, and what it holds is read
+from the kernel (``FIONREAD``), so it too survives an exception anywhere.
+
 What the queue cannot protect is a buffer between the sealer and the queue:
 an exception while a batch is sealed loses that batch with its sequence
 numbers, so a later record fails its tag at the peer (detected, never a
@@ -38,6 +45,8 @@ torn or repeated record).
 
 from __future__ import annotations
 
+import errno
+import os
 import select
 import socket
 import threading
@@ -45,10 +54,14 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from itertools import islice
+from typing import TypeAlias, cast
 
 from offload.batch import RecordBuf
 from offload.sockwait import ready
-from offload.txpath import Chunk, TxPath
+from offload.splice import REFUSED, FileChunk, SplicePipe
+from offload.txpath import TxChunk, TxPath
+
+Queued: TypeAlias = memoryview | FileChunk
 
 IOV_MAX = 512
 """Chunks per ``sendmsg`` (Linux's UIO_MAXIOV is 1024)."""
@@ -71,8 +84,10 @@ class TxQueue:
         self.closed = False
         # (queued chunks, bytes of them TCP took that are not cut off yet):
         # one value, so that it changes in one step (see the module's doc).
-        self._state: tuple[deque[memoryview], deque[int]] = (deque(), deque(maxlen=1))
+        self._state: tuple[deque[Queued], deque[int]] = (deque(), deque(maxlen=1))
         self._worker: threading.Thread | None = None
+        self._pipe: SplicePipe | None = None
+        """The pipe file chunks pass through (made at the first one)."""
 
     @property
     def pending_bytes(self) -> int:
@@ -81,7 +96,8 @@ class TxQueue:
         Safe from any thread without the lock: the sum runs in C, and no
         other Python thread runs in the middle of it."""
         pending, taken = self._state
-        return sum(map(len, pending)) - sum(taken)
+        held = self._pipe.held() if self._pipe is not None else 0
+        return sum(map(len, pending)) - sum(taken) + held
 
     def __bool__(self) -> bool:
         return self.pending_bytes > 0
@@ -167,22 +183,39 @@ class TxQueue:
                     self.error = exc
                     return
 
-    def _append(self, chunks: Iterable[Chunk]) -> None:
+    def _append(self, chunks: Iterable[TxChunk]) -> None:
         pending = self._state[0]
         for chunk in chunks:
-            if chunk:
+            if not chunk:
+                continue
+            if isinstance(chunk, FileChunk):
+                if not chunk.source.refused and self._pipe is None:
+                    try:
+                        self._pipe = SplicePipe()
+                    except OSError as exc:
+                        chunk.source.refuse(f"pipe: {exc.strerror}")
+                if chunk.source.refused:
+                    chunk.source.copied += len(chunk)
+                    pending.append(chunk.view)
+                else:
+                    pending.append(chunk)
+            else:
                 pending.append(memoryview(chunk))
 
     def _flush(self, block: bool, deadline: float | None) -> bool:
         sock = self._sock
         self._settle()
-        while self._state[0]:
+        while self._state[0] or (self._pipe is not None and self._pipe.held()):
             pending, taken = self._state
             try:
                 if not block and not ready(sock, select.POLLOUT):
                     return False
                 try:
-                    taken.extend(map(sock.sendmsg, (list(islice(pending, IOV_MAX)),)))
+                    pipe = self._pipe
+                    if pipe is not None and (pipe.held() or type(pending[0]) is FileChunk):
+                        self._splice(pipe, pending, taken)
+                    else:
+                        taken.extend(map(sock.sendmsg, (_iov(pending, pipe is not None),)))
                 finally:
                     self._settle()
             except BlockingIOError:
@@ -195,6 +228,45 @@ class TxQueue:
             except InterruptedError:
                 continue
         return True
+
+    def _splice(self, pipe: SplicePipe, pending: deque[Queued], taken: deque[int]) -> None:
+        """Empty the pipe into the socket; if it is empty, splice the head
+        file chunk into it first.  Falls back to copying (the chunks become
+        their views) when the kernel refuses the splice."""
+        try:
+            if not pipe.held():
+                head = pending[0]
+                assert type(head) is FileChunk
+                src, n = head.source, min(len(head), pipe.size)
+                taken.extend(map(os.splice, (src.fd,), (pipe.w,), (n,), (head.offset,)))
+                if not taken[0]:  # the file is shorter than the chunk says
+                    raise OSError(errno.EINVAL, "splice read nothing")
+                src.spliced += taken[0]
+            pipe.push(self._sock)
+        except OSError as exc:
+            if isinstance(exc, BlockingIOError) or exc.errno not in REFUSED:
+                raise
+            self._refuse(pipe, exc)
+
+    def _refuse(self, pipe: SplicePipe, exc: OSError) -> None:
+        """Splice refused: what the pipe holds goes back to the head of the
+        queue (read out, so copied) and every queued file chunk becomes its
+        view, in one assignment."""
+        self._settle()
+        pending, taken = self._state
+        left: deque[Queued] = deque()
+        if held := pipe.take_back():
+            left.append(memoryview(held))
+        for chunk in pending:
+            if type(chunk) is FileChunk:
+                chunk.source.refuse(f"splice: {exc.strerror}")
+                chunk.source.copied += len(chunk)
+                left.append(chunk.view)
+            else:
+                left.append(chunk)
+        self._state = (left, taken)
+        self._pipe = None
+        pipe.close()
 
     def _settle(self) -> None:
         """Cut off the bytes TCP took, in one assignment; then give every
@@ -218,6 +290,19 @@ class TxQueue:
         for chunk in done:
             if isinstance(chunk.obj, bytearray):
                 written(chunk.obj)
+
+
+def _iov(pending: deque[Queued], files: bool) -> list[memoryview]:
+    """The memory chunks ``sendmsg`` writes next: up to ``IOV_MAX``, and
+    (``files``: file chunks may be queued) none from the first file chunk on."""
+    if not files:
+        return cast("list[memoryview]", list(islice(pending, IOV_MAX)))
+    iov: list[memoryview] = []
+    for chunk in islice(pending, IOV_MAX):
+        if isinstance(chunk, FileChunk):
+            break
+        iov.append(chunk)
+    return iov
 
 
 __all__ = ["IOV_MAX", "TxQueue"]

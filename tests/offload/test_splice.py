@@ -1,0 +1,134 @@
+"""The write queue splices file chunks to TCP (``offload.splice``): the
+bytes arrive in stream order with the memory chunks around them, a full
+non-blocking socket leaves the rest in the pipe (still counted pending),
+and a file the kernel will not splice from goes by ``sendmsg``, counted."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offload.splice import FileChunk, FileSource
+from offload.txpath import DirectPath
+from offload.txqueue import TxQueue
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    srv = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(srv.getsockname())
+    b, _ = srv.accept()
+    srv.close()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def _shm_file(tmp_path: Path, data: bytes) -> tuple[FileSource, mmap.mmap]:
+    """A file in /dev/shm (shmem, as the record ring) holding ``data``."""
+    path = Path("/dev/shm") / f"tlsctl-test-splice-{os.getpid()}-{tmp_path.name}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.unlink(path)
+    os.write(fd, data)
+    return FileSource(fd), mmap.mmap(fd, len(data))
+
+
+def _read_all(sock: socket.socket, n: int, out: bytearray) -> None:
+    while len(out) < n:
+        got = sock.recv(1 << 20)
+        if not got:
+            return
+        out += got
+
+
+def test_file_chunks_are_spliced_in_stream_order(
+    tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    a, b = tcp_pair
+    data = os.urandom(3 << 20)
+    source, m = _shm_file(tmp_path, data)
+    view = memoryview(m)
+    queue = TxQueue(a, DirectPath())
+    head, mid, tail = b"head" * 1000, b"middle" * 5000, b"tail" * 3000
+    chunks = [
+        bytearray(head),
+        FileChunk(view[100 : 2 << 20], source, 100),
+        bytearray(mid),
+        FileChunk(view[(2 << 20) + 7 :], source, (2 << 20) + 7),
+        bytearray(tail),
+    ]
+    want = head + data[100 : 2 << 20] + mid + data[(2 << 20) + 7 :] + tail
+    got = bytearray()
+    reader = threading.Thread(target=_read_all, args=(b, len(want), got))
+    reader.start()
+    with queue.lock:
+        assert queue.push_all(chunks, True)
+    reader.join(30)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+    assert source.spliced == len(want) - len(head) - len(mid) - len(tail)
+    assert source.copied == 0 and source.refused == ""
+    assert queue.pending_bytes == 0
+    view.release()
+
+
+def test_full_socket_leaves_the_rest_in_the_pipe_counted_pending(
+    tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    """Non-blocking: what TCP did not take stays queued or in the pipe;
+    ``pending_bytes`` counts both, and a later blocking flush finishes the
+    stream in order (the pipe first)."""
+    a, b = tcp_pair
+    a.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    data = os.urandom(8 << 20)
+    source, m = _shm_file(tmp_path, data)
+    queue = TxQueue(a, DirectPath())
+    with queue.lock:
+        done = queue.push_all([FileChunk(memoryview(m), source, 0), bytearray(b"end")], False)
+    assert not done
+    pending = queue.pending_bytes
+    assert 0 < pending < len(data) + 3
+    pipe = queue._pipe
+    assert pipe is not None and pipe.held() > 0  # spliced in, not yet in TCP
+    got = bytearray()
+    reader = threading.Thread(target=_read_all, args=(b, len(data) + 3, got))
+    reader.start()
+    with queue.lock:
+        a.setblocking(True)
+        assert queue.flush(True)
+    reader.join(30)
+    assert bytes(got) == data + b"end"
+    assert source.spliced == len(data) and queue.pending_bytes == 0
+
+
+def test_refused_splice_falls_back_to_sendmsg_and_counts(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A source the kernel will not splice from (an eventfd has no
+    ``splice_read``: EINVAL): the chunk's bytes go by ``sendmsg``, the
+    source says why and counts them, and later chunks of it are copied at
+    once."""
+    a, b = tcp_pair
+    source = FileSource(os.eventfd(0))
+    first, second = os.urandom(300_000), os.urandom(200_000)
+    queue = TxQueue(a, DirectPath())
+    got = bytearray()
+    reader = threading.Thread(target=_read_all, args=(b, len(first) + len(second) + 2, got))
+    reader.start()
+    with queue.lock:
+        queue.push_all([bytearray(b"<"), FileChunk(memoryview(first), source, 0)], True)
+        assert source.refused.startswith("splice: ")
+        queue.push_all([FileChunk(memoryview(second), source, 0), bytearray(b">")], True)
+    reader.join(30)
+    assert bytes(got) == b"<" + first + second + b">"
+    assert source.copied == len(first) + len(second) and source.spliced == 0
