@@ -10,13 +10,15 @@ import mmap
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from offload.batch import RecordBuf
 from offload.splice import FileChunk, FileSource
-from offload.txpath import DirectPath
+from offload.txpath import DirectPath, TxChunk
 from offload.txqueue import TxQueue
 
 
@@ -42,6 +44,25 @@ def _shm_file(tmp_path: Path, data: bytes) -> tuple[FileSource, mmap.mmap]:
     return FileSource(fd), mmap.mmap(fd, len(data))
 
 
+class ChunkPath(DirectPath):
+    """A TX path handing the queue a test's chunks (file chunks among them)
+    the way a path returns them: one per buffer pushed, in order."""
+
+    def __init__(self, chunks: list[TxChunk]) -> None:
+        super().__init__()
+        self.chunks = deque(chunks)
+
+    def transmit(self, buf: RecordBuf) -> Sequence[TxChunk]:  # type: ignore[override]
+        return (self.chunks.popleft(),)
+
+
+def _push(queue: TxQueue, chunks: list[TxChunk], block: bool) -> bool:
+    """Queue ``chunks`` (through a ``ChunkPath``) and write them."""
+    queue.path = ChunkPath(chunks)
+    with queue.lock:
+        return queue.push_all([bytearray() for _ in chunks], block)
+
+
 def _read_all(sock: socket.socket, n: int, out: bytearray) -> None:
     while len(out) < n:
         got = sock.recv(1 << 20)
@@ -59,7 +80,7 @@ def test_file_chunks_are_spliced_in_stream_order(
     view = memoryview(m)
     queue = TxQueue(a, DirectPath())
     head, mid, tail = b"head" * 1000, b"middle" * 5000, b"tail" * 3000
-    chunks = [
+    chunks: list[TxChunk] = [
         bytearray(head),
         FileChunk(view[100 : 2 << 20], source, 100),
         bytearray(mid),
@@ -70,8 +91,7 @@ def test_file_chunks_are_spliced_in_stream_order(
     got = bytearray()
     reader = threading.Thread(target=_read_all, args=(b, len(want), got))
     reader.start()
-    with queue.lock:
-        assert queue.push_all(chunks, True)
+    assert _push(queue, chunks, True)
     reader.join(30)
     assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
     assert source.spliced == len(want) - len(head) - len(mid) - len(tail)
@@ -93,8 +113,7 @@ def test_full_socket_leaves_the_rest_in_the_pipe_counted_pending(
     data = os.urandom(8 << 20)
     source, m = _shm_file(tmp_path, data)
     queue = TxQueue(a, DirectPath())
-    with queue.lock:
-        done = queue.push_all([FileChunk(memoryview(m), source, 0), bytearray(b"end")], False)
+    done = _push(queue, [FileChunk(memoryview(m), source, 0), bytearray(b"end")], False)
     assert not done
     pending = queue.pending_bytes
     assert 0 < pending < len(data) + 3
@@ -125,10 +144,9 @@ def test_refused_splice_falls_back_to_sendmsg_and_counts(
     got = bytearray()
     reader = threading.Thread(target=_read_all, args=(b, len(first) + len(second) + 2, got))
     reader.start()
-    with queue.lock:
-        queue.push_all([bytearray(b"<"), FileChunk(memoryview(first), source, 0)], True)
-        assert source.refused.startswith("splice: ")
-        queue.push_all([FileChunk(memoryview(second), source, 0), bytearray(b">")], True)
+    _push(queue, [bytearray(b"<"), FileChunk(memoryview(first), source, 0)], True)
+    assert source.refused.startswith("splice: ")
+    _push(queue, [FileChunk(memoryview(second), source, 0), bytearray(b">")], True)
     reader.join(30)
     assert bytes(got) == b"<" + first + second + b">"
     assert source.copied == len(first) + len(second) and source.spliced == 0
