@@ -125,9 +125,9 @@ def send_on_wire(
         result.update(report)
         # How TCP got the record ring's bytes (spliced, or copied when the
         # kernel refused): the host's counters, not the NIC's.
-        host = {k: v for k, v in ours.items() if k.startswith("host_tx_")}
-        if host:
-            result["host_counters"] = host
+        host_tx = {k: v for k, v in ours.items() if k.startswith("host_tx_")}
+        if host_tx:
+            result["host_counters"] = host_tx
         result["netns"] = facts
         if peer is not None:
             status = peer.finish()
