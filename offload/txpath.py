@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Protocol, TypeAlias
 
 from offload.batch import RecordBuf
-from offload.splice import FileChunk
+from offload.filechunk import FileChunk
 from offload.state import DeviceReport
 from offload.tls_device import DeviceTx
 from offload.tls_sw import SwTx
@@ -33,8 +33,8 @@ Chunk: TypeAlias = bytes | bytearray | memoryview
 
 TxChunk: TypeAlias = Chunk | FileChunk
 """What a TX path hands the socket: bytes, or bytes that also lie in a file
-(``FileChunk``: the write queue splices them to TCP instead of copying
-them, see ``offload.splice``)."""
+(``FileChunk``: the write queue sends them from the file's pages instead of
+copying them, see ``offload.filechunk``)."""
 
 
 class TxPath(Protocol):

@@ -30,12 +30,10 @@ would write them again, tearing a record on the wire.  So:
 Whatever exception arrives, and wherever, the queue holds exactly the bytes
 TCP has not taken.  (``sendmsg`` interrupted before writing anything fails
 with EINTR inside CPython, which then runs the handler: nothing to apply.)
-A chunk whose bytes lie in a file (``offload.splice.FileChunk``: the real
-wire's record ring) is spliced instead of copied: ``splice(file -> pipe)``,
-its count recorded the same way (``map(os.splice, ...)``), moves it into the
-socket's pipe, whose bytes count as TCP's from then on; the pipe is emptied
-into the socket before anything else is written, and what it holds is read
-from the kernel (``FIONREAD``), so it too survives an exception anywhere.
+A chunk whose bytes lie in a file (``offload.filechunk.FileChunk``: the
+real wire's record ring) is sent from the file's pages, not copied:
+``sendfile``, which returns what TCP took just as ``sendmsg`` does, its count
+recorded the same way (``map(os.sendfile, ...)``).
 
 What the queue cannot protect is a buffer between the sealer and the queue:
 an exception while a batch is sealed loses that batch with its sequence
@@ -57,8 +55,8 @@ from itertools import islice
 from typing import TypeAlias, cast
 
 from offload.batch import RecordBuf
+from offload.filechunk import REFUSED, FileChunk
 from offload.sockwait import ready
-from offload.splice import REFUSED, FileChunk, SplicePipe
 from offload.txpath import TxChunk, TxPath
 
 Queued: TypeAlias = memoryview | FileChunk
@@ -86,8 +84,8 @@ class TxQueue:
         # one value, so that it changes in one step (see the module's doc).
         self._state: tuple[deque[Queued], deque[int]] = (deque(), deque(maxlen=1))
         self._worker: threading.Thread | None = None
-        self._pipe: SplicePipe | None = None
-        """The pipe file chunks pass through (made at the first one)."""
+        self._files = False
+        """File chunks were queued (``sendmsg`` must stop short of them)."""
 
     @property
     def pending_bytes(self) -> int:
@@ -96,8 +94,7 @@ class TxQueue:
         Safe from any thread without the lock: the sum runs in C, and no
         other Python thread runs in the middle of it."""
         pending, taken = self._state
-        held = self._pipe.held() if self._pipe is not None else 0
-        return sum(map(len, pending)) - sum(taken) + held
+        return sum(map(len, pending)) - sum(taken)
 
     def __bool__(self) -> bool:
         return self.pending_bytes > 0
@@ -189,15 +186,11 @@ class TxQueue:
             if not chunk:
                 continue
             if isinstance(chunk, FileChunk):
-                if not chunk.source.refused and self._pipe is None:
-                    try:
-                        self._pipe = SplicePipe()
-                    except OSError as exc:
-                        chunk.source.refuse(f"pipe: {exc.strerror}")
                 if chunk.source.refused:
                     chunk.source.copied += len(chunk)
                     pending.append(chunk.view)
                 else:
+                    self._files = True
                     pending.append(chunk)
             else:
                 pending.append(memoryview(chunk))
@@ -205,17 +198,17 @@ class TxQueue:
     def _flush(self, block: bool, deadline: float | None) -> bool:
         sock = self._sock
         self._settle()
-        while self._state[0] or (self._pipe is not None and self._pipe.held()):
+        while self._state[0]:
             pending, taken = self._state
             try:
                 if not block and not ready(sock, select.POLLOUT):
                     return False
                 try:
-                    pipe = self._pipe
-                    if pipe is not None and (pipe.held() or type(pending[0]) is FileChunk):
-                        self._splice(pipe, pending, taken)
+                    head = pending[0]
+                    if type(head) is FileChunk:
+                        self._sendfile(head, taken)
                     else:
-                        taken.extend(map(sock.sendmsg, (_iov(pending, pipe is not None),)))
+                        taken.extend(map(sock.sendmsg, (_iov(pending, self._files),)))
                 finally:
                     self._settle()
             except BlockingIOError:
@@ -229,44 +222,33 @@ class TxQueue:
                 continue
         return True
 
-    def _splice(self, pipe: SplicePipe, pending: deque[Queued], taken: deque[int]) -> None:
-        """Empty the pipe into the socket; if it is empty, splice the head
-        file chunk into it first.  Falls back to copying (the chunks become
-        their views) when the kernel refuses the splice."""
+    def _sendfile(self, head: FileChunk, taken: deque[int]) -> None:
+        """Send the head chunk from its file's pages; where the kernel
+        refuses, every queued chunk of that file becomes its view (copied by
+        ``sendmsg``), in one assignment."""
+        src = head.source
         try:
-            if not pipe.held():
-                head = pending[0]
-                assert type(head) is FileChunk
-                src, n = head.source, min(len(head), pipe.size)
-                taken.extend(map(os.splice, (src.fd,), (pipe.w,), (n,), (head.offset,)))
-                if not taken[0]:  # the file is shorter than the chunk says
-                    raise OSError(errno.EINVAL, "splice read nothing")
-                src.spliced += taken[0]
-            pipe.push(self._sock)
+            taken.extend(
+                map(os.sendfile, (self._sock.fileno(),), (src.fd,), (head.offset,), (len(head),))
+            )
+            if not taken[0]:  # the file is shorter than the chunk says
+                raise OSError(errno.EINVAL, "nothing to send at that offset")
         except OSError as exc:
             if isinstance(exc, BlockingIOError) or exc.errno not in REFUSED:
                 raise
-            self._refuse(pipe, exc)
-
-    def _refuse(self, pipe: SplicePipe, exc: OSError) -> None:
-        """Splice refused: what the pipe holds goes back to the head of the
-        queue (read out, so copied) and every queued file chunk becomes its
-        view, in one assignment."""
-        self._settle()
-        pending, taken = self._state
-        left: deque[Queued] = deque()
-        if held := pipe.take_back():
-            left.append(memoryview(held))
-        for chunk in pending:
-            if type(chunk) is FileChunk:
-                chunk.source.refuse(f"splice: {exc.strerror}")
-                chunk.source.copied += len(chunk)
-                left.append(chunk.view)
-            else:
-                left.append(chunk)
-        self._state = (left, taken)
-        self._pipe = None
-        pipe.close()
+            src.refuse(f"sendfile: {exc.strerror}")
+            self._settle()
+            pending, taken = self._state
+            left: deque[Queued] = deque()
+            for chunk in pending:
+                if type(chunk) is FileChunk and chunk.source is src:
+                    src.copied += len(chunk)
+                    left.append(chunk.view)
+                else:
+                    left.append(chunk)
+            self._state = (left, taken)
+            return
+        src.sent += taken[0]
 
     def _settle(self) -> None:
         """Cut off the bytes TCP took, in one assignment; then give every

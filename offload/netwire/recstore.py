@@ -7,8 +7,8 @@ work).  Here the host and the NIC are two processes, so the store lives in a
 shared memory file (``/dev/shm``, created ``O_EXCL|O_NOFOLLOW`` mode 0600 and
 unlinked as soon as the NIC has mapped it): sendfile reads file data
 straight into ring space (``reserve``) and frames it there, other sends
-copy their framed buffer in once, TCP is fed from that very ring (spliced
-from the file: TCP holds the ring's pages, see ``offload.splice``), and the
+copy their framed buffer in once, TCP is fed from that very ring (``sendfile``
+from the file: TCP holds the ring's pages, see ``offload.filechunk``), and the
 NIC maps the file read-only and reads a record's bytes only when it
 resyncs.  It keeps no copy.  A full batch keeps coming back to the same
 few ring places, so ``reserve`` hands out the same view for the same place
@@ -48,8 +48,8 @@ import secrets
 import struct
 from collections.abc import Callable
 
+from offload.filechunk import FileSource
 from offload.netdev import RecordInfo
-from offload.splice import FileSource
 from offload.tcpseq import SEQ_MOD, seq_diff
 
 MAGIC = b"TLSCTLRS"
@@ -103,7 +103,7 @@ class StoreWriter:
             os.unlink(self.path)
             raise
         self.source = FileSource(fd)
-        """The ring's file, for TCP to take its pages from (splice); its
+        """The ring's file, for TCP to take its pages from (sendfile); its
         descriptor closes when the last chunk queued from it is gone."""
         self.appended_at = 0
         """File offset of the buffer ``append`` published last."""
@@ -380,6 +380,26 @@ class StoreReader:
             return ok
         except ValueError:  # closed (the context deleted meanwhile): nothing to read
             return False
+
+    def acked(self, tcp_seq: int) -> bool:
+        """The byte at ``tcp_seq`` (at or after the start marker) is
+        acknowledged: the host may have freed its entry and written other
+        records' plaintext over its ring bytes.
+
+        A frame that starts there is a stale copy - a retransmission cloned
+        before the ACK and still queued when it came, whose pages TCP took
+        from the ring (``offload.filechunk``) - and its bytes may no longer
+        be its records'.  Checked after the frame was read from the TUN:
+        a byte not yet acknowledged then was not when the frame was read,
+        and neither were the bytes after it (entries are freed in stream
+        order), so the frame holds its records' own plaintext.
+        """
+        try:
+            acked = _U64.unpack_from(self._map, _OFF_ACKED)[0]
+        except ValueError:  # closed (the context deleted meanwhile): the driver decides
+            return False
+        d = (tcp_seq - self.isn - acked) % SEQ_MOD
+        return bool(d >= _HALF and acked + d - SEQ_MOD >= self.start_offset)
 
     def before_start_marker(self, tcp_seq: int, length: int) -> bool:
         off = self._offset(tcp_seq, self._u64(_OFF_ACKED))

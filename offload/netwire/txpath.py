@@ -21,10 +21,11 @@ does:
 Framed records (plaintext, tag space reserved) are then laid in the
 store's ring - sendfile reads the file straight into it and frames there,
 other sends are copied in once - and TCP is fed from the ring itself:
-spliced from the ring's file (``offload.splice``), so TCP's skbs hold the
-ring's pages and no byte is copied on the way to the socket (``sendmsg``
-when the kernel refuses the splice; the report counts both,
-``host_tx_spliced_bytes`` and ``host_tx_copied_bytes``).
+``sendfile`` from the ring's file (``offload.filechunk``), so TCP's skbs
+hold the ring's pages and no byte is copied on the way to the socket
+(``sendmsg`` when the kernel refuses; the report counts both,
+``host_tx_sendfile_bytes`` and ``host_tx_copied_bytes``).
+
 Why TCP may hold the ring's pages.  TCP keeps its references to the pages
 until it has their bytes acknowledged, and the ring reuses space only after
 ``tcpi_bytes_acked`` passed it, so whatever TCP itself sends or retransmits
@@ -34,14 +35,17 @@ retransmitted clone still queued at the TUN device (or read by the NIC and
 not yet handled) when the ACK of the original arrives; its pages may be
 rewritten with later records' plaintext before the NIC looks at it.  Such
 a frame is a retransmission to the NIC - its bytes were acknowledged, so
-the NIC forwarded them before and its next sequence number is past them -
-so the driver resyncs: it looks the frame's first record up in the store,
-finds it freed, and drops the frame, counted (``tx_tls_drop_no_sync_data``),
-never forwarded.  The store frees entries in stream order, so a first
-record still live when the NIC checks (after it read the frame from the
-TUN) means every record in the frame was live when its bytes were read:
+the NIC forwarded them before - that starts at an acknowledged byte, and
+the NIC drops it, counted (``tx_tls_drop_no_sync_data``), before the
+driver sees it (``offload.netwire.nic``; ``StoreReader.acked``).  The
+driver alone would not do: a resync of the frame before it sets the
+context's expected sequence number to where the stale copy starts, and
+the in-order fast path would encrypt whatever the pages hold under the old
+records' nonces.  The check runs after the frame was read from the TUN, and
+entries are freed in stream order, so a first byte not yet acknowledged
+then means every record in the frame was live when its bytes were read:
 they were the records' own plaintext.  (``tun_net_xmit`` does not copy the
-spliced pages: ``skb_orphan_frags_rx`` copies only zerocopy fragments, and
+ring's pages: ``skb_orphan_frags_rx`` copies only zerocopy fragments, and
 these are plain page references; the NIC's ``read`` of the TUN is the one
 copy, its DMA.)
 
@@ -62,11 +66,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from offload.batch import RecordBuf
+from offload.filechunk import FileChunk
 from offload.netdev import DeviceStats, NetDevice, OffloadRefused, RecordLookup, Segment
 from offload.netwire.control import ControlClient, ControlError, flow_of, flow_to_json
 from offload.netwire.frames import FlowKey
 from offload.netwire.recstore import DEFAULT_RING, StoreWriter
-from offload.splice import FileChunk
 from offload.state import DeviceReport
 from offload.tcpseq import SeqSpace
 from offload.tls_device import DeviceTx
@@ -237,13 +241,13 @@ class NetTxPath:
         control_path: str,
         *,
         ring_size: int = DEFAULT_RING,
-        splice: bool = True,
+        sendfile: bool = True,
     ) -> None:
         """``ring_size``: the shared record ring; at least two framing
         batches (``DeviceTx.batch_records`` full records), so one can be
-        framed while TCP still holds the other unacknowledged.  ``splice``:
+        framed while TCP still holds the other unacknowledged.  ``sendfile``:
         TCP takes the ring's pages (False: ``sendmsg`` copies them, as
-        when the kernel refuses the splice)."""
+        when the kernel refuses ``sendfile``)."""
         least = 2 * DeviceTx.batch_records * _RECORD_ROOM
         if ring_size < least:
             raise ValueError(f"ring_size must be at least {least} bytes")
@@ -272,7 +276,7 @@ class NetTxPath:
         self.sock = sock
         self.control_path = control_path
         self.ring_size = ring_size
-        self.splice = splice
+        self.sendfile = sendfile
         self.offset = 0  # stream bytes handed to TCP through this path
         self.tx: ShmDeviceTx | None = None
         self._control: ControlClient | None = None
@@ -303,7 +307,7 @@ class NetTxPath:
         write_seq = int(seen["snd_nxt"])
         space = SeqSpace(write_seq - self.offset)
         store = StoreWriter(space.isn, self.offset, self.ring_size)
-        if not self.splice:
+        if not self.sendfile:
             store.source.refuse("off")
         store.wait_room = self._wait_room
         self._acked0 = bytes_acked(self.sock)
@@ -347,9 +351,9 @@ class NetTxPath:
         except ControlError:
             return None
         stats = {str(k): int(v) for k, v in s["device"].items()}
-        if self.tx is not None:  # the host's side of the ring: spliced or copied to TCP
+        if self.tx is not None:  # the host's side of the ring: sent from its pages or copied
             source = self.tx.store.source
-            stats["host_tx_spliced_bytes"] = source.spliced
+            stats["host_tx_sendfile_bytes"] = source.sent
             stats["host_tx_copied_bytes"] = source.copied
         return DeviceReport(
             name="nic0",

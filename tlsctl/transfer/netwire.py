@@ -123,7 +123,7 @@ def send_on_wire(
         result.pop("device_cpu_seconds", None)  # the NIC's is nic_cpu_seconds, its own process's
         ours = result.get("device_counters") or {}
         result.update(report)
-        # How TCP got the record ring's bytes (spliced, or copied when the
+        # How TCP got the record ring's bytes (sent from its pages, or copied when the
         # kernel refused): the host's counters, not the NIC's.
         host_tx = {k: v for k, v in ours.items() if k.startswith("host_tx_")}
         if host_tx:

@@ -1,7 +1,8 @@
-"""The write queue splices file chunks to TCP (``offload.splice``): the
-bytes arrive in stream order with the memory chunks around them, a full
-non-blocking socket leaves the rest in the pipe (still counted pending),
-and a file the kernel will not splice from goes by ``sendmsg``, counted."""
+"""The write queue sends file chunks from the file's pages
+(``offload.filechunk``): the bytes arrive in stream order with the memory
+chunks around them, a full non-blocking socket leaves the rest queued
+(counted pending, finished by a later flush), and a file the kernel will
+not send from goes by ``sendmsg``, counted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from offload.batch import RecordBuf
-from offload.splice import FileChunk, FileSource
+from offload.filechunk import FileChunk, FileSource
 from offload.txpath import DirectPath, TxChunk
 from offload.txqueue import TxQueue
 
@@ -37,7 +38,7 @@ def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 def _shm_file(tmp_path: Path, data: bytes) -> tuple[FileSource, mmap.mmap]:
     """A file in /dev/shm (shmem, as the record ring) holding ``data``."""
-    path = Path("/dev/shm") / f"tlsctl-test-splice-{os.getpid()}-{tmp_path.name}"
+    path = Path("/dev/shm") / f"tlsctl-test-filechunk-{os.getpid()}-{tmp_path.name}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.unlink(path)
     os.write(fd, data)
@@ -71,7 +72,7 @@ def _read_all(sock: socket.socket, n: int, out: bytearray) -> None:
         out += got
 
 
-def test_file_chunks_are_spliced_in_stream_order(
+def test_file_chunks_are_sent_from_the_file_in_stream_order(
     tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     a, b = tcp_pair
@@ -94,18 +95,18 @@ def test_file_chunks_are_spliced_in_stream_order(
     assert _push(queue, chunks, True)
     reader.join(30)
     assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
-    assert source.spliced == len(want) - len(head) - len(mid) - len(tail)
+    assert source.sent == len(want) - len(head) - len(mid) - len(tail)
     assert source.copied == 0 and source.refused == ""
     assert queue.pending_bytes == 0
     view.release()
 
 
-def test_full_socket_leaves_the_rest_in_the_pipe_counted_pending(
+def test_full_socket_leaves_the_rest_queued_counted_pending(
     tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
-    """Non-blocking: what TCP did not take stays queued or in the pipe;
-    ``pending_bytes`` counts both, and a later blocking flush finishes the
-    stream in order (the pipe first)."""
+    """Non-blocking: what TCP did not take of a file chunk stays queued
+    (the chunk cut where TCP stopped), ``pending_bytes`` counts it, and a
+    later blocking flush finishes the stream in order."""
     a, b = tcp_pair
     a.setblocking(False)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
@@ -117,8 +118,7 @@ def test_full_socket_leaves_the_rest_in_the_pipe_counted_pending(
     assert not done
     pending = queue.pending_bytes
     assert 0 < pending < len(data) + 3
-    pipe = queue._pipe
-    assert pipe is not None and pipe.held() > 0  # spliced in, not yet in TCP
+    assert 0 < source.sent == len(data) - pending + 3  # TCP took part of the file chunk
     got = bytearray()
     reader = threading.Thread(target=_read_all, args=(b, len(data) + 3, got))
     reader.start()
@@ -127,16 +127,16 @@ def test_full_socket_leaves_the_rest_in_the_pipe_counted_pending(
         assert queue.flush(True)
     reader.join(30)
     assert bytes(got) == data + b"end"
-    assert source.spliced == len(data) and queue.pending_bytes == 0
+    assert source.sent == len(data) and queue.pending_bytes == 0
 
 
 def test_refused_splice_falls_back_to_sendmsg_and_counts(
     tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    """A source the kernel will not splice from (an eventfd has no
-    ``splice_read``: EINVAL): the chunk's bytes go by ``sendmsg``, the
-    source says why and counts them, and later chunks of it are copied at
-    once."""
+    """A source the kernel will not send from (an eventfd has no
+    ``splice_read``: sendfile gives EINVAL): the chunk's bytes go by
+    ``sendmsg``, the source says why and counts them, and later chunks of
+    it are copied at once."""
     a, b = tcp_pair
     source = FileSource(os.eventfd(0))
     first, second = os.urandom(300_000), os.urandom(200_000)
@@ -145,8 +145,8 @@ def test_refused_splice_falls_back_to_sendmsg_and_counts(
     reader = threading.Thread(target=_read_all, args=(b, len(first) + len(second) + 2, got))
     reader.start()
     _push(queue, [bytearray(b"<"), FileChunk(memoryview(first), source, 0)], True)
-    assert source.refused.startswith("splice: ")
+    assert source.refused.startswith("sendfile: ")
     _push(queue, [FileChunk(memoryview(second), source, 0), bytearray(b">")], True)
     reader.join(30)
     assert bytes(got) == b"<" + first + second + b">"
-    assert source.copied == len(first) + len(second) and source.spliced == 0
+    assert source.copied == len(first) + len(second) and source.sent == 0

@@ -1,10 +1,11 @@
-"""TCP takes the record ring's pages (``offload.splice``, issue 13): the host
-splices its framed records from the ring's file instead of copying them.
+"""TCP takes the record ring's pages (``offload.filechunk``, issue 13): the
+host sends its framed records from the ring's file (``sendfile``) instead
+of copying them.
 
 What crossed the receiver's link equals software TX's bytes; a ring far
 smaller than the transfer, reused many times under faults both ways, never
-lets a marker's plaintext through; and with splice off (as when the kernel
-refuses it) the same bytes go by ``sendmsg``, counted.
+lets a marker's plaintext through; and with sendfile off (as when the
+kernel refuses it) the same bytes go by ``sendmsg``, counted.
 """
 
 from __future__ import annotations
@@ -48,25 +49,25 @@ def wire() -> Iterator[NetnsWire]:
 
 
 @needs_wire
-@pytest.mark.parametrize("splice", [True, False], ids=["splice", "sendmsg"])
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "sendmsg"])
 def test_wire_bytes_equal_software_tx(
-    wire: NetnsWire, pki: Pki, tmp_path: Path, splice: bool
+    wire: NetnsWire, pki: Pki, tmp_path: Path, sendfile: bool
 ) -> None:
     """sendfile (framed in the ring) and send (copied into the ring): every
     frame on the receiver's link carries software TX's ciphertext for its
     sequence range, and the host's counters say how TCP got the ring's
-    bytes - all spliced, or (splice off) all copied."""
+    bytes - all from its pages, or (sendfile off) all copied."""
     size = 3 << 20
     unit = marker_file(tmp_path / "src", size)
     data = (tmp_path / "src").read_bytes()
     version, suite = SUITES[3]
     out = tmp_path / "out"
-    port = 4460 + splice
+    port = 4460 + sendfile
     cap = RxCapture(wire, port)
     try:
         with out.open("wb") as f, s_server_in_rx(wire, pki, version, suite, f, port=port) as srv:
             sock, res = connect_tls(wire, version, suite, port=port)
-            chan, path = offload_channel(wire, sock, res, splice=splice)
+            chan, path = offload_channel(wire, sock, res, sendfile=sendfile)
             assert path.tx is not None
             start_seq = path.tx.space.seq(path.tx.start_offset)
             with (tmp_path / "src").open("rb") as fh:
@@ -95,12 +96,12 @@ def test_wire_bytes_equal_software_tx(
     assert unit[:32] not in cap.payload_bytes()
     source = path.tx.store.source
     assert report is not None
-    if splice:
-        assert source.spliced >= len(want) and source.copied == 0 and source.refused == ""
-        assert report.stats["host_tx_spliced_bytes"] >= len(want)
+    if sendfile:
+        assert source.sent >= len(want) and source.copied == 0 and source.refused == ""
+        assert report.stats["host_tx_sendfile_bytes"] >= len(want)
         assert report.stats["host_tx_copied_bytes"] == 0
     else:
-        assert source.copied >= len(want) and source.spliced == 0 and source.refused == "off"
+        assert source.copied >= len(want) and source.sent == 0 and source.refused == "off"
         assert report.stats["host_tx_copied_bytes"] >= len(want)
 
 
@@ -141,7 +142,7 @@ def test_short_ring_reused_under_faults_never_leaks_plaintext(
     assert sha(out) == sha(tmp_path / "src")
     assert unit[:32] not in cap.payload_bytes()
     assert path.tx.store.acked - start >= size > 5 * SMALL_RING
-    assert path.tx.store.source.spliced >= size and path.tx.store.source.copied == 0
+    assert path.tx.store.source.sent >= size and path.tx.store.source.copied == 0
     nic, dev, faults = stats["nic"], stats["device"], stats["faults"]
     assert faults["out"]["drop"] > 0 and faults["back"]["drop"] > 0
     assert dev["tx_tls_ooo"] > 0
