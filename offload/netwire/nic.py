@@ -148,9 +148,9 @@ class Nic:
             return True
         ctx, store = off
         if (
-            store.acked(t.seq)
-            and sent_before is not None
+            sent_before is not None
             and 0 < (sent_before - t.seq) % SEQ_MOD < _HALF  # seq_before(seq, sent_before)
+            and store.acked(t.seq)
         ):  # a stale copy of bytes forwarded before: never to the driver, whatever it expects
             self.device.stats.inc("tx_tls_drop_no_sync_data")
             c["frames_dropped"] += 1
