@@ -30,6 +30,7 @@ would write them again, tearing a record on the wire.  So:
 Whatever exception arrives, and wherever, the queue holds exactly the bytes
 TCP has not taken.  (``sendmsg`` interrupted before writing anything fails
 with EINTR inside CPython, which then runs the handler: nothing to apply.)
+
 A chunk whose bytes lie in a file (``offload.filechunk.FileChunk``: the
 real wire's record ring) is sent from the file's pages, not copied:
 ``sendfile``, which returns what TCP took just as ``sendmsg`` does, its count
