@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Protocol, TypeAlias
 
 from offload.batch import RecordBuf
+from offload.filechunk import FileChunk
 from offload.state import DeviceReport
 from offload.tls_device import DeviceTx
 from offload.tls_sw import SwTx
@@ -29,6 +30,11 @@ from offload.uapi import CryptoInfo
 
 Chunk: TypeAlias = bytes | bytearray | memoryview
 """Bytes for the socket: a sealed buffer, a TX ring slot, a framing buffer."""
+
+TxChunk: TypeAlias = Chunk | FileChunk
+"""What a TX path hands the socket: bytes, or bytes that also lie in a file
+(``FileChunk``: the write queue sends them from the file's pages instead of
+copying them, see ``offload.filechunk``)."""
 
 
 class TxPath(Protocol):
@@ -40,12 +46,12 @@ class TxPath(Protocol):
         ``offload.netdev.OffloadRefused`` when the driver declines."""
         ...
 
-    def transmit(self, buf: RecordBuf) -> Sequence[Chunk]:
+    def transmit(self, buf: RecordBuf) -> Sequence[TxChunk]:
         """A framed (or sealed, or plain) buffer enters the path: the chunks
         now ready for the socket, in stream order (maybe none yet)."""
         ...
 
-    def drain(self) -> Sequence[Chunk]:
+    def drain(self) -> Sequence[TxChunk]:
         """Everything the path still holds, ready for the socket."""
         ...
 
@@ -87,4 +93,4 @@ class DirectPath:
         return None
 
 
-__all__ = ["Chunk", "DirectPath", "TxPath"]
+__all__ = ["Chunk", "DirectPath", "TxChunk", "TxPath"]

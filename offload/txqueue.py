@@ -30,6 +30,12 @@ would write them again, tearing a record on the wire.  So:
 Whatever exception arrives, and wherever, the queue holds exactly the bytes
 TCP has not taken.  (``sendmsg`` interrupted before writing anything fails
 with EINTR inside CPython, which then runs the handler: nothing to apply.)
+
+A chunk whose bytes lie in a file (``offload.filechunk.FileChunk``: the
+real wire's record ring) is sent from the file's pages, not copied:
+``sendfile``, which returns what TCP took just as ``sendmsg`` does, its count
+recorded the same way (``map(os.sendfile, ...)``).
+
 What the queue cannot protect is a buffer between the sealer and the queue:
 an exception while a batch is sealed loses that batch with its sequence
 numbers, so a later record fails its tag at the peer (detected, never a
@@ -38,6 +44,8 @@ torn or repeated record).
 
 from __future__ import annotations
 
+import errno
+import os
 import select
 import socket
 import threading
@@ -45,10 +53,14 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from itertools import islice
+from typing import TypeAlias, cast
 
 from offload.batch import RecordBuf
+from offload.filechunk import REFUSED, FileChunk
 from offload.sockwait import ready
-from offload.txpath import Chunk, TxPath
+from offload.txpath import TxChunk, TxPath
+
+Queued: TypeAlias = memoryview | FileChunk
 
 IOV_MAX = 512
 """Chunks per ``sendmsg`` (Linux's UIO_MAXIOV is 1024)."""
@@ -71,8 +83,10 @@ class TxQueue:
         self.closed = False
         # (queued chunks, bytes of them TCP took that are not cut off yet):
         # one value, so that it changes in one step (see the module's doc).
-        self._state: tuple[deque[memoryview], deque[int]] = (deque(), deque(maxlen=1))
+        self._state: tuple[deque[Queued], deque[int]] = (deque(), deque(maxlen=1))
         self._worker: threading.Thread | None = None
+        self._files = False
+        """File chunks were queued (``sendmsg`` must stop short of them)."""
 
     @property
     def pending_bytes(self) -> int:
@@ -167,10 +181,19 @@ class TxQueue:
                     self.error = exc
                     return
 
-    def _append(self, chunks: Iterable[Chunk]) -> None:
+    def _append(self, chunks: Iterable[TxChunk]) -> None:
         pending = self._state[0]
         for chunk in chunks:
-            if chunk:
+            if not chunk:
+                continue
+            if isinstance(chunk, FileChunk):
+                if chunk.source.refused:
+                    chunk.source.copied += len(chunk)
+                    pending.append(chunk.view)
+                else:
+                    self._files = True
+                    pending.append(chunk)
+            else:
                 pending.append(memoryview(chunk))
 
     def _flush(self, block: bool, deadline: float | None) -> bool:
@@ -182,7 +205,11 @@ class TxQueue:
                 if not block and not ready(sock, select.POLLOUT):
                     return False
                 try:
-                    taken.extend(map(sock.sendmsg, (list(islice(pending, IOV_MAX)),)))
+                    head = pending[0]
+                    if type(head) is FileChunk:
+                        self._sendfile(head, taken)
+                    else:
+                        taken.extend(map(sock.sendmsg, (_iov(pending, self._files),)))
                 finally:
                     self._settle()
             except BlockingIOError:
@@ -195,6 +222,34 @@ class TxQueue:
             except InterruptedError:
                 continue
         return True
+
+    def _sendfile(self, head: FileChunk, taken: deque[int]) -> None:
+        """Send the head chunk from its file's pages; where the kernel
+        refuses, every queued chunk of that file becomes its view (copied by
+        ``sendmsg``), in one assignment."""
+        src = head.source
+        try:
+            taken.extend(
+                map(os.sendfile, (self._sock.fileno(),), (src.fd,), (head.offset,), (len(head),))
+            )
+            if not taken[0]:  # the file is shorter than the chunk says
+                raise OSError(errno.EINVAL, "nothing to send at that offset")
+        except OSError as exc:
+            if isinstance(exc, BlockingIOError) or exc.errno not in REFUSED:
+                raise
+            src.refuse(f"sendfile: {exc.strerror}")
+            self._settle()
+            pending, taken = self._state
+            left: deque[Queued] = deque()
+            for chunk in pending:
+                if type(chunk) is FileChunk and chunk.source is src:
+                    src.copied += len(chunk)
+                    left.append(chunk.view)
+                else:
+                    left.append(chunk)
+            self._state = (left, taken)
+            return
+        src.sent += taken[0]
 
     def _settle(self) -> None:
         """Cut off the bytes TCP took, in one assignment; then give every
@@ -218,6 +273,19 @@ class TxQueue:
         for chunk in done:
             if isinstance(chunk.obj, bytearray):
                 written(chunk.obj)
+
+
+def _iov(pending: deque[Queued], files: bool) -> list[memoryview]:
+    """The memory chunks ``sendmsg`` writes next: up to ``IOV_MAX``, and
+    (``files``: file chunks may be queued) none from the first file chunk on."""
+    if not files:
+        return cast("list[memoryview]", list(islice(pending, IOV_MAX)))
+    iov: list[memoryview] = []
+    for chunk in islice(pending, IOV_MAX):
+        if isinstance(chunk, FileChunk):
+            break
+        iov.append(chunk)
+    return iov
 
 
 __all__ = ["IOV_MAX", "TxQueue"]

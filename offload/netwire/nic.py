@@ -17,8 +17,13 @@ driver exactly as the in-process wire hands them (``Driver.xmit`` with
 sequence number; the driver's slow path reads records from the host's
 store in shared memory (``offload.netwire.recstore.StoreReader``, the
 ``RecordLookup``); a frame the driver drops (a record already freed) is
-not forwarded.  Bytes before the start marker and flows without a context
-pass through untouched.  The NIC learns each flow's ISN from the SYN it
+not forwarded, and neither is a retransmission (bytes the NIC forwarded
+before) that starts at a byte the host's TCP already has acknowledged
+(``StoreReader.acked``: a stale copy whose ring pages the host may have
+reused) - the driver would take one that happens to start where it
+expects the next in-order frame and encrypt whatever the pages now hold
+under the old records' nonces.  Bytes before the start marker and flows
+without a context pass through untouched.  The NIC learns each flow's ISN from the SYN it
 forwards and tracks the next sequence number after what it forwarded, which
 is how the host learns the sequence number of its first offloaded byte.
 
@@ -128,6 +133,7 @@ class Nic:
         if flow is None:
             flow = self.flows[t.key] = Flow()
         n = t.end - t.payload
+        sent_before = flow.snd_nxt  # the end of what the NIC forwarded so far
         if t.flags & TCP_SYN:
             flow.isn = t.seq
             flow.snd_nxt = (t.seq + 1) % SEQ_MOD
@@ -141,6 +147,14 @@ class Nic:
             c["frames_passed"] += 1
             return True
         ctx, store = off
+        if (
+            sent_before is not None
+            and 0 < (sent_before - t.seq) % SEQ_MOD < _HALF  # seq_before(seq, sent_before)
+            and store.acked(t.seq)
+        ):  # a stale copy of bytes forwarded before: never to the driver, whatever it expects
+            self.device.stats.inc("tx_tls_drop_no_sync_data")
+            c["frames_dropped"] += 1
+            return False
         if not self._send(ctx, t.seq, frame[t.payload : t.end], store):
             c["frames_dropped"] += 1
             return False

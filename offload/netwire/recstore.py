@@ -7,7 +7,8 @@ work).  Here the host and the NIC are two processes, so the store lives in a
 shared memory file (``/dev/shm``, created ``O_EXCL|O_NOFOLLOW`` mode 0600 and
 unlinked as soon as the NIC has mapped it): sendfile reads file data
 straight into ring space (``reserve``) and frames it there, other sends
-copy their framed buffer in once, TCP is fed from that very ring, and the
+copy their framed buffer in once, TCP is fed from that very ring (``sendfile``
+from the file: TCP holds the ring's pages, see ``offload.filechunk``), and the
 NIC maps the file read-only and reads a record's bytes only when it
 resyncs.  It keeps no copy.  A full batch keeps coming back to the same
 few ring places, so ``reserve`` hands out the same view for the same place
@@ -47,6 +48,7 @@ import secrets
 import struct
 from collections.abc import Callable
 
+from offload.filechunk import FileSource
 from offload.netdev import RecordInfo
 from offload.tcpseq import SEQ_MOD, seq_diff
 
@@ -90,15 +92,21 @@ class StoreWriter:
         self.capacity = entries
         self._ring_at, total = _layout(ring_size, entries)
         self.path = os.path.join(SHM_DIR, f"tlsctl-rs-{os.getpid()}-{secrets.token_hex(8)}")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         try:
             os.ftruncate(fd, total)
             self._map = mmap.mmap(fd, total)
         except BaseException:
+            os.close(fd)
             os.unlink(self.path)
             raise
-        finally:
-            os.close(fd)
+        self.source = FileSource(fd)
+        """The ring's file, for TCP to take its pages from (sendfile); its
+        descriptor closes when the last chunk queued from it is gone."""
+        self.appended_at = 0
+        """File offset of the buffer ``append`` published last."""
         self._mv = memoryview(self._map)
         _HDR.pack_into(
             self._map,
@@ -213,6 +221,7 @@ class StoreWriter:
         self._ends.append(start + n)
         self._spans.append((pos, pos + n))
         self._pos = pos + n
+        self.appended_at = ring
         _U64.pack_into(self._map, _OFF_TAIL, number + 1)  # publish last
         return ring_view if ring_view is not None else self._mv[ring : ring + n]
 
@@ -371,6 +380,26 @@ class StoreReader:
             return ok
         except ValueError:  # closed (the context deleted meanwhile): nothing to read
             return False
+
+    def acked(self, tcp_seq: int) -> bool:
+        """The byte at ``tcp_seq`` (at or after the start marker) is
+        acknowledged: the host may have freed its entry and written other
+        records' plaintext over its ring bytes.
+
+        A frame that starts there is a stale copy - a retransmission cloned
+        before the ACK and still queued when it came, whose pages TCP took
+        from the ring (``offload.filechunk``) - and its bytes may no longer
+        be its records'.  Checked after the frame was read from the TUN:
+        a byte not yet acknowledged then was not when the frame was read,
+        and neither were the bytes after it (entries are freed in stream
+        order), so the frame holds its records' own plaintext.
+        """
+        try:
+            acked = _U64.unpack_from(self._map, _OFF_ACKED)[0]
+        except ValueError:  # closed (the context deleted meanwhile): the driver decides
+            return False
+        d = (tcp_seq - self.isn - acked) % SEQ_MOD
+        return bool(d >= _HALF and acked + d - SEQ_MOD >= self.start_offset)
 
     def before_start_marker(self, tcp_seq: int, length: int) -> bool:
         off = self._offset(tcp_seq, self._u64(_OFF_ACKED))

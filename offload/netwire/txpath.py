@@ -20,7 +20,35 @@ does:
 
 Framed records (plaintext, tag space reserved) are then laid in the
 store's ring - sendfile reads the file straight into it and frames there,
-other sends are copied in once - and TCP is fed from the ring itself.
+other sends are copied in once - and TCP is fed from the ring itself:
+``sendfile`` from the ring's file (``offload.filechunk``), so TCP's skbs
+hold the ring's pages and no byte is copied on the way to the socket
+(``sendmsg`` when the kernel refuses; the report counts both,
+``host_tx_sendfile_bytes`` and ``host_tx_copied_bytes``).
+
+Why TCP may hold the ring's pages.  TCP keeps its references to the pages
+until it has their bytes acknowledged, and the ring reuses space only after
+``tcpi_bytes_acked`` passed it, so whatever TCP itself sends or retransmits
+is the records' plaintext (a partly acknowledged skb is trimmed first).
+Copies TCP no longer owns can outlive the acknowledgement, though: a
+retransmitted clone still queued at the TUN device (or read by the NIC and
+not yet handled) when the ACK of the original arrives; its pages may be
+rewritten with later records' plaintext before the NIC looks at it.  Such
+a frame is a retransmission to the NIC - its bytes were acknowledged, so
+the NIC forwarded them before - that starts at an acknowledged byte, and
+the NIC drops it, counted (``tx_tls_drop_no_sync_data``), before the
+driver sees it (``offload.netwire.nic``; ``StoreReader.acked``).  The
+driver alone would not do: a resync of the frame before it sets the
+context's expected sequence number to where the stale copy starts, and
+the in-order fast path would encrypt whatever the pages hold under the old
+records' nonces.  The check runs after the frame was read from the TUN, and
+entries are freed in stream order, so a first byte not yet acknowledged
+then means every record in the frame was live when its bytes were read:
+they were the records' own plaintext.  (``tun_net_xmit`` does not copy the
+ring's pages: ``skb_orphan_frags_rx`` copies only zerocopy fragments, and
+these are plain page references; the NIC's ``read`` of the TUN is the one
+copy, its DMA.)
+
 Records are freed when ``TCP_INFO.tcpi_bytes_acked`` (the userspace view of
 the kernel's ``clean_acked``) says TCP has them acknowledged; the store
 waits for that when full.  At close the context stays until everything is
@@ -38,6 +66,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from offload.batch import RecordBuf
+from offload.filechunk import FileChunk
 from offload.netdev import DeviceStats, NetDevice, OffloadRefused, RecordLookup, Segment
 from offload.netwire.control import ControlClient, ControlError, flow_of, flow_to_json
 from offload.netwire.frames import FlowKey
@@ -45,7 +74,7 @@ from offload.netwire.recstore import DEFAULT_RING, StoreWriter
 from offload.state import DeviceReport
 from offload.tcpseq import SeqSpace
 from offload.tls_device import DeviceTx
-from offload.txpath import Chunk
+from offload.txpath import TxChunk
 from offload.uapi import TLS_MAX_PAYLOAD_SIZE, CryptoInfo
 
 TCP_INFO_LEN = 232
@@ -160,8 +189,9 @@ class ShmDeviceTx(DeviceTx):
     ) -> None:
         self.batch_records = batch_records
         self.store = store
-        self.last: tuple[RecordBuf, memoryview] | None = None
-        """The buffer framed last and its place in the ring."""
+        self.last: tuple[RecordBuf, memoryview, int] | None = None
+        """The buffer framed last, its place in the ring, and its offset in
+        the ring's file."""
         self.linger: Callable[[], None] = lambda: None
         """Waits for the last acknowledgement (set by the TX path)."""
         super().__init__(info, device, space, start_offset, max_payload)
@@ -181,7 +211,7 @@ class ShmDeviceTx(DeviceTx):
             buf, self._starts[-1], self._sns[-1], self._rsize[-1], self._nrec[-1]
         )
         self._views[-1] = view.toreadonly()
-        self.last = (buf, view)
+        self.last = (buf, view, self.store.appended_at)
 
     def clean_acked(self, offset: int) -> None:
         super().clean_acked(offset)
@@ -206,11 +236,18 @@ class NetTxPath:
     """Framed records into a real TCP socket; the NIC process encrypts them."""
 
     def __init__(
-        self, sock: socket.socket, control_path: str, *, ring_size: int = DEFAULT_RING
+        self,
+        sock: socket.socket,
+        control_path: str,
+        *,
+        ring_size: int = DEFAULT_RING,
+        sendfile: bool = True,
     ) -> None:
         """``ring_size``: the shared record ring; at least two framing
         batches (``DeviceTx.batch_records`` full records), so one can be
-        framed while TCP still holds the other unacknowledged."""
+        framed while TCP still holds the other unacknowledged.  ``sendfile``:
+        TCP takes the ring's pages (False: ``sendmsg`` copies them, as
+        when the kernel refuses ``sendfile``)."""
         least = 2 * DeviceTx.batch_records * _RECORD_ROOM
         if ring_size < least:
             raise ValueError(f"ring_size must be at least {least} bytes")
@@ -239,6 +276,7 @@ class NetTxPath:
         self.sock = sock
         self.control_path = control_path
         self.ring_size = ring_size
+        self.sendfile = sendfile
         self.offset = 0  # stream bytes handed to TCP through this path
         self.tx: ShmDeviceTx | None = None
         self._control: ControlClient | None = None
@@ -269,6 +307,8 @@ class NetTxPath:
         write_seq = int(seen["snd_nxt"])
         space = SeqSpace(write_seq - self.offset)
         store = StoreWriter(space.isn, self.offset, self.ring_size)
+        if not self.sendfile:
+            store.source.refuse("off")
         store.wait_room = self._wait_room
         self._acked0 = bytes_acked(self.sock)
         device = NetDevice("nic0", RemoteNic(control, flow, store))
@@ -284,18 +324,18 @@ class NetTxPath:
         tx.linger = self._linger
         return tx
 
-    def transmit(self, buf: RecordBuf) -> Sequence[Chunk]:
+    def transmit(self, buf: RecordBuf) -> Sequence[TxChunk]:
         self.offset += len(buf)
         tx = self.tx
         if tx is None or tx.last is None or tx.last[0] is not buf:
             return (buf,)  # before offload: plain bytes, as they are
-        view = tx.last[1]
+        _, view, at = tx.last
         tx.last = None
         tx.recycle(buf)  # the ring holds the records now
         self.poll_acks()
-        return (view,)
+        return (FileChunk(view, tx.store.source, at),)
 
-    def drain(self) -> Sequence[Chunk]:
+    def drain(self) -> Sequence[TxChunk]:
         return ()
 
     def written(self, buf: RecordBuf) -> None:
@@ -311,6 +351,10 @@ class NetTxPath:
         except ControlError:
             return None
         stats = {str(k): int(v) for k, v in s["device"].items()}
+        if self.tx is not None:  # the host's side of the ring: sent from its pages or copied
+            source = self.tx.store.source
+            stats["host_tx_sendfile_bytes"] = source.sent
+            stats["host_tx_copied_bytes"] = source.copied
         return DeviceReport(
             name="nic0",
             driver=str(s.get("driver", "")),

@@ -119,6 +119,10 @@ def _check_wire_summary(s: dict[str, Any], size: int) -> None:
         nic.get("frames_offloaded", 0) + nic.get("frames_passed", 0) + nic.get("frames_dropped", 0)
     )
     assert s["netns"]["peer_addr"] == PEER
+    # TCP took the record ring's pages (sendfile): no byte copied on the way.
+    host = s.get("host_counters", {})
+    assert host.get("host_tx_sendfile_bytes", 0) >= size
+    assert "host_tx_copied_bytes" not in host
 
 
 # -- send -> openssl s_server / tlsctl serve in the peer namespace -----------------------

@@ -168,6 +168,46 @@ def test_engine_drops_a_freed_record_never_plaintext(burst: bool) -> None:
         h.close()
 
 
+@pytest.mark.parametrize("burst", [True, False], ids=["xmit_burst", "xmit"])
+def test_engine_drops_a_stale_copy_even_where_it_expects_the_next_frame(burst: bool) -> None:
+    """TCP takes the ring's pages (``offload.filechunk``): a retransmitted
+    clone still queued when its bytes are acknowledged may carry other
+    records' plaintext once the host reuses that ring space.  Here the
+    clone starts exactly where the driver expects the next in-order frame
+    (a resync of the frame before it moved ``expected`` back there), so the
+    driver alone would encrypt the new plaintext under the old records'
+    nonces.  The NIC drops it (counted as a freed record's frame), and a
+    frame of bytes not yet acknowledged still goes through."""
+    info = random_info(*STREAMABLE[0])
+    data, other = os.urandom(50_000), os.urandom(50_000)
+    want = software(info, data)
+    h = Host(info, data, 4242, burst=burst)
+    try:
+        assert h.send(0, 20000)[0] and h.send(20000, len(h.buf) - 20000)[0]
+        ok, out = h.send(0, 20000)  # a retransmission: resync, expected back at 20000
+        assert ok and out == want[:20000]
+        h.store.free(len(h.buf))  # everything acknowledged and freed
+        reused = bytes(framed(info, other)[0])  # what the ring's pages hold now
+        before = dict(h.nic.counters)
+        stale = frame((4242 + 20000) % (1 << 32), reused[20000:50000])
+        assert not h.nic.egress(stale)
+        assert bytes(stale[-30000:]) == reused[20000:50000]  # untouched: never encrypted
+        assert h.nic.counters["frames_dropped"] == before["frames_dropped"] + 1
+        assert h.nic.device.stats["tx_tls_drop_no_sync_data"] == 1
+    finally:
+        h.close()
+    h = Host(info, data, 4242, burst=burst)
+    try:  # not acknowledged: the same frame is the records' and is encrypted
+        assert h.send(0, 20000)[0] and h.send(20000, len(h.buf) - 20000)[0]
+        assert h.send(0, 20000)[0]
+        h.store.free(19999)
+        ok, out = h.send(20000, 30000)
+        assert ok and out == want[20000:50000]
+        assert h.nic.device.stats["tx_tls_drop_no_sync_data"] == 0
+    finally:
+        h.close()
+
+
 def test_engine_passes_bytes_before_the_marker_and_flows_without_context() -> None:
     info = random_info(*STREAMABLE[3])
     data = os.urandom(30_000)

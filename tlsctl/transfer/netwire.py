@@ -121,7 +121,13 @@ def send_on_wire(
             where = f"{host}:{port} (peer namespace {facts['peer_netns']})"
         report = meter.report(not_host=float(result.pop("server_cpu_seconds", 0.0)))
         result.pop("device_cpu_seconds", None)  # the NIC's is nic_cpu_seconds, its own process's
+        ours = result.get("device_counters") or {}
         result.update(report)
+        # How TCP got the record ring's bytes (sent from its pages, or copied when the
+        # kernel refused): the host's counters, not the NIC's.
+        host_tx = {k: v for k, v in ours.items() if k.startswith("host_tx_")}
+        if host_tx:
+            result["host_counters"] = host_tx
         result["netns"] = facts
         if peer is not None:
             status = peer.finish()
