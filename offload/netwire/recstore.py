@@ -35,7 +35,10 @@ an entry and its ring bytes before publishing ``tail``, and publishes
 only after ``head`` passed its entry.  The reader copies a record and then
 re-reads ``head``: if the entry was freed meanwhile the copy may be torn and
 is thrown away (the record counts as freed, the frame is dropped), so the
-NIC never sends bytes it read from reused memory.
+NIC never sends bytes it read from reused memory.  That argument needs
+``head``, ``tail`` and ``acked`` loaded and stored whole
+(``offload.netwire.shmwords``): a ``head`` torn to 0 would pass a record
+freed and overwritten under the read as still held.
 """
 
 from __future__ import annotations
@@ -50,14 +53,16 @@ from collections.abc import Callable
 
 from offload.filechunk import FileSource
 from offload.netdev import RecordInfo
+from offload.netwire.shmwords import shared_words
 from offload.tcpseq import SEQ_MOD, seq_diff
 
 MAGIC = b"TLSCTLRS"
 _HDR = struct.Struct("<8sQQIIQQQQ")
 HEADER_SIZE = 64
 ENTRY = struct.Struct("<QQQIIQ")
-_U64 = struct.Struct("<Q")
-_OFF_HEAD, _OFF_TAIL, _OFF_ACKED = 40, 48, 56
+_HEAD, _TAIL, _ACKED = 5, 6, 7
+"""The shared words' indexes (byte offsets 40, 48, 56), loaded and stored
+whole through ``offload.netwire.shmwords``: never ``struct.pack_into``."""
 DEFAULT_RING = 17 << 20
 """Four framing batches of 4 MiB of payload (``NetTxPath.batch_records``,
 records with their headers and tags: a little over 16 MiB): the ring holds
@@ -66,6 +71,9 @@ tcp_wmem max), plus the batch being framed, plus the room lost when a
 batch does not fit before the ring's end."""
 DEFAULT_ENTRIES = 8192
 _HALF = SEQ_MOD // 2
+_CLOSED = memoryview(bytes(8)).cast("Q")
+_CLOSED.release()
+"""A closed reader's words: any load raises ValueError, as a closed mapping does."""
 SHM_DIR = "/dev/shm"
 
 
@@ -108,6 +116,7 @@ class StoreWriter:
         self.appended_at = 0
         """File offset of the buffer ``append`` published last."""
         self._mv = memoryview(self._map)
+        self._words = shared_words(self._map, HEADER_SIZE)
         _HDR.pack_into(
             self._map,
             0,
@@ -152,6 +161,7 @@ class StoreWriter:
         self._regions.clear()
         self._reserved = None
         with contextlib.suppress(BufferError):
+            self._words.release()
             self._mv.release()
             self._map.close()
 
@@ -222,7 +232,7 @@ class StoreWriter:
         self._spans.append((pos, pos + n))
         self._pos = pos + n
         self.appended_at = ring
-        _U64.pack_into(self._map, _OFF_TAIL, number + 1)  # publish last
+        self._words[_TAIL] = number + 1  # publish last
         return ring_view if ring_view is not None else self._mv[ring : ring + n]
 
     def _room(self, n: int) -> int:
@@ -244,13 +254,13 @@ class StoreWriter:
         if acked <= self.acked:
             return
         self.acked = acked
-        _U64.pack_into(self._map, _OFF_ACKED, acked)
+        self._words[_ACKED] = acked
         ends, h = self._ends, self._head
         while h < len(ends) and ends[h] <= acked:
             h += 1
         if h != self._head:
             self._head = h
-            _U64.pack_into(self._map, _OFF_HEAD, self._base + h)
+            self._words[_HEAD] = self._base + h
         if h > 1024 and h * 2 > len(ends):
             del self._ends[:h], self._spans[:h]
             self._base += h
@@ -279,6 +289,7 @@ class StoreReader:
         self._ring_at = _layout(ring, cap)[0]
         self.freed_during_copy = 0
         self._mv = memoryview(self._map)
+        self._words = shared_words(self._map, HEADER_SIZE)
         self._cur: tuple[int, int, int, int, int, int] | None = None
         """The entry ``read_record`` found last: number, start, end, record
         size, record count, ring address (the next cut record is nearly
@@ -289,12 +300,16 @@ class StoreReader:
         context deleted under it by the control thread) keeps the mapping
         until its view goes, and later reads answer False."""
         self._cur = None
+        # Not released: a read in flight holds the words (and the mapping)
+        # until it returns; dropping our reference frees them otherwise.
+        self._words = _CLOSED
         self._mv.release()
         with contextlib.suppress(BufferError):
             self._map.close()
 
-    def _u64(self, at: int) -> int:
-        return int(_U64.unpack_from(self._map, at)[0])
+    def _u64(self, index: int) -> int:
+        """Shared word ``index`` (``_HEAD``, ``_TAIL``, ``_ACKED``), loaded whole."""
+        return int(self._words[index])
 
     def _offset(self, tcp_seq: int, acked: int) -> int:
         """Stream offset of ``tcp_seq`` read next to the acknowledged offset
@@ -319,8 +334,8 @@ class StoreReader:
         return lo_i
 
     def get_record(self, tcp_seq: int) -> RecordInfo | None:
-        acked = self._u64(_OFF_ACKED)
-        head, tail = self._u64(_OFF_HEAD), self._u64(_OFF_TAIL)
+        acked = self._u64(_ACKED)
+        head, tail = self._u64(_HEAD), self._u64(_TAIL)
         off = self._offset(tcp_seq, acked)
         if off < acked or off < self.start_offset or head >= tail:
             return None
@@ -333,7 +348,7 @@ class StoreReader:
         hi = min(lo + rsize, end - start)
         at = self._ring_at + pos
         data = self._map[at + lo : at + hi]  # the DMA read: a transient copy
-        if self._u64(_OFF_HEAD) > i:  # freed (maybe reused) while copying
+        if self._u64(_HEAD) > i:  # freed (maybe reused) while copying
             self.freed_during_copy += 1
             return None
         return RecordInfo((self.isn + start + lo) % SEQ_MOD, first_sn + k, memoryview(data))
@@ -351,13 +366,13 @@ class StoreReader:
         torn and must be thrown away).  ``use`` must not keep the view.
         """
         try:
-            m = self._map
-            acked = _U64.unpack_from(m, _OFF_ACKED)[0]
+            words = self._words
+            acked = words[_ACKED]
             d = (tcp_seq - self.isn - acked) % SEQ_MOD  # _offset, inlined (once per frame)
             off = acked + (d - SEQ_MOD if d >= _HALF else d)
             cur = self._cur
             if cur is None or not cur[1] <= off < cur[2]:
-                head, tail = _U64.unpack_from(m, _OFF_HEAD)[0], _U64.unpack_from(m, _OFF_TAIL)[0]
+                head, tail = words[_HEAD], words[_TAIL]
                 if off < acked or off < self.start_offset or head >= tail:
                     return False
                 i = self._find(off, head, tail)
@@ -371,10 +386,10 @@ class StoreReader:
             if k >= nrec or k * rsize != lo:  # not where one of its records starts
                 return False
             hi = lo + rsize if k < nrec - 1 else end - start
-            if hi - lo != length or _U64.unpack_from(m, _OFF_HEAD)[0] > number:
+            if hi - lo != length or words[_HEAD] > number:
                 return False
             ok = use(self._mv[at + lo : at + hi])
-            if _U64.unpack_from(m, _OFF_HEAD)[0] > number:  # freed (maybe reused) meanwhile
+            if words[_HEAD] > number:  # freed (maybe reused) meanwhile
                 self.freed_during_copy += 1
                 return False
             return ok
@@ -395,14 +410,14 @@ class StoreReader:
         order), so the frame holds its records' own plaintext.
         """
         try:
-            acked = _U64.unpack_from(self._map, _OFF_ACKED)[0]
+            acked = self._words[_ACKED]
         except ValueError:  # closed (the context deleted meanwhile): the driver decides
             return False
         d = (tcp_seq - self.isn - acked) % SEQ_MOD
         return bool(d >= _HALF and acked + d - SEQ_MOD >= self.start_offset)
 
     def before_start_marker(self, tcp_seq: int, length: int) -> bool:
-        off = self._offset(tcp_seq, self._u64(_OFF_ACKED))
+        off = self._offset(tcp_seq, self._u64(_ACKED))
         return bool(off + length <= self.start_offset)
 
 
