@@ -47,6 +47,8 @@ from typing import Any
 from tlsctl.units import parse_size
 
 MODES = ("tcp", "sw", "sim-nic")
+RETRIES = 3
+"""A failed transfer is reported (``failed_runs``) and run again, at most this often."""
 GB = 1e9
 SEND = (
     "import socket,sys\n"
@@ -224,6 +226,7 @@ def main() -> int:
         return 0
     modes = [m for m in args.modes.split(",") if m]
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    failed = dict.fromkeys(modes, 0)
     with tempfile.TemporaryDirectory(prefix="netwire-rx-") as d:
         src = os.path.join(d, "src.bin")
         with open(src, "wb") as f:
@@ -235,10 +238,18 @@ def main() -> int:
         pki = make_pki(d)
         for _ in range(args.repeat):
             for m in modes:
-                if m == "tcp":
-                    runs[m].append(run_tcp(args.python, src, size))
-                else:
-                    runs[m].append(run_serve(args.python, m, src, size, args.tls, pki))
+                for attempt in range(RETRIES + 1):
+                    try:
+                        if m == "tcp":
+                            runs[m].append(run_tcp(args.python, src, size))
+                        else:
+                            runs[m].append(run_serve(args.python, m, src, size, args.tls, pki))
+                        break
+                    except RuntimeError as exc:
+                        failed[m] += 1
+                        print(f"{m}: run failed ({exc}); again", file=sys.stderr)
+                        if attempt == RETRIES:
+                            raise
     gb = size / GB
     rows = []
     for m in modes:
@@ -256,6 +267,7 @@ def main() -> int:
                 "gbit_s": round(size * 8 / med["seconds"] / 1e9, 2),
                 "switches_per_128mib": round(med["switches"] * (128 << 20) / size),
                 "runs": len(rs),
+                "failed_runs": failed[m],
                 "rx_offload": rs[-1].get("rx", {}),
             }
         )
