@@ -43,6 +43,10 @@ __all__ = ["Capture", "KeylogBuffer", "check_target", "tools_missing"]
 _TOOLS = ("dumpcap", "editcap")
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 15.0
+SETTLE_QUIET = 0.5
+"""How long the capture file must not grow before dumpcap is stopped:
+over twice libpcap's TPACKET_V3 block timeout (about 0.2 s here)."""
+SETTLE_LIMIT = 10.0
 _TMPFILE_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 
 
@@ -154,6 +158,31 @@ def dropped_packets(stats: str) -> int | None:
     return sum(int(d) for _r, d in found) if found else None
 
 
+def settle(fd: int, quiet: float = SETTLE_QUIET, limit: float = SETTLE_LIMIT) -> None:
+    """Wait until the capture written to ``fd`` has not grown for ``quiet``
+    seconds (at most ``limit``): then dumpcap holds no frame it has not
+    written, and a SIGINT loses nothing.
+
+    Why not a fixed short wait: libpcap reads the kernel's TPACKET_V3 ring
+    a block at a time, and a block that is not full reaches dumpcap only
+    when its timeout (about 0.2 s) retires it.  dumpcap stopped before that
+    exits without the frames in that block, and its statistics do not
+    count them as dropped (received 0/0): the capture silently lacks the
+    transfer's last frames.  The fixed 0.2 s wait this replaces was at that
+    edge, which made tshark's stream differ from what the peer received
+    now and then under load."""
+    start = last_change = time.monotonic()
+    size = os.fstat(fd).st_size
+    while True:
+        time.sleep(0.05)
+        now = time.monotonic()
+        grown = os.fstat(fd).st_size
+        if grown != size:
+            size, last_change = grown, now
+        elif now - last_change >= quiet or now - start >= limit:
+            return
+
+
 class Capture:
     """``dumpcap`` on the peer side's link of ``wire`` while the block runs;
     :meth:`finish` injects ``keylog``'s secrets and names the file."""
@@ -209,7 +238,7 @@ class Capture:
         if proc is None:
             return
         if proc.poll() is None:
-            time.sleep(0.2)  # the last frames (the peer's FIN's ACK) reach the link
+            settle(self.raw.fd)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGINT)  # dumpcap flushes and exits
             try:

@@ -279,13 +279,24 @@ class Peer:
     itself, then SIGTERM, and returns its status.
     """
 
-    def __init__(self, wire: NetnsWire, command: str) -> None:
+    def __init__(
+        self,
+        wire: NetnsWire,
+        command: str,
+        *,
+        stdin: int = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``stdin``: a pipe kept open (a server peer), or DEVNULL (a client
+        peer reads its input from a redirection in ``command``); ``env``
+        is added to ours."""
         self.command = command
         self.proc = subprocess.Popen(
             wire.argv(PEER_SIDE, ["sh", "-c", command]),
-            stdin=subprocess.PIPE,
+            stdin=stdin,
             stdout=2,
             start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def finish(self, grace: float = _PEER_GRACE) -> int:

@@ -120,7 +120,11 @@ def check(
     rx = conn["rx_offload"]
     assert rx["rx_resync"] == SCHEMES[scheme]
     records = rx["rx_records_device"] + rx["rx_records_partial"] + rx["rx_records_sw"]
-    assert records == conn["rx_seq_at_end"] - conn["rx_seq_at_handoff"]
+    if conn.get("key_updates"):  # record numbers restart at 0 with each key
+        full = src.stat().st_size // (16 << 10)
+        assert records >= full + conn["key_updates"] > conn["rx_seq_at_end"]
+    else:
+        assert records == conn["rx_seq_at_end"] - conn["rx_seq_at_handoff"]
     dev = wire["device_counters"]
     assert dev["rx_tls_ctx"] >= 1 and dev["rx_tls_del"] == dev["rx_tls_ctx"]
     if decrypts and scheme != "core" and src.stat().st_size >= 1 << 20:
@@ -162,6 +166,26 @@ def test_gnutls_cli_to_serve_netns_rx_offload(
     peer = ["gnutls-cli", "--insecure", "--priority", prio, "--logfile=/dev/null"]
     conn, wire, _ = serve_rx(pki, src, dest, peer, "--rx-resync", "async")
     check(conn, wire, src, dest, "async")
+
+
+@needs_wire
+@pytest.mark.parametrize(
+    "extra", [[], ["-tls1_3", "--key-update-every", "512K"]], ids=["plain", "keyupdate"]
+)
+def test_tlsctl_send_to_serve_netns_rx_offload(
+    pki: Pki, data: dict[int, Path], tmp_path: Path, extra: list[str]
+) -> None:
+    """``tlsctl send`` (software, its own record layer) in the peer
+    namespace: the third sender the issue names.  With KeyUpdates every
+    512 KiB the NIC's RX context stops at each key change and the host
+    offers a new one: 5 updates, at least 6 contexts, all deleted."""
+    src, dest = data[3 << 20], tmp_path / "got.bin"
+    peer = [sys.executable, "-m", "tlsctl.cli", "send", "-", "-k", "--offload", "sw", *extra]
+    conn, wire, _ = serve_rx(pki, src, dest, peer, "--rx-resync", "async")
+    check(conn, wire, src, dest, "async")
+    if extra:
+        assert conn["key_updates"] == 5
+        assert wire["device_counters"]["rx_tls_ctx"] >= 6
 
 
 @needs_wire
@@ -235,3 +259,52 @@ def test_rx_resync_on_the_real_wire_is_accepted() -> None:
     assert spec == DeviceSpec("sim-nic", rx_resync="async")
     r = run_tlsctl("serve", "--wire", "netns", "--offload", "sw", "--rx-resync", "core")
     assert r.returncode == 2 and "--rx-resync" in r.stderr and "Traceback" not in r.stderr
+
+
+def _serve_exec_peer(*args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """``serve --wire netns --offload sim-nic --json ... --exec-peer CMD``
+    run to its end (no -naccept: the peer's exit ends it); its JSON lines."""
+    cmd = [
+        sys.executable, "-m", "tlsctl.cli", "serve", "-accept", "0", "--wire", "netns",
+        "--offload", "sim-nic", "--json", *args,
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    return r, [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+
+
+@needs_wire
+def test_serve_exec_peer_runs_the_client_and_ends_with_it(
+    data: dict[int, Path], tmp_path: Path
+) -> None:
+    """Two ``s_client`` runs one after the other from the peer namespace,
+    told where to go by ``$TLSCTL_CONNECT``: both served (RX through the
+    NIC), and the server ends by itself when the command has exited."""
+    src = data[1 << 20]
+    one = f"openssl s_client -quiet -no_ign_eof -nocommands -connect $TLSCTL_CONNECT < {src}"
+    r, events = _serve_exec_peer("--save-dir", str(tmp_path), "--exec-peer", f"{one} && {one}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    conns = [e for e in events if e.get("event") == "connection"]
+    assert len(conns) == 2 and all(c["ok"] for c in conns), conns
+    for c in conns:
+        assert c["sha256"] == sha(src) == sha(Path(c["file"]))
+        assert c["rx_offload"]["rx_records_device"] > 0
+    wire = next(e for e in events if e.get("event") == "wire")
+    assert wire["peer_status"] == 0
+    assert wire["device_counters"]["rx_tls_ctx"] == wire["device_counters"]["rx_tls_del"] == 2
+
+
+@needs_wire
+def test_serve_exec_peer_failing_is_the_runs_failure() -> None:
+    """A client that fails (here: never connects) is the run's failure even
+    though the server saw nothing wrong: exit 3, one line saying so."""
+    r, events = _serve_exec_peer("--sink", "--exec-peer", "exit 7")
+    assert r.returncode == 3, r.stderr
+    err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+    assert err == ["Error: --exec-peer 'exit 7' exited with status 7"], r.stderr
+    assert "Traceback" not in r.stderr
+    assert next(e for e in events if e.get("event") == "wire")["peer_status"] == 7
+
+
+def test_serve_exec_peer_needs_the_real_wire() -> None:
+    r = run_tlsctl("serve", "--sink", "--exec-peer", "true")
+    assert r.returncode == 2 and "--exec-peer goes with --wire netns" in r.stderr

@@ -72,7 +72,7 @@ def test_send_sim_nic_to_s_server(
     assert summary["sha256"] == sha(data[size]) == sha(out)
     counters = summary.get("device_counters", {})
     assert isinstance(counters, dict)
-    assert counters.get("tx_tls_ctx") == 1
+    assert counters.get("tx_tls_ctx") == counters.get("tx_tls_del") == 1  # del: at close
     if size == 0 and version == "1.2":
         return  # nothing but close_notify went out
     fallback = summary.get("fallback_device_counters", {})
@@ -250,7 +250,7 @@ def test_key_update_with_a_nic_to_s_server(
     assert summary["sha256"] == sha(src) == sha(out)
     assert summary["key_updates_sent"] == 11
     counters = summary["device_counters"]
-    assert isinstance(counters, dict) and counters["tx_tls_ctx"] == 1
+    assert isinstance(counters, dict) and counters["tx_tls_ctx"] == counters["tx_tls_del"] == 1
     if faults:
         assert counters["tx_tls_ooo"] > 0
 

@@ -59,7 +59,7 @@ def _check(rec: dict[str, object], dest: Path, src: Path, resync: str) -> None:
     counters = rec["device_counters"]
     rx = rec["rx_offload"]
     assert isinstance(counters, dict) and isinstance(rx, dict)
-    assert counters["rx_tls_ctx"] == 1
+    assert counters["rx_tls_ctx"] == counters["rx_tls_del"] == 1  # del: counted at close
     assert counters["rx_tls_decrypted_packets"] > 0
     assert rx["rx_resync"] == {"driver": "DRIVER_REQ", "core": "CORE_NEXT_HINT"}.get(
         resync, "DRIVER_REQ_ASYNC"

@@ -190,6 +190,15 @@ class FileMode(click.ParamType[int]):
     show_default=True,
     help="Processes accepting on the one listening socket; -naccept counts per worker.",
 )
+@click.option(
+    "--exec-peer",
+    "exec_peer",
+    metavar="COMMAND",
+    help="With --wire netns: once listening, run COMMAND (a shell command line) in the "
+    "peer namespace, with TLSCTL_CONNECT=HOST:PORT (and TLSCTL_HOST, TLSCTL_PORT) in its "
+    "environment and stdin at EOF; when it exits the server stops accepting and ends "
+    "once its connections have. Its non-zero exit status makes ours 3.",
+)
 @common_options
 def serve(
     accept: str | None,
@@ -211,6 +220,7 @@ def serve(
     handshake_timeout: float,
     max_conns: int | None,
     workers: int,
+    exec_peer: str | None,
     common: CommonOptions,
 ) -> None:
     """Accept TLS connections; move their data through the kTLS layer.
@@ -222,6 +232,8 @@ def serve(
       tlsctl serve -accept 8443 -WWW ./public   # curl -k https://localhost:8443/f
       tlsctl serve --echo -tls1_3 &  kill -USR1 $!   # KeyUpdate on every live connection
       tlsctl serve --wire netns --offload sim-nic -WWW ./public  # behind the NIC on a real wire
+      tlsctl serve --wire netns --offload sim-nic -o got.bin \\
+        --exec-peer 'openssl s_client -quiet -no_ign_eof -nocommands -connect $TLSCTL_CONNECT < f'
 
     SIGUSR1: every live TLS 1.3 connection sends a KeyUpdate (update_not_requested)
     and switches to its next TX key before the next record it sends.
@@ -239,6 +251,8 @@ def serve(
     from tlsctl.server import ServeHooks, ServeOptions, prepare, run
     from tlsctl.tlsconf import ConfigError
 
+    if exec_peer and common.wire is None:
+        raise click.UsageError("--exec-peer goes with --wire netns")
     control = start_control_server(common.control_socket)  # for inspect-context
     if output and (naccept or 1) > 1:
         raise click.UsageError("-o FILE stores one connection; use --save-dir DIR for more")
@@ -283,7 +297,7 @@ def serve(
         if common.wire is not None:
             if workers > 1:
                 raise click.UsageError("--wire netns serves from one process (no --workers)")
-            status = _serve_on_wire(opts, common.wire, hooks, out)
+            status = _serve_on_wire(opts, common.wire, hooks, out, exec_peer)
         else:
             listening = prepare(opts)
             _announce(listening, out)
@@ -297,17 +311,44 @@ def serve(
 
 
 def _serve_on_wire(
-    opts: ServeOptions, spec: WireSpec, hooks: ServeHooks, out: Output
+    opts: ServeOptions,
+    spec: WireSpec,
+    hooks: ServeHooks,
+    out: Output,
+    exec_peer: str | None = None,
 ) -> ExitStatus:
     """``--wire netns``: listen in the host namespace behind the NIC, tell
-    where clients go, serve, then the wire's summary (and the capture)."""
+    where clients go, serve, then the wire's summary (and the capture).
+
+    ``exec_peer``: the client, run in the peer namespace once the server
+    listens; its exit stops the accepting (what it connected is served to
+    the end), and a status other than 0 is the run's failure: with a
+    client peer, the server may have seen nothing go wrong (a client that
+    never connected, or refused our certificate)."""
+    import dataclasses
+
     from tlsctl.server import run
     from tlsctl.server.netwire import serve_wire
 
     with serve_wire(opts, spec) as wired:
         _announce(wired.listening, out, wired.facts())
-        status = run(wired.listening, hooks)
-        _wire_done(wired.finish(), out)
+        peer = None
+        if exec_peer:
+            peer = wired.start_peer(exec_peer)
+            hooks = dataclasses.replace(hooks, started=peer.stops)
+        try:
+            status = run(wired.listening, hooks)
+        finally:
+            peer_status = peer.finish() if peer is not None else None
+        summary = wired.finish()
+        if peer is not None:
+            summary["peer_status"] = peer_status
+        _wire_done(summary, out)
+    if peer_status:
+        said = f"--exec-peer {peer} exited with status {peer_status}"
+        if status is ExitStatus.OK:
+            raise CommandFailed(said, ExitStatus.INCOMPLETE)
+        warn(said)
     return status
 
 

@@ -13,18 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tlsctl.pcapture import Capture, KeylogBuffer
-from tlsctl.realwire import HOST_SIDE, WireMeter, WireSpec, netns_facts, on_wire, open_wire
+from tlsctl.realwire import (
+    HOST_SIDE,
+    Peer,
+    WireMeter,
+    WireSpec,
+    netns_facts,
+    on_wire,
+    open_wire,
+)
 from tlsctl.server.setup import Listening, ServeOptions, prepare
 
 if TYPE_CHECKING:
     from offload.netwire.netns import NetnsWire
+    from tlsctl.server.server import Server
 
-__all__ = ["WiredServer", "serve_wire"]
+__all__ = ["ClientPeer", "WiredServer", "serve_wire"]
 
 
 @dataclass
@@ -40,6 +51,14 @@ class WiredServer:
         """Where the server and its clients are (for the listening line)."""
         return {"wire": "netns", "nic_pid": self.wire.nic_pid, **netns_facts(self.wire)}
 
+    def start_peer(self, command: str) -> ClientPeer:
+        """``serve --exec-peer``: ``command`` in the peer namespace, told
+        where the server listens."""
+        host, port = self.listening.listener.getsockname()[:2]
+        connect = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        env = {"TLSCTL_HOST": host, "TLSCTL_PORT": str(port), "TLSCTL_CONNECT": connect}
+        return ClientPeer(self.wire, command, stdin=subprocess.DEVNULL, env=env)
+
     def finish(self) -> dict[str, Any]:
         """The wire's summary: host and NIC CPU, the NIC's counters, the capture."""
         out: dict[str, Any] = {"event": "wire", **self.meter.report()}
@@ -49,6 +68,21 @@ class WiredServer:
             out["pcap_dropped"] = self.capture.dropped  # > 0: the file misses packets
             self.capture = None
         return out
+
+
+class ClientPeer(Peer):
+    """A client run in the peer namespace: the server stops accepting
+    once it has exited (:meth:`stops`, the server's ``started`` hook)."""
+
+    def stops(self, server: Server) -> None:
+        """Watch the peer from a thread: when it exits, ``server`` stops
+        accepting (``Server.enough``) and ends with its connections."""
+
+        def watch() -> None:
+            self.proc.wait()
+            server.enough.set()
+
+        threading.Thread(target=watch, name="exec-peer", daemon=True).start()
 
 
 def _tee(*sinks: Any) -> Any:

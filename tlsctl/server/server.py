@@ -142,6 +142,9 @@ class Server:
         self.warn = warn
         self.connected = connected  # -brief: told once each connection is handed off
         self.stop = threading.Event()
+        self.enough = threading.Event()
+        """Stop accepting, as ``naccept`` does: the connections being
+        served end by themselves (``stop`` cuts them after a grace)."""
         self.accepted = 0
         self.failed = 0
         self.interrupted = 0  # cut by our own stop
@@ -174,6 +177,8 @@ class Server:
             while not self.stop.is_set():
                 self.log_limited.flush()
                 if self.naccept is not None and self.accepted >= self.naccept:
+                    break
+                if self.enough.is_set():
                     break
                 if not self._slots.acquire(timeout=_POLL):
                     continue
@@ -362,6 +367,11 @@ class Server:
                     sock.close()
             except OSError:
                 pass
+            if rec.get("ok") and isinstance(chan, KtlsChannel):
+                # Again after the close: its tls_dev_del is in the NIC's
+                # counters now (tx_tls_del, rx_tls_del), as ethtool -S shows
+                # them once the connection is gone.
+                rec.update(device_report(chan.k))
             if self.config.count_cpu:
                 rec["host_cpu_seconds"] = round(time.thread_time() - cpu0, 6)
             with self._lock:

@@ -58,6 +58,9 @@ class ServeHooks:
     connected: Callable[[HandshakeResult, str, str], None] | None = None
     """Once a connection is on its record layer: the handshake, the offload
     in use and the log line's label (``-brief``)."""
+    started: Callable[[Server], None] | None = None
+    """The server (one process, no ``--workers``) just before it accepts:
+    e.g. ``serve --exec-peer`` stops it accepting once the peer exits."""
 
 
 def run(listening: Listening, hooks: ServeHooks) -> ExitStatus:
@@ -103,6 +106,8 @@ def run(listening: Listening, hooks: ServeHooks) -> ExitStatus:
         )
     server = make_server(None)
     install_signals(server)
+    if hooks.started is not None:
+        hooks.started(server)
     return serve(server)
 
 

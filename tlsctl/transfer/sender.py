@@ -289,11 +289,18 @@ def send_to(
             # A second Ctrl-C while a step is being written: stop at once,
             # and make sure no byte of a half-written record follows.
             stop.abandon = lambda: _raw(chan).shutdown(socket.SHUT_RDWR)
-            return _Transfer(chan, res, f, size, opts.offload, stop, hooks.progress, hasher).run()
+            summary = _Transfer(
+                chan, res, f, size, opts.offload, stop, hooks.progress, hasher
+            ).run()
         finally:
             stop.abandon = None
             with stop.critical(check=False):
                 chan.close()
+        if isinstance(chan, KtlsChannel) and "device_counters" in summary:
+            # Again after the close: its tls_dev_del is in the NIC's counters
+            # now (tx_tls_del, rx_tls_del), as ethtool -S shows them then.
+            summary.update(device_report(chan.k))
+        return summary
     finally:
         if f is not sys.stdin.buffer and isinstance(file, str):
             f.close()
