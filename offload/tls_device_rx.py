@@ -181,6 +181,40 @@ class DeviceRx(SwRx):
         self.parser.feed(data)
         self._arrived(offset, data, mark)
 
+    def deliver_unheard(self, offset: int, pieces: list[tuple[memoryview, int]]) -> None:
+        """``deliver`` for a run of in-order pieces (each with its packet's
+        mark) starting at stream ``offset`` that reached the host while the
+        stack did not listen for record headers, handed over late by a wire
+        that batches its NIC work (``offload.rxwire.RxWire._flush``): one
+        copy into the parser per piece, one mark range per run of equal
+        marks, and no record walk, even if the stack listens by now (it did
+        not when they came; the walk catches up silently when it next
+        looks, as after any bytes nobody listened for)."""
+        if offset != self.fed:
+            raise ValueError(f"RX bytes out of order: {offset} after {self.fed}")
+        total = 0
+        for piece, _mark in pieces:
+            total += len(piece)
+        if not total:
+            return
+        space = self.parser.write_space(total)
+        marks = self._marks
+        pos = 0
+        for piece, mark in pieces:
+            n = len(piece)
+            if not n:
+                continue
+            space[pos : pos + n] = piece
+            if mark:
+                a = offset + pos
+                if marks and marks[-1][1] == a and marks[-1][2] == mark:
+                    marks[-1] = (marks[-1][0], a + n, mark)
+                else:
+                    marks.append((a, a + n, mark))
+            pos += n
+        self.parser.commit(total)
+        self.fed = offset + total
+
     def _arrived(self, offset: int, data: memoryview, mark: int) -> None:
         """Bytes now in the parser at ``offset``: extend or add their mark
         range, advance ``fed``, and let the record walk see them."""

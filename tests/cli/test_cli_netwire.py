@@ -502,7 +502,11 @@ def test_dumpcap_prints_the_statistics_the_capture_reads() -> None:
         timeout=30,
         check=False,
     )
-    assert dropped_packets(r.stderr) == 0, r.stderr
+    # A count, not None; not necessarily 0: on a loaded machine dumpcap
+    # can miss packets of whatever else runs on lo (8 seen at load 4).
+    dropped = dropped_packets(r.stderr)
+    assert isinstance(dropped, int) and dropped >= 0, r.stderr
+    assert dropped_packets(r.stderr.replace("Packets received/dropped", "Packets")) is None
 
 
 def test_settle_waits_until_dumpcap_wrote_the_last_frames(tmp_path: Path) -> None:

@@ -720,6 +720,123 @@ def test_property_any_segmentation_and_faults_equal_software(sc: dict[str, Any])
     assert rx.parser.buffered == 0
 
 
+def _faulty_run(sc: dict[str, Any], stream: bytes, keys: list[CryptoInfo], batch: bool) -> Any:
+    """``stream`` through a faulty wire in ``sc["chunk"]`` reads, the host
+    reading after each: what it read and every count, with the NIC's work
+    batched per read (``RxWire._flush``) or one arrival at a time.  Reads
+    in writable buffers (``sc["writable"]``, as the socket's) let the
+    segments the faults leave alone skip the RX buffer and the reassembler
+    (``RxWire._faulty``)."""
+    wire, rx, dev = _rx(keys[0], sc["sync"], isn=sc["isn"], mss=sc["mss"], faults=sc["faults"])
+    wire.batch_nic = batch
+    got: list[Rec] = []
+    next_keys = iter(keys[1:])
+    for a in [*range(0, len(stream), sc["chunk"]), -1]:
+        if a < 0:
+            wire.drain()
+        else:
+            piece = stream[a : a + sc["chunk"]]
+            wire.receive(bytearray(piece) if sc["writable"] else piece)
+        _read(rx, got)
+        if rx.key_update_pending:
+            rx.rekey(next(next_keys))
+            _read(rx, got)
+    return (
+        got,
+        (rx.records_device, rx.records_partial, rx.records_sw, rx.reencrypted_bytes),
+        dev.stats.snapshot(),
+        rx.stats.snapshot(),
+        rx.resync.req_seq,
+        wire.counts.as_dict(),
+    )
+
+
+@st.composite
+def _batch_cases(draw: st.DrawFn) -> dict[str, Any]:
+    version = draw(st.sampled_from(VERSIONS))
+    drop = draw(st.sampled_from([0.01, 0.05, 0.2]))
+    more = {k: draw(st.sampled_from([0.0, 0.05, 0.3])) for k in ("reorder", "split", "dup")}
+    return {
+        "version": version,
+        "sizes": draw(st.lists(st.integers(0, 6000), min_size=1, max_size=30)),
+        "mss": draw(st.sampled_from([100, 536, 1448, 4000])),
+        "chunk": draw(st.integers(500, 60000)),
+        "isn": draw(st.one_of(st.just(NEAR_WRAP), st.integers(0, 2**32 - 1))),
+        "faults": ",".join(f"{k}={v}" for k, v in {"drop": drop, **more}.items())
+        + f",seed={draw(st.integers(0, 2**16))}",
+        "sync": draw(st.sampled_from(list(RxSyncType))),
+        "key_update": version == TLS_1_3_VERSION and draw(st.booleans()),
+        "false_header": draw(st.booleans()),
+        "writable": draw(st.booleans()),
+    }
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_batch_cases())
+def test_property_batched_nic_is_one_arrival_at_a_time(sc: dict[str, Any]) -> None:
+    """Any faults (loss always: the NIC asks for resync mid-read), any
+    scheme, a KeyUpdate, records holding false headers, reads in read-only
+    or writable buffers: the general path with the NIC's work batched per
+    read (deliveries waiting while the stack does not listen, made unheard
+    when a segment makes it listen; segments no fault touched worked on in
+    the received bytes) reads the same bytes and ends with every count, and
+    the faults injected, equal to one arrival at a time."""
+    info = random_info(sc["version"], CipherType.AES_GCM_128, seq=3)
+    fake = bytes([DATA, 3, 3, 0, 40]) * 30  # plaintext that looks like record headers
+    recs = [
+        (DATA, fake + os.urandom(n)) if sc["false_header"] else (DATA, os.urandom(n))
+        for n in sc["sizes"]
+    ]
+    keys = [info]
+    stream = _seal(info, recs)
+    if sc["key_update"]:
+        info2 = random_info(sc["version"], CipherType.AES_GCM_128)
+        stream = _seal(info, [*recs, (HANDSHAKE, KEY_UPDATE)]) + _seal(info2, recs[::-1])
+        keys.append(info2)
+    batched = _faulty_run(sc, stream, keys, batch=True)
+    one_by_one = _faulty_run(sc, stream, keys, batch=False)
+    assert batched == one_by_one
+    want = _software(info, stream, iter(keys[1:]))
+    assert batched[0] == want
+
+
+def _late_delivery_run(batch: bool) -> tuple[Any, ...]:
+    info = random_info(TLS_1_3_VERSION, CipherType.AES_GCM_128, seq=3)
+    recs = _data_records([3500, 3500])
+    stream = _seal(info, recs)
+    assert len(split_records(stream)[0]) > 3000  # no header in [2000, 3000)
+    wire, rx, dev = _rx(info, mss=1000)
+    wire.batch_nic = batch
+    seg = {a: stream[a : a + 1000] for a in range(0, len(stream), 1000)}
+    wire.arrive_many([(0, seg[0]), (2000, seg[2000]), (0, seg[0])])
+    assert dev.stats["rx_tls_resync_req_pkt"] == 1
+    # The host got the header at 0 while nobody listened: the request
+    # about it stays open, unanswered.
+    assert rx.resync.req_seq == wire.space.seq(0) and rx.stats["TlsRxDeviceResync"] == 0
+    wire.arrive_many([(a, seg[a]) for a in sorted(seg) if a not in (0, 2000)])
+    got: list[Rec] = []
+    _read(rx, got)
+    assert got == recs
+    return (
+        (rx.records_device, rx.records_partial, rx.records_sw, rx.reencrypted_bytes),
+        dev.stats.snapshot(),
+        rx.stats.snapshot(),
+    )
+
+
+def test_batched_nic_late_deliveries_are_not_listened_to() -> None:
+    """One read: the first segment (holding the first record's header), a
+    segment past a hole (the NIC loses track and finds no header in it), and
+    a second copy of the first segment, which the NIC, out of track, scans
+    and asks about the header at its start.  One arrival at a time, the
+    host got the first copy while nobody listened, so that request is never
+    answered; batched, that delivery waited until the request was open and
+    must still not be listened to (``DeviceRx.deliver_unheard``: through
+    ``deliver`` the request is answered at once).  Then the rest in order: every byte, and
+    every count as one arrival at a time."""
+    assert _late_delivery_run(batch=True) == _late_delivery_run(batch=False)
+
+
 # -- through a kTLS socket -----------------------------------------------------------
 
 

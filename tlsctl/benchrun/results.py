@@ -26,7 +26,8 @@ mode, in the order run::
                                          # rx: receiver CPU minus the NIC's rx; median
    "device_cpu_s_per_gb": float | null,  # the NIC: its driver, or its process (netns)
    "receiver_cpu_s_per_gb": float | null,  # tx: receiver process (null: remote);
-                                         # rx: the receiving host's, = host_cpu_s_per_gb
+                                         # rx: the receiving process's whole CPU
+                                         # (host + the in-process NIC's rx)
    "cpu_vs_tcp": float | null,           # host_cpu_s_per_gb / tcp's (null without tcp)
    "bytes": int,                         # plaintext bytes moved, all repeats and streams
    "repeats": int,                       # repeats completed

@@ -157,8 +157,12 @@ def receive(
     mss: int | None = None,
 ) -> Result:
     """One transfer received as ``mode``: the Result's ``cpu`` is the
-    receiver's process CPU, ``device_cpu`` the NIC's ``rx`` time within it,
-    ``receiver_cpu`` the host's part (the difference); ``extra`` has the
+    receiver's process CPU, ``device_cpu`` the NIC's ``rx`` time within it
+    (the host's part is the difference, as ``ModeRuns.add`` takes it), and
+    ``receiver_cpu`` the receiving process's whole CPU, NIC included - the
+    meaning the column has in the TX direction (the receiver process), so
+    the "recv s/GB" column is host + device here, not a copy of "host
+    s/GB" (it was, until issue 14's last round); ``extra`` has the
     host's record counts and the faults injected (sim-nic).  ``mss``: the
     RX wire's segment size (None: its TSO-sized default)."""
     raw = socket.create_connection(("127.0.0.1", port))
@@ -213,7 +217,7 @@ def receive(
         t1,
         cpu,
         device_cpu=dev,
-        receiver_cpu=cpu - dev,
+        receiver_cpu=cpu,
         confirmed="count",
         extra=extra,
         device_counters=counters,
