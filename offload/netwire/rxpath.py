@@ -234,6 +234,8 @@ class NetRxPath:
         """The last wait found the peer paused: no waits until it streams again."""
         self._large = 0
         """Reads of ``COALESCE_MIN`` bytes or more in a row."""
+        self._all_marked = True
+        """The NIC decrypted every byte of the last read (``_marked``)."""
 
     # -- RxPath ---------------------------------------------------------------------
 
@@ -298,7 +300,11 @@ class NetRxPath:
 
         * only after a read of ``COALESCE_MIN`` bytes or more (a small
           request goes to the reader at once), never on a non-blocking
-          socket;
+          socket, and only when the NIC decrypted every byte of the read:
+          a NIC out of sync is about to ask the stack to confirm a record
+          (or waits for a hint), and the answer must come before another
+          loss drops its candidate, so the host reads on at once (the ring
+          entry that asks is seen only at the next read);
         * bounded by the timeout; a FIN or an error ends the ``poll`` at
           once, whatever the low-water mark;
         * ``SO_RCVLOWAT`` is set only for the ``poll`` and is back to 1
@@ -312,6 +318,8 @@ class NetRxPath:
         if n < COALESCE_MIN:
             self._large = 0
             return
+        if not self._all_marked:
+            return  # the NIC is out of sync: read on at once (see above)
         self._large += 1
         if self._paused and (self._large > 2 or n >= READ_CHUNK):
             self._paused = False  # large reads back to back again: the peer streams
@@ -463,6 +471,7 @@ class NetRxPath:
             keep += 1
         if keep:
             del marks[:keep]
+        self._all_marked = all(g for _, _, g in pieces)
         for a, b, g in pieces:
             piece = data[a - start : b - start]
             if in_place:

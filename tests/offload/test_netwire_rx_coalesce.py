@@ -107,3 +107,18 @@ def test_a_paused_peer_is_not_waited_for_until_it_streams_again(
     assert path._paused  # that wait found nothing either
     path._coalesce(READ_CHUNK)  # a full read: the socket held more than a chunk
     assert path.coalesced == 3
+
+
+def test_no_wait_while_the_nic_is_out_of_sync(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A read with bytes the NIC did not decrypt (``_marked`` found an
+    unmarked piece): the NIC is about to ask the stack to confirm a record,
+    so the reader goes on at once."""
+    reader, peer = pair
+    path = NetRxPath(reader, "")
+    peer.sendall(bytes(COALESCE_LOWAT))
+    path._all_marked = False
+    path._coalesce(READ_CHUNK)
+    assert path.coalesced == 0
+    path._all_marked = True
+    path._coalesce(READ_CHUNK)
+    assert path.coalesced == 1
