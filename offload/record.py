@@ -392,7 +392,22 @@ class RecordOpener(_Direction):
         room = len(dst)
         end = len(mv)
         pos = off = nrec = 0
+        uniform = True  # try a run of equal records (once it fails, record by record)
         while end - pos >= TLS_HEADER_SIZE:
+            if uniform:
+                k, size, n = self._uniform_run(
+                    mv, pos, room - off, SEQ_MASK - seq, min_len, max_len
+                )
+                uniform = k > 1
+                if uniform:
+                    at = pos + TLS_HEADER_SIZE + ex
+                    for a in range(at, at + k * size, size):
+                        dst[off : off + n] = mv[a : a + n]
+                        off += n
+                    pos += k * size
+                    seq += k
+                    nrec += k
+                    continue
             ctype, version, length = unpack(mv, pos)
             body_at = pos + TLS_HEADER_SIZE + ex
             nxt = pos + TLS_HEADER_SIZE + length
@@ -423,6 +438,48 @@ class RecordOpener(_Direction):
             if ex:
                 self.explicit = (self.explicit + nrec) & SEQ_MASK
         return nrec, off
+
+    def _uniform_run(
+        self, mv: memoryview, pos: int, room: int, seq_left: int, min_len: int, max_len: int
+    ) -> tuple[int, int, int]:
+        """How many records from ``mv[pos:]`` are copies of the first one's
+        shape and all pass ``take_decrypted_into``'s per-record checks - the
+        run a bulk sender makes of equal records: (records, record size,
+        content bytes each), or (0, 0, 0).
+
+        The checks are the loop's (application data, version, length within
+        the parser's bounds, whole inside ``mv``, fits ``room``, no record
+        numbered 2^64-1, TLS 1.3 inner type present and not padded), made
+        for every record of the run at once: each header byte and each
+        TLS 1.3 inner-type byte is gathered across the run with one strided
+        slice and compared in C.  So the copy loop that follows is one slice
+        assignment per record and nothing else."""
+        end = len(mv)
+        if end - pos < TLS_HEADER_SIZE:
+            return 0, 0, 0
+        ctype, version, length = HEADER.unpack_from(mv, pos)
+        size = TLS_HEADER_SIZE + length
+        n = length - self.explicit_size - self.tag_size - self.is13
+        if (
+            ctype != APPDATA
+            or version != RECORD_VERSION
+            or not min_len <= length <= max_len
+            or n <= 0
+        ):
+            return 0, 0, 0
+        k = min((end - pos) // size, room // n, seq_left)
+        if k < 2:
+            return 0, 0, 0
+        run = mv[pos : pos + k * size]
+        head = bytes(run[:TLS_HEADER_SIZE])
+        for j in range(TLS_HEADER_SIZE):
+            if run[j::size].tobytes() != head[j : j + 1] * k:
+                return 0, 0, 0
+        if self.is13:
+            inner = size - self.tag_size - 1
+            if run[inner::size].tobytes() != bytes((APPDATA,)) * k:
+                return 0, 0, 0
+        return k, size, n
 
     def _unwrap(self, record: Buffer) -> tuple[int, bytes, memoryview, bytes | memoryview]:
         """Header checks, then (outer type, nonce, body past any explicit nonce, AAD)."""

@@ -185,11 +185,8 @@ class SimNicRxContext:
             return _ChachaOpen(self.info.key, nonce, aad)
         return _GcmOpen(self.info.key, nonce, aad)
 
-    def open_whole(self, sealed: memoryview, out: memoryview) -> bool:
-        """The record whose header is ``hdr``, body and tag all in ``sealed``
-        (one packet holds the rest of it): its plaintext into ``out`` in one
-        pass, False when the tag fails (``out`` then holds nothing of use).
-        The same AEAD as ``open_stream`` fed the same bytes, in one call."""
+    def aead(self) -> AESGCM | ChaCha20Poly1305:
+        """The one-shot AEAD of this context's key (made once, at first use)."""
         if self._aead is None:
             key = self.info.key
             self._aead = (
@@ -197,9 +194,16 @@ class SimNicRxContext:
                 if self.info.cipher == CipherType.CHACHA20_POLY1305
                 else AESGCM(key)
             )
+        return self._aead
+
+    def open_whole(self, sealed: memoryview, out: memoryview) -> bool:
+        """The record whose header is ``hdr``, body and tag all in ``sealed``
+        (one packet holds the rest of it): its plaintext into ``out`` in one
+        pass, False when the tag fails (``out`` then holds nothing of use).
+        The same AEAD as ``open_stream`` fed the same bytes, in one call."""
         nonce, aad = self._nonce_aad()
         try:
-            self._aead.decrypt_into(nonce, sealed, aad, out)
+            self.aead().decrypt_into(nonce, sealed, aad, out)
         except InvalidTag:
             return False
         return True
@@ -342,6 +346,12 @@ class SimNicRx:
         handled = True
         while pos < n:
             live = ctx.synced and not ctx.paused
+            if live and ctx.phase == _HEADER and not ctx.hdr:
+                pos = self._whole_records(ctx, data, out, pos)
+                if pos < 0:
+                    return False, False
+                if pos >= n:
+                    break
             if ctx.phase == _HEADER:
                 handled = handled and live
                 take = min(ctx.hlen - len(ctx.hdr), n - pos)
@@ -416,6 +426,53 @@ class SimNicRx:
                     if not ctx.tracking:  # paused, or a candidate chain dropped
                         return handled and pos == n, True
         return handled, True
+
+    def _whole_records(
+        self, ctx: SimNicRxContext, data: memoryview, out: memoryview, pos: int
+    ) -> int:
+        """In sync, at a record boundary: every record lying wholly in
+        ``data[pos:]`` opened with one AEAD call each and no per-record state
+        kept, its plaintext (header and tag as they came) into ``out``.
+
+        Exactly what the record machine below does for such a record (the
+        same nonce, AAD and checks), without building its header byte by
+        byte or resetting the record state after each: the common case of
+        a packet full of whole records.  Returns where the record machine
+        goes on (a cut record, an implausible header, or a TLS 1.3 record
+        whose last plaintext byte is not the data type - handshake or
+        padding - which the machine opens again and judges), or -1 when a
+        tag failed (counted and handled as the machine does)."""
+        n = len(data)
+        hlen, tag, prot = ctx.hlen, ctx.tag_size, ctx.prot
+        types, lo, hi, is13 = ctx.types, ctx.min_len, ctx.max_len, ctx.is13
+        unpack, decrypt = HEADER.unpack_from, ctx.aead().decrypt_into
+        nonce_of, aad_of = prot.nonce, prot.aad
+        sn = ctx.record_sn
+        done = 0
+        while n - pos >= hlen:
+            ctype, version, length = unpack(data, pos)
+            end = pos + TLS_HEADER_SIZE + length
+            if end > n or ctype not in types or version != RECORD_VERSION or not lo <= length <= hi:
+                break
+            body, body_end = pos + hlen, end - tag
+            nonce = nonce_of(sn, data[pos + TLS_HEADER_SIZE : body])
+            try:
+                decrypt(
+                    nonce, data[body:end], aad_of(sn, ctype, body_end - body), out[body:body_end]
+                )
+            except InvalidTag:
+                ctx.record_sn = sn
+                self._finish_record(ctx, False, True)
+                return -1
+            if is13 and (body_end == body or out[body_end - 1] != _APPDATA):
+                break  # the record machine opens it again and decides
+            out[pos:body] = data[pos:body]
+            out[body_end:end] = data[body_end:end]
+            sn += 1
+            done += 1
+            pos = end
+        ctx.record_sn = sn
+        return pos
 
     def _end_record(self, ctx: SimNicRxContext) -> bool:
         """The record's tag is in: check it; False when it failed."""

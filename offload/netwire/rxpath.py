@@ -77,6 +77,12 @@ _INQ = struct.Struct("i")
 _MARK = int(RingKind.MARK)
 CATCH_UP_LIMIT = 16 << 20
 """Bytes read ahead of the reader at most while the stack owes the NIC an answer."""
+COALESCE_MIN = 64 << 10
+"""A read at least this large means the peer is streaming: the next wake-up waits for more."""
+COALESCE_LOWAT = 512 << 10
+"""Bytes queued that end the wait at once (``SO_RCVLOWAT`` while waiting)."""
+COALESCE_WAIT_MS = 5
+"""The longest the wait lasts: the added latency, once per large read."""
 
 
 def bytes_received(sock: socket.socket) -> int:
@@ -221,6 +227,15 @@ class NetRxPath:
         """Bytes fed ahead that offset 0 was already moved back for."""
         self._marks: list[tuple[int, int, int]] = []
         """(start, end, generation) by stream offset, sorted by start."""
+        self.coalesced = 0
+        """Reads after which the path waited for more bytes (``_coalesce``)."""
+        self._poll: select.poll | None = None
+        self._paused = False
+        """The last wait found the peer paused: no waits until it streams again."""
+        self._large = 0
+        """Reads of ``COALESCE_MIN`` bytes or more in a row."""
+        self._all_marked = True
+        """The NIC decrypted every byte of the last read (``_marked``)."""
 
     # -- RxPath ---------------------------------------------------------------------
 
@@ -258,6 +273,7 @@ class NetRxPath:
 
     def receive(self, data: memoryview) -> None:
         self._deliver(data, False)
+        self._coalesce(len(data))
 
     @property
     def in_place(self) -> bool:
@@ -267,6 +283,62 @@ class NetRxPath:
 
     def receive_in_place(self, data: memoryview) -> None:
         self._deliver(data, True)
+        self._coalesce(len(data))
+
+    def _coalesce(self, n: int) -> None:
+        """After a large read (the peer streams), wait up to
+        ``COALESCE_WAIT_MS`` for ``COALESCE_LOWAT`` bytes to queue before the
+        reader goes on, so that its next reads find them together: one
+        wake-up and one pass of the receive path per half MiB instead of one
+        per frame the NIC forwards (the NIC, slower than the host, forwards
+        a 64 KiB frame at a time).  A real NIC does this by coalescing
+        interrupts (``ethtool -C rx-usecs``); Linux's TLS reader has no such
+        wait, and a wake-up costs it far less than this process's Python.
+
+        It can never hang a peer, and costs a request/response peer at most
+        one wait:
+
+        * only after a read of ``COALESCE_MIN`` bytes or more (a small
+          request goes to the reader at once), never on a non-blocking
+          socket, and only when the NIC decrypted every byte of the read:
+          a NIC out of sync is about to ask the stack to confirm a record
+          (or waits for a hint), and the answer must come before another
+          loss drops its candidate, so the host reads on at once (the ring
+          entry that asks is seen only at the next read);
+        * bounded by the timeout; a FIN or an error ends the ``poll`` at
+          once, whatever the low-water mark;
+        * ``SO_RCVLOWAT`` is set only for the ``poll`` and is back to 1
+          before the reader reads again;
+        * a wait that ends with less than ``COALESCE_MIN`` bytes queued means
+          the peer has paused (a request sent, an answer awaited): no more
+          waits until the peer streams again - three large reads in a row,
+          or one that fills the whole ``READ_CHUNK`` (the socket held more
+          than the reader takes at once)."""
+        sock = self.sock
+        if n < COALESCE_MIN:
+            self._large = 0
+            return
+        if not self._all_marked:
+            return  # the NIC is out of sync: read on at once (see above)
+        self._large += 1
+        if self._paused and (self._large > 2 or n >= READ_CHUNK):
+            self._paused = False  # large reads back to back again: the peer streams
+        if self._paused or not sock.getblocking():
+            return
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, COALESCE_LOWAT)
+            try:
+                woke = self._poll.poll(COALESCE_WAIT_MS)
+            finally:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            if not woke and inq(sock) < COALESCE_MIN:
+                self._paused = True
+        except OSError:
+            return  # the reader's own next read reports what is wrong
+        self.coalesced += 1
 
     def drain(self) -> object:
         return None
@@ -399,6 +471,7 @@ class NetRxPath:
             keep += 1
         if keep:
             del marks[:keep]
+        self._all_marked = all(g for _, _, g in pieces)
         for a, b, g in pieces:
             piece = data[a - start : b - start]
             if in_place:

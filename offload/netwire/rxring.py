@@ -25,9 +25,18 @@ Layout (little-endian)::
     64  entries[capacity], 16 bytes each: kind, generation, seq, length
 
 The producer fills an entry, then publishes ``tail``; the consumer reads up
-to ``tail``, then publishes ``head``.  A full ring is the NIC's problem
-(``offload.netwire.nic_rx`` drops the frame before looking at it, as a NIC
-with no RX completion room does; TCP sends it again).
+to ``tail``, then publishes ``head``.  The three words two processes share
+(head, tail, copied) are read and written whole, as one aligned 8-byte
+load or store each (a native ``Q`` memoryview, whose item access is one
+``memcpy`` of 8 bytes), never with ``struct.pack_into``: CPython's
+``pack_into`` zero-fills the field and then writes it byte by byte, so the
+other process could read 0 or half a value (a ``tail`` read as 0 once
+rewound the host's head and lost every mark after it).  Entries need no
+such care: the consumer reads only those below a published ``tail``.
+
+A full ring is the NIC's problem (``offload.netwire.nic_rx`` drops the
+frame before looking at it, as a NIC with no RX completion room does; TCP
+sends it again).
 
 Linux has no such structure: it is the process boundary's stand-in for the
 skb's bit and for the driver calling the stack directly.
@@ -44,10 +53,12 @@ from enum import IntEnum
 
 MAGIC = b"TLSCTLRX"
 _HDR = struct.Struct("<8sQ")
-_U64 = struct.Struct("<Q")
 ENTRY = struct.Struct("<IIII")
 HEADER_SIZE = 64
 _OFF_HEAD, _OFF_TAIL, _OFF_COPIED = 16, 24, 32
+_HEAD, _TAIL, _COPIED = _OFF_HEAD // 8, _OFF_TAIL // 8, _OFF_COPIED // 8
+"""The shared words' indexes in the header as native u64 (little-endian on
+every platform this runs on, as the layout says)."""
 DEFAULT_ENTRIES = 1 << 16
 """64 Ki entries (1 MiB): about one per received frame, far more than a
 receive window's worth of frames."""
@@ -79,11 +90,11 @@ class _Mapped:
             mapping.close()
             raise ValueError("not an RX mark ring")
         self.capacity = int(cap)
-
-    def _u64(self, at: int) -> int:
-        return int(_U64.unpack_from(self._map, at)[0])
+        self._words = memoryview(mapping)[:HEADER_SIZE].cast("Q")
+        """The header as u64 words: every shared word read or written whole."""
 
     def close(self) -> None:
+        self._words.release()
         with contextlib.suppress(BufferError):
             self._map.close()
 
@@ -117,19 +128,19 @@ class RingReader(_Mapped):
 
     def take(self) -> list[Entry]:
         """Every entry published since the last call, oldest first."""
-        tail = self._u64(_OFF_TAIL)
+        tail = int(self._words[_TAIL])
         head = self._head
-        if tail == head:
+        if tail <= head:  # nothing new (never less: the words are whole)
             return []
         cap, m, unpack = self.capacity, self._map, ENTRY.unpack_from
         out = [unpack(m, HEADER_SIZE + (i % cap) * ENTRY.size) for i in range(head, tail)]
         self._head = tail
-        _U64.pack_into(m, _OFF_HEAD, tail)
+        self._words[_HEAD] = tail
         return out
 
     def copied(self, tcp_seq: int) -> None:
         """The host's socket has returned every byte before ``tcp_seq``."""
-        _U64.pack_into(self._map, _OFF_COPIED, 1 + (tcp_seq & 0xFFFFFFFF))
+        self._words[_COPIED] = 1 + (tcp_seq & 0xFFFFFFFF)
 
 
 class RingWriter(_Mapped):
@@ -145,11 +156,11 @@ class RingWriter(_Mapped):
         finally:
             os.close(fd)
         super().__init__(mapping)
-        self._tail = self._u64(_OFF_TAIL)
+        self._tail = int(self._words[_TAIL])
 
     def room(self) -> int:
         """Entries that can be appended now."""
-        return self.capacity - (self._tail - self._u64(_OFF_HEAD))
+        return self.capacity - (self._tail - int(self._words[_HEAD]))
 
     def append(self, kind: int, gen: int, seq: int, length: int) -> None:
         """Append one entry (the caller checked ``room``) and publish it."""
@@ -158,11 +169,11 @@ class RingWriter(_Mapped):
             self._map, HEADER_SIZE + (t % self.capacity) * ENTRY.size, kind, gen, seq, length
         )
         self._tail = t + 1
-        _U64.pack_into(self._map, _OFF_TAIL, t + 1)
+        self._words[_TAIL] = t + 1
 
     def copied(self) -> int | None:
         """The TCP sequence number the host has read up to (None: nothing yet)."""
-        v = self._u64(_OFF_COPIED)
+        v = int(self._words[_COPIED])
         return None if v == 0 else (v - 1) & 0xFFFFFFFF
 
 
