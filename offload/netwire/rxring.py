@@ -26,9 +26,8 @@ Layout (little-endian)::
 
 The producer fills an entry, then publishes ``tail``; the consumer reads up
 to ``tail``, then publishes ``head``.  The three words two processes share
-(head, tail, copied) are read and written whole, as one aligned 8-byte
-load or store each (a native ``Q`` memoryview, whose item access is one
-``memcpy`` of 8 bytes), never with ``struct.pack_into``: CPython's
+(head, tail, copied) are read and written whole
+(``offload.netwire.shmwords``), never with ``struct.pack_into``: CPython's
 ``pack_into`` zero-fills the field and then writes it byte by byte, so the
 other process could read 0 or half a value (a ``tail`` read as 0 once
 rewound the host's head and lost every mark after it).  Entries need no
@@ -50,6 +49,8 @@ import os
 import secrets
 import struct
 from enum import IntEnum
+
+from offload.netwire.shmwords import shared_words
 
 MAGIC = b"TLSCTLRX"
 _HDR = struct.Struct("<8sQ")
@@ -90,7 +91,7 @@ class _Mapped:
             mapping.close()
             raise ValueError("not an RX mark ring")
         self.capacity = int(cap)
-        self._words = memoryview(mapping)[:HEADER_SIZE].cast("Q")
+        self._words = shared_words(mapping, HEADER_SIZE)
         """The header as u64 words: every shared word read or written whole."""
 
     def close(self) -> None:
