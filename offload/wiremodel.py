@@ -315,6 +315,8 @@ class SegmentWire(ABC):
     # -- the fault schedule: the draws, in their one order -------------------
 
     def _faulty(self, off: int, seg: Segment) -> None:
+        """One segment through the faults: a split drawn first, then each
+        piece's own faults (``_piece``)."""
         rng = self.rng
         if len(seg) > 1 and rng.random() < self.faults.split:
             self._split(off, seg, rng.randrange(1, len(seg)))
