@@ -1,9 +1,13 @@
 """The in-process RX wire: received bytes -> segments -> faults -> NIC -> host.
 
 Linux has no such module: this is the test bench in front of receive
-offload, the mirror of ``offload.wiremodel.TxPipeline`` (whose segmenter,
-seeded fault schedule, hold/release queue and reassembler it reuses by
-subclassing).  The bytes the host's real socket received are given TCP
+offload, the mirror of ``offload.wiremodel.TxPipeline``.  Both subclass
+``offload.wiremodel.SegmentWire``, which holds what the two directions
+share - the segmenter, the seeded fault schedule (so a seed draws the same
+faults in the same order either way), the hold/release queue and window,
+the reassembler and the device CPU meter; what is TX only (the TX device
+context, the fallback device, the TX ring, ``transmit``) is out of this
+class's reach.  The bytes the host's real socket received are given TCP
 sequence numbers (by stream offset, wrapping at 2^32), cut into segments
 and put through the faults - reorder, split, duplicate, and ``drop``: the
 segment is lost *before* the NIC and reaches it only later, as TCP's
@@ -16,8 +20,9 @@ gets the bytes in TCP order with the mark of the packet each came in -
 TCP keeps the first copy of any byte, whichever it was.
 
 ``redirect`` has no meaning on RX here (there is no second device), so it
-is never drawn.  ``receive`` runs a buffer through and ``drain`` (the
-retransmission timer) delivers whatever the faults still hold.
+is never drawn (``SegmentWire._redirects`` stays False).  ``receive``
+runs a buffer through and ``drain`` (the retransmission timer) delivers
+whatever the faults still hold.
 
 On that general path the NIC's work is batched (``_flush``): the segments
 of one ``receive``/``drain`` go through the faults and the reassembler's
@@ -42,7 +47,7 @@ from offload.stats import TlsStats
 from offload.tcpseq import SeqSpace
 from offload.tls_device_rx import DeviceRx
 from offload.uapi import CryptoInfo
-from offload.wiremodel import MAX_WINDOW, FaultSpec, Reassembler, TxPipeline
+from offload.wiremodel import MAX_WINDOW, FaultSpec, SegmentWire
 
 
 class _RxBuf(bytearray):
@@ -68,8 +73,9 @@ class _Arrival:
         self.deliveries: list[tuple[int, memoryview, _RxBuf | _Arrival]] = []
 
 
-class RxWire(TxPipeline):
-    """Socket bytes through faults and the NIC to the RX record layer."""
+class RxWire(SegmentWire):
+    """Socket bytes through faults and the NIC to the RX record layer (an
+    ``offload.tls_device_rx.RxPath``)."""
 
     def __init__(
         self,
@@ -81,9 +87,10 @@ class RxWire(TxPipeline):
         window: int = MAX_WINDOW,
         sync_type: RxSyncType = RxSyncType.DRIVER_REQ,
     ) -> None:
-        super().__init__(device, space=space, mss=mss, faults=faults, window=window)
+        # Not strict: a duplicate may come decrypted and its first copy as
+        # on the wire (or the other way round), and TCP keeps either.
+        super().__init__(device, space=space, mss=mss, faults=faults, window=window, strict=False)
         self.sync_type = sync_type
-        self.reasm = Reassembler(0, self._delivered, check_dups=False, strict=False)
         self.rx: DeviceRx | None = None
         self._started = False
         self._arrivals: list[_Arrival] = []  # through the reassembler, not yet the NIC
@@ -114,10 +121,10 @@ class RxWire(TxPipeline):
         finally:
             self._flush()
 
-    def drain(self) -> list[memoryview | bytes | bytearray]:
+    def drain(self) -> None:
         """Deliver everything still held (TCP's retransmission timer)."""
         try:
-            return super().drain()
+            self._drain_held()
         finally:
             self._flush()
 
@@ -238,27 +245,21 @@ class RxWire(TxPipeline):
             self._queue(off, seg.payload)
 
     def _send(self, data: bytes | bytearray | memoryview) -> None:
-        """``TxPipeline._send`` on a faulty wire, with a short way for the
+        """``SegmentWire._send`` on a faulty wire, with a short way for the
         common segment: one the faults leave alone (drawn as
-        ``TxPipeline._faulty`` draws, in the same order: no split, not lost,
+        ``SegmentWire._faulty`` draws, in the same order: no split, not lost,
         not held, no copy), in order with nothing waiting in the
         reassembler, in a writable buffer (the socket's).  It is the one copy
         of its bytes on the wire, so the NIC may work in the received bytes
         themselves (as on the in-place path) and the host gets them straight
         after: no RX buffer, no reassembly - what the reassembler would do
         with it (deliver it at once) done directly.  The loop is
-        ``TxPipeline._send``'s and ``_faulty``'s, inlined: at MSS 1448 the
-        per-segment Python is most of the host's cost under loss."""
+        ``SegmentWire._send``'s and ``_faulty``'s, inlined (a split segment
+        and a faulty piece go to its ``_split`` and ``_act``): at MSS 1448
+        the per-segment Python is most of the host's cost under loss."""
         mv = memoryview(data)
         rx = self.rx
-        if (
-            not self.faults.any
-            or not self.batch_nic
-            or rx is None
-            or rx.ctx is None
-            or self.fallback_device is not None
-            or mv.readonly
-        ):
+        if not self.faults.any or not self.batch_nic or rx is None or rx.ctx is None or mv.readonly:
             super()._send(data)
             return
         offset = self.offset
@@ -300,37 +301,6 @@ class RxWire(TxPipeline):
                 self._release(due_only=True)
             if off + ln - reasm.next > window:
                 self._release_window(off + ln)
-
-    def _split(self, off: int, seg: Segment, cut: int) -> None:
-        """The rest of ``TxPipeline._faulty`` for a segment split at ``cut``
-        (drawn already): each piece's faults drawn and acted on in turn."""
-        self.counts.split += 1
-        rng, f = self.rng, self.faults
-        for o, s in (
-            (off, Segment(seg.seq, seg.payload[:cut])),
-            (off + cut, Segment(self.space.seq(off + cut), seg.payload[cut:])),
-        ):
-            lost = rng.random() < f.drop
-            reorder = rng.random() < f.reorder
-            self._act(o, s, lost, reorder)
-
-    def _act(self, off: int, seg: Segment, lost: bool, reorder: bool) -> None:
-        """The rest of ``TxPipeline._faulty`` for one piece whose loss and
-        reordering are drawn: the same actions and draws in the same order
-        (RX has no redirect: there is no second device)."""
-        c, rng = self.counts, self.rng
-        if reorder:
-            c.reorder += 1
-            self._hold(off, seg, False, rng.randint(1, 4), lost=lost)
-        else:
-            self._xmit(off, seg, False, lost=lost)
-        if lost:
-            c.drop += 1
-            c.retransmit += 1
-            self._hold(off, seg, redirect=False, delay=rng.randint(1, 6))
-        if rng.random() < self.faults.dup:
-            c.dup += 1
-            self._hold(off, seg, redirect=False, delay=rng.randint(0, 8))
 
     def _queue(self, off: int, payload: Buffer) -> None:
         """A segment reaches the reassembler now and the NIC at the next

@@ -9,9 +9,21 @@ reassembler checks that every duplicate carries exactly the ciphertext
 already delivered, and acknowledges delivered bytes to the device context so
 records are freed (the ``clean_acked`` hook).
 
-:class:`TxPipeline` is a TX path (``offload.txpath.TxPath``): the caller
-builds one around a device and hands it to ``KTLSSocket(txpath=...)``; the
-socket gives it framed buffers and writes the chunks it returns.
+Two classes, because the wire has two directions:
+
+* :class:`SegmentWire` is what both directions share: a stream cut into
+  segments by MSS over a ``SeqSpace``, the seeded fault schedule (its
+  draws in one fixed order, so a seed names the same faults and bytes on
+  either side), the hold/release queue with its window, the reassembler,
+  and the device's CPU meter and report.  What a segment meets at the NIC
+  (``_xmit``) and where reassembled bytes go (``_delivered``) are each
+  direction's own.
+* :class:`TxPipeline` is a TX path (``offload.txpath.TxPath``): the caller
+  builds one around a device and hands it to ``KTLSSocket(txpath=...)``; the
+  socket gives it framed buffers and writes the chunks it returns.  The TX
+  device context, the fallback device of ``redirect``, the TX ring and the
+  in-place fast path are TX only and live there.  Its RX mirror,
+  ``offload.rxwire.RxWire``, is the other subclass.
 """
 
 from __future__ import annotations
@@ -19,8 +31,9 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from offload.fallback import sw_fallback
 from offload.faultspec import parse_faults
@@ -196,15 +209,18 @@ class _Held:
     lost: bool = field(compare=False, default=False)
 
 
-class TxPipeline:
-    """Segmenter -> faults -> device (or fallback) -> reassembly -> socket.
+class SegmentWire(ABC):
+    """Segmenter -> faults -> device -> reassembly: what TX and RX share.
 
-    ``transmit`` takes a framed buffer and returns the ciphertext now ready
-    for the socket, in TCP order; the socket says which chunks it wrote
-    (``written``) so ring slots and framing buffers are reused.
-    Acknowledgements go to the device context as soon as bytes are
-    delivered.  ``device_seconds`` is the CPU time spent inside the driver's
-    ``xmit`` (what NIC hardware would do), kept apart from host time.
+    A stream of bytes (``offset`` is the next stream offset to cut) is cut
+    into segments of ``mss`` over ``space``; on a faulty wire each segment
+    draws its faults from ``rng`` (seeded by ``faults.seed``) in a fixed
+    order - split, then per piece redirect (only where a fallback device
+    exists), drop, reorder, its delay, the retransmission's delay, dup, its
+    delay - and is sent (``_xmit``) or held.  The draws live here once so
+    both directions meet the same schedule for the same seed; ``_split``
+    and ``_act`` are the pieces ``offload.rxwire.RxWire._send`` calls from
+    its inlined loop.
 
     Wire time passes only as segments leave, so a wire holding most of them
     (``reorder`` near 1) would otherwise hold the whole stream until the
@@ -213,6 +229,178 @@ class TxPipeline:
     unacknowledged.  The window (at most TCP's largest) keeps every
     sequence number the NIC may meet within 2^31 of the acknowledged byte
     the record store reads it next to.
+
+    ``device_seconds`` is the CPU time spent inside the driver (what NIC
+    hardware would do), kept apart from host time.  ``strict``: two copies
+    of the same bytes must be equal (a driver bug on TX; on RX one copy may
+    come decrypted and the other as on the wire, and TCP keeps either).
+    """
+
+    _redirects = False
+    """Whether ``redirect`` is drawn: only with a second device to redirect
+    to (TX's fallback device); RX never draws it."""
+
+    def __init__(
+        self,
+        device: NetDevice,
+        *,
+        space: SeqSpace | None = None,
+        mss: int | None = None,
+        faults: FaultSpec | None = None,
+        window: int = MAX_WINDOW,
+        strict: bool = True,
+    ) -> None:
+        if not 0 < window <= MAX_WINDOW:
+            raise ValueError(f"window must be 1..{MAX_WINDOW} bytes")
+        self.device = device
+        self.window = window
+        self.space = space or SeqSpace()
+        self.segmenter = Segmenter(self.space, mss) if mss else Segmenter(self.space)
+        self.faults = faults or FaultSpec()
+        self.rng = random.Random(self.faults.seed)
+        self.offset = 0  # next stream offset to segment
+        # Only duplicates and retransmissions can deliver the same bytes twice.
+        dups = strict and (self.faults.dup > 0 or self.faults.drop > 0)
+        self.reasm = Reassembler(0, self._delivered, check_dups=dups, strict=strict)
+        self._held: list[_Held] = []
+        self._clock = 0  # segments processed: the wire's notion of time
+        self._order = 0
+        self.counts = FaultCounts()
+        self.device_seconds = 0.0
+
+    def report(self) -> DeviceReport:
+        """The NIC's counters, its driver's CPU time and the faults injected."""
+        return DeviceReport(
+            name=self.device.name,
+            driver=self.device.driver.name,
+            stats=self.device.stats.snapshot(),
+            device_seconds=self.device_seconds,
+            faults=str(self.faults) if self.faults.any else "",
+            faults_injected=self.counts.as_dict(),
+            fallback_stats=None,
+        )
+
+    @abstractmethod
+    def _xmit(self, off: int, seg: Segment, redirect: bool, lost: bool = False) -> None:
+        """One segment reaches the NIC (``redirect``: the fallback device;
+        ``lost``: it vanishes after the NIC, on TX, or before it, on RX)."""
+
+    @abstractmethod
+    def _delivered(self, data: Chunk) -> None:
+        """The reassembler's next bytes, in TCP order."""
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        """Cut ``data`` (the stream's next bytes) into segments and put them
+        on the wire: straight to the NIC without faults, else through them."""
+        mv = memoryview(data)
+        offset = self.offset
+        self.offset += len(mv)
+        if not self.faults.any:  # straight to the NIC
+            for off, seg in self.segmenter.segments(offset, mv):
+                self._xmit(off, seg, redirect=False)
+            return
+        for off, seg in self.segmenter.segments(offset, mv):
+            self._faulty(off, seg)
+            self._release(due_only=True)
+            if off + len(seg) - self.reasm.next > self.window:
+                self._release_window(off + len(seg))
+
+    def _drain_held(self) -> None:
+        """Send everything still held (reordered, pending retransmission):
+        TCP's retransmission timer; the stream must then have no hole."""
+        self._release(due_only=False)
+        if self.reasm.pending:
+            raise ReassemblyError("wire drained with a hole in the stream")
+
+    # -- the fault schedule: the draws, in their one order -------------------
+
+    def _faulty(self, off: int, seg: Segment) -> None:
+        """One segment through the faults: a split drawn first, then each
+        piece's own faults (``_piece``)."""
+        rng = self.rng
+        if len(seg) > 1 and rng.random() < self.faults.split:
+            self._split(off, seg, rng.randrange(1, len(seg)))
+        else:
+            self._piece(off, seg)
+
+    def _split(self, off: int, seg: Segment, cut: int) -> None:
+        """A segment split at ``cut`` (drawn already): each piece's faults
+        drawn and acted on in turn."""
+        self.counts.split += 1
+        self._piece(off, Segment(seg.seq, seg.payload[:cut]))
+        self._piece(off + cut, Segment(self.space.seq(off + cut), seg.payload[cut:]))
+
+    def _piece(self, off: int, seg: Segment) -> None:
+        """One (piece of a) segment: its redirect, loss and reordering drawn."""
+        f, rng = self.faults, self.rng
+        redirect = self._redirects and rng.random() < f.redirect
+        if redirect:
+            self.counts.redirect += 1
+        # A lost copy went through the NIC (TX: its state advanced) and then
+        # vanished on the wire, or never reached it (RX); TCP sends the same
+        # bytes again later.
+        lost = rng.random() < f.drop
+        self._act(off, seg, lost, rng.random() < f.reorder, redirect)
+
+    def _act(
+        self, off: int, seg: Segment, lost: bool, reorder: bool, redirect: bool = False
+    ) -> None:
+        """The rest of one piece's faults, its loss and reordering drawn:
+        held or sent, its retransmission held, and a duplicate drawn."""
+        c, rng = self.counts, self.rng
+        if reorder:
+            c.reorder += 1
+            self._hold(off, seg, redirect, rng.randint(1, 4), lost=lost)
+        else:
+            self._xmit(off, seg, redirect, lost=lost)
+        if lost:
+            c.drop += 1
+            c.retransmit += 1
+            self._hold(off, seg, redirect=False, delay=rng.randint(1, 6))
+        if rng.random() < self.faults.dup:
+            c.dup += 1
+            self._hold(off, seg, redirect=False, delay=rng.randint(0, 8))
+
+    # -- the hold/release queue ----------------------------------------------
+
+    def _hold(self, off: int, seg: Segment, redirect: bool, delay: int, lost: bool = False) -> None:
+        self._order += 1
+        held = _Held(self._clock + delay, self._order, off, seg, redirect, lost)
+        heapq.heappush(self._held, held)
+
+    def _release(self, due_only: bool) -> None:
+        """Send held segments, earliest due first (all, or those due now).
+
+        A heap: O(log n) per segment.  Sorting the whole held list for
+        every release made ``reorder=1`` (everything held until the drain)
+        quadratic: 1 MiB at ``--mss 100`` took 40 s."""
+        held = self._held
+        while held:
+            if due_only and held[0].due > self._clock:
+                return
+            h = heapq.heappop(held)
+            self._xmit(h.offset, h.segment, h.redirect, lost=h.lost)
+
+    def _release_window(self, end: int) -> None:
+        """The window is full: send held segments, due or not, until the
+        bytes before ``end`` not yet acknowledged fit in it again."""
+        held = self._held
+        while held and end - self.reasm.next > self.window:
+            h = heapq.heappop(held)
+            self._xmit(h.offset, h.segment, h.redirect, lost=h.lost)
+
+
+class TxPipeline(SegmentWire):
+    """Segmenter -> faults -> device (or fallback) -> reassembly -> socket.
+
+    ``transmit`` takes a framed buffer and returns the ciphertext now ready
+    for the socket, in TCP order; the socket says which chunks it wrote
+    (``written``) so ring slots and framing buffers are reused.
+    Acknowledgements go to the device context as soon as bytes are
+    delivered.  What is TX only lives here: the device context
+    (``offload``/``attach``), ``redirect`` to ``fallback_device`` (software
+    fallback, metered as ``fallback_seconds``), the TX ring, and the
+    fault-free in-place path.
     """
 
     def __init__(
@@ -225,30 +413,15 @@ class TxPipeline:
         fallback_device: NetDevice | None = None,
         window: int = MAX_WINDOW,
     ) -> None:
-        if not 0 < window <= MAX_WINDOW:
-            raise ValueError(f"window must be 1..{MAX_WINDOW} bytes")
-        self.device = device
-        self.window = window
-        self.space = space or SeqSpace()
-        self.segmenter = Segmenter(self.space, mss) if mss else Segmenter(self.space)
-        self.faults = faults or FaultSpec()
-        self.rng = random.Random(self.faults.seed)
+        super().__init__(device, space=space, mss=mss, faults=faults, window=window)
         self.fallback_device = fallback_device
-        self.offset = 0  # next stream offset to segment
+        self._redirects = fallback_device is not None
         self.tx: DeviceTx | None = None
-        # Only duplicates and retransmissions can deliver the same bytes twice.
-        dups = self.faults.dup > 0 or self.faults.drop > 0
-        self.reasm = Reassembler(0, self._delivered, check_dups=dups)
         self._out: list[Chunk] = []  # delivered in TCP order, for the socket
         # Drivers that may encrypt the framing buffer in place (fast path).
         self._in_place = bool(getattr(device.driver, "xmit_in_place", False))
         self._lent: dict[int, bytearray] = {}  # framing buffers given whole to the socket
-        self._held: list[_Held] = []
         self._ring: list[bytearray] = []
-        self._clock = 0  # segments processed: the wire's notion of time
-        self._order = 0
-        self.counts = FaultCounts()
-        self.device_seconds = 0.0
         self.fallback_seconds = 0.0
 
     def attach(self, tx: DeviceTx) -> None:
@@ -273,49 +446,35 @@ class TxPipeline:
 
     def drain(self) -> list[Chunk]:
         """Deliver everything still held (reordered, pending retransmission)."""
-        self._release(due_only=False)
-        if self.reasm.pending:
-            raise ReassemblyError("wire drained with a hole in the stream")
+        self._drain_held()
         out, self._out = self._out, []
         return out
 
     def report(self) -> DeviceReport:
-        """The NIC's counters, its driver's CPU time and the faults injected."""
+        """The NIC's counters, its driver's CPU time, the faults injected
+        and the fallback device's counters."""
+        report = super().report()
         fb = self.fallback_device
-        return DeviceReport(
-            name=self.device.name,
-            driver=self.device.driver.name,
-            stats=self.device.stats.snapshot(),
-            device_seconds=self.device_seconds,
-            faults=str(self.faults) if self.faults.any else "",
-            faults_injected=self.counts.as_dict(),
-            fallback_stats=None if fb is None else fb.stats.snapshot(),
-        )
+        return report if fb is None else replace(report, fallback_stats=fb.stats.snapshot())
 
     def _send(self, data: bytes | bytearray | memoryview) -> None:
-        mv = memoryview(data)
+        """The fault-free wire with an in-place driver takes the framing
+        buffer whole (``_send_in_place``); anything else is segmented."""
+        tx = self.tx
         offset = self.offset
-        self.offset += len(mv)
-        if not self.faults.any:  # the fast path: straight to the NIC
-            tx = self.tx
-            if (
-                self._in_place
-                and tx is not None
-                and isinstance(data, bytearray)
-                and offset >= tx.start_offset
-                and offset == self.reasm.next
-                and not self.reasm.pending
-            ):
-                self._send_in_place(offset, data, tx)
-                return
-            for off, seg in self.segmenter.segments(offset, mv):
-                self._xmit(off, seg, redirect=False)
+        if (
+            self._in_place
+            and tx is not None
+            and not self.faults.any
+            and isinstance(data, bytearray)
+            and offset >= tx.start_offset
+            and offset == self.reasm.next
+            and not self.reasm.pending
+        ):
+            self.offset += len(data)
+            self._send_in_place(offset, data, tx)
             return
-        for off, seg in self.segmenter.segments(offset, mv):
-            self._faulty(off, seg)
-            self._release(due_only=True)
-            if off + len(seg) - self.reasm.next > self.window:
-                self._release_window(off + len(seg))
+        super()._send(data)
 
     def _send_in_place(self, offset: int, buf: bytearray, tx: DeviceTx) -> None:
         """Fault-free wire, in-place driver: the NIC rewrites the framing buffer.
@@ -357,62 +516,6 @@ class TxPipeline:
         self.reasm.receive(offset, mv)
 
     # -- internals ----------------------------------------------------------
-
-    def _faulty(self, off: int, seg: Segment) -> None:
-        f, rng, c = self.faults, self.rng, self.counts
-        pieces = [(off, seg)]
-        if len(seg) > 1 and rng.random() < f.split:
-            cut = rng.randrange(1, len(seg))
-            c.split += 1
-            pieces = [
-                (off, Segment(seg.seq, seg.payload[:cut])),
-                (off + cut, Segment(self.space.seq(off + cut), seg.payload[cut:])),
-            ]
-        for o, s in pieces:
-            redirect = self.fallback_device is not None and rng.random() < f.redirect
-            if redirect:
-                c.redirect += 1
-            # A lost copy went through the NIC (its state advanced) and then
-            # vanished on the wire; TCP sends the same bytes again later.
-            lost = rng.random() < f.drop
-            if rng.random() < f.reorder:
-                c.reorder += 1
-                self._hold(o, s, redirect, rng.randint(1, 4), lost=lost)
-            else:
-                self._xmit(o, s, redirect, lost=lost)
-            if lost:
-                c.drop += 1
-                c.retransmit += 1
-                self._hold(o, s, redirect=False, delay=rng.randint(1, 6))
-            if rng.random() < f.dup:
-                c.dup += 1
-                self._hold(o, s, redirect=False, delay=rng.randint(0, 8))
-
-    def _hold(self, off: int, seg: Segment, redirect: bool, delay: int, lost: bool = False) -> None:
-        self._order += 1
-        held = _Held(self._clock + delay, self._order, off, seg, redirect, lost)
-        heapq.heappush(self._held, held)
-
-    def _release(self, due_only: bool) -> None:
-        """Send held segments, earliest due first (all, or those due now).
-
-        A heap: O(log n) per segment.  Sorting the whole held list for
-        every release made ``reorder=1`` (everything held until the drain)
-        quadratic: 1 MiB at ``--mss 100`` took 40 s."""
-        held = self._held
-        while held:
-            if due_only and held[0].due > self._clock:
-                return
-            h = heapq.heappop(held)
-            self._xmit(h.offset, h.segment, h.redirect, lost=h.lost)
-
-    def _release_window(self, end: int) -> None:
-        """The window is full: send held segments, due or not, until the
-        bytes before ``end`` not yet acknowledged fit in it again."""
-        held = self._held
-        while held and end - self.reasm.next > self.window:
-            h = heapq.heappop(held)
-            self._xmit(h.offset, h.segment, h.redirect, lost=h.lost)
 
     def _xmit(self, off: int, seg: Segment, redirect: bool, lost: bool = False) -> None:
         self._clock += 1
