@@ -36,6 +36,9 @@ REASON = unavailable_reason()
 needs_wire = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 SCHEMES = {"driver": "DRIVER_REQ", "core": "CORE_NEXT_HINT", "async": "DRIVER_REQ_ASYNC"}
 MIXED = "drop=0.01,reorder=0.01,dup=0.005,seed={seed}"
+WINDOW = "256K"
+"""``serve -w``: the server's socket buffers, so the peer is never more than
+about twice this ahead of what the server has read (see ``check``)."""
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def serve_rx(
     cmd = [
         sys.executable, "-m", "tlsctl.cli", "serve", "-accept", "0", "--wire", "netns",
         "--offload", "sim-nic", "-cert", str(pki.rsa_cert), "-key", str(pki.rsa_key),
-        "-naccept", "1", "--json", "-o", str(dest), *extra,
+        "-naccept", "1", "--json", "-o", str(dest), "-w", WINDOW, *extra,
     ]  # fmt: skip
     with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as srv:
         line, rest = readline(srv, 60)
@@ -113,8 +116,13 @@ def check(
     the rest reaches the NIC with the context there; the NIC finds a
     header and asks, and the host's answer comes within its socket queue,
     less than the records the NIC follows a candidate for
-    (``offload.netwire.nic_rx.RESCAN_RECORDS``).  CORE_NEXT_HINT's hint
-    must beat the NIC to the record it names, which is luck on this wire."""
+    (``offload.netwire.nic_rx.RESCAN_RECORDS``).  The server's socket
+    buffer (``-w`` :data:`WINDOW`) bounds that queue: without it the
+    kernel autotunes up to tcp_rmem's 32 MiB here, a whole 3 MiB file can
+    be past the NIC before a loaded host reads the record the NIC asked
+    about, and the NIC then confirms with nothing left to decrypt (seen
+    under load).  CORE_NEXT_HINT's hint must beat the NIC to the record it
+    names, which is luck on this wire."""
     assert conn["ok"] and conn["offload"] == "sim-nic"
     assert conn["sha256"] == sha(dest) == sha(src)
     rx = conn["rx_offload"]

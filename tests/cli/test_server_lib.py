@@ -112,3 +112,33 @@ def test_prepare_refuses_at_start_up(tmp_path: Path) -> None:
         prepare(ServeOptions(host="127.0.0.1", port=0, key=str(taken)))
     with pytest.raises(ConfigError, match="not a directory"):
         prepare(ServeOptions(host="127.0.0.1", port=0, mode="www", path=str(taken)))
+
+
+def test_window_sets_every_accepted_connections_buffers() -> None:
+    """``serve -w``: the listener's SO_RCVBUF/SO_SNDBUF, set before ``listen``,
+    are every accepted connection's (the kernel doubles the value); without
+    it the kernel's default (autotuned) stands."""
+    from tlsctl.server.setup import listen
+
+    for window in (None, 100_000):
+        lst = listen("127.0.0.1", 0, window)
+        try:
+            c = socket.create_connection(lst.getsockname())
+            a, _ = lst.accept()
+            got = a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            sent = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            if window is None:
+                assert got != 2 * 100_000
+            else:
+                assert got == sent == 2 * window
+            a.close()
+            c.close()
+        finally:
+            lst.close()
+
+
+def test_window_option_bounds() -> None:
+    from tests.helpers.peers import run_tlsctl
+
+    r = run_tlsctl("serve", "-w", "1K", "--sink")
+    assert r.returncode == 2 and "-w" in r.stderr and "Traceback" not in r.stderr

@@ -19,6 +19,7 @@ import click
 from tlsctl.addresses import format_addr
 from tlsctl.commands import _complete as complete
 from tlsctl.commands._options import (
+    ByteSize,
     CommonOptions,
     DialectCommand,
     common_options,
@@ -191,6 +192,15 @@ class FileMode(click.ParamType[int]):
     help="Processes accepting on the one listening socket; -naccept counts per worker.",
 )
 @click.option(
+    "-w",
+    "--window",
+    type=ByteSize(4096, 1 << 30),
+    metavar="BYTES",
+    help="Socket buffer size of every connection (SO_RCVBUF and SO_SNDBUF, as "
+    "iperf3's -w; K/M suffixes): bounds how far a client can send ahead of what "
+    "the server has read. Default: the kernel's autotuning.",
+)
+@click.option(
     "--exec-peer",
     "exec_peer",
     metavar="COMMAND",
@@ -220,6 +230,7 @@ def serve(
     handshake_timeout: float,
     max_conns: int | None,
     workers: int,
+    window: int | None,
     exec_peer: str | None,
     common: CommonOptions,
 ) -> None:
@@ -278,6 +289,7 @@ def serve(
         handshake_timeout=handshake_timeout,
         max_conns=max_conns,
         workers=workers,
+        window=window,
         key_update_every=common.key_update_every,
         tls=common.tls,
         offload=common.offload,

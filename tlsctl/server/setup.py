@@ -80,6 +80,7 @@ class ServeOptions:
     device: DeviceSpec | None = None
     keylogfile: str | None = None  # -keylogfile
     count_cpu: bool = False  # each connection's CPU time in its record (--wire netns)
+    window: int | None = None  # -w: SO_RCVBUF/SO_SNDBUF of every connection (iperf3's -w)
 
     def server_config(self, max_conns: int) -> ServerConfig:
         return ServerConfig(
@@ -182,7 +183,7 @@ def prepare(opts: ServeOptions) -> Listening:
     if fingerprint is None and isinstance(cert_src, str):
         fingerprint = sha256_fingerprint(load_certs(cert_src, "-cert")[0])
     keylog = KeylogFile(opts.keylogfile) if opts.keylogfile else None
-    listener = listen(opts.host, opts.port)
+    listener = listen(opts.host, opts.port, opts.window)
     files = None
     if isinstance(handler, Store):
         files = handler.path(handler.name or f"conn-{handler.run}-w*-NNNNNN.bin")
@@ -199,9 +200,15 @@ def prepare(opts: ServeOptions) -> Listening:
     )
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, window: int | None = None) -> socket.socket:
     """Listen on ``host``; ``"::"`` (the default, like s_server) is dual-stack,
     so clients resolving ``localhost`` to ::1 or 127.0.0.1 both get in.
+
+    ``window`` (``-w``, as iperf3's): SO_RCVBUF and SO_SNDBUF, set on the
+    listener before ``listen`` so that every accepted connection inherits
+    them and its window scale is chosen for them (the kernel doubles the
+    value for its bookkeeping and stops autotuning that buffer).  A client
+    can then be at most about that much ahead of what the server has read.
 
     Never SO_REUSEPORT: with it a second ``serve`` (of the same user) binding
     the same port would silently join the group and take a share of the
@@ -217,6 +224,9 @@ def listen(host: str, port: int) -> socket.socket:
         if host == "::":
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only
+        if window is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, window)
         s.bind((host, port))
         s.listen(_BACKLOG)
     except OSError as exc:
