@@ -198,7 +198,6 @@ class DeviceRx(SwRx):
         if not total:
             return
         space = self.parser.write_space(total)
-        marks = self._marks
         pos = 0
         for piece, mark in pieces:
             n = len(piece)
@@ -206,11 +205,7 @@ class DeviceRx(SwRx):
                 continue
             space[pos : pos + n] = piece
             if mark:
-                a = offset + pos
-                if marks and marks[-1][1] == a and marks[-1][2] == mark:
-                    marks[-1] = (marks[-1][0], a + n, mark)
-                else:
-                    marks.append((a, a + n, mark))
+                self._add_mark(offset + pos, offset + pos + n, mark)
             pos += n
         self.parser.commit(total)
         self.fed = offset + total
@@ -220,17 +215,22 @@ class DeviceRx(SwRx):
         range, advance ``fed``, and let the record walk see them."""
         end = offset + len(data)
         if mark:
-            marks = self._marks
-            if marks and marks[-1][1] == offset and marks[-1][2] == mark:
-                marks[-1] = (marks[-1][0], end, mark)
-            else:
-                marks.append((offset, end, mark))
+            self._add_mark(offset, end, mark)
         self.fed = end
         if self.resync.listening:
             if self._walked < offset:
                 self._catch_up(offset)
             self.walk.delivered(offset, data)
             self._walked = end
+
+    def _add_mark(self, start: int, end: int, mark: int) -> None:
+        """Stream bytes ``start``..``end`` came under ``mark``: the last
+        range grows when it ends there under the same mark, else a new one."""
+        marks = self._marks
+        if marks and marks[-1][1] == start and marks[-1][2] == mark:
+            marks[-1] = (marks[-1][0], end, mark)
+        else:
+            marks.append((start, end, mark))
 
     def _catch_up(self, upto: int) -> None:
         """The walk skipped bytes delivered while nobody listened for record

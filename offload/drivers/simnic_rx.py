@@ -448,7 +448,6 @@ class SimNicRx:
         unpack, decrypt = HEADER.unpack_from, ctx.aead().decrypt_into
         nonce_of, aad_of = prot.nonce, prot.aad
         sn = ctx.record_sn
-        done = 0
         while n - pos >= hlen:
             ctype, version, length = unpack(data, pos)
             end = pos + TLS_HEADER_SIZE + length
@@ -469,7 +468,6 @@ class SimNicRx:
             out[pos:body] = data[pos:body]
             out[body_end:end] = data[body_end:end]
             sn += 1
-            done += 1
             pos = end
         ctx.record_sn = sn
         return pos

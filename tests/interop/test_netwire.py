@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,14 +45,6 @@ needs_wire = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def wire() -> Iterator[NetnsWire]:
-    if REASON is not None:
-        pytest.skip(REASON)
-    with NetnsWire() as w:
-        yield w
 
 
 def _netns_list() -> str:

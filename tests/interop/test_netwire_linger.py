@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -23,14 +22,6 @@ from tests.conftest import random_info
 from tests.helpers.netwire_helpers import lose_frames
 
 REASON = unavailable_reason()
-
-
-@pytest.fixture(scope="module")
-def wire() -> Iterator[NetnsWire]:
-    if REASON is not None:
-        pytest.skip(REASON)
-    with NetnsWire() as w:
-        yield w
 
 
 def test_close_after_reset_does_not_linger(

@@ -52,12 +52,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def wire() -> Iterator[NetnsWire]:
-    with NetnsWire() as w:
-        yield w
-
-
-@pytest.fixture(scope="module")
 def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("data") / "in.bin"
     p.write_bytes(os.urandom(3 << 20))

@@ -11,7 +11,6 @@ kernel refuses it) the same bytes go by ``sendmsg``, counted.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,6 @@ SMALL_RING = 2_200_000
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def wire() -> Iterator[NetnsWire]:
-    if REASON is not None:
-        pytest.skip(REASON)
-    with NetnsWire() as w:
-        yield w
 
 
 @needs_wire
